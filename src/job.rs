@@ -1,0 +1,1 @@
+//! job model (being built)
