@@ -1,1 +1,32 @@
-//! fleet (being built)
+//! The FleetManager: the orchestration layer that wires configuration, state, scheduler and runner into
+//! one object with the seed's API (SPEC §5, §10, §11), usable embedded in-process.
+//!
+//! Owns the lifecycle state machine, the queue and concurrency accounting, job supervision (spawn, pump
+//! output to disk and subscribers, finalize), schedule fires, reload, events and the log bus.
+//! Must not know about sockets or JSON-RPC: `rpc` maps this API onto the wire.
+//!
+//! Locking: one `std::sync::Mutex<Core>` guards all mutable fleet state; it is never held across `.await`.
+//! Persisting a record happens under it (small synchronous writes), so the in-memory view and the files
+//! change together.
+
+mod error;
+mod events;
+mod info;
+mod logs;
+mod manager;
+mod options;
+mod output;
+mod queue;
+mod run;
+
+pub use error::{FleetError, FleetState, ValidationIssue};
+pub use events::{EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent};
+pub use info::{
+    AgentCounts, AgentInfo, AgentQueueInfo, CancelResult, FleetQueueInfo, FleetStatus, JobCounts,
+    JobList, NextTrigger, QueueInfo, QueuedJobInfo, ReloadResult, ScheduleInfo, SchedulerStatus,
+};
+pub use logs::{LogBus, LogEntry, LogFilter, LogItem, LogLayer, LogLevel, LogSubscription};
+pub use manager::{FleetManager, ForkOptions, JobQuery, StopOptions, TriggerOptions};
+pub use options::{FleetManagerOptions, HistoryOptions};
+pub use output::{JobOutputStream, OutputItem};
+pub use queue::{JobQueue, QueuedJob};

@@ -1,0 +1,157 @@
+//! Snapshots the FleetManager returns from its queries (SPEC §11 result shapes), camelCase on the wire.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::job::Job;
+
+use super::error::FleetState;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatus {
+    pub state: FleetState,
+    /// Seconds since `start` (to the stop instant when stopped); null before the first start.
+    pub uptime: Option<u64>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub config_path: Option<String>,
+    pub state_dir: Option<String>,
+    pub agents: AgentCounts,
+    pub jobs: JobCounts,
+    pub scheduler: SchedulerStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentCounts {
+    pub total: usize,
+    pub running: usize,
+    pub idle: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobCounts {
+    pub active: usize,
+    pub queued: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulerStatus {
+    pub running: bool,
+    /// The earliest upcoming fire across the fleet.
+    pub next_trigger: Option<NextTrigger>,
+    /// Schedules that can fire (interval or cron, enabled).
+    pub active_schedules: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextTrigger {
+    pub agent_name: String,
+    pub schedule_name: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInfo {
+    pub name: String,
+    pub local_name: String,
+    pub fleet_path: Vec<String>,
+    pub description: Option<String>,
+    pub model: Option<String>,
+    pub runtime: &'static str,
+    pub working_directory: String,
+    /// `running` when at least one job of the agent runs, else `idle`.
+    pub state: &'static str,
+    pub concurrency: u32,
+    pub current_jobs: Vec<String>,
+    pub queued_jobs: usize,
+    pub last_job: Option<Box<Job>>,
+    pub last_session_id: Option<String>,
+    pub schedules: Vec<ScheduleInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleInfo {
+    pub agent_name: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Configured `enabled`, overridden by enable/disable at runtime (persisted).
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    pub next_trigger: Option<DateTime<Utc>>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    pub last_status: Option<String>,
+    pub last_error: Option<String>,
+    pub runs: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub running_jobs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueInfo {
+    pub queued: Vec<QueuedJobInfo>,
+    pub agents: BTreeMap<String, AgentQueueInfo>,
+    pub fleet: FleetQueueInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedJobInfo {
+    pub job_id: String,
+    pub agent_name: String,
+    pub priority: u8,
+    /// 1-based position among the agent's queued jobs.
+    pub position: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentQueueInfo {
+    pub running: usize,
+    pub queued: usize,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetQueueInfo {
+    pub running: usize,
+    pub queued: usize,
+    pub limit: Option<u32>,
+    pub max_queued: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelResult {
+    pub job_id: String,
+    pub termination_type: crate::job::TerminationType,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadResult {
+    pub changes: Vec<String>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    pub total: usize,
+}

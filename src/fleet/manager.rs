@@ -1,0 +1,1315 @@
+//! `FleetManager`: lifecycle, queries and actions. Job execution details live in `run`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::{self, AgentConfig, FleetConfig, ScheduleConfig, ScheduleKind};
+use crate::job::{ExitReason, Job, JobError, JobId, JobStatus, TerminationType, TriggerType};
+use crate::scheduler::{Fire, ScheduleKey, Scheduler, SchedulerHandle};
+use crate::state::{FleetState as PersistedState, JobFilter, JobStore, StateDir};
+
+use super::error::{FleetError, FleetState, ValidationIssue};
+use super::events::{EventBus, EventSubscription, FleetEvent, SkipReason};
+use super::info::*;
+use super::logs::{LogBus, LogFilter, LogLevel, LogSubscription};
+use super::options::FleetManagerOptions;
+use super::output::{JobOutputStream, OutputHub};
+use super::queue::JobQueue;
+use super::run::{self, RunContext};
+
+/// The prompt used when neither the call, the schedule nor the agent gives one (herdctl's default).
+const FALLBACK_PROMPT: &str = "Execute your configured task";
+
+#[derive(Debug, Clone, Default)]
+pub struct TriggerOptions {
+    pub schedule: Option<String>,
+    pub prompt: Option<String>,
+    pub work_items: Option<Vec<Value>>,
+    /// 1 (highest) … 10 (lowest); default 5.
+    pub priority: Option<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ForkOptions {
+    pub prompt: Option<String>,
+    pub schedule: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StopOptions {
+    pub wait_for_jobs: bool,
+    pub timeout: Duration,
+    pub cancel_on_timeout: bool,
+}
+
+impl Default for StopOptions {
+    fn default() -> Self {
+        StopOptions {
+            wait_for_jobs: true,
+            timeout: Duration::from_secs(30),
+            cancel_on_timeout: true,
+        }
+    }
+}
+
+/// Filter of `getJobs`.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    pub agent: Option<String>,
+    pub status: Option<JobStatus>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<usize>,
+    pub offset: Option<usize>,
+}
+
+/// A cheap handle; clones share one fleet.
+#[derive(Clone)]
+pub struct FleetManager {
+    pub(super) shared: Arc<Shared>,
+}
+
+pub(super) struct Shared {
+    pub(super) options: FleetManagerOptions,
+    pub(super) events: EventBus,
+    pub(super) core: Mutex<Core>,
+    /// Signalled whenever a job finishes, so `stop` can wait without polling.
+    pub(super) jobs_changed: Notify,
+}
+
+/// Everything mutable about the fleet, behind one lock.
+pub(super) struct Core {
+    pub(super) lifecycle: FleetState,
+    pub(super) config: Option<Arc<FleetConfig>>,
+    pub(super) state_dir: Option<StateDir>,
+    pub(super) store: Option<JobStore>,
+    pub(super) persisted: PersistedState,
+    pub(super) queue: JobQueue,
+    /// Queued and running jobs.
+    pub(super) active: HashMap<JobId, ActiveJob>,
+    pub(super) started_at: Option<DateTime<Utc>>,
+    pub(super) stopped_at: Option<DateTime<Utc>>,
+    pub(super) scheduler: Option<SchedulerHandle>,
+    pub(super) fire_task: Option<JoinHandle<()>>,
+}
+
+/// A job that has not finished yet.
+pub(super) struct ActiveJob {
+    pub(super) job: Job,
+    /// The configuration the job runs with; fixed when it starts (reload does not change a running job).
+    pub(super) agent: Option<Arc<AgentConfig>>,
+    pub(super) context: RunContext,
+    pub(super) hub: OutputHub,
+    pub(super) canceller: Option<crate::runner::Canceller>,
+    /// Set to true once the record is final; `cancelJob` waits on it so it replies after the effect.
+    pub(super) finished: watch::Sender<bool>,
+}
+
+impl Core {
+    fn store(&self) -> Result<&JobStore, FleetError> {
+        self.store.as_ref().ok_or_else(not_initialized)
+    }
+
+    fn config(&self) -> Result<&Arc<FleetConfig>, FleetError> {
+        self.config.as_ref().ok_or_else(not_initialized)
+    }
+
+    pub(super) fn running_count(&self, agent: Option<&str>) -> usize {
+        self.active
+            .values()
+            .filter(|a| a.job.status == JobStatus::Running)
+            .filter(|a| agent.is_none_or(|name| a.job.agent == name))
+            .count()
+    }
+
+    pub(super) fn fleet_limit(&self, options: &FleetManagerOptions) -> Option<u32> {
+        options
+            .concurrency
+            .or_else(|| self.config.as_ref().and_then(|c| c.max_concurrent))
+    }
+
+    fn agent_limit(&self, agent: &str) -> u32 {
+        self.config
+            .as_ref()
+            .and_then(|c| c.agent(agent))
+            .map_or(1, |a| a.concurrency)
+    }
+
+    /// Whether a new job of `agent` may start now under the per-agent and fleet-wide limits.
+    pub(super) fn has_slot(&self, options: &FleetManagerOptions, agent: &str) -> bool {
+        let agent_ok = self.running_count(Some(agent)) < self.agent_limit(agent) as usize;
+        let fleet_ok = self
+            .fleet_limit(options)
+            .is_none_or(|limit| self.running_count(None) < limit as usize);
+        agent_ok && fleet_ok
+    }
+
+    fn jobs_dir(&self) -> Result<PathBuf, FleetError> {
+        Ok(self
+            .state_dir
+            .as_ref()
+            .ok_or_else(not_initialized)?
+            .jobs_dir())
+    }
+
+    pub(super) fn save_persisted(&self, events: &EventBus) {
+        let Some(dir) = self.state_dir.as_ref() else {
+            return;
+        };
+        if let Err(e) = self.persisted.save(&dir.state_file()) {
+            report_state_error(events, &e.to_string());
+        }
+    }
+}
+
+fn not_initialized() -> FleetError {
+    FleetError::invalid_state(
+        "query",
+        FleetState::Uninitialized,
+        &[FleetState::Initialized, FleetState::Running, FleetState::Stopped],
+    )
+}
+
+pub(super) fn report_state_error(events: &EventBus, message: &str) {
+    tracing::error!("{message}");
+    events.emit(FleetEvent::Error {
+        message: message.to_string(),
+        source: "state".into(),
+    });
+}
+
+fn state_error(path: &std::path::Path, error: impl std::fmt::Display) -> FleetError {
+    FleetError::State {
+        path: path.display().to_string(),
+        message: error.to_string(),
+    }
+}
+
+fn config_error(error: config::ConfigError) -> FleetError {
+    let config_path = error.config_path().display().to_string();
+    let validation_errors = error
+        .issues()
+        .into_iter()
+        .map(|i| ValidationIssue {
+            file: i.file.display().to_string(),
+            path: i.path.clone(),
+            message: i.message.clone(),
+        })
+        .collect();
+    FleetError::Configuration {
+        config_path,
+        validation_errors,
+    }
+}
+
+impl FleetManager {
+    /// Creates a manager; does no I/O (`initialize` loads the configuration and opens the state).
+    pub fn new(options: FleetManagerOptions) -> FleetManager {
+        let events = EventBus::new(options.event_buffer);
+        FleetManager {
+            shared: Arc::new(Shared {
+                options,
+                events,
+                core: Mutex::new(Core {
+                    lifecycle: FleetState::Uninitialized,
+                    config: None,
+                    state_dir: None,
+                    store: None,
+                    persisted: PersistedState::default(),
+                    queue: JobQueue::default(),
+                    active: HashMap::new(),
+                    started_at: None,
+                    stopped_at: None,
+                    scheduler: None,
+                    fire_task: None,
+                }),
+                jobs_changed: Notify::new(),
+            }),
+        }
+    }
+
+    pub(super) fn core(&self) -> MutexGuard<'_, Core> {
+        // Every critical section leaves Core consistent before any call that could panic, so a poisoned
+        // lock (a bug elsewhere) must not take the whole fleet down with it.
+        self.shared
+            .core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn options(&self) -> &FleetManagerOptions {
+        &self.shared.options
+    }
+
+    pub(super) fn events(&self) -> &EventBus {
+        &self.shared.events
+    }
+
+    pub fn subscribe_events(&self, types: Option<Vec<String>>) -> EventSubscription {
+        self.shared.events.subscribe(types)
+    }
+
+    pub fn log_bus(&self) -> &LogBus {
+        &self.shared.options.logs
+    }
+
+    pub fn state(&self) -> FleetState {
+        self.core().lifecycle
+    }
+
+    /// The loaded configuration, if initialized.
+    pub fn config(&self) -> Option<Arc<FleetConfig>> {
+        self.core().config.clone()
+    }
+
+    fn require(&self, core: &Core, operation: &str, allowed: &[FleetState]) -> Result<(), FleetError> {
+        if allowed.contains(&core.lifecycle) {
+            Ok(())
+        } else {
+            Err(FleetError::invalid_state(operation, core.lifecycle, allowed))
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Lifecycle
+    // ---------------------------------------------------------------------------------------------
+
+    /// Loads and validates the configuration, opens (and locks) the state directory, and recovers jobs a
+    /// previous daemon left unfinished.
+    pub async fn initialize(&self) -> Result<(), FleetError> {
+        {
+            let core = self.core();
+            self.require(&core, "initialize", &[FleetState::Uninitialized])?;
+        }
+        let requested = self.options().config_path.clone();
+        let state_override = self.options().state_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let config = config::load(requested.as_deref()).map_err(config_error)?;
+            let root = state_override.unwrap_or_else(|| config.root_dir.join(".herdctl"));
+            let state_dir = StateDir::open(&root).map_err(|e| state_error(&root, e))?;
+            let (store, issues) =
+                JobStore::open(&state_dir.jobs_dir()).map_err(|e| state_error(&root, e))?;
+            let state_file = state_dir.state_file();
+            let (persisted, corrupt) =
+                PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
+            Ok::<_, FleetError>((config, state_dir, store, issues, persisted, corrupt))
+        })
+        .await
+        .map_err(|e| FleetError::State {
+            path: String::new(),
+            message: format!("initialization task failed: {e}"),
+        })??;
+        let (config, state_dir, store, issues, persisted, corrupt) = loaded;
+
+        for warning in &config.warnings {
+            tracing::warn!(file = %warning.file.display(), path = %warning.path, "{}", warning.message);
+        }
+        for issue in issues {
+            report_state_error(self.events(), &issue.to_string());
+        }
+        if let Some(corrupt) = corrupt {
+            report_state_error(self.events(), &corrupt.to_string());
+        }
+
+        let mut core = self.core();
+        self.require(&core, "initialize", &[FleetState::Uninitialized])?;
+        core.config = Some(Arc::new(config));
+        core.state_dir = Some(state_dir);
+        core.store = Some(store);
+        core.persisted = persisted;
+        self.recover_interrupted(&mut core);
+        core.lifecycle = FleetState::Initialized;
+        drop(core);
+        tracing::info!("fleet initialized");
+        self.events().emit(FleetEvent::Initialized);
+        Ok(())
+    }
+
+    /// Jobs a dead daemon left queued or running: end any process still alive (guarding against pid
+    /// reuse) and mark the record failed with exit reason `interrupted`.
+    fn recover_interrupted(&self, core: &mut Core) {
+        let Some(store) = core.store.as_mut() else {
+            return;
+        };
+        for id in store.non_terminal() {
+            let Ok(Some(mut job)) = store.get(&id) else {
+                continue;
+            };
+            if let (Some(pid), Some(start_time)) = (job.pid, job.process_start_time) {
+                let outcome = crate::runner::kill_stale_job(id.as_str(), pid, job.pgid, start_time);
+                tracing::warn!(job_id = %id, ?outcome, "ended processes of an interrupted job");
+            }
+            let now = Utc::now();
+            job.status = JobStatus::Failed;
+            job.exit_reason = Some(ExitReason::Interrupted);
+            job.duration_ms = job
+                .started_at
+                .map(|s| (now - s).num_milliseconds().max(0) as u64);
+            job.finished_at = Some(now);
+            job.pid = None;
+            job.pgid = None;
+            job.error = Some(JobError {
+                code: "INTERRUPTED".into(),
+                message: "the daemon stopped before this job finished; it was not resumed".into(),
+            });
+            if let Err(e) = store.put(&job) {
+                report_state_error(&self.shared.events, &e.to_string());
+            }
+            tracing::warn!(job_id = %id, agent = %job.agent, "job marked interrupted after a daemon restart");
+        }
+    }
+
+    /// Starts the scheduler; from `initialized` or `stopped`.
+    pub async fn start(&self) -> Result<(), FleetError> {
+        let mut core = self.core();
+        self.require(
+            &core,
+            "start",
+            &[FleetState::Initialized, FleetState::Stopped],
+        )?;
+        let (handle, mut fires) = Scheduler::spawn(self.options().clock.clone());
+        core.scheduler = Some(handle.clone());
+        let config = core.config()?.clone();
+        for agent in &config.agents {
+            for schedule in &agent.schedules {
+                self.plan_schedule(&core, &handle, agent, schedule);
+            }
+        }
+        let manager = self.clone();
+        core.fire_task = Some(tokio::spawn(async move {
+            while let Some(fire) = fires.recv().await {
+                manager.on_fire(fire);
+            }
+        }));
+        core.lifecycle = FleetState::Running;
+        core.started_at = Some(Utc::now());
+        core.stopped_at = None;
+        run::dispatch_queue(self, &mut core);
+        drop(core);
+        tracing::info!("fleet started");
+        self.events().emit(FleetEvent::Started);
+        Ok(())
+    }
+
+    fn plan_schedule(
+        &self,
+        core: &Core,
+        handle: &SchedulerHandle,
+        agent: &AgentConfig,
+        schedule: &ScheduleConfig,
+    ) {
+        let Some(timing) = run::timing_of(agent, schedule) else {
+            return;
+        };
+        let key = ScheduleKey::new(&agent.name, &schedule.name);
+        let persisted = core.persisted.schedule(&agent.name, &schedule.name);
+        let last_run_at = persisted.and_then(|s| s.last_run_at);
+        handle.upsert(key.clone(), timing, last_run_at);
+        handle.set_enabled(key, effective_enabled(schedule, persisted));
+    }
+
+    /// Stops the scheduler, waits for running jobs up to the timeout, then cancels what remains.
+    pub async fn stop(&self, options: StopOptions) -> Result<(), FleetError> {
+        let pending = {
+            let mut core = self.core();
+            self.require(&core, "stop", &[FleetState::Running])?;
+            core.lifecycle = FleetState::Stopping;
+            if let Some(scheduler) = core.scheduler.take() {
+                scheduler.stop();
+            }
+            if let Some(task) = core.fire_task.take() {
+                task.abort();
+            }
+            // Queued work would start after the fleet says it stopped: cancel it now.
+            let queued: Vec<JobId> = core.queue.iter().map(|q| q.job_id.clone()).collect();
+            for id in queued {
+                core.queue.remove(&id);
+                run::finish_without_running(self, &mut core, &id, "the fleet stopped before the job started");
+            }
+            core.running_count(None)
+        };
+        tracing::info!(pending_jobs = pending, "stopping fleet");
+        self.events()
+            .emit(FleetEvent::StopProgress { pending_jobs: pending });
+
+        if options.wait_for_jobs && pending > 0 {
+            let deadline = tokio::time::Instant::now() + options.timeout;
+            let mut last_reported = pending;
+            loop {
+                let notified = self.shared.jobs_changed.notified();
+                let running = self.core().running_count(None);
+                if running != last_reported {
+                    last_reported = running;
+                    self.events()
+                        .emit(FleetEvent::StopProgress { pending_jobs: running });
+                }
+                if running == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if !options.wait_for_jobs || options.cancel_on_timeout {
+            let running: Vec<JobId> = self
+                .core()
+                .active
+                .iter()
+                .filter(|(_, a)| a.job.status == JobStatus::Running)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let cancels = running.into_iter().map(|id| {
+                let manager = self.clone();
+                async move {
+                    let _ = manager.cancel_job(id.as_str(), None).await;
+                }
+            });
+            futures_join_all(cancels).await;
+        }
+
+        let mut core = self.core();
+        core.save_persisted(self.events());
+        core.lifecycle = FleetState::Stopped;
+        core.stopped_at = Some(Utc::now());
+        drop(core);
+        tracing::info!("fleet stopped");
+        self.events().emit(FleetEvent::Stopped {
+            reason: "requested".into(),
+        });
+        Ok(())
+    }
+
+    /// Re-reads the configuration. On error the old one stays and every validation error is returned.
+    pub async fn reload(&self) -> Result<ReloadResult, FleetError> {
+        let old = {
+            let core = self.core();
+            self.require(
+                &core,
+                "reload",
+                &[FleetState::Initialized, FleetState::Running, FleetState::Stopped],
+            )?;
+            core.config()?.clone()
+        };
+        let path = self
+            .options()
+            .config_path
+            .clone()
+            .unwrap_or_else(|| old.config_path.clone());
+        let new = tokio::task::spawn_blocking(move || config::load(Some(&path)))
+            .await
+            .map_err(|e| FleetError::State {
+                path: String::new(),
+                message: format!("reload task failed: {e}"),
+            })?;
+        let new = match new {
+            Ok(new) => Arc::new(new),
+            Err(e) => {
+                let error = config_error(e);
+                tracing::error!("reload refused, keeping the running configuration: {error}");
+                return Err(error);
+            }
+        };
+        for warning in &new.warnings {
+            tracing::warn!(file = %warning.file.display(), path = %warning.path, "{}", warning.message);
+        }
+        let changes: Vec<String> = config::diff(&old, &new)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+
+        let mut core = self.core();
+        core.config = Some(new.clone());
+        // Queued jobs of removed agents can never run.
+        let orphaned: Vec<JobId> = core
+            .queue
+            .iter()
+            .filter(|q| new.agent(&q.agent).is_none())
+            .map(|q| q.job_id.clone())
+            .collect();
+        for id in orphaned {
+            core.queue.remove(&id);
+            run::finish_without_running(self, &mut core, &id, "its agent was removed by a reload");
+        }
+        if let Some(handle) = core.scheduler.clone() {
+            for agent in &old.agents {
+                for schedule in &agent.schedules {
+                    let still_there = new
+                        .agent(&agent.name)
+                        .is_some_and(|a| a.schedules.iter().any(|s| s.name == schedule.name));
+                    if !still_there {
+                        handle.remove(ScheduleKey::new(&agent.name, &schedule.name));
+                    }
+                }
+            }
+            for agent in &new.agents {
+                for schedule in &agent.schedules {
+                    self.plan_schedule(&core, &handle, agent, schedule);
+                }
+            }
+        }
+        run::dispatch_queue(self, &mut core);
+        drop(core);
+        tracing::info!(changes = changes.len(), "configuration reloaded");
+        self.events().emit(FleetEvent::ConfigReloaded {
+            changes: changes.clone(),
+            agent_count: new.agents.len(),
+        });
+        Ok(ReloadResult { changes })
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Queries
+    // ---------------------------------------------------------------------------------------------
+
+    pub fn status(&self) -> FleetStatus {
+        let core = self.core();
+        let (total_agents, running_agents) = core.config.as_ref().map_or((0, 0), |c| {
+            let running = c
+                .agents
+                .iter()
+                .filter(|a| core.running_count(Some(&a.name)) > 0)
+                .count();
+            (c.agents.len(), running)
+        });
+        let mut jobs = JobCounts {
+            active: core.running_count(None),
+            queued: core.queue.len(),
+            ..JobCounts::default()
+        };
+        if let Some(store) = core.store.as_ref() {
+            let counts = store.counts();
+            jobs.completed = counts.get(&JobStatus::Completed).copied().unwrap_or(0);
+            jobs.failed = counts.get(&JobStatus::Failed).copied().unwrap_or(0);
+            jobs.cancelled = counts.get(&JobStatus::Cancelled).copied().unwrap_or(0);
+        }
+        let uptime = core.started_at.map(|start| {
+            let end = core.stopped_at.unwrap_or_else(Utc::now);
+            (end - start).num_seconds().max(0) as u64
+        });
+        let schedules = self.schedule_infos(&core, None);
+        let active_schedules = schedules
+            .iter()
+            .filter(|s| s.enabled && matches!(s.kind, "interval" | "cron"))
+            .count();
+        let next_trigger = schedules
+            .iter()
+            .filter_map(|s| {
+                s.next_trigger.map(|at| NextTrigger {
+                    agent_name: s.agent_name.clone(),
+                    schedule_name: s.name.clone(),
+                    at,
+                })
+            })
+            .min_by_key(|n| n.at);
+        FleetStatus {
+            state: core.lifecycle,
+            uptime,
+            started_at: core.started_at,
+            config_path: core
+                .config
+                .as_ref()
+                .map(|c| c.config_path.display().to_string()),
+            state_dir: core
+                .state_dir
+                .as_ref()
+                .map(|d| d.root().display().to_string()),
+            agents: AgentCounts {
+                total: total_agents,
+                running: running_agents,
+                idle: total_agents - running_agents,
+            },
+            jobs,
+            scheduler: SchedulerStatus {
+                running: core.scheduler.is_some(),
+                next_trigger,
+                active_schedules,
+            },
+        }
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentInfo>, FleetError> {
+        let core = self.core();
+        let config = core.config()?.clone();
+        Ok(config
+            .agents
+            .iter()
+            .map(|agent| self.agent_info(&core, agent))
+            .collect())
+    }
+
+    pub fn agent(&self, name: &str) -> Result<AgentInfo, FleetError> {
+        let core = self.core();
+        let config = core.config()?.clone();
+        let agent = find_agent(&config, name)?;
+        Ok(self.agent_info(&core, agent))
+    }
+
+    fn agent_info(&self, core: &Core, agent: &AgentConfig) -> AgentInfo {
+        let current_jobs: Vec<String> = core
+            .active
+            .values()
+            .filter(|a| a.job.agent == agent.name && a.job.status == JobStatus::Running)
+            .map(|a| a.job.id.to_string())
+            .collect();
+        let last_job = core.store.as_ref().and_then(|store| {
+            store
+                .list(&JobFilter {
+                    agent: Some(agent.name.clone()),
+                    limit: 1,
+                    ..JobFilter::default()
+                })
+                .ok()
+                .and_then(|page| page.jobs.into_iter().next())
+                .map(Box::new)
+        });
+        AgentInfo {
+            name: agent.name.clone(),
+            local_name: agent.local_name.clone(),
+            fleet_path: agent.fleet_path.clone(),
+            description: agent.description.clone(),
+            model: agent.model.clone(),
+            runtime: run::runtime_name(agent),
+            working_directory: agent.working_directory.display().to_string(),
+            state: if current_jobs.is_empty() {
+                "idle"
+            } else {
+                "running"
+            },
+            concurrency: agent.concurrency,
+            current_jobs,
+            queued_jobs: core.queue.count_for(&agent.name),
+            last_job,
+            last_session_id: core
+                .persisted
+                .agents
+                .get(&agent.name)
+                .and_then(|a| a.last_session_id.clone()),
+            schedules: self.schedule_infos(core, Some(&agent.name)),
+        }
+    }
+
+    pub fn jobs(&self, query: &JobQuery) -> Result<JobList, FleetError> {
+        let core = self.core();
+        let store = core.store()?;
+        let filter = JobFilter {
+            agent: query.agent.clone(),
+            status: query.status,
+            since: query.since,
+            until: query.until,
+            limit: query.limit.unwrap_or(50),
+            offset: query.offset.unwrap_or(0),
+        };
+        let page = store
+            .list(&filter)
+            .map_err(|e| state_error(std::path::Path::new("jobs"), e))?;
+        Ok(JobList {
+            jobs: page.jobs,
+            total: page.total,
+        })
+    }
+
+    /// A job record, optionally with its persisted output lines.
+    pub fn job(
+        &self,
+        id: &str,
+        include_output: bool,
+    ) -> Result<(Job, Option<Vec<crate::job::OutputLine>>), FleetError> {
+        let job_id = parse_job_id(id)?;
+        let core = self.core();
+        let job = match core.active.get(&job_id) {
+            Some(active) => active.job.clone(),
+            None => core
+                .store()?
+                .get(&job_id)
+                .map_err(|e| state_error(std::path::Path::new(id), e))?
+                .ok_or_else(|| FleetError::JobNotFound {
+                    job_id: id.to_string(),
+                })?,
+        };
+        let output = if include_output {
+            Some(
+                core.store()?
+                    .read_output(&job_id, 0, None)
+                    .map_err(|e| state_error(std::path::Path::new(id), e))?,
+            )
+        } else {
+            None
+        };
+        Ok((job, output))
+    }
+
+    pub fn schedules(&self) -> Result<Vec<ScheduleInfo>, FleetError> {
+        let core = self.core();
+        core.config()?;
+        Ok(self.schedule_infos(&core, None))
+    }
+
+    pub fn schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
+        let core = self.core();
+        let config = core.config()?.clone();
+        let agent_config = find_agent(&config, agent)?;
+        let schedule_config = find_schedule(agent_config, schedule)?;
+        Ok(self.schedule_info(&core, agent_config, schedule_config))
+    }
+
+    fn schedule_infos(&self, core: &Core, agent: Option<&str>) -> Vec<ScheduleInfo> {
+        let Some(config) = core.config.as_ref() else {
+            return Vec::new();
+        };
+        config
+            .agents
+            .iter()
+            .filter(|a| agent.is_none_or(|name| a.name == name))
+            .flat_map(|a| a.schedules.iter().map(move |s| (a, s)))
+            .map(|(a, s)| self.schedule_info(core, a, s))
+            .collect()
+    }
+
+    fn schedule_info(
+        &self,
+        core: &Core,
+        agent: &AgentConfig,
+        schedule: &ScheduleConfig,
+    ) -> ScheduleInfo {
+        let persisted = core.persisted.schedule(&agent.name, &schedule.name);
+        let enabled = effective_enabled(schedule, persisted);
+        let key = ScheduleKey::new(&agent.name, &schedule.name);
+        let next_trigger = if !enabled {
+            None
+        } else if let Some(handle) = core.scheduler.as_ref() {
+            handle.next_due(&key)
+        } else {
+            run::timing_of(agent, schedule).and_then(|timing| {
+                crate::scheduler::first_due(
+                    &timing,
+                    persisted.and_then(|p| p.last_run_at),
+                    self.options().clock.now(),
+                )
+            })
+        };
+        let (kind, interval, cron) = match &schedule.kind {
+            ScheduleKind::Interval(d) => (
+                "interval",
+                Some(crate::timespec::format_duration(*d)),
+                None,
+            ),
+            ScheduleKind::Cron(expr) => ("cron", None, Some(expr.to_string())),
+            ScheduleKind::Webhook => ("webhook", None, None),
+            ScheduleKind::Chat => ("chat", None, None),
+        };
+        ScheduleInfo {
+            agent_name: agent.name.clone(),
+            name: schedule.name.clone(),
+            kind,
+            enabled,
+            interval,
+            cron,
+            timezone: schedule.timezone.map(|tz| tz.name().to_string()),
+            next_trigger,
+            last_run_at: persisted.and_then(|p| p.last_run_at),
+            last_status: persisted.and_then(|p| p.last_status.clone()),
+            last_error: persisted.and_then(|p| p.last_error.clone()),
+            runs: persisted.map_or(0, |p| p.runs),
+            skipped: persisted.map_or(0, |p| p.skipped),
+            failed: persisted.map_or(0, |p| p.failed),
+            running_jobs: core
+                .active
+                .values()
+                .filter(|a| {
+                    a.job.agent == agent.name
+                        && a.job.schedule.as_deref() == Some(&schedule.name)
+                        && a.job.status == JobStatus::Running
+                })
+                .count(),
+        }
+    }
+
+    pub fn queue(&self) -> Result<QueueInfo, FleetError> {
+        let core = self.core();
+        let config = core.config()?.clone();
+        let queued = core
+            .queue
+            .iter()
+            .map(|q| QueuedJobInfo {
+                job_id: q.job_id.to_string(),
+                agent_name: q.agent.clone(),
+                priority: q.priority,
+                position: core.queue.position(&q.job_id).unwrap_or(0),
+            })
+            .collect();
+        let agents = config
+            .agents
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AgentQueueInfo {
+                        running: core.running_count(Some(&a.name)),
+                        queued: core.queue.count_for(&a.name),
+                        limit: a.concurrency,
+                    },
+                )
+            })
+            .collect();
+        Ok(QueueInfo {
+            queued,
+            agents,
+            fleet: FleetQueueInfo {
+                running: core.running_count(None),
+                queued: core.queue.len(),
+                limit: core.fleet_limit(self.options()),
+                max_queued: self.options().max_queued,
+            },
+        })
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Actions
+    // ---------------------------------------------------------------------------------------------
+
+    /// Creates a job and starts it now, or queues it when a limit is reached; returns at once.
+    pub async fn trigger(&self, agent: &str, options: TriggerOptions) -> Result<Job, FleetError> {
+        let priority = options.priority.unwrap_or(crate::job::DEFAULT_PRIORITY);
+        if !(1..=10).contains(&priority) {
+            return Err(FleetError::InvalidParams {
+                message: format!("priority must be 1 (highest) to 10 (lowest), got {priority}"),
+            });
+        }
+        let mut core = self.core();
+        self.require(
+            &core,
+            "trigger",
+            &[FleetState::Initialized, FleetState::Running, FleetState::Stopped],
+        )?;
+        let config = core.config()?.clone();
+        let agent_config = find_agent(&config, agent)?;
+        let schedule = match options.schedule.as_deref() {
+            Some(name) => Some(find_schedule(agent_config, name)?),
+            None => None,
+        };
+        let mut prompt = options
+            .prompt
+            .clone()
+            .or_else(|| schedule.and_then(|s| s.prompt.clone()))
+            .or_else(|| agent_config.default_prompt.clone())
+            .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
+        let work_item = options.work_items.as_ref().map(|items| {
+            prompt.push_str(&run::work_items_section(items));
+            Value::Array(items.clone())
+        });
+        let resume = schedule
+            .filter(|s| s.resume_session)
+            .and_then(|_| last_session(&core, &agent_config.name));
+        let mut job = Job::new(
+            JobId::generate(Utc::now()),
+            agent_config.name.clone(),
+            schedule.map(|s| s.name.clone()),
+            TriggerType::Manual,
+            Some(prompt),
+            priority,
+            Utc::now(),
+        );
+        job.work_item = work_item;
+        let context = RunContext {
+            resume_session: resume,
+            fork_session: false,
+            schedule: schedule.cloned(),
+        };
+        run::admit(self, &mut core, job, context, run::WhenFull::Queue)
+    }
+
+    /// Cancels a queued job (dequeued) or a running one (SIGTERM, grace, SIGKILL of its whole process tree).
+    /// Replies once the job's record is final.
+    pub async fn cancel_job(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<CancelResult, FleetError> {
+        let job_id = parse_job_id(id)?;
+        let (canceller, mut finished, grace) = {
+            let mut core = self.core();
+            if core.lifecycle == FleetState::Uninitialized {
+                return Err(FleetError::invalid_state(
+                    "cancelJob",
+                    core.lifecycle,
+                    &[FleetState::Initialized, FleetState::Running, FleetState::Stopping, FleetState::Stopped],
+                ));
+            }
+            let Some(active) = core.active.get(&job_id) else {
+                // Not active: finished already, or unknown.
+                return match core.store()?.get(&job_id) {
+                    Ok(Some(_)) => Ok(CancelResult {
+                        job_id: id.to_string(),
+                        termination_type: TerminationType::AlreadyStopped,
+                    }),
+                    _ => Err(FleetError::JobNotFound {
+                        job_id: id.to_string(),
+                    }),
+                };
+            };
+            if active.job.status == JobStatus::Queued {
+                core.queue.remove(&job_id);
+                run::finish_without_running(self, &mut core, &job_id, "cancelled while queued");
+                return Ok(CancelResult {
+                    job_id: id.to_string(),
+                    termination_type: TerminationType::Graceful,
+                });
+            }
+            let grace = grace
+                .or_else(|| active.agent.as_ref().map(|a| a.stop_grace))
+                .unwrap_or(self.options().default_stop_grace);
+            (
+                active.canceller.clone(),
+                active.finished.subscribe(),
+                grace,
+            )
+        };
+        let termination = match canceller {
+            Some(canceller) => canceller.cancel(grace).await,
+            None => TerminationType::AlreadyStopped,
+        };
+        // The supervisor finalizes the record when the process is gone; reply after that.
+        let _ = finished.wait_for(|done| *done).await;
+        tracing::info!(job_id = %job_id, ?termination, "job cancelled");
+        Ok(CancelResult {
+            job_id: id.to_string(),
+            termination_type: termination,
+        })
+    }
+
+    /// Runs a new job from an earlier one: same agent, schedule and work item, the modifications applied,
+    /// resuming the original's Claude session as a fork when it has one.
+    pub async fn fork_job(&self, id: &str, options: ForkOptions) -> Result<Job, FleetError> {
+        let original_id = parse_job_id(id)?;
+        let mut core = self.core();
+        self.require(
+            &core,
+            "forkJob",
+            &[FleetState::Initialized, FleetState::Running, FleetState::Stopped],
+        )?;
+        let original = match core.active.get(&original_id) {
+            Some(active) => active.job.clone(),
+            None => core
+                .store()?
+                .get(&original_id)
+                .map_err(|e| state_error(std::path::Path::new(id), e))?
+                .ok_or_else(|| FleetError::JobNotFound {
+                    job_id: id.to_string(),
+                })?,
+        };
+        if original.status == JobStatus::Queued {
+            return Err(FleetError::JobNotRunning {
+                job_id: id.to_string(),
+                status: original.status.to_string(),
+                reason: "it has not run yet, so there is nothing to fork; wait for it to start".into(),
+            });
+        }
+        let config = core.config()?.clone();
+        let agent = find_agent(&config, &original.agent)?;
+        let schedule_name = options.schedule.clone().or(original.schedule.clone());
+        let schedule = match schedule_name.as_deref() {
+            Some(name) => Some(find_schedule(agent, name)?),
+            None => None,
+        };
+        let prompt = options
+            .prompt
+            .clone()
+            .or(original.prompt.clone())
+            .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
+        let mut job = Job::new(
+            JobId::generate(Utc::now()),
+            agent.name.clone(),
+            schedule.map(|s| s.name.clone()),
+            TriggerType::Fork,
+            Some(prompt),
+            original.priority,
+            Utc::now(),
+        );
+        job.forked_from = Some(original.id.clone());
+        job.work_item = original.work_item.clone();
+        let context = RunContext {
+            fork_session: original.session_id.is_some(),
+            resume_session: original.session_id.clone(),
+            schedule: schedule.cloned(),
+        };
+        let job = run::admit(self, &mut core, job, context, run::WhenFull::Queue)?;
+        drop(core);
+        self.events().emit(FleetEvent::JobForked {
+            job: Box::new(job.clone()),
+            forked_from: original.id.to_string(),
+        });
+        Ok(job)
+    }
+
+    pub async fn enable_schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
+        self.set_schedule_enabled(agent, schedule, true)
+    }
+
+    pub async fn disable_schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
+        self.set_schedule_enabled(agent, schedule, false)
+    }
+
+    fn set_schedule_enabled(
+        &self,
+        agent: &str,
+        schedule: &str,
+        enabled: bool,
+    ) -> Result<ScheduleInfo, FleetError> {
+        let mut core = self.core();
+        let config = core.config()?.clone();
+        let agent_config = find_agent(&config, agent)?;
+        let schedule_config = find_schedule(agent_config, schedule)?;
+        core.persisted
+            .schedule_mut(&agent_config.name, &schedule_config.name)
+            .enabled = Some(enabled);
+        core.save_persisted(self.events());
+        if let Some(handle) = core.scheduler.as_ref() {
+            handle.set_enabled(
+                ScheduleKey::new(&agent_config.name, &schedule_config.name),
+                enabled,
+            );
+        }
+        tracing::info!(agent = %agent_config.name, schedule = %schedule_config.name, enabled, "schedule {}", if enabled { "enabled" } else { "disabled" });
+        Ok(self.schedule_info(&core, agent_config, schedule_config))
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Streams
+    // ---------------------------------------------------------------------------------------------
+
+    /// A job's output from `from_seq`: history, then live lines, then `eof` with the final status.
+    pub fn stream_job_output(&self, id: &str, from_seq: u64) -> Result<JobOutputStream, FleetError> {
+        let job_id = parse_job_id(id)?;
+        let core = self.core();
+        let path = core.jobs_dir()?.join(format!("{job_id}.jsonl"));
+        let live = match core.active.get(&job_id) {
+            Some(active) => Some(active.hub.subscribe()),
+            None => {
+                core.store()?
+                    .get(&job_id)
+                    .map_err(|e| state_error(&path, e))?
+                    .ok_or_else(|| FleetError::JobNotFound {
+                        job_id: id.to_string(),
+                    })?;
+                None
+            }
+        };
+        let manager = self.clone();
+        let status = Box::new(move || manager.job(job_id.as_str(), false).ok().map(|(j, _)| j.status));
+        Ok(JobOutputStream::new(path, from_seq, live, status))
+    }
+
+    /// Fleet log entries: the newest `tail` matching ones, then live.
+    pub fn stream_logs(&self, filter: LogFilter, tail: usize) -> LogSubscription {
+        self.log_bus().subscribe(filter, tail)
+    }
+
+    /// Log entries of one agent (which must exist).
+    pub fn stream_agent_logs(
+        &self,
+        agent: &str,
+        min_level: Option<LogLevel>,
+        tail: usize,
+    ) -> Result<LogSubscription, FleetError> {
+        let name = {
+            let core = self.core();
+            let config = core.config()?.clone();
+            find_agent(&config, agent)?.name.clone()
+        };
+        Ok(self.log_bus().subscribe(
+            LogFilter {
+                min_level,
+                agent_name: Some(name),
+                job_id: None,
+            },
+            tail,
+        ))
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Schedule fires
+    // ---------------------------------------------------------------------------------------------
+
+    fn on_fire(&self, fire: Fire) {
+        let mut core = self.core();
+        let agent_name = fire.key.agent.clone();
+        let schedule_name = fire.key.schedule.clone();
+        let skip = |core: &mut Core, reason: SkipReason| {
+            core.persisted
+                .schedule_mut(&agent_name, &schedule_name)
+                .skipped += 1;
+            core.save_persisted(self.events());
+            tracing::info!(agent = %agent_name, schedule = %schedule_name, ?reason, "schedule skipped");
+            self.events().emit(FleetEvent::ScheduleSkipped {
+                agent_name: agent_name.clone(),
+                schedule_name: schedule_name.clone(),
+                reason,
+            });
+        };
+        if core.lifecycle != FleetState::Running {
+            skip(&mut core, SkipReason::Stopping);
+            return;
+        }
+        let Ok(config) = core.config().cloned() else {
+            return;
+        };
+        let Some(agent) = config.agent(&agent_name) else {
+            return;
+        };
+        let Some(schedule) = agent.schedules.iter().find(|s| s.name == schedule_name) else {
+            return;
+        };
+        if !effective_enabled(schedule, core.persisted.schedule(&agent_name, &schedule_name)) {
+            skip(&mut core, SkipReason::Disabled);
+            return;
+        }
+        let previous_still_going = core.active.values().any(|a| {
+            a.job.agent == agent_name && a.job.schedule.as_deref() == Some(schedule_name.as_str())
+        });
+        let when_full = match schedule.overlap {
+            config::Overlap::Skip if previous_still_going => {
+                skip(&mut core, SkipReason::AlreadyRunning);
+                return;
+            }
+            config::Overlap::Queue => run::WhenFull::Queue,
+            config::Overlap::Skip | config::Overlap::Allow => run::WhenFull::Skip,
+        };
+        if when_full == run::WhenFull::Skip && !core.has_slot(self.options(), &agent_name) {
+            skip(&mut core, SkipReason::ConcurrencyLimit);
+            return;
+        }
+        let prompt = schedule
+            .prompt
+            .clone()
+            .or_else(|| agent.default_prompt.clone())
+            .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
+        let job = Job::new(
+            JobId::generate(Utc::now()),
+            agent_name.clone(),
+            Some(schedule_name.clone()),
+            TriggerType::Schedule,
+            Some(prompt),
+            crate::job::DEFAULT_PRIORITY,
+            Utc::now(),
+        );
+        {
+            let state = core.persisted.schedule_mut(&agent_name, &schedule_name);
+            state.last_run_at = Some(fire.fired_at);
+            state.runs += 1;
+            state.next_run_at = core
+                .scheduler
+                .as_ref()
+                .and_then(|h| h.next_due(&fire.key));
+        }
+        tracing::info!(agent = %agent_name, schedule = %schedule_name, job_id = %job.id, "schedule fired");
+        self.events().emit(FleetEvent::ScheduleTriggered {
+            agent_name: agent_name.clone(),
+            schedule_name: schedule_name.clone(),
+            job_id: job.id.to_string(),
+        });
+        let context = RunContext {
+            resume_session: schedule
+                .resume_session
+                .then(|| last_session(&core, &agent_name))
+                .flatten(),
+            fork_session: false,
+            schedule: Some(schedule.clone()),
+        };
+        if let Err(e) = run::admit(self, &mut core, job, context, when_full) {
+            tracing::error!(agent = %agent_name, schedule = %schedule_name, "scheduled job not started: {e}");
+            core.persisted
+                .schedule_mut(&agent_name, &schedule_name)
+                .last_error = Some(e.to_string());
+        }
+        core.save_persisted(self.events());
+    }
+
+    /// Waits until the job is final (finished, failed or cancelled) and returns its record.
+    pub async fn wait_for_job(&self, id: &str) -> Result<Job, FleetError> {
+        let job_id = parse_job_id(id)?;
+        let finished = self.core().active.get(&job_id).map(|a| a.finished.subscribe());
+        if let Some(mut finished) = finished {
+            let _ = finished.wait_for(|done| *done).await;
+        }
+        self.job(id, false).map(|(job, _)| job)
+    }
+}
+
+fn last_session(core: &Core, agent: &str) -> Option<String> {
+    core.persisted
+        .agents
+        .get(agent)
+        .and_then(|a| a.last_session_id.clone())
+}
+
+/// Configured `enabled`, overridden by a persisted runtime enable/disable.
+fn effective_enabled(
+    schedule: &ScheduleConfig,
+    persisted: Option<&crate::state::ScheduleState>,
+) -> bool {
+    persisted
+        .and_then(|p| p.enabled)
+        .unwrap_or(schedule.enabled)
+}
+
+fn parse_job_id(id: &str) -> Result<JobId, FleetError> {
+    JobId::parse(id).map_err(|_| FleetError::JobNotFound {
+        job_id: id.to_string(),
+    })
+}
+
+fn find_agent<'a>(config: &'a FleetConfig, name: &str) -> Result<&'a AgentConfig, FleetError> {
+    config
+        .agent(name)
+        .or_else(|| {
+            // A local name is accepted when it is unambiguous across sub-fleets.
+            let mut matches = config.agents.iter().filter(|a| a.local_name == name);
+            match (matches.next(), matches.next()) {
+                (Some(agent), None) => Some(agent),
+                _ => None,
+            }
+        })
+        .ok_or_else(|| FleetError::AgentNotFound {
+            agent_name: name.to_string(),
+            available_agents: config.agents.iter().map(|a| a.name.clone()).collect(),
+        })
+}
+
+fn find_schedule<'a>(agent: &'a AgentConfig, name: &str) -> Result<&'a ScheduleConfig, FleetError> {
+    agent
+        .schedules
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| FleetError::ScheduleNotFound {
+            agent_name: agent.name.clone(),
+            schedule_name: name.to_string(),
+            available_schedules: agent.schedules.iter().map(|s| s.name.clone()).collect(),
+        })
+}
+
+/// Runs futures concurrently and waits for all (tokio has no join_all; a JoinSet needs 'static).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for future in futures {
+        set.spawn(future);
+    }
+    while set.join_next().await.is_some() {}
+}
+
+impl std::fmt::Debug for FleetManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetManager")
+            .field("state", &self.state())
+            .finish()
+    }
+}

@@ -1,0 +1,511 @@
+//! Job execution inside the fleet: admission (start now, queue, or refuse), spawning through the runner,
+//! the output pump (disk first, then subscribers), and finalization (record, schedule state, events,
+//! pruning, starting queued work).
+//!
+//! Order of events for one job: `job:created` → (`job:queued`) → `job:started` + `agent:started` →
+//! `job:output`* → `agent:stopped` + `job:completed|failed|cancelled`. The pump finishes before the job is
+//! finalized, so no output event follows the final one.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{AgentConfig, Catchup, RuntimeConfig, ScheduleConfig, ScheduleKind};
+use crate::job::{ExitReason, Job, JobError, JobId, JobStatus, OutputLine, TerminationType};
+use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
+use crate::scheduler::{self, Timing, TimingKind};
+use crate::state::OutputWriter;
+
+use super::error::{FleetError, FleetState};
+use super::events::FleetEvent;
+use super::manager::{report_state_error, ActiveJob, Core, FleetManager};
+use super::output::OutputHub;
+
+/// How a job runs beyond its agent's configuration.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RunContext {
+    pub(super) resume_session: Option<String>,
+    pub(super) fork_session: bool,
+    pub(super) schedule: Option<ScheduleConfig>,
+}
+
+/// What to do with a job when its agent or the fleet is at its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WhenFull {
+    Queue,
+    Skip,
+}
+
+/// Records the job and starts it, or queues it. Returns the job as it is now (running or queued).
+pub(super) fn admit(
+    manager: &FleetManager,
+    core: &mut Core,
+    job: Job,
+    context: RunContext,
+    when_full: WhenFull,
+) -> Result<Job, FleetError> {
+    let options = manager.options();
+    let has_slot = core.lifecycle != FleetState::Stopping && core.has_slot(options, &job.agent);
+    if !has_slot {
+        let limit_error = |current_jobs, limit, scope, hint| FleetError::ConcurrencyLimit {
+            agent_name: job.agent.clone(),
+            current_jobs,
+            limit,
+            scope,
+            hint,
+        };
+        match when_full {
+            WhenFull::Skip => {
+                return Err(limit_error(
+                    core.running_count(Some(&job.agent)),
+                    core.config
+                        .as_ref()
+                        .and_then(|c| c.agent(&job.agent))
+                        .map_or(1, |a| a.concurrency as usize),
+                    "running jobs",
+                    "the run was skipped; raise the agent's concurrency to allow more",
+                ))
+            }
+            WhenFull::Queue if core.queue.len() >= options.max_queued => {
+                return Err(limit_error(
+                    core.queue.len(),
+                    options.max_queued,
+                    "queued jobs in the fleet",
+                    "the queue is full; wait for jobs to finish or cancel queued ones",
+                ))
+            }
+            WhenFull::Queue => {}
+        }
+    }
+    persist(manager, core, &job)?;
+    let id = job.id.clone();
+    let (finished, _) = watch::channel(false);
+    core.active.insert(
+        id.clone(),
+        ActiveJob {
+            job: job.clone(),
+            agent: None,
+            context,
+            hub: OutputHub::new(),
+            canceller: None,
+            finished,
+        },
+    );
+    manager.events().emit(FleetEvent::JobCreated {
+        job: Box::new(job.clone()),
+    });
+    if has_slot {
+        start_job(manager, core, &id);
+    } else {
+        let position = core.queue.push(&job.agent, id.clone(), job.priority);
+        tracing::info!(agent = %job.agent, job_id = %id, position, "job queued");
+        manager.events().emit(FleetEvent::JobQueued {
+            job: Box::new(job),
+            position,
+        });
+    }
+    current_record(core, &id)
+}
+
+fn current_record(core: &Core, id: &JobId) -> Result<Job, FleetError> {
+    if let Some(active) = core.active.get(id) {
+        return Ok(active.job.clone());
+    }
+    core.store
+        .as_ref()
+        .and_then(|s| s.get(id).ok().flatten())
+        .ok_or_else(|| FleetError::JobNotFound {
+            job_id: id.to_string(),
+        })
+}
+
+fn persist(manager: &FleetManager, core: &mut Core, job: &Job) -> Result<(), FleetError> {
+    let Some(store) = core.store.as_mut() else {
+        return Err(FleetError::State {
+            path: String::new(),
+            message: "the fleet is not initialized".into(),
+        });
+    };
+    store.put(job).map_err(|e| {
+        report_state_error(manager.events(), &e.to_string());
+        FleetError::State {
+            path: format!("jobs/{}.yaml", job.id),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Spawns the process of a job that is in `core.active` and not yet running.
+fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
+    let agent = core
+        .config
+        .as_ref()
+        .and_then(|c| c.agent(&core.active[id].job.agent))
+        .cloned();
+    let Some(agent) = agent else {
+        finish_without_running(manager, core, id, "its agent is no longer configured");
+        return;
+    };
+    let agent = Arc::new(agent);
+    let spec = {
+        let active = &core.active[id];
+        run_spec(&agent, &active.job, &active.context)
+    };
+    let (output_tx, output_rx) = mpsc::channel(1024);
+    let launched = runner::start(spec, output_tx);
+    let Some(active) = core.active.get_mut(id) else {
+        return;
+    };
+    let now = Utc::now();
+    active.job.started_at = Some(now);
+    active.agent = Some(agent.clone());
+    let handle = match launched {
+        Ok(handle) => handle,
+        Err(outcome) => {
+            drop(output_rx);
+            finalize_locked(manager, core, id, outcome);
+            return;
+        }
+    };
+    active.job.status = JobStatus::Running;
+    active.job.pid = Some(handle.pid());
+    active.job.pgid = Some(handle.pgid());
+    active.job.process_start_time = handle.process_start_time();
+    active.canceller = Some(handle.canceller());
+    let job = active.job.clone();
+    let hub = active.hub.clone();
+    if let Err(e) = persist(manager, core, &job) {
+        tracing::error!(job_id = %id, "job runs but its record could not be saved: {e}");
+    }
+    let writer = match core.store.as_ref().map(|s| s.output_writer(id)) {
+        Some(Ok(writer)) => Some(writer),
+        Some(Err(e)) => {
+            report_state_error(manager.events(), &format!("job {id}: output not persisted: {e}"));
+            None
+        }
+        None => None,
+    };
+    tracing::info!(agent = %job.agent, job_id = %id, pid = handle.pid(), "job started");
+    manager.events().emit(FleetEvent::JobStarted {
+        job: Box::new(job.clone()),
+    });
+    manager.events().emit(FleetEvent::AgentStarted {
+        agent_name: job.agent.clone(),
+        job_id: id.to_string(),
+    });
+    let span = tracing::info_span!("job", agent = %job.agent, job_id = %id);
+    tokio::spawn(tracing::Instrument::instrument(
+        supervise(manager.clone(), id.clone(), handle, output_rx, writer, hub),
+        span,
+    ));
+}
+
+/// Pumps a running job's output and finalizes it when both the process and its output have ended.
+async fn supervise(
+    manager: FleetManager,
+    id: JobId,
+    handle: RunHandle,
+    mut output: mpsc::Receiver<OutputEvent>,
+    mut writer: Option<OutputWriter>,
+    hub: OutputHub,
+) {
+    let events = manager.events().clone();
+    let job_id = id.to_string();
+    let pump = async {
+        let mut next_seq = 0u64;
+        let mut batch = Vec::with_capacity(256);
+        let mut write_failed = false;
+        loop {
+            batch.clear();
+            if output.recv_many(&mut batch, 256).await == 0 {
+                break;
+            }
+            let lines: Vec<OutputLine> = batch
+                .drain(..)
+                .map(|event| {
+                    let line = OutputLine {
+                        seq: next_seq,
+                        ts: Utc::now(),
+                        kind: event.kind,
+                        data: event.data,
+                    };
+                    next_seq += 1;
+                    line
+                })
+                .collect();
+            // Disk first, then subscribers: readers rely on it to join history and live without a gap.
+            if let Some(w) = writer.as_mut() {
+                let written = lines
+                    .iter()
+                    .try_for_each(|line| w.append(line))
+                    .and_then(|()| w.flush());
+                if let Err(e) = written {
+                    if !write_failed {
+                        write_failed = true;
+                        report_state_error(&events, &format!("job {job_id}: cannot write output: {e}"));
+                    }
+                }
+            }
+            for line in lines {
+                events.emit(FleetEvent::JobOutput {
+                    job_id: job_id.clone(),
+                    seq: line.seq,
+                    kind: line.kind.clone(),
+                    chunk: Value::Object(line.data.clone()),
+                });
+                hub.publish(line);
+            }
+        }
+    };
+    let (outcome, ()) = tokio::join!(handle.wait(), pump);
+    drop(writer);
+    finalize(&manager, &id, outcome);
+}
+
+fn finalize(manager: &FleetManager, id: &JobId, outcome: RunOutcome) {
+    let mut core = manager.core();
+    finalize_locked(manager, &mut core, id, outcome);
+}
+
+/// Makes a job's record final from its run outcome, and does everything that follows a job's end.
+fn finalize_locked(manager: &FleetManager, core: &mut Core, id: &JobId, outcome: RunOutcome) {
+    let Some(active) = core.active.remove(id) else {
+        return;
+    };
+    let mut job = active.job;
+    let now = Utc::now();
+    job.status = outcome.status;
+    job.exit_reason = Some(outcome.exit_reason);
+    job.exit_code = outcome.exit_code;
+    job.signal = outcome.signal;
+    job.summary = outcome.summary.clone();
+    job.result = outcome.result.clone();
+    if outcome.session_id.is_some() {
+        job.session_id = outcome.session_id.clone();
+    }
+    job.error = outcome.error.clone();
+    job.output_truncated = outcome.output_truncated;
+    job.finished_at = Some(now);
+    job.duration_ms = job
+        .started_at
+        .map(|start| (now - start).num_milliseconds().max(0) as u64);
+    job.pid = None;
+    job.pgid = None;
+    job.process_start_time = None;
+    if let Err(e) = persist(manager, core, &job) {
+        tracing::error!(job_id = %id, "final record not saved: {e}");
+    }
+    record_in_fleet_state(core, &job);
+    core.save_persisted(manager.events());
+
+    let level_failed = job.status == JobStatus::Failed;
+    if level_failed {
+        tracing::warn!(agent = %job.agent, job_id = %id, exit_reason = ?job.exit_reason,
+            error = job.error.as_ref().map(|e| e.message.as_str()).unwrap_or(""), "job failed");
+    } else {
+        tracing::info!(agent = %job.agent, job_id = %id, status = %job.status, "job finished");
+    }
+    let events = manager.events();
+    if active.canceller.is_some() || job.started_at.is_some() {
+        events.emit(FleetEvent::AgentStopped {
+            agent_name: job.agent.clone(),
+            job_id: id.to_string(),
+            reason: job.status.to_string(),
+        });
+    }
+    let boxed = Box::new(job.clone());
+    match job.status {
+        JobStatus::Completed => events.emit(FleetEvent::JobCompleted {
+            job_id: id.to_string(),
+            result: job.result.clone(),
+            job: boxed,
+        }),
+        JobStatus::Cancelled => events.emit(FleetEvent::JobCancelled {
+            job_id: id.to_string(),
+            termination_type: outcome.termination.unwrap_or(TerminationType::Graceful),
+            job: boxed,
+        }),
+        _ => events.emit(FleetEvent::JobFailed {
+            job_id: id.to_string(),
+            error: serde_json::to_value(&job.error).unwrap_or(Value::Null),
+            job: boxed,
+        }),
+    }
+    prune(manager, core);
+    dispatch_queue(manager, core);
+    // Readers of the output hub end when it is dropped; waiters of `finished` see the final record.
+    drop(active.hub);
+    let _ = active.finished.send(true);
+    manager.shared.jobs_changed.notify_waiters();
+}
+
+/// Ends a job that never ran (cancelled while queued, fleet stopped, agent removed).
+pub(super) fn finish_without_running(
+    manager: &FleetManager,
+    core: &mut Core,
+    id: &JobId,
+    reason: &str,
+) {
+    let outcome = RunOutcome {
+        status: JobStatus::Cancelled,
+        exit_reason: ExitReason::Cancelled,
+        exit_code: None,
+        signal: None,
+        summary: None,
+        result: None,
+        session_id: None,
+        error: Some(JobError {
+            code: "CANCELLED".into(),
+            message: reason.to_string(),
+        }),
+        termination: Some(TerminationType::Graceful),
+        output_truncated: false,
+    };
+    finalize_locked(manager, core, id, outcome);
+}
+
+fn record_in_fleet_state(core: &mut Core, job: &Job) {
+    if let Some(schedule) = job.schedule.as_deref() {
+        let state = core.persisted.schedule_mut(&job.agent, schedule);
+        state.last_status = Some(job.status.to_string());
+        match job.status {
+            JobStatus::Failed => {
+                state.failed += 1;
+                state.last_error = job.error.as_ref().map(|e| e.message.clone());
+            }
+            JobStatus::Completed => state.last_error = None,
+            _ => {}
+        }
+    }
+    if let Some(session) = job.session_id.as_ref() {
+        core.persisted
+            .agents
+            .entry(job.agent.clone())
+            .or_default()
+            .last_session_id = Some(session.clone());
+    }
+}
+
+fn prune(manager: &FleetManager, core: &mut Core) {
+    let history = &manager.options().history;
+    let active: HashSet<JobId> = core.active.keys().cloned().collect();
+    let Some(store) = core.store.as_mut() else {
+        return;
+    };
+    match store.prune(history.max_jobs_per_agent, history.max_jobs_total, &|id| {
+        active.contains(id)
+    }) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::debug!(removed = removed.len(), "pruned job history")
+        }
+        Ok(_) => {}
+        Err(e) => report_state_error(manager.events(), &format!("pruning job history: {e}")),
+    }
+}
+
+/// Starts queued jobs, in priority/FIFO order, while their agents and the fleet have free slots.
+pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
+    if matches!(
+        core.lifecycle,
+        FleetState::Stopping | FleetState::Uninitialized
+    ) {
+        return;
+    }
+    loop {
+        let startable: HashSet<String> = core
+            .queue
+            .iter()
+            .map(|q| q.agent.clone())
+            .filter(|agent| core.has_slot(manager.options(), agent))
+            .collect();
+        let Some(next) = core.queue.pop_runnable(|agent| startable.contains(agent)) else {
+            break;
+        };
+        start_job(manager, core, &next.job_id);
+    }
+}
+
+/// The runner's spec for one job of `agent`.
+fn run_spec(agent: &AgentConfig, job: &Job, context: &RunContext) -> RunSpec {
+    let runtime = match &agent.runtime {
+        RuntimeConfig::Claude { bin } => runner::RuntimeSpec::Claude(runner::ClaudeSpec {
+            bin: bin.clone(),
+            model: agent.model.clone().or_else(|| agent.session.model.clone()),
+            max_turns: agent.max_turns.or(agent.session.max_turns),
+            permission_mode: agent.permission_mode.map(|m| m.as_str().to_string()),
+            allowed_tools: agent.allowed_tools.clone(),
+            denied_tools: agent.denied_tools.clone(),
+            tools: agent.tools.clone(),
+            system_prompt: agent.system_prompt.clone(),
+            append_system_prompt: None,
+            mcp_servers: agent.mcp_servers.clone(),
+            setting_sources: agent.setting_sources.clone(),
+            resume_session: context.resume_session.clone(),
+            fork_session: context.fork_session,
+        }),
+        RuntimeConfig::Command { command, env } => runner::RuntimeSpec::Command {
+            argv: command.clone(),
+            env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        },
+    };
+    RunSpec {
+        job_id: job.id.to_string(),
+        agent: agent.name.clone(),
+        schedule: job.schedule.clone(),
+        prompt: job.prompt.clone().unwrap_or_default(),
+        runtime,
+        cwd: agent.working_directory.clone(),
+        env: Vec::new(),
+        timeout: context
+            .schedule
+            .as_ref()
+            .and_then(|s| s.timeout)
+            .or(agent.timeout),
+        stop_grace: agent.stop_grace,
+        limits: runner::OutputLimits::default(),
+    }
+}
+
+/// When a schedule fires, for the scheduler; `None` for types herdctld does not fire (webhook, chat).
+pub(super) fn timing_of(_agent: &AgentConfig, schedule: &ScheduleConfig) -> Option<Timing> {
+    let kind = match &schedule.kind {
+        ScheduleKind::Interval(every) => TimingKind::Interval(*every),
+        ScheduleKind::Cron(expr) => TimingKind::Cron {
+            expr: expr.clone(),
+            tz: schedule.timezone.unwrap_or_else(scheduler::host_timezone),
+        },
+        ScheduleKind::Webhook | ScheduleKind::Chat => return None,
+    };
+    Some(Timing {
+        kind,
+        jitter: schedule.jitter,
+        catchup: match schedule.catchup {
+            Catchup::Latest => scheduler::Catchup::Latest,
+            Catchup::None => scheduler::Catchup::None,
+        },
+    })
+}
+
+pub(super) fn runtime_name(agent: &AgentConfig) -> &'static str {
+    match agent.runtime {
+        RuntimeConfig::Claude { .. } => "claude",
+        RuntimeConfig::Command { .. } => "command",
+    }
+}
+
+/// The part of a prompt that hands explicitly given work items to the agent.
+pub(super) fn work_items_section(items: &[Value]) -> String {
+    let mut section = String::from("\n\n## Work items\n");
+    for item in items {
+        let text = match item {
+            Value::String(s) => s.clone(),
+            other => serde_json::to_string_pretty(other).unwrap_or_default(),
+        };
+        section.push_str("\n- ");
+        section.push_str(&text.replace('\n', "\n  "));
+    }
+    section
+}

@@ -1,0 +1,487 @@
+//! The method table: every FleetManager operation as a JSON-RPC method or subscription (SPEC §11).
+//!
+//! Params are named (canonical) or positional in the documented order; unknown names are refused with
+//! -32602. Domain errors become application codes with `data: {code, ...context}`. This module only
+//! translates: every decision is the FleetManager's.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use jsonrpsee::core::SubscriptionError;
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::{PendingSubscriptionSink, RpcModule, SubscriptionSink};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::fleet::{
+    FleetError, FleetEvent, FleetManager, ForkOptions, JobQuery, LogFilter, LogLevel,
+    StopOptions, TriggerOptions,
+};
+use crate::job::JobStatus;
+
+/// The OpenRPC document served by `rpc.discover`, byte for byte the file in `proto-docs/`.
+pub const OPENRPC_DOCUMENT: &str = include_str!("../../proto-docs/openrpc.json");
+
+/// Builds the module with every method and subscription registered.
+pub fn fleet_module(fleet: FleetManager) -> RpcModule<FleetManager> {
+    let mut module = RpcModule::new(fleet);
+    register(&mut module).unwrap_or_else(|e| {
+        // Registration only fails on a duplicate name, a programming error caught by every test run.
+        panic!("method table is inconsistent: {e}")
+    });
+    module
+}
+
+/// Names of every method the module registers, subscriptions and unsubscriptions included.
+pub fn registered_method_names(module: &RpcModule<FleetManager>) -> Vec<String> {
+    let mut names: Vec<String> = module.method_names().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+pub(crate) fn domain_error(error: FleetError) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(error.code(), error.to_string(), Some(error.data()))
+}
+
+fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
+    let message = message.into();
+    ErrorObjectOwned::owned(
+        -32602,
+        format!("Invalid params: {message}"),
+        Some(json!({"code": "INVALID_PARAMS", "message": message})),
+    )
+}
+
+/// Parses named params, or positional ones mapped onto `names` in order.
+fn parse<T: DeserializeOwned>(params: &Params, names: &[&str]) -> Result<T, ErrorObjectOwned> {
+    let value: Value = match params.as_str() {
+        None => Value::Object(Map::new()),
+        Some(raw) => serde_json::from_str(raw).map_err(|e| invalid_params(e.to_string()))?,
+    };
+    let object = match value {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        Value::Array(items) => {
+            if items.len() > names.len() {
+                return Err(invalid_params(format!(
+                    "expected at most {} positional params ({}), got {}",
+                    names.len(),
+                    names.join(", "),
+                    items.len()
+                )));
+            }
+            names
+                .iter()
+                .zip(items)
+                .filter(|(_, v)| !v.is_null())
+                .map(|(name, v)| (name.to_string(), v))
+                .collect()
+        }
+        other => {
+            return Err(invalid_params(format!(
+                "params must be an object or an array, got {other}"
+            )))
+        }
+    };
+    serde_json::from_value(Value::Object(object)).map_err(|e| invalid_params(e.to_string()))
+}
+
+fn to_value(result: impl Serialize) -> Result<Value, ErrorObjectOwned> {
+    serde_json::to_value(result).map_err(|e| ErrorObjectOwned::owned(-32603, e.to_string(), None::<()>))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NoParams {}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StopParams {
+    #[serde(default = "yes")]
+    wait_for_jobs: bool,
+    #[serde(default = "default_stop_timeout")]
+    timeout: u64,
+    #[serde(default = "yes")]
+    cancel_on_timeout: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_stop_timeout() -> u64 {
+    30_000
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobsParams {
+    agent_name: Option<String>,
+    status: Option<JobStatus>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobParams {
+    id: String,
+    #[serde(default)]
+    include_output: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ScheduleParams {
+    agent_name: String,
+    schedule_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TriggerParams {
+    agent_name: String,
+    schedule_name: Option<String>,
+    prompt: Option<String>,
+    work_items: Option<Vec<Value>>,
+    priority: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CancelParams {
+    id: String,
+    grace_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ForkParams {
+    id: String,
+    prompt: Option<String>,
+    schedule_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EventsParams {
+    types: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LogsParams {
+    level: Option<String>,
+    agent_name: Option<String>,
+    job_id: Option<String>,
+    tail: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobOutputParams {
+    id: String,
+    #[serde(default)]
+    from_seq: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AgentLogsParams {
+    agent_name: String,
+    level: Option<String>,
+    tail: Option<usize>,
+}
+
+/// Log entries replayed to a new log subscriber unless it asks for another `tail`.
+const DEFAULT_LOG_TAIL: usize = 100;
+
+fn parse_level(level: Option<&str>) -> Result<Option<LogLevel>, ErrorObjectOwned> {
+    level
+        .map(|text| {
+            LogLevel::parse(text).ok_or_else(|| {
+                invalid_params(format!(
+                    "unknown level {text:?}; use trace, debug, info, warn or error"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core::RegisterMethodError> {
+    module.register_async_method("initialize", |params, fleet, _| async move {
+        parse::<NoParams>(&params, &[])?;
+        fleet.initialize().await.map_err(domain_error)?;
+        to_value(json!({"state": fleet.state()}))
+    })?;
+    module.register_async_method("start", |params, fleet, _| async move {
+        parse::<NoParams>(&params, &[])?;
+        fleet.start().await.map_err(domain_error)?;
+        to_value(json!({"state": fleet.state()}))
+    })?;
+    module.register_async_method("stop", |params, fleet, _| async move {
+        let p: StopParams = parse(&params, &["waitForJobs", "timeout", "cancelOnTimeout"])?;
+        fleet
+            .stop(StopOptions {
+                wait_for_jobs: p.wait_for_jobs,
+                timeout: Duration::from_millis(p.timeout),
+                cancel_on_timeout: p.cancel_on_timeout,
+            })
+            .await
+            .map_err(domain_error)?;
+        to_value(json!({"state": fleet.state()}))
+    })?;
+    module.register_async_method("reload", |params, fleet, _| async move {
+        parse::<NoParams>(&params, &[])?;
+        to_value(fleet.reload().await.map_err(domain_error)?)
+    })?;
+    module.register_method("getState", |params, fleet, _| {
+        parse::<NoParams>(&params, &[])?;
+        to_value(fleet.state())
+    })?;
+    module.register_method("getStatus", |params, fleet, _| {
+        parse::<NoParams>(&params, &[])?;
+        to_value(fleet.status())
+    })?;
+    module.register_method("getAgents", |params, fleet, _| {
+        parse::<NoParams>(&params, &[])?;
+        to_value(fleet.agents().map_err(domain_error)?)
+    })?;
+    module.register_method("getAgent", |params, fleet, _| {
+        let p: NameParams = parse(&params, &["name"])?;
+        to_value(fleet.agent(&p.name).map_err(domain_error)?)
+    })?;
+    module.register_method("getJobs", |params, fleet, _| {
+        let p: JobsParams = parse(
+            &params,
+            &["agentName", "status", "since", "until", "limit", "offset"],
+        )?;
+        let query = JobQuery {
+            agent: p.agent_name,
+            status: p.status,
+            since: p.since,
+            until: p.until,
+            limit: p.limit,
+            offset: p.offset,
+        };
+        to_value(fleet.jobs(&query).map_err(domain_error)?)
+    })?;
+    module.register_method("getJob", |params, fleet, _| {
+        let p: JobParams = parse(&params, &["id", "includeOutput"])?;
+        let (job, output) = fleet.job(&p.id, p.include_output).map_err(domain_error)?;
+        let mut value = to_value(job)?;
+        if let (Some(output), Value::Object(map)) = (output, &mut value) {
+            map.insert("output".into(), to_value(output)?);
+        }
+        Ok::<Value, ErrorObjectOwned>(value)
+    })?;
+    module.register_method("getSchedules", |params, fleet, _| {
+        parse::<NoParams>(&params, &[])?;
+        to_value(fleet.schedules().map_err(domain_error)?)
+    })?;
+    module.register_method("getSchedule", |params, fleet, _| {
+        let p: ScheduleParams = parse(&params, &["agentName", "scheduleName"])?;
+        to_value(
+            fleet
+                .schedule(&p.agent_name, &p.schedule_name)
+                .map_err(domain_error)?,
+        )
+    })?;
+    module.register_method("getQueue", |params, fleet, _| {
+        parse::<NoParams>(&params, &[])?;
+        to_value(fleet.queue().map_err(domain_error)?)
+    })?;
+    module.register_async_method("trigger", |params, fleet, _| async move {
+        let p: TriggerParams = parse(
+            &params,
+            &["agentName", "scheduleName", "prompt", "workItems", "priority"],
+        )?;
+        let job = fleet
+            .trigger(
+                &p.agent_name,
+                TriggerOptions {
+                    schedule: p.schedule_name,
+                    prompt: p.prompt,
+                    work_items: p.work_items,
+                    priority: p.priority,
+                },
+            )
+            .await
+            .map_err(domain_error)?;
+        to_value(job)
+    })?;
+    module.register_async_method("cancelJob", |params, fleet, _| async move {
+        let p: CancelParams = parse(&params, &["id", "graceMs"])?;
+        let result = fleet
+            .cancel_job(&p.id, p.grace_ms.map(Duration::from_millis))
+            .await
+            .map_err(domain_error)?;
+        to_value(result)
+    })?;
+    module.register_async_method("forkJob", |params, fleet, _| async move {
+        let p: ForkParams = parse(&params, &["id", "prompt", "scheduleName"])?;
+        let job = fleet
+            .fork_job(
+                &p.id,
+                ForkOptions {
+                    prompt: p.prompt,
+                    schedule: p.schedule_name,
+                },
+            )
+            .await
+            .map_err(domain_error)?;
+        to_value(job)
+    })?;
+    module.register_async_method("enableSchedule", |params, fleet, _| async move {
+        let p: ScheduleParams = parse(&params, &["agentName", "scheduleName"])?;
+        to_value(
+            fleet
+                .enable_schedule(&p.agent_name, &p.schedule_name)
+                .await
+                .map_err(domain_error)?,
+        )
+    })?;
+    module.register_async_method("disableSchedule", |params, fleet, _| async move {
+        let p: ScheduleParams = parse(&params, &["agentName", "scheduleName"])?;
+        to_value(
+            fleet
+                .disable_schedule(&p.agent_name, &p.schedule_name)
+                .await
+                .map_err(domain_error)?,
+        )
+    })?;
+    module.register_method("rpc.discover", |params, _, _| {
+        parse::<NoParams>(&params, &[])?;
+        serde_json::value::RawValue::from_string(OPENRPC_DOCUMENT.to_string())
+            .map_err(|e| ErrorObjectOwned::owned(-32603, e.to_string(), None::<()>))
+    })?;
+
+    module.register_subscription(
+        "subscribeEvents",
+        "event",
+        "unsubscribeEvents",
+        |params, pending, fleet, _| async move {
+            let p: EventsParams = match parse(&params, &["types"]) {
+                Ok(p) => p,
+                Err(e) => return reject(pending, e).await,
+            };
+            if let Some(unknown) = p
+                .types
+                .iter()
+                .flatten()
+                .find(|t| !FleetEvent::TYPE_NAMES.contains(&t.as_str()) && t.as_str() != "lagged")
+            {
+                let message = format!(
+                    "unknown event type {unknown:?}; known types: {}",
+                    FleetEvent::TYPE_NAMES.join(", ")
+                );
+                return reject(pending, invalid_params(message)).await;
+            }
+            let mut events = fleet.subscribe_events(p.types);
+            let sink = pending.accept().await?;
+            pump(&sink, || events.next()).await
+        },
+    )?;
+    module.register_subscription(
+        "streamLogs",
+        "log",
+        "unsubscribeLogs",
+        |params, pending, fleet, _| async move {
+            let p: LogsParams = match parse(&params, &["level", "agentName", "jobId", "tail"]) {
+                Ok(p) => p,
+                Err(e) => return reject(pending, e).await,
+            };
+            let min_level = match parse_level(p.level.as_deref()) {
+                Ok(level) => level,
+                Err(e) => return reject(pending, e).await,
+            };
+            let filter = LogFilter {
+                min_level,
+                agent_name: p.agent_name,
+                job_id: p.job_id,
+            };
+            let mut logs = fleet.stream_logs(filter, p.tail.unwrap_or(DEFAULT_LOG_TAIL));
+            let sink = pending.accept().await?;
+            pump(&sink, || logs.next()).await
+        },
+    )?;
+    module.register_subscription(
+        "streamAgentLogs",
+        "agentLog",
+        "unsubscribeAgentLogs",
+        |params, pending, fleet, _| async move {
+            let p: AgentLogsParams = match parse(&params, &["agentName", "level", "tail"]) {
+                Ok(p) => p,
+                Err(e) => return reject(pending, e).await,
+            };
+            let min_level = match parse_level(p.level.as_deref()) {
+                Ok(level) => level,
+                Err(e) => return reject(pending, e).await,
+            };
+            let logs = fleet.stream_agent_logs(
+                &p.agent_name,
+                min_level,
+                p.tail.unwrap_or(DEFAULT_LOG_TAIL),
+            );
+            let mut logs = match logs {
+                Ok(logs) => logs,
+                Err(e) => return reject(pending, domain_error(e)).await,
+            };
+            let sink = pending.accept().await?;
+            pump(&sink, || logs.next()).await
+        },
+    )?;
+    module.register_subscription(
+        "streamJobOutput",
+        "jobOutput",
+        "unsubscribeJobOutput",
+        |params, pending, fleet, _| async move {
+            let p: JobOutputParams = match parse(&params, &["id", "fromSeq"]) {
+                Ok(p) => p,
+                Err(e) => return reject(pending, e).await,
+            };
+            let mut output = match fleet.stream_job_output(&p.id, p.from_seq) {
+                Ok(output) => output,
+                Err(e) => return reject(pending, domain_error(e)).await,
+            };
+            let sink = pending.accept().await?;
+            pump(&sink, || output.next()).await
+        },
+    )?;
+    Ok(())
+}
+
+async fn reject(pending: PendingSubscriptionSink, error: ErrorObjectOwned) -> Result<(), SubscriptionError> {
+    pending.reject(error).await;
+    Ok(())
+}
+
+/// Forwards items to the subscriber until the source ends or the subscriber goes away. Sending waits for
+/// the connection's buffer, so a slow client slows only its own subscription.
+async fn pump<T, F, Fut>(sink: &SubscriptionSink, mut next: F) -> Result<(), SubscriptionError>
+where
+    T: Serialize,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    loop {
+        let item = tokio::select! {
+            _ = sink.closed() => return Ok(()),
+            item = next() => item,
+        };
+        let Some(item) = item else { return Ok(()) };
+        let raw = serde_json::value::to_raw_value(&item)?;
+        if sink.send(raw).await.is_err() {
+            return Ok(());
+        }
+    }
+}
