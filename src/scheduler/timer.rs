@@ -511,3 +511,666 @@ impl SchedulerTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::{Datelike, TimeDelta, Timelike, Weekday};
+    use chrono_tz::Tz;
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    use super::*;
+    use crate::scheduler::clock::{ManualClock, SystemClock};
+    use crate::scheduler::timing::{Catchup, TimingKind};
+    use crate::timespec::CronExpr;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn key(name: &str) -> ScheduleKey {
+        ScheduleKey::new("agent", name)
+    }
+
+    fn interval(d: Duration) -> Timing {
+        Timing {
+            kind: TimingKind::Interval(d),
+            jitter: None,
+            catchup: Catchup::Latest,
+        }
+    }
+
+    fn cron(expr: &str, tz: &str) -> Timing {
+        Timing {
+            kind: TimingKind::Cron {
+                expr: CronExpr::parse(expr).unwrap(),
+                tz: tz.parse().unwrap(),
+            },
+            jitter: None,
+            catchup: Catchup::Latest,
+        }
+    }
+
+    fn start(clock: &ManualClock, fire_buffer: usize) -> (SchedulerHandle, mpsc::Receiver<Fire>) {
+        Scheduler::spawn_with(
+            Arc::new(clock.clone()),
+            SchedulerOptions {
+                fire_buffer,
+                jitter: Box::new(SeededJitter::new(42)),
+            },
+        )
+    }
+
+    async fn recv(fires: &mut mpsc::Receiver<Fire>) -> Fire {
+        tokio::time::timeout(Duration::from_secs(5), fires.recv())
+            .await
+            .expect("no fire within 5 s")
+            .expect("fire channel closed")
+    }
+
+    /// Asserts that nothing has fired: the handle round trip makes the task fire what is due first.
+    async fn assert_quiet(handle: &SchedulerHandle, fires: &mut mpsc::Receiver<Fire>) {
+        handle.active_count().await.unwrap();
+        match fires.try_recv() {
+            Err(TryRecvError::Empty) => {}
+            other => panic!("expected no fire, got {other:?}"),
+        }
+    }
+
+    /// Moves the clock from planned fire to planned fire up to `end`, collecting every fire.
+    async fn run_until(
+        handle: &SchedulerHandle,
+        clock: &ManualClock,
+        fires: &mut mpsc::Receiver<Fire>,
+        end: DateTime<Utc>,
+    ) -> Vec<Fire> {
+        let mut collected = Vec::new();
+        while let Some((_, next)) = handle.next_any().await.unwrap() {
+            if next > end {
+                break;
+            }
+            clock.set(next);
+            // Waiting here (not behind a handle call) checks that the clock alone wakes the task.
+            collected.push(recv(fires).await);
+            handle.active_count().await.unwrap();
+            while let Ok(fire) = fires.try_recv() {
+                collected.push(fire);
+            }
+        }
+        clock.set(end);
+        assert_quiet(handle, fires).await;
+        collected
+    }
+
+    fn instants(fires: &[Fire]) -> Vec<DateTime<Utc>> {
+        fires.iter().map(|fire| fire.fired_at).collect()
+    }
+
+    #[tokio::test]
+    async fn intervals_fire_on_time_repeatedly() {
+        let t0 = at("2026-05-01T10:00:00Z");
+        let clock = ManualClock::new(t0);
+        let (handle, mut fires) = start(&clock, 64);
+        handle
+            .upsert(
+                key("every-5m"),
+                interval(Duration::from_secs(300)),
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        // Never run: fires right after start without the clock moving.
+        let first = recv(&mut fires).await;
+        assert_eq!((first.occurrence, first.due, first.fired_at), (t0, t0, t0));
+
+        let day = run_until(&handle, &clock, &mut fires, t0 + TimeDelta::days(1)).await;
+        assert_eq!(day.len(), 288);
+        for (n, fire) in day.iter().enumerate() {
+            let expected = t0 + TimeDelta::minutes(5 * (n as i64 + 1));
+            assert_eq!(
+                (fire.occurrence, fire.due, fire.fired_at),
+                (expected, expected, expected)
+            );
+            assert_eq!(fire.merged, 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interval_continues_from_its_last_run_after_restart() {
+        let clock = ManualClock::new(at("2026-05-01T10:00:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        let last_run = Some(at("2026-05-01T09:58:00Z"));
+        handle
+            .upsert(
+                key("every-5m"),
+                interval(Duration::from_secs(300)),
+                last_run,
+                true,
+            )
+            .await
+            .unwrap();
+        assert_quiet(&handle, &mut fires).await;
+        let fired = run_until(&handle, &clock, &mut fires, at("2026-05-01T10:10:00Z")).await;
+        assert_eq!(
+            instants(&fired),
+            [at("2026-05-01T10:03:00Z"), at("2026-05-01T10:08:00Z")]
+        );
+    }
+
+    #[tokio::test]
+    async fn cron_every_quarter_hour() {
+        let clock = ManualClock::new(at("2026-05-01T10:07:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        handle
+            .upsert(key("quarter"), cron("*/15 * * * *", "UTC"), None, true)
+            .await
+            .unwrap();
+        let fired = run_until(&handle, &clock, &mut fires, at("2026-05-02T10:07:00Z")).await;
+        assert_eq!(fired.len(), 96);
+        assert_eq!(fired[0].fired_at, at("2026-05-01T10:15:00Z"));
+        for pair in fired.windows(2) {
+            assert_eq!(pair[1].fired_at - pair[0].fired_at, TimeDelta::minutes(15));
+        }
+    }
+
+    #[tokio::test]
+    async fn weekday_cron_fires_monday_to_friday_only() {
+        // Sunday 2026-11-22 00:00 Berlin time; two weeks of 09:00 Berlin = 08:00 UTC in November.
+        let clock = ManualClock::new(at("2026-11-21T23:00:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        handle
+            .upsert(
+                key("weekdays"),
+                cron("0 9 * * 1-5", "Europe/Berlin"),
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        let fired = run_until(&handle, &clock, &mut fires, at("2026-12-05T23:00:00Z")).await;
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let days: Vec<(u32, Weekday)> = fired
+            .iter()
+            .map(|fire| {
+                let local = fire.fired_at.with_timezone(&berlin);
+                assert_eq!((local.hour(), local.minute()), (9, 0));
+                (local.day(), local.weekday())
+            })
+            .collect();
+        use Weekday::*;
+        assert_eq!(
+            days,
+            [
+                (23, Mon),
+                (24, Tue),
+                (25, Wed),
+                (26, Thu),
+                (27, Fri),
+                (30, Mon),
+                (1, Tue),
+                (2, Wed),
+                (3, Thu),
+                (4, Fri)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn daily_cron_follows_local_midnight_through_both_dst_changes_of_2026() {
+        let clock = ManualClock::new(at("2026-01-01T12:00:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        for zone in ["Europe/Berlin", "America/New_York"] {
+            handle
+                .upsert(key(zone), cron("@daily", zone), None, true)
+                .await
+                .unwrap();
+        }
+        let fired = run_until(&handle, &clock, &mut fires, at("2027-01-01T12:00:00Z")).await;
+        for (zone, transitions) in [
+            (
+                "Europe/Berlin",
+                [
+                    "2026-03-28T23:00:00Z", // Sunday 29 March 00:00 CET, the night before clocks go forward
+                    "2026-03-29T22:00:00Z", // Monday 00:00 CEST
+                    "2026-10-24T22:00:00Z", // Sunday 25 October 00:00 CEST, clocks go back at 03:00
+                    "2026-10-25T23:00:00Z", // Monday 00:00 CET
+                ],
+            ),
+            (
+                "America/New_York",
+                [
+                    "2026-03-08T05:00:00Z", // Sunday 8 March 00:00 EST
+                    "2026-03-09T04:00:00Z", // Monday 00:00 EDT
+                    "2026-11-01T04:00:00Z", // Sunday 1 November 00:00 EDT
+                    "2026-11-02T05:00:00Z", // Monday 00:00 EST
+                ],
+            ),
+        ] {
+            let tz: Tz = zone.parse().unwrap();
+            let days: Vec<DateTime<Utc>> = fired
+                .iter()
+                .filter(|fire| fire.key == key(zone))
+                .map(|fire| fire.fired_at)
+                .collect();
+            // Local midnights of 2 January 2026 to 1 January 2027, one per local day.
+            assert_eq!(days.len(), 365, "{zone}");
+            let mut expected_date = chrono::NaiveDate::from_ymd_opt(2026, 1, 2).unwrap();
+            for day in &days {
+                let local = day.with_timezone(&tz);
+                assert_eq!((local.hour(), local.minute()), (0, 0), "{zone} {day}");
+                assert_eq!(
+                    local.date_naive(),
+                    expected_date,
+                    "{zone}: one per local day"
+                );
+                expected_date = expected_date.succ_opt().unwrap();
+            }
+            for transition in transitions {
+                assert!(
+                    days.contains(&at(transition)),
+                    "{zone}: no fire at {transition}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_0230_job_on_dst_change_days_in_berlin() {
+        let clock = ManualClock::new(at("2026-03-27T12:00:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        handle
+            .upsert(key("0230"), cron("30 2 * * *", "Europe/Berlin"), None, true)
+            .await
+            .unwrap();
+        let spring = run_until(&handle, &clock, &mut fires, at("2026-03-30T12:00:00Z")).await;
+        assert_eq!(
+            instants(&spring),
+            [
+                at("2026-03-28T01:30:00Z"), // 02:30 CET
+                at("2026-03-29T01:00:00Z"), // 02:30 does not exist: 03:00 CEST, right after the gap
+                at("2026-03-30T00:30:00Z"), // 02:30 CEST
+            ]
+        );
+        // A fresh schedule in October (re-enabling the old one would catch up the missed months once).
+        handle.remove(key("0230")).await.unwrap();
+        clock.set(at("2026-10-23T12:00:00Z"));
+        handle
+            .upsert(key("0230"), cron("30 2 * * *", "Europe/Berlin"), None, true)
+            .await
+            .unwrap();
+        let autumn = run_until(&handle, &clock, &mut fires, at("2026-10-26T12:00:00Z")).await;
+        assert_eq!(
+            instants(&autumn),
+            [
+                at("2026-10-24T00:30:00Z"), // 02:30 CEST
+                at("2026-10-25T00:30:00Z"), // the first 02:30 (CEST) only, not the second (CET)
+                at("2026-10-26T01:30:00Z"), // 02:30 CET
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn catchup_after_three_days_of_downtime() {
+        let daily_9 = |catchup| Timing {
+            catchup,
+            ..cron("0 9 * * *", "UTC")
+        };
+        for (catchup, expected_fires) in [(Catchup::Latest, 1), (Catchup::None, 0)] {
+            let clock = ManualClock::new(at("2026-05-01T08:00:00Z"));
+            let (handle, mut fires) = start(&clock, 64);
+            handle
+                .upsert(key("daily"), daily_9(catchup), None, true)
+                .await
+                .unwrap();
+            let before = run_until(&handle, &clock, &mut fires, at("2026-05-01T10:00:00Z")).await;
+            assert_eq!(instants(&before), [at("2026-05-01T09:00:00Z")]);
+            let last_run_at = before[0].fired_at;
+            drop((handle, fires));
+
+            // Down for three days; the restarted daemon upserts with the persisted last run.
+            clock.set(at("2026-05-04T12:00:00Z"));
+            let (handle, mut fires) = start(&clock, 64);
+            handle
+                .upsert(key("daily"), daily_9(catchup), Some(last_run_at), true)
+                .await
+                .unwrap();
+            let mut after_restart = Vec::new();
+            handle.active_count().await.unwrap();
+            while let Ok(fire) = fires.try_recv() {
+                after_restart.push(fire);
+            }
+            assert_eq!(after_restart.len(), expected_fires, "{catchup:?}");
+            if let Some(fire) = after_restart.first() {
+                assert_eq!(fire.occurrence, at("2026-05-04T09:00:00Z"));
+                assert_eq!(fire.fired_at, at("2026-05-04T12:00:00Z"));
+            }
+            assert_eq!(
+                handle.next_due(key("daily")).await.unwrap(),
+                Some(at("2026-05-05T09:00:00Z")),
+                "{catchup:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clock_jump_over_many_occurrences_fires_once() {
+        let clock = ManualClock::new(at("2026-05-01T10:00:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        handle
+            .upsert(key("quarter"), cron("*/15 * * * *", "UTC"), None, true)
+            .await
+            .unwrap();
+        clock.set(at("2026-05-01T13:07:00Z"));
+        let late = recv(&mut fires).await;
+        assert_eq!(late.occurrence, at("2026-05-01T10:15:00Z"));
+        assert_quiet(&handle, &mut fires).await;
+        assert_eq!(
+            handle.next_due(key("quarter")).await.unwrap(),
+            Some(at("2026-05-01T13:15:00Z"))
+        );
+    }
+
+    #[tokio::test]
+    async fn jitter_stays_within_its_bound_and_before_the_next_occurrence() {
+        let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        let jittered = |bound| Timing {
+            jitter: Some(bound),
+            ..cron("*/5 * * * *", "UTC")
+        };
+        handle
+            .upsert(key("2m"), jittered(Duration::from_secs(120)), None, true)
+            .await
+            .unwrap();
+        handle
+            .upsert(key("1h"), jittered(Duration::from_secs(3600)), None, true)
+            .await
+            .unwrap();
+        let fired = run_until(&handle, &clock, &mut fires, at("2026-05-02T00:05:00Z")).await;
+        for name in ["2m", "1h"] {
+            let bound = if name == "2m" {
+                TimeDelta::minutes(2)
+            } else {
+                TimeDelta::minutes(5)
+            };
+            let mine: Vec<&Fire> = fired
+                .iter()
+                .filter(|f| f.key == key(name) && f.occurrence <= at("2026-05-02T00:00:00Z"))
+                .collect();
+            assert_eq!(mine.len(), 288, "{name}");
+            let mut delays = Vec::new();
+            for fire in mine {
+                assert_eq!(fire.occurrence.minute() % 5, 0);
+                assert_eq!(fire.occurrence.second(), 0);
+                let delay = fire.fired_at - fire.occurrence;
+                assert!(
+                    delay >= TimeDelta::zero() && delay < bound,
+                    "{name}: {fire:?}"
+                );
+                delays.push(delay);
+            }
+            // Really random: the delays are spread, not constant.
+            delays.sort();
+            assert!(
+                delays[delays.len() - 1] - delays[0] > bound / 2,
+                "{name}: {delays:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn disabled_schedules_never_fire() {
+        let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        handle
+            .upsert(key("off"), interval(Duration::from_secs(60)), None, false)
+            .await
+            .unwrap();
+        handle
+            .upsert(key("on"), interval(Duration::from_secs(60)), None, true)
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut fires).await.key, key("on"));
+        assert!(handle.set_enabled(key("on"), false).await.unwrap());
+        assert!(!handle.set_enabled(key("unknown"), false).await.unwrap());
+        clock.advance(Duration::from_secs(3 * 86_400));
+        assert_quiet(&handle, &mut fires).await;
+        assert_eq!(handle.next_due(key("off")).await.unwrap(), None);
+        assert_eq!(handle.next_due(key("on")).await.unwrap(), None);
+        assert_eq!(handle.next_any().await.unwrap(), None);
+        assert_eq!(handle.active_count().await.unwrap(), 0);
+
+        // Re-enabling plans as after a restart: one catch-up fire now, then the rhythm.
+        assert!(handle.set_enabled(key("on"), true).await.unwrap());
+        let caught_up = recv(&mut fires).await;
+        assert_eq!(caught_up.fired_at, clock.now());
+        assert_quiet(&handle, &mut fires).await;
+        assert_eq!(
+            handle.next_due(key("on")).await.unwrap(),
+            Some(clock.now() + TimeDelta::minutes(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn upsert_and_remove_replan_immediately() {
+        let t0 = at("2026-05-01T00:00:00Z");
+        let clock = ManualClock::new(t0);
+        let (handle, mut fires) = start(&clock, 64);
+        let hourly = interval(Duration::from_secs(3600));
+        handle
+            .upsert(key("s"), hourly.clone(), Some(t0), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            handle.next_due(key("s")).await.unwrap(),
+            Some(t0 + TimeDelta::hours(1))
+        );
+        handle
+            .upsert(key("s"), interval(Duration::from_secs(300)), Some(t0), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            handle.next_due(key("s")).await.unwrap(),
+            Some(t0 + TimeDelta::minutes(5))
+        );
+        handle
+            .upsert(key("s"), cron("0 9 * * *", "UTC"), Some(t0), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            handle.next_any().await.unwrap(),
+            Some((key("s"), at("2026-05-01T09:00:00Z")))
+        );
+        assert!(handle.remove(key("s")).await.unwrap());
+        assert!(!handle.remove(key("s")).await.unwrap());
+        assert_eq!(handle.next_due(key("s")).await.unwrap(), None);
+        handle
+            .upsert(key("a"), hourly.clone(), Some(t0), true)
+            .await
+            .unwrap();
+        handle
+            .upsert(key("b"), hourly, Some(t0), true)
+            .await
+            .unwrap();
+        handle.clear().await.unwrap();
+        clock.advance(Duration::from_secs(86_400));
+        assert_quiet(&handle, &mut fires).await;
+        assert_eq!(handle.next_any().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_upsert_keeps_the_plan() {
+        let t0 = at("2026-05-01T00:00:00Z");
+        let clock = ManualClock::new(t0);
+        let (handle, _fires) = start(&clock, 64);
+        let jittered = Timing {
+            jitter: Some(Duration::from_secs(600)),
+            ..interval(Duration::from_secs(3600))
+        };
+        handle
+            .upsert(key("s"), jittered.clone(), Some(t0), true)
+            .await
+            .unwrap();
+        let planned = handle.next_due(key("s")).await.unwrap();
+        for _ in 0..5 {
+            handle
+                .upsert(key("s"), jittered.clone(), Some(t0), true)
+                .await
+                .unwrap();
+            assert_eq!(handle.next_due(key("s")).await.unwrap(), planned);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cron_that_never_matches_has_no_plan() {
+        let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
+        let (handle, mut fires) = start(&clock, 64);
+        handle
+            .upsert(key("never"), cron("0 0 30 2 *", "UTC"), None, true)
+            .await
+            .unwrap();
+        handle
+            .upsert(key("zero"), interval(Duration::ZERO), None, true)
+            .await
+            .unwrap();
+        assert_eq!(handle.next_due(key("never")).await.unwrap(), None);
+        assert_eq!(handle.next_due(key("zero")).await.unwrap(), None);
+        assert_quiet(&handle, &mut fires).await;
+    }
+
+    #[tokio::test]
+    async fn no_fire_is_lost_when_many_are_due_at_once() {
+        let t0 = at("2026-05-01T00:00:00Z");
+        let clock = ManualClock::new(t0);
+        let (handle, mut fires) = start(&clock, 16);
+        for n in 0..500 {
+            handle
+                .upsert(
+                    key(&format!("s{n}")),
+                    interval(Duration::from_secs(3600)),
+                    Some(t0),
+                    true,
+                )
+                .await
+                .unwrap();
+        }
+        clock.advance(Duration::from_secs(3600));
+        let mut seen = HashSet::new();
+        for _ in 0..500 {
+            let fire = recv(&mut fires).await;
+            assert_eq!(fire.due, t0 + TimeDelta::hours(1));
+            assert_eq!(fire.merged, 0);
+            assert!(seen.insert(fire.key.clone()), "duplicate {fire:?}");
+        }
+        assert_quiet(&handle, &mut fires).await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_receiver_gets_one_merged_fire_per_schedule() {
+        let t0 = at("2026-05-01T00:00:00Z");
+        let clock = ManualClock::new(t0);
+        let (handle, mut fires) = start(&clock, 1);
+        for name in ["a", "b", "c"] {
+            handle
+                .upsert(key(name), interval(Duration::from_secs(60)), None, true)
+                .await
+                .unwrap();
+        }
+        // a is in the channel; b and c wait in the task. Two more minutes pass unread.
+        for _ in 0..2 {
+            clock.advance(Duration::from_secs(60));
+            handle.active_count().await.unwrap();
+        }
+        assert!(handle.set_enabled(key("c"), false).await.unwrap());
+        let two_minutes = t0 + TimeDelta::minutes(2);
+        let received = [
+            recv(&mut fires).await,
+            recv(&mut fires).await,
+            recv(&mut fires).await,
+        ];
+        let summary: Vec<_> = received
+            .iter()
+            .map(|fire| (fire.key.schedule.as_str(), fire.occurrence, fire.merged))
+            .collect();
+        assert_eq!(
+            summary,
+            [("a", t0, 0), ("b", two_minutes, 2), ("a", two_minutes, 1)],
+            "disabling c withdrew its waiting fire"
+        );
+        assert_quiet(&handle, &mut fires).await;
+    }
+
+    #[tokio::test]
+    async fn the_task_ends_when_every_handle_is_dropped() {
+        let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
+        let (handle, mut fires) = start(&clock, 4);
+        drop(handle);
+        let closed = tokio::time::timeout(Duration::from_secs(5), fires.recv()).await;
+        assert_eq!(closed.expect("task still running"), None);
+    }
+
+    #[tokio::test]
+    async fn a_handle_call_wakes_a_task_sleeping_on_the_real_clock() {
+        let (handle, mut fires) = Scheduler::spawn(Arc::new(SystemClock));
+        let now = Utc::now();
+        let hourly = interval(Duration::from_secs(3600));
+        handle
+            .upsert(key("far"), hourly.clone(), Some(now), true)
+            .await
+            .unwrap();
+        // The task now sleeps for (at most) a minute; this schedule is due in 30 ms.
+        let soon = now - TimeDelta::hours(1) + TimeDelta::milliseconds(30);
+        handle
+            .upsert(key("soon"), hourly, Some(soon), true)
+            .await
+            .unwrap();
+        let fire = recv(&mut fires).await;
+        assert_eq!(fire.key, key("soon"));
+        assert!(Utc::now() >= fire.due);
+    }
+
+    /// Fire latency on the real clock: due instant → fire received. Run with `--nocapture` to see it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_clock_fire_latency() {
+        let (handle, mut fires) = Scheduler::spawn(Arc::new(SystemClock));
+        let count = 200;
+        let hourly = interval(Duration::from_secs(3600));
+        let first = Utc::now() + TimeDelta::milliseconds(100);
+        for n in 0..count {
+            let due = first + TimeDelta::milliseconds(20 * n);
+            let last_run_at = due - TimeDelta::hours(1);
+            handle
+                .upsert(
+                    key(&format!("s{n}")),
+                    hourly.clone(),
+                    Some(last_run_at),
+                    true,
+                )
+                .await
+                .unwrap();
+        }
+        let mut latencies = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let fire = recv(&mut fires).await;
+            let received = Utc::now();
+            latencies.push((received - fire.due).num_microseconds().unwrap());
+        }
+        latencies.sort_unstable();
+        let percentile = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+        let (p50, p99, max) = (
+            percentile(50),
+            percentile(99),
+            latencies[latencies.len() - 1],
+        );
+        println!(
+            "scheduler fire latency over {count} fires: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            max as f64 / 1000.0
+        );
+        assert!(latencies[0] >= 0, "a fire arrived before it was due");
+        assert!(p99 < 100_000, "p99 latency {p99} µs");
+    }
+}
