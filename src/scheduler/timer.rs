@@ -86,7 +86,8 @@ impl Default for SchedulerOptions {
 pub struct Scheduler;
 
 impl Scheduler {
-    /// Spawns the scheduler task on the current tokio runtime with default options.
+    /// Spawns the scheduler task with default options. Must be called inside a tokio runtime (it uses
+    /// `tokio::spawn`).
     pub fn spawn(clock: Arc<dyn Clock>) -> (SchedulerHandle, mpsc::Receiver<Fire>) {
         Scheduler::spawn_with(clock, SchedulerOptions::default())
     }
@@ -544,7 +545,7 @@ mod tests {
     fn cron(expr: &str, tz: &str) -> Timing {
         Timing {
             kind: TimingKind::Cron {
-                expr: CronExpr::parse(expr).unwrap(),
+                expr: Box::new(CronExpr::parse(expr).unwrap()),
                 tz: tz.parse().unwrap(),
             },
             jitter: None,

@@ -43,8 +43,8 @@ pub struct Timing {
 pub enum TimingKind {
     /// Every `Duration`, start to start.
     Interval(Duration),
-    /// At the occurrences of `expr` in time zone `tz`.
-    Cron { expr: CronExpr, tz: Tz },
+    /// At the occurrences of `expr` in time zone `tz`. (Boxed: a parsed expression is a few hundred bytes.)
+    Cron { expr: Box<CronExpr>, tz: Tz },
 }
 
 /// Occurrences missed while the daemon was down.
@@ -276,7 +276,7 @@ mod tests {
     fn cron(expr: &str, tz: &str, catchup: Catchup) -> Timing {
         Timing {
             kind: TimingKind::Cron {
-                expr: CronExpr::parse(expr).unwrap(),
+                expr: Box::new(CronExpr::parse(expr).unwrap()),
                 tz: tz.parse().unwrap(),
             },
             jitter: None,
