@@ -368,51 +368,33 @@ impl FleetManager {
 
     /// Starts the scheduler; from `initialized` or `stopped`.
     pub async fn start(&self) -> Result<(), FleetError> {
-        let mut core = self.core();
-        self.require(
-            &core,
-            "start",
-            &[FleetState::Initialized, FleetState::Stopped],
-        )?;
-        let (handle, mut fires) = Scheduler::spawn(self.options().clock.clone());
-        core.scheduler = Some(handle.clone());
-        let config = core.config()?.clone();
-        for agent in &config.agents {
-            for schedule in &agent.schedules {
-                self.plan_schedule(&core, &handle, agent, schedule);
-            }
-        }
-        let manager = self.clone();
-        core.fire_task = Some(tokio::spawn(async move {
-            while let Some(fire) = fires.recv().await {
-                manager.on_fire(fire);
-            }
-        }));
-        core.lifecycle = FleetState::Running;
-        core.started_at = Some(Utc::now());
-        core.stopped_at = None;
-        run::dispatch_queue(self, &mut core);
-        drop(core);
+        let (handle, plans) = {
+            let mut core = self.core();
+            self.require(
+                &core,
+                "start",
+                &[FleetState::Initialized, FleetState::Stopped],
+            )?;
+            let config = core.config()?.clone();
+            let (handle, mut fires) = Scheduler::spawn(self.options().clock.clone());
+            let manager = self.clone();
+            core.fire_task = Some(tokio::spawn(async move {
+                while let Some(fire) = fires.recv().await {
+                    manager.on_fire(fire).await;
+                }
+            }));
+            core.scheduler = Some(handle.clone());
+            core.lifecycle = FleetState::Running;
+            core.started_at = Some(Utc::now());
+            core.stopped_at = None;
+            let plans = schedule_plans(&core, &config);
+            run::dispatch_queue(self, &mut core);
+            (handle, plans)
+        };
+        apply_plans(&handle, plans).await;
         tracing::info!("fleet started");
         self.events().emit(FleetEvent::Started);
         Ok(())
-    }
-
-    fn plan_schedule(
-        &self,
-        core: &Core,
-        handle: &SchedulerHandle,
-        agent: &AgentConfig,
-        schedule: &ScheduleConfig,
-    ) {
-        let Some(timing) = run::timing_of(agent, schedule) else {
-            return;
-        };
-        let key = ScheduleKey::new(&agent.name, &schedule.name);
-        let persisted = core.persisted.schedule(&agent.name, &schedule.name);
-        let last_run_at = persisted.and_then(|s| s.last_run_at);
-        handle.upsert(key.clone(), timing, last_run_at);
-        handle.set_enabled(key, effective_enabled(schedule, persisted));
     }
 
     /// Stops the scheduler, waits for running jobs up to the timeout, then cancels what remains.
@@ -421,9 +403,8 @@ impl FleetManager {
             let mut core = self.core();
             self.require(&core, "stop", &[FleetState::Running])?;
             core.lifecycle = FleetState::Stopping;
-            if let Some(scheduler) = core.scheduler.take() {
-                scheduler.stop();
-            }
+            // Dropping the last handle ends the scheduler task.
+            core.scheduler = None;
             if let Some(task) = core.fire_task.take() {
                 task.abort();
             }
@@ -538,25 +519,26 @@ impl FleetManager {
             core.queue.remove(&id);
             run::finish_without_running(self, &mut core, &id, "its agent was removed by a reload");
         }
-        if let Some(handle) = core.scheduler.clone() {
-            for agent in &old.agents {
-                for schedule in &agent.schedules {
-                    let still_there = new
-                        .agent(&agent.name)
-                        .is_some_and(|a| a.schedules.iter().any(|s| s.name == schedule.name));
-                    if !still_there {
-                        handle.remove(ScheduleKey::new(&agent.name, &schedule.name));
-                    }
-                }
-            }
-            for agent in &new.agents {
-                for schedule in &agent.schedules {
-                    self.plan_schedule(&core, &handle, agent, schedule);
-                }
-            }
-        }
+        let scheduler = core.scheduler.clone();
+        let removed: Vec<ScheduleKey> = old
+            .agents
+            .iter()
+            .flat_map(|a| a.schedules.iter().map(move |s| (a, s)))
+            .filter(|(a, s)| {
+                !new.agent(&a.name)
+                    .is_some_and(|n| n.schedules.iter().any(|ns| ns.name == s.name))
+            })
+            .map(|(a, s)| ScheduleKey::new(&a.name, &s.name))
+            .collect();
+        let plans = schedule_plans(&core, &new);
         run::dispatch_queue(self, &mut core);
         drop(core);
+        if let Some(handle) = scheduler {
+            for key in removed {
+                let _ = handle.remove(key).await;
+            }
+            apply_plans(&handle, plans).await;
+        }
         tracing::info!(changes = changes.len(), "configuration reloaded");
         self.events().emit(FleetEvent::ConfigReloaded {
             changes: changes.clone(),
@@ -569,7 +551,8 @@ impl FleetManager {
     // Queries
     // ---------------------------------------------------------------------------------------------
 
-    pub fn status(&self) -> FleetStatus {
+    pub async fn status(&self) -> FleetStatus {
+        let plan = self.scheduler_plan().await;
         let core = self.core();
         let (total_agents, running_agents) = core.config.as_ref().map_or((0, 0), |c| {
             let running = c
@@ -594,7 +577,7 @@ impl FleetManager {
             let end = core.stopped_at.unwrap_or_else(Utc::now);
             (end - start).num_seconds().max(0) as u64
         });
-        let schedules = self.schedule_infos(&core, None);
+        let schedules = self.schedule_infos(&core, &plan, None);
         let active_schedules = schedules
             .iter()
             .filter(|s| s.enabled && matches!(s.kind, "interval" | "cron"))
@@ -635,24 +618,35 @@ impl FleetManager {
         }
     }
 
-    pub fn agents(&self) -> Result<Vec<AgentInfo>, FleetError> {
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>, FleetError> {
+        let plan = self.scheduler_plan().await;
         let core = self.core();
         let config = core.config()?.clone();
         Ok(config
             .agents
             .iter()
-            .map(|agent| self.agent_info(&core, agent))
+            .map(|agent| self.agent_info(&core, &plan, agent))
             .collect())
     }
 
-    pub fn agent(&self, name: &str) -> Result<AgentInfo, FleetError> {
+    pub async fn agent(&self, name: &str) -> Result<AgentInfo, FleetError> {
+        let plan = self.scheduler_plan().await;
         let core = self.core();
         let config = core.config()?.clone();
         let agent = find_agent(&config, name)?;
-        Ok(self.agent_info(&core, agent))
+        Ok(self.agent_info(&core, &plan, agent))
     }
 
-    fn agent_info(&self, core: &Core, agent: &AgentConfig) -> AgentInfo {
+    /// Next due instant of every schedule that will fire (empty when the scheduler is not running).
+    async fn scheduler_plan(&self) -> Plan {
+        let handle = self.core().scheduler.clone();
+        match handle {
+            Some(handle) => handle.plan().await.unwrap_or_default(),
+            None => HashMap::new(),
+        }
+    }
+
+    fn agent_info(&self, core: &Core, plan: &Plan, agent: &AgentConfig) -> AgentInfo {
         let current_jobs: Vec<String> = core
             .active
             .values()
@@ -692,7 +686,7 @@ impl FleetManager {
                 .agents
                 .get(&agent.name)
                 .and_then(|a| a.last_session_id.clone()),
-            schedules: self.schedule_infos(core, Some(&agent.name)),
+            schedules: self.schedule_infos(core, plan, Some(&agent.name)),
         }
     }
 
@@ -746,21 +740,23 @@ impl FleetManager {
         Ok((job, output))
     }
 
-    pub fn schedules(&self) -> Result<Vec<ScheduleInfo>, FleetError> {
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, FleetError> {
+        let plan = self.scheduler_plan().await;
         let core = self.core();
         core.config()?;
-        Ok(self.schedule_infos(&core, None))
+        Ok(self.schedule_infos(&core, &plan, None))
     }
 
-    pub fn schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
+    pub async fn schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
+        let plan = self.scheduler_plan().await;
         let core = self.core();
         let config = core.config()?.clone();
         let agent_config = find_agent(&config, agent)?;
         let schedule_config = find_schedule(agent_config, schedule)?;
-        Ok(self.schedule_info(&core, agent_config, schedule_config))
+        Ok(self.schedule_info(&core, &plan, agent_config, schedule_config))
     }
 
-    fn schedule_infos(&self, core: &Core, agent: Option<&str>) -> Vec<ScheduleInfo> {
+    fn schedule_infos(&self, core: &Core, plan: &Plan, agent: Option<&str>) -> Vec<ScheduleInfo> {
         let Some(config) = core.config.as_ref() else {
             return Vec::new();
         };
@@ -769,13 +765,14 @@ impl FleetManager {
             .iter()
             .filter(|a| agent.is_none_or(|name| a.name == name))
             .flat_map(|a| a.schedules.iter().map(move |s| (a, s)))
-            .map(|(a, s)| self.schedule_info(core, a, s))
+            .map(|(a, s)| self.schedule_info(core, plan, a, s))
             .collect()
     }
 
     fn schedule_info(
         &self,
         core: &Core,
+        plan: &Plan,
         agent: &AgentConfig,
         schedule: &ScheduleConfig,
     ) -> ScheduleInfo {
@@ -784,15 +781,18 @@ impl FleetManager {
         let key = ScheduleKey::new(&agent.name, &schedule.name);
         let next_trigger = if !enabled {
             None
-        } else if let Some(handle) = core.scheduler.as_ref() {
-            handle.next_due(&key)
+        } else if core.scheduler.is_some() {
+            plan.get(&key).copied()
         } else {
+            // Not running: what the scheduler would plan on start (without jitter).
             run::timing_of(agent, schedule).and_then(|timing| {
                 crate::scheduler::first_due(
                     &timing,
                     persisted.and_then(|p| p.last_run_at),
                     self.options().clock.now(),
+                    &mut crate::scheduler::SeededJitter::new(0),
                 )
+                .map(|due| due.occurrence)
             })
         };
         let (kind, interval, cron) = match &schedule.kind {
@@ -1050,35 +1050,39 @@ impl FleetManager {
     }
 
     pub async fn enable_schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
-        self.set_schedule_enabled(agent, schedule, true)
+        self.set_schedule_enabled(agent, schedule, true).await
     }
 
     pub async fn disable_schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
-        self.set_schedule_enabled(agent, schedule, false)
+        self.set_schedule_enabled(agent, schedule, false).await
     }
 
-    fn set_schedule_enabled(
+    async fn set_schedule_enabled(
         &self,
         agent: &str,
         schedule: &str,
         enabled: bool,
     ) -> Result<ScheduleInfo, FleetError> {
-        let mut core = self.core();
-        let config = core.config()?.clone();
-        let agent_config = find_agent(&config, agent)?;
-        let schedule_config = find_schedule(agent_config, schedule)?;
-        core.persisted
-            .schedule_mut(&agent_config.name, &schedule_config.name)
-            .enabled = Some(enabled);
-        core.save_persisted(self.events());
-        if let Some(handle) = core.scheduler.as_ref() {
-            handle.set_enabled(
+        let (key, scheduler) = {
+            let mut core = self.core();
+            let config = core.config()?.clone();
+            let agent_config = find_agent(&config, agent)?;
+            let schedule_config = find_schedule(agent_config, schedule)?;
+            core.persisted
+                .schedule_mut(&agent_config.name, &schedule_config.name)
+                .enabled = Some(enabled);
+            core.save_persisted(self.events());
+            tracing::info!(agent = %agent_config.name, schedule = %schedule_config.name, enabled,
+                "schedule {}", if enabled { "enabled" } else { "disabled" });
+            (
                 ScheduleKey::new(&agent_config.name, &schedule_config.name),
-                enabled,
-            );
+                core.scheduler.clone(),
+            )
+        };
+        if let Some(handle) = scheduler {
+            let _ = handle.set_enabled(key.clone(), enabled).await;
         }
-        tracing::info!(agent = %agent_config.name, schedule = %schedule_config.name, enabled, "schedule {}", if enabled { "enabled" } else { "disabled" });
-        Ok(self.schedule_info(&core, agent_config, schedule_config))
+        self.schedule(&key.agent, &key.schedule).await
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -1138,7 +1142,22 @@ impl FleetManager {
     // Schedule fires
     // ---------------------------------------------------------------------------------------------
 
-    fn on_fire(&self, fire: Fire) {
+    async fn on_fire(&self, fire: Fire) {
+        let triggered = self.handle_fire(&fire);
+        // Record when it fires next, now that the scheduler has planned it.
+        let scheduler = self.core().scheduler.clone();
+        if let (true, Some(handle)) = (triggered, scheduler) {
+            let next = handle.next_due(fire.key.clone()).await.ok().flatten();
+            let mut core = self.core();
+            core.persisted
+                .schedule_mut(&fire.key.agent, &fire.key.schedule)
+                .next_run_at = next;
+            core.save_persisted(self.events());
+        }
+    }
+
+    /// Decides what a fire does; returns whether it created a job.
+    fn handle_fire(&self, fire: &Fire) -> bool {
         let mut core = self.core();
         let agent_name = fire.key.agent.clone();
         let schedule_name = fire.key.schedule.clone();
@@ -1156,20 +1175,20 @@ impl FleetManager {
         };
         if core.lifecycle != FleetState::Running {
             skip(&mut core, SkipReason::Stopping);
-            return;
+            return false;
         }
         let Ok(config) = core.config().cloned() else {
-            return;
+            return false;
         };
         let Some(agent) = config.agent(&agent_name) else {
-            return;
+            return false;
         };
         let Some(schedule) = agent.schedules.iter().find(|s| s.name == schedule_name) else {
-            return;
+            return false;
         };
         if !effective_enabled(schedule, core.persisted.schedule(&agent_name, &schedule_name)) {
             skip(&mut core, SkipReason::Disabled);
-            return;
+            return false;
         }
         let previous_still_going = core.active.values().any(|a| {
             a.job.agent == agent_name && a.job.schedule.as_deref() == Some(schedule_name.as_str())
@@ -1177,14 +1196,14 @@ impl FleetManager {
         let when_full = match schedule.overlap {
             config::Overlap::Skip if previous_still_going => {
                 skip(&mut core, SkipReason::AlreadyRunning);
-                return;
+                return false;
             }
             config::Overlap::Queue => run::WhenFull::Queue,
             config::Overlap::Skip | config::Overlap::Allow => run::WhenFull::Skip,
         };
         if when_full == run::WhenFull::Skip && !core.has_slot(self.options(), &agent_name) {
             skip(&mut core, SkipReason::ConcurrencyLimit);
-            return;
+            return false;
         }
         let prompt = schedule
             .prompt
@@ -1204,10 +1223,6 @@ impl FleetManager {
             let state = core.persisted.schedule_mut(&agent_name, &schedule_name);
             state.last_run_at = Some(fire.fired_at);
             state.runs += 1;
-            state.next_run_at = core
-                .scheduler
-                .as_ref()
-                .and_then(|h| h.next_due(&fire.key));
         }
         tracing::info!(agent = %agent_name, schedule = %schedule_name, job_id = %job.id, "schedule fired");
         self.events().emit(FleetEvent::ScheduleTriggered {
@@ -1230,6 +1245,7 @@ impl FleetManager {
                 .last_error = Some(e.to_string());
         }
         core.save_persisted(self.events());
+        true
     }
 
     /// Waits until the job is final (finished, failed or cancelled) and returns its record.
@@ -1240,6 +1256,38 @@ impl FleetManager {
             let _ = finished.wait_for(|done| *done).await;
         }
         self.job(id, false).map(|(job, _)| job)
+    }
+}
+
+type Plan = HashMap<ScheduleKey, DateTime<Utc>>;
+
+/// What the scheduler needs for one schedule: key, timing, last run and whether it is enabled.
+type SchedulePlan = (ScheduleKey, crate::scheduler::Timing, Option<DateTime<Utc>>, bool);
+
+/// The scheduler entries for every firing schedule of `config` (webhook and chat types never fire).
+fn schedule_plans(core: &Core, config: &FleetConfig) -> Vec<SchedulePlan> {
+    config
+        .agents
+        .iter()
+        .flat_map(|a| a.schedules.iter().map(move |s| (a, s)))
+        .filter_map(|(agent, schedule)| {
+            let timing = run::timing_of(agent, schedule)?;
+            let persisted = core.persisted.schedule(&agent.name, &schedule.name);
+            Some((
+                ScheduleKey::new(&agent.name, &schedule.name),
+                timing,
+                persisted.and_then(|p| p.last_run_at),
+                effective_enabled(schedule, persisted),
+            ))
+        })
+        .collect()
+}
+
+async fn apply_plans(handle: &SchedulerHandle, plans: Vec<SchedulePlan>) {
+    for (key, timing, last_run_at, enabled) in plans {
+        if let Err(e) = handle.upsert(key.clone(), timing, last_run_at, enabled).await {
+            tracing::error!(schedule = %key, "schedule not planned: {e}");
+        }
     }
 }
 

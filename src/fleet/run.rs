@@ -474,7 +474,7 @@ pub(super) fn timing_of(_agent: &AgentConfig, schedule: &ScheduleConfig) -> Opti
     let kind = match &schedule.kind {
         ScheduleKind::Interval(every) => TimingKind::Interval(*every),
         ScheduleKind::Cron(expr) => TimingKind::Cron {
-            expr: expr.clone(),
+            expr: Box::new(expr.clone()),
             tz: schedule.timezone.unwrap_or_else(scheduler::host_timezone),
         },
         ScheduleKind::Webhook | ScheduleKind::Chat => return None,

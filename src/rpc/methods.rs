@@ -248,17 +248,17 @@ fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core:
         parse::<NoParams>(&params, &[])?;
         to_value(fleet.state())
     })?;
-    module.register_method("getStatus", |params, fleet, _| {
+    module.register_async_method("getStatus", |params, fleet, _| async move {
         parse::<NoParams>(&params, &[])?;
-        to_value(fleet.status())
+        to_value(fleet.status().await)
     })?;
-    module.register_method("getAgents", |params, fleet, _| {
+    module.register_async_method("getAgents", |params, fleet, _| async move {
         parse::<NoParams>(&params, &[])?;
-        to_value(fleet.agents().map_err(domain_error)?)
+        to_value(fleet.agents().await.map_err(domain_error)?)
     })?;
-    module.register_method("getAgent", |params, fleet, _| {
+    module.register_async_method("getAgent", |params, fleet, _| async move {
         let p: NameParams = parse(&params, &["name"])?;
-        to_value(fleet.agent(&p.name).map_err(domain_error)?)
+        to_value(fleet.agent(&p.name).await.map_err(domain_error)?)
     })?;
     module.register_method("getJobs", |params, fleet, _| {
         let p: JobsParams = parse(
@@ -284,15 +284,16 @@ fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core:
         }
         Ok::<Value, ErrorObjectOwned>(value)
     })?;
-    module.register_method("getSchedules", |params, fleet, _| {
+    module.register_async_method("getSchedules", |params, fleet, _| async move {
         parse::<NoParams>(&params, &[])?;
-        to_value(fleet.schedules().map_err(domain_error)?)
+        to_value(fleet.schedules().await.map_err(domain_error)?)
     })?;
-    module.register_method("getSchedule", |params, fleet, _| {
+    module.register_async_method("getSchedule", |params, fleet, _| async move {
         let p: ScheduleParams = parse(&params, &["agentName", "scheduleName"])?;
         to_value(
             fleet
                 .schedule(&p.agent_name, &p.schedule_name)
+                .await
                 .map_err(domain_error)?,
         )
     })?;

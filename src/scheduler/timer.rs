@@ -182,6 +182,11 @@ impl SchedulerHandle {
         self.request(|reply| Command::NextAny { reply }).await
     }
 
+    /// Every schedule that will fire, with its next due instant (one round trip for fleet-wide queries).
+    pub async fn plan(&self) -> Result<HashMap<ScheduleKey, DateTime<Utc>>, SchedulerStopped> {
+        self.request(|reply| Command::Plan { reply }).await
+    }
+
     /// How many schedules are enabled and have a next due instant.
     pub async fn active_count(&self) -> Result<usize, SchedulerStopped> {
         self.request(|reply| Command::ActiveCount { reply }).await
@@ -229,6 +234,9 @@ enum Command {
     },
     ActiveCount {
         reply: oneshot::Sender<usize>,
+    },
+    Plan {
+        reply: oneshot::Sender<HashMap<ScheduleKey, DateTime<Utc>>>,
     },
 }
 
@@ -432,6 +440,14 @@ impl SchedulerTask {
             }
             Command::ActiveCount { reply } => {
                 let _ = reply.send(self.timeline.len());
+            }
+            Command::Plan { reply } => {
+                let plan = self
+                    .timeline
+                    .iter()
+                    .map(|(at, key)| (key.clone(), *at))
+                    .collect();
+                let _ = reply.send(plan);
             }
         }
         self.fire_due();
@@ -922,6 +938,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_plan_lists_every_schedule_that_will_fire() {
+        let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
+        let (handle, _fires) = start(&clock, 64);
+        let daily = cron("0 9 * * *", "UTC");
+        handle.upsert(key("daily"), daily, None, true).await.unwrap();
+        handle
+            .upsert(key("off"), interval(Duration::from_secs(60)), None, false)
+            .await
+            .unwrap();
+        let plan = handle.plan().await.unwrap();
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[&key("daily")], at("2026-05-01T09:00:00Z"));
+    }
+
+    #[tokio::test]
     async fn disabled_schedules_never_fire() {
         let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
         let (handle, mut fires) = start(&clock, 64);
@@ -942,6 +973,7 @@ mod tests {
         assert_eq!(handle.next_due(key("on")).await.unwrap(), None);
         assert_eq!(handle.next_any().await.unwrap(), None);
         assert_eq!(handle.active_count().await.unwrap(), 0);
+        assert!(handle.plan().await.unwrap().is_empty());
 
         // Re-enabling plans as after a restart: one catch-up fire now, then the rhythm.
         assert!(handle.set_enabled(key("on"), true).await.unwrap());
