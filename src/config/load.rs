@@ -519,3 +519,381 @@ fn is_unsupported_fleet_path(path: &str) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::resolved::*;
+    use std::fs;
+    use std::time::Duration;
+
+    /// Writes `files` (relative path, content) under a fresh directory.
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let full = dir.path().join(path);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            fs::write(full, content).unwrap();
+        }
+        dir
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load_dir(dir: &Path, env: EnvLookup<'_>) -> Result<FleetConfig, ConfigError> {
+        load_with(Some(dir), dir, env)
+    }
+
+    /// (file name, path, message) of each error.
+    fn errors_of(result: Result<FleetConfig, ConfigError>) -> Vec<(String, String, String)> {
+        let error = result.expect_err("expected the configuration to be invalid");
+        error
+            .errors()
+            .iter()
+            .map(|e| {
+                let file = e.file.file_name().unwrap().to_string_lossy().into_owned();
+                (file, e.path.clone(), e.message.clone())
+            })
+            .collect()
+    }
+
+    fn has(errors: &[(String, String, String)], file: &str, path: &str, text: &str) -> bool {
+        errors
+            .iter()
+            .any(|(f, p, m)| f == file && p == path && m.contains(text))
+    }
+
+    #[test]
+    fn one_broken_fleet_reports_every_error_with_file_and_path() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "version: 1\nfleet: {name: broken}\nagentz: []\nagents:\n  - path: agents/a.yaml\n  - path: agents/missing.yaml\n  - path: agents/b.yaml\n    overrides:\n      schedules: {hourly: {interval: 0m}}\n",
+            ),
+            (
+                "agents/a.yaml",
+                "name: bad.name\nmodell: x\npermission_mode: yolo\nconcurrency: 0\nschedules:\n  check: {type: interval, interval: 5x}\n  nightly: {type: cron, cron: '0 25 * * *', timezone: Mars/Olympus}\n  typo: {type: cron, cron: '@daily', promt: hi}\nwork_source: {type: github, repo: not-a-repo}\nruntime: command\n",
+            ),
+            ("agents/b.yaml", "name: a\nschedules:\n  hourly: {type: interval, interval: 1h}\n"),
+            ("agents/c.yaml", "name: b\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        let expected = [
+            ("herdctl.yaml", "agentz", "did you mean \"agents\"?"),
+            ("herdctl.yaml", "agents[1].path", "file not found"),
+            (
+                "herdctl.yaml",
+                "agents[2].overrides.schedules.hourly.interval",
+                "greater than zero",
+            ),
+            ("a.yaml", "name", "invalid agent name \"bad.name\""),
+            ("a.yaml", "modell", "did you mean \"model\"?"),
+            ("a.yaml", "permission_mode", "invalid value \"yolo\""),
+            ("a.yaml", "concurrency", "at least 1"),
+            (
+                "a.yaml",
+                "schedules.check.interval",
+                "invalid duration \"5x\"",
+            ),
+            ("a.yaml", "schedules.nightly.cron", "hour must be 0-23"),
+            (
+                "a.yaml",
+                "schedules.nightly.timezone",
+                "unknown time zone \"Mars/Olympus\"",
+            ),
+            ("a.yaml", "schedules.typo.promt", "did you mean \"prompt\"?"),
+            ("a.yaml", "work_source.repo", "'owner/repo' format"),
+            ("a.yaml", "", "runtime: command needs a command"),
+        ];
+        for (file, path, text) in expected {
+            assert!(
+                has(&errors, file, path, text),
+                "missing {file}: {path}: {text} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn display_lists_each_error_on_its_own_line() {
+        let dir = tree(&[
+            ("herdctl.yaml", "agents: [{path: a.yaml}]\n"),
+            ("a.yaml", "name: a\nmodel: 5\nmax_turns: x\n"),
+        ]);
+        let message = load_dir(dir.path(), &no_env).unwrap_err().to_string();
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 3, "{message}");
+        assert!(
+            lines[1].ends_with("a.yaml: model: expected a string, got the number 5"),
+            "{message}"
+        );
+        assert!(lines[2].ends_with(
+            "a.yaml: max_turns: expected a whole number of at least 1, got the string \"x\""
+        ));
+    }
+
+    #[test]
+    fn duplicate_agent_names_and_yaml_syntax_are_reported() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "agents: [{path: a.yaml}, {path: b.yaml}, {path: c.yaml}]\n",
+            ),
+            ("a.yaml", "name: same\n"),
+            ("b.yaml", "name: same\n"),
+            ("c.yaml", "name: [oops\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        assert!(
+            has(&errors, "b.yaml", "name", "duplicate agent name \"same\""),
+            "{errors:#?}"
+        );
+        assert!(
+            has(&errors, "c.yaml", "", "invalid YAML at line"),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn interpolation_uses_env_then_dotenv_and_names_the_path() {
+        let dir = tree(&[
+            ("herdctl.yaml", "agents: [{path: a.yaml}]\n"),
+            (".env", "MODEL=from-dotenv\nPROMPT=from-dotenv\n"),
+            ("a.yaml", "name: a\nmodel: ${MODEL}\ndefault_prompt: ${PROMPT}\nsystem_prompt: '${EMPTY:-unused}'\ndescription: ${NOPE:-fallback}\n"),
+        ]);
+        let env = |name: &str| match name {
+            "PROMPT" => Some("from-env".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let fleet = load_dir(dir.path(), &env).unwrap();
+        let agent = fleet.agent("a").unwrap();
+        assert_eq!(agent.model.as_deref(), Some("from-dotenv"));
+        // .env never overrides the environment.
+        assert_eq!(agent.default_prompt.as_deref(), Some("from-env"));
+        assert_eq!(agent.system_prompt.as_deref(), Some(""));
+        assert_eq!(agent.description.as_deref(), Some("fallback"));
+        assert_eq!(fleet.dotenv.get("MODEL"), Some("from-dotenv"));
+        assert_eq!(fleet.dotenv.get("PROMPT"), None);
+
+        fs::write(
+            dir.path().join("a.yaml"),
+            "name: a\nhooks:\n  after_run:\n    - {type: webhook, url: 'https://x/${HOOK_PATH}'}\n",
+        )
+        .unwrap();
+        let errors = errors_of(load_dir(dir.path(), &env));
+        assert!(
+            has(
+                &errors,
+                "a.yaml",
+                "hooks.after_run[0].url",
+                "HOOK_PATH is not set"
+            ),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn defaults_deep_merge_then_overrides_apply_arrays_replace() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "defaults:\n  model: default-model\n  allowed_tools: [Read, Write]\n  session: {timeout: 1h, max_turns: 3}\n  work_source: {type: github, repo: o/r, labels: {ready: todo}}\n  max_concurrent: 4\nagents:\n  - path: agents/a.yaml\n    overrides:\n      allowed_tools: [Bash]\n      session: {model: override-model}\n      schedules: {tick: {interval: 2m}}\n",
+            ),
+            (
+                "agents/a.yaml",
+                "name: a\nworkspace: ../work\nmodel: own-model\nsession: {max_turns: 9}\nwork_source: {repo: me/mine}\nschedules:\n  tick: {type: interval, interval: 1m, work_source: {labels: {in_progress: busy}}}\n",
+            ),
+        ]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        assert_eq!(fleet.max_concurrent, Some(4));
+        let agent = fleet.agent("a").unwrap();
+        assert_eq!(agent.model.as_deref(), Some("own-model"));
+        assert_eq!(agent.allowed_tools, Some(vec!["Bash".to_string()]));
+        assert_eq!(
+            agent.session,
+            SessionConfig {
+                timeout: Some(Duration::from_secs(3600)),
+                max_turns: Some(9),
+                model: Some("override-model".to_string())
+            }
+        );
+        assert_eq!(agent.working_directory, dir.path().join("work"));
+        let source = agent.work_source.as_ref().unwrap();
+        assert_eq!(
+            (source.repo.as_str(), source.ready_label.as_str()),
+            ("me/mine", "todo")
+        );
+        let tick = agent.schedule("tick").unwrap();
+        assert_eq!(tick.kind, ScheduleKind::Interval(Duration::from_secs(120)));
+        let tick_source = tick.work_source.as_ref().unwrap();
+        assert_eq!(
+            (
+                tick_source.repo.as_str(),
+                tick_source.ready_label.as_str(),
+                tick_source.in_progress_label.as_str()
+            ),
+            ("me/mine", "todo", "busy")
+        );
+    }
+
+    #[test]
+    fn extensions_agent_settings_flow_into_schedules_which_win() {
+        let dir = tree(&[(
+            "agent.yaml",
+            "name: worker\nruntime: command\ncommand: [sh, -c, 'echo hi']\nenv: {A: 1}\nconcurrency: 3\ntimeout: 30m\nstop_grace: 5s\ntimezone: Europe/Berlin\noverlap: queue\nschedules:\n  a: {type: cron, expression: '0 9 * * 1-5'}\n  b: {type: interval, interval: 1h, timeout: 1m, timezone: UTC, overlap: allow, catchup: none, enabled: false}\n",
+        )]);
+        let fleet = load_with(Some(Path::new("agent.yaml")), dir.path(), &no_env).unwrap();
+        assert_eq!(fleet.config_path, dir.path().join("agent.yaml"));
+        let agent = fleet.agent("worker").unwrap();
+        assert_eq!(agent.concurrency, 3);
+        assert_eq!(
+            agent.runtime,
+            RuntimeConfig::Command {
+                command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: [("A".to_string(), "1".to_string())].into()
+            }
+        );
+        let a = agent.schedule("a").unwrap();
+        assert_eq!(a.kind.type_name(), "cron");
+        assert_eq!(
+            (a.timeout, a.stop_grace),
+            (Some(Duration::from_secs(1800)), Duration::from_secs(5))
+        );
+        assert_eq!(
+            (a.timezone, a.overlap, a.catchup, a.enabled),
+            (
+                Some(chrono_tz::Europe::Berlin),
+                Overlap::Queue,
+                Catchup::Latest,
+                true
+            )
+        );
+        let b = agent.schedule("b").unwrap();
+        assert_eq!(
+            (b.timeout, b.timezone, b.overlap, b.catchup, b.enabled),
+            (
+                Some(Duration::from_secs(60)),
+                Some(chrono_tz::UTC),
+                Overlap::Allow,
+                Catchup::None,
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn concurrency_alias_conflicts_and_command_misuse_are_errors() {
+        let dir = tree(&[(
+            "agent.yaml",
+            "name: w\nconcurrency: 2\ninstances: {max_concurrent: 3}\ncommand: [x]\n",
+        )]);
+        let errors = errors_of(load_with(
+            Some(&dir.path().join("agent.yaml")),
+            dir.path(),
+            &no_env,
+        ));
+        assert!(
+            has(
+                &errors,
+                "agent.yaml",
+                "concurrency",
+                "both concurrency and instances.max_concurrent"
+            ),
+            "{errors:#?}"
+        );
+        assert!(
+            has(
+                &errors,
+                "agent.yaml",
+                "command",
+                "only used with runtime: command"
+            ),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn directory_of_agent_files_is_a_fleet() {
+        let dir = tree(&[("b.yaml", "name: b\n"), ("a.yml", "name: a\n")]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let names: Vec<&str> = fleet.agents.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(fleet.config_path, dir.path());
+        assert_eq!(fleet.root_dir, dir.path());
+    }
+
+    #[test]
+    fn unsupported_sections_warn_once_and_are_not_interpolated() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "web: {enabled: true}\nwebhooks: {enabled: true}\ndocker: {image: x}\nagents: [{path: a.yaml}, {path: b.yaml}]\n",
+            ),
+            (
+                "a.yaml",
+                "name: a\nchat: {discord: {bot_token_env: T, guilds: [{id: '${UNSET_GUILD}'}]}}\nplugins: [./p]\nschedules:\n  hook: {type: webhook}\n  out: {type: interval, interval: 1m, outputToFile: true}\n",
+            ),
+            ("b.yaml", "name: b\nchat: {slack: {}}\ndocker: {enabled: true}\n"),
+        ]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
+        for section in [
+            "fleet-level web",
+            "fleet-level webhooks",
+            "fleet-level docker",
+            "chat",
+            "plugins",
+            "docker",
+            "schedule type webhook",
+            "outputToFile",
+        ] {
+            let count = messages
+                .iter()
+                .filter(|m| m.contains(&format!("not supported by herdctld: {section} ")))
+                .count();
+            assert_eq!(count, 1, "{section}: {messages:#?}");
+        }
+        assert!(messages.iter().any(|m| m.contains("a.yaml: chat: accepted, not supported by herdctld: chat (ignored); also in 1 other place")), "{messages:#?}");
+        assert_eq!(
+            fleet.agent("a").unwrap().schedule("hook").unwrap().kind,
+            ScheduleKind::Webhook
+        );
+    }
+
+    #[test]
+    fn sub_fleets_qualify_names_and_report_bad_names() {
+        let dir = tree(&[
+            ("herdctl.yaml", "fleets:\n  - path: team/herdctl.yaml\n  - path: other/herdctl.yaml\n    name: bad.name\nagents: [{path: a.yaml}]\n"),
+            ("a.yaml", "name: a\n"),
+            ("team/herdctl.yaml", "fleet: {name: team}\nfleets: [{path: inner/herdctl.yaml}]\nagents: [{path: a.yaml}]\n"),
+            ("team/a.yaml", "name: a\n"),
+            ("team/inner/herdctl.yaml", "agents: [{path: x.yaml}]\n"),
+            ("team/inner/x.yaml", "name: x\n"),
+            ("other/herdctl.yaml", "agents: []\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(has(
+            &errors,
+            "herdctl.yaml",
+            "fleets[1]",
+            "invalid sub-fleet name \"bad.name\""
+        ));
+
+        fs::write(
+            dir.path().join("herdctl.yaml"),
+            "fleets:\n  - path: team/herdctl.yaml\nagents: [{path: a.yaml}]\n",
+        )
+        .unwrap();
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let names: Vec<&str> = fleet.agents.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a", "team.a", "team.inner.x"]);
+        assert_eq!(
+            fleet.agent("team.inner.x").unwrap().fleet_path,
+            ["team", "inner"]
+        );
+    }
+}
