@@ -327,3 +327,49 @@ fn examples_resolve_as_herdctl_intends() {
         Path::new("/Users/ed/Code/brag-ai")
     );
 }
+
+#[test]
+fn the_bundled_demo_fleet_loads() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo");
+    let fleet = load_with(Some(&demo), Path::new("/"), &|_| None).unwrap();
+    assert_eq!(fleet.name.as_deref(), Some("demo"));
+    assert_eq!(fleet.max_concurrent, Some(4));
+    assert!(fleet.warnings.is_empty(), "{:?}", fleet.warnings);
+    let names: Vec<&str> = fleet.agents.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["greeter", "reporter", "slow-worker"]);
+    for agent in &fleet.agents {
+        let herdctld::config::RuntimeConfig::Command { command, .. } = &agent.runtime else {
+            panic!("{} does not use runtime: command", agent.name);
+        };
+        assert_eq!(command[..2], ["sh", "-c"]);
+    }
+    let greeter = agent(&fleet, "greeter");
+    assert_eq!(
+        greeter.schedules[0].kind,
+        ScheduleKind::Interval(std::time::Duration::from_secs(30))
+    );
+    let reporter = agent(&fleet, "reporter");
+    assert_eq!(reporter.schedules[0].kind.type_name(), "cron");
+    let worker = agent(&fleet, "slow-worker");
+    assert_eq!((worker.concurrency, worker.schedules.len()), (2, 0));
+}
+
+#[test]
+fn the_demo_programs_print_a_stream_json_result() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo");
+    let fleet = load_with(Some(&demo), Path::new("/"), &|_| None).unwrap();
+    for name in ["greeter", "reporter"] {
+        let herdctld::config::RuntimeConfig::Command { command, .. } = &agent(&fleet, name).runtime
+        else {
+            unreachable!("checked by the_bundled_demo_fleet_loads");
+        };
+        let output = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{name} failed");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(last["type"], "result", "{name}: {stdout}");
+    }
+}

@@ -309,3 +309,92 @@ fn diff_schedule(
         format_duration(*d)
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_with;
+    use std::path::Path;
+
+    fn fleet(agents: &[(&str, &str)]) -> FleetConfig {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in agents {
+            std::fs::write(
+                dir.path().join(format!("{name}.yaml")),
+                format!("name: {name}\n{body}"),
+            )
+            .unwrap();
+        }
+        let mut loaded = load_with(Some(dir.path()), Path::new("/"), &|_| None).unwrap();
+        // Both fleets must look loaded from the same place, as on a reload.
+        for agent in &mut loaded.agents {
+            agent.working_directory = "/w".into();
+            agent.source_file = "/w/a.yaml".into();
+        }
+        loaded
+    }
+
+    fn lines(old: &FleetConfig, new: &FleetConfig) -> Vec<String> {
+        diff(old, new).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn wording_matches_the_seed() {
+        let old = fleet(&[
+            ("old", ""),
+            ("pr-reviewer", "model: a\nschedules:\n  review-prs: {type: interval, interval: 5m}\n  gone: {type: cron, cron: '@daily'}\n"),
+        ]);
+        let new = fleet(&[
+            ("new-agent", "schedules: {s: {type: interval, interval: 1m}}\n"),
+            ("pr-reviewer", "model: b\nschedules:\n  review-prs: {type: interval, interval: 10m, prompt: p}\n  fresh: {type: cron, cron: '@hourly'}\n"),
+        ]);
+        assert_eq!(
+            lines(&old, &new),
+            [
+                "agent:old removed",
+                "agent:new-agent added",
+                "agent:new-agent:schedule:s added",
+                "agent:pr-reviewer:model changed",
+                "agent:pr-reviewer:schedule:gone removed",
+                "agent:pr-reviewer:schedule:review-prs:interval changed",
+                "agent:pr-reviewer:schedule:review-prs:prompt changed",
+                "agent:pr-reviewer:schedule:fresh added",
+            ]
+        );
+        let changes = diff(&old, &new);
+        let interval = changes
+            .iter()
+            .find(|c| c.field.as_deref() == Some("interval"))
+            .unwrap();
+        assert_eq!(interval.name, "pr-reviewer/review-prs");
+        assert_eq!(interval.details.as_deref(), Some("5m → 10m"));
+        let json = serde_json::to_value(interval).unwrap();
+        assert_eq!(json["type"], "modified");
+        assert_eq!(json["category"], "schedule");
+    }
+
+    #[test]
+    fn every_behaviour_field_is_compared_and_identical_is_empty() {
+        let base = "concurrency: 1\nschedules: {s: {type: interval, interval: 1m}}\n";
+        let old = fleet(&[("a", base)]);
+        assert!(diff(&old, &old).is_empty());
+        let new = fleet(&[(
+            "a",
+            "concurrency: 2\ntimeout: 5m\npermission_mode: plan\nsession: {timeout: 1h}\nhooks: {on_error: [{type: shell, command: x}]}\nschedules: {s: {type: cron, cron: '@daily', enabled: false, jitter: 10s}}\n",
+        )]);
+        assert_eq!(
+            lines(&old, &new),
+            [
+                "agent:a:permission_mode changed",
+                "agent:a:session.timeout changed",
+                "agent:a:concurrency changed",
+                "agent:a:timeout changed",
+                "agent:a:hooks changed",
+                "agent:a:schedule:s:type changed",
+                "agent:a:schedule:s:enabled changed",
+                "agent:a:schedule:s:jitter changed",
+                "agent:a:schedule:s:timeout changed",
+            ]
+        );
+    }
+}

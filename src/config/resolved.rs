@@ -226,7 +226,8 @@ pub struct ScheduleConfig {
 pub enum ScheduleKind {
     /// Fires `interval` after the previous run started; always > 0.
     Interval(Duration),
-    Cron(CronExpr),
+    /// Boxed: a compiled expression is large and schedules are mostly intervals.
+    Cron(Box<CronExpr>),
     /// Accepted for compatibility; herdctld never fires it.
     Webhook,
     /// Accepted for compatibility; herdctld never fires it.

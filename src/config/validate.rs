@@ -736,7 +736,7 @@ fn build_schedule(
         }
         Some("cron") => match reader.string(schedule, "cron", path) {
             Some(text) => match CronExpr::parse(&text) {
-                Ok(cron) => Some(ScheduleKind::Cron(cron)),
+                Ok(cron) => Some(ScheduleKind::Cron(Box::new(cron))),
                 Err(error) => {
                     reader.error(&join(path, "cron"), error.to_string());
                     None
