@@ -3,7 +3,7 @@
 //! expressions, time zones, permission modes, repositories, runtimes and hooks. Errors are attributed to
 //! the file and path where the offending value was written (see `merge::Origins`).
 //!
-//! Does not read files (except nothing: paths are resolved lexically) and does not know about sub-fleets.
+//! Reads no files (paths are resolved lexically, existence is not checked) and knows nothing of sub-fleets.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
