@@ -1,0 +1,899 @@
+//! The load pipeline: locate, read `.env`, then walk the fleet tree (sub-fleets recursively) reading,
+//! interpolating, merging defaults and overrides, and building every agent; finally check names across the
+//! whole fleet. Every error from every file is collected and returned together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::{Mapping, Value};
+
+use super::error::{index, join, ConfigError, Errors};
+use super::interpolate::{interpolate_tree, parse_dotenv, EnvLookup};
+use super::locate::{locate, normalize, Located};
+use super::merge::Sourced;
+use super::raw::*;
+use super::resolved::{AgentConfig, DotEnv, FleetConfig};
+use super::validate::{build_agent, describe, get, is_valid_name, AgentPlace, Reader, Warnings};
+
+/// Loads the fleet designated by `path` (relative to `cwd`), or found by searching upward from `cwd`.
+/// `env` looks up environment variables; values from the `.env` file beside the fleet file are used only
+/// for variables `env` does not know.
+pub fn load_with(
+    path: Option<&Path>,
+    cwd: &Path,
+    env: EnvLookup<'_>,
+) -> Result<FleetConfig, ConfigError> {
+    let located = locate(path, cwd)?;
+    let config_path = located.config_path().to_path_buf();
+    let root_dir = match &located {
+        Located::AgentDirectory { dir, .. } => dir.clone(),
+        Located::FleetFile(file) | Located::AgentFile(file) => {
+            file.parent().map(Path::to_path_buf).unwrap_or_default()
+        }
+    };
+
+    let mut errors = Errors::default();
+    let mut warnings = Warnings::default();
+    let dotenv = read_dotenv(&root_dir, env, &mut warnings);
+    let lookup = |name: &str| env(name).or_else(|| dotenv.get(name).map(str::to_string));
+
+    let mut loader = Loader {
+        env: &lookup,
+        errors: &mut errors,
+        warnings: &mut warnings,
+        agents: Vec::new(),
+        root_dir: root_dir.clone(),
+    };
+    let mut fleet_meta = FleetMeta::default();
+    match &located {
+        Located::FleetFile(file) => {
+            fleet_meta = loader
+                .load_fleet(file, None, &[], None, &[])
+                .unwrap_or_default();
+        }
+        Located::AgentDirectory { files, .. } => {
+            for file in files {
+                loader.load_agent(file, &[], None, None);
+            }
+        }
+        Located::AgentFile(file) => loader.load_agent(file, &[], None, None),
+    }
+    let agents = std::mem::take(&mut loader.agents);
+    check_unique_names(&agents, &mut errors);
+
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid {
+            config_path,
+            errors: errors.0,
+        });
+    }
+    Ok(FleetConfig {
+        config_path,
+        root_dir,
+        name: fleet_meta.name,
+        description: fleet_meta.description,
+        agents,
+        max_concurrent: fleet_meta.max_concurrent,
+        dotenv,
+        warnings: warnings.finish(),
+    })
+}
+
+/// `.env` beside the fleet file: the variables the environment does not already define.
+fn read_dotenv(root_dir: &Path, env: EnvLookup<'_>, warnings: &mut Warnings) -> DotEnv {
+    let file = root_dir.join(".env");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return DotEnv::default();
+    };
+    let (variables, problems) = parse_dotenv(&text);
+    for (line, problem) in problems {
+        warnings.push(
+            &file,
+            &format!("line {line}"),
+            format!("ignored: {problem}"),
+        );
+    }
+    DotEnv(
+        variables
+            .into_iter()
+            .filter(|(name, _)| env(name).is_none())
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+fn check_unique_names(agents: &[AgentConfig], errors: &mut Errors) {
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for agent in agents {
+        if let Some(first) = seen.insert(&agent.name, &agent.source_file) {
+            errors.push(
+                &agent.source_file,
+                "name",
+                format!(
+                    "duplicate agent name {:?}: already used by {}; rename one of them",
+                    agent.name,
+                    first.display()
+                ),
+            );
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct FleetMeta {
+    name: Option<String>,
+    description: Option<String>,
+    max_concurrent: Option<u32>,
+}
+
+struct Loader<'a> {
+    env: EnvLookup<'a>,
+    errors: &'a mut Errors,
+    warnings: &'a mut Warnings,
+    agents: Vec<AgentConfig>,
+    root_dir: PathBuf,
+}
+
+/// A sub-fleet reference as seen from its parent.
+struct SubFleetRef<'a> {
+    name: Option<String>,
+    overrides: Option<Sourced>,
+    /// Where the reference is written (parent file, `fleets[i]`), for naming errors.
+    parent_file: &'a Path,
+    ref_path: String,
+}
+
+impl Loader<'_> {
+    /// Loads one fleet file and, recursively, its sub-fleets. `chain` holds the files from the root down to
+    /// the parent (for cycle detection). Returns the fleet's metadata; its agents go to `self.agents`.
+    fn load_fleet(
+        &mut self,
+        file: &Path,
+        sub_ref: Option<SubFleetRef<'_>>,
+        fleet_path: &[String],
+        parent_defaults: Option<&Sourced>,
+        chain: &[PathBuf],
+    ) -> Option<FleetMeta> {
+        let mut tree = read_mapping(file, self.errors)?;
+        interpolate_tree_mapping(
+            &mut tree,
+            self.env,
+            file,
+            &is_unsupported_fleet_path,
+            self.errors,
+        );
+        let mut fleet = Sourced::from_file(tree, file, "");
+        if let Some(overrides) = sub_ref.as_ref().and_then(|sub| sub.overrides.as_ref()) {
+            fleet.merge(overrides);
+        }
+        let origins = fleet.origins.clone();
+        let tree = fleet.tree;
+        let mut reader = Reader {
+            origins: &origins,
+            errors: self.errors,
+            warnings: self.warnings,
+        };
+        reader.check_keys(&tree, "", FLEET_KEYS);
+        if get(&tree, "version").is_some() {
+            reader.positive(&tree, "version", "");
+        }
+        for section in UNSUPPORTED_FLEET_SECTIONS {
+            if let Some(value) = get(&tree, section) {
+                if value.is_mapping() || (*section == "working_directory" && value.is_string()) {
+                    reader.unsupported(section, &format!("fleet-level {section}"));
+                } else {
+                    reader.error(
+                        section,
+                        format!("expected a mapping, got {}", describe(value)),
+                    );
+                }
+            }
+        }
+        let mut meta = FleetMeta::default();
+        let mut fleet_cap = None;
+        if let Some(section) =
+            get(&tree, "fleet").and_then(|value| reader.mapping(value, "fleet", FLEET_META_KEYS))
+        {
+            meta.name = reader.string(section, "name", "fleet");
+            meta.description = reader.string(section, "description", "fleet");
+            fleet_cap = reader.positive(section, "max_concurrent", "fleet");
+        }
+
+        // Defaults: this fleet's, cascaded over the parent's (this fleet's win).
+        let mut defaults = parent_defaults
+            .cloned()
+            .unwrap_or_else(|| Sourced::empty(file, "defaults"));
+        if let Some(value) = get(&tree, "defaults") {
+            if let Some(own) = reader.mapping(value, "defaults", DEFAULTS_KEYS) {
+                let mut own = own.clone();
+                let defaults_cap = reader.positive(&own, "max_concurrent", "defaults");
+                own.remove("max_concurrent");
+                match (fleet_cap, defaults_cap) {
+                    (Some(a), Some(b)) if a != b => reader.error(
+                        "defaults.max_concurrent",
+                        format!("fleet.max_concurrent is {a} and defaults.max_concurrent is {b}; set the fleet-wide cap once"),
+                    ),
+                    _ => fleet_cap = fleet_cap.or(defaults_cap),
+                }
+                normalize_aliases(&mut own, file, "defaults", reader.errors);
+                defaults.merge(&Sourced {
+                    tree: own,
+                    origins: origins_at(&origins, "defaults"),
+                });
+            }
+        }
+        if !fleet_path.is_empty() && fleet_cap.is_some() {
+            reader.warn(
+                "defaults",
+                "max_concurrent in a sub-fleet is ignored; the fleet-wide cap is set in the root fleet file",
+            );
+            fleet_cap = None;
+        }
+        meta.max_concurrent = fleet_cap;
+
+        let fleet_name = match &sub_ref {
+            None => None,
+            Some(sub) => self_name(sub, &meta, file, &mut reader),
+        };
+        let fleet_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let own_path: Vec<String> = match &fleet_name {
+            Some(name) => fleet_path.iter().cloned().chain([name.clone()]).collect(),
+            None => fleet_path.to_vec(),
+        };
+
+        let agent_refs = list(&tree, "agents", &mut reader);
+        let fleet_refs = list(&tree, "fleets", &mut reader);
+        let mut agent_jobs = Vec::new();
+        for (position, value) in agent_refs.iter().enumerate() {
+            let ref_path = index("agents", position);
+            let Some(entry) = reader.mapping(value, &ref_path, AGENT_REF_KEYS) else {
+                continue;
+            };
+            let Some(agent_file) = resolve_ref(entry, &ref_path, &fleet_dir, &mut reader) else {
+                continue;
+            };
+            let overrides = overrides_of(entry, &ref_path, &origins, &mut reader);
+            agent_jobs.push((agent_file, overrides));
+        }
+        let mut sub_jobs = Vec::new();
+        for (position, value) in fleet_refs.iter().enumerate() {
+            let ref_path = index("fleets", position);
+            let Some(entry) = reader.mapping(value, &ref_path, FLEET_REF_KEYS) else {
+                continue;
+            };
+            let Some(sub_file) = resolve_ref(entry, &ref_path, &fleet_dir, &mut reader) else {
+                continue;
+            };
+            let name = reader.string(entry, "name", &ref_path);
+            let overrides = overrides_of(entry, &ref_path, &origins, &mut reader);
+            sub_jobs.push((sub_file, name, overrides, ref_path));
+        }
+
+        for (agent_file, overrides) in agent_jobs {
+            self.load_agent(&agent_file, &own_path, Some(&defaults), overrides.as_ref());
+        }
+
+        let identity = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        let mut chain = chain.to_vec();
+        chain.push(identity);
+        let mut sub_names: HashMap<String, String> = HashMap::new();
+        for (sub_file, name, overrides, ref_path) in sub_jobs {
+            let sub_identity =
+                std::fs::canonicalize(&sub_file).unwrap_or_else(|_| sub_file.clone());
+            if chain.contains(&sub_identity) {
+                let shown: Vec<String> = chain
+                    .iter()
+                    .chain([&sub_identity])
+                    .map(|path| self.display(path))
+                    .collect();
+                self.errors.push(
+                    file,
+                    &join(&ref_path, "path"),
+                    format!("sub-fleet cycle: {}", shown.join(" -> ")),
+                );
+                continue;
+            }
+            let sub_ref = SubFleetRef {
+                name,
+                overrides,
+                parent_file: file,
+                ref_path: ref_path.clone(),
+            };
+            let Some(sub_meta) =
+                self.load_fleet(&sub_file, Some(sub_ref), &own_path, Some(&defaults), &chain)
+            else {
+                continue;
+            };
+            let Some(sub_name) = sub_meta.name else {
+                continue;
+            };
+            if let Some(first) = sub_names.insert(sub_name.clone(), ref_path.clone()) {
+                self.errors.push(
+                    file,
+                    &ref_path,
+                    format!("sub-fleet name {sub_name:?} is already used by {first}; give one of them a distinct name: in its fleets entry"),
+                );
+            }
+        }
+
+        Some(FleetMeta {
+            // A sub-fleet reports the name it is known by in its parent.
+            name: fleet_name.or(meta.name),
+            ..meta
+        })
+    }
+
+    /// Loads one agent file, merging `defaults` under it and `overrides` over it.
+    fn load_agent(
+        &mut self,
+        file: &Path,
+        fleet_path: &[String],
+        defaults: Option<&Sourced>,
+        overrides: Option<&Sourced>,
+    ) {
+        let Some(mut tree) = read_mapping(file, self.errors) else {
+            return;
+        };
+        interpolate_tree_mapping(
+            &mut tree,
+            self.env,
+            file,
+            &is_unsupported_agent_path,
+            self.errors,
+        );
+        normalize_aliases(&mut tree, file, "", self.errors);
+        let mut merged = Sourced::empty(file, "");
+        if let Some(defaults) = defaults {
+            merged.merge(defaults);
+        }
+        merged.merge(&Sourced::from_file(tree, file, ""));
+        if let Some(overrides) = overrides {
+            merged.merge(overrides);
+        }
+        let mut reader = Reader {
+            origins: &merged.origins,
+            errors: self.errors,
+            warnings: self.warnings,
+        };
+        let place = AgentPlace {
+            fleet_path,
+            source_file: file,
+        };
+        if let Some(agent) = build_agent(&merged.tree, &place, &mut reader) {
+            self.agents.push(agent);
+        }
+    }
+
+    /// A path relative to the root fleet's directory when it is inside it.
+    fn display(&self, path: &Path) -> String {
+        let root = std::fs::canonicalize(&self.root_dir).unwrap_or_else(|_| self.root_dir.clone());
+        path.strip_prefix(&root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+}
+
+/// The name a sub-fleet is known by: its reference's `name`, else its own `fleet.name`, else its directory's
+/// name. It must be a valid agent-style name (no dots, since dots separate qualified names).
+fn self_name(
+    sub: &SubFleetRef<'_>,
+    meta: &FleetMeta,
+    file: &Path,
+    reader: &mut Reader<'_>,
+) -> Option<String> {
+    let (name, source) = if let Some(name) = &sub.name {
+        (
+            name.clone(),
+            "its name in the parent's fleets entry".to_string(),
+        )
+    } else if let Some(name) = &meta.name {
+        (name.clone(), "its fleet.name".to_string())
+    } else {
+        let dir_name = file
+            .parent()
+            .and_then(Path::file_name)
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (
+            dir_name,
+            "its directory name (no fleet.name set)".to_string(),
+        )
+    };
+    if is_valid_name(&name) {
+        return Some(name);
+    }
+    reader.errors.push(
+        sub.parent_file,
+        &sub.ref_path,
+        format!("invalid sub-fleet name {name:?} (from {source}): it must start with a letter or number and contain only letters, numbers, underscores and hyphens; set name: in the fleets entry"),
+    );
+    None
+}
+
+fn list(tree: &Mapping, key: &str, reader: &mut Reader<'_>) -> Vec<Value> {
+    match get(tree, key) {
+        None => Vec::new(),
+        Some(Value::Sequence(items)) => items.clone(),
+        Some(other) => {
+            reader.error(key, format!("expected a list, got {}", describe(other)));
+            Vec::new()
+        }
+    }
+}
+
+/// The absolute path of an `agents[]`/`fleets[]` entry's file; it must exist.
+fn resolve_ref(
+    entry: &Mapping,
+    ref_path: &str,
+    fleet_dir: &Path,
+    reader: &mut Reader<'_>,
+) -> Option<PathBuf> {
+    let written = reader.required_string(entry, "path", ref_path)?;
+    let resolved = normalize(&fleet_dir.join(&written));
+    if resolved.is_file() {
+        Some(resolved)
+    } else {
+        reader.error(
+            &join(ref_path, "path"),
+            format!("file not found: {} (relative paths are resolved against the fleet file's directory)", resolved.display()),
+        );
+        None
+    }
+}
+
+/// An entry's `overrides`, with aliases normalised, attributed to where they are written.
+fn overrides_of(
+    entry: &Mapping,
+    ref_path: &str,
+    origins: &super::merge::Origins,
+    reader: &mut Reader<'_>,
+) -> Option<Sourced> {
+    let path = join(ref_path, "overrides");
+    let value = get(entry, "overrides")?;
+    let mut tree = reader.any_mapping(value, &path)?.clone();
+    let origin = origins.locate(&path);
+    normalize_aliases(&mut tree, &origin.file, &origin.path, reader.errors);
+    Some(Sourced {
+        tree,
+        origins: origins_at(origins, &path),
+    })
+}
+
+/// Origins for the subtree at `path` of a tree whose origins are `origins`.
+fn origins_at(origins: &super::merge::Origins, path: &str) -> super::merge::Origins {
+    let origin = origins.locate(path);
+    super::merge::Origins::new(&origin.file, &origin.path)
+}
+
+fn interpolate_tree_mapping(
+    tree: &mut Mapping,
+    env: EnvLookup<'_>,
+    file: &Path,
+    skip: &dyn Fn(&str) -> bool,
+    errors: &mut Errors,
+) {
+    let mut value = Value::Mapping(std::mem::take(tree));
+    interpolate_tree(&mut value, env, file, "", skip, errors);
+    if let Value::Mapping(mapping) = value {
+        *tree = mapping;
+    }
+}
+
+/// Unsupported sections of an agent-shaped tree rooted at `root` ("" for an agent file).
+fn is_unsupported_agent_section(path: &str, root: &str) -> bool {
+    let rest = if root.is_empty() {
+        path
+    } else {
+        match path
+            .strip_prefix(root)
+            .and_then(|rest| rest.strip_prefix('.'))
+        {
+            Some(rest) => rest,
+            None => return false,
+        }
+    };
+    UNSUPPORTED_AGENT_SECTIONS.contains(&rest)
+}
+
+fn is_unsupported_agent_path(path: &str) -> bool {
+    is_unsupported_agent_section(path, "")
+}
+
+/// In a fleet file: the fleet-level unsupported sections, and the agent-level ones inside `defaults` and
+/// `agents[i].overrides` (they are not interpolated, so their variables need not be set).
+fn is_unsupported_fleet_path(path: &str) -> bool {
+    if UNSUPPORTED_FLEET_SECTIONS.contains(&path) {
+        return true;
+    }
+    if is_unsupported_agent_section(path, "defaults") {
+        return true;
+    }
+    let Some(rest) = path.strip_prefix("agents[") else {
+        return false;
+    };
+    match rest.split_once("].overrides.") {
+        Some((number, section)) => {
+            number.chars().all(|c| c.is_ascii_digit())
+                && UNSUPPORTED_AGENT_SECTIONS.contains(&section)
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::resolved::*;
+    use std::fs;
+    use std::time::Duration;
+
+    /// Writes `files` (relative path, content) under a fresh directory.
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let full = dir.path().join(path);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            fs::write(full, content).unwrap();
+        }
+        dir
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load_dir(dir: &Path, env: EnvLookup<'_>) -> Result<FleetConfig, ConfigError> {
+        load_with(Some(dir), dir, env)
+    }
+
+    /// (file name, path, message) of each error.
+    fn errors_of(result: Result<FleetConfig, ConfigError>) -> Vec<(String, String, String)> {
+        let error = result.expect_err("expected the configuration to be invalid");
+        error
+            .errors()
+            .iter()
+            .map(|e| {
+                let file = e.file.file_name().unwrap().to_string_lossy().into_owned();
+                (file, e.path.clone(), e.message.clone())
+            })
+            .collect()
+    }
+
+    fn has(errors: &[(String, String, String)], file: &str, path: &str, text: &str) -> bool {
+        errors
+            .iter()
+            .any(|(f, p, m)| f == file && p == path && m.contains(text))
+    }
+
+    #[test]
+    fn one_broken_fleet_reports_every_error_with_file_and_path() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "version: 1\nfleet: {name: broken}\nagentz: []\nagents:\n  - path: agents/a.yaml\n  - path: agents/missing.yaml\n  - path: agents/b.yaml\n    overrides:\n      schedules: {hourly: {interval: 0m}}\n",
+            ),
+            (
+                "agents/a.yaml",
+                "name: bad.name\nmodell: x\npermission_mode: yolo\nconcurrency: 0\nschedules:\n  check: {type: interval, interval: 5x}\n  nightly: {type: cron, cron: '0 25 * * *', timezone: Mars/Olympus}\n  typo: {type: cron, cron: '@daily', promt: hi}\nwork_source: {type: github, repo: not-a-repo}\nruntime: command\n",
+            ),
+            ("agents/b.yaml", "name: a\nschedules:\n  hourly: {type: interval, interval: 1h}\n"),
+            ("agents/c.yaml", "name: b\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        let expected = [
+            ("herdctl.yaml", "agentz", "did you mean \"agents\"?"),
+            ("herdctl.yaml", "agents[1].path", "file not found"),
+            (
+                "herdctl.yaml",
+                "agents[2].overrides.schedules.hourly.interval",
+                "greater than zero",
+            ),
+            ("a.yaml", "name", "invalid agent name \"bad.name\""),
+            ("a.yaml", "modell", "did you mean \"model\"?"),
+            ("a.yaml", "permission_mode", "invalid value \"yolo\""),
+            ("a.yaml", "concurrency", "at least 1"),
+            (
+                "a.yaml",
+                "schedules.check.interval",
+                "invalid duration \"5x\"",
+            ),
+            ("a.yaml", "schedules.nightly.cron", "hour must be 0-23"),
+            (
+                "a.yaml",
+                "schedules.nightly.timezone",
+                "unknown time zone \"Mars/Olympus\"",
+            ),
+            ("a.yaml", "schedules.typo.promt", "did you mean \"prompt\"?"),
+            ("a.yaml", "work_source.repo", "'owner/repo' format"),
+            ("a.yaml", "", "runtime: command needs a command"),
+        ];
+        for (file, path, text) in expected {
+            assert!(
+                has(&errors, file, path, text),
+                "missing {file}: {path}: {text} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn display_lists_each_error_on_its_own_line() {
+        let dir = tree(&[
+            ("herdctl.yaml", "agents: [{path: a.yaml}]\n"),
+            ("a.yaml", "name: a\nmodel: 5\nmax_turns: x\n"),
+        ]);
+        let message = load_dir(dir.path(), &no_env).unwrap_err().to_string();
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 3, "{message}");
+        assert!(
+            lines[1].ends_with("a.yaml: model: expected a string, got the number 5"),
+            "{message}"
+        );
+        assert!(lines[2].ends_with(
+            "a.yaml: max_turns: expected a whole number of at least 1, got the string \"x\""
+        ));
+    }
+
+    #[test]
+    fn duplicate_agent_names_and_yaml_syntax_are_reported() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "agents: [{path: a.yaml}, {path: b.yaml}, {path: c.yaml}]\n",
+            ),
+            ("a.yaml", "name: same\n"),
+            ("b.yaml", "name: same\n"),
+            ("c.yaml", "name: [oops\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        assert!(
+            has(&errors, "b.yaml", "name", "duplicate agent name \"same\""),
+            "{errors:#?}"
+        );
+        assert!(
+            has(&errors, "c.yaml", "", "invalid YAML at line"),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn interpolation_uses_env_then_dotenv_and_names_the_path() {
+        let dir = tree(&[
+            ("herdctl.yaml", "agents: [{path: a.yaml}]\n"),
+            (".env", "MODEL=from-dotenv\nPROMPT=from-dotenv\n"),
+            ("a.yaml", "name: a\nmodel: ${MODEL}\ndefault_prompt: ${PROMPT}\nsystem_prompt: '${EMPTY:-unused}'\ndescription: ${NOPE:-fallback}\n"),
+        ]);
+        let env = |name: &str| match name {
+            "PROMPT" => Some("from-env".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let fleet = load_dir(dir.path(), &env).unwrap();
+        let agent = fleet.agent("a").unwrap();
+        assert_eq!(agent.model.as_deref(), Some("from-dotenv"));
+        // .env never overrides the environment.
+        assert_eq!(agent.default_prompt.as_deref(), Some("from-env"));
+        assert_eq!(agent.system_prompt.as_deref(), Some(""));
+        assert_eq!(agent.description.as_deref(), Some("fallback"));
+        assert_eq!(fleet.dotenv.get("MODEL"), Some("from-dotenv"));
+        assert_eq!(fleet.dotenv.get("PROMPT"), None);
+
+        fs::write(
+            dir.path().join("a.yaml"),
+            "name: a\nhooks:\n  after_run:\n    - {type: webhook, url: 'https://x/${HOOK_PATH}'}\n",
+        )
+        .unwrap();
+        let errors = errors_of(load_dir(dir.path(), &env));
+        assert!(
+            has(
+                &errors,
+                "a.yaml",
+                "hooks.after_run[0].url",
+                "HOOK_PATH is not set"
+            ),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn defaults_deep_merge_then_overrides_apply_arrays_replace() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "defaults:\n  model: default-model\n  allowed_tools: [Read, Write]\n  session: {timeout: 1h, max_turns: 3}\n  work_source: {type: github, repo: o/r, labels: {ready: todo}}\n  max_concurrent: 4\nagents:\n  - path: agents/a.yaml\n    overrides:\n      allowed_tools: [Bash]\n      session: {model: override-model}\n      schedules: {tick: {interval: 2m}}\n",
+            ),
+            (
+                "agents/a.yaml",
+                "name: a\nworkspace: ../work\nmodel: own-model\nsession: {max_turns: 9}\nwork_source: {repo: me/mine}\nschedules:\n  tick: {type: interval, interval: 1m, work_source: {labels: {in_progress: busy}}}\n",
+            ),
+        ]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        assert_eq!(fleet.max_concurrent, Some(4));
+        let agent = fleet.agent("a").unwrap();
+        assert_eq!(agent.model.as_deref(), Some("own-model"));
+        assert_eq!(agent.allowed_tools, Some(vec!["Bash".to_string()]));
+        assert_eq!(
+            agent.session,
+            SessionConfig {
+                timeout: Some(Duration::from_secs(3600)),
+                max_turns: Some(9),
+                model: Some("override-model".to_string())
+            }
+        );
+        assert_eq!(agent.working_directory, dir.path().join("work"));
+        let source = agent.work_source.as_ref().unwrap();
+        assert_eq!(
+            (source.repo.as_str(), source.ready_label.as_str()),
+            ("me/mine", "todo")
+        );
+        let tick = agent.schedule("tick").unwrap();
+        assert_eq!(tick.kind, ScheduleKind::Interval(Duration::from_secs(120)));
+        let tick_source = tick.work_source.as_ref().unwrap();
+        assert_eq!(
+            (
+                tick_source.repo.as_str(),
+                tick_source.ready_label.as_str(),
+                tick_source.in_progress_label.as_str()
+            ),
+            ("me/mine", "todo", "busy")
+        );
+    }
+
+    #[test]
+    fn extensions_agent_settings_flow_into_schedules_which_win() {
+        let dir = tree(&[(
+            "agent.yaml",
+            "name: worker\nruntime: command\ncommand: [sh, -c, 'echo hi']\nenv: {A: 1}\nconcurrency: 3\ntimeout: 30m\nstop_grace: 5s\ntimezone: Europe/Berlin\noverlap: queue\nschedules:\n  a: {type: cron, expression: '0 9 * * 1-5'}\n  b: {type: interval, interval: 1h, timeout: 1m, timezone: UTC, overlap: allow, catchup: none, enabled: false}\n",
+        )]);
+        let fleet = load_with(Some(Path::new("agent.yaml")), dir.path(), &no_env).unwrap();
+        assert_eq!(fleet.config_path, dir.path().join("agent.yaml"));
+        let agent = fleet.agent("worker").unwrap();
+        assert_eq!(agent.concurrency, 3);
+        assert_eq!(
+            agent.runtime,
+            RuntimeConfig::Command {
+                command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                env: [("A".to_string(), "1".to_string())].into()
+            }
+        );
+        let a = agent.schedule("a").unwrap();
+        assert_eq!(a.kind.type_name(), "cron");
+        assert_eq!(
+            (a.timeout, a.stop_grace),
+            (Some(Duration::from_secs(1800)), Duration::from_secs(5))
+        );
+        assert_eq!(
+            (a.timezone, a.overlap, a.catchup, a.enabled),
+            (
+                Some(chrono_tz::Europe::Berlin),
+                Overlap::Queue,
+                Catchup::Latest,
+                true
+            )
+        );
+        let b = agent.schedule("b").unwrap();
+        assert_eq!(
+            (b.timeout, b.timezone, b.overlap, b.catchup, b.enabled),
+            (
+                Some(Duration::from_secs(60)),
+                Some(chrono_tz::UTC),
+                Overlap::Allow,
+                Catchup::None,
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn concurrency_alias_conflicts_and_command_misuse_are_errors() {
+        let dir = tree(&[(
+            "agent.yaml",
+            "name: w\nconcurrency: 2\ninstances: {max_concurrent: 3}\ncommand: [x]\n",
+        )]);
+        let errors = errors_of(load_with(
+            Some(&dir.path().join("agent.yaml")),
+            dir.path(),
+            &no_env,
+        ));
+        assert!(
+            has(
+                &errors,
+                "agent.yaml",
+                "concurrency",
+                "both concurrency and instances.max_concurrent"
+            ),
+            "{errors:#?}"
+        );
+        assert!(
+            has(
+                &errors,
+                "agent.yaml",
+                "command",
+                "only used with runtime: command"
+            ),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn directory_of_agent_files_is_a_fleet() {
+        let dir = tree(&[("b.yaml", "name: b\n"), ("a.yml", "name: a\n")]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let names: Vec<&str> = fleet.agents.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(fleet.config_path, dir.path());
+        assert_eq!(fleet.root_dir, dir.path());
+    }
+
+    #[test]
+    fn unsupported_sections_warn_once_and_are_not_interpolated() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "web: {enabled: true}\nwebhooks: {enabled: true}\ndocker: {image: x}\nagents: [{path: a.yaml}, {path: b.yaml}]\n",
+            ),
+            (
+                "a.yaml",
+                "name: a\nchat: {discord: {bot_token_env: T, guilds: [{id: '${UNSET_GUILD}'}]}}\nplugins: [./p]\nschedules:\n  hook: {type: webhook}\n  out: {type: interval, interval: 1m, outputToFile: true}\n",
+            ),
+            ("b.yaml", "name: b\nchat: {slack: {}}\ndocker: {enabled: true}\n"),
+        ]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
+        for section in [
+            "fleet-level web",
+            "fleet-level webhooks",
+            "fleet-level docker",
+            "chat",
+            "plugins",
+            "docker",
+            "schedule type webhook",
+            "outputToFile",
+        ] {
+            let count = messages
+                .iter()
+                .filter(|m| m.contains(&format!("not supported by herdctld: {section} ")))
+                .count();
+            assert_eq!(count, 1, "{section}: {messages:#?}");
+        }
+        assert!(messages.iter().any(|m| m.contains("a.yaml: chat: accepted, not supported by herdctld: chat (ignored); also in 1 other place")), "{messages:#?}");
+        assert_eq!(
+            fleet.agent("a").unwrap().schedule("hook").unwrap().kind,
+            ScheduleKind::Webhook
+        );
+    }
+
+    #[test]
+    fn sub_fleets_qualify_names_and_report_bad_names() {
+        let dir = tree(&[
+            ("herdctl.yaml", "fleets:\n  - path: team/herdctl.yaml\n  - path: other/herdctl.yaml\n    name: bad.name\nagents: [{path: a.yaml}]\n"),
+            ("a.yaml", "name: a\n"),
+            ("team/herdctl.yaml", "fleet: {name: team}\nfleets: [{path: inner/herdctl.yaml}]\nagents: [{path: a.yaml}]\n"),
+            ("team/a.yaml", "name: a\n"),
+            ("team/inner/herdctl.yaml", "agents: [{path: x.yaml}]\n"),
+            ("team/inner/x.yaml", "name: x\n"),
+            ("other/herdctl.yaml", "agents: []\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(has(
+            &errors,
+            "herdctl.yaml",
+            "fleets[1]",
+            "invalid sub-fleet name \"bad.name\""
+        ));
+
+        fs::write(
+            dir.path().join("herdctl.yaml"),
+            "fleets:\n  - path: team/herdctl.yaml\nagents: [{path: a.yaml}]\n",
+        )
+        .unwrap();
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let names: Vec<&str> = fleet.agents.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a", "team.a", "team.inner.x"]);
+        assert_eq!(
+            fleet.agent("team.inner.x").unwrap().fleet_path,
+            ["team", "inner"]
+        );
+    }
+}
