@@ -193,19 +193,29 @@ fn state_error(path: &std::path::Path, error: impl std::fmt::Display) -> FleetEr
 }
 
 fn config_error(error: config::ConfigError) -> FleetError {
-    let config_path = error.config_path().display().to_string();
-    let validation_errors = error
-        .issues()
-        .into_iter()
-        .map(|i| ValidationIssue {
-            file: i.file.display().to_string(),
-            path: i.path.clone(),
-            message: i.message.clone(),
-        })
-        .collect();
-    FleetError::Configuration {
-        config_path,
-        validation_errors,
+    match error {
+        config::ConfigError::Invalid {
+            config_path,
+            errors,
+        } => FleetError::Configuration {
+            config_path: config_path.display().to_string(),
+            validation_errors: errors
+                .into_iter()
+                .map(|e| ValidationIssue {
+                    file: e.file.display().to_string(),
+                    path: e.path,
+                    message: e.message,
+                })
+                .collect(),
+        },
+        not_found @ config::ConfigError::NotFound { .. } => FleetError::Configuration {
+            config_path: String::new(),
+            validation_errors: vec![ValidationIssue {
+                file: String::new(),
+                path: String::new(),
+                message: not_found.to_string(),
+            }],
+        },
     }
 }
 

@@ -464,7 +464,10 @@ fn run_spec(agent: &AgentConfig, job: &Job, context: &RunContext) -> RunSpec {
             .as_ref()
             .and_then(|s| s.timeout)
             .or(agent.timeout),
-        stop_grace: agent.stop_grace,
+        stop_grace: context
+            .schedule
+            .as_ref()
+            .map_or(agent.stop_grace, |s| s.stop_grace),
         limits: runner::OutputLimits::default(),
     }
 }
@@ -474,7 +477,7 @@ pub(super) fn timing_of(_agent: &AgentConfig, schedule: &ScheduleConfig) -> Opti
     let kind = match &schedule.kind {
         ScheduleKind::Interval(every) => TimingKind::Interval(*every),
         ScheduleKind::Cron(expr) => TimingKind::Cron {
-            expr: Box::new(expr.clone()),
+            expr: expr.clone(),
             tz: schedule.timezone.unwrap_or_else(scheduler::host_timezone),
         },
         ScheduleKind::Webhook | ScheduleKind::Chat => return None,
