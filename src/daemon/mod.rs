@@ -1,4 +1,4 @@
-//! daemon: the process concerns of `herdctld` (SPEC §3, §12) — nothing about fleets or JSON-RPC.
+//! daemon: the process concerns of `herdctld` (SPEC §3, §12).
 //!
 //! - [`socket`]: default socket path, safe creation (umask, mode, parent directory, stale/live socket),
 //!   systemd socket activation.
@@ -7,9 +7,11 @@
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP as shutdown / shutdown-now / reload requests.
 //! - [`logging`]: tracing-subscriber setup from the command line, with room for one extra layer.
 //!
-//! The command line and `main` (which tie these to the FleetManager and `rpc::transport`) live in the binary.
+//! - [`run`]: the command line and the daemon's life — the one place that ties these to the FleetManager and
+//!   `rpc::transport`.
 
 pub mod logging;
 pub mod notify;
+pub mod run;
 pub mod signals;
 pub mod socket;

@@ -40,16 +40,17 @@ pub fn registered_method_names(module: &RpcModule<FleetManager>) -> Vec<String> 
     names
 }
 
-pub(crate) fn domain_error(error: FleetError) -> ErrorObjectOwned {
-    ErrorObjectOwned::owned(error.code(), error.to_string(), Some(error.data()))
+fn domain_error(error: FleetError) -> ErrorObjectOwned {
+    super::error::domain_error(error.code(), error.to_string(), error.code_name(), error.data())
 }
 
 fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
     let message = message.into();
-    ErrorObjectOwned::owned(
+    super::error::domain_error(
         -32602,
         format!("Invalid params: {message}"),
-        Some(json!({"code": "INVALID_PARAMS", "message": message})),
+        "INVALID_PARAMS",
+        json!({ "message": message }),
     )
 }
 

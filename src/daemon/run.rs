@@ -1,0 +1,274 @@
+//! `herdctld`'s life: command line, logging, fleet initialization, socket, serving, signals, shutdown.
+//!
+//! Order at start: parse args → logging (with the fleet's log layer) → initialize the fleet (config validated,
+//! state dir locked, interrupted jobs recovered) → bind the socket → start the fleet (unless `--no-start`) →
+//! `READY=1` → serve. Order at stop (SIGTERM/SIGINT): `STOPPING=1` → stop the fleet (scheduler, wait for jobs
+//! up to the timeout, cancel the rest; a second signal cancels at once) → stop serving → remove the socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::fleet::{FleetError, FleetManager, FleetManagerOptions, FleetState, LogBus, StopOptions};
+use crate::rpc::{methods, transport};
+
+use super::logging::{self, LogFormat, LogOptions};
+use super::notify::{watchdog_interval, Notifier};
+use super::signals::{SignalRequest, Signals};
+use super::socket;
+
+/// Exit code for an invalid configuration at start (sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herdctld",
+    version,
+    about = "Runs a fleet of coding agents on schedules and on demand; serves JSON-RPC on a Unix socket",
+    after_help = "Examples:\n  herdctld --config examples/demo\n  herdctld --config /etc/herdctl/herdctl.yaml --state /var/lib/herdctld --log-format json"
+)]
+pub struct DaemonArgs {
+    /// Fleet file, directory with herdctl.yaml, directory of agent files, or one agent file.
+    /// Default: herdctl.yaml in the working directory or a parent.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// State directory. Default: $STATE_DIRECTORY under systemd, else .herdctl beside the fleet file.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Socket path. Default: $RUNTIME_DIRECTORY/herdctld.sock, else $XDG_RUNTIME_DIR/herdctl/herdctld.sock,
+    /// else <state>/herdctld.sock.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Permissions of the socket (octal). 0660 also admits the socket's group.
+    #[arg(long, default_value = "0600")]
+    pub socket_mode: String,
+    /// Initialize but do not start the fleet; a client calls `start`.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Fleet-wide cap on running jobs (overrides defaults.max_concurrent).
+    #[arg(long)]
+    pub max_concurrent: Option<u32>,
+    /// trace, debug, info, warn or error (RUST_LOG, if set, wins).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// text (default) or json (one object per line).
+    #[arg(long, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Write logs to this file (rotated daily) instead of stderr.
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Runs the daemon to completion; the binary's `main`.
+pub fn main() -> ExitCode {
+    let args = DaemonArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("herdctld: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: DaemonArgs) -> ExitCode {
+    let logs = LogBus::new(10_000);
+    let log_options = LogOptions {
+        level: args.log_level.clone(),
+        format: args.log_format,
+        file: args.log_file.clone(),
+    };
+    let _log_guard = match logging::init(&log_options, Some(Box::new(logs.layer()))) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("herdctld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = crate::runner::become_subreaper() {
+        tracing::warn!("cannot become a child subreaper; escaped job processes may outlive their job: {e}");
+    }
+
+    let fleet = FleetManager::new(FleetManagerOptions {
+        config_path: args.config.clone(),
+        state_dir: args
+            .state
+            .clone()
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
+        concurrency: args.max_concurrent,
+        logs,
+        ..FleetManagerOptions::default()
+    });
+    if let Err(e) = fleet.initialize().await {
+        eprintln!("herdctld: {e}");
+        return match e {
+            FleetError::Configuration { .. } => ExitCode::from(EXIT_CONFIG),
+            _ => ExitCode::from(1),
+        };
+    }
+    if let Some(config) = fleet.config() {
+        for warning in &config.warnings {
+            eprintln!(
+                "herdctld: warning: {}: {}: {}",
+                warning.file.display(),
+                warning.path,
+                warning.message
+            );
+        }
+    }
+
+    let status = fleet.status().await;
+    let state_dir = PathBuf::from(status.state_dir.unwrap_or_default());
+    let socket_path = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| socket::default_socket_path_from_env(&state_dir));
+    let mode = match socket::parse_socket_mode(&args.socket_mode) {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("herdctld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match socket::open_listener(&socket_path, mode) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("herdctld: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let origin = listener.origin.clone();
+    let listener = match tokio::net::UnixListener::from_std(listener.listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("herdctld: cannot use the socket {}: {e}", socket_path.display());
+            let _ = socket::remove_socket(&origin);
+            return ExitCode::from(1);
+        }
+    };
+
+    if !args.no_start {
+        if let Err(e) = fleet.start().await {
+            eprintln!("herdctld: {e}");
+            let _ = socket::remove_socket(&origin);
+            return ExitCode::from(1);
+        }
+    }
+
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let transport_config = transport::TransportConfig {
+        allowed_gid: (mode & 0o070 != 0).then(|| nix::unistd::getegid().as_raw()),
+        ..transport::TransportConfig::default()
+    };
+    let server = tokio::spawn(transport::serve(
+        listener,
+        methods::fleet_module(fleet.clone()),
+        transport_config,
+        async move {
+            let _ = serving_stopped.await;
+        },
+    ));
+    println!("herdctld: listening on {}", socket_path.display());
+    tracing::info!(socket = %socket_path.display(), state = %state_dir.display(), "herdctld ready");
+
+    let notifier = Notifier::from_env();
+    let _ = notifier.ready();
+    let watchdog = watchdog_interval().map(|every| {
+        let notifier = Notifier::from_env();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                let _ = notifier.watchdog();
+            }
+        })
+    });
+
+    let exit = serve_until_shutdown(&fleet, &notifier).await;
+
+    let _ = stop_serving.send(());
+    if let Ok(report) = server.await {
+        tracing::info!(?report, "stopped serving");
+    }
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
+    if let Err(e) = socket::remove_socket(&origin) {
+        tracing::warn!("{e}");
+    }
+    tracing::info!("herdctld exiting");
+    exit
+}
+
+/// Handles signals until a shutdown request, then stops the fleet.
+async fn serve_until_shutdown(fleet: &FleetManager, notifier: &Notifier) -> ExitCode {
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    loop {
+        match signals.recv().await {
+            SignalRequest::Reload => {
+                let _ = notifier.reloading();
+                match fleet.reload().await {
+                    Ok(result) => tracing::info!(changes = ?result.changes, "reloaded on SIGHUP"),
+                    Err(e) => tracing::error!("reload on SIGHUP refused: {e}"),
+                }
+                let _ = notifier.ready();
+            }
+            SignalRequest::Shutdown | SignalRequest::ShutdownNow => break,
+        }
+    }
+    let _ = notifier.stopping();
+    tracing::info!("shutting down; a second SIGTERM/SIGINT cancels running jobs at once");
+    if fleet.state() != FleetState::Running {
+        return ExitCode::SUCCESS;
+    }
+    let stop = fleet.stop(StopOptions::default());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            result = &mut stop => {
+                return match result {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("stop failed: {e}");
+                        ExitCode::from(1)
+                    }
+                };
+            }
+            request = signals.recv() => {
+                if request != SignalRequest::Reload {
+                    tracing::warn!("second shutdown signal: cancelling running jobs now");
+                    cancel_running_now(fleet).await;
+                }
+            }
+        }
+    }
+}
+
+async fn cancel_running_now(fleet: &FleetManager) {
+    let running = fleet
+        .jobs(&crate::fleet::JobQuery {
+            status: Some(crate::job::JobStatus::Running),
+            limit: Some(usize::MAX),
+            ..Default::default()
+        })
+        .map(|list| list.jobs)
+        .unwrap_or_default();
+    for job in running {
+        let fleet = fleet.clone();
+        tokio::spawn(async move {
+            let _ = fleet.cancel_job(job.id.as_str(), Some(Duration::ZERO)).await;
+        });
+    }
+}
