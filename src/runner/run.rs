@@ -734,3 +734,6 @@ fn decide(runtime: Runtime, exit: Exit, stop: Option<Stop>, collected: Collected
     outcome
 }
 
+
+#[cfg(test)]
+mod tests;
