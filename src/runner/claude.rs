@@ -308,11 +308,15 @@ mod tests {
             Verdict::Success
         );
         assert_eq!(
-            judge_result(&obj(json!({"subtype": "success", "is_error": true, "result": "boom"}))),
+            judge_result(&obj(
+                json!({"subtype": "success", "is_error": true, "result": "boom"})
+            )),
             Verdict::Error("boom".into())
         );
         assert_eq!(
-            judge_result(&obj(json!({"subtype": "error_max_turns", "is_error": true}))),
+            judge_result(&obj(
+                json!({"subtype": "error_max_turns", "is_error": true})
+            )),
             Verdict::MaxTurns("claude reported error_max_turns".into())
         );
         assert_eq!(

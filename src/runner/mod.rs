@@ -62,7 +62,7 @@ pub struct RunSpec {
 /// Which program runs the job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RuntimeSpec {
-    Claude(ClaudeSpec),
+    Claude(Box<ClaudeSpec>),
     /// Any program: `argv[0]` is looked up on PATH; the prompt is on stdin and in `HERDCTL_PROMPT`.
     Command {
         argv: Vec<String>,

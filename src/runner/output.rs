@@ -169,7 +169,10 @@ impl<T> OutputCap<T> {
             lines: self.dropped_lines,
             bytes: self.dropped_bytes,
         });
-        (dropped, self.tail.into_iter().map(|(item, _)| item).collect())
+        (
+            dropped,
+            self.tail.into_iter().map(|(item, _)| item).collect(),
+        )
     }
 }
 

@@ -299,7 +299,14 @@ pub fn reap_adopted_zombies() -> usize {
 pub(crate) fn child_setup(parent: libc::pid_t) -> io::Result<()> {
     // SAFETY: prctl, getppid, syscall and _exit are async-signal-safe and take plain integers.
     unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
         // The daemon may have died between fork and prctl; then no death signal will come.
@@ -375,7 +382,10 @@ mod tests {
         let spared = kill_stale_job(&job_id, pid, pid, start + 1);
         assert!(!spared.leader_killed);
         assert!(spared.killed_pids.is_empty());
-        assert!(child.try_wait().unwrap().is_none(), "the process must survive");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the process must survive"
+        );
 
         let killed = kill_stale_job(&job_id, pid, pid, start);
         assert!(killed.leader_killed);

@@ -166,7 +166,8 @@ fn build_command(spec: &RunSpec) -> Result<Command, String> {
         RuntimeSpec::Command { argv, env } => {
             let Some((program, args)) = argv.split_first() else {
                 return Err(
-                    "the command runtime needs a program: set `command: [program, args...]`".to_owned(),
+                    "the command runtime needs a program: set `command: [program, args...]`"
+                        .to_owned(),
                 );
             };
             let mut command = Command::new(program);
@@ -315,10 +316,20 @@ async fn supervise(
     let max_line = spec.limits.max_line_bytes;
     let mut readers = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        readers.push(tokio::spawn(read_lines(stdout, Stream::Stdout, max_line, line_tx.clone())));
+        readers.push(tokio::spawn(read_lines(
+            stdout,
+            Stream::Stdout,
+            max_line,
+            line_tx.clone(),
+        )));
     }
     if let Some(stderr) = child.stderr.take() {
-        readers.push(tokio::spawn(read_lines(stderr, Stream::Stderr, max_line, line_tx.clone())));
+        readers.push(tokio::spawn(read_lines(
+            stderr,
+            Stream::Stderr,
+            max_line,
+            line_tx.clone(),
+        )));
     }
     drop(line_tx);
 
@@ -640,9 +651,11 @@ fn decide(runtime: Runtime, exit: Exit, stop: Option<Stop>, collected: Collected
         output_truncated,
     } = collected;
     let result_message = stream.result.as_ref();
-    let summary = result_message
-        .and_then(result_text)
-        .or_else(|| (runtime == Runtime::Command).then_some(last_stdout).flatten());
+    let summary = result_message.and_then(result_text).or_else(|| {
+        (runtime == Runtime::Command)
+            .then_some(last_stdout)
+            .flatten()
+    });
     let mut outcome = RunOutcome {
         status: RunStatus::Completed,
         exit_reason: ExitReason::Success,
@@ -733,7 +746,6 @@ fn decide(runtime: Runtime, exit: Exit, stop: Option<Stop>, collected: Collected
     });
     outcome
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -61,9 +61,18 @@ fn kinds(events: &[OutputEvent]) -> Vec<&str> {
 }
 
 /// A fake `claude`: swallows stdin, prints the recorded stream, writes `stderr` text, exits with `code`.
-fn fake_claude(dir: &Path, stream: &[serde_json::Value], extra_lines: &[&str], stderr: &str, code: i32) -> RuntimeSpec {
+fn fake_claude(
+    dir: &Path,
+    stream: &[serde_json::Value],
+    extra_lines: &[&str],
+    stderr: &str,
+    code: i32,
+) -> RuntimeSpec {
     let mut recorded: Vec<String> = stream.iter().map(|v| v.to_string()).collect();
-    recorded.splice(1.min(recorded.len())..1.min(recorded.len()), extra_lines.iter().map(|l| l.to_string()));
+    recorded.splice(
+        1.min(recorded.len())..1.min(recorded.len()),
+        extra_lines.iter().map(|l| l.to_string()),
+    );
     std::fs::write(dir.join("stream.jsonl"), recorded.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("stderr.txt"), stderr).unwrap();
     let bin = script(
@@ -71,10 +80,10 @@ fn fake_claude(dir: &Path, stream: &[serde_json::Value], extra_lines: &[&str], s
         "claude",
         &format!("#!/bin/sh\ncat > /dev/null\ncat \"$(dirname \"$0\")/stream.jsonl\"\ncat \"$(dirname \"$0\")/stderr.txt\" >&2\nexit {code}\n"),
     );
-    RuntimeSpec::Claude(ClaudeSpec {
+    RuntimeSpec::Claude(Box::new(ClaudeSpec {
         bin: Some(bin),
         ..ClaudeSpec::default()
-    })
+    }))
 }
 
 fn init() -> serde_json::Value {
@@ -95,17 +104,33 @@ fn result(subtype: &str, is_error: bool, text: &str) -> serde_json::Value {
 #[tokio::test]
 async fn claude_success_maps_result_session_and_events() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = fake_claude(dir.path(), &[init(), assistant_text("working"), result("success", false, "all done")], &[], "", 0);
+    let runtime = fake_claude(
+        dir.path(),
+        &[
+            init(),
+            assistant_text("working"),
+            result("success", false, "all done"),
+        ],
+        &[],
+        "",
+        0,
+    );
     let (outcome, events) = run(spec(runtime, dir.path())).await;
     assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
     assert_eq!(outcome.exit_reason, ExitReason::Success);
     assert_eq!(outcome.exit_code, Some(0));
     assert_eq!(outcome.summary.as_deref(), Some("all done"));
     assert_eq!(outcome.session_id.as_deref(), Some("sess-1"));
-    assert_eq!(outcome.result.as_ref().unwrap()["total_cost_usd"], json!(0.01));
+    assert_eq!(
+        outcome.result.as_ref().unwrap()["total_cost_usd"],
+        json!(0.01)
+    );
     assert_eq!(outcome.error, None);
     assert_eq!(kinds(&events), ["system", "assistant", "result"]);
-    assert_eq!(events[1].data["message"]["content"][0]["text"], json!("working"));
+    assert_eq!(
+        events[1].data["message"]["content"][0]["text"],
+        json!("working")
+    );
 }
 
 #[tokio::test]
@@ -115,18 +140,41 @@ async fn claude_tool_use_and_tool_result_are_kept_in_order() {
         {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "ls"}}]}});
     let tool_result = json!({"type": "user", "message": {"content": [
         {"type": "tool_result", "tool_use_id": "t1", "content": "a.txt"}]}});
-    let runtime = fake_claude(dir.path(), &[init(), tool_use, tool_result, result("success", false, "listed")], &[], "", 0);
+    let runtime = fake_claude(
+        dir.path(),
+        &[
+            init(),
+            tool_use,
+            tool_result,
+            result("success", false, "listed"),
+        ],
+        &[],
+        "",
+        0,
+    );
     let (outcome, events) = run(spec(runtime, dir.path())).await;
     assert_eq!(outcome.status, RunStatus::Completed);
     assert_eq!(kinds(&events), ["system", "assistant", "user", "result"]);
-    assert_eq!(events[1].data["message"]["content"][0]["name"], json!("Bash"));
-    assert_eq!(events[2].data["message"]["content"][0]["tool_use_id"], json!("t1"));
+    assert_eq!(
+        events[1].data["message"]["content"][0]["name"],
+        json!("Bash")
+    );
+    assert_eq!(
+        events[2].data["message"]["content"][0]["tool_use_id"],
+        json!("t1")
+    );
 }
 
 #[tokio::test]
 async fn claude_is_error_result_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = fake_claude(dir.path(), &[init(), result("success", true, "API error: overloaded")], &[], "", 1);
+    let runtime = fake_claude(
+        dir.path(),
+        &[init(), result("success", true, "API error: overloaded")],
+        &[],
+        "",
+        1,
+    );
     let (outcome, _) = run(spec(runtime, dir.path())).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_reason, ExitReason::Error);
@@ -139,7 +187,13 @@ async fn claude_is_error_result_fails() {
 #[tokio::test]
 async fn claude_max_turns_fails_with_exit_reason_max_turns() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = fake_claude(dir.path(), &[init(), result("error_max_turns", true, "")], &[], "", 1);
+    let runtime = fake_claude(
+        dir.path(),
+        &[init(), result("error_max_turns", true, "")],
+        &[],
+        "",
+        1,
+    );
     let (outcome, _) = run(spec(runtime, dir.path())).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_reason, ExitReason::MaxTurns);
@@ -150,7 +204,13 @@ async fn claude_max_turns_fails_with_exit_reason_max_turns() {
 #[tokio::test]
 async fn claude_crash_mid_stream_fails_with_the_stderr_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = fake_claude(dir.path(), &[init(), assistant_text("half")], &[], "warming up\nfatal: connection reset\n", 1);
+    let runtime = fake_claude(
+        dir.path(),
+        &[init(), assistant_text("half")],
+        &[],
+        "warming up\nfatal: connection reset\n",
+        1,
+    );
     let (outcome, events) = run(spec(runtime, dir.path())).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_reason, ExitReason::Error);
@@ -158,10 +218,25 @@ async fn claude_crash_mid_stream_fails_with_the_stderr_tail() {
     assert_eq!(outcome.session_id.as_deref(), Some("sess-1"));
     let error = outcome.error.unwrap();
     assert_eq!(error.code, "EXIT_CODE");
-    assert!(error.message.contains("claude exited with code 1"), "{}", error.message);
-    assert!(error.message.contains("fatal: connection reset"), "{}", error.message);
-    let stderr: Vec<_> = events.iter().filter(|e| e.kind == "stderr").map(|e| e.data["text"].clone()).collect();
-    assert_eq!(stderr, [json!("warming up"), json!("fatal: connection reset")]);
+    assert!(
+        error.message.contains("claude exited with code 1"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("fatal: connection reset"),
+        "{}",
+        error.message
+    );
+    let stderr: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "stderr")
+        .map(|e| e.data["text"].clone())
+        .collect();
+    assert_eq!(
+        stderr,
+        [json!("warming up"), json!("fatal: connection reset")]
+    );
 }
 
 #[tokio::test]
@@ -180,14 +255,28 @@ async fn garbage_and_unknown_types_are_kept_not_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = fake_claude(
         dir.path(),
-        &[init(), json!({"type": "future_thing", "x": 1}), result("success", false, "ok")],
+        &[
+            init(),
+            json!({"type": "future_thing", "x": 1}),
+            result("success", false, "ok"),
+        ],
         &["not json at all", r#"{"no": "type"}"#, "[1,2]"],
         "",
         0,
     );
     let (outcome, events) = run(spec(runtime, dir.path())).await;
     assert_eq!(outcome.status, RunStatus::Completed);
-    assert_eq!(kinds(&events), ["system", "stdout", "stdout", "stdout", "future_thing", "result"]);
+    assert_eq!(
+        kinds(&events),
+        [
+            "system",
+            "stdout",
+            "stdout",
+            "stdout",
+            "future_thing",
+            "result"
+        ]
+    );
     assert_eq!(events[1].data["text"], json!("not json at all"));
     assert_eq!(events[4].data["x"], json!(1));
 }
@@ -204,8 +293,15 @@ async fn a_ten_megabyte_line_is_capped_and_marked() {
             stream.display().to_string()
         ),
     );
-    std::fs::write(&stream, format!("{}\n", result("success", false, "survived"))).unwrap();
-    let runtime = RuntimeSpec::Claude(ClaudeSpec { bin: Some(bin), ..ClaudeSpec::default() });
+    std::fs::write(
+        &stream,
+        format!("{}\n", result("success", false, "survived")),
+    )
+    .unwrap();
+    let runtime = RuntimeSpec::Claude(Box::new(ClaudeSpec {
+        bin: Some(bin),
+        ..ClaudeSpec::default()
+    }));
     let mut spec = spec(runtime, dir.path());
     spec.limits.max_line_bytes = 64 * 1024;
     let (outcome, events) = run(spec).await;
@@ -219,10 +315,10 @@ async fn a_ten_megabyte_line_is_capped_and_marked() {
 #[tokio::test]
 async fn missing_claude_binary_is_spawn_failed_with_install_hint() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = RuntimeSpec::Claude(ClaudeSpec {
+    let runtime = RuntimeSpec::Claude(Box::new(ClaudeSpec {
         bin: Some(dir.path().join("no-such-claude")),
         ..ClaudeSpec::default()
-    });
+    }));
     let handle = start(spec(runtime, dir.path()), mpsc::channel(1).0);
     assert!(handle.process().is_none());
     let canceller = handle.canceller();
@@ -231,9 +327,18 @@ async fn missing_claude_binary_is_spawn_failed_with_install_hint() {
     assert_eq!(outcome.exit_reason, ExitReason::SpawnFailed);
     let error = outcome.error.unwrap();
     assert_eq!(error.code, "SPAWN_FAILED");
-    assert!(error.message.contains("npm install -g @anthropic-ai/claude-code"), "{}", error.message);
+    assert!(
+        error
+            .message
+            .contains("npm install -g @anthropic-ai/claude-code"),
+        "{}",
+        error.message
+    );
     assert!(error.message.contains("HERDCTL_CLAUDE_BIN"));
-    assert_eq!(canceller.cancel(Duration::from_millis(10)).await, TerminationType::AlreadyStopped);
+    assert_eq!(
+        canceller.cancel(Duration::from_millis(10)).await,
+        TerminationType::AlreadyStopped
+    );
 }
 
 #[tokio::test]
@@ -256,19 +361,22 @@ async fn claude_gets_the_prompt_on_stdin_and_flags_in_argv() {
             dump.display().to_string()
         ),
     );
-    let runtime = RuntimeSpec::Claude(ClaudeSpec {
+    let runtime = RuntimeSpec::Claude(Box::new(ClaudeSpec {
         bin: Some(bin),
         model: Some("opus".into()),
         ..ClaudeSpec::default()
-    });
+    }));
     let mut spec = spec(runtime, dir.path());
     spec.prompt = "fix the bug; rm -rf / is NOT a shell command here".to_owned();
     let (outcome, _) = run(spec.clone()).await;
     assert_eq!(outcome.status, RunStatus::Completed);
-    let dumped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dump).unwrap()).unwrap();
+    let dumped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dump).unwrap()).unwrap();
     assert_eq!(dumped["stdin"], json!(spec.prompt));
     let argv: Vec<String> = serde_json::from_value(dumped["argv"].clone()).unwrap();
-    let RuntimeSpec::Claude(claude) = &spec.runtime else { unreachable!() };
+    let RuntimeSpec::Claude(claude) = &spec.runtime else {
+        unreachable!()
+    };
     assert_eq!(argv, claude_args(claude));
     assert!(!argv.iter().any(|a| a.contains("fix the bug")));
 }
@@ -288,11 +396,17 @@ async fn command_gets_env_prompt_on_stdin_and_last_line_summary() {
         },
         dir.path(),
     );
-    spec.env = vec![("EXTRA".into(), "ex".into()), ("HERDCTL_JOB_ID".into(), "spoofed".into())];
+    spec.env = vec![
+        ("EXTRA".into(), "ex".into()),
+        ("HERDCTL_JOB_ID".into(), "spoofed".into()),
+    ];
     let job_id = spec.job_id.clone();
     let (outcome, events) = run(spec).await;
     assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
-    let texts: Vec<&str> = events.iter().map(|e| e.data["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = events
+        .iter()
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
     let cwd = dir.path().canonicalize().unwrap();
     assert_eq!(
         texts,
@@ -324,13 +438,20 @@ async fn command_result_line_is_the_summary_and_exit_code_decides() {
 #[tokio::test]
 async fn command_nonzero_exit_fails_with_stderr_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let prog = script(dir.path(), "job.sh", "#!/bin/sh\necho out\necho 'it broke' >&2\nexit 3\n");
+    let prog = script(
+        dir.path(),
+        "job.sh",
+        "#!/bin/sh\necho out\necho 'it broke' >&2\nexit 3\n",
+    );
     let (outcome, _) = run(spec(command(&[prog.to_str().unwrap()]), dir.path())).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_reason, ExitReason::Error);
     assert_eq!(outcome.exit_code, Some(3));
     let message = outcome.error.unwrap().message;
-    assert!(message.contains("exited with code 3") && message.contains("it broke"), "{message}");
+    assert!(
+        message.contains("exited with code 3") && message.contains("it broke"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -340,12 +461,19 @@ async fn timeout_stops_the_job_with_exit_reason_timeout() {
     spec.timeout = Some(Duration::from_millis(200));
     let began = StdInstant::now();
     let (outcome, _) = run(spec).await;
-    assert!(began.elapsed() < Duration::from_secs(3), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_reason, ExitReason::Timeout);
     assert_eq!(outcome.signal, Some(libc::SIGTERM));
     assert_eq!(outcome.termination, Some(TerminationType::Graceful));
-    assert_eq!(outcome.error.unwrap().message, "timed out after 200ms; the job was stopped");
+    assert_eq!(
+        outcome.error.unwrap().message,
+        "timed out after 200ms; the job was stopped"
+    );
 }
 
 fn wait_for_lines(path: &Path, count: usize) -> Vec<u32> {
@@ -359,7 +487,10 @@ fn wait_for_lines(path: &Path, count: usize) -> Vec<u32> {
         if pids.len() >= count {
             return pids;
         }
-        assert!(StdInstant::now() < deadline, "job did not start its processes");
+        assert!(
+            StdInstant::now() < deadline,
+            "job did not start its processes"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -369,7 +500,11 @@ fn assert_all_gone(pids: &[u32]) {
     let deadline = StdInstant::now() + Duration::from_secs(2);
     for pid in pids {
         while Path::new(&format!("/proc/{pid}")).exists() {
-            assert!(StdInstant::now() < deadline, "pid {pid} survives: {:?}", process::read_stat(*pid));
+            assert!(
+                StdInstant::now() < deadline,
+                "pid {pid} survives: {:?}",
+                process::read_stat(*pid)
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -394,13 +529,19 @@ async fn cancel_forces_a_term_ignoring_job_and_its_escaped_descendants() {
     let handle = start(spec, tx);
     let leader = handle.process().unwrap();
     assert_eq!(leader.pid, leader.pgid);
-    let pids = tokio::task::spawn_blocking(move || wait_for_lines(&pids_file, 4)).await.unwrap();
+    let pids = tokio::task::spawn_blocking(move || wait_for_lines(&pids_file, 4))
+        .await
+        .unwrap();
     assert!(pids.contains(&leader.pid));
 
     let grace = Duration::from_millis(300);
     let began = StdInstant::now();
     let termination = handle.canceller().cancel(grace).await;
-    assert!(began.elapsed() < grace + Duration::from_secs(1), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < grace + Duration::from_secs(1),
+        "{:?}",
+        began.elapsed()
+    );
     assert_eq!(termination, TerminationType::Forced);
     let outcome = handle.wait().await;
     assert_eq!(outcome.status, RunStatus::Cancelled);
@@ -412,13 +553,22 @@ async fn cancel_forces_a_term_ignoring_job_and_its_escaped_descendants() {
 #[tokio::test]
 async fn cancel_of_a_job_that_exits_on_term_is_graceful_and_later_cancel_already_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let handle = start(spec(command(&["sleep", "30"]), dir.path()), mpsc::channel(1).0);
+    let handle = start(
+        spec(command(&["sleep", "30"]), dir.path()),
+        mpsc::channel(1).0,
+    );
     let canceller = handle.canceller();
-    assert_eq!(canceller.cancel(Duration::from_secs(5)).await, TerminationType::Graceful);
+    assert_eq!(
+        canceller.cancel(Duration::from_secs(5)).await,
+        TerminationType::Graceful
+    );
     let outcome = handle.wait().await;
     assert_eq!(outcome.status, RunStatus::Cancelled);
     assert_eq!(outcome.signal, Some(libc::SIGTERM));
-    assert_eq!(canceller.cancel(Duration::from_secs(5)).await, TerminationType::AlreadyStopped);
+    assert_eq!(
+        canceller.cancel(Duration::from_secs(5)).await,
+        TerminationType::AlreadyStopped
+    );
 }
 
 #[tokio::test]
@@ -429,7 +579,10 @@ async fn cancel_after_a_normal_exit_is_already_stopped() {
     let outcome = handle.wait().await;
     assert_eq!(outcome.status, RunStatus::Completed);
     assert_eq!(outcome.termination, None);
-    assert_eq!(canceller.cancel(Duration::from_secs(1)).await, TerminationType::AlreadyStopped);
+    assert_eq!(
+        canceller.cancel(Duration::from_secs(1)).await,
+        TerminationType::AlreadyStopped
+    );
 }
 
 #[tokio::test]
@@ -455,11 +608,18 @@ async fn leftovers_are_swept_after_a_normal_exit() {
 #[tokio::test]
 async fn job_inherits_only_stdio_descriptors() {
     let dir = tempfile::tempdir().unwrap();
-    let handle = start(spec(command(&["sleep", "30"]), dir.path()), mpsc::channel(1).0);
+    let handle = start(
+        spec(command(&["sleep", "30"]), dir.path()),
+        mpsc::channel(1).0,
+    );
     let pid = handle.process().unwrap().pid;
     // Wait for the exec: until then /proc shows the forked copy of this test process.
     let deadline = StdInstant::now() + Duration::from_secs(5);
-    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() != "sleep" {
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        != "sleep"
+    {
         assert!(StdInstant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -476,7 +636,11 @@ async fn job_inherits_only_stdio_descriptors() {
 #[tokio::test]
 async fn output_cap_keeps_head_and_tail_with_a_notice() {
     let dir = tempfile::tempdir().unwrap();
-    let prog = script(dir.path(), "many.sh", "#!/bin/sh\ni=0\nwhile [ $i -lt 100 ]; do echo \"line-$i\"; i=$((i+1)); done\n");
+    let prog = script(
+        dir.path(),
+        "many.sh",
+        "#!/bin/sh\ni=0\nwhile [ $i -lt 100 ]; do echo \"line-$i\"; i=$((i+1)); done\n",
+    );
     let mut spec = spec(command(&[prog.to_str().unwrap()]), dir.path());
     // Head budget 40: five 7-byte lines ("line-N\n"); tail budget 40: five 8-byte lines ("line-NN\n").
     spec.limits.max_output_bytes = 80;
@@ -492,8 +656,19 @@ async fn output_cap_keeps_head_and_tail_with_a_notice() {
         .collect();
     assert_eq!(
         shown,
-        ["line-0", "line-1", "line-2", "line-3", "line-4", "output_truncated:90", "line-95", "line-96", "line-97",
-         "line-98", "line-99"]
+        [
+            "line-0",
+            "line-1",
+            "line-2",
+            "line-3",
+            "line-4",
+            "output_truncated:90",
+            "line-95",
+            "line-96",
+            "line-97",
+            "line-98",
+            "line-99"
+        ]
     );
 }
 
@@ -501,7 +676,10 @@ async fn output_cap_keeps_head_and_tail_with_a_notice() {
 fn decide_command_killed_by_signal_reports_it() {
     let outcome = decide(
         Runtime::Command,
-        Exit { code: None, signal: Some(9) },
+        Exit {
+            code: None,
+            signal: Some(9),
+        },
         None,
         Collected::default(),
     );
