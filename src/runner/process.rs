@@ -57,7 +57,7 @@ pub struct StaleKill {
 pub fn kill_stale_job(job_id: &str, pid: u32, pgid: u32, start_time: u64) -> StaleKill {
     let leader_matches = process_start_time(pid) == Some(start_time);
     let group = leader_matches.then_some(pgid);
-    let scan = scan_job(job_id, group);
+    let scan = scan_job(job_id, group, Some(start_time));
     let mut killed_pids: Vec<u32> = scan.live.iter().map(|p| p.pid).collect();
     if leader_matches {
         if let Ok(pgid) = i32::try_from(pgid) {
@@ -146,8 +146,10 @@ pub(crate) struct JobScan {
     pub zombies: Vec<ProcStat>,
 }
 
-/// Finds the processes of a job (see the module docs). This process is never included.
-pub(crate) fn scan_job(job_id: &str, pgid: Option<u32>) -> JobScan {
+/// Finds the processes of a job (see the module docs). This process is never included. Processes started before
+/// `not_before` (the leader's start time) cannot descend from the leader, so their environment is not read:
+/// that keeps a scan cheap on a busy host.
+pub(crate) fn scan_job(job_id: &str, pgid: Option<u32>, not_before: Option<u64>) -> JobScan {
     let marker = job_marker(job_id);
     let me = getpid().as_raw().unsigned_abs();
     let stats: HashMap<u32, ProcStat> = all_pids()
@@ -159,7 +161,10 @@ pub(crate) fn scan_job(job_id: &str, pgid: Option<u32>) -> JobScan {
     let mut members: HashSet<u32> = stats
         .values()
         .filter(|stat| {
-            Some(stat.pgrp) == pgid || (!stat.is_zombie() && environ_has(stat.pid, &marker))
+            Some(stat.pgrp) == pgid
+                || (!stat.is_zombie()
+                    && not_before.is_none_or(|t| stat.start_time >= t)
+                    && environ_has(stat.pid, &marker))
         })
         .map(|stat| stat.pid)
         .collect();
@@ -186,6 +191,54 @@ pub(crate) fn scan_job(job_id: &str, pgid: Option<u32>) -> JobScan {
         }
     }
     scan
+}
+
+/// A cheap check, after a leader exited on its own, of whether anything of its job may still exist; `false` only
+/// when that is certain, so the full `/proc` scan can be skipped for the common job that leaves nothing behind.
+/// Certain means: the process group is empty, this process is a subreaper (so a surviving escaped descendant
+/// would have been re-parented to it), and every child of this process is a runner leader.
+pub(crate) fn may_have_leftovers(pgid: u32) -> bool {
+    let group_exists = i32::try_from(pgid).map_or(true, |raw| {
+        !matches!(
+            killpg(Pid::from_raw(raw), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    });
+    if group_exists || !is_subreaper() {
+        return true;
+    }
+    match children_of_self() {
+        Some(children) => with_registry(|r| children.iter().any(|c| !r.leaders.contains(c))),
+        None => true,
+    }
+}
+
+fn is_subreaper() -> bool {
+    let mut flag: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which is valid for the call.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut flag as *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    };
+    rc == 0 && flag != 0
+}
+
+/// The children of this process from `/proc/self/task/*/children`; `None` if the kernel does not provide them.
+fn children_of_self() -> Option<Vec<u32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let text = std::fs::read_to_string(task.ok()?.path().join("children")).ok()?;
+        children.extend(
+            text.split_whitespace()
+                .filter_map(|pid| pid.parse::<u32>().ok()),
+        );
+    }
+    Some(children)
 }
 
 /// Sends `signal` to each pid; processes that are already gone are ignored.

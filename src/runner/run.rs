@@ -35,6 +35,8 @@ const DRAIN_MAX: Duration = Duration::from_secs(5);
 const STDERR_TAIL_LINES: usize = 20;
 /// Bytes of one stderr line quoted in an error.
 const STDERR_TAIL_LINE_BYTES: usize = 1000;
+/// Longest prompt also passed in `HERDCTL_PROMPT` (the kernel's limit per environment string is 128 KiB).
+const MAX_ENV_PROMPT_BYTES: usize = 100 * 1024;
 /// Lines buffered between the pipe readers and the collector.
 const LINE_QUEUE: usize = 256;
 
@@ -142,7 +144,7 @@ pub fn start(spec: RunSpec, output: mpsc::Sender<OutputEvent>) -> RunHandle {
         pgid: pid,
         start_time: process::process_start_time(pid),
     };
-    let task = tokio::spawn(supervise(spec, pid, child, cancels, output));
+    let task = tokio::spawn(supervise(spec, info, child, cancels, output));
     RunHandle {
         process: Some(info),
         canceller,
@@ -171,10 +173,12 @@ fn build_command(spec: &RunSpec) -> Result<Command, String> {
                 );
             };
             let mut command = Command::new(program);
-            command
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .env("HERDCTL_PROMPT", &spec.prompt);
+            command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+            // The kernel refuses to exec with one environment string over 128 KiB (E2BIG); a longer prompt is
+            // only on stdin.
+            if spec.prompt.len() <= MAX_ENV_PROMPT_BYTES {
+                command.env("HERDCTL_PROMPT", &spec.prompt);
+            }
             command
         }
     };
@@ -245,6 +249,7 @@ enum Stop {
 struct Termination {
     job_id: String,
     pgid: u32,
+    leader_start_time: Option<u64>,
     /// When SIGKILL follows (set once SIGTERM has been sent).
     kill_at: Option<Instant>,
     /// SIGKILL was sent.
@@ -257,9 +262,11 @@ impl Termination {
     async fn scan(&mut self) -> JobScan {
         let job_id = self.job_id.clone();
         let pgid = self.pgid;
-        let scan = tokio::task::spawn_blocking(move || process::scan_job(&job_id, Some(pgid)))
-            .await
-            .unwrap_or_default();
+        let not_before = self.leader_start_time;
+        let scan =
+            tokio::task::spawn_blocking(move || process::scan_job(&job_id, Some(pgid), not_before))
+                .await
+                .unwrap_or_default();
         process::remember_seen(&scan.live);
         self.seen
             .extend(scan.live.iter().map(|p| (p.pid, p.start_time)));
@@ -299,11 +306,16 @@ async fn sleep_until_maybe(at: Option<Instant>) {
 
 async fn supervise(
     spec: RunSpec,
-    pid: u32,
+    leader: ProcessInfo,
     mut child: Child,
     mut cancels: mpsc::Receiver<CancelRequest>,
     output: mpsc::Sender<OutputEvent>,
 ) -> RunOutcome {
+    let ProcessInfo {
+        pid,
+        start_time: leader_start_time,
+        ..
+    } = leader;
     let stdin_task = child.stdin.take().map(|mut stdin| {
         let prompt = spec.prompt.clone();
         tokio::spawn(async move {
@@ -337,6 +349,7 @@ async fn supervise(
     let mut termination = Termination {
         job_id: spec.job_id.clone(),
         pgid: pid,
+        leader_start_time,
         kill_at: None,
         forced: false,
         seen: Vec::new(),
@@ -377,47 +390,50 @@ async fn supervise(
     // that arrive now find the job already ended.
     let mut late: Vec<oneshot::Sender<TerminationType>> = Vec::new();
     let mut give_up_at: Option<Instant> = None;
-    loop {
-        let live = termination.scan().await.live;
-        if live.is_empty() {
-            break;
-        }
-        let now = Instant::now();
-        match termination.kill_at {
-            None => termination.begin(spec.stop_grace).await,
-            Some(kill_at) if now >= kill_at => {
-                termination.kill().await;
-                let give_up = *give_up_at.get_or_insert(now + UNKILLABLE_WAIT);
-                if now >= give_up {
-                    tracing::warn!(
-                        job_id = %spec.job_id,
-                        pids = ?live.iter().map(|p| p.pid).collect::<Vec<_>>(),
-                        "job processes survive SIGKILL (uninterruptible sleep?); leaving them"
-                    );
-                    break;
-                }
+    let sweep = termination.kill_at.is_some() || process::may_have_leftovers(pid);
+    if sweep {
+        loop {
+            let live = termination.scan().await.live;
+            if live.is_empty() {
+                break;
             }
-            Some(_) => {}
-        }
-        tokio::select! {
-            line = lines.recv(), if lines_open => match line {
-                Some((stream, line)) => collector.push(stream, line).await,
-                None => lines_open = false,
-            },
-            request = cancels.recv(), if cancels_open => match request {
-                Some(request) if stop.is_some() => {
-                    termination.begin(request.grace).await;
-                    waiters.push(request.reply);
+            let now = Instant::now();
+            match termination.kill_at {
+                None => termination.begin(spec.stop_grace).await,
+                Some(kill_at) if now >= kill_at => {
+                    termination.kill().await;
+                    let give_up = *give_up_at.get_or_insert(now + UNKILLABLE_WAIT);
+                    if now >= give_up {
+                        tracing::warn!(
+                            job_id = %spec.job_id,
+                            pids = ?live.iter().map(|p| p.pid).collect::<Vec<_>>(),
+                            "job processes survive SIGKILL (uninterruptible sleep?); leaving them"
+                        );
+                        break;
+                    }
                 }
-                Some(request) => late.push(request.reply),
-                None => cancels_open = false,
-            },
-            () = sleep(SWEEP_POLL) => {}
+                Some(_) => {}
+            }
+            tokio::select! {
+                line = lines.recv(), if lines_open => match line {
+                    Some((stream, line)) => collector.push(stream, line).await,
+                    None => lines_open = false,
+                },
+                request = cancels.recv(), if cancels_open => match request {
+                    Some(request) if stop.is_some() => {
+                        termination.begin(request.grace).await;
+                        waiters.push(request.reply);
+                    }
+                    Some(request) => late.push(request.reply),
+                    None => cancels_open = false,
+                },
+                () = sleep(SWEEP_POLL) => {}
+            }
         }
+        tokio::task::spawn_blocking(process::reap_adopted_zombies)
+            .await
+            .unwrap_or_default();
     }
-    tokio::task::spawn_blocking(process::reap_adopted_zombies)
-        .await
-        .unwrap_or_default();
 
     // Deliver what is still in the pipes.
     let drain_deadline = Instant::now() + DRAIN_MAX;

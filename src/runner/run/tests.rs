@@ -689,3 +689,22 @@ fn decide_command_killed_by_signal_reports_it() {
     assert_eq!(error.code, "SIGNAL");
     assert_eq!(error.message, "the command was killed by signal 9");
 }
+
+#[tokio::test]
+async fn a_huge_prompt_goes_to_stdin_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = script(
+        dir.path(),
+        "count.sh",
+        "#!/bin/sh\necho \"env=${HERDCTL_PROMPT:+set}\"\nwc -c | tr -d ' '\n",
+    );
+    let mut spec = spec(command(&[prog.to_str().unwrap()]), dir.path());
+    spec.prompt = "p".repeat(300 * 1024);
+    let (outcome, events) = run(spec).await;
+    assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+    let texts: Vec<&str> = events
+        .iter()
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["env=", "307200"]);
+}
