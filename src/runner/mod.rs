@@ -1,1 +1,149 @@
-//! runner (being built)
+//! Runs one job as a child process and reports its output and outcome.
+//!
+//! Owns: building the command line of a runtime (Claude Code CLI, or any command), spawning it as its own process
+//! group with the prompt on stdin, reading its stdout/stderr line by line under size caps, parsing stream-json,
+//! timeouts, cancellation (SIGTERM to the group, grace, SIGKILL, and descendants that escaped the group), sweeping
+//! what the leader leaves behind, reaping adopted orphans, and killing a dead daemon's leftovers.
+//!
+//! Must not: know about configuration files, the state directory, job records or the fleet. It takes a
+//! self-contained [`RunSpec`], streams [`OutputEvent`]s into a channel and returns a [`RunOutcome`]; the
+//! FleetManager maps config → spec and outcome → job record. No shell anywhere: argv entries only.
+//!
+//! Public API:
+//! - [`start`]`(RunSpec, Sender<OutputEvent>) -> RunHandle`; spawn failures come back as an outcome with exit
+//!   reason `spawn_failed`.
+//! - [`RunHandle`]: [`RunHandle::process`] (pid, pgid, start time), [`RunHandle::canceller`],
+//!   [`RunHandle::wait`] → [`RunOutcome`].
+//! - [`Canceller::cancel`]`(grace) -> TerminationType`.
+//! - [`claude_args`], [`become_subreaper`], [`reap_adopted_zombies`], [`process_start_time`], [`kill_stale_job`].
+//!
+//! Every job process gets the daemon's environment plus `HERDCTL_JOB_ID`, `HERDCTL_AGENT`, `HERDCTL_SCHEDULE`
+//! (and `HERDCTL_PROMPT` for the command runtime); the job id in the environment is how escaped descendants are
+//! found, so nothing else may carry a running job's id.
+
+mod claude;
+mod output;
+mod process;
+mod run;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use claude::{claude_args, ClaudeSpec, CLAUDE_BIN_ENV, INSTALL_HINT};
+pub use output::OutputLimits;
+pub use process::{
+    become_subreaper, kill_stale_job, process_start_time, reap_adopted_zombies, StaleKill,
+    JOB_ID_ENV,
+};
+pub use run::{start, Canceller, RunHandle};
+
+/// Everything needed to run one job.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub job_id: String,
+    pub agent: String,
+    pub schedule: Option<String>,
+    pub prompt: String,
+    pub runtime: RuntimeSpec,
+    /// Working directory; must exist.
+    pub cwd: PathBuf,
+    /// Extra environment on top of the daemon's (the `HERDCTL_*` variables always win).
+    pub env: Vec<(String, String)>,
+    /// Maximum run time; then SIGTERM, `stop_grace`, SIGKILL, exit reason `timeout`.
+    pub timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL on timeout and when sweeping leftovers after the leader exits.
+    pub stop_grace: Duration,
+    pub limits: OutputLimits,
+}
+
+/// Which program runs the job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeSpec {
+    Claude(Box<ClaudeSpec>),
+    /// Any program: `argv[0]` is looked up on PATH; the prompt is on stdin and in `HERDCTL_PROMPT`.
+    Command {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+}
+
+/// One output line of a job, in order. `kind` is the stream-json `type` (and `data` the message as emitted), or
+/// `stdout`/`stderr` with `data = {text, truncated?}`, or `output_truncated` with
+/// `{dropped_lines, dropped_bytes}` where the middle of an over-long output was dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputEvent {
+    pub kind: String,
+    pub data: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    Success,
+    Error,
+    Timeout,
+    Cancelled,
+    MaxTurns,
+    SpawnFailed,
+}
+
+/// How a cancellation (or timeout) ended the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationType {
+    /// Every job process was gone within the grace period after SIGTERM.
+    Graceful,
+    /// SIGKILL was needed.
+    Forced,
+    /// The job had already ended.
+    AlreadyStopped,
+}
+
+/// Why a run failed. Codes: `SPAWN_FAILED`, `RESULT_ERROR`, `MAX_TURNS`, `NO_RESULT`, `EXIT_CODE`, `SIGNAL`,
+/// `TIMEOUT`, `INTERNAL`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunError {
+    pub code: String,
+    pub message: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub status: RunStatus,
+    pub exit_reason: ExitReason,
+    pub exit_code: Option<i32>,
+    /// Signal that ended the leader, if any.
+    pub signal: Option<i32>,
+    /// The final result text (Claude's `result`, a command's `result` line or last stdout line).
+    pub summary: Option<String>,
+    /// The final `result` message as emitted: cost, turns, usage, subtype…
+    pub result: Option<Value>,
+    pub session_id: Option<String>,
+    pub error: Option<RunError>,
+    /// Set when the run was ended by a cancel or a timeout.
+    pub termination: Option<TerminationType>,
+    /// The middle of the output was dropped under `max_output_bytes`.
+    pub output_truncated: bool,
+}
+
+/// The leader of a running job: record these in the job so a restarted daemon can kill leftovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// Equal to `pid`: every job leads its own process group.
+    pub pgid: u32,
+    /// Field 22 of `/proc/<pid>/stat`; guards [`kill_stale_job`] against pid reuse.
+    pub start_time: Option<u64>,
+}

@@ -1,0 +1,465 @@
+//! Process control for job processes: spawning hygiene, finding every process of a job, signalling,
+//! reaping adopted orphans, and killing a dead daemon's leftovers.
+//!
+//! A job's processes are found three ways, because each alone can be escaped:
+//! - its process group (the leader is spawned with `process_group(0)`, so pgid = leader pid);
+//! - the marker `HERDCTL_JOB_ID=<id>` in `/proc/<pid>/environ` (inherited by every descendant, even ones that
+//!   called `setsid` or double-forked);
+//! - descendants (by parent pid) of any process found by the two rules above (covers `env -i` children).
+//!
+//! Reaping never steals a child that tokio waits for: only zombies whose parent is this process are reaped, and
+//! only if they are provably not a direct child (see [`reap_adopted_zombies`]).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::{getpid, getsid, Pid};
+
+/// The environment variable every job process inherits; its value is the job id.
+pub const JOB_ID_ENV: &str = "HERDCTL_JOB_ID";
+
+/// Makes this process a child subreaper, so descendants of jobs that lose their parent are re-parented to it
+/// (and can be found and reaped) instead of to init. The daemon calls this once at start.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integer arguments and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`); `None` if it does not
+/// exist. Together with the pid it identifies a process across pid reuse.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    read_stat(pid).map(|stat| stat.start_time)
+}
+
+/// What [`kill_stale_job`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleKill {
+    /// The recorded leader was still the same process (pid and start time matched) and was killed with its group.
+    pub leader_killed: bool,
+    /// Every pid that was sent SIGKILL (leader, group members, processes carrying the job id).
+    pub killed_pids: Vec<u32>,
+}
+
+/// Kills the leftovers of a job run by a daemon that died: the recorded leader and its process group, only if
+/// the pid still belongs to the same process (same start time; guards against pid reuse), plus every process
+/// carrying `HERDCTL_JOB_ID=<job_id>` in its environment. Synchronous (reads `/proc`); zombies adopted by this
+/// process are reaped afterwards.
+pub fn kill_stale_job(job_id: &str, pid: u32, pgid: u32, start_time: u64) -> StaleKill {
+    let leader_matches = process_start_time(pid) == Some(start_time);
+    let group = leader_matches.then_some(pgid);
+    let scan = scan_job(job_id, group, Some(start_time));
+    let mut killed_pids: Vec<u32> = scan.live.iter().map(|p| p.pid).collect();
+    if leader_matches {
+        if let Ok(pgid) = i32::try_from(pgid) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        if !killed_pids.contains(&pid) {
+            killed_pids.push(pid);
+        }
+    }
+    signal_pids(&killed_pids, Signal::SIGKILL);
+    reap_adopted_zombies();
+    killed_pids.sort_unstable();
+    StaleKill {
+        leader_killed: leader_matches,
+        killed_pids,
+    }
+}
+
+/// One line of `/proc/<pid>/stat`, the fields we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub pid: u32,
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub session: u32,
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    pub fn is_zombie(&self) -> bool {
+        // X (dead) is transient and equally gone.
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// Parses the text of `/proc/<pid>/stat`. The command name (field 2) may contain spaces and parentheses, so
+/// fields are counted from the last `)`.
+pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text.get(..open)?.trim().parse().ok()?;
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field N is rest[N - 3].
+    Some(ProcStat {
+        pid,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        pgrp: rest.get(2)?.parse().ok()?,
+        session: rest.get(3)?.parse().ok()?,
+        start_time: rest.get(19)?.parse().ok()?,
+    })
+}
+
+pub(crate) fn read_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+fn all_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn environ_has(pid: u32, marker: &[u8]) -> bool {
+    // Unreadable (other uid, or a zombie, whose environ is empty) means "not known to be ours".
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|environ| environ.split(|b| *b == 0).any(|entry| entry == marker))
+        .unwrap_or(false)
+}
+
+fn job_marker(job_id: &str) -> Vec<u8> {
+    let mut marker = Vec::from(JOB_ID_ENV.as_bytes());
+    marker.push(b'=');
+    marker.extend_from_slice(OsStr::new(job_id).as_bytes());
+    marker
+}
+
+/// The processes of one job found in `/proc`, split into live ones and zombies.
+#[derive(Debug, Default)]
+pub(crate) struct JobScan {
+    pub live: Vec<ProcStat>,
+    pub zombies: Vec<ProcStat>,
+}
+
+/// Finds the processes of a job (see the module docs). This process is never included. Processes started before
+/// `not_before` (the leader's start time) cannot descend from the leader, so their environment is not read:
+/// that keeps a scan cheap on a busy host.
+pub(crate) fn scan_job(job_id: &str, pgid: Option<u32>, not_before: Option<u64>) -> JobScan {
+    let marker = job_marker(job_id);
+    let me = getpid().as_raw().unsigned_abs();
+    let stats: HashMap<u32, ProcStat> = all_pids()
+        .into_iter()
+        .filter(|pid| *pid != me)
+        .filter_map(read_stat)
+        .map(|stat| (stat.pid, stat))
+        .collect();
+    let mut members: HashSet<u32> = stats
+        .values()
+        .filter(|stat| {
+            Some(stat.pgrp) == pgid
+                || (!stat.is_zombie()
+                    && not_before.is_none_or(|t| stat.start_time >= t)
+                    && environ_has(stat.pid, &marker))
+        })
+        .map(|stat| stat.pid)
+        .collect();
+    // Close over parent links until nothing new is added.
+    loop {
+        let before = members.len();
+        for stat in stats.values() {
+            if members.contains(&stat.ppid) {
+                members.insert(stat.pid);
+            }
+        }
+        if members.len() == before {
+            break;
+        }
+    }
+    let mut scan = JobScan::default();
+    for pid in members {
+        if let Some(stat) = stats.get(&pid) {
+            if stat.is_zombie() {
+                scan.zombies.push(*stat);
+            } else {
+                scan.live.push(*stat);
+            }
+        }
+    }
+    scan
+}
+
+/// A cheap check, after a leader exited on its own, of whether anything of its job may still exist; `false` only
+/// when that is certain, so the full `/proc` scan can be skipped for the common job that leaves nothing behind.
+/// Certain means: the process group is empty, this process is a subreaper (so a surviving escaped descendant
+/// would have been re-parented to it), and every child of this process is a runner leader.
+pub(crate) fn may_have_leftovers(pgid: u32) -> bool {
+    let group_exists = i32::try_from(pgid).map_or(true, |raw| {
+        !matches!(
+            killpg(Pid::from_raw(raw), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    });
+    if group_exists || !is_subreaper() {
+        return true;
+    }
+    match children_of_self() {
+        Some(children) => with_registry(|r| children.iter().any(|c| !r.leaders.contains(c))),
+        None => true,
+    }
+}
+
+fn is_subreaper() -> bool {
+    let mut flag: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which is valid for the call.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_GET_CHILD_SUBREAPER,
+            &mut flag as *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    };
+    rc == 0 && flag != 0
+}
+
+/// The children of this process from `/proc/self/task/*/children`; `None` if the kernel does not provide them.
+fn children_of_self() -> Option<Vec<u32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let text = std::fs::read_to_string(task.ok()?.path().join("children")).ok()?;
+        children.extend(
+            text.split_whitespace()
+                .filter_map(|pid| pid.parse::<u32>().ok()),
+        );
+    }
+    Some(children)
+}
+
+/// Sends `signal` to each pid; processes that are already gone are ignored.
+pub(crate) fn signal_pids(pids: &[u32], signal: Signal) {
+    for pid in pids {
+        if let Ok(raw) = i32::try_from(*pid) {
+            let _ = kill(Pid::from_raw(raw), signal);
+        }
+    }
+}
+
+/// Sends `signal` to a process group; a group that no longer exists is ignored.
+pub(crate) fn signal_group(pgid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pgid) {
+        let _ = killpg(Pid::from_raw(raw), signal);
+    }
+}
+
+/// Bookkeeping shared by every running job of this process, so that [`reap_adopted_zombies`] can tell adopted
+/// orphans from children that tokio is waiting for.
+#[derive(Default)]
+struct Registry {
+    /// Leaders spawned by the runner and not yet reaped by tokio: never reaped here.
+    leaders: HashSet<u32>,
+    /// Process groups of running jobs: a zombie in one of them that is not its leader is a job descendant.
+    groups: HashSet<u32>,
+    /// Job processes seen alive by a scan, as (pid, start time): identifies escaped descendants once they are
+    /// zombies (a zombie's environ is no longer readable).
+    seen: HashSet<(u32, u64)>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    let mut guard: MutexGuard<'_, Option<Registry>> =
+        REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    f(guard.get_or_insert_with(Registry::default))
+}
+
+pub(crate) fn register_leader(pid: u32) {
+    with_registry(|r| {
+        r.leaders.insert(pid);
+        r.groups.insert(pid);
+    });
+}
+
+/// Tokio has reaped the leader: it may no longer be protected (its pid can be reused).
+pub(crate) fn leader_reaped(pid: u32) {
+    with_registry(|r| {
+        r.leaders.remove(&pid);
+    });
+}
+
+pub(crate) fn remember_seen(stats: &[ProcStat]) {
+    with_registry(|r| r.seen.extend(stats.iter().map(|s| (s.pid, s.start_time))));
+}
+
+/// The job is over and swept: forget its group and the processes seen for it.
+pub(crate) fn unregister_job(pgid: u32, seen: &[(u32, u64)]) {
+    with_registry(|r| {
+        r.groups.remove(&pgid);
+        for entry in seen {
+            r.seen.remove(entry);
+        }
+    });
+}
+
+/// Reaps zombies that were re-parented to this (subreaper) process, and only those, so that tokio's own children
+/// are never waited for behind its back. A zombie child is reaped when it is not a runner leader still awaited by
+/// tokio, and one of:
+/// - it is in another session than this process: a direct child spawned as a process-group leader (as the runner
+///   and every other spawner in the daemon do) cannot call `setsid`, so it must have been adopted;
+/// - it is in the process group of a running job without being its leader (only the leader is a direct child);
+/// - it was seen alive as a job process (pid and start time match).
+///
+/// Returns how many were reaped. Cheap enough to call on every SIGCHLD.
+pub fn reap_adopted_zombies() -> usize {
+    let me = getpid();
+    let my_session = getsid(None).map(|s| s.as_raw().unsigned_abs()).ok();
+    let me = me.as_raw().unsigned_abs();
+    let zombies: Vec<ProcStat> = all_pids()
+        .into_iter()
+        .filter_map(read_stat)
+        .filter(|stat| stat.ppid == me && stat.is_zombie())
+        .collect();
+    let adopted: Vec<u32> = with_registry(|r| {
+        zombies
+            .iter()
+            .filter(|z| !r.leaders.contains(&z.pid))
+            .filter(|z| {
+                Some(z.session) != my_session
+                    || (r.groups.contains(&z.pgrp) && z.pgrp != z.pid)
+                    || r.seen.contains(&(z.pid, z.start_time))
+            })
+            .map(|z| z.pid)
+            .collect()
+    });
+    adopted
+        .into_iter()
+        .filter(|pid| {
+            i32::try_from(*pid).is_ok_and(|raw| {
+                waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG))
+                    .is_ok_and(|status| status.pid().is_some())
+            })
+        })
+        .count()
+}
+
+/// The `pre_exec` hook of every job process. Runs in the forked child before `exec`, so it may only make
+/// async-signal-safe calls (raw syscalls here; no allocation, no locks).
+pub(crate) fn child_setup(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl, getppid, syscall and _exit are async-signal-safe and take plain integers.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // The daemon may have died between fork and prctl; then no death signal will come.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        // Rust opens its descriptors close-on-exec, but a library might not: make sure only stdio is inherited.
+        // Failure (ENOSYS on kernels before 5.11) is harmless: then we rely on Rust's defaults.
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn parse_stat_counts_fields_after_the_last_parenthesis() {
+        let text = "4242 (we(ird) name)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 \
+                    18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let stat = parse_stat(text).unwrap();
+        assert_eq!(
+            stat,
+            ProcStat {
+                pid: 4242,
+                state: 'S',
+                ppid: 1,
+                pgrp: 4242,
+                session: 4242,
+                start_time: 987654
+            }
+        );
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) S 1").is_none());
+    }
+
+    #[test]
+    fn start_time_of_self_is_stable_and_missing_pid_is_none() {
+        let me = std::process::id();
+        let first = process_start_time(me).unwrap();
+        assert_eq!(process_start_time(me), Some(first));
+        assert_eq!(process_start_time(u32::MAX - 1), None);
+    }
+
+    fn wait_gone(pid: u32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match read_stat(pid) {
+                None => return true,
+                Some(stat) if stat.is_zombie() => return true,
+                Some(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn kill_stale_job_spares_a_process_whose_start_time_differs() {
+        let job_id = format!("stale-test-{}", uuid::Uuid::new_v4());
+        // Not carrying the job id: only the pid/start-time rule could kill it.
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start = process_start_time(pid).unwrap();
+
+        let spared = kill_stale_job(&job_id, pid, pid, start + 1);
+        assert!(!spared.leader_killed);
+        assert!(spared.killed_pids.is_empty());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the process must survive"
+        );
+
+        let killed = kill_stale_job(&job_id, pid, pid, start);
+        assert!(killed.leader_killed);
+        assert_eq!(killed.killed_pids, vec![pid]);
+        assert!(wait_gone(pid));
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn kill_stale_job_kills_processes_carrying_the_job_id() {
+        let job_id = format!("stale-env-{}", uuid::Uuid::new_v4());
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env(JOB_ID_ENV, &job_id)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Leader record points at a pid that does not exist; the environment marker still finds the process.
+        let report = kill_stale_job(&job_id, u32::MAX - 1, u32::MAX - 1, 1);
+        assert!(!report.leader_killed);
+        assert_eq!(report.killed_pids, vec![pid]);
+        child.wait().unwrap();
+    }
+}
