@@ -1,4 +1,75 @@
-//! herdctld — architecture map (being written; see README until then).
+//! # herdctld — architecture map
+//!
+//! herdctld runs a *fleet* of autonomous coding agents (Claude Code processes, or any program) on schedules
+//! and on demand, persists every job and its output, and exposes every operation as JSON-RPC 2.0 on one
+//! local Unix socket. The [`fleet::FleetManager`] is the product; the daemon and the socket are one way to
+//! host it (it can also be embedded in-process).
+//!
+//! ## Bird's eye view
+//!
+//! Inputs: a fleet configuration (herdctl's YAML files), RPC calls from clients, the clock, and the job
+//! processes' output. Outputs: child processes, job records and output files in the state directory,
+//! events, log entries and RPC replies.
+//!
+//! ## Code map (one concern per module)
+//!
+//! - [`timespec`] — durations (`5m`) and crontab expressions: parsing with field-named errors, evaluation in
+//!   a time zone. Pure.
+//! - [`config`] — locate, read, interpolate (`${VAR}`), merge (`defaults`, `overrides`, sub-fleets) and
+//!   validate the configuration completely at load; `diff` for reload. Produces [`config::FleetConfig`].
+//!   Knows nothing of jobs or processes.
+//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, the persisted record, one
+//!   output line. No I/O.
+//! - [`state`] — the state directory: single-instance lock, atomic durable writes, `state.yaml`, the job
+//!   store (records + JSONL output) with an in-memory index. Synchronous file I/O only.
+//! - [`scheduler`] — *when* schedules are due: a timer task behind a handle, an injectable clock. Sends
+//!   `Fire`s; never decides what a fire does.
+//! - [`runner`] — *how* a job runs: spawns `claude` or a command in its own process group, parses
+//!   stream-json output, enforces timeouts, cancels the whole process tree. Knows nothing of config files,
+//!   the store or the fleet.
+//! - [`fleet`] — the FleetManager: lifecycle, queue and concurrency, job supervision, schedule fires,
+//!   reload, events, log bus, output streaming. The only module that wires the ones above together.
+//! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping) and the
+//!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials).
+//! - [`daemon`] — process concerns of `herdctld`: command line, logging, socket file, signals, sd_notify.
+//!
+//! Entry points: `src/bin/herdctld.rs` → [`daemon::run::main`]; `src/bin/herdctl.rs` (the client).
+//!
+//! ## How a trigger flows
+//!
+//! 1. A client sends `{"method":"trigger","params":{"agentName":"a"}}` on the socket. `rpc::transport`
+//!    sniffs the framing, dispatches to the method registered in `rpc::methods`, which parses the params and
+//!    calls [`fleet::FleetManager::trigger`].
+//! 2. The FleetManager validates the agent and schedule, creates a [`job::Job`], persists it
+//!    (`state::JobStore::put`) and emits `job:created`. If the agent and the fleet have a free slot it starts
+//!    the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call returns the
+//!    job at once, `running` or `queued`.
+//! 3. Starting maps the agent's configuration to a `runner::RunSpec` and calls `runner::start`, which spawns
+//!    the child in its own process group with the prompt on stdin. The job becomes `running` (pid, pgid and
+//!    process start time persisted for crash recovery); `job:started` and `agent:started` are emitted.
+//! 4. A supervisor task pumps the runner's `OutputEvent`s: each gets a `seq`, is appended to
+//!    `jobs/<id>.jsonl` and flushed, then published to `streamJobOutput` readers and as `job:output` events.
+//! 5. When the process tree is gone and its output drained, the runner's `RunOutcome` finalizes the record
+//!    (`completed`/`failed`/`cancelled` with exit reason), updates schedule state and the agent's session,
+//!    emits `agent:stopped` and `job:completed|failed|cancelled`, prunes history and starts queued jobs.
+//!
+//! A schedule fire enters at step 2 from the scheduler's `Fire` channel instead of an RPC call; over a limit it
+//! is skipped (`schedule:skipped`) rather than queued, unless its `overlap` says `queue`.
+//!
+//! ## Invariants
+//!
+//! - Only `rpc` and `daemon` know about sockets and JSON-RPC; the FleetManager works embedded without them.
+//! - Only `state` writes under the state directory, and every rewrite is atomic and durable (temp file, fsync,
+//!   rename, fsync the directory). Output is append-only; a torn last line is tolerated on read.
+//! - One daemon per state directory (an `flock` held for the process's life).
+//! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`.
+//! - A job's output reaches its file before any subscriber, so history and live output join without gap or
+//!   duplicate; the final job event follows its last output event.
+//! - Nothing a job starts outlives it: cancel, timeout and normal exit all sweep the job's process group and
+//!   any process that carries its `HERDCTL_JOB_ID`.
+//! - No shell between a prompt and a process: prompts travel on stdin, arguments are argv entries.
+//! - Event and log emission never blocks the fleet: bounded rings; slow readers are told they lagged.
+//! - Configuration is validated completely at load; nothing is validated lazily at fire time.
 
 pub mod config;
 pub mod daemon;

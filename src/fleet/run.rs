@@ -155,25 +155,20 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         run_spec(&agent, &active.job, &active.context)
     };
     let (output_tx, output_rx) = mpsc::channel(1024);
-    let launched = runner::start(spec, output_tx);
+    // Spawned here, on a runtime worker thread: the child's parent-death signal is tied to this thread.
+    let handle = runner::start(spec, output_tx);
     let Some(active) = core.active.get_mut(id) else {
         return;
     };
-    let now = Utc::now();
-    active.job.started_at = Some(now);
+    active.job.started_at = Some(Utc::now());
     active.agent = Some(agent.clone());
-    let handle = match launched {
-        Ok(handle) => handle,
-        Err(outcome) => {
-            drop(output_rx);
-            finalize_locked(manager, core, id, outcome);
-            return;
-        }
-    };
     active.job.status = JobStatus::Running;
-    active.job.pid = Some(handle.pid());
-    active.job.pgid = Some(handle.pgid());
-    active.job.process_start_time = handle.process_start_time();
+    // A spawn failure has no process; the supervisor finalizes it from the outcome like any other run.
+    if let Some(process) = handle.process() {
+        active.job.pid = Some(process.pid);
+        active.job.pgid = Some(process.pgid);
+        active.job.process_start_time = process.start_time;
+    }
     active.canceller = Some(handle.canceller());
     let job = active.job.clone();
     let hub = active.hub.clone();
@@ -188,7 +183,7 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         }
         None => None,
     };
-    tracing::info!(agent = %job.agent, job_id = %id, pid = handle.pid(), "job started");
+    tracing::info!(agent = %job.agent, job_id = %id, pid = ?job.pid, "job started");
     manager.events().emit(FleetEvent::JobStarted {
         job: Box::new(job.clone()),
     });
@@ -277,7 +272,7 @@ fn finalize_locked(manager: &FleetManager, core: &mut Core, id: &JobId, outcome:
     };
     let mut job = active.job;
     let now = Utc::now();
-    job.status = outcome.status;
+    job.status = outcome.status.into();
     job.exit_reason = Some(outcome.exit_reason);
     job.exit_code = outcome.exit_code;
     job.signal = outcome.signal;
@@ -350,7 +345,7 @@ pub(super) fn finish_without_running(
     reason: &str,
 ) {
     let outcome = RunOutcome {
-        status: JobStatus::Cancelled,
+        status: runner::RunStatus::Cancelled,
         exit_reason: ExitReason::Cancelled,
         exit_code: None,
         signal: None,
@@ -431,7 +426,7 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
 /// The runner's spec for one job of `agent`.
 fn run_spec(agent: &AgentConfig, job: &Job, context: &RunContext) -> RunSpec {
     let runtime = match &agent.runtime {
-        RuntimeConfig::Claude { bin } => runner::RuntimeSpec::Claude(runner::ClaudeSpec {
+        RuntimeConfig::Claude { bin } => runner::RuntimeSpec::Claude(Box::new(runner::ClaudeSpec {
             bin: bin.clone(),
             model: agent.model.clone().or_else(|| agent.session.model.clone()),
             max_turns: agent.max_turns.or(agent.session.max_turns),
@@ -445,7 +440,7 @@ fn run_spec(agent: &AgentConfig, job: &Job, context: &RunContext) -> RunSpec {
             setting_sources: agent.setting_sources.clone(),
             resume_session: context.resume_session.clone(),
             fork_session: context.fork_session,
-        }),
+        })),
         RuntimeConfig::Command { command, env } => runner::RuntimeSpec::Command {
             argv: command.clone(),
             env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

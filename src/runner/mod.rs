@@ -39,6 +39,7 @@ pub use process::{
     JOB_ID_ENV,
 };
 pub use run::{start, Canceller, RunHandle};
+pub use crate::job::{ExitReason, JobError, TerminationType};
 
 /// Everything needed to run one job.
 #[derive(Debug, Clone)]
@@ -87,35 +88,14 @@ pub enum RunStatus {
     Cancelled,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExitReason {
-    Success,
-    Error,
-    Timeout,
-    Cancelled,
-    MaxTurns,
-    SpawnFailed,
-}
-
-/// How a cancellation (or timeout) ended the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TerminationType {
-    /// Every job process was gone within the grace period after SIGTERM.
-    Graceful,
-    /// SIGKILL was needed.
-    Forced,
-    /// The job had already ended.
-    AlreadyStopped,
-}
-
-/// Why a run failed. Codes: `SPAWN_FAILED`, `RESULT_ERROR`, `MAX_TURNS`, `NO_RESULT`, `EXIT_CODE`, `SIGNAL`,
-/// `TIMEOUT`, `INTERNAL`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunError {
-    pub code: String,
-    pub message: String,
+impl From<RunStatus> for crate::job::JobStatus {
+    fn from(status: RunStatus) -> Self {
+        match status {
+            RunStatus::Completed => crate::job::JobStatus::Completed,
+            RunStatus::Failed => crate::job::JobStatus::Failed,
+            RunStatus::Cancelled => crate::job::JobStatus::Cancelled,
+        }
+    }
 }
 
 /// How a run ended.
@@ -131,7 +111,7 @@ pub struct RunOutcome {
     /// The final `result` message as emitted: cost, turns, usage, subtype…
     pub result: Option<Value>,
     pub session_id: Option<String>,
-    pub error: Option<RunError>,
+    pub error: Option<JobError>,
     /// Set when the run was ended by a cancel or a timeout.
     pub termination: Option<TerminationType>,
     /// The middle of the output was dropped under `max_output_bytes`.

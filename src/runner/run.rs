@@ -19,7 +19,7 @@ use super::claude::{self, judge_result, parse_message, result_text, StreamState,
 use super::output::{Line, LineReader, OutputCap};
 use super::process::{self, JobScan};
 use super::{
-    ExitReason, OutputEvent, ProcessInfo, RunError, RunOutcome, RunSpec, RunStatus, RuntimeSpec,
+    ExitReason, OutputEvent, ProcessInfo, JobError, RunOutcome, RunSpec, RunStatus, RuntimeSpec,
     TerminationType,
 };
 
@@ -224,7 +224,7 @@ fn failed(exit_reason: ExitReason, code: &str, message: String) -> RunOutcome {
         summary: None,
         result: None,
         session_id: None,
-        error: Some(RunError {
+        error: Some(JobError {
             code: code.to_owned(),
             message,
         }),
@@ -756,7 +756,7 @@ fn decide(runtime: Runtime, exit: Exit, stop: Option<Stop>, collected: Collected
     };
     outcome.status = status;
     outcome.exit_reason = reason;
-    outcome.error = error.map(|(code, message)| RunError {
+    outcome.error = error.map(|(code, message)| JobError {
         code: code.to_owned(),
         message,
     });
