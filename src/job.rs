@@ -9,6 +9,7 @@
 //! optional fields read as `None`; `None` is written as `null` so clients see a stable set of keys.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,9 +22,10 @@ const SUFFIX_LEN: usize = 6;
 const SUFFIX_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// A job identifier, `job-YYYY-MM-DD-xxxxxx` (`x` in `[a-z0-9]`). Always valid once constructed.
+/// Cheap to clone: indexes hold the same id in several maps.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct JobId(String);
+pub struct JobId(Arc<str>);
 
 /// A string that is not a job id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,13 +43,16 @@ impl JobId {
             .iter()
             .map(|byte| char::from(SUFFIX_ALPHABET[usize::from(*byte) % SUFFIX_ALPHABET.len()]))
             .collect();
-        JobId(format!("job-{}-{suffix}", now.format("%Y-%m-%d")))
+        JobId(Arc::from(format!(
+            "job-{}-{suffix}",
+            now.format("%Y-%m-%d")
+        )))
     }
 
     /// Validates `text` as a job id.
     pub fn parse(text: &str) -> Result<JobId, InvalidJobId> {
         if is_valid_job_id(text.as_bytes()) {
-            Ok(JobId(text.to_owned()))
+            Ok(JobId(Arc::from(text)))
         } else {
             Err(InvalidJobId {
                 given: text.to_owned(),
@@ -61,7 +66,7 @@ impl JobId {
 
     /// The id that sorts before every other id (`job-0000-00-00-000000`), for range bounds.
     pub fn lowest() -> JobId {
-        JobId("job-0000-00-00-000000".to_owned())
+        JobId(Arc::from("job-0000-00-00-000000"))
     }
 }
 
@@ -69,14 +74,11 @@ impl JobId {
 fn is_valid_job_id(bytes: &[u8]) -> bool {
     const PATTERN: &[u8] = b"job-DDDD-DD-DD-XXXXXX";
     bytes.len() == PATTERN.len()
-        && bytes
-            .iter()
-            .zip(PATTERN)
-            .all(|(byte, class)| match class {
-                b'D' => byte.is_ascii_digit(),
-                b'X' => byte.is_ascii_digit() || byte.is_ascii_lowercase(),
-                literal => byte == literal,
-            })
+        && bytes.iter().zip(PATTERN).all(|(byte, class)| match class {
+            b'D' => byte.is_ascii_digit(),
+            b'X' => byte.is_ascii_digit() || byte.is_ascii_lowercase(),
+            literal => byte == literal,
+        })
 }
 
 impl fmt::Display for JobId {
@@ -90,7 +92,7 @@ impl TryFrom<String> for JobId {
 
     fn try_from(text: String) -> Result<JobId, InvalidJobId> {
         if is_valid_job_id(text.as_bytes()) {
-            Ok(JobId(text))
+            Ok(JobId(Arc::from(text)))
         } else {
             Err(InvalidJobId { given: text })
         }
@@ -99,7 +101,7 @@ impl TryFrom<String> for JobId {
 
 impl From<JobId> for String {
     fn from(id: JobId) -> String {
-        id.0
+        id.0.as_ref().to_owned()
     }
 }
 
@@ -410,6 +412,9 @@ mod tests {
         assert_eq!(line.kind, "assistant");
         assert_eq!(line.data["content"], "hi");
         let back: serde_json::Value = serde_json::to_value(&line).unwrap();
-        assert_eq!(back, serde_json::from_str::<serde_json::Value>(text).unwrap());
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The index holds, per job, only what queries filter and sort on (created_at, id, agent, status) and
 //! the record's inode; full records are read from their YAML for the page a query returns. Start-up
-//! reads one `readdir` and the `index.jsonl` journal (see [`super::journal`]) and parses only the
+//! reads one `readdir` and the `index.tsv` journal (see [`super::journal`]) and parses only the
 //! records the journal does not describe exactly, so opening 100,000 jobs takes a fraction of a second.
 //! A record that does not parse is moved aside and reported; records whose file vanished are dropped.
 //!
@@ -11,7 +11,7 @@
 //! hold the state-directory lock. Must not: decide job lifecycles (crash recovery, retention policy
 //! values) — it only executes them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -25,13 +25,14 @@ use serde::Serialize;
 
 use super::atomic::{atomic_write, atomic_write_with, is_temp_file_name};
 use super::corrupt::{move_aside, CorruptFile};
+use super::fx_hash::{FxHashMap, FxHashSet};
 use super::journal;
 use super::output::{self, OutputWriter};
 use super::StateError;
 use crate::job::{Job, JobId, JobStatus, OutputLine};
 
 /// File name of the index journal inside the jobs directory.
-pub const JOURNAL_FILE: &str = "index.jsonl";
+pub const JOURNAL_FILE: &str = "index.tsv";
 
 /// The journal is compacted once it holds this many lines more than twice the live jobs.
 const JOURNAL_SLACK_LINES: usize = 4096;
@@ -143,10 +144,10 @@ pub struct JobStore {
     /// An append failed, so the journal may miss a line: rewrite it on the next write.
     journal_needs_rewrite: bool,
     by_order: BTreeMap<OrderKey, Summary>,
-    created_at_by_id: HashMap<JobId, DateTime<Utc>>,
+    created_at_by_id: FxHashMap<JobId, DateTime<Utc>>,
     counts: JobCounts,
     /// Agent names shared by every summary of the same agent.
-    agent_names: HashSet<Arc<str>>,
+    agent_names: FxHashSet<Arc<str>>,
 }
 
 impl JobStore {
@@ -164,11 +165,10 @@ impl JobStore {
             journal_lines: 0,
             journal_needs_rewrite: false,
             by_order: BTreeMap::new(),
-            created_at_by_id: HashMap::new(),
+            created_at_by_id: FxHashMap::default(),
             counts: JobCounts::default(),
-            agent_names: HashSet::new(),
+            agent_names: FxHashSet::default(),
         };
-        let on_disk = store.list_records()?;
         let journal_bytes = match fs::read(&store.journal_path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -181,44 +181,21 @@ impl JobStore {
             }
         };
         let journal = journal::parse(&journal_bytes);
-        let mut issues = Vec::new();
-        let mut journal_is_stale = journal.invalid > 0;
-        let mut journal_entries_used = 0;
-        for (id, inode) in on_disk {
-            match journal.entries.get(id.as_str()) {
-                Some(entry) if entry.ino == inode => {
-                    journal_entries_used += 1;
-                    let created_at = entry.created_at();
-                    store.index(id, created_at, &entry.agent, entry.status, inode);
-                }
-                _ => {
-                    journal_is_stale = true;
-                    if let Some(issue) = store.index_from_record(id) {
-                        issues.push(issue);
-                    }
-                }
-            }
+        // Later lines win.
+        let mut journaled: FxHashMap<&str, &journal::JournalEntry<'_>> =
+            FxHashMap::with_capacity_and_hasher(journal.entries.len(), Default::default());
+        for entry in &journal.entries {
+            journaled.insert(entry.id, entry);
         }
-        // Entries for files that are gone.
-        journal_is_stale |= journal_entries_used < journal.entries.len();
-        store.journal_lines = journal.lines;
-        drop(journal);
-        drop(journal_bytes);
-        if journal_is_stale || store.journal_is_bloated() {
-            store.rewrite_journal()?;
-        }
-        Ok((store, issues))
-    }
 
-    /// Every `<id>.yaml` in the directory with its inode; stale temp files are deleted on the way.
-    fn list_records(&self) -> Result<Vec<(JobId, u64)>, StateError> {
+        let mut covered = Vec::with_capacity(journaled.len());
+        let mut uncovered = Vec::new();
         let list_error = |source| StateError::Io {
             action: "list the jobs directory",
-            path: self.dir.clone(),
+            path: dir.to_path_buf(),
             source,
         };
-        let mut records = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(list_error)? {
+        for entry in fs::read_dir(dir).map_err(list_error)? {
             let entry = entry.map_err(list_error)?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -229,13 +206,61 @@ impl JobStore {
                     path,
                     source,
                 })?;
-            } else if let Some(stem) = name.strip_suffix(".yaml") {
-                if let Ok(id) = JobId::parse(stem) {
-                    records.push((id, entry.ino()));
+                continue;
+            }
+            let Some(Ok(id)) = name.strip_suffix(".yaml").map(JobId::parse) else {
+                continue;
+            };
+            match journaled.get(id.as_str()) {
+                Some(known) if known.inode == entry.ino() => {
+                    let summary = Summary {
+                        agent: store.shared_agent_name(known.agent),
+                        status: known.status,
+                        inode: known.inode,
+                    };
+                    covered.push(((known.created_at, id), summary));
                 }
+                _ => uncovered.push(id),
             }
         }
-        Ok(records)
+        // Damaged, or describing files that are gone or other versions of them.
+        let journal_is_stale =
+            journal.damaged || covered.len() < journaled.len() || !uncovered.is_empty();
+        store.journal_lines = journal.lines;
+        drop(journaled);
+        drop(journal);
+        drop(journal_bytes);
+
+        store.load_summaries(covered);
+        let issues = uncovered
+            .into_iter()
+            .filter_map(|id| store.index_from_record(id))
+            .collect();
+        if journal_is_stale || store.journal_is_bloated() {
+            store.rewrite_journal()?;
+        }
+        Ok((store, issues))
+    }
+
+    /// Bulk-loads an empty index (sorting once is far cheaper than 100,000 ordered inserts).
+    fn load_summaries(&mut self, summaries: Vec<(OrderKey, Summary)>) {
+        self.created_at_by_id.reserve(summaries.len());
+        for ((created_at, id), summary) in &summaries {
+            self.created_at_by_id.insert(id.clone(), *created_at);
+            *self.counts.slot(summary.status) += 1;
+        }
+        self.by_order = summaries.into_iter().collect();
+    }
+
+    fn shared_agent_name(&mut self, agent: &str) -> Arc<str> {
+        match self.agent_names.get(agent) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = Arc::from(agent);
+                self.agent_names.insert(Arc::clone(&shared));
+                shared
+            }
+        }
     }
 
     /// Reads one record into the index; a problem becomes an issue.
@@ -310,10 +335,10 @@ impl JobStore {
         if !journal::push_line(
             &mut line,
             id.as_str(),
-            &summary.agent,
             summary.status,
             created_at,
             summary.inode,
+            &summary.agent,
         ) {
             return Ok(());
         }
@@ -354,16 +379,17 @@ impl JobStore {
 
     /// Replaces the journal with one line per indexed job.
     fn rewrite_journal(&mut self) -> Result<(), StateError> {
-        let mut bytes = Vec::with_capacity(self.by_order.len() * 112);
+        let mut bytes = Vec::with_capacity(journal::HEADER.len() + self.by_order.len() * 80);
+        bytes.extend_from_slice(journal::HEADER.as_bytes());
         let mut lines = 0;
         for ((created_at, id), summary) in &self.by_order {
             if journal::push_line(
                 &mut bytes,
                 id.as_str(),
-                &summary.agent,
                 summary.status,
                 *created_at,
                 summary.inode,
+                &summary.agent,
             ) {
                 lines += 1;
             }
@@ -385,14 +411,7 @@ impl JobStore {
         inode: u64,
     ) {
         self.unindex(&id);
-        let agent = match self.agent_names.get(agent) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                let shared: Arc<str> = Arc::from(agent);
-                self.agent_names.insert(Arc::clone(&shared));
-                shared
-            }
-        };
+        let agent = self.shared_agent_name(agent);
         *self.counts.slot(status) += 1;
         self.created_at_by_id.insert(id.clone(), created_at);
         self.by_order.insert(
@@ -603,4 +622,529 @@ fn read_record_with_inode(path: &Path) -> Result<(Job, u64), StateError> {
         reason: error.to_string(),
     })?;
     Ok((job, inode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{ExitReason, TriggerType};
+    use chrono::TimeZone;
+    use std::collections::HashSet;
+    use std::time::Instant;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_735_689_600 + second, 0).unwrap()
+    }
+
+    fn id(n: u32) -> JobId {
+        JobId::parse(&format!("job-2025-01-01-{n:06}")).unwrap()
+    }
+
+    fn job(n: u32, agent: &str, second: i64, status: JobStatus) -> Job {
+        let mut job = Job::new(
+            id(n),
+            agent.into(),
+            Some("hourly".into()),
+            TriggerType::Schedule,
+            Some(format!("prompt {n}")),
+            5,
+            at(second),
+        );
+        job.status = status;
+        if status.is_terminal() {
+            job.exit_reason = Some(ExitReason::Success);
+            job.finished_at = Some(at(second + 1));
+        }
+        job
+    }
+
+    fn ids(jobs: &[Job]) -> Vec<u32> {
+        jobs.iter()
+            .map(|j| j.id.as_str()[15..].parse().unwrap())
+            .collect()
+    }
+
+    fn open(dir: &Path) -> (JobStore, Vec<StoreIssue>) {
+        JobStore::open(dir).unwrap()
+    }
+
+    fn list_all(store: &JobStore) -> Vec<Job> {
+        store
+            .list(&JobFilter {
+                limit: usize::MAX,
+                ..JobFilter::default()
+            })
+            .jobs
+    }
+
+    /// Jobs 1..=6: a/b agents, mixed statuses, created at seconds 10..60 (job 6 shares 50 with job 5).
+    fn sample_store(dir: &Path) -> JobStore {
+        let (mut store, issues) = open(dir);
+        assert!(issues.is_empty());
+        for job in [
+            job(1, "a", 10, JobStatus::Completed),
+            job(2, "b", 20, JobStatus::Failed),
+            job(3, "a", 30, JobStatus::Completed),
+            job(4, "b", 40, JobStatus::Running),
+            job(5, "a", 50, JobStatus::Queued),
+            job(6, "a", 50, JobStatus::Cancelled),
+        ] {
+            store.put(&job).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn put_then_get_returns_the_full_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        let mut original = job(1, "a", 0, JobStatus::Completed);
+        original.result = Some(serde_json::json!({"num_turns": 3}));
+        original.summary = Some("done".into());
+        store.put(&original).unwrap();
+        assert_eq!(store.get(&id(1)).unwrap(), Some(original.clone()));
+        assert_eq!(store.get(&id(2)).unwrap(), None);
+
+        original.summary = Some("updated".into());
+        store.put(&original).unwrap();
+        assert_eq!(
+            store.get(&id(1)).unwrap().unwrap().summary.as_deref(),
+            Some("updated")
+        );
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn list_is_newest_first_with_ties_by_id_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        let page = store.list(&JobFilter::default());
+        assert_eq!(ids(&page.jobs), [6, 5, 4, 3, 2, 1]);
+        assert_eq!(page.total, 6);
+        assert!(page.unreadable.is_empty());
+
+        let page = store.list(&JobFilter {
+            limit: 2,
+            offset: 1,
+            ..JobFilter::default()
+        });
+        assert_eq!(ids(&page.jobs), [5, 4]);
+        assert_eq!(page.total, 6);
+
+        let beyond = store.list(&JobFilter {
+            offset: 10,
+            ..JobFilter::default()
+        });
+        assert!(beyond.jobs.is_empty());
+        assert_eq!(beyond.total, 6);
+    }
+
+    #[test]
+    fn list_filters_by_agent_status_and_time_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        let query = |filter: JobFilter| {
+            let page = store.list(&filter);
+            (ids(&page.jobs), page.total)
+        };
+        assert_eq!(
+            query(JobFilter {
+                agent: Some("a".into()),
+                ..JobFilter::default()
+            }),
+            (vec![6, 5, 3, 1], 4)
+        );
+        assert_eq!(
+            query(JobFilter {
+                status: Some(JobStatus::Completed),
+                ..JobFilter::default()
+            }),
+            (vec![3, 1], 2)
+        );
+        assert_eq!(
+            query(JobFilter {
+                agent: Some("b".into()),
+                status: Some(JobStatus::Running),
+                ..JobFilter::default()
+            }),
+            (vec![4], 1)
+        );
+        assert_eq!(
+            query(JobFilter {
+                since: Some(at(20)),
+                until: Some(at(50)),
+                ..JobFilter::default()
+            }),
+            (vec![4, 3, 2], 3),
+            "since is inclusive, until exclusive"
+        );
+        assert_eq!(
+            query(JobFilter {
+                since: Some(at(50)),
+                ..JobFilter::default()
+            }),
+            (vec![6, 5], 2)
+        );
+        assert_eq!(
+            query(JobFilter {
+                since: Some(at(40)),
+                until: Some(at(40)),
+                ..JobFilter::default()
+            }),
+            (vec![], 0)
+        );
+        assert_eq!(
+            query(JobFilter {
+                agent: Some("nobody".into()),
+                ..JobFilter::default()
+            }),
+            (vec![], 0)
+        );
+    }
+
+    #[test]
+    fn counts_and_non_terminal_follow_status_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sample_store(dir.path());
+        assert_eq!(
+            store.counts(),
+            JobCounts {
+                queued: 1,
+                running: 1,
+                completed: 2,
+                failed: 1,
+                cancelled: 1
+            }
+        );
+        assert_eq!(store.non_terminal(), [id(4), id(5)]);
+        let mut finished = store.get(&id(4)).unwrap().unwrap();
+        finished.status = JobStatus::Failed;
+        store.put(&finished).unwrap();
+        assert_eq!(store.counts().running, 0);
+        assert_eq!(store.counts().failed, 2);
+        assert_eq!(store.non_terminal(), [id(5)]);
+    }
+
+    #[test]
+    fn reopen_returns_the_same_data_without_touching_a_valid_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        let before = list_all(&store);
+        let counts = store.counts();
+        drop(store);
+        let journal_inode = fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().ino();
+
+        let (reopened, issues) = open(dir.path());
+        assert!(issues.is_empty());
+        assert_eq!(list_all(&reopened), before);
+        assert_eq!(reopened.counts(), counts);
+        assert_eq!(reopened.non_terminal(), [id(4), id(5)]);
+        assert_eq!(
+            fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().ino(),
+            journal_inode,
+            "an exact journal is not rewritten"
+        );
+    }
+
+    #[test]
+    fn records_the_journal_missed_in_a_crash_are_recovered_from_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        // Crash after the record write, before the journal append: the journal describes the old
+        // version of job 3 and knows nothing of job 7.
+        let mut changed = store.get(&id(3)).unwrap().unwrap();
+        changed.status = JobStatus::Failed;
+        changed.agent = "c".into();
+        drop(store);
+        for record in [changed, job(7, "b", 70, JobStatus::Completed)] {
+            let yaml = serde_yaml_ng::to_string(&record).unwrap();
+            atomic_write(
+                &dir.path().join(format!("{}.yaml", record.id)),
+                yaml.as_bytes(),
+            )
+            .unwrap();
+        }
+        // And the last journal line was torn.
+        let mut journal = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL_FILE))
+            .unwrap();
+        journal.write_all(br#"{"id":"job-2025-01-01-0000"#).unwrap();
+
+        let (store, issues) = open(dir.path());
+        assert!(issues.is_empty());
+        let page = store.list(&JobFilter {
+            agent: Some("c".into()),
+            ..JobFilter::default()
+        });
+        assert_eq!(ids(&page.jobs), [3]);
+        assert_eq!(page.jobs[0].status, JobStatus::Failed);
+        assert_eq!(ids(&list_all(&store)), [7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(store.counts().failed, 2);
+
+        // The journal was rebuilt: a second open trusts it entirely.
+        drop(store);
+        let text = fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 1 + 7, "header and seven jobs");
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn vanished_records_are_dropped_and_corrupt_ones_moved_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        drop(store);
+        fs::remove_file(dir.path().join(format!("{}.yaml", id(2)))).unwrap();
+        // Replaced by an editor or another tool (a new file, so the journal does not vouch for it).
+        let corrupt_path = dir.path().join(format!("{}.yaml", id(3)));
+        atomic_write(&corrupt_path, b"id: [not a job").unwrap();
+        let misnamed_path = dir.path().join(format!("{}.yaml", id(9)));
+        let yaml = serde_yaml_ng::to_string(&job(1, "a", 10, JobStatus::Completed)).unwrap();
+        fs::write(&misnamed_path, yaml).unwrap();
+        fs::write(dir.path().join("notes.yaml"), "ignored: true").unwrap();
+
+        let (store, issues) = open(dir.path());
+        assert_eq!(ids(&list_all(&store)), [6, 5, 4, 1]);
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        for issue in &issues {
+            let StoreIssue::Corrupt(corrupt) = issue else {
+                panic!("expected a corrupt record, got {issue}");
+            };
+            assert!(!corrupt.original.exists());
+            assert!(corrupt.moved_to.exists());
+            assert!(corrupt
+                .moved_to
+                .to_string_lossy()
+                .contains(".yaml.corrupt-"));
+        }
+        let originals: HashSet<PathBuf> = issues
+            .iter()
+            .map(|issue| match issue {
+                StoreIssue::Corrupt(corrupt) => corrupt.original.clone(),
+                StoreIssue::Unreadable(error) => error.path().to_path_buf(),
+            })
+            .collect();
+        assert_eq!(originals, HashSet::from([corrupt_path, misnamed_path]));
+    }
+
+    #[test]
+    fn a_record_changed_behind_the_index_shows_up_as_unreadable_not_as_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        fs::remove_file(store.record_path(&id(3))).unwrap();
+        let page = store.list(&JobFilter::default());
+        assert_eq!(ids(&page.jobs), [6, 5, 4, 2, 1]);
+        assert_eq!(page.unreadable.len(), 1);
+        assert_eq!(page.unreadable[0].path(), store.record_path(&id(3)));
+        assert!(store.get(&id(3)).is_err());
+    }
+
+    #[test]
+    fn a_record_corrupted_in_place_is_reported_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        drop(store);
+        // Same inode, so start-up trusts the journal; the damage surfaces on read.
+        fs::write(dir.path().join(format!("{}.yaml", id(3))), "status: [").unwrap();
+        let (store, issues) = open(dir.path());
+        assert!(issues.is_empty());
+        let error = store.get(&id(3)).unwrap_err();
+        assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("is corrupt"));
+        assert_eq!(store.list(&JobFilter::default()).unreadable.len(), 1);
+    }
+
+    #[test]
+    fn prune_keeps_newest_per_agent_and_total_and_never_deletes_live_or_kept_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sample_store(dir.path());
+        for n in 1..=6 {
+            store
+                .output_writer(&id(n))
+                .unwrap()
+                .append(&OutputLine {
+                    seq: 1,
+                    ts: at(0),
+                    kind: "system".into(),
+                    data: serde_json::Map::new(),
+                })
+                .unwrap();
+        }
+        // a: 6 cancelled, 5 queued, 3 completed, 1 completed; b: 4 running, 2 failed.
+        let deleted = store.prune(2, None, &|_| false).unwrap();
+        assert_eq!(
+            deleted,
+            [id(3), id(1)],
+            "a keeps 6 and the live 5; b is within its limit"
+        );
+        for n in [1, 3] {
+            assert!(!store.record_path(&id(n)).exists());
+            assert!(!store.output_path(&id(n)).exists());
+            assert_eq!(store.get(&id(n)).unwrap(), None);
+        }
+        assert!(store.output_path(&id(2)).exists());
+
+        // Total cap 2: keep the newest two (6, 5); 4 is running so it stays; 2 goes unless kept.
+        let deleted = store.prune(100, Some(2), &|job| *job == id(2)).unwrap();
+        assert!(deleted.is_empty());
+        let deleted = store.prune(100, Some(2), &|_| false).unwrap();
+        assert_eq!(deleted, [id(2)]);
+        assert_eq!(ids(&list_all(&store)), [6, 5, 4]);
+
+        let deleted = store.prune(0, Some(0), &|_| false).unwrap();
+        assert_eq!(deleted, [id(6)], "queued 5 and running 4 survive any limit");
+        drop(store);
+        assert_eq!(ids(&list_all(&open(dir.path()).0)), [5, 4]);
+    }
+
+    #[test]
+    fn remove_deletes_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sample_store(dir.path());
+        let mut writer = store.output_writer(&id(1)).unwrap();
+        writer
+            .append(&OutputLine {
+                seq: 1,
+                ts: at(0),
+                kind: "stdout".into(),
+                data: serde_json::Map::new(),
+            })
+            .unwrap();
+        writer.flush().unwrap();
+        assert_eq!(store.last_seq(&id(1)).unwrap(), Some(1));
+        assert_eq!(store.read_output(&id(1), 0, None).unwrap().len(), 1);
+        assert!(store.remove(&id(1)).unwrap());
+        assert!(!store.remove(&id(1)).unwrap());
+        assert!(!store.output_path(&id(1)).exists());
+        assert!(!store.record_path(&id(1)).exists());
+        assert_eq!(store.counts().completed, 1);
+    }
+
+    #[test]
+    fn a_bloated_journal_is_compacted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        store.put(&job(1, "a", 0, JobStatus::Completed)).unwrap();
+        drop(store);
+        let journal_path = dir.path().join(JOURNAL_FILE);
+        let compact = fs::read_to_string(&journal_path).unwrap();
+        let line = compact.strip_prefix(journal::HEADER).unwrap();
+        let bloated = format!(
+            "{}{}",
+            journal::HEADER,
+            line.repeat(JOURNAL_SLACK_LINES + 10)
+        );
+        fs::write(&journal_path, bloated).unwrap();
+        let (store, _) = open(dir.path());
+        assert_eq!(store.len(), 1);
+        assert_eq!(fs::read_to_string(&journal_path).unwrap(), compact);
+    }
+
+    #[test]
+    fn a_failed_journal_append_is_repaired_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        store.put(&job(1, "a", 0, JobStatus::Completed)).unwrap();
+        let journal_path = dir.path().join(JOURNAL_FILE);
+        // Make appends fail: the journal path becomes a directory.
+        fs::remove_file(&journal_path).unwrap();
+        store.journal_appender = None;
+        fs::create_dir(&journal_path).unwrap();
+        let error = store
+            .put(&job(2, "a", 1, JobStatus::Completed))
+            .unwrap_err();
+        assert_eq!(error.path(), journal_path);
+        assert!(
+            store.contains(&id(2)),
+            "the record was written, so it is indexed"
+        );
+
+        fs::remove_dir(&journal_path).unwrap();
+        store.put(&job(3, "a", 2, JobStatus::Completed)).unwrap();
+        let rebuilt = fs::read_to_string(&journal_path).unwrap();
+        assert_eq!(rebuilt.lines().count(), 1 + 3, "header and three jobs");
+    }
+
+    #[test]
+    fn generated_ids_avoid_stored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        let fresh = store.generate_id(at(0));
+        assert!(!store.contains(&fresh));
+    }
+
+    /// SPEC §13: start-up with 100,000 jobs in history under a second. The history is laid out as
+    /// the daemon leaves it (a record and an output file per job, and the journal), but the files are
+    /// hard links to a few templates so that the setup takes seconds, not minutes; `open` cannot tell.
+    #[test]
+    fn opening_a_big_history_is_fast() {
+        let count: u32 = std::env::var("HERDCTL_BIG_STORE_JOBS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(100_000);
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Instant::now();
+        let (mut store, _) = open(dir.path());
+        let template_id = id(0);
+        let template =
+            serde_yaml_ng::to_string(&job(0, "agent-0", 0, JobStatus::Completed)).unwrap();
+        // ext4 allows 65,000 links per inode.
+        const LINKS_PER_TEMPLATE: u32 = 50_000;
+        let mut templates = Vec::new();
+        for n in 1..=count {
+            let template_index = ((n - 1) / LINKS_PER_TEMPLATE) as usize;
+            if templates.len() == template_index {
+                let record = dir.path().join(format!("template-{template_index}.yaml"));
+                let output = dir.path().join(format!("template-{template_index}.jsonl"));
+                fs::write(&record, &template).unwrap();
+                fs::write(&output, b"").unwrap();
+                let inode = fs::metadata(&record).unwrap().ino();
+                templates.push((record, output, inode));
+            }
+            let (record, output, inode) = &templates[template_index];
+            let job_id = id(n);
+            fs::hard_link(record, store.record_path(&job_id)).unwrap();
+            fs::hard_link(output, store.output_path(&job_id)).unwrap();
+            let agent = format!("agent-{}", n % 100);
+            store.index(
+                job_id,
+                at(i64::from(n)),
+                &agent,
+                JobStatus::Completed,
+                *inode,
+            );
+        }
+        store.rewrite_journal().unwrap();
+        drop(store);
+        let setup = setup.elapsed();
+
+        let started = Instant::now();
+        let (store, issues) = open(dir.path());
+        let elapsed = started.elapsed();
+        let listed = Instant::now();
+        let page = store.list(&JobFilter {
+            agent: Some("agent-7".into()),
+            ..JobFilter::default()
+        });
+        let list_elapsed = listed.elapsed();
+        println!(
+            "JobStore::open with {count} jobs: {elapsed:?} (setup {setup:?}); \
+             getJobs-style filtered page: {list_elapsed:?}"
+        );
+        // Every record came from the journal: re-reading one would report a misnamed record.
+        assert!(
+            issues.is_empty(),
+            "{} issues, first: {}",
+            issues.len(),
+            issues[0]
+        );
+        assert_eq!(store.len(), count as usize);
+        assert_eq!(page.total, (1..=count).filter(|n| n % 100 == 7).count());
+        assert!(page.jobs.iter().all(|job| job.id == template_id));
+        // SPEC §13 is about the daemon, an optimised build (measured ~0.23 s here). Unoptimised
+        // test builds are 3-5x slower and this VM's speed varies, so they get a bound that still
+        // catches the real regression, parsing every record (tens of seconds).
+        let bound = if cfg!(debug_assertions) { 5.0 } else { 1.0 };
+        assert!(elapsed.as_secs_f64() < bound, "open took {elapsed:?}");
+    }
 }

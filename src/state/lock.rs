@@ -81,7 +81,10 @@ mod tests {
         let path = dir.path().join("herdctld.lock");
         let held = StateLock::acquire(&path).unwrap();
         match StateLock::acquire(&path) {
-            Err(StateError::Locked { path: p, holder_pid }) => {
+            Err(StateError::Locked {
+                path: p,
+                holder_pid,
+            }) => {
                 assert_eq!(p, path);
                 assert_eq!(holder_pid, Some(std::process::id()));
             }

@@ -22,6 +22,7 @@
 mod atomic;
 mod corrupt;
 mod fleet_state;
+mod fx_hash;
 mod jobs;
 mod journal;
 mod lock;
@@ -174,10 +175,15 @@ mod tests {
         let root = parent.path().join("state");
         let first = StateDir::open(&root).unwrap();
         let error = StateDir::open(&root).expect_err("must be locked");
-        assert!(matches!(error, StateError::Locked { holder_pid: Some(pid), .. } if pid == std::process::id()));
+        assert!(
+            matches!(error, StateError::Locked { holder_pid: Some(pid), .. } if pid == std::process::id())
+        );
         let message = error.to_string();
         assert!(message.contains("in use by another herdctld"), "{message}");
-        assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
         assert!(message.contains("--state"), "{message}");
         drop(first);
         StateDir::open(&root).expect("reopens once released");
