@@ -6,6 +6,8 @@
 //! reads one `readdir` and the `index.tsv` journal (see [`super::journal`]) and parses only the
 //! records the journal does not describe exactly, so opening 100,000 jobs takes a fraction of a second.
 //! A record that does not parse is moved aside and reported; records whose file vanished are dropped.
+//! A record corrupted in place (same inode) is only detected when read: `get` fails with
+//! [`StateError::Corrupt`] and `list` reports it in [`JobPage::unreadable`].
 //!
 //! Sync and blocking; methods take `&mut self` to write, the caller serialises access (a mutex) and must
 //! hold the state-directory lock. Must not: decide job lifecycles (crash recovery, retention policy

@@ -3,7 +3,7 @@
 //! ```text
 //! <state>/herdctld.lock   flock held for the StateDir's life (one daemon per state dir)
 //! <state>/state.yaml      FleetState: schedule overrides, run times, counters, last session ids
-//! <state>/jobs/<id>.yaml  job records;  <id>.jsonl  job output;  index.jsonl  the index journal
+//! <state>/jobs/<id>.yaml  job records;  <id>.jsonl  job output;  index.tsv  the index journal
 //! <state>/logs/           daemon logs (written by tracing-appender, not here)
 //! ```
 //!

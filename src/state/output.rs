@@ -4,7 +4,8 @@
 //! being written, and is skipped by readers. Opening a writer cuts such a torn tail off first, so
 //! new lines never glue onto it, and finds the last seq already written so a resumed job continues
 //! after it. Blank and unparsable lines are skipped (the latter logged). The writer assigns nothing:
-//! seq numbers come from the caller.
+//! seq numbers come from the caller. One writer per job at a time: a second writer opened while the
+//! first has flushed half a line would cut that line off as torn.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
