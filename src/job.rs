@@ -1,1 +1,420 @@
-//! job model (being built)
+//! The job model shared by every module: a job's identity, lifecycle enums, the persisted record
+//! (`jobs/<id>.yaml`, herdctl field names, snake_case) and one line of its output (`jobs/<id>.jsonl`).
+//!
+//! Owns: [`JobId`] (format and validation: ids become file names, so parsing is also the path-traversal
+//! guard), [`JobStatus`], [`ExitReason`], [`TriggerType`], [`TerminationType`], [`JobError`], [`Job`],
+//! [`OutputLine`]. Must not: do I/O, know about queues, processes or transports.
+//!
+//! Serde contract: unknown fields in a record are ignored on read (forward compatibility); absent
+//! optional fields read as `None`; `None` is written as `null` so clients see a stable set of keys.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Default priority of a job: 1 is the highest, 10 the lowest.
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+/// Length of the random suffix of a job id.
+const SUFFIX_LEN: usize = 6;
+const SUFFIX_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A job identifier, `job-YYYY-MM-DD-xxxxxx` (`x` in `[a-z0-9]`). Always valid once constructed.
+/// Cheap to clone: indexes hold the same id in several maps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(Arc<str>);
+
+/// A string that is not a job id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid job id {given:?}: expected job-YYYY-MM-DD-xxxxxx with x in [a-z0-9]")]
+pub struct InvalidJobId {
+    pub given: String,
+}
+
+impl JobId {
+    /// A fresh id dated by `now` (UTC) with a random suffix. The suffix space is 36^6 per day, so
+    /// collisions are possible at high rates: the job store checks new ids against its index.
+    pub fn generate(now: DateTime<Utc>) -> JobId {
+        let random = uuid::Uuid::new_v4();
+        let suffix: String = random.as_bytes()[..SUFFIX_LEN]
+            .iter()
+            .map(|byte| char::from(SUFFIX_ALPHABET[usize::from(*byte) % SUFFIX_ALPHABET.len()]))
+            .collect();
+        JobId(Arc::from(format!(
+            "job-{}-{suffix}",
+            now.format("%Y-%m-%d")
+        )))
+    }
+
+    /// Validates `text` as a job id.
+    pub fn parse(text: &str) -> Result<JobId, InvalidJobId> {
+        if is_valid_job_id(text.as_bytes()) {
+            Ok(JobId(Arc::from(text)))
+        } else {
+            Err(InvalidJobId {
+                given: text.to_owned(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id that sorts before every other id (`job-0000-00-00-000000`), for range bounds.
+    pub fn lowest() -> JobId {
+        JobId(Arc::from("job-0000-00-00-000000"))
+    }
+}
+
+/// `job-` + `dddd-dd-dd-` + six of `[a-z0-9]`.
+fn is_valid_job_id(bytes: &[u8]) -> bool {
+    const PATTERN: &[u8] = b"job-DDDD-DD-DD-XXXXXX";
+    bytes.len() == PATTERN.len()
+        && bytes.iter().zip(PATTERN).all(|(byte, class)| match class {
+            b'D' => byte.is_ascii_digit(),
+            b'X' => byte.is_ascii_digit() || byte.is_ascii_lowercase(),
+            literal => byte == literal,
+        })
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = InvalidJobId;
+
+    fn try_from(text: String) -> Result<JobId, InvalidJobId> {
+        if is_valid_job_id(text.as_bytes()) {
+            Ok(JobId(Arc::from(text)))
+        } else {
+            Err(InvalidJobId { given: text })
+        }
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> String {
+        id.0.as_ref().to_owned()
+    }
+}
+
+/// Where a job is in its life. `Queued → Running → Completed | Failed | Cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Completed, failed or cancelled: the record will not change state again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a finished job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    Success,
+    Error,
+    Timeout,
+    Cancelled,
+    MaxTurns,
+    /// The daemon died while the job was queued or running (set at crash recovery).
+    Interrupted,
+    SpawnFailed,
+}
+
+/// What created a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerType {
+    Manual,
+    Schedule,
+    Fork,
+    WorkItem,
+}
+
+/// How a cancelled job's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationType {
+    /// It exited within the grace period after SIGTERM.
+    Graceful,
+    /// It needed SIGKILL.
+    Forced,
+    /// It had already finished.
+    AlreadyStopped,
+}
+
+/// A job failure: a machine-readable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The persisted job record (`jobs/<id>.yaml`) and the job object clients see.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    /// Qualified agent name.
+    pub agent: String,
+    pub schedule: Option<String>,
+    pub trigger_type: TriggerType,
+    pub status: JobStatus,
+    pub exit_reason: Option<ExitReason>,
+    pub prompt: Option<String>,
+    pub forked_from: Option<JobId>,
+    pub session_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Final result text.
+    pub summary: Option<String>,
+    /// The runtime's final result object (cost, turns, usage…).
+    pub result: Option<serde_json::Value>,
+    pub error: Option<JobError>,
+    pub work_item: Option<serde_json::Value>,
+    /// 1 (highest) … 10 (lowest).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    pub pid: Option<u32>,
+    pub pgid: Option<i32>,
+    /// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22): crash recovery
+    /// kills a leftover process only if pid and start time both match, so a reused pid is spared.
+    pub process_start_time: Option<u64>,
+    /// Some output lines were cut to the line-length cap.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub output_truncated: bool,
+}
+
+impl Job {
+    /// A queued job with nothing run yet.
+    pub fn new(
+        id: JobId,
+        agent: String,
+        schedule: Option<String>,
+        trigger_type: TriggerType,
+        prompt: Option<String>,
+        priority: u8,
+        created_at: DateTime<Utc>,
+    ) -> Job {
+        Job {
+            id,
+            agent,
+            schedule,
+            trigger_type,
+            status: JobStatus::Queued,
+            exit_reason: None,
+            prompt,
+            forked_from: None,
+            session_id: None,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            exit_code: None,
+            signal: None,
+            summary: None,
+            result: None,
+            error: None,
+            work_item: None,
+            priority,
+            pid: None,
+            pgid: None,
+            process_start_time: None,
+            output_truncated: false,
+        }
+    }
+}
+
+/// One line of a job's output file: `{"seq": 1, "ts": "…", "type": "assistant", …rest}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputLine {
+    /// Position in the job's output, strictly increasing from 1.
+    pub seq: u64,
+    pub ts: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Every other field of the line.
+    #[serde(flatten)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, 23, 59, 59).unwrap()
+    }
+
+    #[test]
+    fn generated_ids_are_valid_and_dated_in_utc() {
+        for _ in 0..1000 {
+            let id = JobId::generate(at(2025, 3, 9));
+            assert!(id.as_str().starts_with("job-2025-03-09-"), "{id}");
+            assert_eq!(JobId::parse(id.as_str()), Ok(id.clone()));
+        }
+    }
+
+    #[test]
+    fn generated_suffixes_vary() {
+        let ids: std::collections::HashSet<JobId> =
+            (0..100).map(|_| JobId::generate(at(2025, 1, 1))).collect();
+        assert!(ids.len() > 95);
+    }
+
+    #[test]
+    fn parse_rejects_everything_that_is_not_an_id() {
+        for bad in [
+            "",
+            "job-2025-01-01-abc12",
+            "job-2025-01-01-abc1234",
+            "job-2025-01-01-ABC123",
+            "job-2025-1-01-abc123",
+            "../../etc/passwd",
+            "job-2025-01-01-ab/123",
+            "job-2025-01-01-ab.123",
+            "jab-2025-01-01-abc123",
+            "job-2025-01-01-abc12\u{e9}",
+        ] {
+            assert!(JobId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(JobId::parse("job-2025-01-01-abc123").is_ok());
+        assert_eq!(JobId::parse(JobId::lowest().as_str()), Ok(JobId::lowest()));
+        assert!(JobId::lowest() < JobId::parse("job-0000-00-00-000001").unwrap());
+    }
+
+    #[test]
+    fn job_id_serde_is_a_plain_validated_string() {
+        let id = JobId::parse("job-2025-01-01-abc123").unwrap();
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"job-2025-01-01-abc123\""
+        );
+        assert!(serde_json::from_str::<JobId>("\"../x\"").is_err());
+    }
+
+    #[test]
+    fn enums_use_herdctl_spelling() {
+        assert_eq!(
+            serde_json::to_string(&ExitReason::SpawnFailed).unwrap(),
+            "\"spawn_failed\""
+        );
+        assert_eq!(
+            serde_json::to_string(&TriggerType::WorkItem).unwrap(),
+            "\"work_item\""
+        );
+        assert_eq!(
+            serde_json::to_string(&TerminationType::AlreadyStopped).unwrap(),
+            "\"already_stopped\""
+        );
+        assert_eq!(
+            serde_json::to_string(&JobStatus::Cancelled).unwrap(),
+            "\"cancelled\""
+        );
+        assert!(JobStatus::Failed.is_terminal());
+        assert!(!JobStatus::Running.is_terminal());
+        assert!(!JobStatus::Queued.is_terminal());
+    }
+
+    #[test]
+    fn job_yaml_round_trips_and_tolerates_unknown_and_missing_fields() {
+        let mut job = Job::new(
+            JobId::parse("job-2025-01-01-abc123").unwrap(),
+            "coder".into(),
+            Some("hourly".into()),
+            TriggerType::Schedule,
+            Some("do it".into()),
+            DEFAULT_PRIORITY,
+            at(2025, 1, 1),
+        );
+        job.result = Some(serde_json::json!({"total_cost_usd": 0.5}));
+        job.output_truncated = true;
+        let yaml = serde_yaml_ng::to_string(&job).unwrap();
+        assert_eq!(serde_yaml_ng::from_str::<Job>(&yaml).unwrap(), job);
+
+        let minimal = "id: job-2025-01-01-abc123\nagent: a\ntrigger_type: manual\nstatus: queued\n\
+                       created_at: 2025-01-01T00:00:00Z\nfuture_field: {x: 1}\n";
+        let parsed: Job = serde_yaml_ng::from_str(minimal).unwrap();
+        assert_eq!(parsed.priority, DEFAULT_PRIORITY);
+        assert!(!parsed.output_truncated);
+        assert_eq!(parsed.schedule, None);
+    }
+
+    #[test]
+    fn output_truncated_is_omitted_when_false() {
+        let job = Job::new(
+            JobId::parse("job-2025-01-01-abc123").unwrap(),
+            "a".into(),
+            None,
+            TriggerType::Manual,
+            None,
+            1,
+            at(2025, 1, 1),
+        );
+        let json = serde_json::to_value(&job).unwrap();
+        assert!(json.get("output_truncated").is_none());
+        assert_eq!(json["status"], "queued");
+        assert!(json["exit_reason"].is_null());
+    }
+
+    #[test]
+    fn output_line_flattens_the_rest_of_the_object() {
+        let text = r#"{"seq":3,"ts":"2025-01-01T00:00:00Z","type":"assistant","content":"hi","partial":true}"#;
+        let line: OutputLine = serde_json::from_str(text).unwrap();
+        assert_eq!(line.seq, 3);
+        assert_eq!(line.kind, "assistant");
+        assert_eq!(line.data["content"], "hi");
+        let back: serde_json::Value = serde_json::to_value(&line).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
+    }
+}

@@ -1,1 +1,206 @@
-//! state (being built)
+//! The state directory (SPEC §6): everything herdctld persists, and nothing else.
+//!
+//! ```text
+//! <state>/herdctld.lock   flock held for the StateDir's life (one daemon per state dir)
+//! <state>/state.yaml      FleetState: schedule overrides, run times, counters, last session ids
+//! <state>/jobs/<id>.yaml  job records;  <id>.jsonl  job output;  index.tsv  the index journal
+//! <state>/logs/           daemon logs (written by tracing-appender, not here)
+//! ```
+//!
+//! Owns: the lock, atomic durable writes ([`atomic_write`]), quarantine of corrupt files
+//! ([`CorruptFile`]), [`FleetState`], the [`JobStore`] with its in-memory index, and job output files
+//! ([`OutputWriter`]). Every rewrite is temp file + fsync + rename + directory fsync; output is appended
+//! and a torn last line is tolerated. Corrupt files are moved aside and returned to the caller, which
+//! reports them — they never silently reset state.
+//!
+//! Must not: decide policy (what crash recovery does to interrupted jobs, retention limits, when to
+//! save), spawn anything, or use async: the API is synchronous blocking I/O; the caller picks the thread.
+//!
+//! Public API: [`StateDir::open`] (lock + layout) and its path accessors, [`StateDir::load_fleet_state`],
+//! [`StateDir::save_fleet_state`], [`StateDir::open_job_store`]; the types re-exported below.
+
+mod atomic;
+mod corrupt;
+mod fleet_state;
+mod fx_hash;
+mod jobs;
+mod journal;
+mod lock;
+mod output;
+
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+pub use atomic::{atomic_write, remove_stale_temp_files, WriteStep};
+pub use corrupt::CorruptFile;
+pub use fleet_state::{AgentState, FleetState, ScheduleState};
+pub use jobs::{JobCounts, JobFilter, JobPage, JobStore, StoreIssue, DEFAULT_PAGE_LIMIT};
+pub use lock::StateLock;
+pub use output::OutputWriter;
+
+/// A state I/O failure. Every variant names the file; messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "state directory {} is in use by another herdctld ({}lock file {}); stop that daemon \
+         (`systemctl stop herdctld`, or `kill <pid>`) or pass a different --state directory",
+        path.parent().unwrap_or(path).display(),
+        holder_pid.map(|pid| format!("pid {pid}, ")).unwrap_or_default(),
+        path.display()
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        holder_pid: Option<u32>,
+    },
+    #[error("{} is corrupt: {reason}; move it aside or delete it", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("could not serialize the {what} for {}: {reason}", path.display())]
+    Serialize {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+impl StateError {
+    /// The file or directory the failure is about (for the STATE_ERROR `path` context).
+    pub fn path(&self) -> &Path {
+        match self {
+            StateError::Io { path, .. }
+            | StateError::Locked { path, .. }
+            | StateError::Corrupt { path, .. }
+            | StateError::Serialize { path, .. } => path,
+        }
+    }
+}
+
+/// An open, locked state directory.
+#[derive(Debug)]
+pub struct StateDir {
+    root: PathBuf,
+    jobs_dir: PathBuf,
+    logs_dir: PathBuf,
+    lock: StateLock,
+}
+
+impl StateDir {
+    /// Creates the layout (0700), takes the lock without waiting and removes temp files a crash left.
+    pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        let jobs_dir = root.join("jobs");
+        let logs_dir = root.join("logs");
+        let mut builder = DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        for dir in [root, &jobs_dir, &logs_dir] {
+            builder.create(dir).map_err(|source| StateError::Io {
+                action: "create state directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let lock = StateLock::acquire(&root.join("herdctld.lock"))?;
+        remove_stale_temp_files(root)?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            jobs_dir,
+            logs_dir,
+            lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn jobs_dir(&self) -> &Path {
+        &self.jobs_dir
+    }
+
+    pub fn logs_dir(&self) -> &Path {
+        &self.logs_dir
+    }
+
+    pub fn lock_file(&self) -> &Path {
+        self.lock.path()
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.yaml")
+    }
+
+    /// Loads `state.yaml`; a corrupt file is moved aside and returned for the caller to report.
+    pub fn load_fleet_state(&self) -> Result<(FleetState, Option<CorruptFile>), StateError> {
+        FleetState::load(&self.state_file())
+    }
+
+    pub fn save_fleet_state(&self, state: &FleetState) -> Result<(), StateError> {
+        state.save(&self.state_file())
+    }
+
+    /// Opens the job store of this directory; the issues are for the caller to report.
+    pub fn open_job_store(&self) -> Result<(JobStore, Vec<StoreIssue>), StateError> {
+        JobStore::open(&self.jobs_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn open_creates_the_layout_with_private_permissions() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("state");
+        let state = StateDir::open(&root).unwrap();
+        assert!(state.jobs_dir().is_dir());
+        assert!(state.logs_dir().is_dir());
+        assert!(state.lock_file().is_file());
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn second_open_of_the_same_dir_fails_fast_with_an_actionable_message() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("state");
+        let first = StateDir::open(&root).unwrap();
+        let error = StateDir::open(&root).expect_err("must be locked");
+        assert!(
+            matches!(error, StateError::Locked { holder_pid: Some(pid), .. } if pid == std::process::id())
+        );
+        let message = error.to_string();
+        assert!(message.contains("in use by another herdctld"), "{message}");
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        assert!(message.contains("--state"), "{message}");
+        drop(first);
+        StateDir::open(&root).expect("reopens once released");
+    }
+
+    #[test]
+    fn open_removes_stale_temp_files_in_root_and_jobs() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("state");
+        drop(StateDir::open(&root).unwrap());
+        let stale_root = root.join(".state.yaml.tmp.0011223344556677");
+        let stale_job = root.join("jobs/.job-2025-01-01-abc123.yaml.tmp.0011223344556677");
+        std::fs::write(&stale_root, "x").unwrap();
+        std::fs::write(&stale_job, "x").unwrap();
+        let state = StateDir::open(&root).unwrap();
+        assert!(!stale_root.exists());
+        state.open_job_store().unwrap();
+        assert!(!stale_job.exists());
+    }
+}

@@ -1,0 +1,218 @@
+//! Atomic, durable file replacement: write a temp file in the same directory, fsync it, rename it over
+//! the target, fsync the directory. A crash at any point leaves the complete old or the complete new
+//! content. Temp files are named `.<name>.tmp.<16 hex>`; leftovers from a crash are removed by
+//! [`remove_stale_temp_files`] when the state directory is opened (we hold its lock, so no writer is live).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::StateError;
+
+/// The steps of [`atomic_write`], in order; a test hook can fail any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStep {
+    Create,
+    Write,
+    Fsync,
+    Rename,
+    FsyncDir,
+}
+
+impl WriteStep {
+    pub const ALL: [WriteStep; 5] = [
+        WriteStep::Create,
+        WriteStep::Write,
+        WriteStep::Fsync,
+        WriteStep::Rename,
+        WriteStep::FsyncDir,
+    ];
+}
+
+/// Replaces `path` with `bytes` atomically and durably (mode 0600 for a new file).
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    atomic_write_with(path, bytes, &mut |_| Ok(())).map(|_inode| ())
+}
+
+/// [`atomic_write`] with `before_step` called before each step; an error from it fails that step.
+/// Returns the inode of the new file: the job index uses it to recognise this exact version.
+pub(crate) fn atomic_write_with(
+    path: &Path,
+    bytes: &[u8],
+    before_step: &mut dyn FnMut(WriteStep) -> io::Result<()>,
+) -> Result<u64, StateError> {
+    let dir = parent_dir(path);
+    let temp = temp_path_for(path);
+    let io_error = |action: &'static str, source: io::Error| StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+
+    before_step(WriteStep::Create).map_err(|e| io_error("create a temporary file for", e))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| io_error("create a temporary file for", e))?;
+
+    let written = (|| {
+        before_step(WriteStep::Write).map_err(|e| io_error("write", e))?;
+        file.write_all(bytes).map_err(|e| io_error("write", e))?;
+        before_step(WriteStep::Fsync).map_err(|e| io_error("fsync", e))?;
+        file.sync_all().map_err(|e| io_error("fsync", e))?;
+        let inode = file.metadata().map_err(|e| io_error("stat", e))?.ino();
+        before_step(WriteStep::Rename).map_err(|e| io_error("rename into place", e))?;
+        fs::rename(&temp, path).map_err(|e| io_error("rename into place", e))?;
+        Ok(inode)
+    })();
+    let inode = match written {
+        Ok(inode) => inode,
+        Err(error) => {
+            // Best effort: the original error is the one worth reporting.
+            let _ = fs::remove_file(&temp);
+            return Err(error);
+        }
+    };
+
+    before_step(WriteStep::FsyncDir).map_err(|e| io_error("fsync the directory of", e))?;
+    fsync_dir(dir).map_err(|e| io_error("fsync the directory of", e))?;
+    Ok(inode)
+}
+
+/// Makes renames and unlinks in `dir` durable.
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+fn temp_path_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    parent_dir(path).join(format!(".{name}.tmp.{}", &random[..16]))
+}
+
+/// Whether `name` is one of our temp files.
+pub(crate) fn is_temp_file_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp.")
+}
+
+/// Deletes temp files a crash left in `dir`; returns how many. Only call while holding the state lock.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<usize, StateError> {
+    let io_error = |action: &'static str, source: io::Error| StateError::Io {
+        action,
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(|e| io_error("list", e))? {
+        let entry = entry.map_err(|e| io_error("list", e))?;
+        if entry.file_name().to_str().is_some_and(is_temp_file_name) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|source| StateError::Io {
+                action: "remove stale temporary file",
+                path,
+                source,
+            })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writes_new_and_replaces_existing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.yaml");
+        atomic_write(&path, b"one").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        atomic_write(&path, b"two, longer").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two, longer");
+        assert_eq!(dir_names(dir.path()), ["state.yaml"]);
+    }
+
+    #[test]
+    fn failure_at_any_step_leaves_old_or_new_content_and_no_temp_file() {
+        for failing in WriteStep::ALL {
+            for existed_before in [true, false] {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("record.yaml");
+                if existed_before {
+                    fs::write(&path, b"old complete content").unwrap();
+                }
+                let mut hook = |step: WriteStep| {
+                    if step == failing {
+                        Err(io::Error::other("injected"))
+                    } else {
+                        Ok(())
+                    }
+                };
+                let result = atomic_write_with(&path, b"new complete content", &mut hook);
+                let error = result.expect_err("the injected failure must surface");
+                assert!(error.to_string().contains("injected"), "{error}");
+
+                let after = fs::read(&path).ok();
+                let acceptable: &[Option<&[u8]>] = match (failing, existed_before) {
+                    (WriteStep::FsyncDir, _) => &[Some(b"new complete content")],
+                    (_, true) => &[Some(b"old complete content")],
+                    (_, false) => &[None],
+                };
+                assert!(
+                    acceptable.contains(&after.as_deref()),
+                    "step {failing:?}, existed {existed_before}: got {after:?}"
+                );
+                let expected_files: &[&str] = if after.is_some() {
+                    &["record.yaml"]
+                } else {
+                    &[]
+                };
+                assert_eq!(dir_names(dir.path()), expected_files, "step {failing:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn returns_the_inode_of_the_file_now_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        let first = atomic_write_with(&path, b"1", &mut |_| Ok(())).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), first);
+        let second = atomic_write_with(&path, b"2", &mut |_| Ok(())).unwrap();
+        assert_ne!(first, second, "a rewrite is a new inode");
+        assert_eq!(fs::metadata(&path).unwrap().ino(), second);
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".state.yaml.tmp.0123456789abcdef"), b"x").unwrap();
+        fs::write(dir.path().join("state.yaml"), b"y").unwrap();
+        fs::write(dir.path().join(".hidden"), b"z").unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path()).unwrap(), 1);
+        assert_eq!(dir_names(dir.path()), [".hidden", "state.yaml"]);
+    }
+}

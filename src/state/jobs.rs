@@ -1,0 +1,1152 @@
+//! The job store: records in `jobs/<id>.yaml` (source of truth), output in `jobs/<id>.jsonl`, and an
+//! in-memory index so queries never rescan the directory or reparse records.
+//!
+//! The index holds, per job, only what queries filter and sort on (created_at, id, agent, status) and
+//! the record's inode; full records are read from their YAML for the page a query returns. Start-up
+//! reads one `readdir` and the `index.tsv` journal (see [`super::journal`]) and parses only the
+//! records the journal does not describe exactly, so opening 100,000 jobs takes a fraction of a second.
+//! A record that does not parse is moved aside and reported; records whose file vanished are dropped.
+//! A record corrupted in place (same inode) is only detected when read: `get` fails with
+//! [`StateError::Corrupt`] and `list` reports it in [`JobPage::unreadable`].
+//!
+//! Sync and blocking; methods take `&mut self` to write, the caller serialises access (a mutex) and must
+//! hold the state-directory lock. Must not: decide job lifecycles (crash recovery, retention policy
+//! values) — it only executes them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Bound;
+use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::atomic::{atomic_write, atomic_write_with, is_temp_file_name};
+use super::corrupt::{move_aside, CorruptFile};
+use super::fx_hash::{FxHashMap, FxHashSet};
+use super::journal;
+use super::output::{self, OutputWriter};
+use super::StateError;
+use crate::job::{Job, JobId, JobStatus, OutputLine};
+
+/// File name of the index journal inside the jobs directory.
+pub const JOURNAL_FILE: &str = "index.tsv";
+
+/// The journal is compacted once it holds this many lines more than twice the live jobs.
+const JOURNAL_SLACK_LINES: usize = 4096;
+
+/// Default page size of [`JobFilter`].
+pub const DEFAULT_PAGE_LIMIT: usize = 50;
+
+/// Which jobs [`JobStore::list`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFilter {
+    pub agent: Option<String>,
+    pub status: Option<JobStatus>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created strictly before.
+    pub until: Option<DateTime<Utc>>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+impl Default for JobFilter {
+    fn default() -> JobFilter {
+        JobFilter {
+            agent: None,
+            status: None,
+            since: None,
+            until: None,
+            limit: DEFAULT_PAGE_LIMIT,
+            offset: 0,
+        }
+    }
+}
+
+/// One page of [`JobStore::list`].
+#[derive(Debug)]
+pub struct JobPage {
+    /// Newest first by `created_at`, ties by id descending.
+    pub jobs: Vec<Job>,
+    /// Jobs matching the filter, ignoring limit and offset.
+    pub total: usize,
+    /// Records of this page that could not be read (changed outside herdctld); left out of `jobs`.
+    pub unreadable: Vec<StateError>,
+}
+
+/// Number of jobs per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct JobCounts {
+    pub queued: usize,
+    pub running: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+}
+
+impl JobCounts {
+    fn slot(&mut self, status: JobStatus) -> &mut usize {
+        match status {
+            JobStatus::Queued => &mut self.queued,
+            JobStatus::Running => &mut self.running,
+            JobStatus::Completed => &mut self.completed,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+}
+
+/// A problem found while opening the store; the caller reports each one (error event and log line).
+#[derive(Debug)]
+pub enum StoreIssue {
+    /// A record that did not parse (or named another id than its file) was moved aside.
+    Corrupt(CorruptFile),
+    /// A record that could not be read; left in place and not indexed until the next start.
+    Unreadable(StateError),
+}
+
+impl fmt::Display for StoreIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreIssue::Corrupt(corrupt) => write!(f, "job record {corrupt}"),
+            StoreIssue::Unreadable(error) => {
+                write!(
+                    f,
+                    "{error}; the job is left out of the history until it is readable"
+                )
+            }
+        }
+    }
+}
+
+/// What the index keeps per job besides its order key `(created_at, id)`.
+#[derive(Debug, Clone)]
+struct Summary {
+    agent: Arc<str>,
+    status: JobStatus,
+    /// Inode of the record version this summary describes.
+    inode: u64,
+}
+
+type OrderKey = (DateTime<Utc>, JobId);
+
+/// Records and output of every job, with an in-memory index.
+#[derive(Debug)]
+pub struct JobStore {
+    dir: PathBuf,
+    journal_path: PathBuf,
+    /// Opened on the first append after open or compaction.
+    journal_appender: Option<File>,
+    journal_lines: usize,
+    /// An append failed, so the journal may miss a line: rewrite it on the next write.
+    journal_needs_rewrite: bool,
+    by_order: BTreeMap<OrderKey, Summary>,
+    created_at_by_id: FxHashMap<JobId, DateTime<Utc>>,
+    counts: JobCounts,
+    /// Agent names shared by every summary of the same agent.
+    agent_names: FxHashSet<Arc<str>>,
+}
+
+impl JobStore {
+    /// Opens (creating) the jobs directory, removes stale temp files and builds the index.
+    pub fn open(dir: &Path) -> Result<(JobStore, Vec<StoreIssue>), StateError> {
+        fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            action: "create the jobs directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut store = JobStore {
+            dir: dir.to_path_buf(),
+            journal_path: dir.join(JOURNAL_FILE),
+            journal_appender: None,
+            journal_lines: 0,
+            journal_needs_rewrite: false,
+            by_order: BTreeMap::new(),
+            created_at_by_id: FxHashMap::default(),
+            counts: JobCounts::default(),
+            agent_names: FxHashSet::default(),
+        };
+        let journal_bytes = match fs::read(&store.journal_path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(StateError::Io {
+                    action: "read the job index",
+                    path: store.journal_path.clone(),
+                    source,
+                })
+            }
+        };
+        let journal = journal::parse(&journal_bytes);
+        // Later lines win.
+        let mut journaled: FxHashMap<&str, &journal::JournalEntry<'_>> =
+            FxHashMap::with_capacity_and_hasher(journal.entries.len(), Default::default());
+        for entry in &journal.entries {
+            journaled.insert(entry.id, entry);
+        }
+
+        let mut covered = Vec::with_capacity(journaled.len());
+        let mut uncovered = Vec::new();
+        let list_error = |source| StateError::Io {
+            action: "list the jobs directory",
+            path: dir.to_path_buf(),
+            source,
+        };
+        for entry in fs::read_dir(dir).map_err(list_error)? {
+            let entry = entry.map_err(list_error)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if is_temp_file_name(name) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(|source| StateError::Io {
+                    action: "remove stale temporary file",
+                    path,
+                    source,
+                })?;
+                continue;
+            }
+            let Some(Ok(id)) = name.strip_suffix(".yaml").map(JobId::parse) else {
+                continue;
+            };
+            match journaled.get(id.as_str()) {
+                Some(known) if known.inode == entry.ino() => {
+                    let summary = Summary {
+                        agent: store.shared_agent_name(known.agent),
+                        status: known.status,
+                        inode: known.inode,
+                    };
+                    covered.push(((known.created_at, id), summary));
+                }
+                _ => uncovered.push(id),
+            }
+        }
+        // Damaged, or describing files that are gone or other versions of them.
+        let journal_is_stale =
+            journal.damaged || covered.len() < journaled.len() || !uncovered.is_empty();
+        store.journal_lines = journal.lines;
+        drop(journaled);
+        drop(journal);
+        drop(journal_bytes);
+
+        store.load_summaries(covered);
+        let issues = uncovered
+            .into_iter()
+            .filter_map(|id| store.index_from_record(id))
+            .collect();
+        if journal_is_stale || store.journal_is_bloated() {
+            store.rewrite_journal()?;
+        }
+        Ok((store, issues))
+    }
+
+    /// Bulk-loads an empty index (sorting once is far cheaper than 100,000 ordered inserts).
+    fn load_summaries(&mut self, summaries: Vec<(OrderKey, Summary)>) {
+        self.created_at_by_id.reserve(summaries.len());
+        for ((created_at, id), summary) in &summaries {
+            self.created_at_by_id.insert(id.clone(), *created_at);
+            *self.counts.slot(summary.status) += 1;
+        }
+        self.by_order = summaries.into_iter().collect();
+    }
+
+    fn shared_agent_name(&mut self, agent: &str) -> Arc<str> {
+        match self.agent_names.get(agent) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = Arc::from(agent);
+                self.agent_names.insert(Arc::clone(&shared));
+                shared
+            }
+        }
+    }
+
+    /// Reads one record into the index; a problem becomes an issue.
+    fn index_from_record(&mut self, id: JobId) -> Option<StoreIssue> {
+        let path = self.record_path(&id);
+        match read_record_with_inode(&path) {
+            Ok((job, inode)) if job.id == id => {
+                self.index(id, job.created_at, &job.agent, job.status, inode);
+                None
+            }
+            Ok((job, _)) => Some(self.quarantine(
+                &path,
+                format!("it holds job {} but is named after {id}", job.id),
+            )),
+            Err(StateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+            Err(StateError::Corrupt { reason, .. }) => Some(self.quarantine(&path, reason)),
+            Err(error) => Some(StoreIssue::Unreadable(error)),
+        }
+    }
+
+    fn quarantine(&self, path: &Path, reason: String) -> StoreIssue {
+        match move_aside(path, reason) {
+            Ok(corrupt) => StoreIssue::Corrupt(corrupt),
+            Err(error) => StoreIssue::Unreadable(error),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn record_path(&self, id: &JobId) -> PathBuf {
+        self.dir.join(format!("{id}.yaml"))
+    }
+
+    pub fn output_path(&self, id: &JobId) -> PathBuf {
+        self.dir.join(format!("{id}.jsonl"))
+    }
+
+    /// Writes `job`'s record atomically and durably, then indexes it.
+    pub fn put(&mut self, job: &Job) -> Result<(), StateError> {
+        let path = self.record_path(&job.id);
+        let yaml = serde_yaml_ng::to_string(job).map_err(|error| StateError::Serialize {
+            what: "job record",
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+        let inode = atomic_write_with(&path, yaml.as_bytes(), &mut |_| Ok(()))?;
+        self.index(
+            job.id.clone(),
+            job.created_at,
+            &job.agent,
+            job.status,
+            inode,
+        );
+        self.journal_record(&job.id)
+    }
+
+    /// Records the current summary of `id` in the journal.
+    fn journal_record(&mut self, id: &JobId) -> Result<(), StateError> {
+        if self.journal_needs_rewrite || self.journal_is_bloated() {
+            return self.rewrite_journal();
+        }
+        let Some(created_at) = self.created_at_by_id.get(id).copied() else {
+            return Ok(());
+        };
+        let key = (created_at, id.clone());
+        let Some(summary) = self.by_order.get(&key) else {
+            return Ok(());
+        };
+        let mut line = Vec::with_capacity(128);
+        if !journal::push_line(
+            &mut line,
+            id.as_str(),
+            summary.status,
+            created_at,
+            summary.inode,
+            &summary.agent,
+        ) {
+            return Ok(());
+        }
+        let appended = self.append_to_journal(&line);
+        if appended.is_err() {
+            self.journal_appender = None;
+            self.journal_needs_rewrite = true;
+        }
+        appended
+    }
+
+    fn append_to_journal(&mut self, line: &[u8]) -> Result<(), StateError> {
+        let io_error = |source| StateError::Io {
+            action: "append to the job index",
+            path: self.journal_path.clone(),
+            source,
+        };
+        let appender = match &mut self.journal_appender {
+            Some(file) => file,
+            None => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o600)
+                    .open(&self.journal_path)
+                    .map_err(io_error)?;
+                self.journal_appender.insert(file)
+            }
+        };
+        appender.write_all(line).map_err(io_error)?;
+        self.journal_lines += 1;
+        Ok(())
+    }
+
+    fn journal_is_bloated(&self) -> bool {
+        self.journal_lines > 2 * self.by_order.len() + JOURNAL_SLACK_LINES
+    }
+
+    /// Replaces the journal with one line per indexed job.
+    fn rewrite_journal(&mut self) -> Result<(), StateError> {
+        let mut bytes = Vec::with_capacity(journal::HEADER.len() + self.by_order.len() * 80);
+        bytes.extend_from_slice(journal::HEADER.as_bytes());
+        let mut lines = 0;
+        for ((created_at, id), summary) in &self.by_order {
+            if journal::push_line(
+                &mut bytes,
+                id.as_str(),
+                summary.status,
+                *created_at,
+                summary.inode,
+                &summary.agent,
+            ) {
+                lines += 1;
+            }
+        }
+        atomic_write(&self.journal_path, &bytes)?;
+        // The old appender points at the replaced file.
+        self.journal_appender = None;
+        self.journal_lines = lines;
+        self.journal_needs_rewrite = false;
+        Ok(())
+    }
+
+    fn index(
+        &mut self,
+        id: JobId,
+        created_at: DateTime<Utc>,
+        agent: &str,
+        status: JobStatus,
+        inode: u64,
+    ) {
+        self.unindex(&id);
+        let agent = self.shared_agent_name(agent);
+        *self.counts.slot(status) += 1;
+        self.created_at_by_id.insert(id.clone(), created_at);
+        self.by_order.insert(
+            (created_at, id),
+            Summary {
+                agent,
+                status,
+                inode,
+            },
+        );
+    }
+
+    fn unindex(&mut self, id: &JobId) -> bool {
+        let Some(created_at) = self.created_at_by_id.remove(id) else {
+            return false;
+        };
+        if let Some(old) = self.by_order.remove(&(created_at, id.clone())) {
+            *self.counts.slot(old.status) -= 1;
+        }
+        true
+    }
+
+    pub fn contains(&self, id: &JobId) -> bool {
+        self.created_at_by_id.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_order.is_empty()
+    }
+
+    /// A fresh id for a job created at `now`, not used by any stored job. Put the job before
+    /// releasing the store, or another caller may draw the same id.
+    pub fn generate_id(&self, now: DateTime<Utc>) -> JobId {
+        loop {
+            let id = JobId::generate(now);
+            if !self.contains(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// The full record of `id`; `None` if the store has no such job.
+    pub fn get(&self, id: &JobId) -> Result<Option<Job>, StateError> {
+        if !self.contains(id) {
+            return Ok(None);
+        }
+        read_record(&self.record_path(id)).map(Some)
+    }
+
+    /// A page of jobs matching `filter`, newest first; only the page's records are read.
+    pub fn list(&self, filter: &JobFilter) -> JobPage {
+        let lower = match filter.since {
+            Some(since) => Bound::Included((since, JobId::lowest())),
+            None => Bound::Unbounded,
+        };
+        let upper = match filter.until {
+            Some(until) => Bound::Excluded((until, JobId::lowest())),
+            None => Bound::Unbounded,
+        };
+        if matches!((&lower, &upper), (Bound::Included(l), Bound::Excluded(u)) if l >= u) {
+            return JobPage {
+                jobs: Vec::new(),
+                total: 0,
+                unreadable: Vec::new(),
+            };
+        }
+        let page_end = filter.offset.saturating_add(filter.limit);
+        let mut total = 0;
+        let mut page_ids = Vec::new();
+        let matching = self.by_order.range((lower, upper)).rev().filter(|(_, s)| {
+            filter.agent.as_deref().is_none_or(|a| *s.agent == *a)
+                && filter.status.is_none_or(|status| s.status == status)
+        });
+        for ((_, id), _) in matching {
+            if total >= filter.offset && total < page_end {
+                page_ids.push(id);
+            }
+            total += 1;
+        }
+        let mut jobs = Vec::with_capacity(page_ids.len());
+        let mut unreadable = Vec::new();
+        for id in page_ids {
+            match read_record(&self.record_path(id)) {
+                Ok(job) => jobs.push(job),
+                Err(error) => unreadable.push(error),
+            }
+        }
+        JobPage {
+            jobs,
+            total,
+            unreadable,
+        }
+    }
+
+    /// Jobs still queued or running, oldest first (what a dead daemon left behind).
+    pub fn non_terminal(&self) -> Vec<JobId> {
+        self.by_order
+            .iter()
+            .filter(|(_, summary)| !summary.status.is_terminal())
+            .map(|((_, id), _)| id.clone())
+            .collect()
+    }
+
+    pub fn counts(&self) -> JobCounts {
+        self.counts
+    }
+
+    /// Deletes the oldest terminal jobs beyond `max_per_agent` per agent and beyond `max_total`
+    /// overall. Queued and running jobs and jobs `keep` protects are never deleted; they count as kept.
+    /// Returns the deleted ids.
+    pub fn prune(
+        &mut self,
+        max_per_agent: usize,
+        max_total: Option<usize>,
+        keep: &dyn Fn(&JobId) -> bool,
+    ) -> Result<Vec<JobId>, StateError> {
+        let mut kept_per_agent: HashMap<&str, usize> = HashMap::new();
+        let mut kept_total = 0usize;
+        let mut doomed = Vec::new();
+        for ((_, id), summary) in self.by_order.iter().rev() {
+            let protected = !summary.status.is_terminal() || keep(id);
+            let kept_of_agent = kept_per_agent.entry(&summary.agent).or_default();
+            let within_limits = *kept_of_agent < max_per_agent
+                && max_total.is_none_or(|max_total| kept_total < max_total);
+            if protected || within_limits {
+                *kept_of_agent += 1;
+                kept_total += 1;
+            } else {
+                doomed.push(id.clone());
+            }
+        }
+        for id in &doomed {
+            self.remove(id)?;
+        }
+        Ok(doomed)
+    }
+
+    /// Deletes `id`'s output and record. Returns whether the store had it.
+    pub fn remove(&mut self, id: &JobId) -> Result<bool, StateError> {
+        // Output first: a crash in between leaves a record without output, never orphaned output.
+        for path in [self.output_path(id), self.record_path(id)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StateError::Io {
+                        action: "delete",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        // The journal needs no line: start-up only trusts entries whose file still exists.
+        Ok(self.unindex(id))
+    }
+
+    /// An appender for `id`'s output that continues after the last line already written.
+    pub fn output_writer(&self, id: &JobId) -> Result<OutputWriter, StateError> {
+        OutputWriter::open(self.output_path(id))
+    }
+
+    /// Output lines of `id` with `seq >= from_seq`, at most `limit`.
+    pub fn read_output(
+        &self,
+        id: &JobId,
+        from_seq: u64,
+        limit: Option<usize>,
+    ) -> Result<Vec<OutputLine>, StateError> {
+        output::read_output(&self.output_path(id), from_seq, limit)
+    }
+
+    /// The seq of `id`'s last complete output line; `None` when there is none.
+    pub fn last_seq(&self, id: &JobId) -> Result<Option<u64>, StateError> {
+        output::last_seq(&self.output_path(id))
+    }
+}
+
+fn read_record(path: &Path) -> Result<Job, StateError> {
+    read_record_with_inode(path).map(|(job, _)| job)
+}
+
+fn read_record_with_inode(path: &Path) -> Result<(Job, u64), StateError> {
+    let io_error = |source| StateError::Io {
+        action: "read job record",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io_error)?;
+    let inode = file.metadata().map_err(io_error)?.ino();
+    let mut text = String::new();
+    io::Read::read_to_string(&mut file, &mut text).map_err(|source| {
+        if source.kind() == io::ErrorKind::InvalidData {
+            StateError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "not UTF-8".to_owned(),
+            }
+        } else {
+            io_error(source)
+        }
+    })?;
+    let job = serde_yaml_ng::from_str(&text).map_err(|error| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })?;
+    Ok((job, inode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{ExitReason, TriggerType};
+    use chrono::TimeZone;
+    use std::collections::HashSet;
+    use std::time::Instant;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_735_689_600 + second, 0).unwrap()
+    }
+
+    fn id(n: u32) -> JobId {
+        JobId::parse(&format!("job-2025-01-01-{n:06}")).unwrap()
+    }
+
+    fn job(n: u32, agent: &str, second: i64, status: JobStatus) -> Job {
+        let mut job = Job::new(
+            id(n),
+            agent.into(),
+            Some("hourly".into()),
+            TriggerType::Schedule,
+            Some(format!("prompt {n}")),
+            5,
+            at(second),
+        );
+        job.status = status;
+        if status.is_terminal() {
+            job.exit_reason = Some(ExitReason::Success);
+            job.finished_at = Some(at(second + 1));
+        }
+        job
+    }
+
+    fn ids(jobs: &[Job]) -> Vec<u32> {
+        jobs.iter()
+            .map(|j| j.id.as_str()[15..].parse().unwrap())
+            .collect()
+    }
+
+    fn open(dir: &Path) -> (JobStore, Vec<StoreIssue>) {
+        JobStore::open(dir).unwrap()
+    }
+
+    fn list_all(store: &JobStore) -> Vec<Job> {
+        store
+            .list(&JobFilter {
+                limit: usize::MAX,
+                ..JobFilter::default()
+            })
+            .jobs
+    }
+
+    /// Jobs 1..=6: a/b agents, mixed statuses, created at seconds 10..60 (job 6 shares 50 with job 5).
+    fn sample_store(dir: &Path) -> JobStore {
+        let (mut store, issues) = open(dir);
+        assert!(issues.is_empty());
+        for job in [
+            job(1, "a", 10, JobStatus::Completed),
+            job(2, "b", 20, JobStatus::Failed),
+            job(3, "a", 30, JobStatus::Completed),
+            job(4, "b", 40, JobStatus::Running),
+            job(5, "a", 50, JobStatus::Queued),
+            job(6, "a", 50, JobStatus::Cancelled),
+        ] {
+            store.put(&job).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn put_then_get_returns_the_full_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        let mut original = job(1, "a", 0, JobStatus::Completed);
+        original.result = Some(serde_json::json!({"num_turns": 3}));
+        original.summary = Some("done".into());
+        store.put(&original).unwrap();
+        assert_eq!(store.get(&id(1)).unwrap(), Some(original.clone()));
+        assert_eq!(store.get(&id(2)).unwrap(), None);
+
+        original.summary = Some("updated".into());
+        store.put(&original).unwrap();
+        assert_eq!(
+            store.get(&id(1)).unwrap().unwrap().summary.as_deref(),
+            Some("updated")
+        );
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn list_is_newest_first_with_ties_by_id_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        let page = store.list(&JobFilter::default());
+        assert_eq!(ids(&page.jobs), [6, 5, 4, 3, 2, 1]);
+        assert_eq!(page.total, 6);
+        assert!(page.unreadable.is_empty());
+
+        let page = store.list(&JobFilter {
+            limit: 2,
+            offset: 1,
+            ..JobFilter::default()
+        });
+        assert_eq!(ids(&page.jobs), [5, 4]);
+        assert_eq!(page.total, 6);
+
+        let beyond = store.list(&JobFilter {
+            offset: 10,
+            ..JobFilter::default()
+        });
+        assert!(beyond.jobs.is_empty());
+        assert_eq!(beyond.total, 6);
+    }
+
+    #[test]
+    fn list_filters_by_agent_status_and_time_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        let query = |filter: JobFilter| {
+            let page = store.list(&filter);
+            (ids(&page.jobs), page.total)
+        };
+        assert_eq!(
+            query(JobFilter {
+                agent: Some("a".into()),
+                ..JobFilter::default()
+            }),
+            (vec![6, 5, 3, 1], 4)
+        );
+        assert_eq!(
+            query(JobFilter {
+                status: Some(JobStatus::Completed),
+                ..JobFilter::default()
+            }),
+            (vec![3, 1], 2)
+        );
+        assert_eq!(
+            query(JobFilter {
+                agent: Some("b".into()),
+                status: Some(JobStatus::Running),
+                ..JobFilter::default()
+            }),
+            (vec![4], 1)
+        );
+        assert_eq!(
+            query(JobFilter {
+                since: Some(at(20)),
+                until: Some(at(50)),
+                ..JobFilter::default()
+            }),
+            (vec![4, 3, 2], 3),
+            "since is inclusive, until exclusive"
+        );
+        assert_eq!(
+            query(JobFilter {
+                since: Some(at(50)),
+                ..JobFilter::default()
+            }),
+            (vec![6, 5], 2)
+        );
+        assert_eq!(
+            query(JobFilter {
+                since: Some(at(40)),
+                until: Some(at(40)),
+                ..JobFilter::default()
+            }),
+            (vec![], 0)
+        );
+        assert_eq!(
+            query(JobFilter {
+                agent: Some("nobody".into()),
+                ..JobFilter::default()
+            }),
+            (vec![], 0)
+        );
+    }
+
+    #[test]
+    fn counts_and_non_terminal_follow_status_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sample_store(dir.path());
+        assert_eq!(
+            store.counts(),
+            JobCounts {
+                queued: 1,
+                running: 1,
+                completed: 2,
+                failed: 1,
+                cancelled: 1
+            }
+        );
+        assert_eq!(store.non_terminal(), [id(4), id(5)]);
+        let mut finished = store.get(&id(4)).unwrap().unwrap();
+        finished.status = JobStatus::Failed;
+        store.put(&finished).unwrap();
+        assert_eq!(store.counts().running, 0);
+        assert_eq!(store.counts().failed, 2);
+        assert_eq!(store.non_terminal(), [id(5)]);
+    }
+
+    #[test]
+    fn reopen_returns_the_same_data_without_touching_a_valid_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        let before = list_all(&store);
+        let counts = store.counts();
+        drop(store);
+        let journal_inode = fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().ino();
+
+        let (reopened, issues) = open(dir.path());
+        assert!(issues.is_empty());
+        assert_eq!(list_all(&reopened), before);
+        assert_eq!(reopened.counts(), counts);
+        assert_eq!(reopened.non_terminal(), [id(4), id(5)]);
+        assert_eq!(
+            fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().ino(),
+            journal_inode,
+            "an exact journal is not rewritten"
+        );
+    }
+
+    #[test]
+    fn records_the_journal_missed_in_a_crash_are_recovered_from_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        // Crash after the record write, before the journal append: the journal describes the old
+        // version of job 3 and knows nothing of job 7.
+        let mut changed = store.get(&id(3)).unwrap().unwrap();
+        changed.status = JobStatus::Failed;
+        changed.agent = "c".into();
+        drop(store);
+        for record in [changed, job(7, "b", 70, JobStatus::Completed)] {
+            let yaml = serde_yaml_ng::to_string(&record).unwrap();
+            atomic_write(
+                &dir.path().join(format!("{}.yaml", record.id)),
+                yaml.as_bytes(),
+            )
+            .unwrap();
+        }
+        // And the last journal line was torn.
+        let mut journal = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL_FILE))
+            .unwrap();
+        journal.write_all(br#"{"id":"job-2025-01-01-0000"#).unwrap();
+
+        let (store, issues) = open(dir.path());
+        assert!(issues.is_empty());
+        let page = store.list(&JobFilter {
+            agent: Some("c".into()),
+            ..JobFilter::default()
+        });
+        assert_eq!(ids(&page.jobs), [3]);
+        assert_eq!(page.jobs[0].status, JobStatus::Failed);
+        assert_eq!(ids(&list_all(&store)), [7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(store.counts().failed, 2);
+
+        // The journal was rebuilt: a second open trusts it entirely.
+        drop(store);
+        let text = fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 1 + 7, "header and seven jobs");
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn vanished_records_are_dropped_and_corrupt_ones_moved_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        drop(store);
+        fs::remove_file(dir.path().join(format!("{}.yaml", id(2)))).unwrap();
+        // Replaced by an editor or another tool (a new file, so the journal does not vouch for it).
+        let corrupt_path = dir.path().join(format!("{}.yaml", id(3)));
+        atomic_write(&corrupt_path, b"id: [not a job").unwrap();
+        let misnamed_path = dir.path().join(format!("{}.yaml", id(9)));
+        let yaml = serde_yaml_ng::to_string(&job(1, "a", 10, JobStatus::Completed)).unwrap();
+        fs::write(&misnamed_path, yaml).unwrap();
+        fs::write(dir.path().join("notes.yaml"), "ignored: true").unwrap();
+
+        let (store, issues) = open(dir.path());
+        assert_eq!(ids(&list_all(&store)), [6, 5, 4, 1]);
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        for issue in &issues {
+            let StoreIssue::Corrupt(corrupt) = issue else {
+                panic!("expected a corrupt record, got {issue}");
+            };
+            assert!(!corrupt.original.exists());
+            assert!(corrupt.moved_to.exists());
+            assert!(corrupt
+                .moved_to
+                .to_string_lossy()
+                .contains(".yaml.corrupt-"));
+        }
+        let originals: HashSet<PathBuf> = issues
+            .iter()
+            .map(|issue| match issue {
+                StoreIssue::Corrupt(corrupt) => corrupt.original.clone(),
+                StoreIssue::Unreadable(error) => error.path().to_path_buf(),
+            })
+            .collect();
+        assert_eq!(originals, HashSet::from([corrupt_path, misnamed_path]));
+    }
+
+    #[test]
+    fn a_record_changed_behind_the_index_shows_up_as_unreadable_not_as_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        fs::remove_file(store.record_path(&id(3))).unwrap();
+        let page = store.list(&JobFilter::default());
+        assert_eq!(ids(&page.jobs), [6, 5, 4, 2, 1]);
+        assert_eq!(page.unreadable.len(), 1);
+        assert_eq!(page.unreadable[0].path(), store.record_path(&id(3)));
+        assert!(store.get(&id(3)).is_err());
+    }
+
+    #[test]
+    fn a_record_corrupted_in_place_is_reported_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        drop(store);
+        // Same inode, so start-up trusts the journal; the damage surfaces on read.
+        fs::write(dir.path().join(format!("{}.yaml", id(3))), "status: [").unwrap();
+        let (store, issues) = open(dir.path());
+        assert!(issues.is_empty());
+        let error = store.get(&id(3)).unwrap_err();
+        assert!(matches!(error, StateError::Corrupt { .. }), "{error}");
+        assert!(error.to_string().contains("is corrupt"));
+        assert_eq!(store.list(&JobFilter::default()).unreadable.len(), 1);
+    }
+
+    #[test]
+    fn prune_keeps_newest_per_agent_and_total_and_never_deletes_live_or_kept_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sample_store(dir.path());
+        for n in 1..=6 {
+            store
+                .output_writer(&id(n))
+                .unwrap()
+                .append(&OutputLine {
+                    seq: 1,
+                    ts: at(0),
+                    kind: "system".into(),
+                    data: serde_json::Map::new(),
+                })
+                .unwrap();
+        }
+        // a: 6 cancelled, 5 queued, 3 completed, 1 completed; b: 4 running, 2 failed.
+        let deleted = store.prune(2, None, &|_| false).unwrap();
+        assert_eq!(
+            deleted,
+            [id(3), id(1)],
+            "a keeps 6 and the live 5; b is within its limit"
+        );
+        for n in [1, 3] {
+            assert!(!store.record_path(&id(n)).exists());
+            assert!(!store.output_path(&id(n)).exists());
+            assert_eq!(store.get(&id(n)).unwrap(), None);
+        }
+        assert!(store.output_path(&id(2)).exists());
+
+        // Total cap 2: keep the newest two (6, 5); 4 is running so it stays; 2 goes unless kept.
+        let deleted = store.prune(100, Some(2), &|job| *job == id(2)).unwrap();
+        assert!(deleted.is_empty());
+        let deleted = store.prune(100, Some(2), &|_| false).unwrap();
+        assert_eq!(deleted, [id(2)]);
+        assert_eq!(ids(&list_all(&store)), [6, 5, 4]);
+
+        let deleted = store.prune(0, Some(0), &|_| false).unwrap();
+        assert_eq!(deleted, [id(6)], "queued 5 and running 4 survive any limit");
+        drop(store);
+        assert_eq!(ids(&list_all(&open(dir.path()).0)), [5, 4]);
+    }
+
+    #[test]
+    fn remove_deletes_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sample_store(dir.path());
+        let mut writer = store.output_writer(&id(1)).unwrap();
+        writer
+            .append(&OutputLine {
+                seq: 1,
+                ts: at(0),
+                kind: "stdout".into(),
+                data: serde_json::Map::new(),
+            })
+            .unwrap();
+        writer.flush().unwrap();
+        assert_eq!(store.last_seq(&id(1)).unwrap(), Some(1));
+        assert_eq!(store.read_output(&id(1), 0, None).unwrap().len(), 1);
+        assert!(store.remove(&id(1)).unwrap());
+        assert!(!store.remove(&id(1)).unwrap());
+        assert!(!store.output_path(&id(1)).exists());
+        assert!(!store.record_path(&id(1)).exists());
+        assert_eq!(store.counts().completed, 1);
+    }
+
+    #[test]
+    fn a_bloated_journal_is_compacted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        store.put(&job(1, "a", 0, JobStatus::Completed)).unwrap();
+        drop(store);
+        let journal_path = dir.path().join(JOURNAL_FILE);
+        let compact = fs::read_to_string(&journal_path).unwrap();
+        let line = compact.strip_prefix(journal::HEADER).unwrap();
+        let bloated = format!(
+            "{}{}",
+            journal::HEADER,
+            line.repeat(JOURNAL_SLACK_LINES + 10)
+        );
+        fs::write(&journal_path, bloated).unwrap();
+        let (store, _) = open(dir.path());
+        assert_eq!(store.len(), 1);
+        assert_eq!(fs::read_to_string(&journal_path).unwrap(), compact);
+    }
+
+    #[test]
+    fn a_failed_journal_append_is_repaired_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        store.put(&job(1, "a", 0, JobStatus::Completed)).unwrap();
+        let journal_path = dir.path().join(JOURNAL_FILE);
+        // Make appends fail: the journal path becomes a directory.
+        fs::remove_file(&journal_path).unwrap();
+        store.journal_appender = None;
+        fs::create_dir(&journal_path).unwrap();
+        let error = store
+            .put(&job(2, "a", 1, JobStatus::Completed))
+            .unwrap_err();
+        assert_eq!(error.path(), journal_path);
+        assert!(
+            store.contains(&id(2)),
+            "the record was written, so it is indexed"
+        );
+
+        fs::remove_dir(&journal_path).unwrap();
+        store.put(&job(3, "a", 2, JobStatus::Completed)).unwrap();
+        let rebuilt = fs::read_to_string(&journal_path).unwrap();
+        assert_eq!(rebuilt.lines().count(), 1 + 3, "header and three jobs");
+    }
+
+    #[test]
+    fn generated_ids_avoid_stored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store(dir.path());
+        let fresh = store.generate_id(at(0));
+        assert!(!store.contains(&fresh));
+    }
+
+    /// SPEC §13: start-up with 100,000 jobs in history under a second. The history is laid out as
+    /// the daemon leaves it (a record and an output file per job, and the journal), but the files are
+    /// hard links to a few templates so that the setup takes seconds, not minutes; `open` cannot tell.
+    #[test]
+    fn opening_a_big_history_is_fast() {
+        let count: u32 = std::env::var("HERDCTL_BIG_STORE_JOBS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(100_000);
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Instant::now();
+        let (mut store, _) = open(dir.path());
+        let template_id = id(0);
+        let template =
+            serde_yaml_ng::to_string(&job(0, "agent-0", 0, JobStatus::Completed)).unwrap();
+        // ext4 allows 65,000 links per inode.
+        const LINKS_PER_TEMPLATE: u32 = 50_000;
+        let mut templates = Vec::new();
+        for n in 1..=count {
+            let template_index = ((n - 1) / LINKS_PER_TEMPLATE) as usize;
+            if templates.len() == template_index {
+                let record = dir.path().join(format!("template-{template_index}.yaml"));
+                let output = dir.path().join(format!("template-{template_index}.jsonl"));
+                fs::write(&record, &template).unwrap();
+                fs::write(&output, b"").unwrap();
+                let inode = fs::metadata(&record).unwrap().ino();
+                templates.push((record, output, inode));
+            }
+            let (record, output, inode) = &templates[template_index];
+            let job_id = id(n);
+            fs::hard_link(record, store.record_path(&job_id)).unwrap();
+            fs::hard_link(output, store.output_path(&job_id)).unwrap();
+            let agent = format!("agent-{}", n % 100);
+            store.index(
+                job_id,
+                at(i64::from(n)),
+                &agent,
+                JobStatus::Completed,
+                *inode,
+            );
+        }
+        store.rewrite_journal().unwrap();
+        drop(store);
+        let setup = setup.elapsed();
+
+        let started = Instant::now();
+        let (store, issues) = open(dir.path());
+        let elapsed = started.elapsed();
+        let listed = Instant::now();
+        let page = store.list(&JobFilter {
+            agent: Some("agent-7".into()),
+            ..JobFilter::default()
+        });
+        let list_elapsed = listed.elapsed();
+        println!(
+            "JobStore::open with {count} jobs: {elapsed:?} (setup {setup:?}); \
+             getJobs-style filtered page: {list_elapsed:?}"
+        );
+        // Every record came from the journal: re-reading one would report a misnamed record.
+        assert!(
+            issues.is_empty(),
+            "{} issues, first: {}",
+            issues.len(),
+            issues[0]
+        );
+        assert_eq!(store.len(), count as usize);
+        assert_eq!(page.total, (1..=count).filter(|n| n % 100 == 7).count());
+        assert!(page.jobs.iter().all(|job| job.id == template_id));
+        // SPEC §13 is about the daemon, an optimised build (measured ~0.23 s here). Unoptimised
+        // test builds are 3-5x slower and this VM's speed varies, so they get a bound that still
+        // catches the real regression, parsing every record (tens of seconds).
+        let bound = if cfg!(debug_assertions) { 5.0 } else { 1.0 };
+        assert!(elapsed.as_secs_f64() < bound, "open took {elapsed:?}");
+    }
+}

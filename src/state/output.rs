@@ -1,0 +1,309 @@
+//! Job output files (`jobs/<id>.jsonl`): one [`OutputLine`] per line, appended.
+//!
+//! Only newline-terminated lines count: a last line without `\n` is either torn by a crash or still
+//! being written, and is skipped by readers. Opening a writer cuts such a torn tail off first, so
+//! new lines never glue onto it, and finds the last seq already written so a resumed job continues
+//! after it. Blank and unparsable lines are skipped (the latter logged). The writer assigns nothing:
+//! seq numbers come from the caller. One writer per job at a time: a second writer opened while the
+//! first has flushed half a line would cut that line off as torn.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::StateError;
+use crate::job::OutputLine;
+
+/// How far back from the end the first look for the last line reaches; doubled until a line is found.
+const TAIL_WINDOW: u64 = 64 * 1024;
+
+/// Buffered appender of one job's output lines.
+#[derive(Debug)]
+pub struct OutputWriter {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    last_seq: Option<u64>,
+}
+
+impl OutputWriter {
+    /// Opens (creating) `path` for appending, cutting off a torn last line.
+    pub(crate) fn open(path: PathBuf) -> Result<OutputWriter, StateError> {
+        let io_error = |action: &'static str, source: io::Error| StateError::Io {
+            action,
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_error("open output file", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_error("stat output file", e))?
+            .len();
+        let complete_len =
+            complete_prefix_len(&file, len).map_err(|e| io_error("read output file", e))?;
+        if complete_len < len {
+            file.set_len(complete_len)
+                .map_err(|e| io_error("cut the torn last line of", e))?;
+        }
+        let last_seq =
+            last_seq_before(&file, complete_len).map_err(|e| io_error("read output file", e))?;
+        Ok(OutputWriter {
+            writer: BufWriter::with_capacity(64 * 1024, file),
+            path,
+            last_seq,
+        })
+    }
+
+    /// The seq of the last line in the file or appended since; `None` when there is none.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// Appends one line (buffered; see [`OutputWriter::flush`]).
+    pub fn append(&mut self, line: &OutputLine) -> Result<(), StateError> {
+        let io_error = |source: io::Error| StateError::Io {
+            action: "append to output file",
+            path: self.path.clone(),
+            source,
+        };
+        serde_json::to_writer(&mut self.writer, line).map_err(|e| io_error(e.into()))?;
+        self.writer.write_all(b"\n").map_err(io_error)?;
+        self.last_seq = Some(line.seq);
+        Ok(())
+    }
+
+    /// Hands buffered lines to the kernel, making them visible to readers.
+    pub fn flush(&mut self) -> Result<(), StateError> {
+        self.writer.flush().map_err(|source| StateError::Io {
+            action: "flush output file",
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+/// Lines of `path` with `seq >= from_seq`, at most `limit`. A missing file is no output.
+pub(crate) fn read_output(
+    path: &Path,
+    from_seq: u64,
+    limit: Option<usize>,
+) -> Result<Vec<OutputLine>, StateError> {
+    let io_error = |source: io::Error| StateError::Io {
+        action: "read output file",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io_error(error)),
+    };
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut lines = Vec::new();
+    let mut buffer = Vec::new();
+    let mut line_number = 0usize;
+    while lines.len() < limit {
+        buffer.clear();
+        let read = reader.read_until(b'\n', &mut buffer).map_err(io_error)?;
+        if read == 0 || buffer.last() != Some(&b'\n') {
+            break;
+        }
+        line_number += 1;
+        if buffer.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        // Most skipped lines only need their seq, which is cheaper than the whole object.
+        match serde_json::from_slice::<SeqOnly>(&buffer) {
+            Ok(SeqOnly { seq }) if seq < from_seq => continue,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), line_number, %error, "skipping unparsable output line");
+                continue;
+            }
+        }
+        match serde_json::from_slice::<OutputLine>(&buffer) {
+            Ok(line) => lines.push(line),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), line_number, %error, "skipping unparsable output line");
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// The seq of the last complete, parsable line of `path`; `None` when there is none.
+pub(crate) fn last_seq(path: &Path) -> Result<Option<u64>, StateError> {
+    let io_error = |source: io::Error| StateError::Io {
+        action: "read output file",
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error(error)),
+    };
+    let len = file.metadata().map_err(io_error)?.len();
+    let complete_len = complete_prefix_len(&file, len).map_err(io_error)?;
+    last_seq_before(&file, complete_len).map_err(io_error)
+}
+
+/// Length of the prefix of the first `len` bytes that ends with `\n` (0 if there is no `\n`).
+fn complete_prefix_len(file: &File, len: u64) -> io::Result<u64> {
+    let mut end = len;
+    let mut chunk = vec![0u8; 8192];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let window = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(window, start)?;
+        if let Some(newline) = window.iter().rposition(|byte| *byte == b'\n') {
+            return Ok(start + newline as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The seq of the last parsable line among the complete lines in `[0, end)`.
+fn last_seq_before(file: &File, end: u64) -> io::Result<Option<u64>> {
+    let mut window = TAIL_WINDOW;
+    loop {
+        let start = end.saturating_sub(window);
+        let mut bytes = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut bytes, start)?;
+        // Unless the window reaches the start of the file, its first line may be cut.
+        let whole_lines = if start == 0 {
+            &bytes[..]
+        } else {
+            match bytes.iter().position(|byte| *byte == b'\n') {
+                Some(newline) => &bytes[newline + 1..],
+                None => &[],
+            }
+        };
+        let found = whole_lines
+            .split(|byte| *byte == b'\n')
+            .rev()
+            .find_map(|line| serde_json::from_slice::<SeqOnly>(line).ok());
+        if let Some(SeqOnly { seq }) = found {
+            return Ok(Some(seq));
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        window = window.saturating_mul(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn line(seq: u64, text: &str) -> OutputLine {
+        let mut data = serde_json::Map::new();
+        data.insert("content".into(), text.into());
+        OutputLine {
+            seq,
+            ts: "2025-01-01T00:00:00Z".parse().unwrap(),
+            kind: "assistant".into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn appended_lines_read_back_from_a_seq_with_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut writer = OutputWriter::open(path.clone()).unwrap();
+        assert_eq!(writer.last_seq(), None);
+        for seq in 1..=10 {
+            writer.append(&line(seq, &format!("line {seq}"))).unwrap();
+        }
+        writer.flush().unwrap();
+        assert_eq!(writer.last_seq(), Some(10));
+
+        let all = read_output(&path, 0, None).unwrap();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[3], line(4, "line 4"));
+        let page = read_output(&path, 5, Some(3)).unwrap();
+        let seqs: Vec<u64> = page.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, [5, 6, 7]);
+        assert_eq!(last_seq(&path).unwrap(), Some(10));
+    }
+
+    #[test]
+    fn missing_file_is_no_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.jsonl");
+        assert!(read_output(&path, 0, None).unwrap().is_empty());
+        assert_eq!(last_seq(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn torn_last_line_and_blank_lines_are_skipped_and_writer_resumes_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut text = String::new();
+        for seq in 1..=3 {
+            text.push_str(&serde_json::to_string(&line(seq, "x")).unwrap());
+            text.push_str("\n\n");
+        }
+        text.push_str(r#"{"seq":4,"ts":"2025-01-01T00:00:00Z","type":"assis"#);
+        fs::write(&path, &text).unwrap();
+
+        let seqs = |lines: Vec<OutputLine>| lines.iter().map(|l| l.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(read_output(&path, 0, None).unwrap()), [1, 2, 3]);
+        assert_eq!(last_seq(&path).unwrap(), Some(3));
+
+        let mut writer = OutputWriter::open(path.clone()).unwrap();
+        assert_eq!(writer.last_seq(), Some(3), "resume after the last seq");
+        writer.append(&line(4, "again")).unwrap();
+        writer.flush().unwrap();
+        let lines = read_output(&path, 0, None).unwrap();
+        assert_eq!(seqs(lines.clone()), [1, 2, 3, 4]);
+        assert_eq!(lines[3], line(4, "again"), "not glued to the torn tail");
+    }
+
+    #[test]
+    fn a_complete_but_unparsable_line_in_the_middle_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let good = |seq| serde_json::to_string(&line(seq, "x")).unwrap();
+        fs::write(&path, format!("{}\nnot json\n{}\n", good(1), good(2))).unwrap();
+        let lines = read_output(&path, 0, None).unwrap();
+        assert_eq!(lines.iter().map(|l| l.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn last_seq_finds_a_line_longer_than_the_tail_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut writer = OutputWriter::open(path.clone()).unwrap();
+        writer.append(&line(1, "short")).unwrap();
+        writer
+            .append(&line(2, &"y".repeat(3 * TAIL_WINDOW as usize)))
+            .unwrap();
+        writer.flush().unwrap();
+        drop(writer);
+        // A torn tail longer than the window too.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&vec![b'z'; 2 * TAIL_WINDOW as usize])
+            .unwrap();
+        assert_eq!(last_seq(&path).unwrap(), Some(2));
+        assert_eq!(OutputWriter::open(path).unwrap().last_seq(), Some(2));
+    }
+}
