@@ -222,7 +222,7 @@ pub struct Job {
     #[serde(default = "default_priority")]
     pub priority: u8,
     pub pid: Option<u32>,
-    pub pgid: Option<i32>,
+    pub pgid: Option<u32>,
     /// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22): crash recovery
     /// kills a leftover process only if pid and start time both match, so a reused pid is spared.
     pub process_start_time: Option<u64>,

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::fleet::{FleetError, FleetManager, FleetManagerOptions, FleetState, LogBus, StopOptions};
+use crate::fleet::{
+    FleetError, FleetManager, FleetManagerOptions, FleetState, LogBus, StopOptions,
+};
 use crate::rpc::{methods, transport};
 
 use super::logging::{self, LogFormat, LogOptions};
@@ -92,7 +94,9 @@ async fn run(args: DaemonArgs) -> ExitCode {
         }
     };
     if let Err(e) = crate::runner::become_subreaper() {
-        tracing::warn!("cannot become a child subreaper; escaped job processes may outlive their job: {e}");
+        tracing::warn!(
+            "cannot become a child subreaper; escaped job processes may outlive their job: {e}"
+        );
     }
 
     let fleet = FleetManager::new(FleetManagerOptions {
@@ -147,7 +151,10 @@ async fn run(args: DaemonArgs) -> ExitCode {
     let listener = match tokio::net::UnixListener::from_std(listener.listener) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("herdctld: cannot use the socket {}: {e}", socket_path.display());
+            eprintln!(
+                "herdctld: cannot use the socket {}: {e}",
+                socket_path.display()
+            );
             let _ = socket::remove_socket(&origin);
             return ExitCode::from(1);
         }
@@ -268,7 +275,9 @@ async fn cancel_running_now(fleet: &FleetManager) {
     for job in running {
         let fleet = fleet.clone();
         tokio::spawn(async move {
-            let _ = fleet.cancel_job(job.id.as_str(), Some(Duration::ZERO)).await;
+            let _ = fleet
+                .cancel_job(job.id.as_str(), Some(Duration::ZERO))
+                .await;
         });
     }
 }

@@ -160,11 +160,15 @@ impl FleetError {
             FleetError::Configuration {
                 config_path,
                 validation_errors,
-            } => json!({"code": code, "configPath": config_path, "validationErrors": validation_errors}),
+            } => {
+                json!({"code": code, "configPath": config_path, "validationErrors": validation_errors})
+            }
             FleetError::AgentNotFound {
                 agent_name,
                 available_agents,
-            } => json!({"code": code, "agentName": agent_name, "availableAgents": available_agents}),
+            } => {
+                json!({"code": code, "agentName": agent_name, "availableAgents": available_agents})
+            }
             FleetError::JobNotFound { job_id } => json!({"code": code, "jobId": job_id}),
             FleetError::ScheduleNotFound {
                 agent_name,
@@ -259,7 +263,10 @@ mod tests {
             agent_name: "nope".into(),
             available_agents: vec!["a".into(), "b".into()],
         };
-        assert_eq!(e.to_string(), "agent \"nope\" not found; available agents: a, b");
+        assert_eq!(
+            e.to_string(),
+            "agent \"nope\" not found; available agents: a, b"
+        );
         let e = FleetError::invalid_state(
             "start",
             FleetState::Running,

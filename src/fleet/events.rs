@@ -55,12 +55,12 @@ pub enum FleetEvent {
     JobQueued { job: Box<Job>, position: usize },
     #[serde(rename = "job:started")]
     JobStarted { job: Box<Job> },
+    /// `outputType` is the line's type (`assistant`, `stdout`, …); `type` is taken by the event name.
     #[serde(rename = "job:output", rename_all = "camelCase")]
     JobOutput {
         job_id: String,
         seq: u64,
-        #[serde(rename = "type")]
-        kind: String,
+        output_type: String,
         chunk: Value,
     },
     #[serde(rename = "job:completed", rename_all = "camelCase")]
@@ -82,10 +82,7 @@ pub enum FleetEvent {
         termination_type: TerminationType,
     },
     #[serde(rename = "job:forked", rename_all = "camelCase")]
-    JobForked {
-        job: Box<Job>,
-        forked_from: String,
-    },
+    JobForked { job: Box<Job>, forked_from: String },
     #[serde(rename = "error")]
     Error { message: String, source: String },
 }

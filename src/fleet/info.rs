@@ -94,7 +94,7 @@ pub struct ScheduleInfo {
     pub timezone: Option<String>,
     pub next_trigger: Option<DateTime<Utc>>,
     pub last_run_at: Option<DateTime<Utc>>,
-    pub last_status: Option<String>,
+    pub last_status: Option<crate::job::JobStatus>,
     pub last_error: Option<String>,
     pub runs: u64,
     pub skipped: u64,

@@ -156,7 +156,8 @@ impl Core {
             .state_dir
             .as_ref()
             .ok_or_else(not_initialized)?
-            .jobs_dir())
+            .jobs_dir()
+            .to_path_buf())
     }
 
     pub(super) fn save_persisted(&self, events: &EventBus) {
@@ -173,7 +174,11 @@ fn not_initialized() -> FleetError {
     FleetError::invalid_state(
         "query",
         FleetState::Uninitialized,
-        &[FleetState::Initialized, FleetState::Running, FleetState::Stopped],
+        &[
+            FleetState::Initialized,
+            FleetState::Running,
+            FleetState::Stopped,
+        ],
     )
 }
 
@@ -279,11 +284,20 @@ impl FleetManager {
         self.core().config.clone()
     }
 
-    fn require(&self, core: &Core, operation: &str, allowed: &[FleetState]) -> Result<(), FleetError> {
+    fn require(
+        &self,
+        core: &Core,
+        operation: &str,
+        allowed: &[FleetState],
+    ) -> Result<(), FleetError> {
         if allowed.contains(&core.lifecycle) {
             Ok(())
         } else {
-            Err(FleetError::invalid_state(operation, core.lifecycle, allowed))
+            Err(FleetError::invalid_state(
+                operation,
+                core.lifecycle,
+                allowed,
+            ))
         }
     }
 
@@ -352,8 +366,10 @@ impl FleetManager {
             let Ok(Some(mut job)) = store.get(&id) else {
                 continue;
             };
-            if let (Some(pid), Some(start_time)) = (job.pid, job.process_start_time) {
-                let outcome = crate::runner::kill_stale_job(id.as_str(), pid, job.pgid, start_time);
+            if let (Some(pid), Some(pgid), Some(start_time)) =
+                (job.pid, job.pgid, job.process_start_time)
+            {
+                let outcome = crate::runner::kill_stale_job(id.as_str(), pid, pgid, start_time);
                 tracing::warn!(job_id = %id, ?outcome, "ended processes of an interrupted job");
             }
             let now = Utc::now();
@@ -422,13 +438,19 @@ impl FleetManager {
             let queued: Vec<JobId> = core.queue.iter().map(|q| q.job_id.clone()).collect();
             for id in queued {
                 core.queue.remove(&id);
-                run::finish_without_running(self, &mut core, &id, "the fleet stopped before the job started");
+                run::finish_without_running(
+                    self,
+                    &mut core,
+                    &id,
+                    "the fleet stopped before the job started",
+                );
             }
             core.running_count(None)
         };
         tracing::info!(pending_jobs = pending, "stopping fleet");
-        self.events()
-            .emit(FleetEvent::StopProgress { pending_jobs: pending });
+        self.events().emit(FleetEvent::StopProgress {
+            pending_jobs: pending,
+        });
 
         if options.wait_for_jobs && pending > 0 {
             let deadline = tokio::time::Instant::now() + options.timeout;
@@ -438,8 +460,9 @@ impl FleetManager {
                 let running = self.core().running_count(None);
                 if running != last_reported {
                     last_reported = running;
-                    self.events()
-                        .emit(FleetEvent::StopProgress { pending_jobs: running });
+                    self.events().emit(FleetEvent::StopProgress {
+                        pending_jobs: running,
+                    });
                 }
                 if running == 0 {
                     break;
@@ -485,7 +508,11 @@ impl FleetManager {
             self.require(
                 &core,
                 "reload",
-                &[FleetState::Initialized, FleetState::Running, FleetState::Stopped],
+                &[
+                    FleetState::Initialized,
+                    FleetState::Running,
+                    FleetState::Stopped,
+                ],
             )?;
             core.config()?.clone()
         };
@@ -516,33 +543,40 @@ impl FleetManager {
             .map(ToString::to_string)
             .collect();
 
-        let mut core = self.core();
-        core.config = Some(new.clone());
-        // Queued jobs of removed agents can never run.
-        let orphaned: Vec<JobId> = core
-            .queue
-            .iter()
-            .filter(|q| new.agent(&q.agent).is_none())
-            .map(|q| q.job_id.clone())
-            .collect();
-        for id in orphaned {
-            core.queue.remove(&id);
-            run::finish_without_running(self, &mut core, &id, "its agent was removed by a reload");
-        }
-        let scheduler = core.scheduler.clone();
-        let removed: Vec<ScheduleKey> = old
-            .agents
-            .iter()
-            .flat_map(|a| a.schedules.iter().map(move |s| (a, s)))
-            .filter(|(a, s)| {
-                !new.agent(&a.name)
-                    .is_some_and(|n| n.schedules.iter().any(|ns| ns.name == s.name))
-            })
-            .map(|(a, s)| ScheduleKey::new(&a.name, &s.name))
-            .collect();
-        let plans = schedule_plans(&core, &new);
-        run::dispatch_queue(self, &mut core);
-        drop(core);
+        let (scheduler, removed, plans) = {
+            let mut core = self.core();
+            core.config = Some(new.clone());
+            // Queued jobs of removed agents can never run.
+            let orphaned: Vec<JobId> = core
+                .queue
+                .iter()
+                .filter(|q| new.agent(&q.agent).is_none())
+                .map(|q| q.job_id.clone())
+                .collect();
+            for id in orphaned {
+                core.queue.remove(&id);
+                run::finish_without_running(
+                    self,
+                    &mut core,
+                    &id,
+                    "its agent was removed by a reload",
+                );
+            }
+            let scheduler = core.scheduler.clone();
+            let removed: Vec<ScheduleKey> = old
+                .agents
+                .iter()
+                .flat_map(|a| a.schedules.iter().map(move |s| (a, s)))
+                .filter(|(a, s)| {
+                    !new.agent(&a.name)
+                        .is_some_and(|n| n.schedules.iter().any(|ns| ns.name == s.name))
+                })
+                .map(|(a, s)| ScheduleKey::new(&a.name, &s.name))
+                .collect();
+            let plans = schedule_plans(&core, &new);
+            run::dispatch_queue(self, &mut core);
+            (scheduler, removed, plans)
+        };
         if let Some(handle) = scheduler {
             for key in removed {
                 let _ = handle.remove(key).await;
@@ -579,9 +613,9 @@ impl FleetManager {
         };
         if let Some(store) = core.store.as_ref() {
             let counts = store.counts();
-            jobs.completed = counts.get(&JobStatus::Completed).copied().unwrap_or(0);
-            jobs.failed = counts.get(&JobStatus::Failed).copied().unwrap_or(0);
-            jobs.cancelled = counts.get(&JobStatus::Cancelled).copied().unwrap_or(0);
+            jobs.completed = counts.completed;
+            jobs.failed = counts.failed;
+            jobs.cancelled = counts.cancelled;
         }
         let uptime = core.started_at.map(|start| {
             let end = core.stopped_at.unwrap_or_else(Utc::now);
@@ -670,8 +704,9 @@ impl FleetManager {
                     limit: 1,
                     ..JobFilter::default()
                 })
-                .ok()
-                .and_then(|page| page.jobs.into_iter().next())
+                .jobs
+                .into_iter()
+                .next()
                 .map(Box::new)
         });
         AgentInfo {
@@ -711,9 +746,10 @@ impl FleetManager {
             limit: query.limit.unwrap_or(50),
             offset: query.offset.unwrap_or(0),
         };
-        let page = store
-            .list(&filter)
-            .map_err(|e| state_error(std::path::Path::new("jobs"), e))?;
+        let page = store.list(&filter);
+        for unreadable in &page.unreadable {
+            tracing::warn!("job record unreadable, skipped in the listing: {unreadable}");
+        }
         Ok(JobList {
             jobs: page.jobs,
             total: page.total,
@@ -806,11 +842,9 @@ impl FleetManager {
             })
         };
         let (kind, interval, cron) = match &schedule.kind {
-            ScheduleKind::Interval(d) => (
-                "interval",
-                Some(crate::timespec::format_duration(*d)),
-                None,
-            ),
+            ScheduleKind::Interval(d) => {
+                ("interval", Some(crate::timespec::format_duration(*d)), None)
+            }
             ScheduleKind::Cron(expr) => ("cron", None, Some(expr.to_string())),
             ScheduleKind::Webhook => ("webhook", None, None),
             ScheduleKind::Chat => ("chat", None, None),
@@ -897,7 +931,11 @@ impl FleetManager {
         self.require(
             &core,
             "trigger",
-            &[FleetState::Initialized, FleetState::Running, FleetState::Stopped],
+            &[
+                FleetState::Initialized,
+                FleetState::Running,
+                FleetState::Stopped,
+            ],
         )?;
         let config = core.config()?.clone();
         let agent_config = find_agent(&config, agent)?;
@@ -950,7 +988,12 @@ impl FleetManager {
                 return Err(FleetError::invalid_state(
                     "cancelJob",
                     core.lifecycle,
-                    &[FleetState::Initialized, FleetState::Running, FleetState::Stopping, FleetState::Stopped],
+                    &[
+                        FleetState::Initialized,
+                        FleetState::Running,
+                        FleetState::Stopping,
+                        FleetState::Stopped,
+                    ],
                 ));
             }
             let Some(active) = core.active.get(&job_id) else {
@@ -976,11 +1019,7 @@ impl FleetManager {
             let grace = grace
                 .or_else(|| active.agent.as_ref().map(|a| a.stop_grace))
                 .unwrap_or(self.options().default_stop_grace);
-            (
-                active.canceller.clone(),
-                active.finished.subscribe(),
-                grace,
-            )
+            (active.canceller.clone(), active.finished.subscribe(), grace)
         };
         let termination = match canceller {
             Some(canceller) => canceller.cancel(grace).await,
@@ -1003,7 +1042,11 @@ impl FleetManager {
         self.require(
             &core,
             "forkJob",
-            &[FleetState::Initialized, FleetState::Running, FleetState::Stopped],
+            &[
+                FleetState::Initialized,
+                FleetState::Running,
+                FleetState::Stopped,
+            ],
         )?;
         let original = match core.active.get(&original_id) {
             Some(active) => active.job.clone(),
@@ -1019,7 +1062,8 @@ impl FleetManager {
             return Err(FleetError::JobNotRunning {
                 job_id: id.to_string(),
                 status: original.status.to_string(),
-                reason: "it has not run yet, so there is nothing to fork; wait for it to start".into(),
+                reason: "it has not run yet, so there is nothing to fork; wait for it to start"
+                    .into(),
             });
         }
         let config = core.config()?.clone();
@@ -1059,11 +1103,19 @@ impl FleetManager {
         Ok(job)
     }
 
-    pub async fn enable_schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
+    pub async fn enable_schedule(
+        &self,
+        agent: &str,
+        schedule: &str,
+    ) -> Result<ScheduleInfo, FleetError> {
         self.set_schedule_enabled(agent, schedule, true).await
     }
 
-    pub async fn disable_schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
+    pub async fn disable_schedule(
+        &self,
+        agent: &str,
+        schedule: &str,
+    ) -> Result<ScheduleInfo, FleetError> {
         self.set_schedule_enabled(agent, schedule, false).await
     }
 
@@ -1100,7 +1152,11 @@ impl FleetManager {
     // ---------------------------------------------------------------------------------------------
 
     /// A job's output from `from_seq`: history, then live lines, then `eof` with the final status.
-    pub fn stream_job_output(&self, id: &str, from_seq: u64) -> Result<JobOutputStream, FleetError> {
+    pub fn stream_job_output(
+        &self,
+        id: &str,
+        from_seq: u64,
+    ) -> Result<JobOutputStream, FleetError> {
         let job_id = parse_job_id(id)?;
         let core = self.core();
         let path = core.jobs_dir()?.join(format!("{job_id}.jsonl"));
@@ -1117,7 +1173,12 @@ impl FleetManager {
             }
         };
         let manager = self.clone();
-        let status = Box::new(move || manager.job(job_id.as_str(), false).ok().map(|(j, _)| j.status));
+        let status = Box::new(move || {
+            manager
+                .job(job_id.as_str(), false)
+                .ok()
+                .map(|(j, _)| j.status)
+        });
         Ok(JobOutputStream::new(path, from_seq, live, status))
     }
 
@@ -1196,7 +1257,10 @@ impl FleetManager {
         let Some(schedule) = agent.schedules.iter().find(|s| s.name == schedule_name) else {
             return false;
         };
-        if !effective_enabled(schedule, core.persisted.schedule(&agent_name, &schedule_name)) {
+        if !effective_enabled(
+            schedule,
+            core.persisted.schedule(&agent_name, &schedule_name),
+        ) {
             skip(&mut core, SkipReason::Disabled);
             return false;
         }
@@ -1261,7 +1325,11 @@ impl FleetManager {
     /// Waits until the job is final (finished, failed or cancelled) and returns its record.
     pub async fn wait_for_job(&self, id: &str) -> Result<Job, FleetError> {
         let job_id = parse_job_id(id)?;
-        let finished = self.core().active.get(&job_id).map(|a| a.finished.subscribe());
+        let finished = self
+            .core()
+            .active
+            .get(&job_id)
+            .map(|a| a.finished.subscribe());
         if let Some(mut finished) = finished {
             let _ = finished.wait_for(|done| *done).await;
         }
@@ -1272,7 +1340,12 @@ impl FleetManager {
 type Plan = HashMap<ScheduleKey, DateTime<Utc>>;
 
 /// What the scheduler needs for one schedule: key, timing, last run and whether it is enabled.
-type SchedulePlan = (ScheduleKey, crate::scheduler::Timing, Option<DateTime<Utc>>, bool);
+type SchedulePlan = (
+    ScheduleKey,
+    crate::scheduler::Timing,
+    Option<DateTime<Utc>>,
+    bool,
+);
 
 /// The scheduler entries for every firing schedule of `config` (webhook and chat types never fire).
 fn schedule_plans(core: &Core, config: &FleetConfig) -> Vec<SchedulePlan> {
@@ -1295,7 +1368,10 @@ fn schedule_plans(core: &Core, config: &FleetConfig) -> Vec<SchedulePlan> {
 
 async fn apply_plans(handle: &SchedulerHandle, plans: Vec<SchedulePlan>) {
     for (key, timing, last_run_at, enabled) in plans {
-        if let Err(e) = handle.upsert(key.clone(), timing, last_run_at, enabled).await {
+        if let Err(e) = handle
+            .upsert(key.clone(), timing, last_run_at, enabled)
+            .await
+        {
             tracing::error!(schedule = %key, "schedule not planned: {e}");
         }
     }

@@ -50,7 +50,10 @@ impl Default for OutputHub {
 pub enum OutputItem {
     Line(OutputLine),
     /// The job has finished and every line was delivered.
-    Eof { eof: bool, status: JobStatus },
+    Eof {
+        eof: bool,
+        status: JobStatus,
+    },
 }
 
 /// Reads a `.jsonl` output file incrementally from where it stopped; a last line without its newline (being

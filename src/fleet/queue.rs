@@ -63,9 +63,7 @@ impl JobQueue {
             .filter(|(_, q)| q.agent == agent)
             .map(|(k, _)| *k)
             .collect();
-        keys.iter()
-            .filter_map(|k| self.entries.remove(k))
-            .collect()
+        keys.iter().filter_map(|k| self.entries.remove(k)).collect()
     }
 
     /// Removes and returns the first job, in dispatch order, whose agent `can_start` says may run now.

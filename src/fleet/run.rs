@@ -178,7 +178,10 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let writer = match core.store.as_ref().map(|s| s.output_writer(id)) {
         Some(Ok(writer)) => Some(writer),
         Some(Err(e)) => {
-            report_state_error(manager.events(), &format!("job {id}: output not persisted: {e}"));
+            report_state_error(
+                manager.events(),
+                &format!("job {id}: output not persisted: {e}"),
+            );
             None
         }
         None => None,
@@ -240,7 +243,10 @@ async fn supervise(
                 if let Err(e) = written {
                     if !write_failed {
                         write_failed = true;
-                        report_state_error(&events, &format!("job {job_id}: cannot write output: {e}"));
+                        report_state_error(
+                            &events,
+                            &format!("job {job_id}: cannot write output: {e}"),
+                        );
                     }
                 }
             }
@@ -248,7 +254,7 @@ async fn supervise(
                 events.emit(FleetEvent::JobOutput {
                     job_id: job_id.clone(),
                     seq: line.seq,
-                    kind: line.kind.clone(),
+                    output_type: line.kind.clone(),
                     chunk: Value::Object(line.data.clone()),
                 });
                 hub.publish(line);
@@ -365,7 +371,7 @@ pub(super) fn finish_without_running(
 fn record_in_fleet_state(core: &mut Core, job: &Job) {
     if let Some(schedule) = job.schedule.as_deref() {
         let state = core.persisted.schedule_mut(&job.agent, schedule);
-        state.last_status = Some(job.status.to_string());
+        state.last_status = Some(job.status);
         match job.status {
             JobStatus::Failed => {
                 state.failed += 1;
@@ -426,21 +432,23 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
 /// The runner's spec for one job of `agent`.
 fn run_spec(agent: &AgentConfig, job: &Job, context: &RunContext) -> RunSpec {
     let runtime = match &agent.runtime {
-        RuntimeConfig::Claude { bin } => runner::RuntimeSpec::Claude(Box::new(runner::ClaudeSpec {
-            bin: bin.clone(),
-            model: agent.model.clone().or_else(|| agent.session.model.clone()),
-            max_turns: agent.max_turns.or(agent.session.max_turns),
-            permission_mode: agent.permission_mode.map(|m| m.as_str().to_string()),
-            allowed_tools: agent.allowed_tools.clone(),
-            denied_tools: agent.denied_tools.clone(),
-            tools: agent.tools.clone(),
-            system_prompt: agent.system_prompt.clone(),
-            append_system_prompt: None,
-            mcp_servers: agent.mcp_servers.clone(),
-            setting_sources: agent.setting_sources.clone(),
-            resume_session: context.resume_session.clone(),
-            fork_session: context.fork_session,
-        })),
+        RuntimeConfig::Claude { bin } => {
+            runner::RuntimeSpec::Claude(Box::new(runner::ClaudeSpec {
+                bin: bin.clone(),
+                model: agent.model.clone().or_else(|| agent.session.model.clone()),
+                max_turns: agent.max_turns.or(agent.session.max_turns),
+                permission_mode: agent.permission_mode.map(|m| m.as_str().to_string()),
+                allowed_tools: agent.allowed_tools.clone(),
+                denied_tools: agent.denied_tools.clone(),
+                tools: agent.tools.clone(),
+                system_prompt: agent.system_prompt.clone(),
+                append_system_prompt: None,
+                mcp_servers: agent.mcp_servers.clone(),
+                setting_sources: agent.setting_sources.clone(),
+                resume_session: context.resume_session.clone(),
+                fork_session: context.fork_session,
+            }))
+        }
         RuntimeConfig::Command { command, env } => runner::RuntimeSpec::Command {
             argv: command.clone(),
             env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::fleet::{
-    FleetError, FleetEvent, FleetManager, ForkOptions, JobQuery, LogFilter, LogLevel,
+    EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, ForkOptions,
+    JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription, OutputItem,
     StopOptions, TriggerOptions,
 };
 use crate::job::JobStatus;
@@ -41,7 +42,12 @@ pub fn registered_method_names(module: &RpcModule<FleetManager>) -> Vec<String> 
 }
 
 fn domain_error(error: FleetError) -> ErrorObjectOwned {
-    super::error::domain_error(error.code(), error.to_string(), error.code_name(), error.data())
+    super::error::domain_error(
+        error.code(),
+        error.to_string(),
+        error.code_name(),
+        error.data(),
+    )
 }
 
 fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
@@ -89,7 +95,8 @@ fn parse<T: DeserializeOwned>(params: &Params, names: &[&str]) -> Result<T, Erro
 }
 
 fn to_value(result: impl Serialize) -> Result<Value, ErrorObjectOwned> {
-    serde_json::to_value(result).map_err(|e| ErrorObjectOwned::owned(-32603, e.to_string(), None::<()>))
+    serde_json::to_value(result)
+        .map_err(|e| ErrorObjectOwned::owned(-32603, e.to_string(), None::<()>))
 }
 
 #[derive(Deserialize, Default)]
@@ -218,7 +225,9 @@ fn parse_level(level: Option<&str>) -> Result<Option<LogLevel>, ErrorObjectOwned
         .transpose()
 }
 
-fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core::RegisterMethodError> {
+fn register(
+    module: &mut RpcModule<FleetManager>,
+) -> Result<(), jsonrpsee::core::RegisterMethodError> {
     module.register_async_method("initialize", |params, fleet, _| async move {
         parse::<NoParams>(&params, &[])?;
         fleet.initialize().await.map_err(domain_error)?;
@@ -305,7 +314,13 @@ fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core:
     module.register_async_method("trigger", |params, fleet, _| async move {
         let p: TriggerParams = parse(
             &params,
-            &["agentName", "scheduleName", "prompt", "workItems", "priority"],
+            &[
+                "agentName",
+                "scheduleName",
+                "prompt",
+                "workItems",
+                "priority",
+            ],
         )?;
         let job = fleet
             .trigger(
@@ -376,11 +391,10 @@ fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core:
                 Ok(p) => p,
                 Err(e) => return reject(pending, e).await,
             };
-            if let Some(unknown) = p
-                .types
-                .iter()
-                .flatten()
-                .find(|t| !FleetEvent::TYPE_NAMES.contains(&t.as_str()) && t.as_str() != "lagged")
+            if let Some(unknown) =
+                p.types.iter().flatten().find(|t| {
+                    !FleetEvent::TYPE_NAMES.contains(&t.as_str()) && t.as_str() != "lagged"
+                })
             {
                 let message = format!(
                     "unknown event type {unknown:?}; known types: {}",
@@ -390,7 +404,7 @@ fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core:
             }
             let mut events = fleet.subscribe_events(p.types);
             let sink = pending.accept().await?;
-            pump(&sink, || events.next()).await
+            pump(&sink, &mut events).await
         },
     )?;
     module.register_subscription(
@@ -413,7 +427,7 @@ fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core:
             };
             let mut logs = fleet.stream_logs(filter, p.tail.unwrap_or(DEFAULT_LOG_TAIL));
             let sink = pending.accept().await?;
-            pump(&sink, || logs.next()).await
+            pump(&sink, &mut logs).await
         },
     )?;
     module.register_subscription(
@@ -439,7 +453,7 @@ fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core:
                 Err(e) => return reject(pending, domain_error(e)).await,
             };
             let sink = pending.accept().await?;
-            pump(&sink, || logs.next()).await
+            pump(&sink, &mut logs).await
         },
     )?;
     module.register_subscription(
@@ -456,29 +470,54 @@ fn register(module: &mut RpcModule<FleetManager>) -> Result<(), jsonrpsee::core:
                 Err(e) => return reject(pending, domain_error(e)).await,
             };
             let sink = pending.accept().await?;
-            pump(&sink, || output.next()).await
+            pump(&sink, &mut output).await
         },
     )?;
     Ok(())
 }
 
-async fn reject(pending: PendingSubscriptionSink, error: ErrorObjectOwned) -> Result<(), SubscriptionError> {
+async fn reject(
+    pending: PendingSubscriptionSink,
+    error: ErrorObjectOwned,
+) -> Result<(), SubscriptionError> {
     pending.reject(error).await;
     Ok(())
 }
 
+/// Something a subscription forwards: fleet events, log entries, job output.
+trait Source: Send {
+    type Item: Serialize;
+    fn next_item(&mut self) -> impl std::future::Future<Output = Option<Self::Item>> + Send;
+}
+
+impl Source for EventSubscription {
+    type Item = EventItem;
+    fn next_item(&mut self) -> impl std::future::Future<Output = Option<EventItem>> + Send {
+        self.next()
+    }
+}
+
+impl Source for LogSubscription {
+    type Item = LogItem;
+    fn next_item(&mut self) -> impl std::future::Future<Output = Option<LogItem>> + Send {
+        self.next()
+    }
+}
+
+impl Source for JobOutputStream {
+    type Item = OutputItem;
+    fn next_item(&mut self) -> impl std::future::Future<Output = Option<OutputItem>> + Send {
+        self.next()
+    }
+}
+
 /// Forwards items to the subscriber until the source ends or the subscriber goes away. Sending waits for
 /// the connection's buffer, so a slow client slows only its own subscription.
-async fn pump<T, F, Fut>(sink: &SubscriptionSink, mut next: F) -> Result<(), SubscriptionError>
-where
-    T: Serialize,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
+async fn pump(sink: &SubscriptionSink, source: &mut impl Source) -> Result<(), SubscriptionError> {
     loop {
         let item = tokio::select! {
             _ = sink.closed() => return Ok(()),
-            item = next() => item,
+            item = source.next_item() => item,
         };
         let Some(item) = item else { return Ok(()) };
         let raw = serde_json::value::to_raw_value(&item)?;

@@ -32,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::job::{ExitReason, JobError, TerminationType};
 pub use claude::{claude_args, ClaudeSpec, CLAUDE_BIN_ENV, INSTALL_HINT};
 pub use output::OutputLimits;
 pub use process::{
@@ -39,7 +40,6 @@ pub use process::{
     JOB_ID_ENV,
 };
 pub use run::{start, Canceller, RunHandle};
-pub use crate::job::{ExitReason, JobError, TerminationType};
 
 /// Everything needed to run one job.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use super::claude::{self, judge_result, parse_message, result_text, StreamState,
 use super::output::{Line, LineReader, OutputCap};
 use super::process::{self, JobScan};
 use super::{
-    ExitReason, OutputEvent, ProcessInfo, JobError, RunOutcome, RunSpec, RunStatus, RuntimeSpec,
+    ExitReason, JobError, OutputEvent, ProcessInfo, RunOutcome, RunSpec, RunStatus, RuntimeSpec,
     TerminationType,
 };
 

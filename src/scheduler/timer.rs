@@ -942,7 +942,10 @@ mod tests {
         let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
         let (handle, _fires) = start(&clock, 64);
         let daily = cron("0 9 * * *", "UTC");
-        handle.upsert(key("daily"), daily, None, true).await.unwrap();
+        handle
+            .upsert(key("daily"), daily, None, true)
+            .await
+            .unwrap();
         handle
             .upsert(key("off"), interval(Duration::from_secs(60)), None, false)
             .await
