@@ -27,6 +27,7 @@
 //! - [`runner`] — *how* a job runs: spawns `claude` or a command in its own process group, parses
 //!   stream-json output, enforces timeouts, cancels the whole process tree. Knows nothing of config files,
 //!   the store or the fleet.
+//! - [`hooks`] — `after_run`/`on_error` hooks: which run for a job's end, and running them with a timeout.
 //! - [`fleet`] — the FleetManager: lifecycle, queue and concurrency, job supervision, schedule fires,
 //!   reload, events, log bus, output streaming. The only module that wires the ones above together.
 //! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping) and the
@@ -74,6 +75,7 @@
 pub mod config;
 pub mod daemon;
 pub mod fleet;
+pub mod hooks;
 pub mod job;
 pub mod rpc;
 pub mod runner;

@@ -864,6 +864,29 @@ mod tests {
     }
 
     #[test]
+    fn hooks_herdctld_does_not_run_are_reported_and_shell_hooks_are_not() {
+        let dir = tree(&[(
+            "a.yaml",
+            "name: a\nhooks:\n  after_run:\n    - {type: shell, command: 'echo done'}\n    - {type: discord, channel_id: '1'}\n  on_error:\n    - {type: webhook, url: 'https://example.com/hook'}\n    - {type: slack, channel_id: C1}\n",
+        )]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
+        for kind in ["discord hooks", "webhook hooks", "slack hooks"] {
+            assert!(
+                messages
+                    .iter()
+                    .any(|m| m.contains(&format!("not supported by herdctld: {kind} "))),
+                "{kind}: {messages:#?}"
+            );
+        }
+        assert!(
+            !messages.iter().any(|m| m.contains("shell hooks")),
+            "{messages:#?}"
+        );
+        assert_eq!(fleet.agent("a").unwrap().hooks.after_run.len(), 2);
+    }
+
+    #[test]
     fn sub_fleets_qualify_names_and_report_bad_names() {
         let dir = tree(&[
             ("herdctl.yaml", "fleets:\n  - path: team/herdctl.yaml\n  - path: other/herdctl.yaml\n    name: bad.name\nagents: [{path: a.yaml}]\n"),

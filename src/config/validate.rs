@@ -1030,6 +1030,9 @@ fn build_hook(value: &Value, path: &str, reader: &mut Reader<'_>) -> Option<Hook
         }
         _ => None,
     };
+    if let Some(unsupported @ ("webhook" | "discord" | "slack")) = kind.as_deref() {
+        reader.unsupported(path, &format!("{unsupported} hooks"));
+    }
     let name = reader.string(hook, "name", path);
     let continue_on_error = reader
         .boolean(hook, "continue_on_error", path)

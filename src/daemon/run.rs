@@ -98,6 +98,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
             "cannot become a child subreaper; escaped job processes may outlive their job: {e}"
         );
     }
+    let reaper = spawn_orphan_reaper();
 
     let fleet = FleetManager::new(FleetManagerOptions {
         config_path: args.config.clone(),
@@ -206,11 +207,33 @@ async fn run(args: DaemonArgs) -> ExitCode {
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
+    if let Some(reaper) = reaper {
+        reaper.abort();
+    }
     if let Err(e) = socket::remove_socket(&origin) {
         tracing::warn!("{e}");
     }
     tracing::info!("herdctld exiting");
     exit
+}
+
+/// As a subreaper the daemon inherits job descendants that escaped their process group; reap them as they
+/// die so none stays a zombie. Returns `None` (and logs) if SIGCHLD cannot be watched.
+fn spawn_orphan_reaper() -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::child()) {
+        Ok(mut children) => Some(tokio::spawn(async move {
+            while children.recv().await.is_some() {
+                crate::runner::reap_adopted_zombies();
+            }
+        })),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch SIGCHLD; adopted orphans are reaped only when jobs end: {e}"
+            );
+            None
+        }
+    }
 }
 
 /// Handles signals until a shutdown request, then stops the fleet.
@@ -222,18 +245,13 @@ async fn serve_until_shutdown(fleet: &FleetManager, notifier: &Notifier) -> Exit
             return ExitCode::from(1);
         }
     };
-    loop {
-        match signals.recv().await {
-            SignalRequest::Reload => {
-                let _ = notifier.reloading();
-                match fleet.reload().await {
-                    Ok(result) => tracing::info!(changes = ?result.changes, "reloaded on SIGHUP"),
-                    Err(e) => tracing::error!("reload on SIGHUP refused: {e}"),
-                }
-                let _ = notifier.ready();
-            }
-            SignalRequest::Shutdown | SignalRequest::ShutdownNow => break,
+    while signals.recv().await == SignalRequest::Reload {
+        let _ = notifier.reloading();
+        match fleet.reload().await {
+            Ok(result) => tracing::info!(changes = ?result.changes, "reloaded on SIGHUP"),
+            Err(e) => tracing::error!("reload on SIGHUP refused: {e}"),
         }
+        let _ = notifier.ready();
     }
     let _ = notifier.stopping();
     tracing::info!("shutting down; a second SIGTERM/SIGINT cancels running jobs at once");
