@@ -248,6 +248,18 @@ async fn real_cli_completes_with_the_stubs_answer() {
         .iter()
         .any(|b| b.get("text").and_then(Value::as_str) == Some(ANSWER));
     assert!(answered, "no assistant event carries the answer\n{why}");
+    // The CLI kept its transcript under our HOME, named by the session id we report (what `--resume` needs).
+    let transcript = format!(
+        "{}.jsonl",
+        outcome.session_id.as_deref().unwrap_or_default()
+    );
+    let projects = sandbox.home.join(".claude").join("projects");
+    let kept = std::fs::read_dir(&projects)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|project| project.path().join(&transcript).is_file());
+    assert!(kept, "no {transcript} under {}\n{why}", projects.display());
 }
 
 #[tokio::test]
@@ -256,6 +268,9 @@ async fn real_cli_runs_a_tool_and_completes() {
         return;
     }
     const TOOL_ID: &str = "toolu_herdctld_1";
+    // Not one of the commands the CLI runs unasked (plain `echo hi` is), and it reads the job's environment.
+    const COMMAND: &str = r#"sh -c 'echo "hi from $HERDCTL_AGENT"'"#;
+    const TOOL_OUTPUT: &str = "hi from cli-tester";
     const ANSWER: &str = "The tool said hi.";
     let stub = MessagesStub::start(|body| {
         let has_tool_result = request_blocks(body).iter().any(|block| {
@@ -268,19 +283,20 @@ async fn real_cli_runs_a_tool_and_completes() {
             Reply::ToolUse {
                 id: TOOL_ID.to_owned(),
                 name: "Bash".to_owned(),
-                input: json!({"command": "echo hi", "description": "Print hi"}),
+                input: json!({"command": COMMAND, "description": "Greet from the agent"}),
             }
         }
     })
     .await
     .unwrap();
     let sandbox = sandbox();
-    // `-p` mode asks no one, so the tool must be allowed up front; `bypassPermissions` is refused as root.
+    // `-p` mode asks no one, so the command must be allowed up front (without this rule the tool result is "This
+    // command requires approval"); `bypassPermissions` would not do: the CLI refuses it as root.
     let claude = ClaudeSpec {
-        allowed_tools: Some(vec!["Bash(echo hi)".to_owned()]),
+        allowed_tools: Some(vec!["Bash(sh -c *)".to_owned()]),
         ..ClaudeSpec::default()
     };
-    let spec = run_spec("Run echo hi, please.", claude, &sandbox, &stub);
+    let spec = run_spec("Greet me from a shell, please.", claude, &sandbox, &stub);
 
     let (outcome, events) = run(spec).await;
 
@@ -302,15 +318,15 @@ async fn real_cli_runs_a_tool_and_completes() {
         "{why}"
     );
     assert_ne!(tool_result.get("is_error"), Some(&json!(true)), "{why}");
-    assert_eq!(tool_result_text(tool_result).trim(), "hi", "{why}");
-    // The CLI ran the command and sent its output back to the model.
+    assert_eq!(tool_result_text(tool_result).trim(), TOOL_OUTPUT, "{why}");
+    // The CLI ran the command in the job's environment and sent its output back to the model.
     let turns = messages_requests(&stub);
     assert_eq!(turns.len(), 2, "{why}");
     let sent_back = request_blocks(&turns[1].json().unwrap())
         .into_iter()
         .find(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
         .unwrap_or_else(|| panic!("the second request has no tool_result\n{why}"));
-    assert_eq!(tool_result_text(&sent_back).trim(), "hi", "{why}");
+    assert_eq!(tool_result_text(&sent_back).trim(), TOOL_OUTPUT, "{why}");
 }
 
 #[tokio::test]

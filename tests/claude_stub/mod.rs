@@ -2,8 +2,8 @@
 //! (it honours `ANTHROPIC_BASE_URL`).
 //!
 //! Owns: a hand-rolled HTTP/1.1 server (keep-alive, `Content-Length` bodies) that records every request and
-//! answers `POST /v1/messages` with the [`Reply`] its responder picks — as server-sent events when the request
-//! says `"stream": true`, else as one JSON message. `/v1/messages/count_tokens` gets a token count, `HEAD` (the
+//! answers `POST /v1/messages` with the [`Reply`] its responder picks: a one-block assistant message — as
+//! server-sent events when the request says `"stream": true`, else as one JSON message — or an API error. `/v1/messages/count_tokens` gets a token count, `HEAD` (the
 //! CLI's connection warm-up) an empty 200, anything else a 404 in the API's error shape.
 //!
 //! API: [`MessagesStub::start`]`(responder)`, [`MessagesStub::base_url`], [`MessagesStub::requests`];
