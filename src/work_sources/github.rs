@@ -1,8 +1,12 @@
 //! The GitHub issues work source, over the REST API (`api_base_url` for GitHub Enterprise and tests).
 //!
 //! Labels are the claim protocol: an open issue with the ready label and neither the in-progress label nor
-//! an excluded one is available; claiming adds in-progress and removes ready. Label names compare
-//! case-insensitively, as GitHub's do.
+//! an excluded one is available. Claiming removes ready — GitHub answers 404 to all but the first of
+//! racing removals, so exactly one claimant wins — then adds in-progress and re-reads the issue to check
+//! the mark held. Label names compare case-insensitively, as GitHub's do.
+//!
+//! Comments are retried like every request, so a 5xx that GitHub had in fact applied can leave a
+//! duplicate comment; that is the price of not losing reports.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -283,8 +287,8 @@ impl GitHubWorkSource {
         .map(drop)
     }
 
-    /// Removes a label; one that is already gone is fine.
-    async fn remove_label(&self, number: u64, label: &str) -> Result<(), WorkSourceError> {
+    /// Removes a label: `true` when this call removed it, `false` when it was already gone.
+    async fn remove_label(&self, number: u64, label: &str) -> Result<bool, WorkSourceError> {
         match self
             .call(
                 Method::DELETE,
@@ -293,8 +297,22 @@ impl GitHubWorkSource {
             )
             .await
         {
-            Ok(_) | Err(WorkSourceError::NotFound { .. }) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(WorkSourceError::NotFound { .. }) => Ok(false),
             Err(error) => Err(error),
+        }
+    }
+
+    /// Puts the ready label back when a claim removed it but could not mark the issue in progress, so the
+    /// issue is not stranded with neither label. Best effort: the claim's own error is what the caller sees.
+    async fn restore_ready_after_failed_claim(&self, number: u64) {
+        if let Err(error) = self.add_label(number, &self.ready_label).await {
+            tracing::warn!(
+                repo = %self.repo,
+                issue = number,
+                "could not restore the {:?} label after a failed claim: {error}",
+                self.ready_label
+            );
         }
     }
 
@@ -380,12 +398,19 @@ impl WorkSource for GitHubWorkSource {
         if issue.has_label(&self.in_progress_label) || !issue.has_label(&self.ready_label) {
             return Ok(ClaimOutcome::AlreadyClaimed);
         }
-        match self.add_label(number, &self.in_progress_label).await {
-            Err(WorkSourceError::NotFound { .. }) => return Ok(ClaimOutcome::NotFound),
-            other => other?,
+        // Removing the ready label is the test-and-set: of claimants racing past the check above, only one
+        // removes it; the others get 404 and back off without having changed anything.
+        if !self.remove_label(number, &self.ready_label).await? {
+            return Ok(ClaimOutcome::AlreadyClaimed);
         }
-        self.remove_label(number, &self.ready_label).await?;
-        // Re-read: a claimant that released or re-labelled the issue meanwhile wins; we do not.
+        if let Err(error) = self.add_label(number, &self.in_progress_label).await {
+            if !matches!(error, WorkSourceError::NotFound { .. }) {
+                self.restore_ready_after_failed_claim(number).await;
+                return Err(error);
+            }
+            return Ok(ClaimOutcome::NotFound);
+        }
+        // Re-read: if our mark did not hold (someone re-labelled the issue meanwhile), it is not ours.
         let claimed = match self.get_issue(number).await {
             Err(WorkSourceError::NotFound { .. }) => return Ok(ClaimOutcome::NotFound),
             other => other?,
@@ -413,6 +438,7 @@ impl WorkSource for GitHubWorkSource {
         }
         self.remove_label(item.number, &self.in_progress_label)
             .await
+            .map(drop)
     }
 
     async fn release(&self, item: &WorkItem, report: &WorkReport) -> Result<(), WorkSourceError> {
@@ -506,7 +532,7 @@ fn describe(error: &reqwest::Error) -> String {
     };
     if let Some(url) = error.url() {
         text = text
-            .replace(&format!(" ({url})"), "")
+            .replace(&format!(" for url ({url})"), "")
             .replace(url.as_str(), "");
     }
     let mut source = std::error::Error::source(error);
@@ -679,8 +705,8 @@ mod tests {
             [
                 LIST.to_string(),
                 format!("GET {issue_path}"),
-                format!("POST {issue_path}/labels"),
                 format!("DELETE {issue_path}/labels/ready"),
+                format!("POST {issue_path}/labels"),
                 format!("GET {issue_path}"),
                 LIST.to_string(),
                 format!("POST {issue_path}/comments"),
@@ -765,6 +791,74 @@ mod tests {
             [LIST.to_string(), format!("GET {ISSUES}/{number}")]
         );
         assert_eq!(fake.issue(number).labels, ["ready", "agent-working"]);
+    }
+
+    #[tokio::test]
+    async fn of_concurrent_claimants_exactly_one_wins() {
+        let fake = FakeGitHub::start().await;
+        let first = source(&fake);
+        let second = source(&fake);
+        for round in 0..10 {
+            let number = fake.add_issue("Contested", &["ready"], round);
+            let item = first
+                .fetch_available()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|item| item.number == number)
+                .unwrap();
+            let (a, b) = tokio::join!(first.claim(&item), second.claim(&item));
+            let outcomes = [a.unwrap(), b.unwrap()];
+            let won = outcomes
+                .iter()
+                .filter(|o| matches!(o, ClaimOutcome::Claimed(_)))
+                .count();
+            assert_eq!(won, 1, "round {round}: {outcomes:?}");
+            assert!(
+                outcomes.contains(&ClaimOutcome::AlreadyClaimed),
+                "{outcomes:?}"
+            );
+            assert_eq!(fake.issue(number).labels, ["agent-working"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn claim_backs_off_when_the_ready_label_is_already_gone() {
+        let fake = FakeGitHub::start().await;
+        let number = fake.add_issue("Contested", &["ready"], 5);
+        let source = source(&fake);
+        let items = source.fetch_available().await.unwrap();
+        // Another claimant removes the ready label between our read and our removal.
+        let delete_ready = format!("DELETE {ISSUES}/{number}/labels/ready");
+        fake.inject(&delete_ready, 404, &[], 1);
+        assert_eq!(
+            source.claim(&items[0]).await.unwrap(),
+            ClaimOutcome::AlreadyClaimed
+        );
+        assert_eq!(
+            fake.request_lines(),
+            [
+                LIST.to_string(),
+                format!("GET {ISSUES}/{number}"),
+                delete_ready
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_claim_puts_the_ready_label_back() {
+        let fake = FakeGitHub::start().await;
+        let number = fake.add_issue("Unlucky", &["ready"], 5);
+        let source = source(&fake);
+        let items = source.fetch_available().await.unwrap();
+        fake.inject(&format!("POST {ISSUES}/{number}/labels"), 422, &[], 1);
+        let error = source.claim(&items[0]).await.unwrap_err();
+        assert!(
+            matches!(error, WorkSourceError::Rejected { status: 422, .. }),
+            "{error:?}"
+        );
+        assert_eq!(fake.issue(number).labels, ["ready"]);
+        assert_eq!(source.fetch_available().await.unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -88,8 +88,8 @@ pub trait WorkSource: Send + Sync + std::fmt::Debug {
     /// Every eligible item, oldest first: open, ready-labelled, not excluded, not in progress.
     async fn fetch_available(&self) -> Result<Vec<WorkItem>, WorkSourceError>;
 
-    /// Takes the item for this daemon: re-reads it, marks it in progress, removes its ready mark, and
-    /// checks that the mark held.
+    /// Takes the item for this daemon: re-reads it, removes its ready mark (only one of racing claimants
+    /// can), marks it in progress, and checks that the mark held.
     async fn claim(&self, item: &WorkItem) -> Result<ClaimOutcome, WorkSourceError>;
 
     /// Reports a finished item: a comment with the report, then the item is closed and unmarked.
