@@ -28,6 +28,8 @@
 //!   stream-json output, enforces timeouts, cancels the whole process tree. Knows nothing of config files,
 //!   the store or the fleet.
 //! - [`hooks`] — `after_run`/`on_error` hooks: which run for a job's end, and running them with a timeout.
+//! - [`work_sources`] — where scheduled agents get work: GitHub issues fetched, claimed by label, completed
+//!   or released over the REST API with retries. Knows nothing of the fleet.
 //! - [`fleet`] — the FleetManager: lifecycle, queue and concurrency, job supervision, schedule fires,
 //!   reload, events, log bus, output streaming. The only module that wires the ones above together.
 //! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping) and the
@@ -82,3 +84,4 @@ pub mod runner;
 pub mod scheduler;
 pub mod state;
 pub mod timespec;
+pub mod work_sources;
