@@ -4,8 +4,9 @@
 //! Owns selecting which hooks run for an event (`on_events`, `when`), running shell hooks with a timeout
 //! in their own process group, and the order rule: hooks run one after another, and a failing hook with
 //! `continue_on_error: false` stops the hooks after it (herdctl documents this but only logs it). Hooks
-//! never change the job's outcome. Discord and Slack hooks are reported unsupported at load by `config`;
-//! webhook hooks too until an HTTP client is part of the crate.
+//! never change the job's outcome. Webhook hooks send the context as the JSON body (`${VAR}` in header values
+//! is replaced at send time, unset = empty, as herdctl does). Discord and Slack hooks are reported unsupported
+//! at load by `config`.
 //!
 //! Events: `completed`, `failed`, `timeout` (failed by its time limit) and `cancelled`. `after_run` hooks
 //! without `on_events` run for the first three (herdctl runs none after a cancel); `on_error` hooks for
@@ -19,7 +20,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::config::{Hook, HookAction, HooksConfig};
+use crate::config::{Hook, HookAction, HooksConfig, HttpMethod};
 
 /// Output kept from a hook for the log line (herdctl keeps 1 MiB; a log line needs far less).
 const KEPT_OUTPUT: usize = 4096;
@@ -96,8 +97,13 @@ fn truthy(context: &Value, path: &str) -> bool {
     }
 }
 
-/// Runs the selected hooks one after another in `cwd`.
-pub async fn run(hooks: &[&Hook], context: &Value, cwd: &Path) -> Vec<HookRun> {
+/// Runs the selected hooks one after another in `cwd`; `env` resolves `${VAR}` in webhook headers.
+pub async fn run(
+    hooks: &[&Hook],
+    context: &Value,
+    cwd: &Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Vec<HookRun> {
     let input = context.to_string();
     let mut runs = Vec::new();
     for (index, hook) in hooks.iter().enumerate() {
@@ -109,6 +115,12 @@ pub async fn run(hooks: &[&Hook], context: &Value, cwd: &Path) -> Vec<HookRun> {
             HookAction::Shell { command, timeout } => {
                 run_shell(command, *timeout, &input, cwd).await
             }
+            HookAction::Webhook {
+                url,
+                method,
+                headers,
+                timeout,
+            } => send_webhook(url, *method, headers, *timeout, &input, env).await,
             other => Err(format!(
                 "{} hooks are not run by herdctld (reported at load)",
                 other.type_name()
@@ -125,6 +137,74 @@ pub async fn run(hooks: &[&Hook], context: &Value, cwd: &Path) -> Vec<HookRun> {
         }
     }
     runs
+}
+
+/// Sends the context as JSON; Ok(response body) on a 2xx answer.
+async fn send_webhook(
+    url: &str,
+    method: HttpMethod,
+    headers: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+    body: &str,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let mut request = match method {
+        HttpMethod::Post => client.post(url),
+        HttpMethod::Put => client.put(url),
+    }
+    .header(reqwest::header::CONTENT_TYPE, "application/json")
+    .body(body.to_owned());
+    for (name, value) in headers {
+        let mut value = reqwest::header::HeaderValue::from_str(&substitute_env(value, env))
+            .map_err(|_| format!("header {name:?} has a value that is not valid in HTTP"))?;
+        // Header values usually carry tokens: never print them.
+        value.set_sensitive(true);
+        request = request.header(name.as_str(), value);
+    }
+    let response = request.send().await.map_err(|e| {
+        if e.is_timeout() {
+            format!(
+                "webhook timed out after {}",
+                crate::timespec::format_duration(timeout)
+            )
+        } else {
+            format!("webhook request to {url} failed: {}", e.without_url())
+        }
+    })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let text: String = text.trim().chars().take(KEPT_OUTPUT).collect();
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(format!("HTTP {status}: {text}"))
+    }
+}
+
+/// Replaces `${NAME}` with the variable's value, or nothing when it is unset.
+fn substitute_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                out.push_str(&env(&after[..end]).unwrap_or_default());
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `sh -c command` with the context on stdin. Ok(trimmed stdout) on exit 0.
@@ -218,6 +298,10 @@ mod tests {
         }
     }
 
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
     fn names(hooks: &[&Hook]) -> Vec<String> {
         hooks.iter().map(|h| h.name.clone().unwrap()).collect()
     }
@@ -262,7 +346,13 @@ mod tests {
         let fatal = shell("fatal", "exit 1", None, false);
         let never = shell("never", "true", None, true);
         let context = json!({"event": "completed", "job": {"id": "job-1"}});
-        let runs = run(&[&echo, &failing, &fatal, &never], &context, dir.path()).await;
+        let runs = run(
+            &[&echo, &failing, &fatal, &never],
+            &context,
+            dir.path(),
+            &no_env,
+        )
+        .await;
         assert_eq!(
             runs.len(),
             3,
@@ -278,6 +368,72 @@ mod tests {
         assert!(!runs[2].success);
     }
 
+    #[test]
+    fn header_variables_are_substituted_and_unset_ones_are_empty() {
+        let env = |name: &str| (name == "TOKEN").then(|| "s3cret".to_string());
+        assert_eq!(substitute_env("Bearer ${TOKEN}", &env), "Bearer s3cret");
+        assert_eq!(substitute_env("${UNSET}x${TOKEN", &env), "x${TOKEN");
+    }
+
+    #[tokio::test]
+    async fn webhook_hooks_post_the_context_with_substituted_headers() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read until the JSON body (the last thing sent) is complete.
+            while !request.ends_with(b"}") {
+                let n = stream.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&request).to_string()
+        });
+        let hook = Hook {
+            name: Some("notify".into()),
+            action: HookAction::Webhook {
+                url,
+                method: HttpMethod::Post,
+                headers: [("Authorization".to_string(), "Bearer ${TOKEN}".to_string())].into(),
+                timeout: Duration::from_secs(5),
+            },
+            continue_on_error: true,
+            on_events: None,
+            when: None,
+        };
+        let env = |name: &str| (name == "TOKEN").then(|| "s3cret".to_string());
+        let dir = tempfile::tempdir().unwrap();
+        let runs = run(&[&hook], &json!({"event": "failed"}), dir.path(), &env).await;
+        assert_eq!(
+            runs[0],
+            HookRun {
+                name: "notify".into(),
+                success: true,
+                message: "ok".into()
+            }
+        );
+        let request = server.await.unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("post /hook "), "{request}");
+        assert!(
+            request.contains("authorization: bearer s3cret"),
+            "{request}"
+        );
+        assert!(
+            request.contains("content-type: application/json"),
+            "{request}"
+        );
+        assert!(request.ends_with("{\"event\":\"failed\"}"), "{request}");
+    }
+
     #[tokio::test]
     async fn a_hook_that_hangs_is_killed_at_its_timeout() {
         let dir = tempfile::tempdir().unwrap();
@@ -287,7 +443,7 @@ mod tests {
             timeout: Duration::from_millis(200),
         };
         let started = std::time::Instant::now();
-        let runs = run(&[&hang], &json!({}), dir.path()).await;
+        let runs = run(&[&hang], &json!({}), dir.path(), &no_env).await;
         assert!(!runs[0].success);
         assert!(runs[0].message.contains("timed out"), "{}", runs[0].message);
         assert!(started.elapsed() < Duration::from_secs(5));

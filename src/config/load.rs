@@ -871,7 +871,7 @@ mod tests {
         )]);
         let fleet = load_dir(dir.path(), &no_env).unwrap();
         let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
-        for kind in ["discord hooks", "webhook hooks", "slack hooks"] {
+        for kind in ["discord hooks", "slack hooks"] {
             assert!(
                 messages
                     .iter()

@@ -1030,7 +1030,7 @@ fn build_hook(value: &Value, path: &str, reader: &mut Reader<'_>) -> Option<Hook
         }
         _ => None,
     };
-    if let Some(unsupported @ ("webhook" | "discord" | "slack")) = kind.as_deref() {
+    if let Some(unsupported @ ("discord" | "slack")) = kind.as_deref() {
         reader.unsupported(path, &format!("{unsupported} hooks"));
     }
     let name = reader.string(hook, "name", path);
