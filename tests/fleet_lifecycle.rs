@@ -22,7 +22,11 @@ fn prompt(text: &str) -> TriggerOptions {
 async fn lifecycle_errors_name_current_and_expected_state() {
     let fx = Fixture::new(
         "",
-        &[("a", ECHO_PROMPT, "schedules:\n  s: {type: interval, interval: 1h}")],
+        &[(
+            "a",
+            ECHO_PROMPT,
+            "schedules:\n  s: {type: interval, interval: 1h}",
+        )],
     );
     let manager = FleetManager::new(fx.options());
     assert_eq!(manager.state(), FleetState::Uninitialized);
@@ -66,7 +70,11 @@ async fn lookups_of_unknown_things_say_what_exists() {
     let fx = Fixture::new(
         "",
         &[
-            ("alpha", ECHO_PROMPT, "schedules:\n  hourly: {type: interval, interval: 1h}"),
+            (
+                "alpha",
+                ECHO_PROMPT,
+                "schedules:\n  hourly: {type: interval, interval: 1h}",
+            ),
             ("beta", ECHO_PROMPT, ""),
         ],
     );
@@ -90,7 +98,10 @@ async fn lookups_of_unknown_things_say_what_exists() {
     let err = manager.trigger("alpha", options).await.unwrap_err();
     assert_eq!(err.code_name(), "SCHEDULE_NOT_FOUND");
     assert_eq!(err.data()["scheduleName"], "daily");
-    assert_eq!(err.data()["availableSchedules"], serde_json::json!(["hourly"]));
+    assert_eq!(
+        err.data()["availableSchedules"],
+        serde_json::json!(["hourly"])
+    );
 
     let unknown = "job-2026-01-01-abcdef";
     let err = manager.cancel_job(unknown, None).await.unwrap_err();
@@ -102,7 +113,10 @@ async fn lookups_of_unknown_things_say_what_exists() {
     assert_eq!(err.code_name(), "JOB_NOT_FOUND");
 
     // A finished job cannot be cancelled again: it says so without an error.
-    let job = manager.trigger("beta", TriggerOptions::default()).await.unwrap();
+    let job = manager
+        .trigger("beta", TriggerOptions::default())
+        .await
+        .unwrap();
     let done = wait_job(&manager, job.id.as_str()).await;
     assert_eq!(done.status, JobStatus::Completed);
     let result = manager.cancel_job(job.id.as_str(), None).await.unwrap();
@@ -161,18 +175,27 @@ async fn a_failing_job_emits_job_failed_with_its_error() {
     );
     let manager = fx.manager().await;
     let mut events = manager.subscribe_events(None);
-    let job = manager.trigger("fails", TriggerOptions::default()).await.unwrap();
+    let job = manager
+        .trigger("fails", TriggerOptions::default())
+        .await
+        .unwrap();
     let id = job.id.to_string();
     let seen = events_until(&mut events, "job end", is_final_of(&id)).await;
     let Some(FleetEvent::JobFailed { error, job, .. }) = seen.last() else {
         panic!("expected job:failed, got {:?}", seen.last())
     };
-    assert!(error["message"].as_str().unwrap().contains("oops"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("oops"),
+        "{error}"
+    );
     assert_eq!(job.exit_code, Some(3));
     assert_eq!(job.exit_reason, Some(ExitReason::Error));
 
     // A job that cannot be spawned fails with spawn_failed, and its agent is reported stopped again.
-    let job = manager.trigger("missing", TriggerOptions::default()).await.unwrap();
+    let job = manager
+        .trigger("missing", TriggerOptions::default())
+        .await
+        .unwrap();
     let id = job.id.to_string();
     let seen = events_until(&mut events, "job end", is_final_of(&id)).await;
     let Some(FleetEvent::JobFailed { job, .. }) = seen.last() else {
@@ -187,7 +210,10 @@ async fn a_failing_job_emits_job_failed_with_its_error() {
         .iter()
         .filter(|e| matches!(e, FleetEvent::AgentStopped { .. }))
         .count();
-    assert_eq!(started, stopped, "agent:started/stopped unbalanced: {seen:?}");
+    assert_eq!(
+        started, stopped,
+        "agent:started/stopped unbalanced: {seen:?}"
+    );
     assert_eq!(manager.queue().unwrap().fleet.running, 0);
 }
 
@@ -203,12 +229,20 @@ async fn cancel_reports_graceful_or_forced() {
     let manager = fx.manager().await;
     let mut events = manager.subscribe_events(None);
 
-    let polite = manager.trigger("polite", TriggerOptions::default()).await.unwrap();
-    let stubborn = manager.trigger("stubborn", TriggerOptions::default()).await.unwrap();
+    let polite = manager
+        .trigger("polite", TriggerOptions::default())
+        .await
+        .unwrap();
+    let stubborn = manager
+        .trigger("stubborn", TriggerOptions::default())
+        .await
+        .unwrap();
     for id in [polite.id.to_string(), stubborn.id.to_string()] {
-        next_event(&mut events, "first output", |e| {
-            matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id)
-        })
+        next_event(
+            &mut events,
+            "first output",
+            |e| matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id),
+        )
         .await;
     }
     let result = manager.cancel_job(polite.id.as_str(), None).await.unwrap();
@@ -219,13 +253,21 @@ async fn cancel_reports_graceful_or_forced() {
     assert_eq!(record.exit_reason, Some(ExitReason::Cancelled));
 
     let started = std::time::Instant::now();
-    let result = manager.cancel_job(stubborn.id.as_str(), None).await.unwrap();
+    let result = manager
+        .cancel_job(stubborn.id.as_str(), None)
+        .await
+        .unwrap();
     assert_eq!(result.termination_type, TerminationType::Forced);
-    assert!(started.elapsed() >= Duration::from_millis(900), "grace not honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "grace not honoured"
+    );
     let id = stubborn.id.to_string();
-    let event = next_event(&mut events, "job:cancelled", |e| {
-        matches!(e, FleetEvent::JobCancelled { job_id, .. } if *job_id == id)
-    })
+    let event = next_event(
+        &mut events,
+        "job:cancelled",
+        |e| matches!(e, FleetEvent::JobCancelled { job_id, .. } if *job_id == id),
+    )
     .await;
     let FleetEvent::JobCancelled {
         termination_type, ..
@@ -242,10 +284,19 @@ async fn cancelling_a_job_that_already_exited_waits_for_its_final_record() {
     let fx = Fixture::new("", &[("quick", "echo hi", "")]);
     let manager = fx.manager().await;
     for _ in 0..20 {
-        let job = manager.trigger("quick", TriggerOptions::default()).await.unwrap();
-        let result = manager.cancel_job(job.id.as_str(), Some(Duration::ZERO)).await.unwrap();
+        let job = manager
+            .trigger("quick", TriggerOptions::default())
+            .await
+            .unwrap();
+        let result = manager
+            .cancel_job(job.id.as_str(), Some(Duration::ZERO))
+            .await
+            .unwrap();
         let record = manager.job(job.id.as_str(), false).unwrap().0;
-        assert!(record.status.is_terminal(), "cancel replied before the record was final");
+        assert!(
+            record.status.is_terminal(),
+            "cancel replied before the record was final"
+        );
         match result.termination_type {
             TerminationType::AlreadyStopped => assert_eq!(record.status, JobStatus::Completed),
             _ => assert_eq!(record.status, JobStatus::Cancelled),
@@ -265,14 +316,25 @@ async fn graceful_stop_waits_then_cancels_hanging_jobs_and_persists_first() {
     let manager = fx.manager().await;
     manager.start().await.unwrap();
     let mut events = manager.subscribe_events(None);
-    let stubborn = manager.trigger("stubborn", TriggerOptions::default()).await.unwrap();
-    let busy = manager.trigger("busy", TriggerOptions::default()).await.unwrap();
-    let queued = manager.trigger("busy", TriggerOptions::default()).await.unwrap();
+    let stubborn = manager
+        .trigger("stubborn", TriggerOptions::default())
+        .await
+        .unwrap();
+    let busy = manager
+        .trigger("busy", TriggerOptions::default())
+        .await
+        .unwrap();
+    let queued = manager
+        .trigger("busy", TriggerOptions::default())
+        .await
+        .unwrap();
     assert_eq!(queued.status, JobStatus::Queued);
     for id in [stubborn.id.to_string(), busy.id.to_string()] {
-        next_event(&mut events, "first output", |e| {
-            matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id)
-        })
+        next_event(
+            &mut events,
+            "first output",
+            |e| matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id),
+        )
         .await;
     }
 
@@ -292,7 +354,11 @@ async fn graceful_stop_waits_then_cancels_hanging_jobs_and_persists_first() {
     .await;
     stop.await.unwrap().unwrap();
     // Waited the timeout, then SIGTERM, the stubborn job's grace, SIGKILL.
-    assert!(started.elapsed() >= Duration::from_millis(1200), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
 
     let names: Vec<&str> = seen.iter().map(FleetEvent::type_name).collect();
     let progress: Vec<usize> = seen
@@ -339,11 +405,16 @@ async fn stop_without_waiting_cancels_at_once() {
     let manager = fx.manager().await;
     manager.start().await.unwrap();
     let mut events = manager.subscribe_events(None);
-    let job = manager.trigger("busy", TriggerOptions::default()).await.unwrap();
+    let job = manager
+        .trigger("busy", TriggerOptions::default())
+        .await
+        .unwrap();
     let id = job.id.to_string();
-    next_event(&mut events, "output", |e| {
-        matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id)
-    })
+    next_event(
+        &mut events,
+        "output",
+        |e| matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id),
+    )
     .await;
     let started = std::time::Instant::now();
     manager
@@ -373,10 +444,17 @@ async fn stop_waits_for_jobs_that_finish_in_time() {
     let stop = tokio::spawn(async move { stopping.stop(StopOptions::default()).await });
     eventually("fleet stopping", || manager.state() == FleetState::Stopping).await;
     // Nothing new starts while stopping.
-    let err = manager.trigger("w", TriggerOptions::default()).await.unwrap_err();
+    let err = manager
+        .trigger("w", TriggerOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code_name(), "INVALID_STATE");
     std::fs::write(&release, "").unwrap();
-    tokio::time::timeout(DEADLINE, stop).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(DEADLINE, stop)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(
         manager.job(job.id.as_str(), false).unwrap().0.status,
         JobStatus::Completed
@@ -407,12 +485,24 @@ async fn reload_with_invalid_config_keeps_the_old_one_and_lists_every_error() {
     assert!(validation_errors.len() >= 3, "{validation_errors:?}");
     let paths: Vec<&str> = validation_errors.iter().map(|e| e.path.as_str()).collect();
     for expected in ["concurrency", "schedules.s.interval", "schedules.c.cron"] {
-        assert!(paths.iter().any(|p| p.contains(expected)), "{expected} not in {paths:?}");
+        assert!(
+            paths.iter().any(|p| p.contains(expected)),
+            "{expected} not in {paths:?}"
+        );
     }
-    assert_eq!(err.data()["validationErrors"].as_array().unwrap().len(), validation_errors.len());
+    assert_eq!(
+        err.data()["validationErrors"].as_array().unwrap().len(),
+        validation_errors.len()
+    );
     // The old configuration still runs.
-    let job = manager.trigger("a", TriggerOptions::default()).await.unwrap();
-    assert_eq!(wait_job(&manager, job.id.as_str()).await.status, JobStatus::Completed);
+    let job = manager
+        .trigger("a", TriggerOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_job(&manager, job.id.as_str()).await.status,
+        JobStatus::Completed
+    );
     manager.stop(StopOptions::default()).await.unwrap();
 }
 
@@ -422,7 +512,10 @@ async fn reload_adds_and_removes_agents_and_running_jobs_keep_their_config() {
     let release = fx.path("release");
     fx.write(
         "",
-        &[("old", &wait_for_file(&release), ""), ("kept", ECHO_PROMPT, "")],
+        &[
+            ("old", &wait_for_file(&release), ""),
+            ("kept", ECHO_PROMPT, ""),
+        ],
     );
     let manager = fx.manager().await;
     manager.start().await.unwrap();
@@ -431,15 +524,25 @@ async fn reload_adds_and_removes_agents_and_running_jobs_keep_their_config() {
     let queued = manager.trigger("old", prompt("two")).await.unwrap();
     assert_eq!(queued.status, JobStatus::Queued);
     let id = running.id.to_string();
-    next_event(&mut events, "output", |e| {
-        matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id)
-    })
+    next_event(
+        &mut events,
+        "output",
+        |e| matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id),
+    )
     .await;
 
     fx.write("", &[("kept", ECHO_PROMPT, ""), ("new", ECHO_PROMPT, "")]);
     let result = manager.reload().await.unwrap();
-    assert!(result.changes.contains(&"agent:old removed".to_string()), "{:?}", result.changes);
-    assert!(result.changes.contains(&"agent:new added".to_string()), "{:?}", result.changes);
+    assert!(
+        result.changes.contains(&"agent:old removed".to_string()),
+        "{:?}",
+        result.changes
+    );
+    assert!(
+        result.changes.contains(&"agent:new added".to_string()),
+        "{:?}",
+        result.changes
+    );
     let reloaded = next_event(&mut events, "config:reloaded", |e| {
         matches!(e, FleetEvent::ConfigReloaded { .. })
     })
@@ -463,10 +566,19 @@ async fn reload_adds_and_removes_agents_and_running_jobs_keep_their_config() {
     let (_, output) = manager.job(running.id.as_str(), true).unwrap();
     assert_eq!(stdout_texts(&output.unwrap()), ["start one", "end one"]);
 
-    let err = manager.trigger("old", TriggerOptions::default()).await.unwrap_err();
+    let err = manager
+        .trigger("old", TriggerOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code_name(), "AGENT_NOT_FOUND");
-    let job = manager.trigger("new", TriggerOptions::default()).await.unwrap();
-    assert_eq!(wait_job(&manager, job.id.as_str()).await.status, JobStatus::Completed);
+    let job = manager
+        .trigger("new", TriggerOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_job(&manager, job.id.as_str()).await.status,
+        JobStatus::Completed
+    );
     manager.stop(StopOptions::default()).await.unwrap();
 }
 
@@ -474,7 +586,13 @@ async fn reload_adds_and_removes_agents_and_running_jobs_keep_their_config() {
 async fn fork_runs_the_modified_prompt() {
     let fx = Fixture::new("", &[]);
     let release = fx.path("release");
-    fx.write("", &[("echo", ECHO_PROMPT, ""), ("slow", &wait_for_file(&release), "")]);
+    fx.write(
+        "",
+        &[
+            ("echo", ECHO_PROMPT, ""),
+            ("slow", &wait_for_file(&release), ""),
+        ],
+    );
     let manager = fx.manager().await;
     let original = manager.trigger("echo", prompt("original")).await.unwrap();
     wait_job(&manager, original.id.as_str()).await;
