@@ -519,3 +519,49 @@ async fn cron_next_trigger_is_shown_before_start() {
         Some("2026-03-03T08:00:00Z".parse().unwrap())
     );
 }
+
+#[tokio::test]
+async fn a_stopped_fleet_fires_nothing_and_resumes_on_start() {
+    let fx = Fixture::new(
+        "",
+        &[(
+            "a",
+            ECHO_PROMPT,
+            "schedules:\n  hourly: {type: interval, interval: 1h}",
+        )],
+    );
+    let clock = clock();
+    let manager = FleetManager::new(fx.options_with_clock(&clock));
+    manager.initialize().await.unwrap();
+    let mut events = manager.subscribe_events(None);
+    manager.start().await.unwrap();
+    let fired = next_event(&mut events, "first fire", |e| {
+        matches!(e, FleetEvent::ScheduleTriggered { .. })
+    })
+    .await;
+    let FleetEvent::ScheduleTriggered { job_id, .. } = fired.event else {
+        unreachable!()
+    };
+    wait_job(&manager, &job_id).await;
+    manager.stop(StopOptions::default()).await.unwrap();
+    clock.advance(Duration::from_secs(3 * 3600));
+    let info = manager.schedule("a", "hourly").await.unwrap();
+    assert_eq!((info.runs, info.skipped), (1, 0));
+
+    manager.start().await.unwrap();
+    let fired = next_event(&mut events, "fire after restart", |e| {
+        matches!(
+            e,
+            FleetEvent::ScheduleTriggered { .. } | FleetEvent::ScheduleSkipped { .. }
+        )
+    })
+    .await;
+    let FleetEvent::ScheduleTriggered { job_id, .. } = fired.event else {
+        panic!("unexpected {:?}", fired.event)
+    };
+    wait_job(&manager, &job_id).await;
+    manager.stop(StopOptions::default()).await.unwrap();
+    let info = manager.schedule("a", "hourly").await.unwrap();
+    // Nothing fired (nor was skipped as `stopping`) while the fleet was stopped.
+    assert_eq!((info.runs, info.skipped), (2, 0));
+}

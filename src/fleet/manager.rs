@@ -327,7 +327,7 @@ impl FleetManager {
             let root = state_override.unwrap_or_else(|| config.root_dir.join(".herdctl"));
             let state_dir = StateDir::open(&root).map_err(|e| state_error(&root, e))?;
             let (store, issues) =
-                JobStore::open(&state_dir.jobs_dir()).map_err(|e| state_error(&root, e))?;
+                JobStore::open(state_dir.jobs_dir()).map_err(|e| state_error(&root, e))?;
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
@@ -873,7 +873,7 @@ impl FleetManager {
             timezone: schedule.timezone.map(|tz| tz.name().to_string()),
             next_trigger,
             last_run_at: persisted.and_then(|p| p.last_run_at),
-            last_status: persisted.and_then(|p| p.last_status.clone()),
+            last_status: persisted.and_then(|p| p.last_status),
             last_error: persisted.and_then(|p| p.last_error.clone()),
             runs: persisted.map_or(0, |p| p.runs),
             skipped: persisted.map_or(0, |p| p.skipped),

@@ -569,3 +569,36 @@ pub(super) fn work_items_section(items: &[Value]) -> String {
     }
     section
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, data: Value) -> OutputEvent {
+        let Value::Object(data) = data else {
+            unreachable!("test data is an object")
+        };
+        OutputEvent {
+            kind: kind.into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn output_lines_do_not_repeat_their_own_keys_and_read_back() {
+        let message = serde_json::json!({"type": "result", "result": "done", "seq": 9, "ts": "x"});
+        let line = output_line(3, event("result", message));
+        assert_eq!(line.kind, "result");
+        assert!(!line.data.contains_key("type"));
+        assert_eq!(line.data["_seq"], 9);
+        assert_eq!(line.data["_ts"], "x");
+        let text = serde_json::to_string(&line).unwrap();
+        let back: OutputLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, line);
+
+        // A `type` that is not the line's (not a string) is kept, renamed.
+        let line = output_line(0, event("stdout", serde_json::json!({"type": 5})));
+        assert_eq!(line.data["_type"], 5);
+        assert!(serde_json::from_str::<OutputLine>(&serde_json::to_string(&line).unwrap()).is_ok());
+    }
+}
