@@ -81,7 +81,7 @@ pub(super) struct Shared {
     pub(super) events: EventBus,
     pub(super) core: Mutex<Core>,
     /// Signalled whenever a job finishes, so `stop` can wait without polling.
-    pub(super) jobs_changed: Notify,
+    pub(super) jobs_changed: Arc<Notify>,
 }
 
 /// Everything mutable about the fleet, behind one lock.
@@ -108,8 +108,9 @@ pub(super) struct ActiveJob {
     pub(super) context: RunContext,
     pub(super) hub: OutputHub,
     pub(super) canceller: Option<crate::runner::Canceller>,
-    /// Set to true once the record is final; `cancelJob` waits on it so it replies after the effect.
-    pub(super) finished: watch::Sender<bool>,
+    /// The final record, once there is one; `cancelJob` and `wait_for_job` wait on it so they reply after
+    /// the effect.
+    pub(super) finished: watch::Sender<Option<Job>>,
 }
 
 impl Core {
@@ -142,9 +143,16 @@ impl Core {
             .map_or(1, |a| a.concurrency)
     }
 
-    /// Whether a new job of `agent` may start now under the per-agent and fleet-wide limits.
-    pub(super) fn has_slot(&self, options: &FleetManagerOptions, agent: &str) -> bool {
-        let agent_ok = self.running_count(Some(agent)) < self.agent_limit(agent) as usize;
+    /// Whether a new job of `agent` may start now under the fleet-wide limit and, unless `when_full` says
+    /// to go beyond it, the agent's own.
+    pub(super) fn may_start(
+        &self,
+        options: &FleetManagerOptions,
+        agent: &str,
+        when_full: run::WhenFull,
+    ) -> bool {
+        let agent_ok = when_full == run::WhenFull::SkipAtFleetLimit
+            || self.running_count(Some(agent)) < self.agent_limit(agent) as usize;
         let fleet_ok = self
             .fleet_limit(options)
             .is_none_or(|limit| self.running_count(None) < limit as usize);
@@ -245,7 +253,7 @@ impl FleetManager {
                     scheduler: None,
                     fire_task: None,
                 }),
-                jobs_changed: Notify::new(),
+                jobs_changed: Arc::new(Notify::new()),
             }),
         }
     }
@@ -319,7 +327,7 @@ impl FleetManager {
             let root = state_override.unwrap_or_else(|| config.root_dir.join(".herdctl"));
             let state_dir = StateDir::open(&root).map_err(|e| state_error(&root, e))?;
             let (store, issues) =
-                JobStore::open(&state_dir.jobs_dir()).map_err(|e| state_error(&root, e))?;
+                JobStore::open(state_dir.jobs_dir()).map_err(|e| state_error(&root, e))?;
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
@@ -425,13 +433,14 @@ impl FleetManager {
 
     /// Stops the scheduler, waits for running jobs up to the timeout, then cancels what remains.
     pub async fn stop(&self, options: StopOptions) -> Result<(), FleetError> {
-        let pending = {
+        let (pending, fire_task) = {
             let mut core = self.core();
             self.require(&core, "stop", &[FleetState::Running])?;
             core.lifecycle = FleetState::Stopping;
             // Dropping the last handle ends the scheduler task.
             core.scheduler = None;
-            if let Some(task) = core.fire_task.take() {
+            let fire_task = core.fire_task.take();
+            if let Some(task) = fire_task.as_ref() {
                 task.abort();
             }
             // Queued work would start after the fleet says it stopped: cancel it now.
@@ -445,8 +454,13 @@ impl FleetManager {
                     "the fleet stopped before the job started",
                 );
             }
-            core.running_count(None)
+            (core.running_count(None), fire_task)
         };
+        // The fire task holds a clone of this manager: once stop returns, dropping the manager must release
+        // the state directory.
+        if let Some(task) = fire_task {
+            let _ = task.await;
+        }
         tracing::info!(pending_jobs = pending, "stopping fleet");
         self.events().emit(FleetEvent::StopProgress {
             pending_jobs: pending,
@@ -859,7 +873,7 @@ impl FleetManager {
             timezone: schedule.timezone.map(|tz| tz.name().to_string()),
             next_trigger,
             last_run_at: persisted.and_then(|p| p.last_run_at),
-            last_status: persisted.and_then(|p| p.last_status.clone()),
+            last_status: persisted.and_then(|p| p.last_status),
             last_error: persisted.and_then(|p| p.last_error.clone()),
             runs: persisted.map_or(0, |p| p.runs),
             skipped: persisted.map_or(0, |p| p.skipped),
@@ -1026,7 +1040,7 @@ impl FleetManager {
             None => TerminationType::AlreadyStopped,
         };
         // The supervisor finalizes the record when the process is gone; reply after that.
-        let _ = finished.wait_for(|done| *done).await;
+        let _ = finished.wait_for(Option::is_some).await;
         tracing::info!(job_id = %job_id, ?termination, "job cancelled");
         Ok(CancelResult {
             job_id: id.to_string(),
@@ -1172,8 +1186,12 @@ impl FleetManager {
                 None
             }
         };
-        let manager = self.clone();
+        // A reader must not keep the fleet (and its state directory lock) alive.
+        let shared = Arc::downgrade(&self.shared);
         let status = Box::new(move || {
+            let manager = FleetManager {
+                shared: shared.upgrade()?,
+            };
             manager
                 .job(job_id.as_str(), false)
                 .ok()
@@ -1272,10 +1290,13 @@ impl FleetManager {
                 skip(&mut core, SkipReason::AlreadyRunning);
                 return false;
             }
+            config::Overlap::Skip => run::WhenFull::Skip,
             config::Overlap::Queue => run::WhenFull::Queue,
-            config::Overlap::Skip | config::Overlap::Allow => run::WhenFull::Skip,
+            config::Overlap::Allow => run::WhenFull::SkipAtFleetLimit,
         };
-        if when_full == run::WhenFull::Skip && !core.has_slot(self.options(), &agent_name) {
+        if when_full != run::WhenFull::Queue
+            && !core.may_start(self.options(), &agent_name, when_full)
+        {
             skip(&mut core, SkipReason::ConcurrencyLimit);
             return false;
         }
@@ -1331,7 +1352,12 @@ impl FleetManager {
             .get(&job_id)
             .map(|a| a.finished.subscribe());
         if let Some(mut finished) = finished {
-            let _ = finished.wait_for(|done| *done).await;
+            // The final record from the job itself: history pruning may already have deleted its file.
+            if let Ok(job) = finished.wait_for(Option::is_some).await {
+                if let Some(job) = job.clone() {
+                    return Ok(job);
+                }
+            }
         }
         self.job(id, false).map(|(job, _)| job)
     }

@@ -11,9 +11,10 @@ use super::logs::LogBus;
 /// How much job history to keep (SPEC §5). Pruning runs after every job finishes.
 #[derive(Debug, Clone)]
 pub struct HistoryOptions {
-    /// Newest finished jobs kept per agent.
+    /// Newest jobs kept per agent. Queued and running jobs are never deleted but count towards it (the
+    /// store's rule), so a finished job older than this many active ones goes at once.
     pub max_jobs_per_agent: usize,
-    /// Newest finished jobs kept overall; `None` = no fleet-wide cap.
+    /// Newest jobs kept overall, counted the same way; `None` = no fleet-wide cap.
     pub max_jobs_total: Option<usize>,
 }
 

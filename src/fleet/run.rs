@@ -37,6 +37,24 @@ pub(super) struct RunContext {
 pub(super) enum WhenFull {
     Queue,
     Skip,
+    /// Start beyond the agent's own limit (a schedule with `overlap: allow`); skip only when the fleet-wide
+    /// limit is reached.
+    SkipAtFleetLimit,
+}
+
+/// Handed out by finalization: wakes whoever waits for the job, once the caller has let go of the fleet
+/// (so that a waiter that drops its FleetManager really releases the state directory).
+pub(super) struct JobFinished {
+    finished: watch::Sender<Option<Job>>,
+    job: Job,
+    jobs_changed: Arc<tokio::sync::Notify>,
+}
+
+impl JobFinished {
+    pub(super) fn signal(self) {
+        self.finished.send_replace(Some(self.job));
+        self.jobs_changed.notify_waiters();
+    }
 }
 
 /// Records the job and starts it, or queues it. Returns the job as it is now (running or queued).
@@ -48,7 +66,8 @@ pub(super) fn admit(
     when_full: WhenFull,
 ) -> Result<Job, FleetError> {
     let options = manager.options();
-    let has_slot = core.lifecycle != FleetState::Stopping && core.has_slot(options, &job.agent);
+    let has_slot =
+        core.lifecycle != FleetState::Stopping && core.may_start(options, &job.agent, when_full);
     if !has_slot {
         let limit_error = |current_jobs, limit, scope, hint| FleetError::ConcurrencyLimit {
             agent_name: job.agent.clone(),
@@ -58,6 +77,15 @@ pub(super) fn admit(
             hint,
         };
         match when_full {
+            WhenFull::SkipAtFleetLimit => {
+                let limit = core.fleet_limit(options).unwrap_or(0) as usize;
+                return Err(limit_error(
+                    core.running_count(None),
+                    limit,
+                    "running jobs in the fleet",
+                    "the run was skipped; raise the fleet-wide limit to allow more",
+                ));
+            }
             WhenFull::Skip => {
                 return Err(limit_error(
                     core.running_count(Some(&job.agent)),
@@ -82,7 +110,7 @@ pub(super) fn admit(
     }
     persist(manager, core, &job)?;
     let id = job.id.clone();
-    let (finished, _) = watch::channel(false);
+    let (finished, _) = watch::channel(None);
     core.active.insert(
         id.clone(),
         ActiveJob {
@@ -224,12 +252,7 @@ async fn supervise(
             let lines: Vec<OutputLine> = batch
                 .drain(..)
                 .map(|event| {
-                    let line = OutputLine {
-                        seq: next_seq,
-                        ts: Utc::now(),
-                        kind: event.kind,
-                        data: event.data,
-                    };
+                    let line = output_line(next_seq, event);
                     next_seq += 1;
                     line
                 })
@@ -263,19 +286,44 @@ async fn supervise(
     };
     let (outcome, ()) = tokio::join!(handle.wait(), pump);
     drop(writer);
-    finalize(&manager, &id, outcome);
+    let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome);
+    drop(manager);
+    if let Some(finished) = finished {
+        finished.signal();
+    }
 }
 
-fn finalize(manager: &FleetManager, id: &JobId, outcome: RunOutcome) {
-    let mut core = manager.core();
-    finalize_locked(manager, &mut core, id, outcome);
+/// The output line of a runner event. The line's own `seq`, `ts` and `type` come first in the file, so the
+/// same keys in the event's data (a stream-json message carries its `type`) must not repeat them: a repeated
+/// `type` equal to the line's is dropped, any other clash is kept under a `_`-prefixed key.
+fn output_line(seq: u64, event: OutputEvent) -> OutputLine {
+    let mut data = event.data;
+    if data.get("type").and_then(Value::as_str) == Some(event.kind.as_str()) {
+        data.remove("type");
+    }
+    for reserved in ["seq", "ts", "type"] {
+        if let Some(value) = data.remove(reserved) {
+            data.insert(format!("_{reserved}"), value);
+        }
+    }
+    OutputLine {
+        seq,
+        ts: Utc::now(),
+        kind: event.kind,
+        data,
+    }
 }
 
-/// Makes a job's record final from its run outcome, and does everything that follows a job's end.
-fn finalize_locked(manager: &FleetManager, core: &mut Core, id: &JobId, outcome: RunOutcome) {
-    let Some(active) = core.active.remove(id) else {
-        return;
-    };
+/// Makes a job's record final from its run outcome, and does everything that follows a job's end. The
+/// caller signals the returned [`JobFinished`] after releasing the lock.
+#[must_use]
+fn finalize_locked(
+    manager: &FleetManager,
+    core: &mut Core,
+    id: &JobId,
+    outcome: RunOutcome,
+) -> Option<JobFinished> {
+    let active = core.active.remove(id)?;
     let mut job = active.job;
     let now = Utc::now();
     job.status = outcome.status.into();
@@ -337,10 +385,14 @@ fn finalize_locked(manager: &FleetManager, core: &mut Core, id: &JobId, outcome:
     }
     prune(manager, core);
     dispatch_queue(manager, core);
-    // Readers of the output hub end when it is dropped; waiters of `finished` see the final record.
+    // Readers of the output hub end when it is dropped; waiters of `finished` get the final record (which
+    // pruning may already have deleted from the store).
     drop(active.hub);
-    let _ = active.finished.send(true);
-    manager.shared.jobs_changed.notify_waiters();
+    Some(JobFinished {
+        finished: active.finished,
+        job,
+        jobs_changed: manager.shared.jobs_changed.clone(),
+    })
 }
 
 /// Ends a job that never ran (cancelled while queued, fleet stopped, agent removed).
@@ -365,7 +417,9 @@ pub(super) fn finish_without_running(
         termination: Some(TerminationType::Graceful),
         output_truncated: false,
     };
-    finalize_locked(manager, core, id, outcome);
+    if let Some(finished) = finalize_locked(manager, core, id, outcome) {
+        finished.signal();
+    }
 }
 
 fn record_in_fleet_state(core: &mut Core, job: &Job) {
@@ -420,7 +474,7 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
             .queue
             .iter()
             .map(|q| q.agent.clone())
-            .filter(|agent| core.has_slot(manager.options(), agent))
+            .filter(|agent| core.may_start(manager.options(), agent, WhenFull::Queue))
             .collect();
         let Some(next) = core.queue.pop_runnable(|agent| startable.contains(agent)) else {
             break;
@@ -514,4 +568,37 @@ pub(super) fn work_items_section(items: &[Value]) -> String {
         section.push_str(&text.replace('\n', "\n  "));
     }
     section
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, data: Value) -> OutputEvent {
+        let Value::Object(data) = data else {
+            unreachable!("test data is an object")
+        };
+        OutputEvent {
+            kind: kind.into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn output_lines_do_not_repeat_their_own_keys_and_read_back() {
+        let message = serde_json::json!({"type": "result", "result": "done", "seq": 9, "ts": "x"});
+        let line = output_line(3, event("result", message));
+        assert_eq!(line.kind, "result");
+        assert!(!line.data.contains_key("type"));
+        assert_eq!(line.data["_seq"], 9);
+        assert_eq!(line.data["_ts"], "x");
+        let text = serde_json::to_string(&line).unwrap();
+        let back: OutputLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, line);
+
+        // A `type` that is not the line's (not a string) is kept, renamed.
+        let line = output_line(0, event("stdout", serde_json::json!({"type": 5})));
+        assert_eq!(line.data["_type"], 5);
+        assert!(serde_json::from_str::<OutputLine>(&serde_json::to_string(&line).unwrap()).is_ok());
+    }
 }

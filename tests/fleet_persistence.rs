@@ -1,0 +1,281 @@
+//! What the embedded FleetManager keeps: jobs and output across restarts, crash recovery of jobs a dead
+//! daemon left running, history pruning, output streaming from any point, and the log bus.
+
+mod fleet_support;
+
+use fleet_support::*;
+use herdctld::fleet::{
+    FleetEvent, FleetManager, FleetManagerOptions, HistoryOptions, JobOutputStream, OutputItem,
+    StopOptions, TriggerOptions,
+};
+use herdctld::job::{ExitReason, Job, JobId, JobStatus, TriggerType};
+use herdctld::state::StateDir;
+
+async fn collect_output(
+    stream: &mut JobOutputStream,
+) -> (Vec<u64>, Vec<String>, Option<JobStatus>) {
+    let mut seqs = Vec::new();
+    let mut texts = Vec::new();
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Some(item) = stream.next().await {
+            match item {
+                OutputItem::Line(line) => {
+                    seqs.push(line.seq);
+                    if let Some(text) = line.data.get("text").and_then(|t| t.as_str()) {
+                        texts.push(text.to_string());
+                    }
+                }
+                OutputItem::Eof { status, .. } => return Some(status),
+            }
+        }
+        None
+    })
+    .await
+    .expect("output stream did not end");
+    (seqs, texts, ended)
+}
+
+#[tokio::test]
+async fn jobs_and_output_survive_a_restart() {
+    let fx = Fixture::new("", &[("a", ECHO_PROMPT, "")]);
+    let id = {
+        let manager = fx.manager().await;
+        manager.start().await.unwrap();
+        let mut events = manager.subscribe_events(None);
+        let job = manager
+            .trigger(
+                "a",
+                TriggerOptions {
+                    prompt: Some("persist me".into()),
+                    ..TriggerOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let id = job.id.to_string();
+        next_event(
+            &mut events,
+            "output",
+            |e| matches!(e, FleetEvent::JobOutput { job_id, .. } if *job_id == id),
+        )
+        .await;
+        assert_eq!(wait_job(&manager, &id).await.status, JobStatus::Completed);
+        manager.stop(StopOptions::default()).await.unwrap();
+        id
+    };
+    // The first manager is gone, and with it its lock on the state directory.
+    let manager = fx.manager().await;
+    let (job, output) = manager.job(&id, true).unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.summary.as_deref(), Some("done"));
+    assert_eq!(job.prompt.as_deref(), Some("persist me"));
+    let output = output.unwrap();
+    assert_eq!(stdout_texts(&output), ["prompt: persist me"]);
+    // A stream-json line is stored as such, its own `type` not repeated (the file would be unreadable).
+    let result = output
+        .iter()
+        .find(|l| l.kind == "result")
+        .expect("no result line");
+    assert_eq!(result.data["result"], "done");
+    assert!(!result.data.contains_key("type"));
+    let mut stream = manager.stream_job_output(&id, 0).unwrap();
+    let (seqs, texts, status) = collect_output(&mut stream).await;
+    assert_eq!(seqs, (0..output.len() as u64).collect::<Vec<_>>());
+    assert_eq!(texts, ["prompt: persist me"]);
+    assert_eq!(status, Some(JobStatus::Completed));
+    assert!(stream.next().await.is_none());
+    let listed = manager.jobs(&Default::default()).unwrap();
+    assert_eq!(listed.total, 1);
+    assert_eq!(manager.status().await.jobs.completed, 1);
+}
+
+/// A `sleep` leading its own process group, as a job process of a dead daemon would.
+fn orphan_sleep() -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+/// Writes the record of a job a dead daemon left running with process `pid` started at `start_time`.
+fn write_running_record(fx: &Fixture, pid: u32, start_time: u64) -> JobId {
+    let state = StateDir::open(&fx.state).unwrap();
+    let (mut store, _) = state.open_job_store().unwrap();
+    let now = chrono::Utc::now();
+    let mut job = Job::new(
+        JobId::generate(now),
+        "a".into(),
+        None,
+        TriggerType::Manual,
+        Some("left behind".into()),
+        5,
+        now,
+    );
+    job.status = JobStatus::Running;
+    job.started_at = Some(now);
+    job.pid = Some(pid);
+    job.pgid = Some(pid);
+    job.process_start_time = Some(start_time);
+    store.put(&job).unwrap();
+    job.id
+}
+
+#[tokio::test]
+async fn a_job_left_running_by_a_dead_daemon_is_interrupted_and_its_process_killed() {
+    let fx = Fixture::new("", &[("a", ECHO_PROMPT, "")]);
+    let mut sleep = orphan_sleep();
+    let pid = sleep.id();
+    let start_time = herdctld::runner::process_start_time(pid).unwrap();
+    let id = write_running_record(&fx, pid, start_time);
+
+    let manager = fx.manager().await;
+    let job = manager.job(id.as_str(), false).unwrap().0;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.exit_reason, Some(ExitReason::Interrupted));
+    assert_eq!(job.pid, None);
+    assert!(job.finished_at.is_some());
+    eventually("the orphan dies", || !process_alive(pid)).await;
+    let status = sleep.wait().unwrap();
+    assert!(!status.success());
+}
+
+#[tokio::test]
+async fn recovery_does_not_kill_a_process_that_reused_the_pid() {
+    let fx = Fixture::new("", &[("a", ECHO_PROMPT, "")]);
+    let mut sleep = orphan_sleep();
+    let pid = sleep.id();
+    let start_time = herdctld::runner::process_start_time(pid).unwrap();
+    // The recorded start time differs: this pid now belongs to another process.
+    let id = write_running_record(&fx, pid, start_time + 1);
+
+    let manager = fx.manager().await;
+    let job = manager.job(id.as_str(), false).unwrap().0;
+    assert_eq!(job.exit_reason, Some(ExitReason::Interrupted));
+    assert!(process_alive(pid), "an unrelated process was killed");
+    sleep.kill().unwrap();
+    sleep.wait().unwrap();
+}
+
+#[tokio::test]
+async fn history_keeps_the_newest_jobs_per_agent() {
+    let fx = Fixture::new("", &[("a", ECHO_PROMPT, ""), ("b", ECHO_PROMPT, "")]);
+    let manager = FleetManager::new(FleetManagerOptions {
+        history: HistoryOptions {
+            max_jobs_per_agent: 3,
+            max_jobs_total: None,
+        },
+        ..fx.options()
+    });
+    manager.initialize().await.unwrap();
+    let b = manager
+        .trigger("b", TriggerOptions::default())
+        .await
+        .unwrap();
+    wait_job(&manager, b.id.as_str()).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let job = manager
+            .trigger("a", TriggerOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            wait_job(&manager, job.id.as_str()).await.status,
+            JobStatus::Completed
+        );
+        ids.push(job.id);
+    }
+    let listed = manager
+        .jobs(&herdctld::fleet::JobQuery {
+            agent: Some("a".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(listed.total, 3);
+    let kept: Vec<&JobId> = listed.jobs.iter().map(|j| &j.id).rev().collect();
+    assert_eq!(kept, ids[2..].iter().collect::<Vec<_>>());
+    let jobs_dir = fx.state.join("jobs");
+    for (n, id) in ids.iter().enumerate() {
+        let exists = jobs_dir.join(format!("{id}.yaml")).exists();
+        let output_exists = jobs_dir.join(format!("{id}.jsonl")).exists();
+        assert_eq!(exists, n >= 2, "record of job {n}");
+        assert_eq!(output_exists, n >= 2, "output of job {n}");
+    }
+    // The other agent's history is its own.
+    assert!(manager.job(b.id.as_str(), false).is_ok());
+}
+
+#[tokio::test]
+async fn pruning_never_removes_a_job_before_its_waiters_see_it() {
+    let fx = Fixture::new("", &[]);
+    let release = fx.path("release");
+    fx.write("", &[("a", &wait_for_file(&release), "")]);
+    let manager = FleetManager::new(FleetManagerOptions {
+        history: HistoryOptions {
+            max_jobs_per_agent: 2,
+            max_jobs_total: None,
+        },
+        ..fx.options()
+    });
+    manager.initialize().await.unwrap();
+    // One running, four queued: more active jobs than the history keeps.
+    let mut jobs = Vec::new();
+    for _ in 0..5 {
+        jobs.push(
+            manager
+                .trigger("a", TriggerOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    std::fs::write(&release, "").unwrap();
+    for job in &jobs {
+        assert_eq!(
+            wait_job(&manager, job.id.as_str()).await.status,
+            JobStatus::Completed
+        );
+    }
+    let listed = manager.jobs(&herdctld::fleet::JobQuery::default()).unwrap();
+    assert_eq!(listed.total, 2);
+}
+
+#[tokio::test]
+async fn streaming_a_running_job_from_the_middle_has_no_gap_and_no_duplicate() {
+    let fx = Fixture::new("", &[]);
+    let release = fx.path("release");
+    let script = format!(
+        "i=0\nwhile [ $i -lt 300 ]; do echo \"line $i\"; i=$((i+1)); done\nwhile [ ! -e '{}' ]; do sleep 0.02; done\nwhile [ $i -lt 3000 ]; do echo \"line $i\"; i=$((i+1)); done",
+        release.display()
+    );
+    fx.write("", &[("a", &script, "")]);
+    let manager = fx.manager().await;
+    let mut events = manager.subscribe_events(Some(vec!["job:output".into()]));
+    let job = manager
+        .trigger("a", TriggerOptions::default())
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    next_event(
+        &mut events,
+        "line 299",
+        |e| matches!(e, FleetEvent::JobOutput { job_id, seq, .. } if *job_id == id && *seq == 299),
+    )
+    .await;
+    let mut from_middle = manager.stream_job_output(&id, 150).unwrap();
+    // Read part of the history before the job goes on, then let it print while the stream catches up.
+    let mut seqs = Vec::new();
+    for _ in 0..10 {
+        match from_middle.next().await {
+            Some(OutputItem::Line(line)) => seqs.push(line.seq),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    std::fs::write(&release, "").unwrap();
+    let (rest, texts, status) = collect_output(&mut from_middle).await;
+    seqs.extend(rest);
+    assert_eq!(seqs, (150..3000).collect::<Vec<u64>>());
+    assert_eq!(texts.last().map(String::as_str), Some("line 2999"));
+    assert_eq!(status, Some(JobStatus::Completed));
+    assert!(from_middle.next().await.is_none());
+}
