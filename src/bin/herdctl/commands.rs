@@ -368,7 +368,8 @@ fn outcome_line(style: Style, job: &Value) -> String {
                 line.push_str(&format!(" ({reason})"));
             }
             if !message.is_empty() {
-                line.push_str(&format!(": {message}"));
+                // Its first line: a stderr tail in the message was already streamed above.
+                line.push_str(&format!(": {}", crate::style::abbreviate(message, 200)));
             }
             line
         }
