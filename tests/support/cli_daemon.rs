@@ -77,6 +77,7 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Writes the fleet, starts the daemon and waits until its socket answers.
     pub fn start() -> TestDaemon {
+        assert_real_client();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         std::fs::create_dir(root.join("agents")).expect("agents dir");
@@ -201,6 +202,21 @@ impl From<Output> for Run {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
     }
+}
+
+/// Fails clearly when the `herdctl` binary is not a real client (e.g. replaced by a concurrent build of
+/// another checkout sharing the target directory), instead of letting every assertion fail on empty output.
+fn assert_real_client() {
+    let version = Command::new(env!("CARGO_BIN_EXE_herdctl"))
+        .arg("--version")
+        .output()
+        .expect("run herdctl --version");
+    let printed = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        printed.starts_with("herdctl "),
+        "{} is not the herdctl client (`--version` printed {printed:?}); rebuild it",
+        env!("CARGO_BIN_EXE_herdctl")
+    );
 }
 
 pub fn herdctl_at(socket: &Path, args: &[&str]) -> Command {

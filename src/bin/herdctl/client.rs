@@ -27,7 +27,7 @@ pub struct RpcError {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "no daemon listening on {} (no such socket) — start it with `herdctld --config …`, or pass --socket / set HERDCTL_SOCKET to where it listens",
+        "no daemon listening on {} (no such socket) — start it with `herdctld --config …`, or point herdctl at the socket herdctld printed (--socket PATH or HERDCTL_SOCKET)",
         .path.display()
     )]
     NoSocket { path: PathBuf },

@@ -690,9 +690,6 @@ impl Session {
         self.catch_interrupts();
         let request = params(&[("types", (!types.is_empty()).then(|| json!(types)))]);
         let subscription = self.client.subscribe("subscribeEvents", request).await?;
-        if !self.json {
-            eprintln!("herdctl: following events; Ctrl-C to stop");
-        }
         loop {
             let next = tokio::select! {
                 _ = interrupted(&mut self.interrupt) => return Ok(EXIT_OK),

@@ -195,9 +195,8 @@ pub enum Command {
 /// fleet found from the current directory (`.herdctl` beside the nearest herdctl.yaml, else `./.herdctl`).
 fn default_socket() -> PathBuf {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let state_dir = nearest_fleet_dir(&cwd)
-        .map(|dir| dir.join(".herdctl"))
-        .unwrap_or_else(|| PathBuf::from(".herdctl"));
+    let fleet_dir = nearest_fleet_dir(&cwd).unwrap_or(cwd);
+    let state_dir = fleet_dir.join(".herdctl");
     default_socket_path_from_env(&state_dir)
 }
 
