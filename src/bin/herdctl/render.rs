@@ -1,0 +1,603 @@
+//! Human views of the daemon's results (SPEC §11 shapes, read as JSON so a newer daemon's extra fields never
+//! break the client): the fleet status, agent and job tables and details, schedules, log entries and events.
+//!
+//! API: one `fn x(style, &Value, now) -> String` per view: [`status`], [`agents`], [`agent`], [`jobs`],
+//! [`job`], [`schedules`], [`schedule_change`], [`log_entry`], [`event`].
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::style::{abbreviate, duration_ms, relative, uptime, Style, Table};
+
+const SUMMARY_CHARS: usize = 50;
+
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn count(value: &Value, pointer: &str) -> u64 {
+    value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn time(value: &Value, key: &str) -> Option<DateTime<Utc>> {
+    value.get(key)?.as_str()?.parse().ok()
+}
+
+fn when(value: &Value, key: &str, now: DateTime<Utc>) -> String {
+    time(value, key)
+        .map(|at| relative(at, now))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Label/value lines with the labels padded to one width.
+fn fields(style: Style, rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(label, value)| format!("{}  {value}\n", style.bold(&format!("{label:<width$}"))))
+        .collect()
+}
+
+pub fn status(style: Style, status: &Value, now: DateTime<Utc>) -> String {
+    let state = text(status, "state");
+    let mut state_line = style.status(state);
+    if let Some(seconds) = status.get("uptime").and_then(Value::as_u64) {
+        if state == "running" {
+            state_line.push_str(&format!(" (up {})", uptime(seconds)));
+        }
+    }
+    let next = match status.pointer("/scheduler/nextTrigger") {
+        Some(next) if next.is_object() => format!(
+            "{}/{} {}",
+            text(next, "agentName"),
+            text(next, "scheduleName"),
+            when(next, "at", now)
+        ),
+        _ => "-".to_owned(),
+    };
+    let rows = [
+        ("fleet", state_line),
+        ("config", or_dash(text(status, "configPath"))),
+        ("state dir", or_dash(text(status, "stateDir"))),
+        (
+            "agents",
+            format!(
+                "{} total, {} running, {} idle",
+                count(status, "/agents/total"),
+                count(status, "/agents/running"),
+                count(status, "/agents/idle")
+            ),
+        ),
+        (
+            "jobs",
+            format!(
+                "{} running, {} queued, {} completed, {} failed, {} cancelled",
+                count(status, "/jobs/active"),
+                count(status, "/jobs/queued"),
+                count(status, "/jobs/completed"),
+                count(status, "/jobs/failed"),
+                count(status, "/jobs/cancelled")
+            ),
+        ),
+        (
+            "schedules",
+            format!(
+                "{} active, next: {next}",
+                count(status, "/scheduler/activeSchedules")
+            ),
+        ),
+    ];
+    fields(style, &rows)
+}
+
+fn last_job_cell(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
+    match agent.get("lastJob") {
+        Some(job) if job.is_object() => format!(
+            "{} {}",
+            style.status(text(job, "status")),
+            when(job, "created_at", now)
+        ),
+        _ => "-".to_owned(),
+    }
+}
+
+fn schedule_names(agent: &Value) -> String {
+    let names: Vec<&str> = agent
+        .get("schedules")
+        .and_then(Value::as_array)
+        .map(|list| list.iter().map(|s| text(s, "name")).collect())
+        .unwrap_or_default();
+    or_dash(&names.join(","))
+}
+
+pub fn agents(style: Style, agents: &Value, now: DateTime<Utc>) -> String {
+    let mut table = Table::new(
+        style,
+        &[
+            "NAME",
+            "STATE",
+            "RUNTIME",
+            "RUNNING",
+            "QUEUED",
+            "SCHEDULES",
+            "LAST JOB",
+        ],
+    );
+    for agent in agents.as_array().into_iter().flatten() {
+        let running = agent
+            .get("currentJobs")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        table.row(vec![
+            text(agent, "name").to_owned(),
+            style.status(text(agent, "state")),
+            text(agent, "runtime").to_owned(),
+            format!("{running}/{}", count(agent, "/concurrency")),
+            count(agent, "/queuedJobs").to_string(),
+            schedule_names(agent),
+            last_job_cell(style, agent, now),
+        ]);
+    }
+    if table.is_empty() {
+        return "no agents configured\n".to_owned();
+    }
+    table.render()
+}
+
+pub fn agent(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
+    let current: Vec<&str> = agent
+        .get("currentJobs")
+        .and_then(Value::as_array)
+        .map(|jobs| jobs.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let last_job = match agent.get("lastJob") {
+        Some(job) if job.is_object() => format!(
+            "{} {} {}",
+            text(job, "id"),
+            style.status(text(job, "status")),
+            when(job, "created_at", now)
+        ),
+        _ => "-".to_owned(),
+    };
+    let rows = [
+        ("name", style.bold(text(agent, "name"))),
+        ("description", or_dash(text(agent, "description"))),
+        ("state", style.status(text(agent, "state"))),
+        ("runtime", text(agent, "runtime").to_owned()),
+        ("model", or_dash(text(agent, "model"))),
+        ("directory", text(agent, "workingDirectory").to_owned()),
+        (
+            "concurrency",
+            format!(
+                "{} running of {}, {} queued",
+                current.len(),
+                count(agent, "/concurrency"),
+                count(agent, "/queuedJobs")
+            ),
+        ),
+        ("current jobs", or_dash(&current.join(", "))),
+        ("last job", last_job),
+        ("session", or_dash(text(agent, "lastSessionId"))),
+    ];
+    let mut out = fields(style, &rows);
+    let schedules_value = agent.get("schedules").cloned().unwrap_or(Value::Null);
+    if schedules_value.as_array().is_some_and(|s| !s.is_empty()) {
+        out.push('\n');
+        out.push_str(&schedules(style, &schedules_value, now));
+    }
+    out
+}
+
+/// What created a job: its schedule, else how it was triggered.
+fn origin(job: &Value) -> String {
+    match job.get("schedule").and_then(Value::as_str) {
+        Some(schedule) => schedule.to_owned(),
+        None => format!("({})", text(job, "trigger_type")),
+    }
+}
+
+fn job_duration(job: &Value, now: DateTime<Utc>) -> String {
+    if let Some(ms) = job.get("duration_ms").and_then(Value::as_u64) {
+        return duration_ms(ms);
+    }
+    match (text(job, "status"), time(job, "started_at")) {
+        ("running", Some(started)) => {
+            let ms = (now - started).num_milliseconds().max(0).unsigned_abs();
+            format!("{}…", duration_ms(ms))
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+/// The one-line gist of a finished job: its summary, else its error.
+fn gist(job: &Value) -> String {
+    let summary = text(job, "summary");
+    if !summary.is_empty() {
+        return abbreviate(summary, SUMMARY_CHARS);
+    }
+    let error = job.pointer("/error/message").and_then(Value::as_str);
+    abbreviate(error.unwrap_or(""), SUMMARY_CHARS)
+}
+
+pub fn jobs(style: Style, page: &Value, now: DateTime<Utc>) -> String {
+    let mut table = Table::new(
+        style,
+        &[
+            "ID", "AGENT", "SCHEDULE", "STATUS", "CREATED", "DURATION", "SUMMARY",
+        ],
+    );
+    let listed = page.get("jobs").and_then(Value::as_array);
+    for job in listed.into_iter().flatten() {
+        table.row(vec![
+            text(job, "id").to_owned(),
+            text(job, "agent").to_owned(),
+            origin(job),
+            style.status(text(job, "status")),
+            when(job, "created_at", now),
+            job_duration(job, now),
+            gist(job),
+        ]);
+    }
+    if table.is_empty() {
+        return "no jobs match\n".to_owned();
+    }
+    let shown = listed.map_or(0, Vec::len) as u64;
+    let total = count(page, "/total");
+    let mut out = table.render();
+    if total > shown {
+        out.push_str(&style.dim(&format!(
+            "{shown} of {total} jobs shown; use --limit to see more\n"
+        )));
+    }
+    out
+}
+
+pub fn job(style: Style, job: &Value, now: DateTime<Utc>) -> String {
+    let status_word = text(job, "status");
+    let mut status_cell = style.status(status_word);
+    // The exit reason only when it says more than the status ("failed (timeout)", not "cancelled (cancelled)").
+    if let Some(reason) = job.get("exit_reason").and_then(Value::as_str) {
+        if reason != status_word && reason != "success" {
+            status_cell.push_str(&format!(" ({reason})"));
+        }
+    }
+    let at = |key: &str| match time(job, key) {
+        Some(at) => format!(
+            "{} ({})",
+            at.format("%Y-%m-%d %H:%M:%S UTC"),
+            relative(at, now)
+        ),
+        None => "-".to_owned(),
+    };
+    let mut rows = vec![
+        ("id", style.bold(text(job, "id"))),
+        ("agent", text(job, "agent").to_owned()),
+        ("schedule", or_dash(text(job, "schedule"))),
+        ("trigger", text(job, "trigger_type").to_owned()),
+        ("status", status_cell),
+        ("created", at("created_at")),
+        ("started", at("started_at")),
+        ("finished", at("finished_at")),
+        ("duration", job_duration(job, now)),
+    ];
+    if let Some(code) = job.get("exit_code").and_then(Value::as_i64) {
+        rows.push(("exit code", code.to_string()));
+    }
+    if let Some(signal) = job.get("signal").and_then(Value::as_i64) {
+        rows.push(("signal", signal.to_string()));
+    }
+    if let Some(pid) = job.get("pid").and_then(Value::as_u64) {
+        rows.push(("pid", pid.to_string()));
+    }
+    for (label, key) in [("forked from", "forked_from"), ("session", "session_id")] {
+        if let Some(value) = job.get(key).and_then(Value::as_str) {
+            rows.push((label, value.to_owned()));
+        }
+    }
+    if let Some(note) = job.get("result").and_then(crate::job_output::result_note) {
+        rows.push(("result", note));
+    }
+    if let Some(error) = job.get("error").filter(|e| e.is_object()) {
+        rows.push((
+            "error",
+            style.red(&format!(
+                "{}: {}",
+                text(error, "code"),
+                text(error, "message")
+            )),
+        ));
+    }
+    if let Some(prompt) = job.get("prompt").and_then(Value::as_str) {
+        rows.push(("prompt", abbreviate(prompt, 100)));
+    }
+    let mut out = fields(style, &rows);
+    if let Some(summary) = job.get("summary").and_then(Value::as_str) {
+        out.push_str(&format!("\n{}\n{summary}\n", style.bold("summary")));
+    }
+    out
+}
+
+fn schedule_spec(schedule: &Value) -> String {
+    let spec = match (schedule.get("interval"), schedule.get("cron")) {
+        (Some(Value::String(interval)), _) => format!("every {interval}"),
+        (_, Some(Value::String(cron))) => cron.clone(),
+        _ => text(schedule, "type").to_owned(),
+    };
+    match schedule.get("timezone").and_then(Value::as_str) {
+        Some(zone) => format!("{spec} ({zone})"),
+        None => spec,
+    }
+}
+
+pub fn schedules(style: Style, schedules: &Value, now: DateTime<Utc>) -> String {
+    let mut table = Table::new(
+        style,
+        &[
+            "AGENT", "SCHEDULE", "TYPE", "WHEN", "ENABLED", "NEXT", "LAST RUN", "LAST",
+        ],
+    );
+    for schedule in schedules.as_array().into_iter().flatten() {
+        let enabled = schedule.get("enabled").and_then(Value::as_bool) == Some(true);
+        let last_status = match schedule.get("lastStatus").and_then(Value::as_str) {
+            Some(status) => style.status(status),
+            None => "-".to_owned(),
+        };
+        table.row(vec![
+            text(schedule, "agentName").to_owned(),
+            text(schedule, "name").to_owned(),
+            text(schedule, "type").to_owned(),
+            schedule_spec(schedule),
+            if enabled {
+                style.green("yes")
+            } else {
+                style.red("no")
+            },
+            when(schedule, "nextTrigger", now),
+            when(schedule, "lastRunAt", now),
+            last_status,
+        ]);
+    }
+    if table.is_empty() {
+        return "no schedules configured\n".to_owned();
+    }
+    table.render()
+}
+
+/// After enable/disable: what the schedule now does.
+pub fn schedule_change(style: Style, schedule: &Value, now: DateTime<Utc>) -> String {
+    let name = format!("{}/{}", text(schedule, "agentName"), text(schedule, "name"));
+    if schedule.get("enabled").and_then(Value::as_bool) == Some(true) {
+        let next = match time(schedule, "nextTrigger") {
+            Some(at) => format!("next run {}", relative(at, now)),
+            None => "it has no upcoming run".to_owned(),
+        };
+        format!("{} {name}; {next}\n", style.green("enabled"))
+    } else {
+        format!("{} {name}; it will not fire\n", style.red("disabled"))
+    }
+}
+
+fn level_cell(style: Style, level: &str) -> String {
+    let padded = format!("{:<5}", level.to_uppercase());
+    match level {
+        "error" => style.red(&padded),
+        "warn" => style.yellow(&padded),
+        "info" => style.green(&padded),
+        _ => style.dim(&padded),
+    }
+}
+
+fn clock(value: &Value, key: &str) -> String {
+    time(value, key)
+        .map(|at| {
+            at.with_timezone(&chrono::Local)
+                .format("%H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| "--:--:--".to_owned())
+}
+
+pub fn log_entry(style: Style, entry: &Value) -> String {
+    if text(entry, "type") == "lagged" {
+        return style.yellow(&format!(
+            "… {} log entries were dropped (this reader fell behind) …",
+            count(entry, "/missed")
+        ));
+    }
+    let mut line = format!(
+        "{} {} {}",
+        style.dim(&clock(entry, "timestamp")),
+        level_cell(style, text(entry, "level")),
+        style.dim(text(entry, "source"))
+    );
+    for key in ["agentName", "jobId"] {
+        if let Some(value) = entry.get(key).and_then(Value::as_str) {
+            line.push_str(&format!(" {}", style.cyan(value)));
+        }
+    }
+    line.push_str(&format!(": {}", text(entry, "message")));
+    if let Some(Value::Object(extra)) = entry.get("fields") {
+        for (key, value) in extra {
+            let value = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            line.push_str(&style.dim(&format!(" {key}={value}")));
+        }
+    }
+    line
+}
+
+/// The interesting fields of an event, after its type.
+fn event_details(event: &Value) -> String {
+    let job_id = || {
+        let id = text(event, "jobId");
+        if id.is_empty() {
+            event
+                .pointer("/job/id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        } else {
+            id.to_owned()
+        }
+    };
+    let agent = || {
+        let name = text(event, "agentName");
+        if name.is_empty() {
+            event
+                .pointer("/job/agent")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        } else {
+            name.to_owned()
+        }
+    };
+    match text(event, "type") {
+        "stopped" => format!("reason: {}", text(event, "reason")),
+        "stop:progress" => format!("{} jobs pending", count(event, "/pendingJobs")),
+        "config:reloaded" => {
+            let changes: Vec<&str> = event
+                .get("changes")
+                .and_then(Value::as_array)
+                .map(|c| c.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if changes.is_empty() {
+                "no changes".to_owned()
+            } else {
+                changes.join("; ")
+            }
+        }
+        "schedule:triggered" => {
+            format!("{}/{} → {}", agent(), text(event, "scheduleName"), job_id())
+        }
+        "schedule:skipped" => format!(
+            "{}/{} ({})",
+            agent(),
+            text(event, "scheduleName"),
+            text(event, "reason")
+        ),
+        "agent:stopped" => format!("{} {} ({})", agent(), job_id(), text(event, "reason")),
+        "job:queued" => format!(
+            "{} {} at position {}",
+            agent(),
+            job_id(),
+            count(event, "/position")
+        ),
+        "job:output" => {
+            let chunk = event.get("chunk").cloned().unwrap_or(Value::Null);
+            let shown = match chunk.get("text").and_then(Value::as_str) {
+                Some(line) => line.to_owned(),
+                None => chunk.to_string(),
+            };
+            format!(
+                "{} #{} {}: {}",
+                job_id(),
+                count(event, "/seq"),
+                text(event, "outputType"),
+                abbreviate(&shown, 80)
+            )
+        }
+        "job:failed" => {
+            let message = event
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            format!("{} {} {}", agent(), job_id(), abbreviate(message, 80))
+        }
+        "job:cancelled" => format!(
+            "{} {} ({})",
+            agent(),
+            job_id(),
+            text(event, "terminationType")
+        ),
+        "job:forked" => format!("{} from {}", job_id(), text(event, "forkedFrom")),
+        "error" => format!("{}: {}", text(event, "source"), text(event, "message")),
+        "lagged" => format!(
+            "{} events were dropped (this reader fell behind)",
+            count(event, "/missed")
+        ),
+        _ => [agent(), job_id()]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+pub fn event(style: Style, event: &Value) -> String {
+    let kind = text(event, "type");
+    let painted = match kind {
+        "job:failed" | "error" => style.red(kind),
+        "job:completed" | "started" => style.green(kind),
+        "schedule:skipped" | "job:cancelled" | "lagged" => style.yellow(kind),
+        _ => style.cyan(kind),
+    };
+    format!(
+        "{} {painted} {}",
+        style.dim(&clock(event, "timestamp")),
+        event_details(event)
+    )
+    .trim_end()
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const PLAIN: Style = Style { color: false };
+
+    #[test]
+    fn status_names_the_next_fire() {
+        let now: DateTime<Utc> = "2025-01-01T10:00:00Z".parse().unwrap();
+        let value = json!({"state": "running", "uptime": 7380,
+            "agents": {"total": 3, "running": 1, "idle": 2},
+            "jobs": {"active": 1, "queued": 0, "completed": 5, "failed": 1, "cancelled": 0},
+            "scheduler": {"activeSchedules": 2, "nextTrigger":
+                {"agentName": "greeter", "scheduleName": "hello", "at": "2025-01-01T10:04:10Z"}}});
+        let out = status(PLAIN, &value, now);
+        assert!(out.contains("running (up 2h 3m)"), "{out}");
+        assert!(out.contains("2 active, next: greeter/hello in 4m"), "{out}");
+        assert!(
+            out.contains("1 running, 0 queued, 5 completed, 1 failed"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn job_table_shows_gist_and_paging_hint() {
+        let now: DateTime<Utc> = "2025-01-01T10:00:00Z".parse().unwrap();
+        let page = json!({"total": 7, "jobs": [
+            {"id": "job-2025-01-01-aaaaaa", "agent": "a", "schedule": null, "trigger_type": "manual",
+             "status": "failed", "created_at": "2025-01-01T08:00:00Z", "duration_ms": 1500,
+             "summary": null, "error": {"code": "exit", "message": "exit status 3"}}]});
+        let out = jobs(PLAIN, &page, now);
+        let row = out.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("job-2025-01-01-aaaaaa  a      (manual)  failed  2h ago"),
+            "{out}"
+        );
+        assert!(row.ends_with("1.5s      exit status 3"), "{out}");
+        assert!(out.contains("1 of 7 jobs shown"));
+    }
+
+    #[test]
+    fn events_and_logs_are_one_readable_line() {
+        let e = json!({"type": "schedule:skipped", "timestamp": "2025-01-01T10:00:00Z",
+            "agentName": "a", "scheduleName": "s", "reason": "concurrency_limit"});
+        assert!(event(PLAIN, &e).ends_with("schedule:skipped a/s (concurrency_limit)"));
+        let log = json!({"timestamp": "2025-01-01T10:00:00Z", "level": "warn", "source": "fleet::run",
+            "agentName": "a", "message": "job failed", "fields": {"exit_code": 3}});
+        assert!(log_entry(PLAIN, &log).ends_with("WARN  fleet::run a: job failed exit_code=3"));
+    }
+}

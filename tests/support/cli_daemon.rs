@@ -1,0 +1,256 @@
+//! A real `herdctld` on a temporary fleet, state directory and socket, for driving `herdctl` against it.
+//!
+//! The fleet has command-runtime agents only: `quick` (prints its prompt, completes), `broken` (writes to
+//! stderr, exits 3), `sleeper` (prints a line, then sleeps 30 s: something to cancel) and `serial` (half a
+//! second of work, one at a time: its second job queues). The only schedule is a yearly cron, so nothing
+//! fires during a test. The daemon is stopped (and its jobs with it) when the guard drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+const FLEET: &str = r#"
+version: 1
+fleet:
+  name: cli-test
+agents:
+  - path: agents/quick.yaml
+  - path: agents/broken.yaml
+  - path: agents/sleeper.yaml
+  - path: agents/serial.yaml
+"#;
+
+const AGENTS: [(&str, &str); 4] = [
+    (
+        "quick",
+        r#"
+name: quick
+description: Says what it was asked
+runtime: command
+command: [sh, -c, 'echo "quick says $HERDCTL_PROMPT"']
+default_prompt: hello
+schedules:
+  yearly:
+    type: cron
+    cron: "0 0 1 1 *"
+    prompt: happy new year
+"#,
+    ),
+    (
+        "broken",
+        r#"
+name: broken
+runtime: command
+command: [sh, -c, 'echo "something broke" >&2; exit 3']
+"#,
+    ),
+    (
+        "sleeper",
+        r#"
+name: sleeper
+runtime: command
+command: [sh, -c, 'echo "going to sleep"; exec sleep 30']
+stop_grace: 1s
+"#,
+    ),
+    (
+        "serial",
+        r#"
+name: serial
+runtime: command
+command: [sh, -c, 'sleep 0.5; echo "serial done"']
+concurrency: 1
+"#,
+    ),
+];
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl TestDaemon {
+    /// Writes the fleet, starts the daemon and waits until its socket answers.
+    pub fn start() -> TestDaemon {
+        assert_real_client();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        std::fs::create_dir(root.join("agents")).expect("agents dir");
+        std::fs::write(root.join("herdctl.yaml"), FLEET).expect("fleet file");
+        for (name, text) in AGENTS {
+            std::fs::write(root.join(format!("agents/{name}.yaml")), text).expect("agent file");
+        }
+        let socket = root.join("d.sock");
+        let log = std::fs::File::create(root.join("daemon.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_herdctld"))
+            .arg("--config")
+            .arg(root)
+            .arg("--state")
+            .arg(root.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn herdctld");
+        let daemon = TestDaemon { dir, socket, child };
+        daemon.wait_until_ready();
+        daemon
+    }
+
+    fn wait_until_ready(&self) {
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "herdctld did not listen on {} in time; its log:\n{}",
+                self.socket.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `herdctl --socket <ours> ARGS…`, ready to spawn, with colours off by environment (not a TTY anyway).
+    pub fn herdctl(&self, args: &[&str]) -> Command {
+        herdctl_at(&self.socket, args)
+    }
+
+    /// Runs `herdctl ARGS…` to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        run_to_end(self.herdctl(args))
+    }
+
+    /// Runs `herdctl --json ARGS…`, expects success and parses stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let run = self.run(&full);
+        assert_eq!(run.code, 0, "herdctl {full:?} failed: {}", run.stderr);
+        serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("herdctl {full:?} printed no JSON ({e}): {}", run.stdout))
+    }
+
+    /// Polls `check` until it gives `Some`, or fails the test at the deadline.
+    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "timed out waiting for {what}; daemon log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The id of the first running job of `agent`, once there is one.
+    pub fn running_job_of(&self, agent: &str) -> String {
+        self.wait_for(&format!("a running job of {agent}"), || {
+            let page = self.json(&["jobs", "--agent", agent, "--status", "running"]);
+            page["jobs"][0]["id"].as_str().map(str::to_owned)
+        })
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        // SIGTERM twice: a graceful stop, then "cancel running jobs now", so no job's process outlives the test.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        for _ in 0..2 {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a finished `herdctl` printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// Fails clearly when the `herdctl` binary is not a real client (e.g. replaced by a concurrent build of
+/// another checkout sharing the target directory), instead of letting every assertion fail on empty output.
+fn assert_real_client() {
+    let version = Command::new(env!("CARGO_BIN_EXE_herdctl"))
+        .arg("--version")
+        .output()
+        .expect("run herdctl --version");
+    let printed = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        printed.starts_with("herdctl "),
+        "{} is not the herdctl client (`--version` printed {printed:?}); rebuild it",
+        env!("CARGO_BIN_EXE_herdctl")
+    );
+}
+
+pub fn herdctl_at(socket: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herdctl"));
+    command
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("HERDCTL_SOCKET")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+pub fn run_to_end(mut command: Command) -> Run {
+    let child = command.spawn().expect("spawn herdctl");
+    wait_with_deadline(child)
+}
+
+/// Waits for a spawned `herdctl` to exit (its output is small, so the pipes cannot fill), killing it at the
+/// deadline.
+pub fn wait_with_deadline(mut child: Child) -> Run {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("herdctl output").into();
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let run: Run = child.wait_with_output().expect("herdctl output").into();
+            panic!("herdctl did not exit in time: {run:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
