@@ -17,6 +17,7 @@ use crate::state::{FleetState as PersistedState, JobFilter, JobStore, StateDir};
 
 use super::error::{FleetError, FleetState, ValidationIssue};
 use super::events::{EventBus, EventSubscription, FleetEvent, SkipReason};
+use super::followup;
 use super::info::*;
 use super::logs::{LogBus, LogFilter, LogLevel, LogSubscription};
 use super::options::FleetManagerOptions;
@@ -97,6 +98,8 @@ pub(super) struct Core {
     pub(super) started_at: Option<DateTime<Utc>>,
     pub(super) stopped_at: Option<DateTime<Utc>>,
     pub(super) scheduler: Option<SchedulerHandle>,
+    /// The work source of every schedule that has one, built at load.
+    pub(super) work_sources: HashMap<ScheduleKey, Arc<dyn crate::work_sources::WorkSource>>,
     pub(super) fire_task: Option<JoinHandle<()>>,
 }
 
@@ -251,6 +254,7 @@ impl FleetManager {
                     started_at: None,
                     stopped_at: None,
                     scheduler: None,
+                    work_sources: HashMap::new(),
                     fire_task: None,
                 }),
                 jobs_changed: Arc::new(Notify::new()),
@@ -339,6 +343,12 @@ impl FleetManager {
             message: format!("initialization task failed: {e}"),
         })??;
         let (config, state_dir, store, issues, persisted, corrupt) = loaded;
+        let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
+            FleetError::Configuration {
+                config_path: config.config_path.display().to_string(),
+                validation_errors,
+            }
+        })?;
 
         for warning in &config.warnings {
             tracing::warn!(file = %warning.file.display(), path = %warning.path, "{}", warning.message);
@@ -356,6 +366,7 @@ impl FleetManager {
         core.state_dir = Some(state_dir);
         core.store = Some(store);
         core.persisted = persisted;
+        core.work_sources = work_sources;
         self.recover_interrupted(&mut core);
         core.lifecycle = FleetState::Initialized;
         drop(core);
@@ -370,6 +381,7 @@ impl FleetManager {
         let Some(store) = core.store.as_mut() else {
             return;
         };
+        let sources = &core.work_sources;
         for id in store.non_terminal() {
             let Ok(Some(mut job)) = store.get(&id) else {
                 continue;
@@ -397,6 +409,15 @@ impl FleetManager {
                 report_state_error(&self.shared.events, &e.to_string());
             }
             tracing::warn!(job_id = %id, agent = %job.agent, "job marked interrupted after a daemon restart");
+            // Its work item is still labelled in progress: give it back.
+            let claimed = job.schedule.as_ref().and_then(|schedule| {
+                let source = sources.get(&ScheduleKey::new(&job.agent, schedule))?;
+                let item = serde_json::from_value(job.work_item.clone()?).ok()?;
+                Some((source.clone(), item))
+            });
+            if let Some(work) = claimed {
+                followup::report_work(work, &job);
+            }
         }
     }
 
@@ -541,10 +562,18 @@ impl FleetManager {
                 path: String::new(),
                 message: format!("reload task failed: {e}"),
             })?;
-        let new = match new {
-            Ok(new) => Arc::new(new),
-            Err(e) => {
-                let error = config_error(e);
+        let built = new.map_err(config_error).and_then(|new| {
+            let sources = followup::work_sources(&new).map_err(|validation_errors| {
+                FleetError::Configuration {
+                    config_path: new.config_path.display().to_string(),
+                    validation_errors,
+                }
+            })?;
+            Ok((Arc::new(new), sources))
+        });
+        let (new, work_sources) = match built {
+            Ok(built) => built,
+            Err(error) => {
                 tracing::error!("reload refused, keeping the running configuration: {error}");
                 return Err(error);
             }
@@ -560,6 +589,7 @@ impl FleetManager {
         let (scheduler, removed, plans) = {
             let mut core = self.core();
             core.config = Some(new.clone());
+            core.work_sources = work_sources;
             // Queued jobs of removed agents can never run.
             let orphaned: Vec<JobId> = core
                 .queue
@@ -984,6 +1014,7 @@ impl FleetManager {
             resume_session: resume,
             fork_session: false,
             schedule: schedule.cloned(),
+            work: None,
         };
         run::admit(self, &mut core, job, context, run::WhenFull::Queue)
     }
@@ -1107,6 +1138,7 @@ impl FleetManager {
             fork_session: original.session_id.is_some(),
             resume_session: original.session_id.clone(),
             schedule: schedule.cloned(),
+            work: None,
         };
         let job = run::admit(self, &mut core, job, context, run::WhenFull::Queue)?;
         drop(core);
@@ -1232,7 +1264,36 @@ impl FleetManager {
     // ---------------------------------------------------------------------------------------------
 
     async fn on_fire(&self, fire: Fire) {
-        let triggered = self.handle_fire(&fire);
+        let triggered = match self.decide_fire(&fire) {
+            None => false,
+            Some(prepared) => match prepared.work_source.clone() {
+                None => self.launch_fire(&fire, prepared, None),
+                // Fetching and claiming talk to GitHub (with retries): never under the fleet's lock.
+                Some(source) => match followup::claim_next(&source).await {
+                    Ok(Some(item)) => self.launch_fire(&fire, prepared, Some((source, item))),
+                    Ok(None) => {
+                        self.skip_fire(&fire.key, SkipReason::NoWork);
+                        false
+                    }
+                    Err(e) => {
+                        let message = format!("work source of {}: {e}", fire.key);
+                        tracing::error!("{message}; the run is skipped");
+                        self.events().emit(FleetEvent::Error {
+                            message: message.clone(),
+                            source: "work_source".into(),
+                        });
+                        let mut core = self.core();
+                        let state = core
+                            .persisted
+                            .schedule_mut(&fire.key.agent, &fire.key.schedule);
+                        state.skipped += 1;
+                        state.last_error = Some(message);
+                        core.save_persisted(self.events());
+                        false
+                    }
+                },
+            },
+        };
         // Record when it fires next, now that the scheduler has planned it.
         let scheduler = self.core().scheduler.clone();
         if let (true, Some(handle)) = (triggered, scheduler) {
@@ -1245,99 +1306,146 @@ impl FleetManager {
         }
     }
 
-    /// Decides what a fire does; returns whether it created a job.
-    fn handle_fire(&self, fire: &Fire) -> bool {
+    fn skip_fire(&self, key: &ScheduleKey, reason: SkipReason) {
         let mut core = self.core();
-        let agent_name = fire.key.agent.clone();
-        let schedule_name = fire.key.schedule.clone();
-        let skip = |core: &mut Core, reason: SkipReason| {
-            core.persisted
-                .schedule_mut(&agent_name, &schedule_name)
-                .skipped += 1;
-            core.save_persisted(self.events());
-            tracing::info!(agent = %agent_name, schedule = %schedule_name, ?reason, "schedule skipped");
-            self.events().emit(FleetEvent::ScheduleSkipped {
-                agent_name: agent_name.clone(),
-                schedule_name: schedule_name.clone(),
-                reason,
-            });
-        };
-        if core.lifecycle != FleetState::Running {
-            skip(&mut core, SkipReason::Stopping);
-            return false;
+        core.persisted
+            .schedule_mut(&key.agent, &key.schedule)
+            .skipped += 1;
+        core.save_persisted(self.events());
+        tracing::info!(agent = %key.agent, schedule = %key.schedule, ?reason, "schedule skipped");
+        self.events().emit(FleetEvent::ScheduleSkipped {
+            agent_name: key.agent.clone(),
+            schedule_name: key.schedule.clone(),
+            reason,
+        });
+    }
+
+    /// Whether a fire should run: the fleet is running, the schedule exists and is enabled, its previous
+    /// run and the limits allow it. Reports the skip when not.
+    fn decide_fire(&self, fire: &Fire) -> Option<PreparedFire> {
+        match self.check_fire(&fire.key) {
+            Ok(prepared) => prepared,
+            Err(reason) => {
+                self.skip_fire(&fire.key, reason);
+                None
+            }
         }
-        let Ok(config) = core.config().cloned() else {
-            return false;
+    }
+
+    /// `Ok(None)`: the schedule is gone (removed by a reload); nothing to report.
+    fn check_fire(&self, key: &ScheduleKey) -> Result<Option<PreparedFire>, SkipReason> {
+        let core = self.core();
+        if core.lifecycle != FleetState::Running {
+            return Err(SkipReason::Stopping);
+        }
+        let Ok(config) = core.config() else {
+            return Ok(None);
         };
-        let Some(agent) = config.agent(&agent_name) else {
-            return false;
+        let Some(agent) = config.agent(&key.agent) else {
+            return Ok(None);
         };
-        let Some(schedule) = agent.schedules.iter().find(|s| s.name == schedule_name) else {
-            return false;
+        let Some(schedule) = agent.schedules.iter().find(|s| s.name == key.schedule) else {
+            return Ok(None);
         };
-        if !effective_enabled(
-            schedule,
-            core.persisted.schedule(&agent_name, &schedule_name),
-        ) {
-            skip(&mut core, SkipReason::Disabled);
-            return false;
+        if !effective_enabled(schedule, core.persisted.schedule(&key.agent, &key.schedule)) {
+            return Err(SkipReason::Disabled);
         }
         let previous_still_going = core.active.values().any(|a| {
-            a.job.agent == agent_name && a.job.schedule.as_deref() == Some(schedule_name.as_str())
+            a.job.agent == key.agent && a.job.schedule.as_deref() == Some(key.schedule.as_str())
         });
         let when_full = match schedule.overlap {
             config::Overlap::Skip if previous_still_going => {
-                skip(&mut core, SkipReason::AlreadyRunning);
-                return false;
+                return Err(SkipReason::AlreadyRunning)
             }
             config::Overlap::Skip => run::WhenFull::Skip,
             config::Overlap::Queue => run::WhenFull::Queue,
             config::Overlap::Allow => run::WhenFull::SkipAtFleetLimit,
         };
         if when_full != run::WhenFull::Queue
-            && !core.may_start(self.options(), &agent_name, when_full)
+            && !core.may_start(self.options(), &key.agent, when_full)
         {
-            skip(&mut core, SkipReason::ConcurrencyLimit);
+            return Err(SkipReason::ConcurrencyLimit);
+        }
+        Ok(Some(PreparedFire {
+            default_prompt: agent.default_prompt.clone(),
+            schedule: schedule.clone(),
+            when_full,
+            work_source: core.work_sources.get(key).cloned(),
+        }))
+    }
+
+    /// Creates and admits the job of a fire; returns whether a job was created.
+    fn launch_fire(
+        &self,
+        fire: &Fire,
+        prepared: PreparedFire,
+        work: Option<followup::ClaimedWork>,
+    ) -> bool {
+        let mut core = self.core();
+        let key = &fire.key;
+        if core.lifecycle != FleetState::Running {
+            drop(core);
+            if let Some(work) = work {
+                followup::release_unused(work, "the fleet stopped before the run started");
+            }
+            self.skip_fire(key, SkipReason::Stopping);
             return false;
         }
-        let prompt = schedule
-            .prompt
-            .clone()
-            .or_else(|| agent.default_prompt.clone())
-            .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
-        let job = Job::new(
+        let schedule = &prepared.schedule;
+        let (prompt, trigger_type, work_item) = match &work {
+            Some((_, item)) => (
+                crate::work_sources::build_prompt(schedule.prompt.as_deref(), item),
+                TriggerType::WorkItem,
+                serde_json::to_value(item).ok(),
+            ),
+            None => (
+                schedule
+                    .prompt
+                    .clone()
+                    .or(prepared.default_prompt)
+                    .unwrap_or_else(|| FALLBACK_PROMPT.to_string()),
+                TriggerType::Schedule,
+                None,
+            ),
+        };
+        let mut job = Job::new(
             JobId::generate(Utc::now()),
-            agent_name.clone(),
-            Some(schedule_name.clone()),
-            TriggerType::Schedule,
+            key.agent.clone(),
+            Some(key.schedule.clone()),
+            trigger_type,
             Some(prompt),
             crate::job::DEFAULT_PRIORITY,
             Utc::now(),
         );
+        job.work_item = work_item;
         {
-            let state = core.persisted.schedule_mut(&agent_name, &schedule_name);
+            let state = core.persisted.schedule_mut(&key.agent, &key.schedule);
             state.last_run_at = Some(fire.fired_at);
             state.runs += 1;
         }
-        tracing::info!(agent = %agent_name, schedule = %schedule_name, job_id = %job.id, "schedule fired");
+        tracing::info!(agent = %key.agent, schedule = %key.schedule, job_id = %job.id, "schedule fired");
         self.events().emit(FleetEvent::ScheduleTriggered {
-            agent_name: agent_name.clone(),
-            schedule_name: schedule_name.clone(),
+            agent_name: key.agent.clone(),
+            schedule_name: key.schedule.clone(),
             job_id: job.id.to_string(),
         });
         let context = RunContext {
             resume_session: schedule
                 .resume_session
-                .then(|| last_session(&core, &agent_name))
+                .then(|| last_session(&core, &key.agent))
                 .flatten(),
             fork_session: false,
-            schedule: Some(schedule.clone()),
+            schedule: Some(prepared.schedule.clone()),
+            work: work.clone(),
         };
-        if let Err(e) = run::admit(self, &mut core, job, context, when_full) {
-            tracing::error!(agent = %agent_name, schedule = %schedule_name, "scheduled job not started: {e}");
+        if let Err(e) = run::admit(self, &mut core, job, context, prepared.when_full) {
+            tracing::error!(agent = %key.agent, schedule = %key.schedule, "scheduled job not started: {e}");
             core.persisted
-                .schedule_mut(&agent_name, &schedule_name)
+                .schedule_mut(&key.agent, &key.schedule)
                 .last_error = Some(e.to_string());
+            if let Some(work) = work {
+                followup::release_unused(work, &format!("the run could not start: {e}"));
+            }
         }
         core.save_persisted(self.events());
         true
@@ -1408,6 +1516,14 @@ fn last_session(core: &Core, agent: &str) -> Option<String> {
         .agents
         .get(agent)
         .and_then(|a| a.last_session_id.clone())
+}
+
+/// A fire that passed every check, waiting for its work item (if its schedule has a work source).
+struct PreparedFire {
+    schedule: ScheduleConfig,
+    default_prompt: Option<String>,
+    when_full: run::WhenFull,
+    work_source: Option<Arc<dyn crate::work_sources::WorkSource>>,
 }
 
 /// Configured `enabled`, overridden by a persisted runtime enable/disable.

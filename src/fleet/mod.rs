@@ -11,6 +11,7 @@
 
 mod error;
 mod events;
+mod followup;
 mod info;
 mod logs;
 mod manager;

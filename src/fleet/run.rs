@@ -21,6 +21,7 @@ use crate::state::OutputWriter;
 
 use super::error::{FleetError, FleetState};
 use super::events::FleetEvent;
+use super::followup::{self, ClaimedWork};
 use super::manager::{report_state_error, ActiveJob, Core, FleetManager};
 use super::output::OutputHub;
 
@@ -30,6 +31,9 @@ pub(super) struct RunContext {
     pub(super) resume_session: Option<String>,
     pub(super) fork_session: bool,
     pub(super) schedule: Option<ScheduleConfig>,
+    /// The work item this job works on, claimed from its schedule's work source; reported back when the
+    /// job ends.
+    pub(super) work: Option<ClaimedWork>,
 }
 
 /// What to do with a job when its agent or the fleet is at its limit.
@@ -382,6 +386,12 @@ fn finalize_locked(
             error: serde_json::to_value(&job.error).unwrap_or(Value::Null),
             job: boxed,
         }),
+    }
+    if let Some(work) = active.context.work {
+        followup::report_work(work, &job);
+    }
+    if let (Some(agent), Some(config)) = (active.agent.as_ref(), core.config.as_ref()) {
+        followup::run_hooks(agent, config, &job);
     }
     prune(manager, core);
     dispatch_queue(manager, core);

@@ -19,7 +19,7 @@ mod github;
 mod retry;
 
 #[cfg(test)]
-mod fake_github;
+pub(crate) mod fake_github;
 
 use std::sync::Arc;
 
