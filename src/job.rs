@@ -271,7 +271,7 @@ impl Job {
     }
 }
 
-/// One line of a job's output file: `{"seq": 1, "ts": "…", "type": "assistant", …rest}`.
+/// One line of a job's output file: `{"seq": 0, "ts": "…", "type": "assistant", …rest}`; `seq` counts from 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputLine {
     /// Position in the job's output, strictly increasing from 1.

@@ -41,7 +41,7 @@ pub struct DaemonArgs {
     pub state: Option<PathBuf>,
     /// Socket path. Default: $RUNTIME_DIRECTORY/herdctld.sock, else $XDG_RUNTIME_DIR/herdctl/herdctld.sock,
     /// else <state>/herdctld.sock.
-    #[arg(long)]
+    #[arg(long, env = "HERDCTL_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Permissions of the socket (octal). 0660 also admits the socket's group.
     #[arg(long, default_value = "0600")]
@@ -256,6 +256,17 @@ async fn serve_until_shutdown(fleet: &FleetManager, notifier: &Notifier) -> Exit
     let _ = notifier.stopping();
     tracing::info!("shutting down; a second SIGTERM/SIGINT cancels running jobs at once");
     if fleet.state() != FleetState::Running {
+        // Jobs can run without the scheduler (triggered after `stop`, or under --no-start): end them
+        // with their grace period rather than leave them to be found interrupted at the next start.
+        let cancelling = cancel_running(fleet, None);
+        tokio::pin!(cancelling);
+        tokio::select! {
+            () = &mut cancelling => {}
+            _ = signals.recv() => {
+                tracing::warn!("second shutdown signal: cancelling running jobs now");
+                cancel_running(fleet, Some(Duration::ZERO)).await;
+            }
+        }
         return ExitCode::SUCCESS;
     }
     let stop = fleet.stop(StopOptions::default());
@@ -274,14 +285,16 @@ async fn serve_until_shutdown(fleet: &FleetManager, notifier: &Notifier) -> Exit
             request = signals.recv() => {
                 if request != SignalRequest::Reload {
                     tracing::warn!("second shutdown signal: cancelling running jobs now");
-                    cancel_running_now(fleet).await;
+                    tokio::spawn(cancel_running(fleet.clone(), Some(Duration::ZERO)));
                 }
             }
         }
     }
 }
 
-async fn cancel_running_now(fleet: &FleetManager) {
+/// Cancels every running job (with `grace`, or each agent's own) and waits until all are final.
+async fn cancel_running(fleet: impl std::borrow::Borrow<FleetManager>, grace: Option<Duration>) {
+    let fleet = fleet.borrow();
     let running = fleet
         .jobs(&crate::fleet::JobQuery {
             status: Some(crate::job::JobStatus::Running),
@@ -290,12 +303,12 @@ async fn cancel_running_now(fleet: &FleetManager) {
         })
         .map(|list| list.jobs)
         .unwrap_or_default();
+    let mut cancels = tokio::task::JoinSet::new();
     for job in running {
         let fleet = fleet.clone();
-        tokio::spawn(async move {
-            let _ = fleet
-                .cancel_job(job.id.as_str(), Some(Duration::ZERO))
-                .await;
+        cancels.spawn(async move {
+            let _ = fleet.cancel_job(job.id.as_str(), grace).await;
         });
     }
+    while cancels.join_next().await.is_some() {}
 }

@@ -353,6 +353,7 @@ impl FleetManager {
         for warning in &config.warnings {
             tracing::warn!(file = %warning.file.display(), path = %warning.path, "{}", warning.message);
         }
+        warn_about_root(&config);
         for issue in issues {
             report_state_error(self.events(), &issue.to_string());
         }
@@ -1516,6 +1517,21 @@ fn last_session(core: &Core, agent: &str) -> Option<String> {
         .agents
         .get(agent)
         .and_then(|a| a.last_session_id.clone())
+}
+
+/// Claude refuses `bypassPermissions` when run as root (its jobs would all fail at once): say so at load.
+fn warn_about_root(config: &FleetConfig) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    for agent in &config.agents {
+        let claude = matches!(agent.runtime, config::RuntimeConfig::Claude { .. });
+        if claude && agent.permission_mode == Some(config::PermissionMode::BypassPermissions) {
+            tracing::warn!(agent = %agent.name,
+                "claude refuses permission_mode bypassPermissions as root; run herdctld as another user \
+                 (or set IS_SANDBOX=1 in its environment if this machine is a disposable sandbox)");
+        }
+    }
 }
 
 /// A fire that passed every check, waiting for its work item (if its schedule has a work source).

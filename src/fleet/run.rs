@@ -218,7 +218,10 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         }
         None => None,
     };
-    tracing::info!(agent = %job.agent, job_id = %id, pid = ?job.pid, "job started");
+    match job.pid {
+        Some(pid) => tracing::info!(agent = %job.agent, job_id = %id, pid, "job started"),
+        None => tracing::debug!(agent = %job.agent, job_id = %id, "job did not spawn"),
+    }
     manager.events().emit(FleetEvent::JobStarted {
         job: Box::new(job.clone()),
     });
