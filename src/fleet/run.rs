@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentConfig, Catchup, RuntimeConfig, ScheduleConfig, ScheduleKind};
-use crate::job::{ExitReason, Job, JobError, JobId, JobStatus, OutputLine, TerminationType};
+use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
 use crate::state::OutputWriter;
@@ -416,19 +416,13 @@ pub(super) fn finish_without_running(
     reason: &str,
 ) {
     let outcome = RunOutcome {
-        status: runner::RunStatus::Cancelled,
-        exit_reason: ExitReason::Cancelled,
-        exit_code: None,
-        signal: None,
-        summary: None,
-        result: None,
-        session_id: None,
-        error: Some(JobError {
-            code: "CANCELLED".into(),
-            message: reason.to_string(),
-        }),
         termination: Some(TerminationType::Graceful),
-        output_truncated: false,
+        ..RunOutcome::without_process(
+            runner::RunStatus::Cancelled,
+            ExitReason::Cancelled,
+            "CANCELLED",
+            reason.to_string(),
+        )
     };
     if let Some(finished) = finalize_locked(manager, core, id, outcome) {
         finished.signal();

@@ -118,6 +118,32 @@ pub struct RunOutcome {
     pub output_truncated: bool,
 }
 
+impl RunOutcome {
+    /// The outcome of a run that ended without a process: `status` with `exit_reason`, and the error.
+    pub fn without_process(
+        status: RunStatus,
+        exit_reason: ExitReason,
+        code: &str,
+        message: String,
+    ) -> RunOutcome {
+        RunOutcome {
+            status,
+            exit_reason,
+            exit_code: None,
+            signal: None,
+            summary: None,
+            result: None,
+            session_id: None,
+            error: Some(JobError {
+                code: code.to_owned(),
+                message,
+            }),
+            termination: None,
+            output_truncated: false,
+        }
+    }
+}
+
 /// The leader of a running job: record these in the job so a restarted daemon can kill leftovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {

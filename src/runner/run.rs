@@ -216,21 +216,7 @@ fn spawn_error_message(runtime: &RuntimeSpec, err: &std::io::Error) -> String {
 }
 
 fn failed(exit_reason: ExitReason, code: &str, message: String) -> RunOutcome {
-    RunOutcome {
-        status: RunStatus::Failed,
-        exit_reason,
-        exit_code: None,
-        signal: None,
-        summary: None,
-        result: None,
-        session_id: None,
-        error: Some(JobError {
-            code: code.to_owned(),
-            message,
-        }),
-        termination: None,
-        output_truncated: false,
-    }
+    RunOutcome::without_process(RunStatus::Failed, exit_reason, code, message)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
