@@ -52,6 +52,10 @@ pub struct DaemonArgs {
     /// Fleet-wide cap on running jobs (overrides defaults.max_concurrent).
     #[arg(long)]
     pub max_concurrent: Option<u32>,
+    /// Manual triggers that may wait for a free slot, fleet-wide (default 1000); one more makes `trigger`
+    /// fail with CONCURRENCY_LIMIT (1006).
+    #[arg(long)]
+    pub max_queued: Option<usize>,
     /// trace, debug, info, warn or error (RUST_LOG, if set, wins).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -99,6 +103,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
         );
     }
 
+    let defaults = FleetManagerOptions::default();
     let fleet = FleetManager::new(FleetManagerOptions {
         config_path: args.config.clone(),
         state_dir: args
@@ -106,8 +111,9 @@ async fn run(args: DaemonArgs) -> ExitCode {
             .clone()
             .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
         concurrency: args.max_concurrent,
+        max_queued: args.max_queued.unwrap_or(defaults.max_queued),
         logs,
-        ..FleetManagerOptions::default()
+        ..defaults
     });
     if let Err(e) = fleet.initialize().await {
         eprintln!("herdctld: {e}");

@@ -188,8 +188,17 @@ async fn write_loop(
     let _ = tokio::time::timeout(close_drain_timeout, flush_queued).await;
 }
 
+/// Appends `message` as one line. A raw line feed in valid JSON can only be insignificant whitespace (inside
+/// strings it is escaped), so it becomes a space: a pretty-printed raw result (the OpenRPC document) must
+/// not split the message across lines.
 fn append_line(buf: &mut Vec<u8>, message: &RawValue) {
+    let start = buf.len();
     buf.extend_from_slice(message.get().as_bytes());
+    for byte in &mut buf[start..] {
+        if *byte == b'\n' {
+            *byte = b' ';
+        }
+    }
     buf.push(b'\n');
 }
 
@@ -554,6 +563,16 @@ mod tests {
         assert_eq!(n, 10);
         assert!(matches!(ev, Some(LineEvent::TooLarge)));
         assert!(!discarding);
+    }
+
+    #[test]
+    fn a_message_with_raw_line_feeds_stays_on_one_line() {
+        let pretty = RawValue::from_string("{\n  \"a\": \"x\\ny\"\n}".to_owned()).unwrap();
+        let mut buf = Vec::new();
+        append_line(&mut buf, &pretty);
+        assert_eq!(buf, b"{   \"a\": \"x\\ny\" }\n");
+        let value: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(value["a"], "x\ny");
     }
 
     #[test]
