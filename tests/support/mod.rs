@@ -445,9 +445,11 @@ enum Connection {
         lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
         writer: OwnedWriteHalf,
     },
+    /// A task reads messages into `incoming` (soketto's `receive_data` is not cancel-safe, and reads here
+    /// time out); an error ends the channel after being printed.
     WebSocket {
         sender: WsSender,
-        receiver: WsReceiver,
+        incoming: tokio::sync::mpsc::UnboundedReceiver<String>,
     },
     /// HTTP opens one connection per request (`Connection: close`).
     Http { socket: PathBuf },
@@ -480,7 +482,9 @@ impl Client {
                     other => panic!("websocket handshake refused: {other:?}"),
                 }
                 let (sender, receiver) = handshake.into_builder().finish();
-                Connection::WebSocket { sender, receiver }
+                let (forward, incoming) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(read_websocket(receiver, forward));
+                Connection::WebSocket { sender, incoming }
             }
             Framing::Http => Connection::Http {
                 socket: socket.to_owned(),
@@ -538,12 +542,8 @@ impl Client {
                     Ok(line) => line.ok().flatten()?,
                 }
             }
-            Connection::WebSocket { receiver, .. } => {
-                let mut data = Vec::new();
-                match tokio::time::timeout(timeout, receiver.receive_data(&mut data)).await {
-                    Err(_) | Ok(Err(_)) => return None,
-                    Ok(Ok(_)) => String::from_utf8(data).unwrap(),
-                }
+            Connection::WebSocket { incoming, .. } => {
+                tokio::time::timeout(timeout, incoming.recv()).await.ok().flatten()?
             }
             Connection::Http { .. } => return None,
         };
@@ -571,7 +571,9 @@ impl Client {
             let message = self
                 .recv_within(remaining)
                 .await
-                .unwrap_or_else(|| panic!("no reply to {method} within {REPLY_TIMEOUT:?}"));
+                .unwrap_or_else(|| {
+                    panic!("no reply to {method} within {REPLY_TIMEOUT:?} (or the connection closed)")
+                });
             if message.get("id") == Some(&json!(id)) {
                 return message;
             }
@@ -627,6 +629,15 @@ impl Client {
         }
     }
 
+    /// Everything stashed plus whatever arrives until `quiet` passes without a message.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut messages: Vec<Value> = self.stash.drain(..).collect();
+        while let Some(message) = self.recv_within(quiet).await {
+            messages.push(message);
+        }
+        messages
+    }
+
     /// The raw NDJSON line reader and writer, for byte-level tests.
     pub fn ndjson_parts(
         &mut self,
@@ -647,6 +658,27 @@ impl Client {
             .await
             .ok()
             .and_then(|line| line.ok().flatten())
+    }
+}
+
+async fn read_websocket(
+    mut receiver: WsReceiver,
+    forward: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    loop {
+        let mut data = Vec::new();
+        match receiver.receive_data(&mut data).await {
+            Ok(_) => {
+                if forward.send(String::from_utf8(data).unwrap()).is_err() {
+                    return;
+                }
+            }
+            Err(soketto::connection::Error::Closed) => return,
+            Err(e) => {
+                eprintln!("websocket receive failed: {e}");
+                return;
+            }
+        }
     }
 }
 
