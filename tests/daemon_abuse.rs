@@ -74,16 +74,24 @@ async fn settled_rss(daemon: &Daemon, baseline: u64) -> u64 {
 
 /// A first byte that is no framing gets one parse-error line; one that looks like HTTP gets an HTTP error.
 async fn garbage_first_bytes(daemon: &Daemon) {
-    for garbage in [&b"hello\n"[..], b"\x00\x01\x02\xff\xfe", b"\xff{\"jsonrpc\":\"2.0\"}\n"] {
+    for garbage in [
+        &b"hello\n"[..],
+        b"\x00\x01\x02\xff\xfe",
+        b"\xff{\"jsonrpc\":\"2.0\"}\n",
+    ] {
         let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
         stream.write_all(garbage).await.unwrap();
         let reply = read_to_end(&mut stream).await;
-        let reply: Value = serde_json::from_str(reply.trim()).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+        let reply: Value =
+            serde_json::from_str(reply.trim()).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
         assert_eq!(reply["error"]["code"], -32700, "{reply}");
         assert_eq!(reply["id"], Value::Null);
     }
     let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
-    stream.write_all(b"GARBAGE / NONSENSE\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GARBAGE / NONSENSE\r\n\r\n")
+        .await
+        .unwrap();
     let reply = read_to_end(&mut stream).await;
     assert!(reply.starts_with("HTTP/1.1 4"), "{reply:?}");
 }
@@ -122,7 +130,10 @@ async fn garbage_lines(client: &mut Client) {
 async fn a_100_mb_line(daemon: &Daemon) -> u64 {
     let mut client = daemon.ndjson().await;
     let (_, writer) = client.ndjson_parts();
-    writer.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"getAgent\",\"params\":{\"name\":\"").await.unwrap();
+    writer
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"getAgent\",\"params\":{\"name\":\"")
+        .await
+        .unwrap();
     let chunk = vec![b'x'; 1024 * 1024];
     let mut peak = 0;
     for i in 0..100 {
@@ -145,9 +156,8 @@ async fn deep_nesting(client: &mut Client) {
     let depth = 10_000;
     let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
     let objects = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
-    let in_params = format!(
-        r#"{{"jsonrpc":"2.0","id":9,"method":"getAgent","params":{{"name":{arrays}}}}}"#
-    );
+    let in_params =
+        format!(r#"{{"jsonrpc":"2.0","id":9,"method":"getAgent","params":{{"name":{arrays}}}}}"#);
     for line in [&arrays, &objects, &in_params] {
         client.send_raw(line).await;
         let mut reply = client.recv().await;
@@ -156,7 +166,9 @@ async fn deep_nesting(client: &mut Client) {
             assert_eq!(entries.len(), 1, "{reply}");
             reply = entries[0].clone();
         }
-        let code = reply["error"]["code"].as_i64().unwrap_or_else(|| panic!("{reply}"));
+        let code = reply["error"]["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{reply}"));
         assert!([-32700, -32600, -32602].contains(&code), "{reply}");
     }
     assert_eq!(client.call("getState", Value::Null).await, "running");
@@ -166,15 +178,29 @@ async fn deep_nesting(client: &mut Client) {
 /// but nobody waits for it. Returns that connection, to be dropped later.
 async fn half_a_line_does_not_block_others(daemon: &Daemon) -> UnixStream {
     let mut silent = UnixStream::connect(&daemon.socket).await.unwrap();
-    silent.write_all(br#"{"jsonrpc":"2.0","id":1,"method":"getSt"#).await.unwrap();
+    silent
+        .write_all(br#"{"jsonrpc":"2.0","id":1,"method":"getSt"#)
+        .await
+        .unwrap();
     let mut silent_http = UnixStream::connect(&daemon.socket).await.unwrap();
-    silent_http.write_all(b"POST / HTTP/1.1\r\nContent-Le").await.unwrap();
+    silent_http
+        .write_all(b"POST / HTTP/1.1\r\nContent-Le")
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut other = daemon.ndjson().await;
     assert_eq!(other.call("getState", Value::Null).await, "running");
-    let (status, _) = http_post(&daemon.socket, r#"{"jsonrpc":"2.0","id":1,"method":"getState"}"#).await;
+    let (status, _) = http_post(
+        &daemon.socket,
+        r#"{"jsonrpc":"2.0","id":1,"method":"getState"}"#,
+    )
+    .await;
     assert!(status.contains("200"), "{status}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     drop(silent_http);
     silent
 }
@@ -196,7 +222,10 @@ async fn many_connections_at_once(daemon: &Daemon) -> Outcome {
             Ok(stream) => streams.push(stream),
             // The listen backlog is full: let the daemon accept.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "could not open {CONNECTIONS} connections");
+                assert!(
+                    Instant::now() < deadline,
+                    "could not open {CONNECTIONS} connections"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => panic!("connect #{}: {e}", streams.len()),
@@ -233,7 +262,8 @@ async fn many_connections_at_once(daemon: &Daemon) -> Outcome {
                 outcome.closed += 1;
                 continue;
             }
-            let reply: Value = serde_json::from_str(reply.trim()).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+            let reply: Value =
+                serde_json::from_str(reply.trim()).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
             if reply["result"] == "running" {
                 outcome.answered += 1;
             } else {
@@ -246,6 +276,9 @@ async fn many_connections_at_once(daemon: &Daemon) -> Outcome {
         .await
         .expect("some connections got neither an answer nor a close");
     assert!(outcome.answered >= 1000, "{outcome:?}");
-    assert_eq!(outcome.answered + outcome.busy + outcome.closed, CONNECTIONS);
+    assert_eq!(
+        outcome.answered + outcome.busy + outcome.closed,
+        CONNECTIONS
+    );
     outcome
 }

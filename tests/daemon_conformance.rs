@@ -22,8 +22,16 @@ async fn exchange(client: &mut Client, line: &str) -> Value {
 /// Asserts that `line` gets no reply: a request sent after it is answered first and nothing else follows.
 async fn assert_no_reply(client: &mut Client, line: &str) {
     client.send_raw(line).await;
-    let probe = exchange(client, r#"{"jsonrpc":"2.0","method":"getState","id":"probe"}"#).await;
-    assert_eq!(probe, json!({"jsonrpc":"2.0","result":"running","id":"probe"}), "after {line}");
+    let probe = exchange(
+        client,
+        r#"{"jsonrpc":"2.0","method":"getState","id":"probe"}"#,
+    )
+    .await;
+    assert_eq!(
+        probe,
+        json!({"jsonrpc":"2.0","result":"running","id":"probe"}),
+        "after {line}"
+    );
     assert_eq!(
         client.recv_line_within(Duration::from_millis(300)).await,
         None,
@@ -45,7 +53,9 @@ fn error_of(code: i64, id: Value) -> impl Fn(&Value) {
 fn by_id(replies: &Value) -> BTreeMap<String, Vec<Value>> {
     let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for reply in replies.as_array().expect("a batch reply is an array") {
-        map.entry(reply["id"].to_string()).or_default().push(reply.clone());
+        map.entry(reply["id"].to_string())
+            .or_default()
+            .push(reply.clone());
     }
     map
 }
@@ -84,14 +94,25 @@ async fn json_rpc_2_0_examples() {
         r#"{"jsonrpc": "2.0", "method": "getAgent", "params": {"name": "gated"}, "id": 4}"#,
     )
     .await;
-    assert_eq!((reply["id"].clone(), reply["result"]["name"].clone()), (json!(4), json!("gated")));
+    assert_eq!(
+        (reply["id"].clone(), reply["result"]["name"].clone()),
+        (json!(4), json!("gated"))
+    );
 
     // a Notification
-    assert_no_reply(&mut client, r#"{"jsonrpc": "2.0", "method": "getStatus", "params": []}"#).await;
+    assert_no_reply(
+        &mut client,
+        r#"{"jsonrpc": "2.0", "method": "getStatus", "params": []}"#,
+    )
+    .await;
     assert_no_reply(&mut client, r#"{"jsonrpc": "2.0", "method": "getState"}"#).await;
 
     // rpc call of non-existent method
-    let reply = exchange(&mut client, r#"{"jsonrpc": "2.0", "method": "foobar", "id": "1"}"#).await;
+    let reply = exchange(
+        &mut client,
+        r#"{"jsonrpc": "2.0", "method": "foobar", "id": "1"}"#,
+    )
+    .await;
     error_of(-32601, json!("1"))(&reply);
 
     // rpc call with invalid JSON
@@ -103,9 +124,17 @@ async fn json_rpc_2_0_examples() {
     error_of(-32700, Value::Null)(&reply);
 
     // rpc call with invalid Request object
-    let reply = exchange(&mut client, r#"{"jsonrpc": "2.0", "method": 1, "params": "bar"}"#).await;
+    let reply = exchange(
+        &mut client,
+        r#"{"jsonrpc": "2.0", "method": 1, "params": "bar"}"#,
+    )
+    .await;
     error_of(-32600, Value::Null)(&reply);
-    let reply = exchange(&mut client, r#"{"jsonrpc": "1.0", "method": "getState", "id": 7}"#).await;
+    let reply = exchange(
+        &mut client,
+        r#"{"jsonrpc": "1.0", "method": "getState", "id": 7}"#,
+    )
+    .await;
     error_of(-32600, json!(7))(&reply);
 
     // rpc call Batch, invalid JSON

@@ -105,12 +105,18 @@ async fn queries(client: &mut Client) {
     let echo = client.call("getAgent", json!({"name": "echo"})).await;
     assert_eq!(echo["name"], "echo");
     assert_eq!(echo["schedules"].as_array().unwrap().len(), 2);
-    assert_eq!(client.call("getAgent", json!(["gated"])).await["name"], "gated");
+    assert_eq!(
+        client.call("getAgent", json!(["gated"])).await["name"],
+        "gated"
+    );
 
     let error = client.call_err("getAgent", json!({"name": "nobody"})).await;
     assert_error(&error, 1002, "AGENT_NOT_FOUND");
     assert_eq!(error["data"]["agentName"], "nobody");
-    assert!(error["message"].as_str().unwrap().contains("echo"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("echo"),
+        "{error}"
+    );
 }
 
 async fn schedules(client: &mut Client) {
@@ -119,14 +125,26 @@ async fn schedules(client: &mut Client) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| format!("{}/{}", s["agentName"].as_str().unwrap(), s["name"].as_str().unwrap()))
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s["agentName"].as_str().unwrap(),
+                s["name"].as_str().unwrap()
+            )
+        })
         .collect();
     for expected in ["echo/yearly", "echo/off", "blocker/nightly"] {
-        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
     }
 
     let yearly = client
-        .call("getSchedule", json!({"agentName": "echo", "scheduleName": "yearly"}))
+        .call(
+            "getSchedule",
+            json!({"agentName": "echo", "scheduleName": "yearly"}),
+        )
         .await;
     assert_eq!(yearly["type"], "cron");
     assert_eq!(yearly["enabled"], true);
@@ -136,7 +154,10 @@ async fn schedules(client: &mut Client) {
     assert_eq!(off["nextTrigger"], Value::Null);
 
     let disabled = client
-        .call("disableSchedule", json!({"agentName": "echo", "scheduleName": "yearly"}))
+        .call(
+            "disableSchedule",
+            json!({"agentName": "echo", "scheduleName": "yearly"}),
+        )
         .await;
     assert_eq!(disabled["enabled"], false);
     assert_eq!(disabled["nextTrigger"], Value::Null);
@@ -185,11 +206,13 @@ async fn jobs(client: &mut Client, daemon: &Daemon) -> String {
     let text = serde_json::to_string(output).unwrap();
     assert!(text.contains(&format!("line one of {id}")), "{text}");
     assert!(text.contains("prompt: say hi"), "{text}");
-    assert!(client.call("getJob", json!([id])).await.get("output").is_none());
+    assert!(client
+        .call("getJob", json!([id]))
+        .await
+        .get("output")
+        .is_none());
 
-    let scheduled = client
-        .call("trigger", json!(["echo", "yearly"]))
-        .await;
+    let scheduled = client.call("trigger", json!(["echo", "yearly"])).await;
     assert_eq!(scheduled["schedule"], "yearly");
     assert_eq!(scheduled["prompt"], "The yearly echo.");
     let scheduled_id = scheduled["id"].as_str().unwrap().to_owned();
@@ -208,24 +231,37 @@ async fn jobs(client: &mut Client, daemon: &Daemon) -> String {
     // Newest first.
     assert_eq!(ids[..2], [scheduled_id.as_str(), id.as_str()], "{list}");
     let page = client
-        .call("getJobs", json!({"agentName": "echo", "limit": 1, "offset": 1}))
+        .call(
+            "getJobs",
+            json!({"agentName": "echo", "limit": 1, "offset": 1}),
+        )
         .await;
     assert_eq!(page["jobs"][0]["id"], id.as_str());
     let completed = client
-        .call("getJobs", json!({"status": "completed", "since": "2000-01-01T00:00:00Z"}))
+        .call(
+            "getJobs",
+            json!({"status": "completed", "since": "2000-01-01T00:00:00Z"}),
+        )
         .await;
     assert!(completed["jobs"]
         .as_array()
         .unwrap()
         .iter()
         .all(|j| j["status"] == "completed"));
-    assert!(client.call("getJobs", Value::Null).await["total"].as_u64().unwrap() >= 2);
+    assert!(
+        client.call("getJobs", Value::Null).await["total"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
 
     let error = client.call_err("getJob", json!({"id": UNKNOWN_JOB})).await;
     assert_error(&error, 1003, "JOB_NOT_FOUND");
     assert_eq!(error["data"]["jobId"], UNKNOWN_JOB);
     assert_error(
-        &client.call_err("getJob", json!({"id": "not-a-job-id"})).await,
+        &client
+            .call_err("getJob", json!({"id": "not-a-job-id"}))
+            .await,
         1003,
         "JOB_NOT_FOUND",
     );
@@ -245,19 +281,26 @@ async fn jobs(client: &mut Client, daemon: &Daemon) -> String {
     );
 
     assert_error(
-        &client.call_err("trigger", json!({"agentName": "nobody"})).await,
+        &client
+            .call_err("trigger", json!({"agentName": "nobody"}))
+            .await,
         1002,
         "AGENT_NOT_FOUND",
     );
     let error = client
-        .call_err("trigger", json!({"agentName": "echo", "scheduleName": "nope"}))
+        .call_err(
+            "trigger",
+            json!({"agentName": "echo", "scheduleName": "nope"}),
+        )
         .await;
     assert_error(&error, 1004, "SCHEDULE_NOT_FOUND");
     id
 }
 
 async fn queue_cancel_and_limits(client: &mut Client, finished: &str) {
-    let running = client.call("trigger", json!({"agentName": "blocker"})).await;
+    let running = client
+        .call("trigger", json!({"agentName": "blocker"}))
+        .await;
     let running_id = running["id"].as_str().unwrap().to_owned();
     wait_for_job_status(client, &running_id, &["running"]).await;
 
@@ -275,7 +318,9 @@ async fn queue_cancel_and_limits(client: &mut Client, finished: &str) {
     assert_eq!(queue["fleet"]["maxQueued"], 1, "{queue}");
 
     // --max-queued 1: the queue is full.
-    let error = client.call_err("trigger", json!({"agentName": "blocker"})).await;
+    let error = client
+        .call_err("trigger", json!({"agentName": "blocker"}))
+        .await;
     assert_error(&error, 1006, "CONCURRENCY_LIMIT");
     assert_eq!(error["data"]["agentName"], "blocker");
     assert_eq!(error["data"]["limit"], 1);
@@ -305,14 +350,19 @@ async fn queue_cancel_and_limits(client: &mut Client, finished: &str) {
     let again = client.call("cancelJob", json!([finished])).await;
     assert_eq!(again["terminationType"], "already_stopped");
     assert_error(
-        &client.call_err("cancelJob", json!({"id": UNKNOWN_JOB})).await,
+        &client
+            .call_err("cancelJob", json!({"id": UNKNOWN_JOB}))
+            .await,
         1003,
         "JOB_NOT_FOUND",
     );
 }
 
 async fn reload(client: &mut Client, daemon: &Daemon) {
-    assert_eq!(client.call("reload", Value::Null).await["changes"], json!([]));
+    assert_eq!(
+        client.call("reload", Value::Null).await["changes"],
+        json!([])
+    );
 
     std::fs::write(
         daemon.agents_dir().join("extra.yaml"),
@@ -330,10 +380,14 @@ async fn reload(client: &mut Client, daemon: &Daemon) {
     assert!(
         changes
             .iter()
-            .any(|c| c.as_str().unwrap().contains("agent:extra") && c.as_str().unwrap().contains("added")),
+            .any(|c| c.as_str().unwrap().contains("agent:extra")
+                && c.as_str().unwrap().contains("added")),
         "{result}"
     );
-    assert_eq!(client.call("getAgent", json!({"name": "extra"})).await["name"], "extra");
+    assert_eq!(
+        client.call("getAgent", json!({"name": "extra"})).await["name"],
+        "extra"
+    );
 
     // Broken: a missing agent file and an invalid agent. Every error is reported; the old config stays.
     std::fs::write(
@@ -350,8 +404,14 @@ async fn reload(client: &mut Client, daemon: &Daemon) {
     for expected in ["missing.yaml", "bad name", "5x"] {
         assert!(text.contains(expected), "{expected} in {text}");
     }
-    assert!(error["data"]["configPath"].as_str().unwrap().ends_with("herdctl.yaml"));
-    assert_eq!(client.call("getAgent", json!({"name": "extra"})).await["name"], "extra");
+    assert!(error["data"]["configPath"]
+        .as_str()
+        .unwrap()
+        .ends_with("herdctl.yaml"));
+    assert_eq!(
+        client.call("getAgent", json!({"name": "extra"})).await["name"],
+        "extra"
+    );
     assert_eq!(client.call("getState", Value::Null).await, "running");
 }
 
@@ -382,10 +442,26 @@ async fn invalid_params(client: &mut Client) {
 /// Each subscription and its unsubscription (HTTP: refused, it has no channel for notifications).
 async fn subscriptions(client: &mut Client) {
     let subscriptions = [
-        ("subscribeEvents", json!({"types": ["job:created"]}), "unsubscribeEvents"),
-        ("streamLogs", json!({"level": "info", "tail": 0}), "unsubscribeLogs"),
-        ("streamAgentLogs", json!({"agentName": "echo", "tail": 0}), "unsubscribeAgentLogs"),
-        ("streamJobOutput", json!({"id": "job-2000-01-01-zzzzzz"}), "unsubscribeJobOutput"),
+        (
+            "subscribeEvents",
+            json!({"types": ["job:created"]}),
+            "unsubscribeEvents",
+        ),
+        (
+            "streamLogs",
+            json!({"level": "info", "tail": 0}),
+            "unsubscribeLogs",
+        ),
+        (
+            "streamAgentLogs",
+            json!({"agentName": "echo", "tail": 0}),
+            "unsubscribeAgentLogs",
+        ),
+        (
+            "streamJobOutput",
+            json!({"id": "job-2000-01-01-zzzzzz"}),
+            "unsubscribeJobOutput",
+        ),
     ];
     for (subscribe, params, unsubscribe) in subscriptions {
         if client.framing == Framing::Http {

@@ -61,13 +61,22 @@ async fn job_events_arrive_in_order(client: &mut Client) -> String {
     collapsed.dedup();
     assert_eq!(collapsed, JOB_EVENTS, "events of {id}: {seen:?}");
     assert!(output_seqs.len() >= 3, "{output_seqs:?}");
-    assert!(output_seqs.windows(2).all(|w| w[1] == w[0] + 1), "{output_seqs:?}");
+    assert!(
+        output_seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "{output_seqs:?}"
+    );
 
     // The unfiltered subscription saw the agent events too.
     let agent_started = wait_for_event(client, &everything, "agent:started", None).await;
     assert_eq!(agent_started["agentName"], "echo");
-    assert_eq!(client.call("unsubscribeEvents", json!([everything])).await, true);
-    assert_eq!(client.call("unsubscribeEvents", json!([events])).await, true);
+    assert_eq!(
+        client.call("unsubscribeEvents", json!([everything])).await,
+        true
+    );
+    assert_eq!(
+        client.call("unsubscribeEvents", json!([events])).await,
+        true
+    );
     id
 }
 
@@ -96,7 +105,11 @@ async fn output_of_a_running_job_replays_then_continues_live(client: &mut Client
     };
     assert_eq!(end["status"], "completed", "{end}");
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{lines:?}");
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "{lines:?}"
+    );
     let text = serde_json::to_string(&lines).unwrap();
     assert!(text.contains("after gate"), "{text}");
     assert_eq!(text.matches("before gate").count(), 1, "{text}");
@@ -107,7 +120,10 @@ async fn output_of_a_running_job_replays_then_continues_live(client: &mut Client
         rest.iter().all(|m| m["params"]["subscription"] != output),
         "after eof: {rest:?}"
     );
-    assert_eq!(client.call("unsubscribeEvents", json!([events])).await, true);
+    assert_eq!(
+        client.call("unsubscribeEvents", json!([events])).await,
+        true
+    );
 }
 
 async fn output_of_a_finished_job_replays_and_ends(client: &mut Client, id: &str) {
@@ -148,15 +164,24 @@ async fn logs_stream(client: &mut Client) {
         .subscribe("streamLogs", json!({"level": "info", "tail": 0}))
         .await;
     let agent_logs = client
-        .subscribe("streamAgentLogs", json!({"agentName": "echo", "level": "info"}))
+        .subscribe(
+            "streamAgentLogs",
+            json!({"agentName": "echo", "level": "info"}),
+        )
         .await;
     let job = client.call("trigger", json!({"agentName": "echo"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
 
     let entry = loop {
         let entry = client.notification(&logs).await;
-        assert!(entry["message"].is_string() && entry["timestamp"].is_string(), "{entry}");
-        assert!(["info", "warn", "error"].contains(&entry["level"].as_str().unwrap()), "{entry}");
+        assert!(
+            entry["message"].is_string() && entry["timestamp"].is_string(),
+            "{entry}"
+        );
+        assert!(
+            ["info", "warn", "error"].contains(&entry["level"].as_str().unwrap()),
+            "{entry}"
+        );
         if entry["jobId"] == id.as_str() {
             break entry;
         }
@@ -176,17 +201,32 @@ async fn logs_stream(client: &mut Client) {
     assert_error(&error, 1002, "AGENT_NOT_FOUND");
     assert_eq!(error["data"]["agentName"], "nobody");
     assert_eq!(client.call("unsubscribeLogs", json!([logs])).await, true);
-    assert_eq!(client.call("unsubscribeAgentLogs", json!([agent_logs])).await, true);
+    assert_eq!(
+        client
+            .call("unsubscribeAgentLogs", json!([agent_logs]))
+            .await,
+        true
+    );
 }
 
 async fn unsubscribe_stops_notifications(client: &mut Client) {
-    let kept = client.subscribe("subscribeEvents", json!({"types": ["job:completed"]})).await;
-    let dropped = client.subscribe("subscribeEvents", json!({"types": ["job:completed"]})).await;
+    let kept = client
+        .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
+        .await;
+    let dropped = client
+        .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
+        .await;
     let logs = client.subscribe("streamLogs", json!({"tail": 0})).await;
-    assert_eq!(client.call("unsubscribeEvents", json!([dropped])).await, true);
+    assert_eq!(
+        client.call("unsubscribeEvents", json!([dropped])).await,
+        true
+    );
     assert_eq!(client.call("unsubscribeLogs", json!([logs])).await, true);
     // Already gone.
-    assert_eq!(client.call("unsubscribeEvents", json!([dropped])).await, false);
+    assert_eq!(
+        client.call("unsubscribeEvents", json!([dropped])).await,
+        false
+    );
 
     let job = client.call("trigger", json!({"agentName": "echo"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
@@ -194,6 +234,9 @@ async fn unsubscribe_stops_notifications(client: &mut Client) {
     let rest: Vec<Value> = client.drain(Duration::from_millis(300)).await;
     for message in &rest {
         let subscription = &message["params"]["subscription"];
-        assert!(subscription != &dropped && subscription != &logs, "after unsubscribe: {message}");
+        assert!(
+            subscription != &dropped && subscription != &logs,
+            "after unsubscribe: {message}"
+        );
     }
 }

@@ -139,6 +139,15 @@ async fn run(args: DaemonArgs) -> ExitCode {
         .socket
         .clone()
         .unwrap_or_else(|| socket::default_socket_path_from_env(&state_dir));
+    // Before the socket is bound and READY=1 is sent: from then on a client or systemd may send SIGHUP
+    // (`systemctl reload`) or SIGTERM, and an uninstalled handler would let either kill the daemon.
+    let signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("herdctld: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mode = match socket::parse_socket_mode(&args.socket_mode) {
         Ok(mode) => mode,
         Err(e) => {
@@ -203,7 +212,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
         })
     });
 
-    let exit = serve_until_shutdown(&fleet, &notifier).await;
+    let exit = serve_until_shutdown(&fleet, &notifier, signals).await;
 
     let _ = stop_serving.send(());
     if let Ok(report) = server.await {
@@ -220,14 +229,11 @@ async fn run(args: DaemonArgs) -> ExitCode {
 }
 
 /// Handles signals until a shutdown request, then stops the fleet.
-async fn serve_until_shutdown(fleet: &FleetManager, notifier: &Notifier) -> ExitCode {
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!("cannot install signal handlers: {e}");
-            return ExitCode::from(1);
-        }
-    };
+async fn serve_until_shutdown(
+    fleet: &FleetManager,
+    notifier: &Notifier,
+    mut signals: Signals,
+) -> ExitCode {
     loop {
         match signals.recv().await {
             SignalRequest::Reload => {

@@ -543,7 +543,10 @@ impl Client {
                 }
             }
             Connection::WebSocket { incoming, .. } => {
-                tokio::time::timeout(timeout, incoming.recv()).await.ok().flatten()?
+                tokio::time::timeout(timeout, incoming.recv())
+                    .await
+                    .ok()
+                    .flatten()?
             }
             Connection::Http { .. } => return None,
         };
@@ -568,12 +571,9 @@ impl Client {
         let deadline = Instant::now() + REPLY_TIMEOUT;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let message = self
-                .recv_within(remaining)
-                .await
-                .unwrap_or_else(|| {
-                    panic!("no reply to {method} within {REPLY_TIMEOUT:?} (or the connection closed)")
-                });
+            let message = self.recv_within(remaining).await.unwrap_or_else(|| {
+                panic!("no reply to {method} within {REPLY_TIMEOUT:?} (or the connection closed)")
+            });
             if message.get("id") == Some(&json!(id)) {
                 return message;
             }
@@ -707,7 +707,11 @@ pub async fn http_post(socket: &Path, body: &str) -> (String, String) {
 #[track_caller]
 pub fn assert_error(error: &Value, code: i64, name: &str) {
     assert_eq!(error["code"], json!(code), "wrong code in {error}");
-    assert_eq!(error["data"]["code"], json!(name), "wrong data.code in {error}");
+    assert_eq!(
+        error["data"]["code"],
+        json!(name),
+        "wrong data.code in {error}"
+    );
 }
 
 /// Waits for the `type`d event of a subscription whose job id is `job_id` (any job when `None`).
