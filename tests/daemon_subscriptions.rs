@@ -69,14 +69,8 @@ async fn job_events_arrive_in_order(client: &mut Client) -> String {
     // The unfiltered subscription saw the agent events too.
     let agent_started = wait_for_event(client, &everything, "agent:started", None).await;
     assert_eq!(agent_started["agentName"], "echo");
-    assert_eq!(
-        client.call("unsubscribeEvents", json!([everything])).await,
-        true
-    );
-    assert_eq!(
-        client.call("unsubscribeEvents", json!([events])).await,
-        true
-    );
+    client.unsubscribe("unsubscribeEvents", &everything).await;
+    client.unsubscribe("unsubscribeEvents", &events).await;
     id
 }
 
@@ -120,10 +114,7 @@ async fn output_of_a_running_job_replays_then_continues_live(client: &mut Client
         rest.iter().all(|m| m["params"]["subscription"] != output),
         "after eof: {rest:?}"
     );
-    assert_eq!(
-        client.call("unsubscribeEvents", json!([events])).await,
-        true
-    );
+    client.unsubscribe("unsubscribeEvents", &events).await;
 }
 
 async fn output_of_a_finished_job_replays_and_ends(client: &mut Client, id: &str) {
@@ -200,13 +191,10 @@ async fn logs_stream(client: &mut Client) {
         .await;
     assert_error(&error, 1002, "AGENT_NOT_FOUND");
     assert_eq!(error["data"]["agentName"], "nobody");
-    assert_eq!(client.call("unsubscribeLogs", json!([logs])).await, true);
-    assert_eq!(
-        client
-            .call("unsubscribeAgentLogs", json!([agent_logs]))
-            .await,
-        true
-    );
+    client.unsubscribe("unsubscribeLogs", &logs).await;
+    client
+        .unsubscribe("unsubscribeAgentLogs", &agent_logs)
+        .await;
 }
 
 async fn unsubscribe_stops_notifications(client: &mut Client) {
@@ -217,11 +205,8 @@ async fn unsubscribe_stops_notifications(client: &mut Client) {
         .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
         .await;
     let logs = client.subscribe("streamLogs", json!({"tail": 0})).await;
-    assert_eq!(
-        client.call("unsubscribeEvents", json!([dropped])).await,
-        true
-    );
-    assert_eq!(client.call("unsubscribeLogs", json!([logs])).await, true);
+    client.unsubscribe("unsubscribeEvents", &dropped).await;
+    client.unsubscribe("unsubscribeLogs", &logs).await;
     // Already gone.
     assert_eq!(
         client.call("unsubscribeEvents", json!([dropped])).await,

@@ -234,18 +234,14 @@ async fn serve_until_shutdown(
     notifier: &Notifier,
     mut signals: Signals,
 ) -> ExitCode {
-    loop {
-        match signals.recv().await {
-            SignalRequest::Reload => {
-                let _ = notifier.reloading();
-                match fleet.reload().await {
-                    Ok(result) => tracing::info!(changes = ?result.changes, "reloaded on SIGHUP"),
-                    Err(e) => tracing::error!("reload on SIGHUP refused: {e}"),
-                }
-                let _ = notifier.ready();
-            }
-            SignalRequest::Shutdown | SignalRequest::ShutdownNow => break,
+    // Any request but a reload is a shutdown.
+    while signals.recv().await == SignalRequest::Reload {
+        let _ = notifier.reloading();
+        match fleet.reload().await {
+            Ok(result) => tracing::info!(changes = ?result.changes, "reloaded on SIGHUP"),
+            Err(e) => tracing::error!("reload on SIGHUP refused: {e}"),
         }
+        let _ = notifier.ready();
     }
     let _ = notifier.stopping();
     tracing::info!("shutting down; a second SIGTERM/SIGINT cancels running jobs at once");

@@ -610,6 +610,20 @@ impl Client {
         self.call(method, params).await
     }
 
+    /// Unsubscribes and asserts it worked. jsonrpsee 0.26 sends the subscribe reply *before* it registers
+    /// the subscription (`PendingSubscriptionSink::accept`), so an unsubscribe sent the instant the reply
+    /// arrives can get `false`; retry briefly instead of failing on that known race.
+    pub async fn unsubscribe(&mut self, method: &str, subscription: &Value) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.call(method, json!([subscription])).await != json!(true) {
+            assert!(
+                Instant::now() < deadline,
+                "{method}({subscription}) never returned true"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The `result` of the next notification of `subscription`; other messages stay stashed.
     pub async fn notification(&mut self, subscription: &Value) -> Value {
         let is_ours = |m: &Value| m["params"]["subscription"] == *subscription;
