@@ -197,17 +197,16 @@ async fn expect_notification(notify: &UnixDatagram, prefix: &str, seen: &mut Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_sighup_reload_and_sigterm_stop() {
     let dir = TestDir::new();
-    let fleet_file = write_fleet(dir.path());
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let socket = dir.path().join("run/herdctld.sock");
-    let state = dir.path().join("state");
     let options = DaemonOptions {
         env: vec![("NOTIFY_SOCKET".into(), notify_path.display().to_string())],
         ..DaemonOptions::default()
     };
-    let mut child = spawn_daemon(dir.path(), &fleet_file, &state, &socket, &options);
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut daemon = Daemon::spawn_in(dir, options);
+    let (socket, fleet_file) = (daemon.socket.clone(), daemon.fleet_file.clone());
+    let agents_dir = daemon.agents_dir();
+    let pid = nix::unistd::Pid::from_raw(daemon.pid as i32);
     let mut seen = Vec::new();
 
     expect_notification(&notify, "READY=1", &mut seen).await;
@@ -225,7 +224,7 @@ async fn sd_notify_sighup_reload_and_sigterm_stop() {
         .subscribe("subscribeEvents", json!({"types": ["config:reloaded"]}))
         .await;
     std::fs::write(
-        dir.path().join("agents/extra.yaml"),
+        agents_dir.join("extra.yaml"),
         "name: extra\nruntime: command\ncommand: [\"true\"]\n",
     )
     .unwrap();
@@ -251,28 +250,11 @@ async fn sd_notify_sighup_reload_and_sigterm_stop() {
     // SIGTERM = graceful stop.
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
     expect_notification(&notify, "STOPPING=1", &mut seen).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "herdctld did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{}",
-        std::fs::read_to_string(dir.path().join("daemon.stderr")).unwrap()
-    );
+    let status = daemon.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
     assert!(!socket.exists(), "the socket is removed on exit");
     assert!(
-        std::fs::read_to_string(dir.path().join("daemon.stdout"))
-            .unwrap()
-            .contains(&socket.display().to_string()),
+        daemon.stdout().contains(&socket.display().to_string()),
         "it prints the socket path"
     );
 }

@@ -202,8 +202,15 @@ impl Daemon {
         Daemon::start_in(TestDir::new(), options).await
     }
 
-    /// Starts in an existing directory (e.g. to restart on the same state dir).
+    /// Starts in an existing directory (e.g. to restart on the same state dir) and waits for the socket.
     pub async fn start_in(dir: TestDir, options: DaemonOptions) -> Daemon {
+        let mut daemon = Daemon::spawn_in(dir, options);
+        daemon.wait_for_socket().await;
+        daemon
+    }
+
+    /// Starts without waiting for anything (for tests of what happens during startup).
+    pub fn spawn_in(dir: TestDir, options: DaemonOptions) -> Daemon {
         let fleet_file = dir.path().join("herdctl.yaml");
         if !options.keep_existing_fleet {
             write_fleet(dir.path());
@@ -212,16 +219,14 @@ impl Daemon {
         let socket = dir.path().join("run").join("herdctld.sock");
         let child = spawn_daemon(dir.path(), &fleet_file, &state, &socket, &options);
         let pid = child.id();
-        let mut daemon = Daemon {
+        Daemon {
             dir,
             socket,
             state,
             fleet_file,
             child: Some(child),
             pid,
-        };
-        daemon.wait_for_socket().await;
-        daemon
+        }
     }
 
     /// Stops this daemon (SIGKILL) and hands back its directory, for a restart on the same state.
@@ -313,8 +318,32 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Kills the daemon, then whatever its jobs left running (a job's children do not die with the
+    /// daemon: only the job's leader gets PDEATHSIG).
     fn drop(&mut self) {
         self.kill9();
+        kill_processes_working_in(self.dir.path());
+    }
+}
+
+/// SIGKILLs every process whose working directory is under `dir` (the test fleet's jobs run in
+/// `dir/agents`).
+pub fn kill_processes_working_in(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let in_dir =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if in_dir {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
