@@ -52,6 +52,10 @@ pub struct DaemonArgs {
     /// Fleet-wide cap on running jobs (overrides defaults.max_concurrent).
     #[arg(long)]
     pub max_concurrent: Option<u32>,
+    /// Manual triggers that may wait for a free slot, fleet-wide (default 1000); one more makes `trigger`
+    /// fail with CONCURRENCY_LIMIT (1006).
+    #[arg(long)]
+    pub max_queued: Option<usize>,
     /// trace, debug, info, warn or error (RUST_LOG, if set, wins).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -100,6 +104,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
     }
     let reaper = spawn_orphan_reaper();
 
+    let defaults = FleetManagerOptions::default();
     let fleet = FleetManager::new(FleetManagerOptions {
         config_path: args.config.clone(),
         state_dir: args
@@ -107,8 +112,9 @@ async fn run(args: DaemonArgs) -> ExitCode {
             .clone()
             .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
         concurrency: args.max_concurrent,
+        max_queued: args.max_queued.unwrap_or(defaults.max_queued),
         logs,
-        ..FleetManagerOptions::default()
+        ..defaults
     });
     if let Err(e) = fleet.initialize().await {
         eprintln!("herdctld: {e}");
@@ -134,6 +140,15 @@ async fn run(args: DaemonArgs) -> ExitCode {
         .socket
         .clone()
         .unwrap_or_else(|| socket::default_socket_path_from_env(&state_dir));
+    // Before the socket is bound and READY=1 is sent: from then on a client or systemd may send SIGHUP
+    // (`systemctl reload`) or SIGTERM, and an uninstalled handler would let either kill the daemon.
+    let signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("herdctld: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mode = match socket::parse_socket_mode(&args.socket_mode) {
         Ok(mode) => mode,
         Err(e) => {
@@ -198,7 +213,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
         })
     });
 
-    let exit = serve_until_shutdown(&fleet, &notifier).await;
+    let exit = serve_until_shutdown(&fleet, &notifier, signals).await;
 
     let _ = stop_serving.send(());
     if let Ok(report) = server.await {
@@ -237,14 +252,12 @@ fn spawn_orphan_reaper() -> Option<tokio::task::JoinHandle<()>> {
 }
 
 /// Handles signals until a shutdown request, then stops the fleet.
-async fn serve_until_shutdown(fleet: &FleetManager, notifier: &Notifier) -> ExitCode {
-    let mut signals = match Signals::new() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!("cannot install signal handlers: {e}");
-            return ExitCode::from(1);
-        }
-    };
+async fn serve_until_shutdown(
+    fleet: &FleetManager,
+    notifier: &Notifier,
+    mut signals: Signals,
+) -> ExitCode {
+    // Any request but a reload is a shutdown.
     while signals.recv().await == SignalRequest::Reload {
         let _ = notifier.reloading();
         match fleet.reload().await {

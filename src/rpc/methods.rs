@@ -516,10 +516,15 @@ impl Source for JobOutputStream {
 async fn pump(sink: &SubscriptionSink, source: &mut impl Source) -> Result<(), SubscriptionError> {
     loop {
         let item = tokio::select! {
+            // Closed first: after an unsubscribe reply, no further notification may follow.
+            biased;
             _ = sink.closed() => return Ok(()),
             item = source.next_item() => item,
         };
         let Some(item) = item else { return Ok(()) };
+        if sink.is_closed() {
+            return Ok(());
+        }
         let raw = serde_json::value::to_raw_value(&item)?;
         if sink.send(raw).await.is_err() {
             return Ok(());

@@ -1,0 +1,495 @@
+//! Every method of the method table over every framing (NDJSON, WebSocket, HTTP) against the real daemon,
+//! with the error codes and `data.code` of SPEC §11.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// A job id that is well formed but names no job.
+const UNKNOWN_JOB: &str = "job-2000-01-01-zzzzzz";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_over_ndjson() {
+    every_method(Framing::Ndjson).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_over_websocket() {
+    every_method(Framing::WebSocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_over_http() {
+    every_method(Framing::Http).await;
+}
+
+async fn every_method(framing: Framing) {
+    // A queue of one makes the third blocker trigger hit CONCURRENCY_LIMIT.
+    let daemon = Daemon::start_with(DaemonOptions {
+        args: vec!["--max-queued".into(), "1".into()],
+        ..DaemonOptions::default()
+    })
+    .await;
+    let mut client = daemon.connect(framing).await;
+
+    lifecycle(&mut client).await;
+    queries(&mut client).await;
+    schedules(&mut client).await;
+    let finished = jobs(&mut client, &daemon).await;
+    queue_cancel_and_limits(&mut client, &finished).await;
+    reload(&mut client, &daemon).await;
+    invalid_params(&mut client).await;
+    subscriptions(&mut client).await;
+
+    let discovered = client.call("rpc.discover", Value::Null).await;
+    let document: Value =
+        serde_json::from_str(&std::fs::read_to_string(openrpc_path()).unwrap()).unwrap();
+    assert_eq!(discovered, document);
+}
+
+fn openrpc_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto-docs/openrpc.json")
+}
+
+async fn lifecycle(client: &mut Client) {
+    assert_eq!(client.call("getState", Value::Null).await, "running");
+    let error = client.call_err("initialize", Value::Null).await;
+    assert_error(&error, 1005, "INVALID_STATE");
+    assert_eq!(error["data"]["currentState"], "running");
+    assert_eq!(error["data"]["operation"], "initialize");
+    assert_error(
+        &client.call_err("start", Value::Null).await,
+        1005,
+        "INVALID_STATE",
+    );
+
+    let stopped = client
+        .call("stop", json!({"waitForJobs": true, "timeout": 5000}))
+        .await;
+    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(client.call("getState", json!([])).await, "stopped");
+    let error = client.call_err("stop", Value::Null).await;
+    assert_error(&error, 1005, "INVALID_STATE");
+    assert_eq!(error["data"]["currentState"], "stopped");
+
+    assert_eq!(client.call("start", Value::Null).await["state"], "running");
+    // Positional params of stop: waitForJobs, timeout, cancelOnTimeout.
+    assert_eq!(
+        client.call("stop", json!([false, 1000, true])).await["state"],
+        "stopped"
+    );
+    assert_eq!(client.call("start", json!({})).await["state"], "running");
+}
+
+async fn queries(client: &mut Client) {
+    let status = client.call("getStatus", Value::Null).await;
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["agents"]["total"], 3);
+    for field in ["active", "queued", "completed", "failed", "cancelled"] {
+        assert!(status["jobs"][field].is_u64(), "jobs.{field} in {status}");
+    }
+    assert!(status["uptime"].is_u64(), "{status}");
+    assert!(status["scheduler"]["activeSchedules"].is_u64(), "{status}");
+
+    let agents = client.call("getAgents", Value::Null).await;
+    let mut names: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["blocker", "echo", "gated"]);
+
+    let echo = client.call("getAgent", json!({"name": "echo"})).await;
+    assert_eq!(echo["name"], "echo");
+    assert_eq!(echo["schedules"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        client.call("getAgent", json!(["gated"])).await["name"],
+        "gated"
+    );
+
+    let error = client.call_err("getAgent", json!({"name": "nobody"})).await;
+    assert_error(&error, 1002, "AGENT_NOT_FOUND");
+    assert_eq!(error["data"]["agentName"], "nobody");
+    assert!(
+        error["message"].as_str().unwrap().contains("echo"),
+        "{error}"
+    );
+}
+
+async fn schedules(client: &mut Client) {
+    let all = client.call("getSchedules", Value::Null).await;
+    let names: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s["agentName"].as_str().unwrap(),
+                s["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in ["echo/yearly", "echo/off", "blocker/nightly"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+
+    let yearly = client
+        .call(
+            "getSchedule",
+            json!({"agentName": "echo", "scheduleName": "yearly"}),
+        )
+        .await;
+    assert_eq!(yearly["type"], "cron");
+    assert_eq!(yearly["enabled"], true);
+    assert!(yearly["nextTrigger"].is_string(), "{yearly}");
+    let off = client.call("getSchedule", json!(["echo", "off"])).await;
+    assert_eq!(off["enabled"], false);
+    assert_eq!(off["nextTrigger"], Value::Null);
+
+    let disabled = client
+        .call(
+            "disableSchedule",
+            json!({"agentName": "echo", "scheduleName": "yearly"}),
+        )
+        .await;
+    assert_eq!(disabled["enabled"], false);
+    assert_eq!(disabled["nextTrigger"], Value::Null);
+    let enabled = client
+        .call("enableSchedule", json!(["echo", "yearly"]))
+        .await;
+    assert_eq!(enabled["enabled"], true);
+    assert!(enabled["nextTrigger"].is_string(), "{enabled}");
+
+    for method in ["getSchedule", "enableSchedule", "disableSchedule"] {
+        let error = client
+            .call_err(method, json!({"agentName": "echo", "scheduleName": "nope"}))
+            .await;
+        assert_error(&error, 1004, "SCHEDULE_NOT_FOUND");
+        assert_eq!(error["data"]["agentName"], "echo");
+        assert_eq!(error["data"]["scheduleName"], "nope");
+        let error = client
+            .call_err(method, json!({"agentName": "nobody", "scheduleName": "x"}))
+            .await;
+        assert_error(&error, 1002, "AGENT_NOT_FOUND");
+    }
+}
+
+/// Triggers, reads and forks an echo job; returns the id of the finished job.
+async fn jobs(client: &mut Client, daemon: &Daemon) -> String {
+    let job = client
+        .call("trigger", json!({"agentName": "echo", "prompt": "say hi"}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("job-"), "{job}");
+    assert_eq!(job["agent"], "echo");
+    assert_eq!(job["trigger_type"], "manual");
+    assert!(
+        ["queued", "running"].contains(&job["status"].as_str().unwrap()),
+        "{job}"
+    );
+    let done = wait_for_job_status(client, &id, &["completed", "failed", "cancelled"]).await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", daemon.stderr());
+    assert_eq!(done["exit_reason"], "success");
+    assert_eq!(done["summary"], "echoed");
+
+    let with_output = client
+        .call("getJob", json!({"id": id, "includeOutput": true}))
+        .await;
+    let output = with_output["output"].as_array().expect("output[]");
+    let text = serde_json::to_string(output).unwrap();
+    assert!(text.contains(&format!("line one of {id}")), "{text}");
+    assert!(text.contains("prompt: say hi"), "{text}");
+    assert!(client
+        .call("getJob", json!([id]))
+        .await
+        .get("output")
+        .is_none());
+
+    let scheduled = client.call("trigger", json!(["echo", "yearly"])).await;
+    assert_eq!(scheduled["schedule"], "yearly");
+    assert_eq!(scheduled["prompt"], "The yearly echo.");
+    let scheduled_id = scheduled["id"].as_str().unwrap().to_owned();
+    wait_for_job_status(client, &scheduled_id, &["completed"]).await;
+
+    let list = client
+        .call("getJobs", json!({"agentName": "echo", "limit": 10}))
+        .await;
+    let ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert!(list["total"].as_u64().unwrap() >= 2, "{list}");
+    // Newest first.
+    assert_eq!(ids[..2], [scheduled_id.as_str(), id.as_str()], "{list}");
+    let page = client
+        .call(
+            "getJobs",
+            json!({"agentName": "echo", "limit": 1, "offset": 1}),
+        )
+        .await;
+    assert_eq!(page["jobs"][0]["id"], id.as_str());
+    let completed = client
+        .call(
+            "getJobs",
+            json!({"status": "completed", "since": "2000-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert!(completed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["status"] == "completed"));
+    assert!(
+        client.call("getJobs", Value::Null).await["total"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+
+    let error = client.call_err("getJob", json!({"id": UNKNOWN_JOB})).await;
+    assert_error(&error, 1003, "JOB_NOT_FOUND");
+    assert_eq!(error["data"]["jobId"], UNKNOWN_JOB);
+    assert_error(
+        &client
+            .call_err("getJob", json!({"id": "not-a-job-id"}))
+            .await,
+        1003,
+        "JOB_NOT_FOUND",
+    );
+
+    let fork = client
+        .call("forkJob", json!({"id": id, "prompt": "forked prompt"}))
+        .await;
+    assert_eq!(fork["forked_from"], id.as_str());
+    assert_eq!(fork["trigger_type"], "fork");
+    assert_eq!(fork["prompt"], "forked prompt");
+    let fork_id = fork["id"].as_str().unwrap().to_owned();
+    wait_for_job_status(client, &fork_id, &["completed"]).await;
+    assert_error(
+        &client.call_err("forkJob", json!({"id": UNKNOWN_JOB})).await,
+        1003,
+        "JOB_NOT_FOUND",
+    );
+
+    assert_error(
+        &client
+            .call_err("trigger", json!({"agentName": "nobody"}))
+            .await,
+        1002,
+        "AGENT_NOT_FOUND",
+    );
+    let error = client
+        .call_err(
+            "trigger",
+            json!({"agentName": "echo", "scheduleName": "nope"}),
+        )
+        .await;
+    assert_error(&error, 1004, "SCHEDULE_NOT_FOUND");
+    id
+}
+
+async fn queue_cancel_and_limits(client: &mut Client, finished: &str) {
+    let running = client
+        .call("trigger", json!({"agentName": "blocker"}))
+        .await;
+    let running_id = running["id"].as_str().unwrap().to_owned();
+    wait_for_job_status(client, &running_id, &["running"]).await;
+
+    let queued = client
+        .call("trigger", json!({"agentName": "blocker", "priority": 3}))
+        .await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let queued_id = queued["id"].as_str().unwrap().to_owned();
+
+    let queue = client.call("getQueue", Value::Null).await;
+    assert_eq!(queue["queued"][0]["jobId"], queued_id.as_str(), "{queue}");
+    assert_eq!(queue["agents"]["blocker"]["running"], 1, "{queue}");
+    assert_eq!(queue["agents"]["blocker"]["queued"], 1, "{queue}");
+    assert_eq!(queue["agents"]["blocker"]["limit"], 1, "{queue}");
+    assert_eq!(queue["fleet"]["maxQueued"], 1, "{queue}");
+
+    // --max-queued 1: the queue is full.
+    let error = client
+        .call_err("trigger", json!({"agentName": "blocker"}))
+        .await;
+    assert_error(&error, 1006, "CONCURRENCY_LIMIT");
+    assert_eq!(error["data"]["agentName"], "blocker");
+    assert_eq!(error["data"]["limit"], 1);
+    assert_eq!(error["data"]["currentJobs"], 1);
+
+    // Nothing to fork yet.
+    let error = client.call_err("forkJob", json!({"id": queued_id})).await;
+    assert_error(&error, 1007, "JOB_NOT_RUNNING");
+    assert_eq!(error["data"]["status"], "queued");
+
+    let cancelled = client.call("cancelJob", json!({"id": queued_id})).await;
+    assert_eq!(cancelled["jobId"], queued_id.as_str());
+    let job = client.call("getJob", json!({"id": queued_id})).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+
+    let cancelled = client
+        .call("cancelJob", json!({"id": running_id, "graceMs": 200}))
+        .await;
+    assert!(
+        ["graceful", "forced"].contains(&cancelled["terminationType"].as_str().unwrap()),
+        "{cancelled}"
+    );
+    let job = client.call("getJob", json!({"id": running_id})).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["exit_reason"], "cancelled", "{job}");
+
+    let again = client.call("cancelJob", json!([finished])).await;
+    assert_eq!(again["terminationType"], "already_stopped");
+    assert_error(
+        &client
+            .call_err("cancelJob", json!({"id": UNKNOWN_JOB}))
+            .await,
+        1003,
+        "JOB_NOT_FOUND",
+    );
+}
+
+async fn reload(client: &mut Client, daemon: &Daemon) {
+    assert_eq!(
+        client.call("reload", Value::Null).await["changes"],
+        json!([])
+    );
+
+    std::fs::write(
+        daemon.agents_dir().join("extra.yaml"),
+        "name: extra\nruntime: command\ncommand: [\"true\"]\n",
+    )
+    .unwrap();
+    daemon.write_fleet_file(&fleet_yaml(&[
+        "echo.yaml",
+        "gated.yaml",
+        "blocker.yaml",
+        "extra.yaml",
+    ]));
+    let result = client.call("reload", json!({})).await;
+    let changes = result["changes"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.as_str().unwrap().contains("agent:extra")
+                && c.as_str().unwrap().contains("added")),
+        "{result}"
+    );
+    assert_eq!(
+        client.call("getAgent", json!({"name": "extra"})).await["name"],
+        "extra"
+    );
+
+    // Broken: a missing agent file and an invalid agent. Every error is reported; the old config stays.
+    std::fs::write(
+        daemon.agents_dir().join("broken.yaml"),
+        "name: \"bad name\"\nschedules:\n  s:\n    type: interval\n    interval: 5x\n",
+    )
+    .unwrap();
+    daemon.write_fleet_file(&fleet_yaml(&["echo.yaml", "broken.yaml", "missing.yaml"]));
+    let error = client.call_err("reload", Value::Null).await;
+    assert_error(&error, 1001, "CONFIGURATION_ERROR");
+    let issues = error["data"]["validationErrors"].as_array().unwrap();
+    assert!(issues.len() >= 3, "{error}");
+    let text = serde_json::to_string(issues).unwrap();
+    for expected in ["missing.yaml", "bad name", "5x"] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    assert!(error["data"]["configPath"]
+        .as_str()
+        .unwrap()
+        .ends_with("herdctl.yaml"));
+    assert_eq!(
+        client.call("getAgent", json!({"name": "extra"})).await["name"],
+        "extra"
+    );
+    assert_eq!(client.call("getState", Value::Null).await, "running");
+}
+
+async fn invalid_params(client: &mut Client) {
+    let cases = [
+        ("getAgent", json!({"name": "echo", "bogus": 1})),
+        ("getAgent", json!({})),
+        ("getAgent", json!({"name": 5})),
+        ("getAgent", json!(["echo", "extra positional"])),
+        ("getStatus", json!({"unexpected": true})),
+        ("getJobs", json!({"limit": "ten"})),
+        ("getJobs", json!({"status": "sleeping"})),
+        ("trigger", json!({"agentName": "echo", "priority": 0})),
+        ("trigger", json!({"agentName": "echo", "priority": 11})),
+        ("stop", json!({"timeout": -1})),
+        ("getJob", json!("a string")),
+    ];
+    for (method, params) in cases {
+        let error = client.call_err(method, params.clone()).await;
+        assert_error(&error, -32602, "INVALID_PARAMS");
+    }
+    assert_eq!(
+        client.call_err("noSuchMethod", Value::Null).await["code"],
+        -32601
+    );
+}
+
+/// Each subscription and its unsubscription (HTTP: refused, it has no channel for notifications).
+async fn subscriptions(client: &mut Client) {
+    let subscriptions = [
+        (
+            "subscribeEvents",
+            json!({"types": ["job:created"]}),
+            "unsubscribeEvents",
+        ),
+        (
+            "streamLogs",
+            json!({"level": "info", "tail": 0}),
+            "unsubscribeLogs",
+        ),
+        (
+            "streamAgentLogs",
+            json!({"agentName": "echo", "tail": 0}),
+            "unsubscribeAgentLogs",
+        ),
+        (
+            "streamJobOutput",
+            json!({"id": "job-2000-01-01-zzzzzz"}),
+            "unsubscribeJobOutput",
+        ),
+    ];
+    for (subscribe, params, unsubscribe) in subscriptions {
+        if client.framing == Framing::Http {
+            let error = client.call_err(subscribe, params).await;
+            assert!(error["code"].is_i64(), "{error}");
+            continue;
+        }
+        if subscribe == "streamJobOutput" {
+            let error = client.call_err(subscribe, params).await;
+            assert_error(&error, 1003, "JOB_NOT_FOUND");
+            continue;
+        }
+        let id = client.subscribe(subscribe, params).await;
+        client.unsubscribe(unsubscribe, &id).await;
+        assert_eq!(client.call(unsubscribe, json!([id])).await, false);
+    }
+    if client.framing != Framing::Http {
+        let error = client
+            .call_err("subscribeEvents", json!({"types": ["job:exploded"]}))
+            .await;
+        assert_error(&error, -32602, "INVALID_PARAMS");
+        let error = client
+            .call_err("streamLogs", json!({"level": "loud"}))
+            .await;
+        assert_error(&error, -32602, "INVALID_PARAMS");
+        let error = client
+            .call_err("streamAgentLogs", json!({"agentName": "nobody"}))
+            .await;
+        assert_error(&error, 1002, "AGENT_NOT_FOUND");
+    }
+}

@@ -1,0 +1,374 @@
+//! herdctld as a process: the OpenRPC document, the socket's mode, the state-dir lock, exit codes,
+//! sd_notify, signals, crash recovery, and the systemd units.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use herdctld::fleet::{FleetManager, FleetManagerOptions};
+use herdctld::rpc::methods::{fleet_module, registered_method_names};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use support::*;
+use tokio::net::UnixDatagram;
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_discover_returns_the_bytes_of_openrpc_json() {
+    let daemon = Daemon::start().await;
+    let file = std::fs::read_to_string(repo_file("proto-docs/openrpc.json")).unwrap();
+    let (status, body) = http_post(
+        &daemon.socket,
+        r#"{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}"#,
+    )
+    .await;
+    assert!(status.contains("200"), "{status}");
+    // The file's trailing newline is not part of the JSON text (serde_json's RawValue drops it).
+    let expected = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{}}}"#, file.trim_end());
+    if body != expected {
+        let at = body
+            .bytes()
+            .zip(expected.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        panic!(
+            "rpc.discover differs from the file at byte {at} (lengths {} and {}): {:?} vs {:?}",
+            body.len(),
+            expected.len(),
+            &body[at.saturating_sub(20)..(at + 20).min(body.len())],
+            &expected[at.saturating_sub(20)..(at + 20).min(expected.len())]
+        );
+    }
+}
+
+#[test]
+fn openrpc_documents_exactly_the_registered_methods() {
+    let document: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("proto-docs/openrpc.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(document["openrpc"].as_str().unwrap().starts_with("1."));
+    let documented: BTreeSet<String> = document["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    let module = fleet_module(FleetManager::new(FleetManagerOptions::default()));
+    let registered: BTreeSet<String> = registered_method_names(&module).into_iter().collect();
+    assert_eq!(documented, registered);
+    // Each subscription names its notification and unsubscribe method; notifications are not methods.
+    for method in document["methods"].as_array().unwrap() {
+        if let Some(unsubscribe) = method.get("x-unsubscribe") {
+            assert!(
+                registered.contains(unsubscribe.as_str().unwrap()),
+                "{method}"
+            );
+            let notification = method["x-notification"].as_str().unwrap();
+            assert!(!registered.contains(notification), "{notification}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_is_0600_and_a_second_daemon_on_the_same_state_fails_fast() {
+    let daemon = Daemon::start().await;
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o600);
+
+    let second_socket = daemon.dir.path().join("second.sock");
+    let started = std::time::Instant::now();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&daemon.fleet_file)
+        .arg("--state")
+        .arg(&daemon.state)
+        .arg("--socket")
+        .arg(&second_socket)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(stderr.contains("herdctld.lock"), "{stderr}");
+    assert!(
+        stderr.contains(&daemon.pid.to_string()),
+        "names the holder: {stderr}"
+    );
+    assert!(!second_socket.exists());
+    // The first one is unharmed.
+    assert_eq!(
+        daemon.ndjson().await.call("getState", Value::Null).await,
+        "running"
+    );
+}
+
+#[test]
+fn invalid_configuration_at_start_exits_78_with_every_error() {
+    let dir = TestDir::new();
+    write_fleet(dir.path());
+    std::fs::write(
+        dir.path().join("agents/broken.yaml"),
+        "name: \"bad name\"\nschedules:\n  s:\n    type: interval\n    interval: 5x\n  c:\n    type: cron\n    cron: \"61 * * * *\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("herdctl.yaml"),
+        fleet_yaml(&["echo.yaml", "broken.yaml", "missing.yaml"]),
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(dir.path())
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    for expected in ["missing.yaml", "bad name", "5x", "61"] {
+        assert!(
+            stderr.contains(expected),
+            "{expected} missing from:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("herdctl.yaml"), "{stderr}");
+    for forbidden in ["panicked", "backtrace", "RUST_BACKTRACE", "Error {"] {
+        assert!(!stderr.contains(forbidden), "{forbidden} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn bad_command_lines_exit_2() {
+    let dir = TestDir::new();
+    write_fleet(dir.path());
+    for args in [
+        vec!["--bogus"],
+        vec!["--log-format", "xml"],
+        vec!["--max-queued", "many"],
+        vec!["--socket-mode", "0999"],
+        vec!["--log-level", "loud"],
+    ] {
+        let output = Command::new(BINARY)
+            .arg("--config")
+            .arg(dir.path())
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.trim().is_empty(), "{args:?} explains itself");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// Reads sd_notify datagrams until one starts with `prefix`.
+async fn expect_notification(notify: &UnixDatagram, prefix: &str, seen: &mut Vec<String>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(START_TIMEOUT, notify.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {prefix} notification; got {seen:?}"))
+            .unwrap();
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(message.clone());
+        if message.starts_with(prefix) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_sighup_reload_and_sigterm_stop() {
+    let dir = TestDir::new();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let options = DaemonOptions {
+        env: vec![("NOTIFY_SOCKET".into(), notify_path.display().to_string())],
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::spawn_in(dir, options);
+    let (socket, fleet_file) = (daemon.socket.clone(), daemon.fleet_file.clone());
+    let agents_dir = daemon.agents_dir();
+    let pid = nix::unistd::Pid::from_raw(daemon.pid as i32);
+    let mut seen = Vec::new();
+
+    expect_notification(&notify, "READY=1", &mut seen).await;
+    // READY=1 means the socket is bound and serving, and signals are handled (`systemctl reload` may
+    // come at once).
+    assert!(socket.exists(), "READY=1 before the socket exists");
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    expect_notification(&notify, "RELOADING=1", &mut seen).await;
+    expect_notification(&notify, "READY=1", &mut seen).await;
+    let mut client = Client::connect(&socket, Framing::Ndjson).await;
+    assert_eq!(client.call("getState", Value::Null).await, "running");
+
+    // SIGHUP = reload.
+    let events = client
+        .subscribe("subscribeEvents", json!({"types": ["config:reloaded"]}))
+        .await;
+    std::fs::write(
+        agents_dir.join("extra.yaml"),
+        "name: extra\nruntime: command\ncommand: [\"true\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &fleet_file,
+        fleet_yaml(&["echo.yaml", "gated.yaml", "blocker.yaml", "extra.yaml"]),
+    )
+    .unwrap();
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    let reloaded = client.notification(&events).await;
+    assert_eq!(reloaded["type"], "config:reloaded");
+    assert!(
+        reloaded["changes"].to_string().contains("agent:extra"),
+        "{reloaded}"
+    );
+    expect_notification(&notify, "RELOADING=1", &mut seen).await;
+    expect_notification(&notify, "READY=1", &mut seen).await;
+    assert_eq!(
+        client.call("getAgent", json!({"name": "extra"})).await["name"],
+        "extra"
+    );
+
+    // SIGTERM = graceful stop.
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    expect_notification(&notify, "STOPPING=1", &mut seen).await;
+    let status = daemon.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
+    assert!(!socket.exists(), "the socket is removed on exit");
+    assert!(
+        daemon.stdout().contains(&socket.display().to_string()),
+        "it prints the socket path"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_when_the_daemon_is_killed_is_failed_interrupted_after_restart() {
+    let mut daemon = Daemon::start().await;
+    let mut client = daemon.ndjson().await;
+    let job = client
+        .call("trigger", json!({"agentName": "blocker"}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let running = wait_for_job_status(&mut client, &id, &["running"]).await;
+    let pgid = running["pgid"].as_i64().expect("a running job has a pgid") as i32;
+    // The job's shell has started its `sleep 60` child.
+    wait_until(
+        "the job's process group to hold two processes",
+        REPLY_TIMEOUT,
+        || processes_in_group(pgid).len() >= 2,
+    )
+    .await;
+    drop(client);
+
+    daemon.kill9();
+    let daemon = Daemon::start_in(
+        daemon.into_dir(),
+        DaemonOptions {
+            keep_existing_fleet: true,
+            ..DaemonOptions::default()
+        },
+    )
+    .await;
+    let mut client = daemon.ndjson().await;
+    let job = client.call("getJob", json!({"id": id})).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["exit_reason"], "interrupted", "{job}");
+    wait_until(
+        "the interrupted job's processes to be gone",
+        Duration::from_secs(5),
+        || processes_in_group(pgid).is_empty(),
+    )
+    .await;
+    // The agent is free again.
+    let next = client
+        .call("trigger", json!({"agentName": "blocker"}))
+        .await;
+    assert_eq!(next["status"], "running", "{next}");
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let service = std::fs::read_to_string(repo_file("systemd/herdctld.service")).unwrap();
+    let socket = std::fs::read_to_string(repo_file("systemd/herdctld.socket")).unwrap();
+    for directive in [
+        "Type=notify",
+        "ExecStart=/usr/local/bin/herdctld --config /etc/herdctl/herdctl.yaml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "KillMode=mixed",
+        "TimeoutStopSec=90",
+        "StateDirectory=herdctld",
+        "RuntimeDirectory=herdctld",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+    ] {
+        assert!(
+            service
+                .lines()
+                .any(|l| l.trim() == directive || l.starts_with(directive)),
+            "{directive}"
+        );
+    }
+    assert!(socket.contains("ListenStream=/run/herdctld/herdctld.sock"));
+    assert!(socket.contains("SocketMode=0600"));
+
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!(
+            "SKIPPED systemd_units_pass_systemd_analyze_verify: systemd-analyze is not installed"
+        );
+        return;
+    };
+    // verify needs ExecStart's binary to exist: point it at the one just built.
+    let dir = TestDir::new();
+    std::fs::write(
+        dir.path().join("herdctld.service"),
+        service.replace("/usr/local/bin/herdctld", BINARY),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("herdctld.socket"), &socket).unwrap();
+    let output = Command::new(analyze)
+        .arg("verify")
+        .arg("--man=false")
+        .arg(dir.path().join("herdctld.service"))
+        .arg(dir.path().join("herdctld.socket"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    // Unknown keys and bad values are only warnings; none is acceptable.
+    let complaints: Vec<&str> = stderr.lines().filter(|l| l.contains("herdctld.")).collect();
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze verify complains:\n{stderr}"
+    );
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .ok_or(())
+}

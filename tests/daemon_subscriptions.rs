@@ -1,0 +1,227 @@
+//! Subscriptions over NDJSON and WebSocket against the real daemon: event order of a job, job output
+//! replay + live without gap or duplicate, log streams, rejection of unknown agents, unsubscribe.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const JOB_EVENTS: [&str; 4] = ["job:created", "job:started", "job:output", "job:completed"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_over_ndjson() {
+    subscriptions(Framing::Ndjson).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_over_websocket() {
+    subscriptions(Framing::WebSocket).await;
+}
+
+async fn subscriptions(framing: Framing) {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.connect(framing).await;
+    let echo_job = job_events_arrive_in_order(&mut client).await;
+    output_of_a_running_job_replays_then_continues_live(&mut client, &daemon).await;
+    output_of_a_finished_job_replays_and_ends(&mut client, &echo_job).await;
+    logs_stream(&mut client).await;
+    unsubscribe_stops_notifications(&mut client).await;
+}
+
+/// Returns the id of the job it triggered.
+async fn job_events_arrive_in_order(client: &mut Client) -> String {
+    let events = client
+        .subscribe("subscribeEvents", json!({"types": JOB_EVENTS}))
+        .await;
+    let everything = client.subscribe("subscribeEvents", json!({})).await;
+    let job = client.call("trigger", json!({"agentName": "echo"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let mut seen = Vec::new();
+    let mut output_seqs = Vec::new();
+    loop {
+        let event = client.notification(&events).await;
+        let kind = event["type"].as_str().unwrap().to_owned();
+        assert!(JOB_EVENTS.contains(&kind.as_str()), "filtered out: {event}");
+        assert!(event["timestamp"].is_string(), "{event}");
+        if event_job_id(&event) != Some(id.as_str()) {
+            continue;
+        }
+        if kind == "job:output" {
+            output_seqs.push(event["seq"].as_u64().unwrap());
+        }
+        seen.push(kind.clone());
+        if kind == "job:completed" {
+            break;
+        }
+    }
+    let mut collapsed = seen.clone();
+    collapsed.dedup();
+    assert_eq!(collapsed, JOB_EVENTS, "events of {id}: {seen:?}");
+    assert!(output_seqs.len() >= 3, "{output_seqs:?}");
+    assert!(
+        output_seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "{output_seqs:?}"
+    );
+
+    // The unfiltered subscription saw the agent events too.
+    let agent_started = wait_for_event(client, &everything, "agent:started", None).await;
+    assert_eq!(agent_started["agentName"], "echo");
+    client.unsubscribe("unsubscribeEvents", &everything).await;
+    client.unsubscribe("unsubscribeEvents", &events).await;
+    id
+}
+
+async fn output_of_a_running_job_replays_then_continues_live(client: &mut Client, daemon: &Daemon) {
+    let events = client
+        .subscribe("subscribeEvents", json!({"types": ["job:output"]}))
+        .await;
+    let job = client.call("trigger", json!({"agentName": "gated"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    // The first line is written; the job now waits for its gate.
+    wait_for_event(client, &events, "job:output", Some(&id)).await;
+
+    let output = client.subscribe("streamJobOutput", json!({"id": id})).await;
+    let replayed = client.notification(&output).await;
+    assert_eq!(replayed["seq"], 0, "{replayed}");
+    assert!(replayed.to_string().contains("before gate"), "{replayed}");
+
+    open_gate(&daemon.agents_dir(), &id);
+    let mut lines = vec![replayed];
+    let end = loop {
+        let item = client.notification(&output).await;
+        if item["eof"] == true {
+            break item;
+        }
+        lines.push(item);
+    };
+    assert_eq!(end["status"], "completed", "{end}");
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "{lines:?}"
+    );
+    let text = serde_json::to_string(&lines).unwrap();
+    assert!(text.contains("after gate"), "{text}");
+    assert_eq!(text.matches("before gate").count(), 1, "{text}");
+
+    // The subscription ended with eof: nothing more for it.
+    let rest = client.drain(Duration::from_millis(300)).await;
+    assert!(
+        rest.iter().all(|m| m["params"]["subscription"] != output),
+        "after eof: {rest:?}"
+    );
+    client.unsubscribe("unsubscribeEvents", &events).await;
+}
+
+async fn output_of_a_finished_job_replays_and_ends(client: &mut Client, id: &str) {
+    let stored = client
+        .call("getJob", json!({"id": id, "includeOutput": true}))
+        .await["output"]
+        .clone();
+    let stored = stored.as_array().unwrap();
+    assert!(!stored.is_empty());
+
+    let output = client.subscribe("streamJobOutput", json!({"id": id})).await;
+    let mut replayed = Vec::new();
+    let end = loop {
+        let item = client.notification(&output).await;
+        if item["eof"] == true {
+            break item;
+        }
+        replayed.push(item);
+    };
+    assert_eq!(end["status"], "completed");
+    assert_eq!(&replayed, stored);
+
+    // fromSeq skips what the reader already has.
+    let from_one = client
+        .subscribe("streamJobOutput", json!({"id": id, "fromSeq": 1}))
+        .await;
+    let first = client.notification(&from_one).await;
+    assert_eq!(first["seq"], 1, "{first}");
+
+    let error = client
+        .call_err("streamJobOutput", json!({"id": "job-2000-01-01-zzzzzz"}))
+        .await;
+    assert_error(&error, 1003, "JOB_NOT_FOUND");
+}
+
+async fn logs_stream(client: &mut Client) {
+    let logs = client
+        .subscribe("streamLogs", json!({"level": "info", "tail": 0}))
+        .await;
+    let agent_logs = client
+        .subscribe(
+            "streamAgentLogs",
+            json!({"agentName": "echo", "level": "info"}),
+        )
+        .await;
+    let job = client.call("trigger", json!({"agentName": "echo"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let entry = loop {
+        let entry = client.notification(&logs).await;
+        assert!(
+            entry["message"].is_string() && entry["timestamp"].is_string(),
+            "{entry}"
+        );
+        assert!(
+            ["info", "warn", "error"].contains(&entry["level"].as_str().unwrap()),
+            "{entry}"
+        );
+        if entry["jobId"] == id.as_str() {
+            break entry;
+        }
+    };
+    assert_eq!(entry["agentName"], "echo", "{entry}");
+    loop {
+        let entry = client.notification(&agent_logs).await;
+        assert_eq!(entry["agentName"], "echo", "{entry}");
+        if entry["jobId"] == id.as_str() {
+            break;
+        }
+    }
+
+    let error = client
+        .call_err("streamAgentLogs", json!({"agentName": "nobody"}))
+        .await;
+    assert_error(&error, 1002, "AGENT_NOT_FOUND");
+    assert_eq!(error["data"]["agentName"], "nobody");
+    client.unsubscribe("unsubscribeLogs", &logs).await;
+    client
+        .unsubscribe("unsubscribeAgentLogs", &agent_logs)
+        .await;
+}
+
+async fn unsubscribe_stops_notifications(client: &mut Client) {
+    let kept = client
+        .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
+        .await;
+    let dropped = client
+        .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
+        .await;
+    let logs = client.subscribe("streamLogs", json!({"tail": 0})).await;
+    client.unsubscribe("unsubscribeEvents", &dropped).await;
+    client.unsubscribe("unsubscribeLogs", &logs).await;
+    // Already gone.
+    assert_eq!(
+        client.call("unsubscribeEvents", json!([dropped])).await,
+        false
+    );
+
+    let job = client.call("trigger", json!({"agentName": "echo"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for_event(client, &kept, "job:completed", Some(&id)).await;
+    let rest: Vec<Value> = client.drain(Duration::from_millis(300)).await;
+    for message in &rest {
+        let subscription = &message["params"]["subscription"];
+        assert!(
+            subscription != &dropped && subscription != &logs,
+            "after unsubscribe: {message}"
+        );
+    }
+}
