@@ -372,3 +372,34 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|path| path.is_file())
         .ok_or(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_jobs_that_run_while_the_fleet_is_not_started() {
+    let mut daemon = Daemon::start_with(DaemonOptions {
+        args: vec!["--no-start".into()],
+        ..DaemonOptions::default()
+    })
+    .await;
+    let mut client = daemon.ndjson().await;
+    let job = client
+        .call("trigger", json!({"agentName": "blocker"}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let running = wait_for_job_status(&mut client, &id, &["running"]).await;
+    let pgid = running["pgid"].as_i64().expect("a running job has a pgid") as i32;
+    drop(client);
+
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
+    assert!(
+        processes_in_group(pgid).is_empty(),
+        "the job's processes are gone when the daemon exits"
+    );
+    let record = std::fs::read_to_string(daemon.state.join("jobs").join(format!("{id}.yaml")))
+        .expect("the job record persists");
+    assert!(
+        record.contains("status: cancelled"),
+        "the job was cancelled, not left to be found interrupted:\n{record}"
+    );
+}
