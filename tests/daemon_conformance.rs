@@ -201,3 +201,18 @@ async fn json_rpc_2_0_examples() {
     assert_error(&replies["10"][0]["error"], 1002, "AGENT_NOT_FOUND");
     assert_eq!(replies["11"][0]["result"], "running");
 }
+
+/// A notification gets no reply, but it is a request all the same: its effect happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_is_run_without_a_reply() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.ndjson().await;
+    assert_no_reply(
+        &mut client,
+        r#"{"jsonrpc":"2.0","method":"trigger","params":{"agentName":"echo","prompt":"from a notification"}}"#,
+    )
+    .await;
+    let jobs = client.call("getJobs", json!({"agentName": "echo"})).await;
+    assert_eq!(jobs["total"], 1, "{jobs}");
+    assert_eq!(jobs["jobs"][0]["prompt"], "from a notification");
+}

@@ -1,7 +1,7 @@
 //! The raw newline-delimited JSON framing (`socat - UNIX-CONNECT:sock`), built on jsonrpsee's public
 //! method-callback API so that it behaves like jsonrpsee's WebSocket transport.
 //!
-//! One request or batch per line in, one response per line out; notifications get no reply. Each line
+//! One request or batch per line in, one response per line out; notifications are run and get no reply. Each line
 //! runs in its own task (responses may come back out of order; clients match on `id`). Every response and
 //! subscription notification goes through one `MethodSink` drained by one writer task.
 //!
@@ -431,8 +431,10 @@ impl Dispatcher {
         if let Ok(mut request) = serde_json::from_slice::<Request>(body) {
             request.extensions = self.extensions();
             self.call(request).await
-        } else if serde_json::from_slice::<Notification<NotificationParams>>(body).is_ok() {
-            // Like jsonrpsee's transports: a notification is acknowledged by silence and not run.
+        } else if let Ok(notification) =
+            serde_json::from_slice::<Notification<NotificationParams>>(body)
+        {
+            self.notify(notification).await;
             MethodResponse::notification()
         } else {
             invalid_entry(body)
@@ -450,7 +452,10 @@ impl Dispatcher {
             let response = if let Ok(mut request) = serde_json::from_str::<Request>(entry) {
                 request.extensions = self.extensions();
                 self.call(request).await
-            } else if serde_json::from_str::<Notification<NotificationParams>>(entry).is_ok() {
+            } else if let Ok(notification) =
+                serde_json::from_str::<Notification<NotificationParams>>(entry)
+            {
+                self.notify(notification).await;
                 got_notification = true;
                 continue;
             } else {
@@ -465,6 +470,41 @@ impl Dispatcher {
         } else {
             // An empty batch becomes a single "Invalid request" error here.
             MethodResponse::from_batch(batch.finish())
+        }
+    }
+
+    /// Runs a notification (a request without an id) and drops its result: JSON-RPC 2.0 forbids a reply,
+    /// not the effect, so `{"method":"trigger",...}` without an id still triggers. A subscription cannot
+    /// be made this way (nothing could address its notifications); unknown methods are ignored silently.
+    async fn notify(&self, notification: Notification<'_, NotificationParams<'_>>) {
+        let params = Params::new(notification.params.as_ref().map(|p| p.get()));
+        let Some((_, callback)) = self.methods.method_with_name(&notification.method) else {
+            return;
+        };
+        match callback {
+            MethodCallback::Sync(callback) => {
+                callback(Id::Null, params, self.max_response_size, self.extensions());
+            }
+            MethodCallback::Async(callback) => {
+                callback(
+                    Id::Null,
+                    params.into_owned(),
+                    self.conn_id,
+                    self.max_response_size,
+                    self.extensions(),
+                )
+                .await;
+            }
+            MethodCallback::Unsubscription(callback) => {
+                callback(
+                    Id::Null,
+                    params,
+                    self.conn_id,
+                    self.max_response_size,
+                    self.extensions(),
+                );
+            }
+            MethodCallback::Subscription(_) => {}
         }
     }
 
