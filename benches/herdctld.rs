@@ -39,7 +39,8 @@ use herdctld::job::{ExitReason, Job, JobId, JobStatus, TriggerType};
 const DAEMON: &str = env!("CARGO_BIN_EXE_herdctld");
 /// A job printing 100 MB: 1,000,000 lines of 100 `x`.
 const FLOOD_COMMAND: &str = "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 100";
-const FLOOD_BYTES: f64 = 101_000_000.0;
+/// 100 MB plus 999,999 newlines (`fold` adds none after the last line).
+const FLOOD_BYTES: f64 = 100_999_999.0;
 const HISTORY_JOBS: usize = 100_000;
 
 fn main() {
@@ -398,15 +399,15 @@ fn rpc_latency(table: &mut Table) {
 fn history(table: &mut Table) {
     eprintln!("history: building 100 and {HISTORY_JOBS} job histories");
     let fleet = Fleet::new(&[(
-        "agent-7".into(),
-        "name: agent-7\nruntime: command\ncommand: [\"true\"]\n".into(),
+        "agent-0".into(),
+        "name: agent-0\nruntime: command\ncommand: [\"true\"]\n".into(),
     )]);
     let small = tempfile::tempdir().expect("temp dir");
     let big = tempfile::tempdir().expect("temp dir");
     let empty = tempfile::tempdir().expect("temp dir");
-    build_history(small.path(), 100);
+    build_history(small.path(), 100, 1);
     let built = Instant::now();
-    build_history(big.path(), HISTORY_JOBS);
+    build_history(big.path(), HISTORY_JOBS, 100);
     eprintln!(
         "history: {HISTORY_JOBS} jobs laid out in {:.1} s",
         built.elapsed().as_secs_f64()
@@ -430,7 +431,7 @@ fn history(table: &mut Table) {
         ("getJobs {limit: 50}", json!({"limit": 50})),
         (
             "getJobs {agentName, limit: 50}",
-            json!({"agentName": "agent-7", "limit": 50}),
+            json!({"agentName": "agent-0", "limit": 50}),
         ),
     ] {
         eprintln!("history: {label}");
@@ -438,9 +439,9 @@ fn history(table: &mut Table) {
         let (big_total, big_page, big_samples) = page(big.path(), params);
         latency_rows(
             table,
-            &format!("{label}, {big_total} jobs ({big_page} returned)"),
+            &format!("{label}, {HISTORY_JOBS} jobs ({big_total} match, {big_page} returned)"),
             &big_samples,
-            &format!("{small_total} jobs"),
+            &format!("100 jobs, {small_total} match"),
             &small_samples,
             10.0,
         );
@@ -472,12 +473,12 @@ fn history(table: &mut Table) {
     });
 }
 
-/// Lays out `count` finished jobs in `state` as the daemon leaves them: a record and an output file per
+/// Lays out `count` finished jobs of `agents` agents (`agent-0`, …) in `state` as the daemon leaves them: a record and an output file per
 /// job and the `jobs/index.tsv` journal (format in `src/state/journal.rs`). The newest 1000 records are
 /// real files; older ones are hard links to two templates (so 100,000 jobs take seconds to lay out, and
 /// their records name the template's id) — start-up trusts the journal and never reads them, and
 /// queries read only the records of the page they return.
-fn build_history(state: &Path, count: usize) {
+fn build_history(state: &Path, count: usize, agents: usize) {
     let jobs_dir = state.join("jobs");
     fs::create_dir_all(&jobs_dir).expect("create jobs dir");
     let epoch = Utc
@@ -490,7 +491,7 @@ fn build_history(state: &Path, count: usize) {
     let record = |n: usize| {
         let mut job = Job::new(
             id(n),
-            format!("agent-{}", n % 100),
+            format!("agent-{}", n % agents),
             None,
             TriggerType::Manual,
             Some("Execute your configured task".into()),
@@ -538,7 +539,7 @@ fn build_history(state: &Path, count: usize) {
             journal,
             "{}\tcompleted\t{nanos}\t{inode}\tagent-{}",
             id(n),
-            n % 100
+            n % agents
         );
     }
     fs::write(jobs_dir.join("index.tsv"), journal).expect("write journal");
