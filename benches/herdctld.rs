@@ -1,0 +1,1056 @@
+//! herdctld's performance benchmarks: SPEC §13 made measurable.
+//!
+//! `cargo bench --bench herdctld` runs every scenario against the real daemon binary (the one Cargo built
+//! for this bench, `CARGO_BIN_EXE_herdctld`, so with the release-like `bench` profile) over its NDJSON
+//! socket, and prints one table: metric, value, baseline, ratio, target, verdict. Each baseline runs in
+//! this process, right before or after the daemon, on the same machine state:
+//!
+//! | scenario  | measured                                               | baseline                                  |
+//! |-----------|--------------------------------------------------------|-------------------------------------------|
+//! | dispatch  | trivial jobs/s, triggers pipelined, completions by event | bare `tokio::process::Command` loop, same parallelism |
+//! | output    | 100 MB of lines from a job to 1 and 10 `streamJobOutput` readers; daemon peak RSS | the same program piped into this process |
+//! | rpc       | `getStatus` round trip p50/p99 on an idle fleet        | `getState` on the same connection         |
+//! | history   | `getJobs {limit: 50}` with 100,000 jobs; start-up to socket-ready | the same with 100 jobs / none      |
+//! | idle      | RSS with 100 agents; CPU time over 10 s of idling      | RSS with one agent                        |
+//! | scheduler | `schedule:triggered` timestamp minus the planned `nextTrigger` | a tokio `sleep_until` overshoot here |
+//!
+//! Arguments that do not start with `-` select scenarios by name (`cargo bench --bench herdctld -- rpc idle`).
+//! `HERDCTL_BENCH_JOBS` changes the number of dispatch jobs (default 2000); `HERDCTL_BENCH_WRAPPER=eatmydata`
+//! runs the daemon under a wrapper program (to see, for instance, what fsync costs). Every daemon gets its
+//! own temporary fleet, state directory and socket; its log goes to a file there.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{json, Value};
+
+use herdctld::job::{ExitReason, Job, JobId, JobStatus, TriggerType};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_herdctld");
+/// A job printing 100 MB: 1,000,000 lines of 100 `x`.
+const FLOOD_COMMAND: &str = "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 100";
+/// 100 MB plus 999,999 newlines (`fold` adds none after the last line).
+const FLOOD_BYTES: f64 = 100_999_999.0;
+const HISTORY_JOBS: usize = 100_000;
+
+fn main() {
+    let selected: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants =
+        |name: &str| selected.is_empty() || selected.iter().any(|s| name.contains(s.as_str()));
+    let started = Instant::now();
+    let mut table = Table::default();
+    if wants("dispatch") {
+        let jobs = std::env::var("HERDCTL_BENCH_JOBS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000);
+        for parallelism in [2, 8] {
+            dispatch(&mut table, jobs, parallelism);
+        }
+    }
+    if wants("output") {
+        output(&mut table);
+    }
+    if wants("rpc") {
+        rpc_latency(&mut table);
+    }
+    if wants("history") {
+        history(&mut table);
+    }
+    if wants("idle") {
+        idle(&mut table);
+    }
+    if wants("scheduler") {
+        scheduler(&mut table);
+    }
+    println!();
+    println!("{}", table.render());
+    println!(
+        "machine: {} cores, {}; bench took {:.0} s",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c
+                .lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string()))
+            .unwrap_or_default(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// -------------------------------------------------------------------------------------------------
+// Scenarios
+// -------------------------------------------------------------------------------------------------
+
+/// SPEC §13 dispatch: trigger → running → completed for `jobs` trivial jobs, `parallelism` at a time.
+fn dispatch(table: &mut Table, jobs: usize, parallelism: usize) {
+    eprintln!("dispatch: {jobs} jobs of `true`, concurrency {parallelism}");
+    let baseline = bare_spawn_rate(jobs, parallelism);
+
+    let fleet = Fleet::new(&[(
+        "d".into(),
+        format!("name: d\nruntime: command\ncommand: [\"true\"]\nconcurrency: {parallelism}\n"),
+    )]);
+    let daemon = fleet.start_daemon();
+    // The fleet queues at most 1000 manual triggers; stay well inside that.
+    const WINDOW: usize = 256;
+    let done = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (token_tx, token_rx) = mpsc::sync_channel::<()>(WINDOW);
+    for _ in 0..WINDOW {
+        token_tx.send(()).expect("token channel open");
+    }
+
+    let mut events = daemon.connect();
+    events.subscribe(
+        "subscribeEvents",
+        json!({"types": ["job:completed", "job:failed", "job:cancelled"]}),
+    );
+    let mut status = daemon.connect();
+    let mut triggers = daemon.connect();
+    let mut responses = triggers.try_clone();
+
+    let cpu_before = daemon.cpu_time();
+    let started = Instant::now();
+    let writer = thread::spawn(move || {
+        for _ in 0..jobs {
+            if token_rx.recv().is_err() {
+                return;
+            }
+            triggers.send("trigger", json!({"agentName": "d"}));
+        }
+    });
+    let response_reader = {
+        let (done, accepted, token_tx) = (done.clone(), accepted.clone(), token_tx.clone());
+        thread::spawn(move || {
+            let mut refused = 0usize;
+            for _ in 0..jobs {
+                let message = responses.read_message();
+                if message.get("error").is_some() {
+                    // No job was created, so no completion event will come for it.
+                    refused += 1;
+                    done.fetch_add(1, Ordering::SeqCst);
+                    let _ = token_tx.send(());
+                } else {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            refused
+        })
+    };
+    let mut failed = 0usize;
+    let mut lagged = false;
+    events.set_read_timeout(Some(Duration::from_millis(50)));
+    while done.load(Ordering::SeqCst) < jobs {
+        let Some(message) = events.try_read_message() else {
+            continue;
+        };
+        let result = &message["params"]["result"];
+        match result["type"].as_str() {
+            Some("job:completed") | Some("job:cancelled") => {}
+            Some("job:failed") => failed += 1,
+            Some("lagged") => {
+                // Completions were missed: derive them from what is still active.
+                lagged = true;
+                let s = status.call("getStatus", json!({}));
+                let outstanding = s["jobs"]["active"].as_u64().unwrap_or(0)
+                    + s["jobs"]["queued"].as_u64().unwrap_or(0);
+                let finished = accepted
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(outstanding as usize);
+                let known = done.load(Ordering::SeqCst);
+                for _ in known..finished {
+                    done.fetch_add(1, Ordering::SeqCst);
+                    let _ = token_tx.try_send(());
+                }
+                continue;
+            }
+            _ => continue,
+        }
+        done.fetch_add(1, Ordering::SeqCst);
+        let _ = token_tx.try_send(());
+    }
+    let elapsed = started.elapsed();
+    let cpu_per_job = (daemon.cpu_time() - cpu_before) / jobs as u32;
+    writer.join().expect("writer thread");
+    let refused = response_reader.join().expect("response thread");
+    let rate = jobs as f64 / elapsed.as_secs_f64();
+    let mut note = String::new();
+    if failed + refused > 0 {
+        let _ = write!(note, " ({failed} failed, {refused} refused)");
+    }
+    if lagged {
+        note.push_str(" (event stream lagged)");
+    }
+    table.row(Row {
+        metric: format!(
+            "dispatch, concurrency {parallelism}: jobs/s (daemon CPU {:.1} ms/job){note}",
+            cpu_per_job.as_secs_f64() * 1000.0
+        ),
+        value: format!("{rate:.0}"),
+        baseline: format!("{baseline:.0}"),
+        ratio: Some(rate / baseline),
+        target: "ratio ≥ 0.5".into(),
+        verdict: Verdict::of(rate / baseline >= 0.5 && failed + refused == 0),
+    });
+    drop(daemon);
+}
+
+/// Jobs/s of a bare spawn-and-wait loop of `true`, `parallelism` at a time.
+fn bare_spawn_rate(jobs: usize, parallelism: usize) -> f64 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..parallelism)
+            .map(|_| {
+                let next = next.clone();
+                tokio::spawn(async move {
+                    while next.fetch_add(1, Ordering::SeqCst) < jobs {
+                        tokio::process::Command::new("true")
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .await
+                            .expect("spawn true");
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("worker");
+        }
+        jobs as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+/// SPEC §13 output: 100 MB of lines from one job to 1 and 10 `streamJobOutput` subscribers.
+fn output(table: &mut Table) {
+    eprintln!("output: 100 MB of lines, baseline pipe");
+    let pipe = {
+        let started = Instant::now();
+        let mut child = Command::new("sh")
+            .args(["-c", FLOOD_COMMAND])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        loop {
+            match stdout.read(&mut buffer).expect("read pipe") {
+                0 => break,
+                n => total += n,
+            }
+        }
+        child.wait().expect("wait sh");
+        assert_eq!(total as f64, FLOOD_BYTES, "the flood program's output size");
+        FLOOD_BYTES / started.elapsed().as_secs_f64()
+    };
+    for subscribers in [1, 10] {
+        eprintln!("output: 100 MB of lines to {subscribers} subscriber(s)");
+        let agent = format!(
+            "name: flood\nruntime: command\ncommand: [sh, -c, '{}']\n",
+            FLOOD_COMMAND.replace('\'', "''")
+        );
+        let fleet = Fleet::new(&[("flood".into(), agent)]);
+        let daemon = fleet.start_daemon();
+        let rss_before = daemon.proc_status_kb("VmRSS");
+        let mut readers: Vec<Conn> = (0..subscribers).map(|_| daemon.connect()).collect();
+        let mut control = daemon.connect();
+        let started = Instant::now();
+        let job = control.call("trigger", json!({"agentName": "flood"}));
+        let id = job["id"].as_str().expect("job id").to_string();
+        let threads: Vec<_> = readers
+            .drain(..)
+            .map(|mut conn| {
+                let id = id.clone();
+                thread::spawn(move || {
+                    conn.subscribe("streamJobOutput", json!({"id": id}));
+                    let mut stream = StreamTally::default();
+                    loop {
+                        let message = conn.read_message();
+                        if stream.add(&message["params"]["result"]) {
+                            return (stream, started.elapsed());
+                        }
+                    }
+                })
+            })
+            .collect();
+        let tallies: Vec<(StreamTally, Duration)> = threads
+            .into_iter()
+            .map(|t| t.join().expect("subscriber thread"))
+            .collect();
+        let slowest = tallies.iter().map(|(_, d)| *d).max().unwrap_or_default();
+        let peak_kb = daemon.proc_status_kb("VmHWM");
+        let rate = FLOOD_BYTES / slowest.as_secs_f64();
+        let first = &tallies[0].0;
+        let consistent = tallies.iter().all(|(t, _)| {
+            t.gaps == 0 && t.lines == first.lines && t.payload_bytes == first.payload_bytes
+        });
+        let eof_status = first.eof_status.clone();
+        table.row(Row {
+            metric: format!(
+                "output to {subscribers} subscriber(s): MB/s of job output \
+                 ({:.0} MB delivered each, {} lines, eof {eof_status}{})",
+                first.payload_bytes as f64 / 1e6,
+                first.lines,
+                if consistent { "" } else { ", GAPS or mismatch" }
+            ),
+            value: format!("{:.1}", rate / 1e6),
+            baseline: format!("{:.1}", pipe / 1e6),
+            ratio: Some(rate / pipe),
+            target: "ratio ≥ 0.5".into(),
+            verdict: Verdict::of(rate / pipe >= 0.5 && consistent && eof_status == "completed"),
+        });
+        table.row(Row {
+            metric: format!("output to {subscribers} subscriber(s): daemon peak RSS (VmHWM)"),
+            value: format!("{:.1} MB", peak_kb as f64 / 1024.0),
+            baseline: format!("{:.1} MB", rss_before as f64 / 1024.0),
+            ratio: Some(peak_kb as f64 / rss_before.max(1) as f64),
+            target: "< 64 MB".into(),
+            verdict: Verdict::of(peak_kb < 64 * 1024),
+        });
+        drop(daemon);
+    }
+}
+
+/// What one `streamJobOutput` subscriber received.
+#[derive(Default)]
+struct StreamTally {
+    lines: usize,
+    /// Text bytes of stdout lines, newline included (what the program printed).
+    payload_bytes: usize,
+    next_seq: Option<u64>,
+    gaps: usize,
+    eof_status: String,
+}
+
+impl StreamTally {
+    /// Counts one notification's result; true at the end of the stream.
+    fn add(&mut self, result: &Value) -> bool {
+        if result.get("eof").is_some() {
+            self.eof_status = result["status"].as_str().unwrap_or("?").to_string();
+            return true;
+        }
+        let seq = result["seq"].as_u64().unwrap_or(0);
+        if self.next_seq.is_some_and(|expected| expected != seq) {
+            self.gaps += 1;
+        }
+        self.next_seq = Some(seq + 1);
+        self.lines += 1;
+        if let Some(text) = result["text"].as_str() {
+            self.payload_bytes += text.len() + 1;
+        }
+        false
+    }
+}
+
+/// SPEC §13 RPC: `getStatus` round trips on an idle fleet, against `getState` on the same connection.
+fn rpc_latency(table: &mut Table) {
+    eprintln!("rpc: getStatus vs getState round trips on an idle fleet of 10 agents");
+    let agents: Vec<(String, String)> = (0..10)
+        .map(|n| (format!("a{n}"), hourly_agent(&format!("a{n}"))))
+        .collect();
+    let fleet = Fleet::new(&agents);
+    let daemon = fleet.start_daemon();
+    let mut conn = daemon.connect();
+    wait_until_idle(&mut conn, 10);
+    let (mut status, mut state) = (Vec::new(), Vec::new());
+    for round in 0..5200 {
+        let status_time = timed(|| conn.call("getStatus", json!({})));
+        let state_time = timed(|| conn.call("getState", json!({})));
+        // The first 200 rounds warm caches and allocators.
+        if round >= 200 {
+            status.push(status_time);
+            state.push(state_time);
+        }
+    }
+    latency_rows(
+        table,
+        "getStatus, idle fleet",
+        &status,
+        "getState",
+        &state,
+        1.0,
+    );
+}
+
+/// SPEC §13 history: `getJobs` and start-up with 100,000 jobs, against a history of 100 jobs / none.
+fn history(table: &mut Table) {
+    eprintln!("history: building 100 and {HISTORY_JOBS} job histories");
+    let fleet = Fleet::new(&[(
+        "agent-0".into(),
+        "name: agent-0\nruntime: command\ncommand: [\"true\"]\n".into(),
+    )]);
+    let small = tempfile::tempdir().expect("temp dir");
+    let big = tempfile::tempdir().expect("temp dir");
+    let empty = tempfile::tempdir().expect("temp dir");
+    build_history(small.path(), 100, 1);
+    let built = Instant::now();
+    build_history(big.path(), HISTORY_JOBS, 100);
+    eprintln!(
+        "history: {HISTORY_JOBS} jobs laid out in {:.1} s",
+        built.elapsed().as_secs_f64()
+    );
+
+    let page = |state: &Path, params: Value| {
+        let daemon = fleet.start_daemon_with_state(state);
+        let mut conn = daemon.connect();
+        let first = conn.call("getJobs", params.clone());
+        let samples: Vec<Duration> = (0..1100)
+            .map(|_| timed(|| conn.call("getJobs", params.clone())))
+            .skip(100)
+            .collect();
+        (
+            first["total"].as_u64().unwrap_or(0),
+            first["jobs"].as_array().map_or(0, Vec::len),
+            samples,
+        )
+    };
+    for (label, params) in [
+        ("getJobs {limit: 50}", json!({"limit": 50})),
+        (
+            "getJobs {agentName, limit: 50}",
+            json!({"agentName": "agent-0", "limit": 50}),
+        ),
+    ] {
+        eprintln!("history: {label}");
+        let (small_total, _, small_samples) = page(small.path(), params.clone());
+        let (big_total, big_page, big_samples) = page(big.path(), params);
+        latency_rows(
+            table,
+            &format!("{label}, {HISTORY_JOBS} jobs ({big_total} match, {big_page} returned)"),
+            &big_samples,
+            &format!("100 jobs, {small_total} match"),
+            &small_samples,
+            10.0,
+        );
+    }
+
+    eprintln!("history: start-up to socket-ready");
+    let startup = |state: &Path| {
+        let mut times: Vec<Duration> = (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                let daemon = fleet.start_daemon_with_state(state);
+                let ready = started.elapsed();
+                drop(daemon);
+                ready
+            })
+            .collect();
+        times.sort();
+        times[1]
+    };
+    let baseline = startup(empty.path());
+    let with_history = startup(big.path());
+    table.row(Row {
+        metric: format!("start-up to socket-ready, {HISTORY_JOBS} jobs (median of 3)"),
+        value: ms(with_history),
+        baseline: format!("{} (empty)", ms(baseline)),
+        ratio: Some(with_history.as_secs_f64() / baseline.as_secs_f64()),
+        target: "< 1000 ms".into(),
+        verdict: Verdict::of(with_history < Duration::from_secs(1)),
+    });
+}
+
+/// Lays out `count` finished jobs of `agents` agents (`agent-0`, …) in `state` as the daemon leaves them: a record and an output file per
+/// job and the `jobs/index.tsv` journal (format in `src/state/journal.rs`). The newest 1000 records are
+/// real files; older ones are hard links to two templates (so 100,000 jobs take seconds to lay out, and
+/// their records name the template's id) — start-up trusts the journal and never reads them, and
+/// queries read only the records of the page they return.
+fn build_history(state: &Path, count: usize, agents: usize) {
+    let jobs_dir = state.join("jobs");
+    fs::create_dir_all(&jobs_dir).expect("create jobs dir");
+    let epoch = Utc
+        .with_ymd_and_hms(2025, 6, 1, 0, 0, 0)
+        .single()
+        .expect("valid date");
+    let created = |n: usize| epoch + chrono::Duration::milliseconds(100 * n as i64);
+    let id =
+        |n: usize| JobId::parse(&format!("job-2025-06-01-{}", base36(n))).expect("valid job id");
+    let record = |n: usize| {
+        let mut job = Job::new(
+            id(n),
+            format!("agent-{}", n % agents),
+            None,
+            TriggerType::Manual,
+            Some("Execute your configured task".into()),
+            5,
+            created(n),
+        );
+        job.status = JobStatus::Completed;
+        job.exit_reason = Some(ExitReason::Success);
+        job.started_at = Some(created(n) + chrono::Duration::milliseconds(2));
+        job.finished_at = Some(created(n) + chrono::Duration::milliseconds(40));
+        job.duration_ms = Some(38);
+        job.exit_code = Some(0);
+        job.summary = Some("done".into());
+        serde_yaml_ng::to_string(&job).expect("serialize job")
+    };
+    // ext4 allows 65,000 links per inode.
+    const LINKS_PER_TEMPLATE: usize = 50_000;
+    const REAL_RECORDS: usize = 1000;
+    let mut templates: Vec<(PathBuf, PathBuf, u64)> = Vec::new();
+    let mut journal = String::from("herdctld job index v1\n");
+    for n in 0..count {
+        let record_path = jobs_dir.join(format!("{}.yaml", id(n)));
+        let output_path = jobs_dir.join(format!("{}.jsonl", id(n)));
+        let inode = if n + REAL_RECORDS >= count {
+            fs::write(&record_path, record(n)).expect("write record");
+            fs::write(&output_path, b"").expect("write output");
+            fs::metadata(&record_path).expect("stat record").ino()
+        } else {
+            let template = n / LINKS_PER_TEMPLATE;
+            if templates.len() == template {
+                let yaml = state.join(format!("bench-template-{template}.yaml"));
+                let jsonl = state.join(format!("bench-template-{template}.jsonl"));
+                fs::write(&yaml, record(n)).expect("write template");
+                fs::write(&jsonl, b"").expect("write template output");
+                let inode = fs::metadata(&yaml).expect("stat template").ino();
+                templates.push((yaml, jsonl, inode));
+            }
+            let (yaml, jsonl, inode) = &templates[template];
+            fs::hard_link(yaml, &record_path).expect("link record");
+            fs::hard_link(jsonl, &output_path).expect("link output");
+            *inode
+        };
+        let nanos = created(n).timestamp_nanos_opt().expect("in range");
+        let _ = writeln!(
+            journal,
+            "{}\tcompleted\t{nanos}\t{inode}\tagent-{}",
+            id(n),
+            n % agents
+        );
+    }
+    fs::write(jobs_dir.join("index.tsv"), journal).expect("write journal");
+}
+
+fn base36(mut n: usize) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 6];
+    for slot in out.iter_mut().rev() {
+        *slot = digits[n % 36];
+        n /= 36;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// SPEC §13 footprint: RSS with 100 agents once their first runs are over, and CPU over 10 s of idling.
+fn idle(table: &mut Table) {
+    let measure = |agents: usize| {
+        eprintln!("idle: {agents} agent(s) with an hourly schedule");
+        let files: Vec<(String, String)> = (0..agents)
+            .map(|n| (format!("a{n}"), hourly_agent(&format!("a{n}"))))
+            .collect();
+        let fleet = Fleet::new(&files);
+        let daemon = fleet.start_daemon();
+        {
+            let mut conn = daemon.connect();
+            wait_until_idle(&mut conn, agents);
+        }
+        thread::sleep(Duration::from_secs(1));
+        let rss = daemon.proc_status_kb("VmRSS");
+        let cpu_before = daemon.cpu_time();
+        thread::sleep(Duration::from_secs(10));
+        let cpu = daemon.cpu_time() - cpu_before;
+        (rss, cpu)
+    };
+    let (one_rss, one_cpu) = measure(1);
+    let (rss, cpu) = measure(100);
+    table.row(Row {
+        metric: "idle RSS, 100 agents (after their first runs)".into(),
+        value: format!("{:.1} MB", rss as f64 / 1024.0),
+        baseline: format!("{:.1} MB (1 agent)", one_rss as f64 / 1024.0),
+        ratio: Some(rss as f64 / one_rss.max(1) as f64),
+        target: "< 20 MB".into(),
+        verdict: Verdict::of(rss < 20 * 1024),
+    });
+    table.row(Row {
+        metric: "idle CPU time over 10 s, 100 agents".into(),
+        value: ms(cpu),
+        baseline: format!("{} (1 agent)", ms(one_cpu)),
+        ratio: None,
+        target: "~0 (≤ 20 ms)".into(),
+        verdict: Verdict::of(cpu <= Duration::from_millis(20)),
+    });
+}
+
+/// SPEC §13 scheduler: how late a 1 s interval schedule fires against its planned instant.
+fn scheduler(table: &mut Table) {
+    const FIRES: usize = 25;
+    eprintln!("scheduler: {FIRES} fires of a 1 s interval schedule");
+    let baseline = {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let samples: Vec<Duration> = runtime.block_on(async {
+            let mut samples = Vec::new();
+            for _ in 0..FIRES {
+                let due = tokio::time::Instant::now() + Duration::from_millis(200);
+                tokio::time::sleep_until(due).await;
+                samples.push(tokio::time::Instant::now() - due);
+            }
+            samples
+        });
+        samples
+    };
+    let agent = "name: tick\nruntime: command\ncommand: [\"true\"]\nschedules:\n  every-second:\n    type: interval\n    interval: 1s\n";
+    let fleet = Fleet::new(&[("tick".into(), agent.into())]);
+    let daemon = fleet.start_daemon();
+    let mut events = daemon.connect();
+    events.subscribe("subscribeEvents", json!({"types": ["schedule:triggered"]}));
+    let mut control = daemon.connect();
+    let mut planned: Option<DateTime<Utc>> = None;
+    let mut samples = Vec::new();
+    while samples.len() < FIRES {
+        let message = events.read_message();
+        let fired: DateTime<Utc> = match message["params"]["result"]["timestamp"].as_str() {
+            Some(ts) => ts.parse().expect("event timestamp"),
+            None => continue,
+        };
+        if let Some(planned) = planned {
+            let late = fired - planned;
+            samples.push(late.to_std().unwrap_or_default());
+        }
+        // The plan for the next fire, once the scheduler has made it.
+        planned = loop {
+            let schedule = control.call(
+                "getSchedule",
+                json!({"agentName": "tick", "scheduleName": "every-second"}),
+            );
+            let next: Option<DateTime<Utc>> = schedule["nextTrigger"]
+                .as_str()
+                .and_then(|t| t.parse().ok());
+            match next {
+                Some(next) if next > fired => break Some(next),
+                _ => thread::sleep(Duration::from_millis(2)),
+            }
+        };
+    }
+    latency_rows(
+        table,
+        "interval schedule fire delay",
+        &samples,
+        "tokio sleep_until",
+        &baseline,
+        10.0,
+    );
+}
+
+// -------------------------------------------------------------------------------------------------
+// The daemon and its socket
+// -------------------------------------------------------------------------------------------------
+
+/// A fleet directory: `herdctl.yaml` listing one file per agent.
+struct Fleet {
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new(agents: &[(String, String)]) -> Fleet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir(dir.path().join("agents")).expect("agents dir");
+        let mut fleet = String::from("version: 1\nfleet:\n  name: bench\nagents:\n");
+        for (name, yaml) in agents {
+            fs::write(dir.path().join(format!("agents/{name}.yaml")), yaml).expect("agent file");
+            let _ = writeln!(fleet, "  - path: agents/{name}.yaml");
+        }
+        fs::write(dir.path().join("herdctl.yaml"), fleet).expect("fleet file");
+        Fleet { dir }
+    }
+
+    fn start_daemon(&self) -> Daemon {
+        let state = self.dir.path().join("state");
+        self.start_daemon_with_state(&state)
+    }
+
+    /// Starts herdctld and returns once it prints that it listens (socket bound, fleet started).
+    fn start_daemon_with_state(&self, state: &Path) -> Daemon {
+        let socket = self.dir.path().join("herdctld.sock");
+        let log = fs::File::create(self.dir.path().join("herdctld.log")).expect("log file");
+        // A diagnostic wrapper (e.g. `eatmydata`, to see what fsync costs) runs the daemon when set.
+        let mut command = match std::env::var("HERDCTL_BENCH_WRAPPER") {
+            Ok(wrapper) if !wrapper.is_empty() => {
+                let mut command = Command::new(wrapper);
+                command.arg(DAEMON);
+                command
+            }
+            _ => Command::new(DAEMON),
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(self.dir.path())
+            .arg("--state")
+            .arg(state)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn herdctld");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stdout.read_line(&mut line).expect("read daemon stdout") == 0 {
+                let status = child.wait().expect("wait herdctld");
+                let log =
+                    fs::read_to_string(self.dir.path().join("herdctld.log")).unwrap_or_default();
+                panic!("herdctld exited before listening ({status}):\n{log}");
+            }
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        // Keep draining stdout so the daemon can never block on it.
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        Daemon { child, socket }
+    }
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn connect(&self) -> Conn {
+        Conn::open(&self.socket)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
+    fn proc_status_kb(&self, field: &str) -> u64 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
+    }
+
+    /// User + system CPU time consumed so far.
+    fn cpu_time(&self) -> Duration {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("proc stat");
+        // Fields after the command name, which ends with the last ')': state is field 3, utime 14, stime 15.
+        let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_micros(ticks * 1_000_000 / per_second)
+    }
+}
+
+impl Drop for Daemon {
+    /// SIGTERM (graceful stop), then SIGKILL if it takes more than 20 s.
+    fn drop(&mut self) {
+        // SAFETY: kill with a pid we spawned and have not reaped.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One NDJSON connection: a request or response per line.
+struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Conn {
+    fn open(socket: &Path) -> Conn {
+        let stream = UnixStream::connect(socket).expect("connect to herdctld");
+        Conn {
+            reader: BufReader::with_capacity(256 * 1024, stream.try_clone().expect("clone stream")),
+            writer: stream,
+            next_id: 1,
+        }
+    }
+
+    /// Another handle on the same connection (to read in one thread while another writes).
+    fn try_clone(&self) -> Conn {
+        Conn {
+            reader: BufReader::new(self.writer.try_clone().expect("clone stream")),
+            writer: self.writer.try_clone().expect("clone stream"),
+            next_id: 1_000_000_000,
+        }
+    }
+
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.writer
+            .set_read_timeout(timeout)
+            .expect("set read timeout");
+    }
+
+    fn send(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line =
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .expect("write request");
+        id
+    }
+
+    fn read_message(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .expect("read from herdctld");
+        assert!(n > 0, "herdctld closed the connection");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("unparsable line from herdctld ({e}): {line}"))
+    }
+
+    /// The next message, or `None` when the read timed out.
+    fn try_read_message(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => panic!("herdctld closed the connection"),
+            Ok(_) => Some(serde_json::from_str(&line).expect("json line")),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                assert!(line.is_empty(), "partial line read before the timeout");
+                None
+            }
+            Err(e) => panic!("read from herdctld: {e}"),
+        }
+    }
+
+    /// Calls `method` and returns its result; notifications arriving meanwhile are dropped.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params);
+        loop {
+            let message = self.read_message();
+            if message["id"].as_u64() == Some(id) {
+                if let Some(error) = message.get("error") {
+                    panic!("{method} failed: {error}");
+                }
+                return message["result"].clone();
+            }
+        }
+    }
+
+    fn subscribe(&mut self, method: &str, params: Value) {
+        self.call(method, params);
+    }
+}
+
+/// Polls `getStatus` until `completed + failed ≥ finished` and nothing is active or queued.
+fn wait_until_idle(conn: &mut Conn, finished: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = conn.call("getStatus", json!({}));
+        let jobs = &status["jobs"];
+        let count = |k: &str| jobs[k].as_u64().unwrap_or(0) as usize;
+        if count("completed") + count("failed") >= finished
+            && count("active") + count("queued") == 0
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "fleet did not go idle: {status}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn hourly_agent(name: &str) -> String {
+    format!(
+        "name: {name}\nruntime: command\ncommand: [\"true\"]\nschedules:\n  hourly:\n    type: interval\n    interval: 1h\n"
+    )
+}
+
+// -------------------------------------------------------------------------------------------------
+// Measurement and the table
+// -------------------------------------------------------------------------------------------------
+
+fn timed<T>(f: impl FnOnce() -> T) -> Duration {
+    let started = Instant::now();
+    f();
+    started.elapsed()
+}
+
+/// Nearest-rank percentile.
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// p50 and p99 rows; the target is on p99 (`target_ms`).
+fn latency_rows(
+    table: &mut Table,
+    label: &str,
+    samples: &[Duration],
+    baseline_label: &str,
+    baseline: &[Duration],
+    target_ms: f64,
+) {
+    for (name, q) in [("p50", 0.50), ("p99", 0.99)] {
+        let value = percentile(samples, q);
+        let base = percentile(baseline, q);
+        let judged = name == "p99";
+        table.row(Row {
+            metric: format!("{label}: {name} (n={})", samples.len()),
+            value: ms(value),
+            baseline: format!("{} ({baseline_label})", ms(base)),
+            ratio: Some(value.as_secs_f64() / base.as_secs_f64().max(1e-9)),
+            target: if judged {
+                format!("< {target_ms} ms")
+            } else {
+                String::new()
+            },
+            verdict: if judged {
+                Verdict::of(value.as_secs_f64() * 1000.0 < target_ms)
+            } else {
+                Verdict::Info
+            },
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Verdict {
+    Met,
+    Missed,
+    Info,
+}
+
+impl Verdict {
+    fn of(met: bool) -> Verdict {
+        if met {
+            Verdict::Met
+        } else {
+            Verdict::Missed
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::Missed => "MISSED",
+            Verdict::Info => "",
+        }
+    }
+}
+
+struct Row {
+    metric: String,
+    value: String,
+    baseline: String,
+    /// Value over baseline.
+    ratio: Option<f64>,
+    target: String,
+    verdict: Verdict,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn row(&mut self, row: Row) {
+        eprintln!(
+            "  {}: {} (baseline {}) {}",
+            row.metric,
+            row.value,
+            row.baseline,
+            row.verdict.label()
+        );
+        self.rows.push(row);
+    }
+
+    /// A Markdown table, aligned so it also reads well in a terminal.
+    fn render(&self) -> String {
+        let header = ["metric", "value", "baseline", "ratio", "target", "verdict"];
+        let cells: Vec<[String; 6]> = self
+            .rows
+            .iter()
+            .map(|r| {
+                [
+                    r.metric.clone(),
+                    r.value.clone(),
+                    r.baseline.clone(),
+                    r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+                    r.target.clone(),
+                    r.verdict.label().into(),
+                ]
+            })
+            .collect();
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for row in &cells {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut out = String::from("|");
+            for (cell, w) in cells.iter().zip(&widths) {
+                let pad = w - cell.chars().count();
+                let _ = write!(out, " {cell}{} |", " ".repeat(pad));
+            }
+            out
+        };
+        let mut out = line(&header.map(String::from));
+        out.push('\n');
+        out.push('|');
+        for w in &widths {
+            let _ = write!(out, "{}|", "-".repeat(w + 2));
+        }
+        for row in &cells {
+            out.push('\n');
+            out.push_str(&line(row));
+        }
+        out
+    }
+}
