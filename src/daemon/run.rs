@@ -232,6 +232,9 @@ async fn run(args: DaemonArgs) -> ExitCode {
     exit
 }
 
+/// The shortest time between two scans for adopted zombies.
+const ORPHAN_SCAN_SPACING: Duration = Duration::from_millis(100);
+
 /// As a subreaper the daemon inherits job descendants that escaped their process group; reap them as they
 /// die so none stays a zombie. Returns `None` (and logs) if SIGCHLD cannot be watched.
 fn spawn_orphan_reaper() -> Option<tokio::task::JoinHandle<()>> {
@@ -240,6 +243,9 @@ fn spawn_orphan_reaper() -> Option<tokio::task::JoinHandle<()>> {
         Ok(mut children) => Some(tokio::spawn(async move {
             while children.recv().await.is_some() {
                 crate::runner::reap_adopted_zombies();
+                // A scan reads all of /proc; one per burst of exits is enough (signals coalesce while
+                // we wait), and an orphan stays a zombie at most this long.
+                tokio::time::sleep(ORPHAN_SCAN_SPACING).await;
             }
         })),
         Err(e) => {

@@ -192,6 +192,11 @@ impl EventBus {
         });
     }
 
+    /// Whether anyone listens (to skip building events nobody would receive).
+    pub fn has_subscribers(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     /// A subscription to events whose type is in `types` (all when `None`).
     pub fn subscribe(&self, types: Option<Vec<String>>) -> EventSubscription {
         EventSubscription {
@@ -263,6 +268,16 @@ mod tests {
         assert_eq!(json["type"], "stopped");
         assert_eq!(json["reason"], "test");
         assert!(json["timestamp"].is_string());
+    }
+
+    #[test]
+    fn knows_whether_anyone_listens() {
+        let bus = EventBus::new(16);
+        assert!(!bus.has_subscribers());
+        let subscription = bus.subscribe(None);
+        assert!(bus.has_subscribers());
+        drop(subscription);
+        assert!(!bus.has_subscribers());
     }
 
     #[test]

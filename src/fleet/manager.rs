@@ -95,6 +95,9 @@ pub(super) struct Core {
     pub(super) queue: JobQueue,
     /// Queued and running jobs.
     pub(super) active: HashMap<JobId, ActiveJob>,
+    /// Running jobs per agent, kept in step with `active` so limit checks cost O(1) however long the
+    /// queue is.
+    pub(super) running: HashMap<String, usize>,
     pub(super) started_at: Option<DateTime<Utc>>,
     pub(super) stopped_at: Option<DateTime<Utc>>,
     pub(super) scheduler: Option<SchedulerHandle>,
@@ -126,11 +129,25 @@ impl Core {
     }
 
     pub(super) fn running_count(&self, agent: Option<&str>) -> usize {
-        self.active
-            .values()
-            .filter(|a| a.job.status == JobStatus::Running)
-            .filter(|a| agent.is_none_or(|name| a.job.agent == name))
-            .count()
+        match agent {
+            Some(name) => self.running.get(name).copied().unwrap_or(0),
+            None => self.running.values().sum(),
+        }
+    }
+
+    /// Counts a job of `agent` that has just started running.
+    pub(super) fn count_started(&mut self, agent: &str) {
+        *self.running.entry(agent.to_string()).or_default() += 1;
+    }
+
+    /// Uncounts a running job of `agent` that has ended.
+    pub(super) fn count_ended(&mut self, agent: &str) {
+        if let Some(count) = self.running.get_mut(agent) {
+            *count -= 1;
+            if *count == 0 {
+                self.running.remove(agent);
+            }
+        }
     }
 
     pub(super) fn fleet_limit(&self, options: &FleetManagerOptions) -> Option<u32> {
@@ -251,6 +268,7 @@ impl FleetManager {
                     persisted: PersistedState::default(),
                     queue: JobQueue::default(),
                     active: HashMap::new(),
+                    running: HashMap::new(),
                     started_at: None,
                     stopped_at: None,
                     scheduler: None,

@@ -17,7 +17,7 @@ use crate::config::{AgentConfig, Catchup, RuntimeConfig, ScheduleConfig, Schedul
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
-use crate::state::OutputWriter;
+use crate::state::{Durability, OutputWriter};
 
 use super::error::{FleetError, FleetState};
 use super::events::FleetEvent;
@@ -155,13 +155,26 @@ fn current_record(core: &Core, id: &JobId) -> Result<Job, FleetError> {
 }
 
 fn persist(manager: &FleetManager, core: &mut Core, job: &Job) -> Result<(), FleetError> {
+    persist_with(manager, core, job, Durability::Machine)
+}
+
+fn persist_with(
+    manager: &FleetManager,
+    core: &mut Core,
+    job: &Job,
+    durability: Durability,
+) -> Result<(), FleetError> {
     let Some(store) = core.store.as_mut() else {
         return Err(FleetError::State {
             path: String::new(),
             message: "the fleet is not initialized".into(),
         });
     };
-    store.put(job).map_err(|e| {
+    let written = match durability {
+        Durability::Machine => store.put(job),
+        Durability::Process => store.put_unsynced(job),
+    };
+    written.map_err(|e| {
         report_state_error(manager.events(), &e.to_string());
         FleetError::State {
             path: format!("jobs/{}.yaml", job.id),
@@ -204,7 +217,10 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     active.canceller = Some(handle.canceller());
     let job = active.job.clone();
     let hub = active.hub.clone();
-    if let Err(e) = persist(manager, core, &job) {
+    core.count_started(&job.agent);
+    // Not fsynced: the pid matters only if the daemon dies, and the page cache survives that; after a
+    // machine crash the process is gone anyway. Creation and the final record are fsynced.
+    if let Err(e) = persist_with(manager, core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs but its record could not be saved: {e}");
     }
     let writer = match core.store.as_ref().map(|s| s.output_writer(id)) {
@@ -280,13 +296,17 @@ async fn supervise(
                     }
                 }
             }
+            // Building an event per line costs a copy of it: only when someone listens.
+            let listened = events.has_subscribers();
             for line in lines {
-                events.emit(FleetEvent::JobOutput {
-                    job_id: job_id.clone(),
-                    seq: line.seq,
-                    output_type: line.kind.clone(),
-                    chunk: Value::Object(line.data.clone()),
-                });
+                if listened {
+                    events.emit(FleetEvent::JobOutput {
+                        job_id: job_id.clone(),
+                        seq: line.seq,
+                        output_type: line.kind.clone(),
+                        chunk: Value::Object(line.data.clone()),
+                    });
+                }
                 hub.publish(line);
             }
         }
@@ -331,6 +351,9 @@ fn finalize_locked(
     outcome: RunOutcome,
 ) -> Option<JobFinished> {
     let active = core.active.remove(id)?;
+    if active.job.status == JobStatus::Running {
+        core.count_ended(&active.job.agent);
+    }
     let mut job = active.job;
     let now = Utc::now();
     job.status = outcome.status.into();
@@ -354,8 +377,9 @@ fn finalize_locked(
     if let Err(e) = persist(manager, core, &job) {
         tracing::error!(job_id = %id, "final record not saved: {e}");
     }
-    record_in_fleet_state(core, &job);
-    core.save_persisted(manager.events());
+    if record_in_fleet_state(core, &job) {
+        core.save_persisted(manager.events());
+    }
 
     let level_failed = job.status == JobStatus::Failed;
     if level_failed {
@@ -429,8 +453,11 @@ pub(super) fn finish_without_running(
     }
 }
 
-fn record_in_fleet_state(core: &mut Core, job: &Job) {
+/// Updates schedule and agent state from a finished job; returns whether anything changed.
+fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
+    let mut changed = false;
     if let Some(schedule) = job.schedule.as_deref() {
+        changed = true;
         let state = core.persisted.schedule_mut(&job.agent, schedule);
         state.last_status = Some(job.status);
         match job.status {
@@ -443,12 +470,18 @@ fn record_in_fleet_state(core: &mut Core, job: &Job) {
         }
     }
     if let Some(session) = job.session_id.as_ref() {
-        core.persisted
+        let last = &mut core
+            .persisted
             .agents
             .entry(job.agent.clone())
             .or_default()
-            .last_session_id = Some(session.clone());
+            .last_session_id;
+        if last.as_ref() != Some(session) {
+            *last = Some(session.clone());
+            changed = true;
+        }
     }
+    changed
 }
 
 fn prune(manager: &FleetManager, core: &mut Core) {

@@ -496,7 +496,9 @@ async fn read_lines<R: AsyncRead + Unpin>(
 /// Turns lines into output events, remembers what the outcome needs, and applies the output cap.
 struct Collector {
     output: mpsc::Sender<OutputEvent>,
-    cap: OutputCap<OutputEvent>,
+    /// Holds the tail of an over-long output as raw lines: parsed JSON takes several times the bytes of its
+    /// text, and the tail may be tens of megabytes.
+    cap: OutputCap<(Stream, Line)>,
     stream: StreamState,
     last_stdout: Option<String>,
     stderr_tail: VecDeque<String>,
@@ -509,6 +511,22 @@ struct Collected {
     last_stdout: Option<String>,
     stderr_tail: VecDeque<String>,
     output_truncated: bool,
+}
+
+/// The event of one line: a stream-json message as it is, else the line as text.
+fn output_event(stream: Stream, line: &Line, message: Option<Map<String, Value>>) -> OutputEvent {
+    match (message, stream) {
+        (Some(message), _) => OutputEvent {
+            kind: message
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("stdout")
+                .to_owned(),
+            data: message,
+        },
+        (None, Stream::Stdout) => text_event("stdout", line),
+        (None, Stream::Stderr) => text_event("stderr", line),
+    }
 }
 
 fn text_event(kind: &str, line: &Line) -> OutputEvent {
@@ -548,40 +566,29 @@ impl Collector {
 
     async fn push(&mut self, stream: Stream, line: Line) {
         let size = line.bytes.len() + 1;
-        let event = match stream {
-            Stream::Stdout => match parse_message(&line.bytes).filter(|_| !line.truncated) {
-                Some(message) => {
-                    self.stream.observe(&message);
-                    let kind = message
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or("stdout")
-                        .to_owned();
-                    OutputEvent {
-                        kind,
-                        data: message,
-                    }
+        // Every stdout message is parsed here, delivered or held back, so the outcome sees all of them.
+        let message = match stream {
+            Stream::Stdout if !line.truncated => parse_message(&line.bytes),
+            _ => None,
+        };
+        match (&message, stream) {
+            (Some(message), _) => self.stream.observe(message),
+            (None, Stream::Stdout) => {
+                let text = line.text();
+                if !text.trim().is_empty() {
+                    self.last_stdout = Some(clip(text, STDERR_TAIL_LINE_BYTES * 4));
                 }
-                None => {
-                    let event = text_event("stdout", &line);
-                    let text = line.text();
-                    if !text.trim().is_empty() {
-                        self.last_stdout = Some(clip(text, STDERR_TAIL_LINE_BYTES * 4));
-                    }
-                    event
-                }
-            },
-            Stream::Stderr => {
+            }
+            (None, Stream::Stderr) => {
                 if self.stderr_tail.len() == STDERR_TAIL_LINES {
                     self.stderr_tail.pop_front();
                 }
                 self.stderr_tail
                     .push_back(clip(line.text(), STDERR_TAIL_LINE_BYTES));
-                text_event("stderr", &line)
             }
-        };
-        if let Some(event) = self.cap.admit(event, size) {
-            deliver(&self.output, event).await;
+        }
+        if let Some((stream, line)) = self.cap.admit((stream, line), size) {
+            deliver(&self.output, output_event(stream, &line, message)).await;
         }
     }
 
@@ -597,8 +604,12 @@ impl Collector {
             };
             deliver(&self.output, notice).await;
         }
-        for event in tail {
-            deliver(&self.output, event).await;
+        for (stream, line) in tail {
+            let message = match stream {
+                Stream::Stdout if !line.truncated => parse_message(&line.bytes),
+                _ => None,
+            };
+            deliver(&self.output, output_event(stream, &line, message)).await;
         }
         Collected {
             stream: self.stream,

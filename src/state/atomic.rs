@@ -32,7 +32,17 @@ impl WriteStep {
 
 /// Replaces `path` with `bytes` atomically and durably (mode 0600 for a new file).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    atomic_write_with(path, bytes, &mut |_| Ok(())).map(|_inode| ())
+    atomic_write_with(path, bytes, Durability::Machine, &mut |_| Ok(())).map(|_inode| ())
+}
+
+/// What a rewrite must survive. Both are atomic (old or new content, never torn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A crash of the machine: the file and its directory are fsynced.
+    Machine,
+    /// A crash of the process only (the kernel's page cache keeps the write): no fsync. For records whose
+    /// content is worthless after a machine crash anyway, such as the pid of a process that died with it.
+    Process,
 }
 
 /// [`atomic_write`] with `before_step` called before each step; an error from it fails that step.
@@ -40,6 +50,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 pub(crate) fn atomic_write_with(
     path: &Path,
     bytes: &[u8],
+    durability: Durability,
     before_step: &mut dyn FnMut(WriteStep) -> io::Result<()>,
 ) -> Result<u64, StateError> {
     let dir = parent_dir(path);
@@ -61,8 +72,10 @@ pub(crate) fn atomic_write_with(
     let written = (|| {
         before_step(WriteStep::Write).map_err(|e| io_error("write", e))?;
         file.write_all(bytes).map_err(|e| io_error("write", e))?;
-        before_step(WriteStep::Fsync).map_err(|e| io_error("fsync", e))?;
-        file.sync_all().map_err(|e| io_error("fsync", e))?;
+        if durability == Durability::Machine {
+            before_step(WriteStep::Fsync).map_err(|e| io_error("fsync", e))?;
+            file.sync_all().map_err(|e| io_error("fsync", e))?;
+        }
         let inode = file.metadata().map_err(|e| io_error("stat", e))?.ino();
         before_step(WriteStep::Rename).map_err(|e| io_error("rename into place", e))?;
         fs::rename(&temp, path).map_err(|e| io_error("rename into place", e))?;
@@ -77,8 +90,10 @@ pub(crate) fn atomic_write_with(
         }
     };
 
-    before_step(WriteStep::FsyncDir).map_err(|e| io_error("fsync the directory of", e))?;
-    fsync_dir(dir).map_err(|e| io_error("fsync the directory of", e))?;
+    if durability == Durability::Machine {
+        before_step(WriteStep::FsyncDir).map_err(|e| io_error("fsync the directory of", e))?;
+        fsync_dir(dir).map_err(|e| io_error("fsync the directory of", e))?;
+    }
     Ok(inode)
 }
 
@@ -171,7 +186,12 @@ mod tests {
                         Ok(())
                     }
                 };
-                let result = atomic_write_with(&path, b"new complete content", &mut hook);
+                let result = atomic_write_with(
+                    &path,
+                    b"new complete content",
+                    Durability::Machine,
+                    &mut hook,
+                );
                 let error = result.expect_err("the injected failure must surface");
                 assert!(error.to_string().contains("injected"), "{error}");
 
@@ -199,9 +219,9 @@ mod tests {
     fn returns_the_inode_of_the_file_now_at_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a");
-        let first = atomic_write_with(&path, b"1", &mut |_| Ok(())).unwrap();
+        let first = atomic_write_with(&path, b"1", Durability::Machine, &mut |_| Ok(())).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().ino(), first);
-        let second = atomic_write_with(&path, b"2", &mut |_| Ok(())).unwrap();
+        let second = atomic_write_with(&path, b"2", Durability::Process, &mut |_| Ok(())).unwrap();
         assert_ne!(first, second, "a rewrite is a new inode");
         assert_eq!(fs::metadata(&path).unwrap().ino(), second);
     }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::atomic::{atomic_write, atomic_write_with, is_temp_file_name};
+use super::atomic::{atomic_write, atomic_write_with, is_temp_file_name, Durability};
 use super::corrupt::{move_aside, CorruptFile};
 use super::fx_hash::{FxHashMap, FxHashSet};
 use super::journal;
@@ -304,13 +304,23 @@ impl JobStore {
 
     /// Writes `job`'s record atomically and durably, then indexes it.
     pub fn put(&mut self, job: &Job) -> Result<(), StateError> {
+        self.put_with(job, Durability::Machine)
+    }
+
+    /// [`put`](Self::put) without fsync: survives the daemon's crash, not the machine's. For a job's
+    /// "running" record, whose pid is meaningless after a machine crash (its processes died with it).
+    pub fn put_unsynced(&mut self, job: &Job) -> Result<(), StateError> {
+        self.put_with(job, Durability::Process)
+    }
+
+    fn put_with(&mut self, job: &Job, durability: Durability) -> Result<(), StateError> {
         let path = self.record_path(&job.id);
         let yaml = serde_yaml_ng::to_string(job).map_err(|error| StateError::Serialize {
             what: "job record",
             path: path.clone(),
             reason: error.to_string(),
         })?;
-        let inode = atomic_write_with(&path, yaml.as_bytes(), &mut |_| Ok(()))?;
+        let inode = atomic_write_with(&path, yaml.as_bytes(), durability, &mut |_| Ok(()))?;
         self.index(
             job.id.clone(),
             job.created_at,
@@ -846,6 +856,21 @@ mod tests {
             journal_inode,
             "an exact journal is not rewritten"
         );
+    }
+
+    #[test]
+    fn an_unsynced_put_is_read_back_like_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        let mut running = job(1, "a", 1, JobStatus::Running);
+        running.pid = Some(4242);
+        store.put_unsynced(&running).unwrap();
+        assert_eq!(store.get(&running.id).unwrap().unwrap().pid, Some(4242));
+        drop(store);
+        let (reopened, issues) = open(dir.path());
+        assert!(issues.is_empty());
+        assert_eq!(reopened.non_terminal(), [running.id.clone()]);
+        assert_eq!(reopened.get(&running.id).unwrap().unwrap(), running);
     }
 
     #[test]

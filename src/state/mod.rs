@@ -33,7 +33,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-pub use atomic::{atomic_write, remove_stale_temp_files, WriteStep};
+pub use atomic::{atomic_write, remove_stale_temp_files, Durability, WriteStep};
 pub use corrupt::CorruptFile;
 pub use fleet_state::{AgentState, FleetState, ScheduleState};
 pub use jobs::{JobCounts, JobFilter, JobPage, JobStore, StoreIssue, DEFAULT_PAGE_LIMIT};
