@@ -56,14 +56,20 @@
 //!    (`completed`/`failed`/`cancelled` with exit reason), updates schedule state and the agent's session,
 //!    emits `agent:stopped` and `job:completed|failed|cancelled`, prunes history and starts queued jobs.
 //!
+//! 6. After the record is final, background tasks run the agent's hooks (`hooks`) and report a work item
+//!    back to its source (`work_sources`: close on success, release otherwise).
+//!
 //! A schedule fire enters at step 2 from the scheduler's `Fire` channel instead of an RPC call; over a limit it
-//! is skipped (`schedule:skipped`) rather than queued, unless its `overlap` says `queue`.
+//! is skipped (`schedule:skipped`) rather than queued, unless its `overlap` says `queue`. A schedule with a
+//! `work_source` first claims the oldest eligible GitHub issue, outside the fleet's lock; no issue means
+//! `schedule:skipped {reason: no_work}`, and the issue becomes the job's prompt and `work_item`.
 //!
 //! ## Invariants
 //!
 //! - Only `rpc` and `daemon` know about sockets and JSON-RPC; the FleetManager works embedded without them.
-//! - Only `state` writes under the state directory, and every rewrite is atomic and durable (temp file, fsync,
-//!   rename, fsync the directory). Output is append-only; a torn last line is tolerated on read.
+//! - Only `state` writes under the state directory, and every rewrite is atomic (temp file, rename) and
+//!   durable (fsync of the file and the directory) — except a job's "running" record, which need only survive
+//!   the daemon's death (`state::Durability::Process`). Output is append-only; a torn last line is tolerated.
 //! - One daemon per state directory (an `flock` held for the process's life).
 //! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`.
 //! - A job's output reaches its file before any subscriber, so history and live output join without gap or
