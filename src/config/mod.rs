@@ -2,7 +2,7 @@
 //! into a [`FleetConfig`], and diffing two configurations for reloads.
 //!
 //! Owns everything about the configuration *files*; the rest of the daemon only sees the resolved types in
-//! [`resolved`], which are fully validated (nothing is checked lazily at fire time). Does not start anything,
+//! (`FleetConfig`, `AgentConfig`, …), which are fully validated (nothing is checked lazily at fire time). Does not start anything,
 //! does not touch the state directory and never modifies the process environment.
 //!
 //! Public API:

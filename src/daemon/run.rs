@@ -40,7 +40,7 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// Socket path. Default: $RUNTIME_DIRECTORY/herdctld.sock, else $XDG_RUNTIME_DIR/herdctl/herdctld.sock,
-    /// else <state>/herdctld.sock.
+    /// else herdctld.sock in the state directory.
     #[arg(long, env = "HERDCTL_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Permissions of the socket (octal). 0660 also admits the socket's group.

@@ -15,7 +15,7 @@ pub struct Style {
 }
 
 impl Style {
-    /// Colours when stdout is a terminal and `NO_COLOR` is not set (https://no-color.org).
+    /// Colours when stdout is a terminal and `NO_COLOR` is not set (<https://no-color.org>).
     pub fn detect() -> Style {
         let no_color = std::env::var_os("NO_COLOR").is_some();
         Style {
