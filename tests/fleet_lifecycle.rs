@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use fleet_support::*;
 use herdctld::fleet::{
-    FleetError, FleetEvent, FleetManager, FleetState, ForkOptions, StopOptions, TriggerOptions,
+    FleetError, FleetEvent, FleetManager, FleetManagerOptions, FleetState, ForkOptions,
+    StopOptions, TriggerOptions,
 };
 use herdctld::job::{ExitReason, JobStatus, TerminationType, TriggerType};
 
@@ -63,6 +64,26 @@ async fn lifecycle_errors_name_current_and_expected_state() {
     // A stopped fleet starts again.
     manager.start().await.unwrap();
     manager.stop(StopOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn auto_start_starts_the_fleet_at_initialize() {
+    let fx = Fixture::new(
+        "",
+        &[(
+            "a",
+            ECHO_PROMPT,
+            "schedules:\n  s: {type: interval, interval: 1h}",
+        )],
+    );
+    let manager = FleetManager::new(FleetManagerOptions {
+        auto_start: true,
+        ..fx.options()
+    });
+    manager.initialize().await.unwrap();
+    assert_eq!(manager.state(), FleetState::Running);
+    assert!(manager.status().await.scheduler.running);
+    manager.stop(Default::default()).await.unwrap();
 }
 
 #[tokio::test]

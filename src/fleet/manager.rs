@@ -379,18 +379,22 @@ impl FleetManager {
             report_state_error(self.events(), &corrupt.to_string());
         }
 
-        let mut core = self.core();
-        self.require(&core, "initialize", &[FleetState::Uninitialized])?;
-        core.config = Some(Arc::new(config));
-        core.state_dir = Some(state_dir);
-        core.store = Some(store);
-        core.persisted = persisted;
-        core.work_sources = work_sources;
-        self.recover_interrupted(&mut core);
-        core.lifecycle = FleetState::Initialized;
-        drop(core);
+        {
+            let mut core = self.core();
+            self.require(&core, "initialize", &[FleetState::Uninitialized])?;
+            core.config = Some(Arc::new(config));
+            core.state_dir = Some(state_dir);
+            core.store = Some(store);
+            core.persisted = persisted;
+            core.work_sources = work_sources;
+            self.recover_interrupted(&mut core);
+            core.lifecycle = FleetState::Initialized;
+        }
         tracing::info!("fleet initialized");
         self.events().emit(FleetEvent::Initialized);
+        if self.options().auto_start {
+            self.start().await?;
+        }
         Ok(())
     }
 

@@ -46,6 +46,8 @@ pub struct FleetManagerOptions {
     pub logs: LogBus,
     /// Events kept for slow subscribers before they are told they lagged.
     pub event_buffer: usize,
+    /// `initialize` also starts the fleet (the scheduler), as herdctl's CLI does.
+    pub auto_start: bool,
 }
 
 impl Default for FleetManagerOptions {
@@ -60,6 +62,7 @@ impl Default for FleetManagerOptions {
             clock: Arc::new(SystemClock),
             logs: LogBus::new(10_000),
             event_buffer: 4096,
+            auto_start: false,
         }
     }
 }
