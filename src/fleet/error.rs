@@ -100,7 +100,17 @@ pub enum FleetError {
 fn format_issues(issues: &[ValidationIssue]) -> String {
     issues
         .iter()
-        .map(|i| format!("  {}: {}: {}", i.file, i.path, i.message))
+        .map(|i| {
+            let place: Vec<&str> = [i.file.as_str(), i.path.as_str()]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect();
+            if place.is_empty() {
+                format!("  {}", i.message)
+            } else {
+                format!("  {}: {}", place.join(": "), i.message)
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -255,6 +265,29 @@ mod tests {
         for error in &errors {
             assert_eq!(error.data()["code"], error.code_name());
         }
+    }
+
+    #[test]
+    fn configuration_errors_list_each_issue_without_empty_parts() {
+        let e = FleetError::Configuration {
+            config_path: "/etc/herdctl".into(),
+            validation_errors: vec![
+                ValidationIssue {
+                    file: "/etc/herdctl".into(),
+                    path: String::new(),
+                    message: "file not found".into(),
+                },
+                ValidationIssue {
+                    file: "a.yaml".into(),
+                    path: "schedules.s.interval".into(),
+                    message: "invalid duration".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration in /etc/herdctl:\n  /etc/herdctl: file not found\n  a.yaml: schedules.s.interval: invalid duration"
+        );
     }
 
     #[test]
