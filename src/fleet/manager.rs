@@ -179,7 +179,7 @@ impl Core {
         agent_ok && fleet_ok
     }
 
-    fn jobs_dir(&self) -> Result<PathBuf, FleetError> {
+    pub(super) fn jobs_dir(&self) -> Result<PathBuf, FleetError> {
         Ok(self
             .state_dir
             .as_ref()
@@ -994,52 +994,76 @@ impl FleetManager {
                 message: format!("priority must be 1 (highest) to 10 (lowest), got {priority}"),
             });
         }
-        let mut core = self.core();
-        self.require(
-            &core,
-            "trigger",
-            &[
-                FleetState::Initialized,
-                FleetState::Running,
-                FleetState::Stopped,
-            ],
-        )?;
-        let config = core.config()?.clone();
-        let agent_config = find_agent(&config, agent)?;
-        let schedule = match options.schedule.as_deref() {
-            Some(name) => Some(find_schedule(agent_config, name)?),
-            None => None,
+        const TRIGGERABLE: [FleetState; 3] = [
+            FleetState::Initialized,
+            FleetState::Running,
+            FleetState::Stopped,
+        ];
+        let (job, context, jobs_dir) = {
+            let core = self.core();
+            self.require(&core, "trigger", &TRIGGERABLE)?;
+            let config = core.config()?.clone();
+            let agent_config = find_agent(&config, agent)?;
+            let schedule = match options.schedule.as_deref() {
+                Some(name) => Some(find_schedule(agent_config, name)?),
+                None => None,
+            };
+            let mut prompt = options
+                .prompt
+                .clone()
+                .or_else(|| schedule.and_then(|s| s.prompt.clone()))
+                .or_else(|| agent_config.default_prompt.clone())
+                .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
+            let work_item = options.work_items.as_ref().map(|items| {
+                prompt.push_str(&run::work_items_section(items));
+                Value::Array(items.clone())
+            });
+            let resume = schedule
+                .filter(|s| s.resume_session)
+                .and_then(|_| last_session(&core, &agent_config.name));
+            let mut job = Job::new(
+                JobId::generate(Utc::now()),
+                agent_config.name.clone(),
+                schedule.map(|s| s.name.clone()),
+                TriggerType::Manual,
+                Some(prompt),
+                priority,
+                Utc::now(),
+            );
+            job.work_item = work_item;
+            let context = RunContext {
+                resume_session: resume,
+                fork_session: false,
+                schedule: schedule.cloned(),
+                work: None,
+            };
+            (job, context, core.jobs_dir()?)
         };
-        let mut prompt = options
-            .prompt
-            .clone()
-            .or_else(|| schedule.and_then(|s| s.prompt.clone()))
-            .or_else(|| agent_config.default_prompt.clone())
-            .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
-        let work_item = options.work_items.as_ref().map(|items| {
-            prompt.push_str(&run::work_items_section(items));
-            Value::Array(items.clone())
-        });
-        let resume = schedule
-            .filter(|s| s.resume_session)
-            .and_then(|_| last_session(&core, &agent_config.name));
-        let mut job = Job::new(
-            JobId::generate(Utc::now()),
-            agent_config.name.clone(),
-            schedule.map(|s| s.name.clone()),
-            TriggerType::Manual,
-            Some(prompt),
-            priority,
-            Utc::now(),
-        );
-        job.work_item = work_item;
-        let context = RunContext {
-            resume_session: resume,
-            fork_session: false,
-            schedule: schedule.cloned(),
-            work: None,
+        // The creation record is written and fsynced outside the lock: triggers arriving together share
+        // the disk's time instead of queueing behind the lock for it.
+        let staged = {
+            let dir = jobs_dir.clone();
+            tokio::task::spawn_blocking(move || JobStore::stage(&dir, &job))
+                .await
+                .map_err(|e| FleetError::State {
+                    path: jobs_dir.display().to_string(),
+                    message: format!("writing the job record failed: {e}"),
+                })?
+                .map_err(|e| {
+                    report_state_error(self.events(), &e.to_string());
+                    state_error(&jobs_dir, e)
+                })?
         };
-        run::admit(self, &mut core, job, context, run::WhenFull::Queue)
+        let job = {
+            let mut core = self.core();
+            self.require(&core, "trigger", &TRIGGERABLE)?;
+            run::admit_staged(self, &mut core, staged, context, run::WhenFull::Queue)?
+        };
+        let synced = tokio::task::spawn_blocking(move || JobStore::sync_dir(&jobs_dir)).await;
+        if let Ok(Err(e)) = synced {
+            report_state_error(self.events(), &e.to_string());
+        }
+        Ok(job)
     }
 
     /// Cancels a queued job (dequeued) or a running one (SIGTERM, grace, SIGKILL of its whole process tree).

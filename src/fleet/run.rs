@@ -17,7 +17,7 @@ use crate::config::{AgentConfig, Catchup, RuntimeConfig, ScheduleConfig, Schedul
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
-use crate::state::{Durability, OutputWriter};
+use crate::state::{Durability, JobStore, OutputWriter, StagedRecord};
 
 use super::error::{FleetError, FleetState};
 use super::events::FleetEvent;
@@ -69,6 +69,30 @@ pub(super) fn admit(
     context: RunContext,
     when_full: WhenFull,
 ) -> Result<Job, FleetError> {
+    admit_with(manager, core, job, None, context, when_full)
+}
+
+/// [`admit`] for a job whose creation record was staged outside the lock ([`JobStore::stage`]); refused
+/// (a limit), the staged file is discarded.
+pub(super) fn admit_staged(
+    manager: &FleetManager,
+    core: &mut Core,
+    staged: StagedRecord,
+    context: RunContext,
+    when_full: WhenFull,
+) -> Result<Job, FleetError> {
+    let job = staged.job().clone();
+    admit_with(manager, core, job, Some(staged), context, when_full)
+}
+
+fn admit_with(
+    manager: &FleetManager,
+    core: &mut Core,
+    job: Job,
+    staged: Option<StagedRecord>,
+    context: RunContext,
+    when_full: WhenFull,
+) -> Result<Job, FleetError> {
     let options = manager.options();
     let has_slot =
         core.lifecycle != FleetState::Stopping && core.may_start(options, &job.agent, when_full);
@@ -112,7 +136,10 @@ pub(super) fn admit(
             WhenFull::Queue => {}
         }
     }
-    persist(manager, core, &job)?;
+    match staged {
+        Some(staged) => commit(manager, core, staged)?,
+        None => persist(manager, core, &job)?,
+    }
     let id = job.id.clone();
     let (finished, _) = watch::channel(None);
     core.active.insert(
@@ -154,6 +181,28 @@ fn current_record(core: &Core, id: &JobId) -> Result<Job, FleetError> {
         })
 }
 
+fn commit(manager: &FleetManager, core: &mut Core, staged: StagedRecord) -> Result<(), FleetError> {
+    let path = format!("jobs/{}.yaml", staged.job().id);
+    let committed = match core.store.as_mut() {
+        Some(store) => store.commit(staged),
+        None => return Err(not_initialized_store()),
+    };
+    committed.map_err(|e| {
+        report_state_error(manager.events(), &e.to_string());
+        FleetError::State {
+            path,
+            message: e.to_string(),
+        }
+    })
+}
+
+fn not_initialized_store() -> FleetError {
+    FleetError::State {
+        path: String::new(),
+        message: "the fleet is not initialized".into(),
+    }
+}
+
 fn persist(manager: &FleetManager, core: &mut Core, job: &Job) -> Result<(), FleetError> {
     persist_with(manager, core, job, Durability::Machine)
 }
@@ -165,10 +214,7 @@ fn persist_with(
     durability: Durability,
 ) -> Result<(), FleetError> {
     let Some(store) = core.store.as_mut() else {
-        return Err(FleetError::State {
-            path: String::new(),
-            message: "the fleet is not initialized".into(),
-        });
+        return Err(not_initialized_store());
     };
     let written = match durability {
         Durability::Machine => store.put(job),
@@ -313,11 +359,67 @@ async fn supervise(
     };
     let (outcome, ()) = tokio::join!(handle.wait(), pump);
     drop(writer);
-    let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome);
+    // The final record is written and fsynced outside the fleet's lock, so that jobs ending together
+    // share the disk's time instead of queueing behind the lock for it.
+    let prepared = {
+        let core = manager.core();
+        match (core.active.get(&id), core.jobs_dir()) {
+            (Some(active), Ok(dir)) => Some((final_record(&active.job, &outcome), dir)),
+            _ => None,
+        }
+    };
+    let (staged, jobs_dir) = match prepared {
+        Some((job, dir)) => {
+            let staged = tokio::task::spawn_blocking(move || (JobStore::stage(&dir, &job), dir))
+                .await
+                .ok();
+            match staged {
+                Some((Ok(staged), dir)) => (Some(staged), Some(dir)),
+                Some((Err(e), _)) => {
+                    report_state_error(manager.events(), &format!("job {id}: {e}"));
+                    (None, None)
+                }
+                None => (None, None),
+            }
+        }
+        None => (None, None),
+    };
+    let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome, staged);
+    if let Some(dir) = jobs_dir {
+        let synced = tokio::task::spawn_blocking(move || JobStore::sync_dir(&dir)).await;
+        if let Ok(Err(e)) = synced {
+            report_state_error(manager.events(), &format!("job {id}: {e}"));
+        }
+    }
     drop(manager);
     if let Some(finished) = finished {
         finished.signal();
     }
+}
+
+/// The record of a job as its run outcome leaves it.
+fn final_record(job: &Job, outcome: &RunOutcome) -> Job {
+    let mut job = job.clone();
+    let now = Utc::now();
+    job.status = outcome.status.into();
+    job.exit_reason = Some(outcome.exit_reason);
+    job.exit_code = outcome.exit_code;
+    job.signal = outcome.signal;
+    job.summary = outcome.summary.clone();
+    job.result = outcome.result.clone();
+    if outcome.session_id.is_some() {
+        job.session_id = outcome.session_id.clone();
+    }
+    job.error = outcome.error.clone();
+    job.output_truncated = outcome.output_truncated;
+    job.finished_at = Some(now);
+    job.duration_ms = job
+        .started_at
+        .map(|start| (now - start).num_milliseconds().max(0) as u64);
+    job.pid = None;
+    job.pgid = None;
+    job.process_start_time = None;
+    job
 }
 
 /// The output line of a runner event. The line's own `seq`, `ts` and `type` come first in the file, so the
@@ -342,39 +444,29 @@ fn output_line(seq: u64, event: OutputEvent) -> OutputLine {
 }
 
 /// Makes a job's record final from its run outcome, and does everything that follows a job's end. The
-/// caller signals the returned [`JobFinished`] after releasing the lock.
+/// record is `staged` already (written and fsynced outside the lock) or written here. The caller signals
+/// the returned [`JobFinished`] after releasing the lock (and syncing the jobs directory if it staged).
 #[must_use]
 fn finalize_locked(
     manager: &FleetManager,
     core: &mut Core,
     id: &JobId,
     outcome: RunOutcome,
+    staged: Option<StagedRecord>,
 ) -> Option<JobFinished> {
     let active = core.active.remove(id)?;
     if active.job.status == JobStatus::Running {
         core.count_ended(&active.job.agent);
     }
-    let mut job = active.job;
-    let now = Utc::now();
-    job.status = outcome.status.into();
-    job.exit_reason = Some(outcome.exit_reason);
-    job.exit_code = outcome.exit_code;
-    job.signal = outcome.signal;
-    job.summary = outcome.summary.clone();
-    job.result = outcome.result.clone();
-    if outcome.session_id.is_some() {
-        job.session_id = outcome.session_id.clone();
-    }
-    job.error = outcome.error.clone();
-    job.output_truncated = outcome.output_truncated;
-    job.finished_at = Some(now);
-    job.duration_ms = job
-        .started_at
-        .map(|start| (now - start).num_milliseconds().max(0) as u64);
-    job.pid = None;
-    job.pgid = None;
-    job.process_start_time = None;
-    if let Err(e) = persist(manager, core, &job) {
+    let (job, saved) = match staged {
+        Some(staged) => (staged.job().clone(), commit(manager, core, staged)),
+        None => {
+            let job = final_record(&active.job, &outcome);
+            let saved = persist(manager, core, &job);
+            (job, saved)
+        }
+    };
+    if let Err(e) = saved {
         tracing::error!(job_id = %id, "final record not saved: {e}");
     }
     if record_in_fleet_state(core, &job) {
@@ -448,7 +540,7 @@ pub(super) fn finish_without_running(
             reason.to_string(),
         )
     };
-    if let Some(finished) = finalize_locked(manager, core, id, outcome) {
+    if let Some(finished) = finalize_locked(manager, core, id, outcome, None) {
         finished.signal();
     }
 }

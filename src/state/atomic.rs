@@ -53,48 +53,102 @@ pub(crate) fn atomic_write_with(
     durability: Durability,
     before_step: &mut dyn FnMut(WriteStep) -> io::Result<()>,
 ) -> Result<u64, StateError> {
-    let dir = parent_dir(path);
-    let temp = temp_path_for(path);
-    let io_error = |action: &'static str, source: io::Error| StateError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
+    let staged = stage_with(path, bytes, durability, before_step)?;
+    before_step(WriteStep::Rename).map_err(|e| io_error(path, "rename into place", e))?;
+    let inode = staged.publish()?;
+    if durability == Durability::Machine {
+        before_step(WriteStep::FsyncDir)
+            .map_err(|e| io_error(path, "fsync the directory of", e))?;
+        sync_dir_of(path)?;
+    }
+    Ok(inode)
+}
 
-    before_step(WriteStep::Create).map_err(|e| io_error("create a temporary file for", e))?;
+/// The first half of an atomic write: the new content is complete (and fsynced, for
+/// [`Durability::Machine`]) in a temporary file beside its target, not yet visible. [`publish`]
+/// renames it into place; dropped unpublished, it is removed. Staging is the slow part of a durable
+/// write and touches nothing shared, so callers can do it outside their locks.
+///
+/// [`publish`]: StagedWrite::publish
+#[derive(Debug)]
+pub struct StagedWrite {
+    temp: PathBuf,
+    path: PathBuf,
+    inode: u64,
+    published: bool,
+}
+
+impl StagedWrite {
+    /// Renames the staged file over its target; returns the new file's inode. The rename becomes durable
+    /// with the next fsync of the directory ([`sync_dir_of`]).
+    pub fn publish(mut self) -> Result<u64, StateError> {
+        fs::rename(&self.temp, &self.path)
+            .map_err(|e| io_error(&self.path, "rename into place", e))?;
+        self.published = true;
+        Ok(self.inode)
+    }
+}
+
+impl Drop for StagedWrite {
+    fn drop(&mut self) {
+        if !self.published {
+            // Best effort: a leftover temporary file is removed when the state directory next opens.
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Stages `bytes` as the next content of `path`; see [`StagedWrite`].
+pub fn stage_write(path: &Path, bytes: &[u8]) -> Result<StagedWrite, StateError> {
+    stage_with(path, bytes, Durability::Machine, &mut |_| Ok(()))
+}
+
+fn stage_with(
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+    before_step: &mut dyn FnMut(WriteStep) -> io::Result<()>,
+) -> Result<StagedWrite, StateError> {
+    let temp = temp_path_for(path);
+    before_step(WriteStep::Create).map_err(|e| io_error(path, "create a temporary file for", e))?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&temp)
-        .map_err(|e| io_error("create a temporary file for", e))?;
-
-    let written = (|| {
-        before_step(WriteStep::Write).map_err(|e| io_error("write", e))?;
-        file.write_all(bytes).map_err(|e| io_error("write", e))?;
-        if durability == Durability::Machine {
-            before_step(WriteStep::Fsync).map_err(|e| io_error("fsync", e))?;
-            file.sync_all().map_err(|e| io_error("fsync", e))?;
-        }
-        let inode = file.metadata().map_err(|e| io_error("stat", e))?.ino();
-        before_step(WriteStep::Rename).map_err(|e| io_error("rename into place", e))?;
-        fs::rename(&temp, path).map_err(|e| io_error("rename into place", e))?;
-        Ok(inode)
-    })();
-    let inode = match written {
-        Ok(inode) => inode,
-        Err(error) => {
-            // Best effort: the original error is the one worth reporting.
-            let _ = fs::remove_file(&temp);
-            return Err(error);
-        }
+        .map_err(|e| io_error(path, "create a temporary file for", e))?;
+    // From here on, dropping `staged` on an error removes the temporary file.
+    let mut staged = StagedWrite {
+        temp,
+        path: path.to_path_buf(),
+        inode: 0,
+        published: false,
     };
-
+    before_step(WriteStep::Write).map_err(|e| io_error(path, "write", e))?;
+    file.write_all(bytes)
+        .map_err(|e| io_error(path, "write", e))?;
     if durability == Durability::Machine {
-        before_step(WriteStep::FsyncDir).map_err(|e| io_error("fsync the directory of", e))?;
-        fsync_dir(dir).map_err(|e| io_error("fsync the directory of", e))?;
+        before_step(WriteStep::Fsync).map_err(|e| io_error(path, "fsync", e))?;
+        file.sync_all().map_err(|e| io_error(path, "fsync", e))?;
     }
-    Ok(inode)
+    staged.inode = file
+        .metadata()
+        .map_err(|e| io_error(path, "stat", e))?
+        .ino();
+    Ok(staged)
+}
+
+/// Makes renames and unlinks in the directory of `path` durable.
+pub fn sync_dir_of(path: &Path) -> Result<(), StateError> {
+    fsync_dir(parent_dir(path)).map_err(|e| io_error(path, "fsync the directory of", e))
+}
+
+fn io_error(path: &Path, action: &'static str, source: io::Error) -> StateError {
+    StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Makes renames and unlinks in `dir` durable.

@@ -25,7 +25,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::atomic::{atomic_write, atomic_write_with, is_temp_file_name, Durability};
+use super::atomic::{
+    atomic_write, atomic_write_with, is_temp_file_name, stage_write, sync_dir_of, Durability,
+    StagedWrite,
+};
 use super::corrupt::{move_aside, CorruptFile};
 use super::fx_hash::{FxHashMap, FxHashSet};
 use super::journal;
@@ -80,6 +83,28 @@ pub struct JobPage {
 }
 
 /// Number of jobs per status.
+/// A job record staged by [`JobStore::stage`], waiting for [`JobStore::commit`].
+#[derive(Debug)]
+pub struct StagedRecord {
+    job: Job,
+    write: StagedWrite,
+}
+
+impl StagedRecord {
+    /// The record as it will be once committed.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+}
+
+fn record_yaml(path: &Path, job: &Job) -> Result<String, StateError> {
+    serde_yaml_ng::to_string(job).map_err(|error| StateError::Serialize {
+        what: "job record",
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct JobCounts {
     pub queued: usize,
@@ -315,12 +340,36 @@ impl JobStore {
 
     fn put_with(&mut self, job: &Job, durability: Durability) -> Result<(), StateError> {
         let path = self.record_path(&job.id);
-        let yaml = serde_yaml_ng::to_string(job).map_err(|error| StateError::Serialize {
-            what: "job record",
-            path: path.clone(),
-            reason: error.to_string(),
-        })?;
+        let yaml = record_yaml(&path, job)?;
         let inode = atomic_write_with(&path, yaml.as_bytes(), durability, &mut |_| Ok(()))?;
+        self.indexed(job, inode)
+    }
+
+    /// The slow, durable half of [`put`](Self::put): `job`'s record written and fsynced beside its final
+    /// name in `jobs_dir`. It needs nothing of the store, so it can run outside the lock that guards it;
+    /// [`commit`](Self::commit) then makes it the job's record.
+    pub fn stage(jobs_dir: &Path, job: &Job) -> Result<StagedRecord, StateError> {
+        let path = jobs_dir.join(format!("{}.yaml", job.id));
+        let yaml = record_yaml(&path, job)?;
+        Ok(StagedRecord {
+            job: job.clone(),
+            write: stage_write(&path, yaml.as_bytes())?,
+        })
+    }
+
+    /// Renames a staged record into place and indexes it. The rename is durable once the directory is
+    /// synced ([`sync_dir`](Self::sync_dir)), which the caller may also do outside its lock.
+    pub fn commit(&mut self, staged: StagedRecord) -> Result<(), StateError> {
+        let inode = staged.write.publish()?;
+        self.indexed(&staged.job, inode)
+    }
+
+    /// Makes the records committed so far durable (fsync of `jobs_dir`).
+    pub fn sync_dir(jobs_dir: &Path) -> Result<(), StateError> {
+        sync_dir_of(&jobs_dir.join(JOURNAL_FILE))
+    }
+
+    fn indexed(&mut self, job: &Job, inode: u64) -> Result<(), StateError> {
         self.index(
             job.id.clone(),
             job.created_at,
@@ -856,6 +905,36 @@ mod tests {
             journal_inode,
             "an exact journal is not rewritten"
         );
+    }
+
+    #[test]
+    fn a_staged_record_is_invisible_until_committed_and_vanishes_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        let first = job(1, "a", 1, JobStatus::Queued);
+        let staged = JobStore::stage(dir.path(), &first).unwrap();
+        assert_eq!(staged.job(), &first);
+        assert!(store.get(&first.id).unwrap().is_none());
+        assert!(!dir.path().join(format!("{}.yaml", first.id)).exists());
+        store.commit(staged).unwrap();
+        JobStore::sync_dir(dir.path()).unwrap();
+        assert_eq!(store.get(&first.id).unwrap().unwrap(), first);
+
+        let second = job(2, "a", 2, JobStatus::Queued);
+        drop(JobStore::stage(dir.path(), &second).unwrap());
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "a dropped staged record leaves no temporary file"
+        );
+        drop(store);
+        let (reopened, issues) = open(dir.path());
+        assert!(issues.is_empty());
+        assert_eq!(reopened.len(), 1);
     }
 
     #[test]

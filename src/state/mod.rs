@@ -33,10 +33,15 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-pub use atomic::{atomic_write, remove_stale_temp_files, Durability, WriteStep};
+pub use atomic::{
+    atomic_write, remove_stale_temp_files, stage_write, sync_dir_of, Durability, StagedWrite,
+    WriteStep,
+};
 pub use corrupt::CorruptFile;
 pub use fleet_state::{AgentState, FleetState, ScheduleState};
-pub use jobs::{JobCounts, JobFilter, JobPage, JobStore, StoreIssue, DEFAULT_PAGE_LIMIT};
+pub use jobs::{
+    JobCounts, JobFilter, JobPage, JobStore, StagedRecord, StoreIssue, DEFAULT_PAGE_LIMIT,
+};
 pub use lock::StateLock;
 pub use output::OutputWriter;
 
