@@ -6,8 +6,9 @@
 //! Must not know about sockets or JSON-RPC: `rpc` maps this API onto the wire.
 //!
 //! Locking: one `std::sync::Mutex<Core>` guards all mutable fleet state; it is never held across `.await`.
-//! Persisting a record happens under it (small synchronous writes), so the in-memory view and the files
-//! change together.
+//! A job record's durable write is split: the slow half (temporary file, fsync) runs outside the lock, the
+//! rename and index update under it, so the in-memory view and the files change together while jobs that
+//! start or end at the same time share the disk.
 
 mod error;
 mod events;
