@@ -277,13 +277,13 @@ async fn serve_until_shutdown(
     if fleet.state() != FleetState::Running {
         // Jobs can run without the scheduler (triggered after `stop`, or under --no-start): end them
         // with their grace period rather than leave them to be found interrupted at the next start.
-        let cancelling = cancel_running(fleet, None);
+        let cancelling = fleet.cancel_running(None);
         tokio::pin!(cancelling);
         tokio::select! {
             () = &mut cancelling => {}
             _ = signals.recv() => {
                 tracing::warn!("second shutdown signal: cancelling running jobs now");
-                cancel_running(fleet, Some(Duration::ZERO)).await;
+                fleet.cancel_running(Some(Duration::ZERO)).await;
             }
         }
         return ExitCode::SUCCESS;
@@ -304,30 +304,10 @@ async fn serve_until_shutdown(
             request = signals.recv() => {
                 if request != SignalRequest::Reload {
                     tracing::warn!("second shutdown signal: cancelling running jobs now");
-                    tokio::spawn(cancel_running(fleet.clone(), Some(Duration::ZERO)));
+                    let fleet = fleet.clone();
+                    tokio::spawn(async move { fleet.cancel_running(Some(Duration::ZERO)).await });
                 }
             }
         }
     }
-}
-
-/// Cancels every running job (with `grace`, or each agent's own) and waits until all are final.
-async fn cancel_running(fleet: impl std::borrow::Borrow<FleetManager>, grace: Option<Duration>) {
-    let fleet = fleet.borrow();
-    let running = fleet
-        .jobs(&crate::fleet::JobQuery {
-            status: Some(crate::job::JobStatus::Running),
-            limit: Some(usize::MAX),
-            ..Default::default()
-        })
-        .map(|list| list.jobs)
-        .unwrap_or_default();
-    let mut cancels = tokio::task::JoinSet::new();
-    for job in running {
-        let fleet = fleet.clone();
-        cancels.spawn(async move {
-            let _ = fleet.cancel_job(job.id.as_str(), grace).await;
-        });
-    }
-    while cancels.join_next().await.is_some() {}
 }

@@ -531,20 +531,7 @@ impl FleetManager {
             }
         }
         if !options.wait_for_jobs || options.cancel_on_timeout {
-            let running: Vec<JobId> = self
-                .core()
-                .active
-                .iter()
-                .filter(|(_, a)| a.job.status == JobStatus::Running)
-                .map(|(id, _)| id.clone())
-                .collect();
-            let cancels = running.into_iter().map(|id| {
-                let manager = self.clone();
-                async move {
-                    let _ = manager.cancel_job(id.as_str(), None).await;
-                }
-            });
-            futures_join_all(cancels).await;
+            self.cancel_running(None).await;
         }
 
         let mut core = self.core();
@@ -1124,6 +1111,25 @@ impl FleetManager {
             job_id: id.to_string(),
             termination_type: termination,
         })
+    }
+
+    /// Cancels every running job, each with `grace` or its agent's own, and waits until all are final.
+    /// Works in any state (jobs can run while the fleet is `initialized` or `stopped`).
+    pub async fn cancel_running(&self, grace: Option<Duration>) {
+        let running: Vec<JobId> = self
+            .core()
+            .active
+            .iter()
+            .filter(|(_, a)| a.job.status == JobStatus::Running)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let cancels = running.into_iter().map(|id| {
+            let manager = self.clone();
+            async move {
+                let _ = manager.cancel_job(id.as_str(), grace).await;
+            }
+        });
+        futures_join_all(cancels).await;
     }
 
     /// Runs a new job from an earlier one: same agent, schedule and work item, the modifications applied,
