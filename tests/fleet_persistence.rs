@@ -279,3 +279,23 @@ async fn streaming_a_running_job_from_the_middle_has_no_gap_and_no_duplicate() {
     assert_eq!(status, Some(JobStatus::Completed));
     assert!(from_middle.next().await.is_none());
 }
+
+#[tokio::test]
+async fn max_output_mb_caps_what_a_job_keeps() {
+    // 3 MiB of 100-byte lines against a 1 MiB cap: the head and the tail stay, the middle is dropped.
+    let flood = "head -c 3145728 /dev/zero | tr '\\0' 'x' | fold -w 99";
+    let fx = Fixture::new("", &[("flood", flood, "max_output_mb: 1")]);
+    let manager = fx.manager().await;
+    let job = manager.trigger("flood", Default::default()).await.unwrap();
+    let done = wait_job(&manager, job.id.as_str()).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    assert!(done.output_truncated, "the record says its output was cut");
+    let (_, output) = manager.job(job.id.as_str(), true).unwrap();
+    let output = output.unwrap();
+    let kept: usize = output.iter().filter(|line| line.kind == "stdout").count();
+    assert!(
+        (5_000..=12_000).contains(&kept),
+        "about 1 MiB of the 3 MiB kept, got {kept} lines"
+    );
+    assert!(output.iter().any(|line| line.kind == "output_truncated"));
+}

@@ -225,6 +225,11 @@ fn diff_agent(old: &AgentConfig, new: &AgentConfig, changes: &mut Vec<ConfigChan
     fields.shown("stop_grace", &old.stop_grace, &new.stop_grace, |d| {
         format_duration(*d)
     });
+    fields.opaque(
+        "max_output_mb",
+        &old.max_output_bytes,
+        &new.max_output_bytes,
+    );
     fields.opaque("work_source", &old.work_source, &new.work_source);
     fields.opaque("hooks", &old.hooks, &new.hooks);
     fields.opaque("identity", &old.identity, &new.identity);

@@ -743,12 +743,13 @@ mod tests {
     fn extensions_agent_settings_flow_into_schedules_which_win() {
         let dir = tree(&[(
             "agent.yaml",
-            "name: worker\nruntime: command\ncommand: [sh, -c, 'echo hi']\nenv: {A: 1}\nconcurrency: 3\ntimeout: 30m\nstop_grace: 5s\ntimezone: Europe/Berlin\noverlap: queue\nschedules:\n  a: {type: cron, expression: '0 9 * * 1-5'}\n  b: {type: interval, interval: 1h, timeout: 1m, timezone: UTC, overlap: allow, catchup: none, enabled: false}\n",
+            "name: worker\nruntime: command\ncommand: [sh, -c, 'echo hi']\nenv: {A: 1}\nconcurrency: 3\nmax_output_mb: 2\ntimeout: 30m\nstop_grace: 5s\ntimezone: Europe/Berlin\noverlap: queue\nschedules:\n  a: {type: cron, expression: '0 9 * * 1-5'}\n  b: {type: interval, interval: 1h, timeout: 1m, timezone: UTC, overlap: allow, catchup: none, enabled: false}\n",
         )]);
         let fleet = load_with(Some(Path::new("agent.yaml")), dir.path(), &no_env).unwrap();
         assert_eq!(fleet.config_path, dir.path().join("agent.yaml"));
         let agent = fleet.agent("worker").unwrap();
         assert_eq!(agent.concurrency, 3);
+        assert_eq!(agent.max_output_bytes, Some(2 * 1024 * 1024));
         assert_eq!(
             agent.runtime,
             RuntimeConfig::Command {

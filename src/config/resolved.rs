@@ -112,6 +112,9 @@ pub struct AgentConfig {
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a job is stopped (default 10 s).
     pub stop_grace: Duration,
+    /// herdctld extension `max_output_mb`: output a job keeps (head and tail) before the middle is
+    /// dropped; `None` = the runner's default (64 MiB).
+    pub max_output_bytes: Option<u64>,
     pub work_source: Option<WorkSourceConfig>,
     pub hooks: HooksConfig,
     pub identity: Option<IdentityConfig>,

@@ -540,6 +540,9 @@ pub fn build_agent(
         runtime,
         timeout,
         stop_grace,
+        max_output_bytes: reader
+            .positive(tree, "max_output_mb", "")
+            .map(|mib| u64::from(mib) * 1024 * 1024),
         work_source,
         hooks,
         identity,

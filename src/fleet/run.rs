@@ -657,7 +657,13 @@ fn run_spec(agent: &AgentConfig, job: &Job, context: &RunContext) -> RunSpec {
             .schedule
             .as_ref()
             .map_or(agent.stop_grace, |s| s.stop_grace),
-        limits: runner::OutputLimits::default(),
+        limits: runner::OutputLimits {
+            max_output_bytes: agent
+                .max_output_bytes
+                .and_then(|bytes| usize::try_from(bytes).ok())
+                .unwrap_or(runner::OutputLimits::default().max_output_bytes),
+            ..runner::OutputLimits::default()
+        },
     }
 }
 
