@@ -195,6 +195,8 @@ async fn logs_stream(client: &mut Client) {
     client
         .unsubscribe("unsubscribeAgentLogs", &agent_logs)
         .await;
+    // Let the job end here, so its job:completed event cannot reach subscriptions of later steps.
+    wait_for_job_status(client, &id, &["completed"]).await;
 }
 
 async fn unsubscribe_stops_notifications(client: &mut Client) {
