@@ -43,8 +43,9 @@
 //! 1. A client sends `{"method":"trigger","params":{"agentName":"a"}}` on the socket. `rpc::transport`
 //!    sniffs the framing, dispatches to the method registered in `rpc::methods`, which parses the params and
 //!    calls [`fleet::FleetManager::trigger`].
-//! 2. The FleetManager validates the agent and schedule, creates a [`job::Job`], persists it
-//!    (`state::JobStore::put`) and emits `job:created`. If the agent and the fleet have a free slot it starts
+//! 2. The FleetManager validates the agent and schedule and creates a [`job::Job`]; its record is staged
+//!    (written and fsynced, `state::JobStore::stage`) outside the fleet lock, then committed (renamed and
+//!    indexed) under it, and `job:created` is emitted. If the agent and the fleet have a free slot it starts
 //!    the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call returns the
 //!    job at once, `running` or `queued`.
 //! 3. Starting maps the agent's configuration to a `runner::RunSpec` and calls `runner::start`, which spawns

@@ -1026,30 +1026,13 @@ impl FleetManager {
             };
             (job, context, core.jobs_dir()?)
         };
-        // The creation record is written and fsynced outside the lock: triggers arriving together share
-        // the disk's time instead of queueing behind the lock for it.
-        let staged = {
-            let dir = jobs_dir.clone();
-            tokio::task::spawn_blocking(move || JobStore::stage(&dir, &job))
-                .await
-                .map_err(|e| FleetError::State {
-                    path: jobs_dir.display().to_string(),
-                    message: format!("writing the job record failed: {e}"),
-                })?
-                .map_err(|e| {
-                    report_state_error(self.events(), &e.to_string());
-                    state_error(&jobs_dir, e)
-                })?
-        };
+        let staged = run::stage_record(self, &jobs_dir, job).await?;
         let job = {
             let mut core = self.core();
             self.require(&core, "trigger", &TRIGGERABLE)?;
             run::admit_staged(self, &mut core, staged, context, run::WhenFull::Queue)?
         };
-        let synced = tokio::task::spawn_blocking(move || JobStore::sync_dir(&jobs_dir)).await;
-        if let Ok(Err(e)) = synced {
-            report_state_error(self.events(), &e.to_string());
-        }
+        run::sync_jobs_dir(self, jobs_dir).await;
         Ok(job)
     }
 

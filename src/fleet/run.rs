@@ -369,31 +369,50 @@ async fn supervise(
         }
     };
     let (staged, jobs_dir) = match prepared {
-        Some((job, dir)) => {
-            let staged = tokio::task::spawn_blocking(move || (JobStore::stage(&dir, &job), dir))
-                .await
-                .ok();
-            match staged {
-                Some((Ok(staged), dir)) => (Some(staged), Some(dir)),
-                Some((Err(e), _)) => {
-                    report_state_error(manager.events(), &format!("job {id}: {e}"));
-                    (None, None)
-                }
-                None => (None, None),
-            }
-        }
+        Some((job, dir)) => match stage_record(&manager, &dir, job).await {
+            Ok(staged) => (Some(staged), Some(dir)),
+            // Reported; finalization writes the record under the lock instead.
+            Err(_) => (None, None),
+        },
         None => (None, None),
     };
     let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome, staged);
     if let Some(dir) = jobs_dir {
-        let synced = tokio::task::spawn_blocking(move || JobStore::sync_dir(&dir)).await;
-        if let Ok(Err(e)) = synced {
-            report_state_error(manager.events(), &format!("job {id}: {e}"));
-        }
+        sync_jobs_dir(&manager, dir).await;
     }
     drop(manager);
     if let Some(finished) = finished {
         finished.signal();
+    }
+}
+
+/// Writes and fsyncs `job`'s record beside its final name in `dir`, in the blocking pool: the slow half
+/// of a durable write, kept outside the fleet lock so jobs starting or ending together share the disk.
+/// [`admit_staged`] or [`finalize_locked`] commits it under the lock; [`sync_jobs_dir`] follows.
+pub(super) async fn stage_record(
+    manager: &FleetManager,
+    dir: &std::path::Path,
+    job: Job,
+) -> Result<StagedRecord, FleetError> {
+    let owned_dir = dir.to_path_buf();
+    let staged = tokio::task::spawn_blocking(move || JobStore::stage(&owned_dir, &job))
+        .await
+        .map_err(|e| format!("writing the job record failed: {e}"))
+        .and_then(|staged| staged.map_err(|e| e.to_string()));
+    staged.map_err(|message| {
+        report_state_error(manager.events(), &message);
+        FleetError::State {
+            path: dir.display().to_string(),
+            message,
+        }
+    })
+}
+
+/// Makes the records committed into `dir` durable (fsync of the directory), outside the fleet lock.
+pub(super) async fn sync_jobs_dir(manager: &FleetManager, dir: std::path::PathBuf) {
+    let synced = tokio::task::spawn_blocking(move || JobStore::sync_dir(&dir)).await;
+    if let Ok(Err(e)) = synced {
+        report_state_error(manager.events(), &e.to_string());
     }
 }
 

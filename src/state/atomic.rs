@@ -179,25 +179,20 @@ pub(crate) fn is_temp_file_name(name: &str) -> bool {
 
 /// Deletes temp files a crash left in `dir`; returns how many. Only call while holding the state lock.
 pub fn remove_stale_temp_files(dir: &Path) -> Result<usize, StateError> {
-    let io_error = |action: &'static str, source: io::Error| StateError::Io {
-        action,
-        path: dir.to_path_buf(),
-        source,
-    };
     let mut removed = 0;
-    for entry in fs::read_dir(dir).map_err(|e| io_error("list", e))? {
-        let entry = entry.map_err(|e| io_error("list", e))?;
+    for entry in fs::read_dir(dir).map_err(|e| io_error(dir, "list", e))? {
+        let entry = entry.map_err(|e| io_error(dir, "list", e))?;
         if entry.file_name().to_str().is_some_and(is_temp_file_name) {
-            let path = entry.path();
-            fs::remove_file(&path).map_err(|source| StateError::Io {
-                action: "remove stale temporary file",
-                path,
-                source,
-            })?;
+            remove_stale_temp_file(&entry.path())?;
             removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// Removes one temporary file a crash left behind (see [`is_temp_file_name`]).
+pub(crate) fn remove_stale_temp_file(path: &Path) -> Result<(), StateError> {
+    fs::remove_file(path).map_err(|e| io_error(path, "remove stale temporary file", e))
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::atomic::{
-    atomic_write, atomic_write_with, is_temp_file_name, stage_write, sync_dir_of, Durability,
-    StagedWrite,
+    atomic_write, atomic_write_with, is_temp_file_name, remove_stale_temp_file, stage_write,
+    sync_dir_of, Durability, StagedWrite,
 };
 use super::corrupt::{move_aside, CorruptFile};
 use super::fx_hash::{FxHashMap, FxHashSet};
@@ -227,12 +227,7 @@ impl JobStore {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if is_temp_file_name(name) {
-                let path = entry.path();
-                fs::remove_file(&path).map_err(|source| StateError::Io {
-                    action: "remove stale temporary file",
-                    path,
-                    source,
-                })?;
+                remove_stale_temp_file(&entry.path())?;
                 continue;
             }
             let Some(Ok(id)) = name.strip_suffix(".yaml").map(JobId::parse) else {
