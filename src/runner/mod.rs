@@ -25,6 +25,7 @@ mod claude;
 mod output;
 mod process;
 mod run;
+mod spawn;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,14 +1,15 @@
-//! Process control for job processes: spawning hygiene, finding every process of a job, signalling,
+//! Process control for job processes (spawning them is [`super::spawn`]): finding every process of a job, signalling,
 //! reaping adopted orphans, and killing a dead daemon's leftovers.
 //!
 //! A job's processes are found three ways, because each alone can be escaped:
-//! - its process group (the leader is spawned with `process_group(0)`, so pgid = leader pid);
+//! - its process group (the leader is spawned as a group leader, so pgid = leader pid);
 //! - the marker `HERDCTL_JOB_ID=<id>` in `/proc/<pid>/environ` (inherited by every descendant, even ones that
 //!   called `setsid` or double-forked);
 //! - descendants (by parent pid) of any process found by the two rules above (covers `env -i` children).
 //!
-//! Reaping never steals a child that tokio waits for: only zombies whose parent is this process are reaped, and
-//! only if they are provably not a direct child (see [`reap_adopted_zombies`]).
+//! Reaping never steals a child that someone waits for (a run its leader, tokio a hook's process): only zombies
+//! whose parent is this process are reaped, and only if they are provably not a direct child (see
+//! [`reap_adopted_zombies`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -228,11 +229,25 @@ fn is_subreaper() -> bool {
     rc == 0 && flag != 0
 }
 
-/// The children of this process from `/proc/self/task/*/children`; `None` if the kernel does not provide them.
+/// The children of this process that may be adopted orphans; `None` if the kernel does not list children. The
+/// kernel hands an orphan to the first live thread of its subreaper: the main thread (whose id is the pid) while
+/// it runs, so its list is enough (leaders hang off the threads that spawned them, and are known anyway). Only if
+/// the main thread has exited are all threads read.
 fn children_of_self() -> Option<Vec<u32>> {
+    let me = getpid().as_raw().unsigned_abs();
+    let main_thread_alive = read_stat(me).is_some_and(|stat| !stat.is_zombie());
+    let tasks: Vec<std::path::PathBuf> = if main_thread_alive {
+        vec![format!("/proc/self/task/{me}").into()]
+    } else {
+        std::fs::read_dir("/proc/self/task")
+            .ok()?
+            .map(|task| task.map(|t| t.path()))
+            .collect::<io::Result<_>>()
+            .ok()?
+    };
     let mut children = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let text = std::fs::read_to_string(task.ok()?.path().join("children")).ok()?;
+    for task in tasks {
+        let text = std::fs::read_to_string(task.join("children")).ok()?;
         children.extend(
             text.split_whitespace()
                 .filter_map(|pid| pid.parse::<u32>().ok()),
@@ -258,16 +273,18 @@ pub(crate) fn signal_group(pgid: u32, signal: Signal) {
 }
 
 /// Bookkeeping shared by every running job of this process, so that [`reap_adopted_zombies`] can tell adopted
-/// orphans from children that tokio is waiting for.
+/// orphans from children that a run is waiting for.
 #[derive(Default)]
 struct Registry {
-    /// Leaders spawned by the runner and not yet reaped by tokio: never reaped here.
+    /// Leaders spawned by the runner and not yet reaped by their run: never reaped here.
     leaders: HashSet<u32>,
     /// Process groups of running jobs: a zombie in one of them that is not its leader is a job descendant.
     groups: HashSet<u32>,
     /// Job processes seen alive by a scan, as (pid, start time): identifies escaped descendants once they are
     /// zombies (a zombie's environ is no longer readable).
     seen: HashSet<(u32, u64)>,
+    /// Leaders whose waiter went away before reaping them: reaped here once they exit.
+    abandoned: HashSet<u32>,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -292,6 +309,14 @@ pub(crate) fn leader_reaped(pid: u32) {
     });
 }
 
+/// Nobody waits for this leader any more (its run was dropped): the orphan reaper may take it.
+pub(crate) fn leader_abandoned(pid: u32) {
+    with_registry(|r| {
+        r.leaders.remove(&pid);
+        r.abandoned.insert(pid);
+    });
+}
+
 pub(crate) fn remember_seen(stats: &[ProcStat]) {
     with_registry(|r| r.seen.extend(stats.iter().map(|s| (s.pid, s.start_time))));
 }
@@ -306,13 +331,14 @@ pub(crate) fn unregister_job(pgid: u32, seen: &[(u32, u64)]) {
     });
 }
 
-/// Reaps zombies that were re-parented to this (subreaper) process, and only those, so that tokio's own children
-/// are never waited for behind its back. A zombie child is reaped when it is not a runner leader still awaited by
-/// tokio, and one of:
+/// Reaps zombies that were re-parented to this (subreaper) process, and only those, so that children someone
+/// waits for (runs their leaders, tokio the processes of hooks) are never waited for behind their back. A zombie
+/// child is reaped when it is not a runner leader still awaited by its run, and one of:
 /// - it is in another session than this process: a direct child spawned as a process-group leader (as the runner
 ///   and every other spawner in the daemon do) cannot call `setsid`, so it must have been adopted;
 /// - it is in the process group of a running job without being its leader (only the leader is a direct child);
-/// - it was seen alive as a job process (pid and start time match).
+/// - it was seen alive as a job process (pid and start time match);
+/// - it is a leader whose waiter went away ([`leader_abandoned`]).
 ///
 /// Returns how many were reaped. Cheap enough to call on every SIGCHLD.
 pub fn reap_adopted_zombies() -> usize {
@@ -329,7 +355,8 @@ pub fn reap_adopted_zombies() -> usize {
             .iter()
             .filter(|z| !r.leaders.contains(&z.pid))
             .filter(|z| {
-                Some(z.session) != my_session
+                r.abandoned.remove(&z.pid)
+                    || Some(z.session) != my_session
                     || (r.groups.contains(&z.pgrp) && z.pgrp != z.pid)
                     || r.seen.contains(&(z.pid, z.start_time))
             })
@@ -345,37 +372,6 @@ pub fn reap_adopted_zombies() -> usize {
             })
         })
         .count()
-}
-
-/// The `pre_exec` hook of every job process. Runs in the forked child before `exec`, so it may only make
-/// async-signal-safe calls (raw syscalls here; no allocation, no locks).
-pub(crate) fn child_setup(parent: libc::pid_t) -> io::Result<()> {
-    // SAFETY: prctl, getppid, syscall and _exit are async-signal-safe and take plain integers.
-    unsafe {
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // The daemon may have died between fork and prctl; then no death signal will come.
-        if libc::getppid() != parent {
-            libc::_exit(1);
-        }
-        // Rust opens its descriptors close-on-exec, but a library might not: make sure only stdio is inherited.
-        // Failure (ENOSYS on kernels before 5.11) is harmless: then we rely on Rust's defaults.
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -445,6 +441,31 @@ mod tests {
         assert_eq!(killed.killed_pids, vec![pid]);
         assert!(wait_gone(pid));
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn an_orphan_adopted_while_spawned_from_another_thread_is_a_listed_child() {
+        become_subreaper().unwrap();
+        // Cargo runs tests on threads other than the main one: the orphan's parent dies on this thread's side,
+        // and it must still show up in the list may_have_leftovers reads.
+        let output = Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let orphan: u32 = String::from_utf8(output.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let listed = children_of_self().unwrap().contains(&orphan);
+        signal_pids(&[orphan], Signal::SIGKILL);
+        assert!(wait_gone(orphan));
+        let _ = waitpid(Pid::from_raw(orphan as i32), None);
+        assert!(
+            listed,
+            "orphan {orphan} is not among {:?}",
+            children_of_self()
+        );
     }
 
     #[test]

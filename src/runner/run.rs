@@ -2,15 +2,15 @@
 //! leftovers, and decide the outcome.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::future::pending;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -18,6 +18,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use super::claude::{self, judge_result, parse_message, result_text, StreamState, Verdict};
 use super::output::{Line, LineReader, OutputCap};
 use super::process::{self, JobScan};
+use super::spawn::{self, Child, JobCommand};
 use super::{
     ExitReason, JobError, OutputEvent, ProcessInfo, RunOutcome, RunSpec, RunStatus, RuntimeSpec,
     TerminationType,
@@ -119,25 +120,18 @@ pub fn start(spec: RunSpec, output: mpsc::Sender<OutputEvent>) -> RunHandle {
         canceller: canceller.clone(),
         state: HandleState::Finished(Box::new(outcome)),
     };
-    let mut command = match build_command(&spec) {
+    let command = match build_command(&spec) {
         Ok(command) => command,
         Err(message) => return finished(failed(ExitReason::SpawnFailed, "SPAWN_FAILED", message)),
     };
-    let child = match command.spawn() {
+    let child = match spawn::spawn(&command) {
         Ok(child) => child,
         Err(err) => {
             let message = spawn_error_message(&spec.runtime, &err);
             return finished(failed(ExitReason::SpawnFailed, "SPAWN_FAILED", message));
         }
     };
-    // A freshly spawned child that has not been waited for always has an id.
-    let Some(pid) = child.id() else {
-        return finished(failed(
-            ExitReason::SpawnFailed,
-            "SPAWN_FAILED",
-            "the job process exited before its id could be read".to_owned(),
-        ));
-    };
+    let pid = child.id();
     process::register_leader(pid);
     let info = ProcessInfo {
         pid,
@@ -152,53 +146,58 @@ pub fn start(spec: RunSpec, output: mpsc::Sender<OutputEvent>) -> RunHandle {
     }
 }
 
-fn build_command(spec: &RunSpec) -> Result<Command, String> {
+fn build_command(spec: &RunSpec) -> Result<JobCommand, String> {
     if !spec.cwd.is_dir() {
         return Err(format!(
             "working directory {} does not exist or is not a directory; fix the agent's working_directory",
             spec.cwd.display()
         ));
     }
-    let mut command = match &spec.runtime {
-        RuntimeSpec::Claude(claude) => {
-            let mut command = Command::new(claude.program());
-            command.args(claude::claude_args(claude));
-            command
-        }
-        RuntimeSpec::Command { argv, env } => {
+    let env_pair = |(k, v): &(String, String)| (OsString::from(k), OsString::from(v));
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let (program, args) = match &spec.runtime {
+        RuntimeSpec::Claude(claude) => (
+            claude.program().into_os_string(),
+            claude::claude_args(claude)
+                .into_iter()
+                .map(OsString::from)
+                .collect(),
+        ),
+        RuntimeSpec::Command {
+            argv,
+            env: command_env,
+        } => {
             let Some((program, args)) = argv.split_first() else {
                 return Err(
                     "the command runtime needs a program: set `command: [program, args...]`"
                         .to_owned(),
                 );
             };
-            let mut command = Command::new(program);
-            command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+            env.extend(command_env.iter().map(env_pair));
             // The kernel refuses to exec with one environment string over 128 KiB (E2BIG); a longer prompt is
             // only on stdin.
             if spec.prompt.len() <= MAX_ENV_PROMPT_BYTES {
-                command.env("HERDCTL_PROMPT", &spec.prompt);
+                env.push(("HERDCTL_PROMPT".into(), spec.prompt.clone().into()));
             }
-            command
+            (
+                OsString::from(program),
+                args.iter().map(OsString::from).collect(),
+            )
         }
     };
-    command
-        .current_dir(&spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env(process::JOB_ID_ENV, &spec.job_id)
-        .env("HERDCTL_AGENT", &spec.agent)
-        .env("HERDCTL_SCHEDULE", spec.schedule.as_deref().unwrap_or(""))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    let parent = nix::unistd::getpid().as_raw();
-    // SAFETY: child_setup only makes async-signal-safe calls, as required between fork and exec.
-    unsafe {
-        command.pre_exec(move || process::child_setup(parent));
-    }
-    Ok(command)
+    env.extend(spec.env.iter().map(env_pair));
+    env.push((process::JOB_ID_ENV.into(), spec.job_id.clone().into()));
+    env.push(("HERDCTL_AGENT".into(), spec.agent.clone().into()));
+    env.push((
+        "HERDCTL_SCHEDULE".into(),
+        spec.schedule.clone().unwrap_or_default().into(),
+    ));
+    Ok(JobCommand {
+        program,
+        args,
+        env,
+        cwd: spec.cwd.clone(),
+    })
 }
 
 fn spawn_error_message(runtime: &RuntimeSpec, err: &std::io::Error) -> String {
