@@ -15,8 +15,14 @@ async fn logs_of_an_agent_carry_its_jobs() {
     let options = fx.options();
     let bus = options.logs.clone();
     // This test runs on one thread, so every task the fleet spawns logs through this subscriber.
-    let _subscriber =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(bus.layer()));
+    let formatted = SharedBuffer::default();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(bus.layer()).with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(formatted.clone()),
+        ),
+    );
     let manager = FleetManager::new(options);
     manager.initialize().await.unwrap();
     let mut agent_logs = manager.stream_agent_logs("a", None, 100).unwrap();
@@ -68,4 +74,59 @@ async fn logs_of_an_agent_carry_its_jobs() {
         panic!("logs of an unknown agent")
     };
     assert_eq!(err.code_name(), "AGENT_NOT_FOUND");
+
+    // Jobs queued behind each other start from the previous one's finalization; each still logs in a span of
+    // its own, not nested in the ones before it.
+    let chain: Vec<_> = trigger_queued(&manager, "a", 3).await;
+    for id in &chain {
+        wait_job(&manager, id).await;
+    }
+    let text = String::from_utf8(formatted.0.lock().unwrap().clone()).unwrap();
+    for id in &chain {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&format!("job_id={id}")))
+            .filter(|l| l.contains("job started") || l.contains("job finished"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in lines {
+            assert_eq!(line.matches("job{").count(), 1, "not in one job span: {line}");
+        }
+    }
+}
+
+/// Triggers `count` jobs of `agent` at once (its concurrency is 1, so they queue behind each other).
+async fn trigger_queued(manager: &FleetManager, agent: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let job = manager
+            .trigger(agent, TriggerOptions::default())
+            .await
+            .unwrap();
+        ids.push(job.id.to_string());
+    }
+    ids
+}
+
+/// Formatted log output, as the daemon would print it.
+#[derive(Clone, Default)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SharedBuffer {
+    type Writer = SharedBuffer;
+
+    fn make_writer(&'a self) -> SharedBuffer {
+        self.clone()
+    }
 }

@@ -280,10 +280,13 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         }
         None => None,
     };
-    match job.pid {
-        Some(pid) => tracing::info!(agent = %job.agent, job_id = %id, pid, "job started"),
-        None => tracing::debug!(agent = %job.agent, job_id = %id, "job did not spawn"),
-    }
+    // A root span: a queued job starts while another job is being finalized, and a child of that job's span
+    // would chain every later job to it (each log line naming all of them, none ever freed).
+    let span = tracing::info_span!(parent: None, "job", agent = %job.agent, job_id = %id);
+    span.in_scope(|| match job.pid {
+        Some(pid) => tracing::info!(pid, "job started"),
+        None => tracing::debug!("job did not spawn"),
+    });
     manager.events().emit(FleetEvent::JobStarted {
         job: Box::new(job.clone()),
     });
@@ -291,7 +294,6 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         agent_name: job.agent.clone(),
         job_id: id.to_string(),
     });
-    let span = tracing::info_span!("job", agent = %job.agent, job_id = %id);
     tokio::spawn(tracing::Instrument::instrument(
         supervise(manager.clone(), id.clone(), handle, output_rx, writer, hub),
         span,
