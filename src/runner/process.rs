@@ -337,41 +337,54 @@ pub(crate) fn unregister_job(pgid: u32, seen: &[(u32, u64)]) {
 /// - it is in another session than this process: a direct child spawned as a process-group leader (as the runner
 ///   and every other spawner in the daemon do) cannot call `setsid`, so it must have been adopted;
 /// - it is in the process group of a running job without being its leader (only the leader is a direct child);
-/// - it was seen alive as a job process (pid and start time match);
-/// - it is a leader whose waiter went away ([`leader_abandoned`]).
+/// - it was seen alive as a job process (pid and start time match).
 ///
-/// Returns how many were reaped. Cheap enough to call on every SIGCHLD.
+/// Leaders whose waiter went away ([`leader_abandoned`]) are reaped too once they exit. Returns how many were
+/// reaped. Cheap enough to call on every SIGCHLD: it reads the children list, not all of `/proc`.
 pub fn reap_adopted_zombies() -> usize {
-    let me = getpid();
     let my_session = getsid(None).map(|s| s.as_raw().unsigned_abs()).ok();
-    let me = me.as_raw().unsigned_abs();
-    let zombies: Vec<ProcStat> = all_pids()
+    let children: Vec<u32> = children_of_self().unwrap_or_else(|| {
+        let me = getpid().as_raw().unsigned_abs();
+        all_pids()
+            .into_iter()
+            .filter(|pid| read_stat(*pid).is_some_and(|stat| stat.ppid == me))
+            .collect()
+    });
+    let zombies: Vec<ProcStat> = children
         .into_iter()
         .filter_map(read_stat)
-        .filter(|stat| stat.ppid == me && stat.is_zombie())
+        .filter(ProcStat::is_zombie)
         .collect();
-    let adopted: Vec<u32> = with_registry(|r| {
-        zombies
+    let (adopted, abandoned): (Vec<u32>, Vec<u32>) = with_registry(|r| {
+        let adopted = zombies
             .iter()
             .filter(|z| !r.leaders.contains(&z.pid))
             .filter(|z| {
-                r.abandoned.remove(&z.pid)
-                    || Some(z.session) != my_session
+                Some(z.session) != my_session
                     || (r.groups.contains(&z.pgrp) && z.pgrp != z.pid)
                     || r.seen.contains(&(z.pid, z.start_time))
             })
             .map(|z| z.pid)
-            .collect()
+            .collect();
+        (adopted, r.abandoned.iter().copied().collect())
     });
-    adopted
-        .into_iter()
-        .filter(|pid| {
-            i32::try_from(*pid).is_ok_and(|raw| {
-                waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG))
-                    .is_ok_and(|status| status.pid().is_some())
-            })
-        })
-        .count()
+    let reaped_abandoned: Vec<u32> = abandoned.into_iter().filter(|pid| reap(*pid)).collect();
+    if !reaped_abandoned.is_empty() {
+        with_registry(|r| {
+            for pid in &reaped_abandoned {
+                r.abandoned.remove(pid);
+            }
+        });
+    }
+    adopted.into_iter().filter(|pid| reap(*pid)).count() + reaped_abandoned.len()
+}
+
+/// Reaps `pid` if it is an exited child of this process.
+fn reap(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|raw| {
+        waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG))
+            .is_ok_and(|status| status.pid().is_some())
+    })
 }
 
 #[cfg(test)]

@@ -555,6 +555,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_child_dropped_while_running_is_reaped_by_the_orphan_reaper() {
+        let child = spawn(&command("sleep", &["0.05"])).unwrap();
+        let pid = child.id();
+        drop(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            super::super::process::reap_adopted_zombies();
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pid} was never reaped"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn only_stdio_descriptors_are_inherited() {
         let (status, out, _) = run(&command("ls", &["/proc/self/fd"]), "").await;
         assert!(status.success());
