@@ -49,8 +49,9 @@
 //!    the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call returns the
 //!    job at once, `running` or `queued`.
 //! 3. Starting maps the agent's configuration to a `runner::RunSpec` and calls `runner::start`, which spawns
-//!    the child in its own process group with the prompt on stdin. The job becomes `running` (pid, pgid and
-//!    process start time persisted for crash recovery); `job:started` and `agent:started` are emitted.
+//!    the child in its own process group with the prompt on stdin (vfork-style, without copying the daemon,
+//!    with a parent-death signal). The job becomes `running` (pid, pgid and process start time persisted
+//!    for crash recovery); `job:started` and `agent:started` are emitted.
 //! 4. A supervisor task pumps the runner's `OutputEvent`s: each gets a `seq`, is appended to
 //!    `jobs/<id>.jsonl` and flushed, then published to `streamJobOutput` readers and as `job:output` events.
 //! 5. When the process tree is gone and its output drained, the runner's `RunOutcome` finalizes the record

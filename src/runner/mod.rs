@@ -1,7 +1,7 @@
 //! Runs one job as a child process and reports its output and outcome.
 //!
 //! Owns: building the command line of a runtime (Claude Code CLI, or any command), spawning it as its own process
-//! group with the prompt on stdin, reading its stdout/stderr line by line under size caps, parsing stream-json,
+//! group with the prompt on stdin (`spawn`: clone-and-exec without copying the daemon's memory), reading its stdout/stderr line by line under size caps, parsing stream-json,
 //! timeouts, cancellation (SIGTERM to the group, grace, SIGKILL, and descendants that escaped the group), sweeping
 //! what the leader leaves behind, reaping adopted orphans, and killing a dead daemon's leftovers.
 //!
