@@ -599,12 +599,12 @@ fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
 
 fn prune(manager: &FleetManager, core: &mut Core) {
     let history = &manager.options().history;
-    let active: HashSet<JobId> = core.active.keys().cloned().collect();
-    let Some(store) = core.store.as_mut() else {
+    let Core { store, active, .. } = core;
+    let Some(store) = store.as_mut() else {
         return;
     };
     match store.prune(history.max_jobs_per_agent, history.max_jobs_total, &|id| {
-        active.contains(id)
+        active.contains_key(id)
     }) {
         Ok(removed) if !removed.is_empty() => {
             tracing::debug!(removed = removed.len(), "pruned job history")
