@@ -293,21 +293,19 @@ fn bare_spawn_rate(jobs: usize, parallelism: usize, records: Option<&Path>) -> f
 }
 
 /// A durable record write the way the daemon makes one: staged and fsynced in the blocking pool, committed
-/// under the store's lock, the directory fsynced after.
+/// under the store's lock, the directory fsynced after (one fsync shared by writers committing together).
 async fn write_record(dir: &Path, store: &std::sync::Mutex<JobStore>, job: &Job) {
     let (dir, job) = (dir.to_path_buf(), job.clone());
-    let staged = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || JobStore::stage(&dir, &job).expect("stage record")
-    })
-    .await
-    .expect("staging task");
-    store
-        .lock()
-        .expect("store lock")
-        .commit(staged)
-        .expect("commit record");
-    tokio::task::spawn_blocking(move || JobStore::sync_dir(&dir).expect("sync jobs dir"))
+    let staged =
+        tokio::task::spawn_blocking(move || JobStore::stage(&dir, &job).expect("stage record"))
+            .await
+            .expect("staging task");
+    let dir_sync = {
+        let mut store = store.lock().expect("store lock");
+        store.commit(staged).expect("commit record");
+        store.dir_sync()
+    };
+    tokio::task::spawn_blocking(move || dir_sync.sync().expect("sync jobs dir"))
         .await
         .expect("sync task");
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, AgentConfig, FleetConfig, ScheduleConfig, ScheduleKind};
 use crate::job::{ExitReason, Job, JobError, JobId, JobStatus, TerminationType, TriggerType};
 use crate::scheduler::{Fire, ScheduleKey, Scheduler, SchedulerHandle};
-use crate::state::{FleetState as PersistedState, JobFilter, JobStore, StateDir};
+use crate::state::{DirSync, FleetState as PersistedState, JobFilter, JobStore, StateDir};
 
 use super::error::{FleetError, FleetState, ValidationIssue};
 use super::events::{EventBus, EventSubscription, FleetEvent, SkipReason};
@@ -177,6 +177,11 @@ impl Core {
             .fleet_limit(options)
             .is_none_or(|limit| self.running_count(None) < limit as usize);
         agent_ok && fleet_ok
+    }
+
+    /// The group commit of the jobs directory, for syncing committed records outside the lock.
+    pub(super) fn jobs_dir_sync(&self) -> Option<Arc<DirSync>> {
+        self.store.as_ref().map(JobStore::dir_sync)
     }
 
     pub(super) fn jobs_dir(&self) -> Result<PathBuf, FleetError> {
@@ -1027,12 +1032,15 @@ impl FleetManager {
             (job, context, core.jobs_dir()?)
         };
         let staged = run::stage_record(self, &jobs_dir, job).await?;
-        let job = {
+        let (job, dir_sync) = {
             let mut core = self.core();
             self.require(&core, "trigger", &TRIGGERABLE)?;
-            run::admit_staged(self, &mut core, staged, context, run::WhenFull::Queue)?
+            let job = run::admit_staged(self, &mut core, staged, context, run::WhenFull::Queue)?;
+            (job, core.jobs_dir_sync())
         };
-        run::sync_jobs_dir(self, jobs_dir).await;
+        if let Some(dir_sync) = dir_sync {
+            run::sync_jobs_dir(self, dir_sync).await;
+        }
         Ok(job)
     }
 

@@ -17,7 +17,7 @@ use crate::config::{AgentConfig, Catchup, RuntimeConfig, ScheduleConfig, Schedul
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
-use crate::state::{Durability, JobStore, OutputWriter, StagedRecord};
+use crate::state::{DirSync, Durability, JobStore, OutputWriter, StagedRecord};
 
 use super::error::{FleetError, FleetState};
 use super::events::FleetEvent;
@@ -365,22 +365,24 @@ async fn supervise(
     // share the disk's time instead of queueing behind the lock for it.
     let prepared = {
         let core = manager.core();
-        match (core.active.get(&id), core.jobs_dir()) {
-            (Some(active), Ok(dir)) => Some((final_record(&active.job, &outcome), dir)),
+        match (core.active.get(&id), core.jobs_dir(), core.jobs_dir_sync()) {
+            (Some(active), Ok(dir), Some(dir_sync)) => {
+                Some((final_record(&active.job, &outcome), dir, dir_sync))
+            }
             _ => None,
         }
     };
-    let (staged, jobs_dir) = match prepared {
-        Some((job, dir)) => match stage_record(&manager, &dir, job).await {
-            Ok(staged) => (Some(staged), Some(dir)),
+    let (staged, dir_sync) = match prepared {
+        Some((job, dir, dir_sync)) => match stage_record(&manager, &dir, job).await {
+            Ok(staged) => (Some(staged), Some(dir_sync)),
             // Reported; finalization writes the record under the lock instead.
             Err(_) => (None, None),
         },
         None => (None, None),
     };
     let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome, staged);
-    if let Some(dir) = jobs_dir {
-        sync_jobs_dir(&manager, dir).await;
+    if let Some(dir_sync) = dir_sync {
+        sync_jobs_dir(&manager, dir_sync).await;
     }
     drop(manager);
     if let Some(finished) = finished {
@@ -410,9 +412,10 @@ pub(super) async fn stage_record(
     })
 }
 
-/// Makes the records committed into `dir` durable (fsync of the directory), outside the fleet lock.
-pub(super) async fn sync_jobs_dir(manager: &FleetManager, dir: std::path::PathBuf) {
-    let synced = tokio::task::spawn_blocking(move || JobStore::sync_dir(&dir)).await;
+/// Makes the records committed so far durable (fsync of the jobs directory, shared with jobs committing
+/// at the same time), outside the fleet lock.
+pub(super) async fn sync_jobs_dir(manager: &FleetManager, dir_sync: Arc<DirSync>) {
+    let synced = tokio::task::spawn_blocking(move || dir_sync.sync()).await;
     if let Ok(Err(e)) = synced {
         report_state_error(manager.events(), &e.to_string());
     }

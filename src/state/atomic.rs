@@ -7,6 +7,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use super::StateError;
 
@@ -143,6 +145,47 @@ pub fn sync_dir_of(path: &Path) -> Result<(), StateError> {
     fsync_dir(parent_dir(path)).map_err(|e| io_error(path, "fsync the directory of", e))
 }
 
+/// Group commit of a directory's fsyncs: one fsync makes every rename committed before it durable, so
+/// writers that commit together share one instead of each waiting for its own.
+#[derive(Debug)]
+pub struct DirSync {
+    dir: PathBuf,
+    /// Renames committed into `dir` so far.
+    committed: AtomicU64,
+    /// Of those, how many are known durable. Held across the fsync, so a writer that arrives meanwhile
+    /// waits for it and then usually finds its rename covered.
+    synced: Mutex<u64>,
+}
+
+impl DirSync {
+    pub fn new(dir: PathBuf) -> DirSync {
+        DirSync {
+            dir,
+            committed: AtomicU64::new(0),
+            synced: Mutex::new(0),
+        }
+    }
+
+    /// Notes a rename into the directory; call after it returned.
+    pub fn renamed(&self) {
+        self.committed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Makes every rename noted before this call durable, fsyncing the directory unless a sync that
+    /// started after them already did. Blocking. Returns whether this call fsynced.
+    pub fn sync(&self) -> Result<bool, StateError> {
+        let needed = self.committed.load(Ordering::SeqCst);
+        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        if *synced >= needed {
+            return Ok(false);
+        }
+        let covered = self.committed.load(Ordering::SeqCst);
+        fsync_dir(&self.dir).map_err(|e| io_error(&self.dir, "fsync the directory", e))?;
+        *synced = covered;
+        Ok(true)
+    }
+}
+
 fn io_error(path: &Path, action: &'static str, source: io::Error) -> StateError {
     StateError::Io {
         action,
@@ -198,6 +241,30 @@ pub(crate) fn remove_stale_temp_file(path: &Path) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_directory_fsync_covers_every_rename_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = DirSync::new(dir.path().to_path_buf());
+        assert!(!sync.sync().unwrap(), "nothing was renamed");
+        for name in ["a", "b", "c"] {
+            stage_write(&dir.path().join(name), b"x")
+                .unwrap()
+                .publish()
+                .unwrap();
+            sync.renamed();
+        }
+        assert!(sync.sync().unwrap());
+        assert!(
+            !sync.sync().unwrap(),
+            "the three renames are durable already"
+        );
+        sync.renamed();
+        assert!(sync.sync().unwrap());
+        let gone = DirSync::new(dir.path().join("missing"));
+        gone.renamed();
+        assert!(matches!(gone.sync(), Err(StateError::Io { .. })));
+    }
 
     fn dir_names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use super::atomic::{
     atomic_write, atomic_write_with, is_temp_file_name, remove_stale_temp_file, stage_write,
-    sync_dir_of, Durability, StagedWrite,
+    DirSync, Durability, StagedWrite,
 };
 use super::corrupt::{move_aside, CorruptFile};
 use super::fx_hash::{FxHashMap, FxHashSet};
@@ -175,6 +175,8 @@ pub struct JobStore {
     counts: JobCounts,
     /// Agent names shared by every summary of the same agent.
     agent_names: FxHashSet<Arc<str>>,
+    /// Makes committed renames durable, shared with callers that sync outside their lock.
+    dir_sync: Arc<DirSync>,
 }
 
 impl JobStore {
@@ -186,6 +188,7 @@ impl JobStore {
             source,
         })?;
         let mut store = JobStore {
+            dir_sync: Arc::new(DirSync::new(dir.to_path_buf())),
             dir: dir.to_path_buf(),
             journal_path: dir.join(JOURNAL_FILE),
             journal_appender: None,
@@ -353,15 +356,17 @@ impl JobStore {
     }
 
     /// Renames a staged record into place and indexes it. The rename is durable once the directory is
-    /// synced ([`sync_dir`](Self::sync_dir)), which the caller may also do outside its lock.
+    /// synced ([`dir_sync`](Self::dir_sync)), which the caller may also do outside its lock.
     pub fn commit(&mut self, staged: StagedRecord) -> Result<(), StateError> {
         let inode = staged.write.publish()?;
+        self.dir_sync.renamed();
         self.indexed(&staged.job, inode)
     }
 
-    /// Makes the records committed so far durable (fsync of `jobs_dir`).
-    pub fn sync_dir(jobs_dir: &Path) -> Result<(), StateError> {
-        sync_dir_of(&jobs_dir.join(JOURNAL_FILE))
+    /// The group commit of this store's directory: [`DirSync::sync`] makes every record committed so
+    /// far durable, sharing one fsync among callers that sync at the same time.
+    pub fn dir_sync(&self) -> Arc<DirSync> {
+        self.dir_sync.clone()
     }
 
     fn indexed(&mut self, job: &Job, inode: u64) -> Result<(), StateError> {
@@ -912,7 +917,7 @@ mod tests {
         assert!(store.get(&first.id).unwrap().is_none());
         assert!(!dir.path().join(format!("{}.yaml", first.id)).exists());
         store.commit(staged).unwrap();
-        JobStore::sync_dir(dir.path()).unwrap();
+        store.dir_sync().sync().unwrap();
         assert_eq!(store.get(&first.id).unwrap().unwrap(), first);
 
         let second = job(2, "a", 2, JobStatus::Queued);

@@ -34,8 +34,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 pub use atomic::{
-    atomic_write, remove_stale_temp_files, stage_write, sync_dir_of, Durability, StagedWrite,
-    WriteStep,
+    atomic_write, remove_stale_temp_files, stage_write, sync_dir_of, DirSync, Durability,
+    StagedWrite, WriteStep,
 };
 pub use corrupt::CorruptFile;
 pub use fleet_state::{AgentState, FleetState, ScheduleState};
