@@ -47,7 +47,8 @@
 //!    (written and fsynced, `state::JobStore::stage`) outside the fleet lock, then committed (renamed and
 //!    indexed) under it, and `job:created` is emitted. If the agent and the fleet have a free slot it starts
 //!    the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call returns the
-//!    job at once, `running` or `queued`.
+//!    job, `running` or `queued`, once the jobs directory is fsynced (`state::DirSync`: one fsync shared by
+//!    every record committed meanwhile).
 //! 3. Starting maps the agent's configuration to a `runner::RunSpec` and calls `runner::start`, which spawns
 //!    the child in its own process group with the prompt on stdin (vfork-style, without copying the daemon,
 //!    with a parent-death signal). The job becomes `running` (pid, pgid and process start time persisted
