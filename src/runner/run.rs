@@ -345,9 +345,12 @@ async fn supervise(
     let mut cancels_open = true;
     let timeout_at = spec.timeout.map(|t| Instant::now() + t);
 
+    // One future for the whole loop: a fresh `wait()` per iteration would call wait4 once per output line.
+    let leader_exit = child.wait();
+    tokio::pin!(leader_exit);
     let exit = loop {
         tokio::select! {
-            status = child.wait() => break status,
+            status = &mut leader_exit => break status,
             line = lines.recv(), if lines_open => match line {
                 Some((stream, line)) => collector.push(stream, line).await,
                 None => lines_open = false,
