@@ -90,7 +90,11 @@ async fn logs_of_an_agent_carry_its_jobs() {
             .collect();
         assert_eq!(lines.len(), 2, "{text}");
         for line in lines {
-            assert_eq!(line.matches("job{").count(), 1, "not in one job span: {line}");
+            assert_eq!(
+                line.matches("job{").count(),
+                1,
+                "not in one job span: {line}"
+            );
         }
     }
 }
