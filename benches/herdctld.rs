@@ -19,6 +19,7 @@
 //! runs the daemon under a wrapper program (to see, for instance, what fsync costs). Every daemon gets its
 //! own temporary fleet, state directory and socket; its log goes to a file there.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,6 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use herdctld::job::{ExitReason, Job, JobId, JobStatus, TriggerType};
@@ -354,9 +356,10 @@ fn output(table: &mut Table) {
                 thread::spawn(move || {
                     conn.subscribe("streamJobOutput", json!({"id": id}));
                     let mut stream = StreamTally::default();
+                    let mut line = Vec::new();
                     loop {
-                        let message = conn.read_message();
-                        if stream.add(&message["params"]["result"]) {
+                        conn.read_line(&mut line);
+                        if stream.add(&line) {
                             return (stream, started.elapsed());
                         }
                     }
@@ -412,20 +415,51 @@ struct StreamTally {
     eof_status: String,
 }
 
+/// The fields of a `jobOutput` notification the tally needs, borrowed from the line: parsing every message
+/// into a `Value` cost the reading threads as much CPU as the daemon spent producing the stream.
+#[derive(Deserialize)]
+struct OutputNotification<'a> {
+    #[serde(borrow)]
+    params: OutputParams<'a>,
+}
+
+#[derive(Deserialize)]
+struct OutputParams<'a> {
+    #[serde(borrow)]
+    result: OutputResult<'a>,
+}
+
+#[derive(Deserialize)]
+struct OutputResult<'a> {
+    seq: Option<u64>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    eof: Option<bool>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+}
+
 impl StreamTally {
-    /// Counts one notification's result; true at the end of the stream.
-    fn add(&mut self, result: &Value) -> bool {
-        if result.get("eof").is_some() {
-            self.eof_status = result["status"].as_str().unwrap_or("?").to_string();
+    /// Counts one notification (a whole JSON line); true at the end of the stream.
+    fn add(&mut self, line: &[u8]) -> bool {
+        let message: OutputNotification = serde_json::from_slice(line).unwrap_or_else(|e| {
+            panic!(
+                "not a jobOutput notification ({e}): {}",
+                String::from_utf8_lossy(line)
+            )
+        });
+        let result = message.params.result;
+        if result.eof.is_some() {
+            self.eof_status = result.status.as_deref().unwrap_or("?").to_string();
             return true;
         }
-        let seq = result["seq"].as_u64().unwrap_or(0);
+        let seq = result.seq.unwrap_or(0);
         if self.next_seq.is_some_and(|expected| expected != seq) {
             self.gaps += 1;
         }
         self.next_seq = Some(seq + 1);
         self.lines += 1;
-        if let Some(text) = result["text"].as_str() {
+        if let Some(text) = result.text {
             self.payload_bytes += text.len() + 1;
         }
         false
@@ -908,6 +942,16 @@ impl Conn {
         assert!(n > 0, "herdctld closed the connection");
         serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("unparsable line from herdctld ({e}): {line}"))
+    }
+
+    /// The next message's line, into `line` (cleared first).
+    fn read_line(&mut self, line: &mut Vec<u8>) {
+        line.clear();
+        let n = self
+            .reader
+            .read_until(b'\n', line)
+            .expect("read from herdctld");
+        assert!(n > 0, "herdctld closed the connection");
     }
 
     /// The next message, or `None` when the read timed out.

@@ -53,8 +53,9 @@
 //!    the child in its own process group with the prompt on stdin (vfork-style, without copying the daemon,
 //!    with a parent-death signal). The job becomes `running` (pid, pgid and process start time persisted
 //!    for crash recovery); `job:started` and `agent:started` are emitted.
-//! 4. A supervisor task pumps the runner's `OutputEvent`s: each gets a `seq`, is appended to
-//!    `jobs/<id>.jsonl` and flushed, then published to `streamJobOutput` readers and as `job:output` events.
+//! 4. A supervisor task pumps the runner's `OutputEvent`s: each gets a `seq` and is serialised once; that
+//!    text is appended to `jobs/<id>.jsonl` and flushed, then shared with every `streamJobOutput` reader
+//!    (`fleet::SerializedLine`); `job:output` events are built only when someone listens.
 //! 5. When the process tree is gone and its output drained, the runner's `RunOutcome` finalizes the record
 //!    (`completed`/`failed`/`cancelled` with exit reason), updates schedule state and the agent's session,
 //!    emits `agent:stopped` and `job:completed|failed|cancelled`, prunes history and starts queued jobs.

@@ -21,6 +21,7 @@ async fn collect_output(
             match item {
                 OutputItem::Line(line) => {
                     seqs.push(line.seq);
+                    let line = line.parse().expect("an output line");
                     if let Some(text) = line.data.get("text").and_then(|t| t.as_str()) {
                         texts.push(text.to_string());
                     }

@@ -5,35 +5,107 @@
 //! `jobs/<id>.jsonl` *before* it publishes them on the hub. A reader subscribes to the hub first and reads
 //! the file second, so every line is in the file, in the hub, or both; the cursor (next expected `seq`)
 //! drops duplicates, and whenever the hub skips ahead (a slow reader lagged) the file fills the gap.
+//!
+//! A line is serialised once, by the pump: the same bytes go to the file and, shared, to every reader.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 use crate::job::{JobStatus, OutputLine};
 
+/// One output line as JSON text, `{"seq":…,"ts":…,"type":…,…}`: the line of the `.jsonl` file and the
+/// `result` of a `jobOutput` notification. Cheap to clone (the text is shared).
+#[derive(Debug, Clone)]
+pub struct SerializedLine {
+    pub seq: u64,
+    json: Arc<RawValue>,
+}
+
+impl SerializedLine {
+    pub fn new(line: &OutputLine) -> serde_json::Result<SerializedLine> {
+        Ok(SerializedLine {
+            seq: line.seq,
+            json: Arc::from(serde_json::value::to_raw_value(line)?),
+        })
+    }
+
+    /// A line of an output file, `None` when it is not a JSON object with a `seq`.
+    fn from_file_line(text: &[u8]) -> Option<SerializedLine> {
+        let json: Box<RawValue> = serde_json::from_slice(text).ok()?;
+        let seq = seq_prefix(json.get()).or_else(|| {
+            serde_json::from_str::<SeqOnly>(json.get())
+                .ok()
+                .map(|s| s.seq)
+        })?;
+        Some(SerializedLine {
+            seq,
+            json: Arc::from(json),
+        })
+    }
+
+    /// The JSON text, without a newline.
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+
+    /// The line as a structure.
+    pub fn parse(&self) -> serde_json::Result<OutputLine> {
+        serde_json::from_str(self.json.get())
+    }
+}
+
+impl Serialize for SerializedLine {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+/// The `seq` of a line the pump wrote (`seq` is its first key); `None` for any other layout.
+fn seq_prefix(json: &str) -> Option<u64> {
+    let rest = json.strip_prefix(r#"{"seq":"#)?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if rest.as_bytes().get(digits) != Some(&b',') {
+        return None;
+    }
+    rest[..digits].parse().ok()
+}
+
+/// Lines published together, in seq order.
+pub type OutputBatch = Arc<[SerializedLine]>;
+
+/// Batches the hub keeps for readers that are behind; a reader further behind catches up from the file.
+const HUB_BATCHES: usize = 16;
+
 /// Lines of one job, published as they are persisted. Dropped when the job finishes, which ends readers.
 #[derive(Clone)]
 pub struct OutputHub {
-    sender: broadcast::Sender<OutputLine>,
+    sender: broadcast::Sender<OutputBatch>,
 }
 
 impl OutputHub {
     pub fn new() -> OutputHub {
-        let (sender, _) = broadcast::channel(1024);
+        let (sender, _) = broadcast::channel(HUB_BATCHES);
         OutputHub { sender }
     }
 
-    pub fn publish(&self, line: OutputLine) {
-        // No reader is fine: the line is already in the file.
-        let _ = self.sender.send(line);
+    pub fn publish(&self, batch: OutputBatch) {
+        // No reader is fine: the lines are already in the file.
+        let _ = self.sender.send(batch);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<OutputLine> {
+    pub fn subscribe(&self) -> broadcast::Receiver<OutputBatch> {
         self.sender.subscribe()
     }
 }
@@ -48,7 +120,7 @@ impl Default for OutputHub {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum OutputItem {
-    Line(OutputLine),
+    Line(SerializedLine),
     /// The job has finished and every line was delivered.
     Eof {
         eof: bool,
@@ -61,14 +133,15 @@ pub enum OutputItem {
 struct FileTail {
     path: PathBuf,
     reader: Option<BufReader<File>>,
-    offset: u64,
+    /// Bytes of an unfinished last line the reader consumed on the previous read: re-read next time.
+    overread: usize,
 }
 
 impl FileTail {
-    fn read_batch(&mut self, from_seq: u64, max: usize) -> std::io::Result<Vec<OutputLine>> {
+    fn read_batch(&mut self, from_seq: u64, max: usize) -> std::io::Result<Vec<SerializedLine>> {
         if self.reader.is_none() {
             match File::open(&self.path) {
-                Ok(file) => self.reader = Some(BufReader::new(file)),
+                Ok(file) => self.reader = Some(BufReader::with_capacity(64 * 1024, file)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
                 Err(e) => return Err(e),
             }
@@ -76,18 +149,22 @@ impl FileTail {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(Vec::new());
         };
-        reader.seek(SeekFrom::Start(self.offset))?;
+        if self.overread > 0 {
+            // Within the buffer when possible: no system call.
+            reader.seek_relative(-(self.overread as i64))?;
+            self.overread = 0;
+        }
         let mut lines = Vec::new();
         let mut buf = Vec::new();
         while lines.len() < max {
             buf.clear();
             let n = reader.read_until(b'\n', &mut buf)?;
             if n == 0 || buf.last() != Some(&b'\n') {
+                self.overread = n;
                 break;
             }
-            self.offset += n as u64;
             // Unparsable lines (a crash mid-write followed by more output) are skipped, not fatal.
-            if let Ok(line) = serde_json::from_slice::<OutputLine>(&buf) {
+            if let Some(line) = SerializedLine::from_file_line(&buf) {
                 if line.seq >= from_seq {
                     lines.push(line);
                 }
@@ -103,9 +180,11 @@ pub type StatusLookup = Box<dyn Fn() -> Option<JobStatus> + Send + Sync>;
 /// Replay + live stream of one job's output (SPEC §11 `streamJobOutput`).
 pub struct JobOutputStream {
     cursor: u64,
-    pending: VecDeque<OutputLine>,
+    pending: VecDeque<SerializedLine>,
     tail: FileTail,
-    live: Option<broadcast::Receiver<OutputLine>>,
+    /// The file may hold lines the hub will not deliver: at the start (history) and after the hub skipped.
+    from_file: bool,
+    live: Option<broadcast::Receiver<OutputBatch>>,
     final_status: StatusLookup,
     ended: bool,
 }
@@ -117,7 +196,7 @@ impl JobOutputStream {
     pub fn new(
         path: PathBuf,
         from_seq: u64,
-        live: Option<broadcast::Receiver<OutputLine>>,
+        live: Option<broadcast::Receiver<OutputBatch>>,
         final_status: StatusLookup,
     ) -> JobOutputStream {
         JobOutputStream {
@@ -126,8 +205,9 @@ impl JobOutputStream {
             tail: FileTail {
                 path,
                 reader: None,
-                offset: 0,
+                overread: 0,
             },
+            from_file: true,
             live,
             final_status,
             ended: false,
@@ -147,14 +227,17 @@ impl JobOutputStream {
             if self.ended {
                 return None;
             }
-            match self.tail.read_batch(self.cursor, REPLAY_BATCH) {
-                Ok(lines) if !lines.is_empty() => {
-                    self.pending.extend(lines);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(path = %self.tail.path.display(), error = %e, "cannot read job output");
+            if self.from_file {
+                match self.tail.read_batch(self.cursor, REPLAY_BATCH) {
+                    Ok(lines) if !lines.is_empty() => {
+                        self.pending.extend(lines);
+                        continue;
+                    }
+                    Ok(_) => self.from_file = false,
+                    Err(e) => {
+                        self.from_file = false;
+                        tracing::warn!(path = %self.tail.path.display(), error = %e, "cannot read job output");
+                    }
                 }
             }
             let Some(live) = self.live.as_mut() else {
@@ -163,14 +246,17 @@ impl JobOutputStream {
                 return Some(OutputItem::Eof { eof: true, status });
             };
             match live.recv().await {
-                // Fast path: the next line in order comes straight from the hub.
-                Ok(line) if line.seq == self.cursor => {
-                    self.cursor += 1;
-                    return Some(OutputItem::Line(line));
+                // Contiguous with what was delivered: straight from the hub.
+                Ok(batch) if batch.first().is_none_or(|line| line.seq <= self.cursor) => {
+                    self.pending.extend(batch.iter().cloned());
                 }
-                // Already delivered from the file, or ahead of us: the file has everything up to it.
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => self.live = None,
+                // The hub skipped ahead of us: the file has everything up to what it published.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.from_file = true,
+                // Every line reached the file before the hub closed; look there once more.
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.live = None;
+                    self.from_file = true;
+                }
             }
         }
     }
@@ -202,6 +288,13 @@ mod tests {
         }
     }
 
+    fn batch(lines: &[OutputLine]) -> OutputBatch {
+        lines
+            .iter()
+            .map(|l| SerializedLine::new(l).unwrap())
+            .collect()
+    }
+
     async fn collect(stream: &mut JobOutputStream) -> (Vec<u64>, Option<JobStatus>) {
         let mut seqs = Vec::new();
         while let Some(item) = stream.next().await {
@@ -211,6 +304,27 @@ mod tests {
             }
         }
         (seqs, None)
+    }
+
+    #[test]
+    fn a_serialized_line_is_the_line_as_json_and_reads_back_from_a_file() {
+        let original = line(42);
+        let serialized = SerializedLine::new(&original).unwrap();
+        assert_eq!(serialized.json(), serde_json::to_string(&original).unwrap());
+        assert_eq!(serialized.parse().unwrap(), original);
+        let item = serde_json::to_string(&OutputItem::Line(serialized.clone())).unwrap();
+        assert_eq!(item, serialized.json());
+
+        let from_file = SerializedLine::from_file_line(b"{\"seq\":42,\"x\":1}\n").unwrap();
+        assert_eq!(
+            (from_file.seq, from_file.json()),
+            (42, "{\"seq\":42,\"x\":1}")
+        );
+        // Another key order (not the pump's) still finds the seq.
+        let reordered = SerializedLine::from_file_line(br#"{"ts":"t","seq":7}"#).unwrap();
+        assert_eq!(reordered.seq, 7);
+        assert!(SerializedLine::from_file_line(br#"{"seq":"7"}"#).is_none());
+        assert!(SerializedLine::from_file_line(br#"{"seq":7,"#).is_none());
     }
 
     #[tokio::test]
@@ -235,31 +349,100 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_line_being_written_is_read_once_it_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let hub = OutputHub::new();
+        append(&path, &[line(0)]);
+        let mut stream = JobOutputStream::new(
+            path.clone(),
+            0,
+            Some(hub.subscribe()),
+            Box::new(|| Some(JobStatus::Completed)),
+        );
+        let whole = format!("{}\n", serde_json::to_string(&line(1)).unwrap());
+        let (first, second) = whole.split_at(10);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(first.as_bytes()).unwrap();
+        assert!(matches!(stream.next().await, Some(OutputItem::Line(l)) if l.seq == 0));
+        file.write_all(second.as_bytes()).unwrap();
+        // Published ahead of the reader's cursor: the reader goes back to the file for line 1.
+        hub.publish(batch(&[line(2)]));
+        append(&path, &[line(2)]);
+        drop(hub);
+        assert_eq!(
+            collect(&mut stream).await,
+            (vec![1, 2], Some(JobStatus::Completed))
+        );
+    }
+
+    #[tokio::test]
     async fn joins_history_and_live_without_gap_or_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.jsonl");
         let hub = OutputHub::new();
         // Lines 0..3 written and published before the reader subscribes.
-        append(&path, &(0..3).map(line).collect::<Vec<_>>());
-        for l in (0..3).map(line) {
-            hub.publish(l);
-        }
+        let history: Vec<OutputLine> = (0..3).map(line).collect();
+        append(&path, &history);
+        hub.publish(batch(&history));
         let mut stream = JobOutputStream::new(
             path.clone(),
             0,
             Some(hub.subscribe()),
             Box::new(|| Some(JobStatus::Failed)),
         );
-        // Lines 3..2000 follow the pump's order: file first, then hub. The hub holds 1024, so the
-        // reader lags and must take the gap from the file.
-        let batch: Vec<OutputLine> = (3..2000).map(line).collect();
-        append(&path, &batch);
-        for l in batch {
-            hub.publish(l);
+        // Lines 3..2000 follow the pump's order: file first, then hub, in batches of 10. The hub holds
+        // fewer batches than that, so the reader lags and must take the gap from the file.
+        for chunk in (3..2000).collect::<Vec<u64>>().chunks(10) {
+            let lines: Vec<OutputLine> = chunk.iter().copied().map(line).collect();
+            append(&path, &lines);
+            hub.publish(batch(&lines));
         }
         drop(hub);
         let (seqs, status) = collect(&mut stream).await;
         assert_eq!(seqs, (0..2000).collect::<Vec<_>>());
         assert_eq!(status, Some(JobStatus::Failed));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_up_takes_lines_from_the_hub_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let hub = OutputHub::new();
+        let mut stream = JobOutputStream::new(
+            path.clone(),
+            0,
+            Some(hub.subscribe()),
+            Box::new(|| Some(JobStatus::Completed)),
+        );
+        let labelled = |seq: u64, copy: &str| {
+            let mut l = line(seq);
+            l.data.insert("copy".into(), copy.into());
+            l
+        };
+        append(&path, &[labelled(0, "file")]);
+        hub.publish(batch(&[labelled(0, "hub")]));
+        // History: what was in the file when the reader started comes from the file.
+        let Some(OutputItem::Line(first)) = stream.next().await else {
+            panic!("no line 0");
+        };
+        assert_eq!(first.parse().unwrap().data["copy"], "file");
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), stream.next()).await;
+        assert!(idle.is_err(), "nothing more to read yet");
+        // Caught up: live lines come from the hub without a read of the file per line.
+        for seq in 1..3 {
+            append(&path, &[labelled(seq, "file")]);
+            hub.publish(batch(&[labelled(seq, "hub")]));
+            let Some(OutputItem::Line(l)) = stream.next().await else {
+                panic!("no line {seq}");
+            };
+            assert_eq!(
+                (l.seq, &l.parse().unwrap().data["copy"]),
+                (seq, &"hub".into())
+            );
+        }
     }
 }

@@ -23,7 +23,7 @@ use super::error::{FleetError, FleetState};
 use super::events::FleetEvent;
 use super::followup::{self, ClaimedWork};
 use super::manager::{report_state_error, ActiveJob, Core, FleetManager};
-use super::output::OutputHub;
+use super::output::{OutputHub, SerializedLine};
 
 /// How a job runs beyond its agent's configuration.
 #[derive(Debug, Clone, Default)]
@@ -328,11 +328,22 @@ async fn supervise(
                     line
                 })
                 .collect();
+            // Serialised once: the same text is the file's line and every reader's notification.
+            let serialized: Vec<SerializedLine> = lines
+                .iter()
+                .filter_map(|line| match SerializedLine::new(line) {
+                    Ok(serialized) => Some(serialized),
+                    Err(e) => {
+                        tracing::error!(seq = line.seq, "output line not serialisable: {e}");
+                        None
+                    }
+                })
+                .collect();
             // Disk first, then subscribers: readers rely on it to join history and live without a gap.
             if let Some(w) = writer.as_mut() {
-                let written = lines
+                let written = serialized
                     .iter()
-                    .try_for_each(|line| w.append(line))
+                    .try_for_each(|line| w.append_serialized(line.seq, line.json()))
                     .and_then(|()| w.flush());
                 if let Err(e) = written {
                     if !write_failed {
@@ -344,18 +355,17 @@ async fn supervise(
                     }
                 }
             }
+            hub.publish(serialized.into());
             // Building an event per line costs a copy of it: only when someone listens.
-            let listened = events.has_subscribers();
-            for line in lines {
-                if listened {
+            if events.has_subscribers() {
+                for line in lines {
                     events.emit(FleetEvent::JobOutput {
                         job_id: job_id.clone(),
                         seq: line.seq,
-                        output_type: line.kind.clone(),
-                        chunk: Value::Object(line.data.clone()),
+                        output_type: line.kind,
+                        chunk: Value::Object(line.data),
                     });
                 }
-                hub.publish(line);
             }
         }
     };

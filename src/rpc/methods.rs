@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use jsonrpsee::core::SubscriptionError;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
-use jsonrpsee::{PendingSubscriptionSink, RpcModule, SubscriptionSink};
+use jsonrpsee::{PendingSubscriptionSink, RpcModule, SubscriptionMessage, SubscriptionSink};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -525,8 +525,9 @@ async fn pump(sink: &SubscriptionSink, source: &mut impl Source) -> Result<(), S
         if sink.is_closed() {
             return Ok(());
         }
-        let raw = serde_json::value::to_raw_value(&item)?;
-        if sink.send(raw).await.is_err() {
+        // Serialised straight into the notification: one copy of the item's text, not two.
+        let message = SubscriptionMessage::new(sink.method_name(), sink.subscription_id(), &item)?;
+        if sink.send(message).await.is_err() {
             return Ok(());
         }
     }

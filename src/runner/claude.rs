@@ -129,6 +129,10 @@ impl StreamState {
 
 /// Parses a stdout line as a stream-json message: a JSON object with a string `type`.
 pub(crate) fn parse_message(line: &[u8]) -> Option<Map<String, Value>> {
+    // Plain text is told apart without a failed parse (whose error is an allocation).
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
     match serde_json::from_slice::<Value>(line) {
         Ok(Value::Object(map)) if map.get("type").is_some_and(Value::is_string) => Some(map),
         _ => None,

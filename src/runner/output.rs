@@ -37,6 +37,12 @@ impl Line {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
+
+    /// The line as text, reusing its bytes when they are valid UTF-8.
+    pub fn into_text(self) -> String {
+        String::from_utf8(self.bytes)
+            .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+    }
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -112,12 +118,17 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
 /// Decides which lines of a job are delivered under `max_output_bytes`: the head goes out at once; once the head
 /// budget is spent, lines are held in a tail window of the same size (oldest dropped), released at the end after
-/// a truncation notice.
+/// a truncation notice. Each line is tagged with a `T` (its stream).
+///
+/// The tail is packed: its bytes in one buffer of at most the tail budget, plus a small record per line. Held as
+/// one allocation per line it took about 2.5 times its size (allocator and bookkeeping), and it may be tens of
+/// megabytes.
 pub(crate) struct OutputCap<T> {
     head_budget: usize,
     tail_budget: usize,
     head_used: usize,
-    tail: VecDeque<(T, usize)>,
+    tail: PackedLines<T>,
+    /// Bytes of the tail counted against its budget: its lines plus one newline each.
     tail_used: usize,
     dropped_lines: u64,
     dropped_bytes: u64,
@@ -130,6 +141,56 @@ pub(crate) struct Dropped {
     pub bytes: u64,
 }
 
+/// Lines in order, their bytes back to back.
+pub(crate) struct PackedLines<T> {
+    bytes: VecDeque<u8>,
+    lines: VecDeque<HeldLine<T>>,
+}
+
+struct HeldLine<T> {
+    tag: T,
+    len: usize,
+    truncated: bool,
+}
+
+impl<T> PackedLines<T> {
+    fn push(&mut self, tag: T, line: Line) {
+        self.bytes.extend(line.bytes.iter());
+        self.lines.push_back(HeldLine {
+            tag,
+            len: line.bytes.len(),
+            truncated: line.truncated,
+        });
+    }
+
+    fn pop(&mut self) -> Option<(T, Line)> {
+        let held = self.lines.pop_front()?;
+        let bytes: Vec<u8> = self.bytes.drain(..held.len).collect();
+        Some((
+            held.tag,
+            Line {
+                bytes,
+                truncated: held.truncated,
+            },
+        ))
+    }
+
+    /// Drops the oldest line; returns its size with its newline.
+    fn drop_oldest(&mut self) -> Option<usize> {
+        let held = self.lines.pop_front()?;
+        self.bytes.drain(..held.len);
+        Some(held.len + 1)
+    }
+}
+
+impl<T> Iterator for PackedLines<T> {
+    type Item = (T, Line);
+
+    fn next(&mut self) -> Option<(T, Line)> {
+        self.pop()
+    }
+}
+
 impl<T> OutputCap<T> {
     pub fn new(max_output_bytes: usize) -> Self {
         let head_budget = max_output_bytes / 2;
@@ -137,42 +198,57 @@ impl<T> OutputCap<T> {
             head_budget,
             tail_budget: max_output_bytes - head_budget,
             head_used: 0,
-            tail: VecDeque::new(),
+            tail: PackedLines {
+                bytes: VecDeque::new(),
+                lines: VecDeque::new(),
+            },
             tail_used: 0,
             dropped_lines: 0,
             dropped_bytes: 0,
         }
     }
 
-    /// Offers an item of `size` bytes; returns it if it is to be delivered now.
-    pub fn admit(&mut self, item: T, size: usize) -> Option<T> {
-        if self.tail.is_empty() && self.head_used + size <= self.head_budget {
+    /// Offers a line; returns it if it is to be delivered now.
+    pub fn admit(&mut self, tag: T, line: Line) -> Option<(T, Line)> {
+        let size = line.bytes.len() + 1;
+        if self.tail.lines.is_empty() && self.head_used + size <= self.head_budget {
             self.head_used += size;
-            return Some(item);
+            return Some((tag, line));
         }
-        self.tail.push_back((item, size));
-        self.tail_used += size;
-        while self.tail_used > self.tail_budget {
-            let Some((_, dropped)) = self.tail.pop_front() else {
+        if self.tail.lines.is_empty() {
+            // Once, at the size it will need: the buffer then never grows, so never copies itself, and a ring
+            // that wraps within it touches no more memory than the budget.
+            self.tail.bytes.reserve_exact(self.tail_budget);
+        }
+        // Room first, so the buffer never holds more than the budget.
+        while self.tail_used + size > self.tail_budget {
+            let Some(dropped) = self.tail.drop_oldest() else {
                 break;
             };
             self.tail_used -= dropped;
-            self.dropped_lines += 1;
-            self.dropped_bytes += dropped as u64;
+            self.count_dropped(dropped);
+        }
+        if size > self.tail_budget {
+            self.count_dropped(size);
+        } else {
+            self.tail_used += size;
+            self.tail.push(tag, line);
         }
         None
     }
 
+    fn count_dropped(&mut self, size: usize) {
+        self.dropped_lines += 1;
+        self.dropped_bytes += size as u64;
+    }
+
     /// Ends the stream: what was dropped (if anything) and the held tail, in order.
-    pub fn finish(self) -> (Option<Dropped>, Vec<T>) {
+    pub fn finish(self) -> (Option<Dropped>, PackedLines<T>) {
         let dropped = (self.dropped_lines > 0).then_some(Dropped {
             lines: self.dropped_lines,
             bytes: self.dropped_bytes,
         });
-        (
-            dropped,
-            self.tail.into_iter().map(|(item, _)| item).collect(),
-        )
+        (dropped, self.tail)
     }
 }
 
@@ -227,13 +303,18 @@ mod tests {
         assert_eq!(lines[0].text(), "\u{fffd}".repeat(4));
     }
 
+    fn numbered(n: u32) -> Line {
+        // 3 bytes + newline: 4 bytes against the budget.
+        line(&format!("{n:03}"), false)
+    }
+
     #[test]
     fn output_cap_keeps_head_and_tail_and_counts_the_middle() {
         let mut cap = OutputCap::new(20);
         let mut delivered = Vec::new();
         for i in 0..10u32 {
-            if let Some(item) = cap.admit(i, 4) {
-                delivered.push(item);
+            if let Some((tag, _)) = cap.admit(i, numbered(i)) {
+                delivered.push(tag);
             }
         }
         // Head budget 10 → items 0 and 1; tail budget 10 → the last two items; 6 dropped.
@@ -246,15 +327,55 @@ mod tests {
                 bytes: 24
             })
         );
-        assert_eq!(tail, vec![8, 9]);
+        let tail: Vec<(u32, Line)> = tail.collect();
+        assert_eq!(tail, vec![(8, numbered(8)), (9, numbered(9))]);
+    }
+
+    #[test]
+    fn output_cap_tail_keeps_line_bytes_and_marks_and_never_exceeds_its_budget() {
+        let mut cap = OutputCap::new(2 * 1000);
+        assert!(cap.admit('h', line(&"h".repeat(998), false)).is_some());
+        for n in 0..500u32 {
+            let text = format!("{n}-{}", "é".repeat(n as usize % 7));
+            assert!(cap.admit('t', line(&text, n % 3 == 0)).is_none());
+            assert!(cap.tail.bytes.len() <= 1000);
+        }
+        // A line longer than the whole tail budget empties the window and is dropped itself.
+        assert!(cap.admit('x', line(&"x".repeat(2000), false)).is_none());
+        let text = "last line".to_string();
+        assert!(cap.admit('t', line(&text, true)).is_none());
+        let (dropped, tail) = cap.finish();
+        assert!(dropped.is_some_and(|d| d.lines == 501));
+        assert_eq!(tail.collect::<Vec<_>>(), vec![('t', line(&text, true))]);
+
+        // The tail is the longest run of newest lines that fits, bytes and marks intact.
+        let lines: Vec<Line> = (0..100u32)
+            .map(|n| line(&format!("{n}-{}", "é".repeat(n as usize % 7)), n % 3 == 0))
+            .collect();
+        let mut cap = OutputCap::new(2 * 100);
+        for (n, l) in lines.iter().enumerate() {
+            cap.admit(n, l.clone());
+        }
+        let mut fits = 0;
+        let mut used = 0;
+        for l in lines.iter().rev() {
+            if used + l.bytes.len() + 1 > 100 {
+                break;
+            }
+            used += l.bytes.len() + 1;
+            fits += 1;
+        }
+        let expected: Vec<(usize, Line)> = lines.into_iter().enumerate().skip(100 - fits).collect();
+        let (_, tail) = cap.finish();
+        assert_eq!(tail.collect::<Vec<_>>(), expected);
     }
 
     #[test]
     fn output_cap_under_the_limit_delivers_everything() {
         let mut cap = OutputCap::new(100);
-        assert_eq!(cap.admit("a", 10), Some("a"));
-        let (dropped, tail) = cap.finish();
+        assert_eq!(cap.admit("a", numbered(1)), Some(("a", numbered(1))));
+        let (dropped, mut tail) = cap.finish();
         assert_eq!(dropped, None);
-        assert!(tail.is_empty());
+        assert!(tail.next().is_none());
     }
 }

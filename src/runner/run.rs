@@ -345,9 +345,12 @@ async fn supervise(
     let mut cancels_open = true;
     let timeout_at = spec.timeout.map(|t| Instant::now() + t);
 
+    // One future for the whole loop: a fresh `wait()` per iteration would call wait4 once per output line.
+    let leader_exit = child.wait();
+    tokio::pin!(leader_exit);
     let exit = loop {
         tokio::select! {
-            status = child.wait() => break status,
+            status = &mut leader_exit => break status,
             line = lines.recv(), if lines_open => match line {
                 Some((stream, line)) => collector.push(stream, line).await,
                 None => lines_open = false,
@@ -497,9 +500,10 @@ struct Collector {
     output: mpsc::Sender<OutputEvent>,
     /// Holds the tail of an over-long output as raw lines: parsed JSON takes several times the bytes of its
     /// text, and the tail may be tens of megabytes.
-    cap: OutputCap<(Stream, Line)>,
+    cap: OutputCap<Stream>,
     stream: StreamState,
-    last_stdout: Option<String>,
+    /// The last non-blank stdout line, raw: kept in one reused buffer, made text once at the end.
+    last_stdout: Vec<u8>,
     stderr_tail: VecDeque<String>,
 }
 
@@ -513,7 +517,7 @@ struct Collected {
 }
 
 /// The event of one line: a stream-json message as it is, else the line as text.
-fn output_event(stream: Stream, line: &Line, message: Option<Map<String, Value>>) -> OutputEvent {
+fn output_event(stream: Stream, line: Line, message: Option<Map<String, Value>>) -> OutputEvent {
     match (message, stream) {
         (Some(message), _) => OutputEvent {
             kind: message
@@ -528,16 +532,29 @@ fn output_event(stream: Stream, line: &Line, message: Option<Map<String, Value>>
     }
 }
 
-fn text_event(kind: &str, line: &Line) -> OutputEvent {
+fn text_event(kind: &str, line: Line) -> OutputEvent {
     let mut data = Map::new();
-    data.insert("text".to_owned(), Value::String(line.text()));
-    if line.truncated {
+    let truncated = line.truncated;
+    data.insert("text".to_owned(), Value::String(line.into_text()));
+    if truncated {
         data.insert("truncated".to_owned(), Value::Bool(true));
     }
     OutputEvent {
         kind: kind.to_owned(),
         data,
     }
+}
+
+/// Whether a line is empty or only whitespace once read as text.
+fn is_blank(bytes: &[u8]) -> bool {
+    // Most lines have a visible ASCII character: answered without decoding the line.
+    if bytes
+        .iter()
+        .any(|b| b.is_ascii() && !char::from(*b).is_whitespace())
+    {
+        return false;
+    }
+    String::from_utf8_lossy(bytes).trim().is_empty()
 }
 
 fn clip(mut text: String, max: usize) -> String {
@@ -558,13 +575,12 @@ impl Collector {
             output,
             cap: OutputCap::new(max_output_bytes),
             stream: StreamState::default(),
-            last_stdout: None,
+            last_stdout: Vec::new(),
             stderr_tail: VecDeque::new(),
         }
     }
 
     async fn push(&mut self, stream: Stream, line: Line) {
-        let size = line.bytes.len() + 1;
         // Every stdout message is parsed here, delivered or held back, so the outcome sees all of them.
         let message = match stream {
             Stream::Stdout if !line.truncated => parse_message(&line.bytes),
@@ -573,9 +589,9 @@ impl Collector {
         match (&message, stream) {
             (Some(message), _) => self.stream.observe(message),
             (None, Stream::Stdout) => {
-                let text = line.text();
-                if !text.trim().is_empty() {
-                    self.last_stdout = Some(clip(text, STDERR_TAIL_LINE_BYTES * 4));
+                if !is_blank(&line.bytes) {
+                    self.last_stdout.clear();
+                    self.last_stdout.extend_from_slice(&line.bytes);
                 }
             }
             (None, Stream::Stderr) => {
@@ -586,8 +602,8 @@ impl Collector {
                     .push_back(clip(line.text(), STDERR_TAIL_LINE_BYTES));
             }
         }
-        if let Some((stream, line)) = self.cap.admit((stream, line), size) {
-            deliver(&self.output, output_event(stream, &line, message)).await;
+        if let Some((stream, line)) = self.cap.admit(stream, line) {
+            deliver(&self.output, output_event(stream, line, message)).await;
         }
     }
 
@@ -608,11 +624,17 @@ impl Collector {
                 Stream::Stdout if !line.truncated => parse_message(&line.bytes),
                 _ => None,
             };
-            deliver(&self.output, output_event(stream, &line, message)).await;
+            deliver(&self.output, output_event(stream, line, message)).await;
         }
+        let last_stdout = (!self.last_stdout.is_empty()).then(|| {
+            clip(
+                String::from_utf8_lossy(&self.last_stdout).into_owned(),
+                STDERR_TAIL_LINE_BYTES * 4,
+            )
+        });
         Collected {
             stream: self.stream,
-            last_stdout: self.last_stdout,
+            last_stdout,
             stderr_tail: self.stderr_tail,
             output_truncated: dropped.is_some(),
         }

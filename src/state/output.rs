@@ -69,14 +69,27 @@ impl OutputWriter {
 
     /// Appends one line (buffered; see [`OutputWriter::flush`]).
     pub fn append(&mut self, line: &OutputLine) -> Result<(), StateError> {
-        let io_error = |source: io::Error| StateError::Io {
+        let json = serde_json::to_string(line).map_err(|e| StateError::Io {
+            action: "serialise output line for",
+            path: self.path.clone(),
+            source: e.into(),
+        })?;
+        self.append_serialized(line.seq, &json)
+    }
+
+    /// Appends one line already serialised as one line of JSON (`json` holds no newline), for a caller
+    /// that also sends the same text elsewhere.
+    pub fn append_serialized(&mut self, seq: u64, json: &str) -> Result<(), StateError> {
+        let written = self
+            .writer
+            .write_all(json.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"));
+        written.map_err(|source| StateError::Io {
             action: "append to output file",
             path: self.path.clone(),
             source,
-        };
-        serde_json::to_writer(&mut self.writer, line).map_err(|e| io_error(e.into()))?;
-        self.writer.write_all(b"\n").map_err(io_error)?;
-        self.last_seq = Some(line.seq);
+        })?;
+        self.last_seq = Some(seq);
         Ok(())
     }
 
@@ -236,13 +249,21 @@ mod tests {
         writer.flush().unwrap();
         assert_eq!(writer.last_seq(), Some(10));
 
+        // A line serialised by the caller reads back like any other.
+        let eleventh = line(11, "line 11");
+        let json = serde_json::to_string(&eleventh).unwrap();
+        writer.append_serialized(11, &json).unwrap();
+        writer.flush().unwrap();
+        assert_eq!(writer.last_seq(), Some(11));
+
         let all = read_output(&path, 0, None).unwrap();
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 11);
+        assert_eq!(all[10], eleventh);
         assert_eq!(all[3], line(4, "line 4"));
         let page = read_output(&path, 5, Some(3)).unwrap();
         let seqs: Vec<u64> = page.iter().map(|l| l.seq).collect();
         assert_eq!(seqs, [5, 6, 7]);
-        assert_eq!(last_seq(&path).unwrap(), Some(10));
+        assert_eq!(last_seq(&path).unwrap(), Some(11));
     }
 
     #[test]
