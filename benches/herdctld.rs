@@ -335,8 +335,9 @@ fn output(table: &mut Table) {
         assert_eq!(total as f64, FLOOD_BYTES, "the flood program's output size");
         FLOOD_BYTES / started.elapsed().as_secs_f64()
     };
-    for subscribers in [1, 10] {
-        eprintln!("output: 100 MB of lines to {subscribers} subscriber(s)");
+    for (subscribers, batch) in [(1, false), (10, false), (1, true), (10, true)] {
+        let mode = if batch { "batched" } else { "a notification per line" };
+        eprintln!("output: 100 MB of lines to {subscribers} subscriber(s), {mode}");
         let agent = format!(
             "name: flood\nruntime: command\ncommand: [sh, -c, '{}']\n",
             FLOOD_COMMAND.replace('\'', "''")
@@ -354,7 +355,7 @@ fn output(table: &mut Table) {
             .map(|mut conn| {
                 let id = id.clone();
                 thread::spawn(move || {
-                    conn.subscribe("streamJobOutput", json!({"id": id}));
+                    conn.subscribe("streamJobOutput", json!({"id": id, "batch": batch}));
                     let mut stream = StreamTally::default();
                     let mut line = Vec::new();
                     loop {
@@ -380,7 +381,7 @@ fn output(table: &mut Table) {
         let eof_status = first.eof_status.clone();
         table.row(Row {
             metric: format!(
-                "output to {subscribers} subscriber(s): MB/s of job output \
+                "output to {subscribers} subscriber(s), {mode}: MB/s of job output \
                  ({:.0} MB delivered each, {} lines, eof {eof_status}{})",
                 first.payload_bytes as f64 / 1e6,
                 first.lines,
@@ -393,7 +394,9 @@ fn output(table: &mut Table) {
             verdict: Verdict::of(rate / pipe >= 0.5 && consistent && eof_status == "completed"),
         });
         table.row(Row {
-            metric: format!("output to {subscribers} subscriber(s): daemon peak RSS (VmHWM)"),
+            metric: format!(
+                "output to {subscribers} subscriber(s), {mode}: daemon peak RSS (VmHWM)"
+            ),
             value: format!("{:.1} MB", peak_kb as f64 / 1024.0),
             baseline: format!("{:.1} MB", rss_before as f64 / 1024.0),
             ratio: Some(peak_kb as f64 / rss_before.max(1) as f64),
@@ -434,9 +437,19 @@ struct OutputResult<'a> {
     seq: Option<u64>,
     #[serde(borrow)]
     text: Option<Cow<'a, str>>,
+    /// Batched mode: the lines of one notification.
+    #[serde(borrow)]
+    lines: Option<Vec<OutputLineFields<'a>>>,
     eof: Option<bool>,
     #[serde(borrow)]
     status: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OutputLineFields<'a> {
+    seq: Option<u64>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 impl StreamTally {
@@ -453,16 +466,25 @@ impl StreamTally {
             self.eof_status = result.status.as_deref().unwrap_or("?").to_string();
             return true;
         }
-        let seq = result.seq.unwrap_or(0);
+        match result.lines {
+            Some(lines) => lines
+                .iter()
+                .for_each(|line| self.count(line.seq, line.text.as_deref())),
+            None => self.count(result.seq, result.text.as_deref()),
+        }
+        false
+    }
+
+    fn count(&mut self, seq: Option<u64>, text: Option<&str>) {
+        let seq = seq.unwrap_or(0);
         if self.next_seq.is_some_and(|expected| expected != seq) {
             self.gaps += 1;
         }
         self.next_seq = Some(seq + 1);
         self.lines += 1;
-        if let Some(text) = result.text {
+        if let Some(text) = text {
             self.payload_bytes += text.len() + 1;
         }
-        false
     }
 }
 

@@ -137,6 +137,34 @@ async fn output_of_a_finished_job_replays_and_ends(client: &mut Client, id: &str
     assert_eq!(end["status"], "completed");
     assert_eq!(&replayed, stored);
 
+    // Batched: the same lines, several per notification, then the same end.
+    let batched = client
+        .subscribe("streamJobOutput", json!({"id": id, "batch": true}))
+        .await;
+    let mut lines = Vec::new();
+    let mut notifications = 0;
+    let end = loop {
+        let item = client.notification(&batched).await;
+        if item["eof"] == true {
+            break item;
+        }
+        notifications += 1;
+        lines.extend(
+            item["lines"]
+                .as_array()
+                .expect("a batch of lines")
+                .iter()
+                .cloned(),
+        );
+    };
+    assert_eq!(end["status"], "completed");
+    assert_eq!(&lines, stored);
+    assert!(
+        notifications < stored.len(),
+        "{notifications} notifications for {} lines",
+        stored.len()
+    );
+
     // fromSeq skips what the reader already has.
     let from_one = client
         .subscribe("streamJobOutput", json!({"id": id, "fromSeq": 1}))

@@ -30,5 +30,5 @@ pub use info::{
 pub use logs::{LogBus, LogEntry, LogFilter, LogItem, LogLayer, LogLevel, LogSubscription};
 pub use manager::{FleetManager, ForkOptions, JobQuery, StopOptions, TriggerOptions};
 pub use options::{FleetManagerOptions, HistoryOptions};
-pub use output::{JobOutputStream, OutputItem, SerializedLine};
+pub use output::{JobOutputStream, OutputBatchItem, OutputItem, SerializedLine};
 pub use queue::{JobQueue, QueuedJob};

@@ -128,6 +128,14 @@ pub enum OutputItem {
     },
 }
 
+/// What a batched job-output reader receives: `{"lines": [line, …]}`, and last `{eof: true, status}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum OutputBatchItem {
+    Lines { lines: Vec<SerializedLine> },
+    Eof { eof: bool, status: JobStatus },
+}
+
 /// Reads a `.jsonl` output file incrementally from where it stopped; a last line without its newline (being
 /// written, or torn by a crash) is left for the next read.
 struct FileTail {
@@ -217,15 +225,51 @@ impl JobOutputStream {
     /// The next line, then one `Eof`, then `None`.
     pub async fn next(&mut self) -> Option<OutputItem> {
         loop {
+            if let Some(line) = self.next_ready() {
+                return Some(OutputItem::Line(line));
+            }
+            if self.ended {
+                return None;
+            }
+            let Some(live) = self.live.as_mut() else {
+                self.ended = true;
+                let status = (self.final_status)().unwrap_or(JobStatus::Failed);
+                return Some(OutputItem::Eof { eof: true, status });
+            };
+            let received = live.recv().await.map_err(|e| match e {
+                broadcast::error::RecvError::Lagged(n) => broadcast::error::TryRecvError::Lagged(n),
+                broadcast::error::RecvError::Closed => broadcast::error::TryRecvError::Closed,
+            });
+            self.take(received);
+        }
+    }
+
+    /// Every line ready now (at least one, waiting for it) up to about `max_bytes` of JSON, then one `Eof`,
+    /// then `None`: what a batched reader gets per notification.
+    pub async fn next_batch(&mut self, max_bytes: usize) -> Option<OutputBatchItem> {
+        let first = match self.next().await? {
+            OutputItem::Line(line) => line,
+            OutputItem::Eof { eof, status } => return Some(OutputBatchItem::Eof { eof, status }),
+        };
+        let mut bytes = first.json().len();
+        let mut lines = vec![first];
+        while bytes < max_bytes {
+            let Some(line) = self.next_ready() else { break };
+            bytes += line.json().len();
+            lines.push(line);
+        }
+        Some(OutputBatchItem::Lines { lines })
+    }
+
+    /// The next line if one can be had without waiting: from what was received, the file, or the hub.
+    fn next_ready(&mut self) -> Option<SerializedLine> {
+        loop {
             if let Some(line) = self.pending.pop_front() {
                 if line.seq < self.cursor {
                     continue;
                 }
                 self.cursor = line.seq + 1;
-                return Some(OutputItem::Line(line));
-            }
-            if self.ended {
-                return None;
+                return Some(line);
             }
             if self.from_file {
                 match self.tail.read_batch(self.cursor, REPLAY_BATCH) {
@@ -240,24 +284,29 @@ impl JobOutputStream {
                     }
                 }
             }
-            let Some(live) = self.live.as_mut() else {
-                self.ended = true;
-                let status = (self.final_status)().unwrap_or(JobStatus::Failed);
-                return Some(OutputItem::Eof { eof: true, status });
-            };
-            match live.recv().await {
-                // Contiguous with what was delivered: straight from the hub.
-                Ok(batch) if batch.first().is_none_or(|line| line.seq <= self.cursor) => {
-                    self.pending.extend(batch.iter().cloned());
-                }
-                // The hub skipped ahead of us: the file has everything up to what it published.
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.from_file = true,
-                // Every line reached the file before the hub closed; look there once more.
-                Err(broadcast::error::RecvError::Closed) => {
-                    self.live = None;
-                    self.from_file = true;
-                }
+            let received = self.live.as_mut()?.try_recv();
+            if matches!(received, Err(broadcast::error::TryRecvError::Empty)) {
+                return None;
             }
+            self.take(received);
+        }
+    }
+
+    /// Files what the hub gave: contiguous lines to deliver, or a reason to read the file again.
+    fn take(&mut self, received: Result<OutputBatch, broadcast::error::TryRecvError>) {
+        match received {
+            // Contiguous with what was delivered: straight from the hub.
+            Ok(batch) if batch.first().is_none_or(|line| line.seq <= self.cursor) => {
+                self.pending.extend(batch.iter().cloned());
+            }
+            // The hub skipped ahead of us: the file has everything up to what it published.
+            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => self.from_file = true,
+            // Every line reached the file before the hub closed; look there once more.
+            Err(broadcast::error::TryRecvError::Closed) => {
+                self.live = None;
+                self.from_file = true;
+            }
+            Err(broadcast::error::TryRecvError::Empty) => {}
         }
     }
 }
@@ -376,6 +425,70 @@ mod tests {
         assert_eq!(
             collect(&mut stream).await,
             (vec![1, 2], Some(JobStatus::Completed))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_every_ready_line_up_to_its_size_and_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let hub = OutputHub::new();
+        let history: Vec<OutputLine> = (0..3).map(line).collect();
+        append(&path, &history);
+        let mut stream = JobOutputStream::new(
+            path.clone(),
+            1,
+            Some(hub.subscribe()),
+            Box::new(|| Some(JobStatus::Completed)),
+        );
+        let live: Vec<OutputLine> = (3..6).map(line).collect();
+        append(&path, &live);
+        hub.publish(batch(&live));
+        let seqs_of = |item: Option<OutputBatchItem>| -> Vec<u64> {
+            match item {
+                Some(OutputBatchItem::Lines { lines }) => lines.iter().map(|l| l.seq).collect(),
+                other => panic!("expected lines, got {other:?}"),
+            }
+        };
+        // History from the file and the live lines join in one batch.
+        assert_eq!(
+            seqs_of(stream.next_batch(1 << 20).await),
+            vec![1, 2, 3, 4, 5]
+        );
+        // A batch holds at least one line; beyond that it stops at its size.
+        let more: Vec<OutputLine> = (6..9).map(line).collect();
+        append(&path, &more);
+        hub.publish(batch(&more));
+        assert_eq!(seqs_of(stream.next_batch(1).await), vec![6]);
+        assert_eq!(seqs_of(stream.next_batch(1 << 20).await), vec![7, 8]);
+        // Nothing ready: the batch waits for the next line.
+        let waiting = tokio::spawn(async move {
+            let item = stream.next_batch(1 << 20).await;
+            (item, stream)
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        append(&path, &[line(9)]);
+        hub.publish(batch(&[line(9)]));
+        drop(hub);
+        let (item, mut stream) = waiting.await.unwrap();
+        assert_eq!(seqs_of(item), vec![9]);
+        assert!(matches!(
+            stream.next_batch(1 << 20).await,
+            Some(OutputBatchItem::Eof {
+                eof: true,
+                status: JobStatus::Completed
+            })
+        ));
+        assert!(stream.next_batch(1 << 20).await.is_none());
+        let zero = line(0);
+        let text = serde_json::to_string(&OutputBatchItem::Lines {
+            lines: batch(std::slice::from_ref(&zero)).to_vec(),
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            format!("{{\"lines\":[{}]}}", serde_json::to_string(&zero).unwrap())
         );
     }
 

@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 
 use crate::fleet::{
     EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, ForkOptions,
-    JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription, OutputItem,
-    StopOptions, TriggerOptions,
+    JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription, OutputBatchItem,
+    OutputItem, StopOptions, TriggerOptions,
 };
 use crate::job::JobStatus;
 
@@ -200,6 +200,9 @@ struct JobOutputParams {
     id: String,
     #[serde(default)]
     from_seq: u64,
+    /// Every line ready at once in one notification, `{lines: [...]}`, instead of one per line.
+    #[serde(default)]
+    batch: bool,
 }
 
 #[derive(Deserialize)]
@@ -461,7 +464,7 @@ fn register(
         "jobOutput",
         "unsubscribeJobOutput",
         |params, pending, fleet, _| async move {
-            let p: JobOutputParams = match parse(&params, &["id", "fromSeq"]) {
+            let p: JobOutputParams = match parse(&params, &["id", "fromSeq", "batch"]) {
                 Ok(p) => p,
                 Err(e) => return reject(pending, e).await,
             };
@@ -470,7 +473,11 @@ fn register(
                 Err(e) => return reject(pending, domain_error(e)).await,
             };
             let sink = pending.accept().await?;
-            pump(&sink, &mut output).await
+            if p.batch {
+                pump(&sink, &mut BatchedOutput(output)).await
+            } else {
+                pump(&sink, &mut output).await
+            }
         },
     )?;
     Ok(())
@@ -508,6 +515,20 @@ impl Source for JobOutputStream {
     type Item = OutputItem;
     fn next_item(&mut self) -> impl std::future::Future<Output = Option<OutputItem>> + Send {
         self.next()
+    }
+}
+
+/// A job's output a notification per batch of ready lines (`streamJobOutput` with `batch: true`).
+struct BatchedOutput(JobOutputStream);
+
+/// JSON text per batched notification, about: large enough that per-notification costs vanish, small
+/// enough that a reader sees lines promptly and a connection's buffer stays modest.
+const OUTPUT_BATCH_BYTES: usize = 64 * 1024;
+
+impl Source for BatchedOutput {
+    type Item = OutputBatchItem;
+    fn next_item(&mut self) -> impl std::future::Future<Output = Option<OutputBatchItem>> + Send {
+        self.0.next_batch(OUTPUT_BATCH_BYTES)
     }
 }
 
