@@ -336,7 +336,11 @@ fn output(table: &mut Table) {
         FLOOD_BYTES / started.elapsed().as_secs_f64()
     };
     for (subscribers, batch) in [(1, false), (10, false), (1, true), (10, true)] {
-        let mode = if batch { "batched" } else { "a notification per line" };
+        let mode = if batch {
+            "batched"
+        } else {
+            "a notification per line"
+        };
         eprintln!("output: 100 MB of lines to {subscribers} subscriber(s), {mode}");
         let agent = format!(
             "name: flood\nruntime: command\ncommand: [sh, -c, '{}']\n",

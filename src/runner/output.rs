@@ -96,7 +96,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 }
             }
             let available = &self.chunk[self.start..self.end];
-            let (piece, found_newline) = match available.iter().position(|b| *b == b'\n') {
+            let (piece, found_newline) = match memchr::memchr(b'\n', available) {
                 Some(at) => (&available[..at], true),
                 None => (available, false),
             };
