@@ -486,7 +486,10 @@ impl Session {
         loop {
             let subscription = self
                 .client
-                .subscribe("streamJobOutput", json!({"id": id, "fromSeq": cursor}))
+                .subscribe(
+                    "streamJobOutput",
+                    json!({"id": id, "fromSeq": cursor, "batch": true}),
+                )
                 .await?;
             let ended_as = match self
                 .read_job_output(&subscription, &mut cursor, None, on_line)
@@ -513,7 +516,7 @@ impl Session {
         }
     }
 
-    /// Reads one `streamJobOutput` subscription until its end, Ctrl-C, or (with `quiet`) a pause.
+    /// Reads one batched `streamJobOutput` subscription until its end, Ctrl-C, or (with `quiet`) a pause.
     async fn read_job_output(
         &mut self,
         subscription: &Value,
@@ -537,10 +540,18 @@ impl Session {
             if item.get("eof").and_then(Value::as_bool) == Some(true) {
                 return Ok(StreamEnd::Eof(text(&item, "status").to_owned()));
             }
-            if let Some(seq) = item.get("seq").and_then(Value::as_u64) {
-                *cursor = seq + 1;
+            // Subscribed with `batch: true`: every line that was ready arrives in one notification.
+            for line in item
+                .get("lines")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(seq) = line.get("seq").and_then(Value::as_u64) {
+                    *cursor = seq + 1;
+                }
+                on_line(line);
             }
-            on_line(&item);
         }
     }
 
@@ -589,7 +600,7 @@ impl Session {
         };
         let subscription = self
             .client
-            .subscribe("streamJobOutput", json!({"id": id}))
+            .subscribe("streamJobOutput", json!({"id": id, "batch": true}))
             .await?;
         let mut cursor = 0;
         let mut tail = std::collections::VecDeque::new();
