@@ -8,7 +8,7 @@
 //! | scenario  | measured                                               | baseline                                  |
 //! |-----------|--------------------------------------------------------|-------------------------------------------|
 //! | dispatch  | trivial jobs/s, triggers pipelined, completions by event | bare `tokio::process::Command` loop, same parallelism; and that loop making the daemon's record writes |
-//! | output    | 100 MB of lines from a job to 1 and 10 `streamJobOutput` readers; daemon peak RSS | the same program piped into this process |
+//! | output    | 100 MB of lines from a job to 1 and 10 `streamJobOutput` readers, per line and batched, all of it and with the default cap; daemon peak RSS | the same program piped into this process |
 //! | rpc       | `getStatus` round trip p50/p99 on an idle fleet        | `getState` on the same connection         |
 //! | history   | `getJobs {limit: 50}` with 100,000 jobs; start-up to socket-ready | the same with 100 jobs / none      |
 //! | idle      | RSS with 100 agents; CPU time over 10 s of idling      | RSS with one agent                        |
@@ -335,15 +335,25 @@ fn output(table: &mut Table) {
         assert_eq!(total as f64, FLOOD_BYTES, "the flood program's output size");
         FLOOD_BYTES / started.elapsed().as_secs_f64()
     };
-    for (subscribers, batch) in [(1, false), (10, false), (1, true), (10, true)] {
-        let mode = if batch {
-            "batched"
-        } else {
-            "a notification per line"
+    // The job keeps all of its output (every line reaches the readers), then, last, the default cap of
+    // 64 MB, which drops the middle third and holds the tail in memory until the job ends.
+    let runs = [
+        (1, false, Some(256)),
+        (10, false, Some(256)),
+        (1, true, Some(256)),
+        (10, true, Some(256)),
+        (1, false, None),
+    ];
+    for (subscribers, batch, max_output_mb) in runs {
+        let mode = match (batch, max_output_mb) {
+            (false, Some(_)) => "a notification per line",
+            (true, _) => "batched",
+            (false, None) => "a notification per line, default output cap",
         };
         eprintln!("output: 100 MB of lines to {subscribers} subscriber(s), {mode}");
+        let cap = max_output_mb.map_or(String::new(), |mb| format!("max_output_mb: {mb}\n"));
         let agent = format!(
-            "name: flood\nruntime: command\ncommand: [sh, -c, '{}']\n",
+            "name: flood\nruntime: command\n{cap}command: [sh, -c, '{}']\n",
             FLOOD_COMMAND.replace('\'', "''")
         );
         let fleet = Fleet::new(&[("flood".into(), agent)]);
