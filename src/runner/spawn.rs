@@ -113,6 +113,11 @@ pub(crate) fn spawn(command: &JobCommand) -> io::Result<Child> {
     let (stdin_child, stdin_parent) = pipe_pair(PipeEnd::ChildReads)?;
     let (stdout_child, stdout_parent) = pipe_pair(PipeEnd::ChildWrites)?;
     let (stderr_child, stderr_parent) = pipe_pair(PipeEnd::ChildWrites)?;
+    // Wrapped before the child exists, so that nothing can fail between its start and handing it out but
+    // the exit watch (which then kills and reaps it).
+    let stdin = pipe::Sender::from_owned_fd(stdin_parent)?;
+    let stdout = pipe::Receiver::from_owned_fd(stdout_parent)?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr_parent)?;
     let mut failure: libc::c_int = 0;
     let plan = ChildPlan {
         parent: std::process::id() as libc::pid_t,
@@ -160,28 +165,36 @@ pub(crate) fn spawn(command: &JobCommand) -> io::Result<Child> {
         let _ = reap_blocking(pid);
         return Err(io::Error::from_raw_os_error(failure));
     }
-    let exit = match pidfd_open(pid) {
-        // SAFETY: an OwnedFd keeps its descriptor open and unchanged until the AsyncFd drops it.
-        Ok(fd) => unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(io::Error::from)?,
+    let exit = match watch_exit(pid) {
+        Ok(exit) => exit,
         Err(e) => {
             // SAFETY: kill takes plain integers; `pid` is our unreaped child, so it cannot have been reused.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             let _ = reap_blocking(pid);
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot watch the job process (pidfd_open needs Linux 5.3 or later): {e}"),
-            ));
+            return Err(e);
         }
     };
     Ok(Child {
         pid: pid.unsigned_abs(),
-        stdin: Some(pipe::Sender::from_owned_fd(stdin_parent)?),
-        stdout: Some(pipe::Receiver::from_owned_fd(stdout_parent)?),
-        stderr: Some(pipe::Receiver::from_owned_fd(stderr_parent)?),
+        stdin: Some(stdin),
+        stdout: Some(stdout),
+        stderr: Some(stderr),
         exit: Some(exit),
         status: None,
     })
+}
+
+/// A pidfd of `pid`, registered with the runtime: readable once the process has exited.
+fn watch_exit(pid: libc::pid_t) -> io::Result<AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot watch the job process (pidfd_open needs Linux 5.3 or later): {e}"),
+        )
+    })?;
+    // SAFETY: an OwnedFd keeps its descriptor open and unchanged until the AsyncFd drops it.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
 }
 
 /// The C strings of a command, owned by the parent for the child to read.
