@@ -366,17 +366,37 @@ pub fn reap_adopted_zombies() -> usize {
             })
             .map(|z| z.pid)
             .collect();
+        // A pid that is a leader again was reused after its abandoned holder was reaped elsewhere.
+        let leaders = &r.leaders;
+        r.abandoned.retain(|pid| !leaders.contains(pid));
         (adopted, r.abandoned.iter().copied().collect())
     });
-    let reaped_abandoned: Vec<u32> = abandoned.into_iter().filter(|pid| reap(*pid)).collect();
-    if !reaped_abandoned.is_empty() {
+    // An abandoned leader leaves the list once reaped, or once it is no child of ours any more (ECHILD):
+    // its pid may then be reused, even by a new leader, whose status must stay its run's.
+    let mut reaped_abandoned = 0;
+    let settled: Vec<u32> = abandoned
+        .into_iter()
+        .filter(|pid| {
+            match i32::try_from(*pid)
+                .map(|raw| waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)))
+            {
+                Ok(Ok(status)) if status.pid().is_none() => false,
+                Ok(Ok(_)) => {
+                    reaped_abandoned += 1;
+                    true
+                }
+                _ => true,
+            }
+        })
+        .collect();
+    if !settled.is_empty() {
         with_registry(|r| {
-            for pid in &reaped_abandoned {
+            for pid in &settled {
                 r.abandoned.remove(pid);
             }
         });
     }
-    adopted.into_iter().filter(|pid| reap(*pid)).count() + reaped_abandoned.len()
+    adopted.into_iter().filter(|pid| reap(*pid)).count() + reaped_abandoned
 }
 
 /// Reaps `pid` if it is an exited child of this process.

@@ -47,6 +47,8 @@ pub(crate) struct Child {
 
 /// Stack of the child until it execs; the setup needs a few hundred bytes.
 const CHILD_STACK_BYTES: usize = 64 * 1024;
+/// The shell that runs a file without `#!`, as `execvp` does.
+const SHELL: &std::ffi::CStr = c"/bin/sh";
 /// PATH when the environment has none (what `execvp` uses).
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
 /// Signals are numbered 1 to 64 on Linux.
@@ -58,6 +60,9 @@ struct ChildPlan {
     /// Paths to try in order, like `execvp`; null-terminated C strings kept alive by `strings`.
     candidates: Vec<*const libc::c_char>,
     argv: Vec<*const libc::c_char>,
+    /// `/bin/sh`, a slot for the candidate, then argv[1..]: how `execvp` runs a file without `#!` (ENOEXEC).
+    /// The child writes the slot; the parent, suspended meanwhile, owns the array.
+    script_argv: *mut *const libc::c_char,
     envp: Vec<*const libc::c_char>,
     cwd: *const libc::c_char,
     /// Child ends of the stdin, stdout and stderr pipes, all above 2.
@@ -99,7 +104,7 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if self.status.is_none() && !matches!(try_reap(self.pid), Ok(Some(_))) {
+        if self.status.is_none() && matches!(try_reap(self.pid), Ok(None)) {
             // Nobody will wait for it now: let the orphan reaper take it when it exits.
             super::process::leader_abandoned(self.pid);
         }
@@ -119,10 +124,15 @@ pub(crate) fn spawn(command: &JobCommand) -> io::Result<Child> {
     let stdout = pipe::Receiver::from_owned_fd(stdout_parent)?;
     let stderr = pipe::Receiver::from_owned_fd(stderr_parent)?;
     let mut failure: libc::c_int = 0;
+    let mut script_argv: Vec<*const libc::c_char> = [SHELL.as_ptr(), ptr::null()]
+        .into_iter()
+        .chain(null_terminated(&strings.argv).into_iter().skip(1))
+        .collect();
     let plan = ChildPlan {
         parent: std::process::id() as libc::pid_t,
         candidates: strings.candidates.iter().map(|c| c.as_ptr()).collect(),
         argv: null_terminated(&strings.argv),
+        script_argv: script_argv.as_mut_ptr(),
         envp: null_terminated(&strings.envp),
         cwd: strings.cwd.as_ptr(),
         stdio: [
@@ -168,8 +178,9 @@ pub(crate) fn spawn(command: &JobCommand) -> io::Result<Child> {
     let exit = match watch_exit(pid) {
         Ok(exit) => exit,
         Err(e) => {
-            // SAFETY: kill takes plain integers; `pid` is our unreaped child, so it cannot have been reused.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: kill takes plain integers; `pid` is our unreaped child (and its group's leader), so
+            // neither can have been reused.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             let _ = reap_blocking(pid);
             return Err(e);
         }
@@ -392,14 +403,19 @@ extern "C" fn child_main(plan: *mut libc::c_void) -> libc::c_int {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
         // Like execvp: keep looking past candidates that do not exist or may not be run; report EACCES if one
-        // was found but not executable, else the last error.
+        // was found but not executable, else the last error. A file the kernel cannot execute (no `#!`) is
+        // run by the shell.
         let mut reported = libc::ENOENT;
         let mut denied = false;
         for candidate in &plan.candidates {
             libc::execve(*candidate, plan.argv.as_ptr(), plan.envp.as_ptr());
+            if errno() == libc::ENOEXEC {
+                *plan.script_argv.add(1) = *candidate;
+                libc::execve(SHELL.as_ptr(), plan.script_argv, plan.envp.as_ptr());
+            }
             match errno() {
                 libc::EACCES => denied = true,
-                libc::ENOENT | libc::ENOTDIR => {}
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
                 other => {
                     reported = other;
                     break;
@@ -562,9 +578,24 @@ mod tests {
             .unwrap();
         // EACCES for a user; root may exec it only with an x bit, so EACCES too.
         assert_eq!(err.raw_os_error(), Some(libc::EACCES));
-        // SAFETY: waitpid with WNOHANG on any child; -1/ECHILD means none is left unreaped.
-        let rc = unsafe { libc::waitpid(-1, ptr::null_mut(), libc::WNOHANG) };
-        assert!(rc <= 0, "a failed spawn left child {rc}");
+        // The failed children were this thread's; none is left (not even a zombie). Other tests' children
+        // hang off their own threads.
+        // SAFETY: gettid takes no arguments.
+        let tid = unsafe { libc::gettid() };
+        let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap();
+        assert_eq!(children.trim(), "", "a failed spawn left a child");
+    }
+
+    #[tokio::test]
+    async fn a_file_without_a_shebang_is_run_by_the_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("job");
+        std::fs::write(&script, "echo \"run by sh with $1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let (status, out, _) = run(&command(script.to_str().unwrap(), &["arg"]), "").await;
+        assert!(status.success());
+        assert_eq!(out, "run by sh with arg\n");
     }
 
     #[tokio::test]
