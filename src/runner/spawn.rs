@@ -10,8 +10,8 @@
 //! The child, before `exec`: parent-death signal SIGKILL (and exit if the daemon already died), signal handlers
 //! reset to the default (a handler of the daemon must never run in the child: it would write the daemon's
 //! memory), SIGPIPE back to the default, its own process group, stdio from the pipes, every other descriptor
-//! close-on-exec, the working directory, an empty signal mask, then `execve` along PATH like `execvp`.
-//! Exit is awaited through a pidfd (Linux 5.3 or later).
+//! close-on-exec, the working directory, an empty signal mask, then `execve` along PATH like `execvp` (a file
+//! without `#!` is run by `/bin/sh`). Exit is awaited through a pidfd (Linux 5.3 or later).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
