@@ -6,7 +6,9 @@
 //! the file second, so every line is in the file, in the hub, or both; the cursor (next expected `seq`)
 //! drops duplicates, and whenever the hub skips ahead (a slow reader lagged) the file fills the gap.
 //!
-//! A line is serialised once, by the pump: the same bytes go to the file and, shared, to every reader.
+//! A line is serialised once, by the pump: the same bytes go to the file and, shared, to every reader. A
+//! reader takes lines one at a time ([`JobOutputStream::next`]) or every line ready at once
+//! ([`JobOutputStream::next_batch`], `streamJobOutput` with `batch: true`).
 
 use std::collections::VecDeque;
 use std::fs::File;

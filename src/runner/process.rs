@@ -15,10 +15,11 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::{getpid, getsid, Pid};
 
 /// The environment variable every job process inherits; its value is the job id.
@@ -339,7 +340,7 @@ pub(crate) fn unregister_job(pgid: u32, seen: &[(u32, u64)]) {
 /// - it is in the process group of a running job without being its leader (only the leader is a direct child);
 /// - it was seen alive as a job process (pid and start time match).
 ///
-/// Leaders whose waiter went away ([`leader_abandoned`]) are reaped too once they exit. Returns how many were
+/// Leaders whose waiter went away (`leader_abandoned`) are reaped too once they exit. Returns how many were
 /// reaped. Cheap enough to call on every SIGCHLD: it reads the children list, not all of `/proc`.
 pub fn reap_adopted_zombies() -> usize {
     let my_session = getsid(None).map(|s| s.as_raw().unsigned_abs()).ok();
@@ -376,17 +377,13 @@ pub fn reap_adopted_zombies() -> usize {
     let mut reaped_abandoned = 0;
     let settled: Vec<u32> = abandoned
         .into_iter()
-        .filter(|pid| {
-            match i32::try_from(*pid)
-                .map(|raw| waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)))
-            {
-                Ok(Ok(status)) if status.pid().is_none() => false,
-                Ok(Ok(_)) => {
-                    reaped_abandoned += 1;
-                    true
-                }
-                _ => true,
+        .filter(|pid| match try_reap(*pid) {
+            Ok(None) => false,
+            Ok(Some(_)) => {
+                reaped_abandoned += 1;
+                true
             }
+            Err(_) => true,
         })
         .collect();
     if !settled.is_empty() {
@@ -396,20 +393,30 @@ pub fn reap_adopted_zombies() -> usize {
             }
         });
     }
-    adopted.into_iter().filter(|pid| reap(*pid)).count() + reaped_abandoned
+    adopted
+        .into_iter()
+        .filter(|pid| matches!(try_reap(*pid), Ok(Some(_))))
+        .count()
+        + reaped_abandoned
 }
 
-/// Reaps `pid` if it is an exited child of this process.
-fn reap(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(|raw| {
-        waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG))
-            .is_ok_and(|status| status.pid().is_some())
-    })
+/// Reaps `pid` if it is a child of this process that has exited; `None` while it runs. An error (ECHILD)
+/// means it is no child of ours (any more).
+pub(crate) fn try_reap(pid: u32) -> io::Result<Option<ExitStatus>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes the status through a pointer valid for the call.
+    let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    match rc {
+        0 => Ok(None),
+        rc if rc > 0 => Ok(Some(ExitStatus::from_raw(status))),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::wait::waitpid;
     use std::process::Command;
     use std::time::{Duration, Instant};
 

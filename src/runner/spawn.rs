@@ -23,6 +23,8 @@ use std::process::ExitStatus;
 use std::ptr;
 
 use tokio::io::unix::AsyncFd;
+
+use super::process::try_reap;
 use tokio::net::unix::pipe;
 
 /// What to run: argv, the environment on top of the daemon's, and the working directory.
@@ -440,22 +442,10 @@ fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Reaps `pid` if it has exited.
-fn try_reap(pid: u32) -> io::Result<Option<ExitStatus>> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: waitpid writes the status through a pointer valid for the call.
-    let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-    match rc {
-        0 => Ok(None),
-        rc if rc > 0 => Ok(Some(ExitStatus::from_raw(status))),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
 fn reap_blocking(pid: libc::pid_t) -> io::Result<ExitStatus> {
     let mut status: libc::c_int = 0;
     loop {
-        // SAFETY: as in try_reap.
+        // SAFETY: waitpid writes the status through a pointer valid for the call.
         let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
         if rc >= 0 {
             return Ok(ExitStatus::from_raw(status));

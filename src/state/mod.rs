@@ -9,8 +9,9 @@
 //!
 //! Owns: the lock, atomic durable writes ([`atomic_write`]), quarantine of corrupt files
 //! ([`CorruptFile`]), [`FleetState`], the [`JobStore`] with its in-memory index, and job output files
-//! ([`OutputWriter`]). Every rewrite is temp file + fsync + rename + directory fsync; output is appended
-//! and a torn last line is tolerated. Corrupt files are moved aside and returned to the caller, which
+//! ([`OutputWriter`]). Every rewrite is temp file + fsync + rename + directory fsync (for job records the
+//! directory fsync is shared by writers committing together, [`DirSync`]); output is appended and a torn
+//! last line is tolerated. Corrupt files are moved aside and returned to the caller, which
 //! reports them — they never silently reset state.
 //!
 //! Must not: decide policy (what crash recovery does to interrupted jobs, retention limits, when to
