@@ -19,6 +19,9 @@
 //! runs the daemon under a wrapper program (to see, for instance, what fsync costs). Every daemon gets its
 //! own temporary fleet, state directory and socket; its log goes to a file there.
 
+#[path = "../tests/support/stop.rs"]
+mod stop;
+
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::fs;
@@ -911,17 +914,7 @@ impl Daemon {
 impl Drop for Daemon {
     /// SIGTERM (graceful stop), then SIGKILL if it takes more than 20 s.
     fn drop(&mut self) {
-        // SAFETY: kill with a pid we spawned and have not reaped.
-        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop::stop_daemon(&mut self.child, 1, Duration::from_secs(20));
     }
 }
 

@@ -3,6 +3,8 @@
 
 #[path = "support/cli_daemon.rs"]
 mod cli_daemon;
+#[path = "support/stop.rs"]
+mod stop;
 
 use std::time::{Duration, Instant};
 

@@ -12,6 +12,9 @@
 //!   end. It returns at once (printing that it was skipped) unless that variable is set:
 //!   `HERDCTL_SOAK_SECS=600 cargo test --release --test reliability soak -- --nocapture`.
 
+#[path = "support/stop.rs"]
+mod stop;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -333,19 +336,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: a pid we spawned and have not reaped.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        stop::stop_daemon(&mut self.child, 1, Duration::from_secs(15));
     }
 }
 

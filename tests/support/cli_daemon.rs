@@ -169,20 +169,7 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         // SIGTERM twice: a graceful stop, then "cancel running jobs now", so no job's process outlives the test.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        for _ in 0..2 {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::stop::stop_daemon(&mut self.child, 2, Duration::from_secs(5));
     }
 }
 
