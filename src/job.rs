@@ -5,8 +5,9 @@
 //! guard), [`JobStatus`], [`ExitReason`], [`TriggerType`], [`TerminationType`], [`JobError`], [`Job`],
 //! [`OutputLine`]. Must not: do I/O, know about queues, processes or transports.
 //!
-//! Serde contract: unknown fields in a record are ignored on read (forward compatibility); absent
-//! optional fields read as `None`; `None` is written as `null` so clients see a stable set of keys.
+//! Serde contract (the wire shape; the on-disk layout is `state::record`'s): absent optional fields read as
+//! `None`; `None` is written as `null` so clients see a stable set of keys. Fields another tool wrote into a
+//! record travel with it in [`Job::foreign`] and are never shown on the wire.
 
 use std::fmt;
 use std::sync::Arc;
@@ -109,6 +110,8 @@ impl From<JobId> for String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// herdctl calls this `pending` (and writes it so on disk).
+    #[serde(alias = "pending")]
     Queued,
     Running,
     Completed,
@@ -156,7 +159,8 @@ pub enum ExitReason {
     SpawnFailed,
 }
 
-/// What created a job.
+/// What created a job. herdctld creates `manual`, `schedule`, `fork` and `work_item` jobs; the others are
+/// herdctl's (its chat connectors, web UI and sub-agents) and appear in histories herdctl wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerType {
@@ -164,6 +168,12 @@ pub enum TriggerType {
     Schedule,
     Fork,
     WorkItem,
+    Webhook,
+    Chat,
+    Discord,
+    Slack,
+    Web,
+    Spawned,
 }
 
 /// How a cancelled job's process ended.
@@ -229,7 +239,18 @@ pub struct Job {
     /// Some output lines were cut to the line-length cap.
     #[serde(default, skip_serializing_if = "is_false")]
     pub output_truncated: bool,
+    /// Token usage in herdctl's shape: `{per_model: {MODEL: {input_tokens, output_tokens,
+    /// cache_creation_input_tokens, cache_read_input_tokens}}, num_turns?, total_cost_usd?}`.
+    pub usage: Option<serde_json::Value>,
+    /// Fields of the record herdctld does not know (written by herdctl or a newer herdctld): kept so a
+    /// rewrite of the record loses nothing, never sent to clients.
+    #[serde(skip)]
+    pub foreign: ForeignFields,
 }
+
+/// Fields of a persisted record that herdctld carries without interpreting them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForeignFields(pub Option<Arc<serde_json::Map<String, serde_json::Value>>>);
 
 impl Job {
     /// A queued job with nothing run yet.
@@ -267,6 +288,8 @@ impl Job {
             pgid: None,
             process_start_time: None,
             output_truncated: false,
+            usage: None,
+            foreign: ForeignFields::default(),
         }
     }
 }

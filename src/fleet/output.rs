@@ -145,6 +145,8 @@ struct FileTail {
     reader: Option<BufReader<File>>,
     /// Bytes of an unfinished last line the reader consumed on the previous read: re-read next time.
     overread: usize,
+    /// Lines in herdctl's layout read so far: the next one's seq (`state::herdctl_output_line`).
+    herdctl_lines: u64,
 }
 
 impl FileTail {
@@ -174,10 +176,13 @@ impl FileTail {
                 break;
             }
             // Unparsable lines (a crash mid-write followed by more output) are skipped, not fatal.
-            if let Some(line) = SerializedLine::from_file_line(&buf) {
-                if line.seq >= from_seq {
-                    lines.push(line);
-                }
+            let line = SerializedLine::from_file_line(&buf).or_else(|| {
+                let line = crate::state::herdctl_output_line(&buf, self.herdctl_lines)?;
+                self.herdctl_lines += 1;
+                SerializedLine::new(&line).ok()
+            });
+            if let Some(line) = line.filter(|line| line.seq >= from_seq) {
+                lines.push(line);
             }
         }
         Ok(lines)
@@ -216,6 +221,7 @@ impl JobOutputStream {
                 path,
                 reader: None,
                 overread: 0,
+                herdctl_lines: 0,
             },
             from_file: true,
             live,
@@ -397,6 +403,34 @@ mod tests {
             (vec![2, 3, 4], Some(JobStatus::Completed))
         );
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn replays_a_job_herdctl_wrote_numbering_its_lines_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut text = String::new();
+        for n in 0..4 {
+            text.push_str(&format!(
+                "{{\"type\":\"assistant\",\"content\":\"part {n}\",\"timestamp\":\"2026-12-02T20:48:1{n}.000Z\"}}\n"
+            ));
+        }
+        std::fs::write(&path, text).unwrap();
+        let mut stream =
+            JobOutputStream::new(path, 1, None, Box::new(|| Some(JobStatus::Completed)));
+        let mut seen = Vec::new();
+        while let Some(OutputItem::Line(line)) = stream.next().await {
+            let parsed = line.parse().unwrap();
+            seen.push((parsed.seq, parsed.data["content"].clone()));
+        }
+        assert_eq!(
+            seen,
+            [
+                (1, "part 1".into()),
+                (2, "part 2".into()),
+                (3, "part 3".into())
+            ]
+        );
     }
 
     #[tokio::test]

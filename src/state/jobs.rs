@@ -33,6 +33,7 @@ use super::corrupt::{move_aside, CorruptFile};
 use super::fx_hash::{FxHashMap, FxHashSet};
 use super::journal;
 use super::output::{self, OutputWriter};
+use super::record;
 use super::StateError;
 use crate::job::{Job, JobId, JobStatus, OutputLine};
 
@@ -97,8 +98,12 @@ impl StagedRecord {
     }
 }
 
+/// The text of `job`'s record at `path` (`<jobs>/<id>.yaml`), in the layout of [`super::record`].
 fn record_yaml(path: &Path, job: &Job) -> Result<String, StateError> {
-    serde_yaml_ng::to_string(job).map_err(|error| StateError::Serialize {
+    let output_path = path.with_extension("jsonl");
+    // herdctl records the output file's absolute path; a relative state directory is relative to our cwd.
+    let output_path = std::path::absolute(&output_path).unwrap_or(output_path);
+    record::to_yaml(job, &output_path).map_err(|error| StateError::Serialize {
         what: "job record",
         path: path.to_path_buf(),
         reason: error.to_string(),
@@ -678,7 +683,7 @@ fn read_record_with_inode(path: &Path) -> Result<(Job, u64), StateError> {
             io_error(source)
         }
     })?;
-    let job = serde_yaml_ng::from_str(&text).map_err(|error| StateError::Corrupt {
+    let job = record::from_yaml(&text).map_err(|error| StateError::Corrupt {
         path: path.to_path_buf(),
         reason: error.to_string(),
     })?;

@@ -28,6 +28,7 @@ mod jobs;
 mod journal;
 mod lock;
 mod output;
+mod record;
 
 use std::fs::DirBuilder;
 use std::io;
@@ -44,7 +45,7 @@ pub use jobs::{
     JobCounts, JobFilter, JobPage, JobStore, StagedRecord, StoreIssue, DEFAULT_PAGE_LIMIT,
 };
 pub use lock::StateLock;
-pub use output::OutputWriter;
+pub use output::{herdctl_output_line, OutputWriter};
 
 /// A state I/O failure. Every variant names the file; messages say what to do.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,8 @@
 //! Job output files (`jobs/<id>.jsonl`): one [`OutputLine`] per line, appended.
 //!
+//! Files herdctl wrote hold its layout instead, `{"type":…,…,"timestamp":…}` without a `seq`: readers
+//! number those lines 0, 1, 2… in file order ([`herdctl_output_line`]) so they stream and page like ours.
+//!
 //! Only newline-terminated lines count: a last line without `\n` is either torn by a crash or still
 //! being written, and is skipped by readers. Opening a writer cuts such a torn tail off first, so
 //! new lines never glue onto it, and finds the last seq already written so a resumed job continues
@@ -108,6 +111,27 @@ struct SeqOnly {
     seq: u64,
 }
 
+/// A line in herdctl's layout (`type` and `timestamp` beside the message's fields, no `seq`) as the line
+/// numbered `seq`; `None` when it is not such a line.
+pub fn herdctl_output_line(text: &[u8], seq: u64) -> Option<OutputLine> {
+    let serde_json::Value::Object(mut data) = serde_json::from_slice(text).ok()? else {
+        return None;
+    };
+    if data.contains_key("seq") {
+        return None;
+    }
+    let serde_json::Value::String(kind) = data.remove("type")? else {
+        return None;
+    };
+    let ts = data.remove("timestamp")?.as_str()?.parse().ok()?;
+    Some(OutputLine {
+        seq,
+        ts,
+        kind,
+        data,
+    })
+}
+
 /// Lines of `path` with `seq >= from_seq`, at most `limit`. A missing file is no output.
 pub(crate) fn read_output(
     path: &Path,
@@ -129,6 +153,7 @@ pub(crate) fn read_output(
     let mut lines = Vec::new();
     let mut buffer = Vec::new();
     let mut line_number = 0usize;
+    let mut herdctl_lines = 0u64;
     while lines.len() < limit {
         buffer.clear();
         let read = reader.read_until(b'\n', &mut buffer).map_err(io_error)?;
@@ -144,7 +169,17 @@ pub(crate) fn read_output(
             Ok(SeqOnly { seq }) if seq < from_seq => continue,
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(path = %path.display(), line_number, %error, "skipping unparsable output line");
+                match herdctl_output_line(&buffer, herdctl_lines) {
+                    Some(line) => {
+                        herdctl_lines += 1;
+                        if line.seq >= from_seq {
+                            lines.push(line);
+                        }
+                    }
+                    None => {
+                        tracing::warn!(path = %path.display(), line_number, %error, "skipping unparsable output line")
+                    }
+                }
                 continue;
             }
         }
@@ -225,6 +260,45 @@ fn last_seq_before(file: &File, end: u64) -> io::Result<Option<u64>> {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn herdctl_lines_are_numbered_in_file_order_and_paged_like_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        fs::write(
+            &path,
+            concat!(
+                r#"{"type":"system","content":"CLI session initialized","subtype":"init","timestamp":"2026-12-02T20:48:10.532Z"}"#,
+                "\n\n",
+                r#"{"type":"assistant","content":"Done","timestamp":"2026-12-02T20:48:11.042Z"}"#,
+                "\nnot json\n",
+                r#"{"type":"tool_result","success":true,"result":"Done","timestamp":"2026-12-02T20:48:11.542Z"}"#,
+                "\n",
+            ),
+        )
+        .unwrap();
+        let all = read_output(&path, 0, None).unwrap();
+        let seqs: Vec<u64> = all.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(all[0].kind, "system");
+        assert_eq!(all[0].data["subtype"], "init");
+        assert!(!all[0].data.contains_key("timestamp"));
+        assert_eq!(
+            all[1].ts,
+            "2026-12-02T20:48:11.042Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+        );
+        let page = read_output(&path, 1, Some(1)).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].kind, "assistant");
+        assert!(herdctl_output_line(
+            br#"{"seq":1,"type":"x","timestamp":"2026-12-02T20:48:11Z"}"#,
+            0
+        )
+        .is_none());
+        assert!(herdctl_output_line(br#"{"type":"x"}"#, 0).is_none());
+    }
 
     fn line(seq: u64, text: &str) -> OutputLine {
         let mut data = serde_json::Map::new();
