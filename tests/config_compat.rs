@@ -306,7 +306,10 @@ fn examples_resolve_as_herdctl_intends() {
     assert_eq!(cli.session.max_turns, Some(25));
     assert!(matches!(
         cli.runtime,
-        herdctld::config::RuntimeConfig::Claude { bin: None }
+        herdctld::config::RuntimeConfig::Claude {
+            bin: None,
+            runtime_type: herdctld::config::ClaudeRuntimeType::Cli
+        }
     ));
 
     // Hook timeouts are milliseconds in herdctl.

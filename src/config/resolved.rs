@@ -190,12 +190,33 @@ pub struct SessionConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeConfig {
     /// Claude Code (`runtime: claude`, or herdctl's `sdk`/`cli`). `bin` is the herdctld extension `claude_bin`.
-    Claude { bin: Option<PathBuf> },
+    Claude {
+        bin: Option<PathBuf>,
+        runtime_type: ClaudeRuntimeType,
+    },
     /// Any program (herdctld extension `runtime: command`): `command[0]` with arguments `command[1..]`.
     Command {
         command: Vec<String>,
         env: BTreeMap<String, String>,
     },
+}
+
+/// herdctl's name of the runtime that runs Claude (`sdk`, its default, or `cli`; herdctld's `claude` is the
+/// CLI). herdctld runs the CLI for both; the name is what session pointers record as `runtime_type`, and a
+/// session made under the other one is not resumed (as herdctl does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaudeRuntimeType {
+    Sdk,
+    Cli,
+}
+
+impl ClaudeRuntimeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaudeRuntimeType::Sdk => "sdk",
+            ClaudeRuntimeType::Cli => "cli",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -659,7 +659,10 @@ fn build_runtime(tree: &Mapping, reader: &mut Reader<'_>) -> RuntimeConfig {
             ),
             None => reader.error("", "runtime: command needs a command: [program, arg, ...]"),
         }
-        return RuntimeConfig::Claude { bin: None };
+        return RuntimeConfig::Claude {
+            bin: None,
+            runtime_type: ClaudeRuntimeType::Sdk,
+        };
     }
     for key in ["command", "env"] {
         if get(tree, key).is_some() {
@@ -668,6 +671,10 @@ fn build_runtime(tree: &Mapping, reader: &mut Reader<'_>) -> RuntimeConfig {
     }
     RuntimeConfig::Claude {
         bin: reader.string(tree, "claude_bin", "").map(PathBuf::from),
+        runtime_type: match kind.as_deref() {
+            Some("cli" | "claude") => ClaudeRuntimeType::Cli,
+            _ => ClaudeRuntimeType::Sdk,
+        },
     }
 }
 

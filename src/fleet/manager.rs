@@ -1,6 +1,6 @@
 //! `FleetManager`: lifecycle, queries and actions. Job execution details live in `run`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use super::options::FleetManagerOptions;
 use super::output::{JobOutputStream, OutputHub};
 use super::queue::JobQueue;
 use super::run::{self, RunContext};
+use super::sessions::{SessionBook, SessionWrite};
 
 /// The prompt used when neither the call, the schedule nor the agent gives one (herdctl's default).
 const FALLBACK_PROMPT: &str = "Execute your configured task";
@@ -92,9 +93,13 @@ pub(super) struct Core {
     pub(super) state_dir: Option<StateDir>,
     pub(super) store: Option<JobStore>,
     pub(super) persisted: PersistedState,
+    /// The agents' session pointers (`sessions/`).
+    pub(super) sessions: SessionBook,
     pub(super) queue: JobQueue,
     /// Queued and running jobs.
     pub(super) active: HashMap<JobId, ActiveJob>,
+    /// Ids of jobs being created whose records are not committed yet.
+    pub(super) reserved_ids: HashSet<JobId>,
     /// Running jobs per agent, kept in step with `active` so limit checks cost O(1) however long the
     /// queue is.
     pub(super) running: HashMap<String, usize>,
@@ -114,6 +119,8 @@ pub(super) struct ActiveJob {
     pub(super) context: RunContext,
     pub(super) hub: OutputHub,
     pub(super) canceller: Option<crate::runner::Canceller>,
+    /// A cancel was asked for: the job is not run again (a resumed session that was gone).
+    pub(super) cancel_requested: bool,
     /// The final record, once there is one; `cancelJob` and `wait_for_job` wait on it so they reply after
     /// the effect.
     pub(super) finished: watch::Sender<Option<Job>>,
@@ -184,6 +191,31 @@ impl Core {
         self.store.as_ref().map(JobStore::dir_sync)
     }
 
+    /// A new job id used by no stored, active or reserved job (the suffix space is 36^6 a day, so at
+    /// thousands of jobs a day two draws do collide now and then).
+    pub(super) fn new_job_id(&self, now: DateTime<Utc>) -> JobId {
+        first_free_id(
+            || JobId::generate(now),
+            |id| {
+                self.store.as_ref().is_some_and(|store| store.contains(id))
+                    || self.active.contains_key(id)
+                    || self.reserved_ids.contains(id)
+            },
+        )
+    }
+
+    /// [`new_job_id`](Self::new_job_id) for a job whose record is written outside the lock: the id stays
+    /// taken until [`release_job_id`](Self::release_job_id), which admission calls.
+    pub(super) fn reserve_job_id(&mut self, now: DateTime<Utc>) -> JobId {
+        let id = self.new_job_id(now);
+        self.reserved_ids.insert(id.clone());
+        id
+    }
+
+    pub(super) fn release_job_id(&mut self, id: &JobId) {
+        self.reserved_ids.remove(id);
+    }
+
     pub(super) fn jobs_dir(&self) -> Result<PathBuf, FleetError> {
         Ok(self
             .state_dir
@@ -193,12 +225,32 @@ impl Core {
             .to_path_buf())
     }
 
+    /// Applies a change to the session pointers' files.
+    pub(super) fn save_session(&self, events: &EventBus, write: Option<SessionWrite>) {
+        let (Some(dir), Some(write)) = (self.state_dir.as_ref(), write) else {
+            return;
+        };
+        if let Err(e) = write.apply(dir.sessions()) {
+            report_state_error(events, &e.to_string());
+        }
+    }
+
     pub(super) fn save_persisted(&self, events: &EventBus) {
         let Some(dir) = self.state_dir.as_ref() else {
             return;
         };
         if let Err(e) = self.persisted.save(&dir.state_file()) {
             report_state_error(events, &e.to_string());
+        }
+    }
+}
+
+/// The first id `draw` gives that is not `taken`: a collision is drawn again, never overwritten.
+fn first_free_id(mut draw: impl FnMut() -> JobId, taken: impl Fn(&JobId) -> bool) -> JobId {
+    loop {
+        let id = draw();
+        if !taken(&id) {
+            return id;
         }
     }
 }
@@ -271,8 +323,10 @@ impl FleetManager {
                     state_dir: None,
                     store: None,
                     persisted: PersistedState::default(),
+                    sessions: SessionBook::default(),
                     queue: JobQueue::default(),
                     active: HashMap::new(),
+                    reserved_ids: HashSet::new(),
                     running: HashMap::new(),
                     started_at: None,
                     stopped_at: None,
@@ -358,14 +412,20 @@ impl FleetManager {
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
-            Ok::<_, FleetError>((config, state_dir, store, issues, persisted, corrupt))
+            let sessions = state_dir
+                .sessions()
+                .load_all()
+                .map_err(|e| state_error(state_dir.sessions().dir(), e))?;
+            Ok::<_, FleetError>((
+                config, state_dir, store, issues, persisted, corrupt, sessions,
+            ))
         })
         .await
         .map_err(|e| FleetError::State {
             path: String::new(),
             message: format!("initialization task failed: {e}"),
         })??;
-        let (config, state_dir, store, issues, persisted, corrupt) = loaded;
+        let (config, state_dir, store, issues, persisted, corrupt, sessions) = loaded;
         let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
             FleetError::Configuration {
                 config_path: config.config_path.display().to_string(),
@@ -380,9 +440,15 @@ impl FleetManager {
         for issue in issues {
             report_state_error(self.events(), &issue.to_string());
         }
-        if let Some(corrupt) = corrupt {
+        for corrupt in corrupt.iter().chain(&sessions.corrupt) {
             report_state_error(self.events(), &corrupt.to_string());
         }
+        let legacy_sessions: Vec<(String, String)> = persisted
+            .agents
+            .iter()
+            .filter_map(|(agent, state)| Some((agent.clone(), state.legacy_session_id.clone()?)))
+            .collect();
+        let sessions = SessionBook::new(sessions.pointers, legacy_sessions);
 
         {
             let mut core = self.core();
@@ -391,6 +457,7 @@ impl FleetManager {
             core.state_dir = Some(state_dir);
             core.store = Some(store);
             core.persisted = persisted;
+            core.sessions = sessions;
             core.work_sources = work_sources;
             self.recover_interrupted(&mut core);
             core.lifecycle = FleetState::Initialized;
@@ -785,11 +852,7 @@ impl FleetManager {
             current_jobs,
             queued_jobs: core.queue.count_for(&agent.name),
             last_job,
-            last_session_id: core
-                .persisted
-                .agents
-                .get(&agent.name)
-                .and_then(|a| a.last_session_id.clone()),
+            last_session_id: core.sessions.current(&agent.name).map(str::to_owned),
             schedules: self.schedule_infos(core, plan, Some(&agent.name)),
         }
     }
@@ -992,10 +1055,11 @@ impl FleetManager {
             FleetState::Stopped,
         ];
         let (job, context, jobs_dir) = {
-            let core = self.core();
+            let mut core = self.core();
             self.require(&core, "trigger", &TRIGGERABLE)?;
             let config = core.config()?.clone();
             let agent_config = find_agent(&config, agent)?;
+            let jobs_dir = core.jobs_dir()?;
             let schedule = match options.schedule.as_deref() {
                 Some(name) => Some(find_schedule(agent_config, name)?),
                 None => None,
@@ -1010,11 +1074,8 @@ impl FleetManager {
                 prompt.push_str(&run::work_items_section(items));
                 Value::Array(items.clone())
             });
-            let resume = schedule
-                .filter(|s| s.resume_session)
-                .and_then(|_| last_session(&core, &agent_config.name));
             let mut job = Job::new(
-                JobId::generate(Utc::now()),
+                core.reserve_job_id(Utc::now()),
                 agent_config.name.clone(),
                 schedule.map(|s| s.name.clone()),
                 TriggerType::Manual,
@@ -1024,16 +1085,20 @@ impl FleetManager {
             );
             job.work_item = work_item;
             let context = RunContext {
-                resume_session: resume,
+                resume_latest: schedule.is_some_and(|s| s.resume_session),
+                resume_session: None,
                 fork_session: false,
                 schedule: schedule.cloned(),
                 work: None,
             };
-            (job, context, core.jobs_dir()?)
+            (job, context, jobs_dir)
         };
-        let staged = run::stage_record(self, &jobs_dir, job).await?;
+        let id = job.id.clone();
+        let staged = run::stage_record(self, &jobs_dir, job).await;
         let (job, dir_sync) = {
             let mut core = self.core();
+            core.release_job_id(&id);
+            let staged = staged?;
             self.require(&core, "trigger", &TRIGGERABLE)?;
             let job = run::admit_staged(self, &mut core, staged, context, run::WhenFull::Queue)?;
             (job, core.jobs_dir_sync())
@@ -1089,6 +1154,12 @@ impl FleetManager {
             let grace = grace
                 .or_else(|| active.agent.as_ref().map(|a| a.stop_grace))
                 .unwrap_or(self.options().default_stop_grace);
+            let Some(active) = core.active.get_mut(&job_id) else {
+                return Err(FleetError::JobNotFound {
+                    job_id: id.to_string(),
+                });
+            };
+            active.cancel_requested = true;
             (active.canceller.clone(), active.finished.subscribe(), grace)
         };
         let termination = match canceller {
@@ -1168,7 +1239,7 @@ impl FleetManager {
             .or(original.prompt.clone())
             .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
         let mut job = Job::new(
-            JobId::generate(Utc::now()),
+            core.new_job_id(Utc::now()),
             agent.name.clone(),
             schedule.map(|s| s.name.clone()),
             TriggerType::Fork,
@@ -1179,6 +1250,7 @@ impl FleetManager {
         job.forked_from = Some(original.id.clone());
         job.work_item = original.work_item.clone();
         let context = RunContext {
+            resume_latest: false,
             fork_session: original.session_id.is_some(),
             resume_session: original.session_id.clone(),
             schedule: schedule.cloned(),
@@ -1453,7 +1525,7 @@ impl FleetManager {
             ),
         };
         let mut job = Job::new(
-            JobId::generate(Utc::now()),
+            core.new_job_id(Utc::now()),
             key.agent.clone(),
             Some(key.schedule.clone()),
             trigger_type,
@@ -1474,10 +1546,8 @@ impl FleetManager {
             job_id: job.id.to_string(),
         });
         let context = RunContext {
-            resume_session: schedule
-                .resume_session
-                .then(|| last_session(&core, &key.agent))
-                .flatten(),
+            resume_latest: schedule.resume_session,
+            resume_session: None,
             fork_session: false,
             schedule: Some(prepared.schedule.clone()),
             work: work.clone(),
@@ -1553,13 +1623,6 @@ async fn apply_plans(handle: &SchedulerHandle, plans: Vec<SchedulePlan>) {
             tracing::error!(schedule = %key, "schedule not planned: {e}");
         }
     }
-}
-
-fn last_session(core: &Core, agent: &str) -> Option<String> {
-    core.persisted
-        .agents
-        .get(agent)
-        .and_then(|a| a.last_session_id.clone())
 }
 
 /// Claude refuses `bypassPermissions` when run as root (its jobs would all fail at once): say so at load.
@@ -1646,5 +1709,22 @@ impl std::fmt::Debug for FleetManager {
         f.debug_struct("FleetManager")
             .field("state", &self.state())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drawn_id_that_is_taken_is_drawn_again() {
+        let ids: Vec<JobId> = ["aaaaaa", "bbbbbb", "cccccc"]
+            .iter()
+            .map(|suffix| JobId::parse(&format!("job-2026-12-02-{suffix}")).unwrap())
+            .collect();
+        let mut draws = ids.clone().into_iter();
+        let taken: HashSet<JobId> = ids[..2].iter().cloned().collect();
+        let free = first_free_id(|| draws.next().unwrap(), |id| taken.contains(id));
+        assert_eq!(free, ids[2]);
     }
 }

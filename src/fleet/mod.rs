@@ -20,6 +20,7 @@ mod options;
 mod output;
 mod queue;
 mod run;
+mod sessions;
 
 pub use error::{FleetError, FleetState, ValidationIssue};
 pub use events::{EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent};

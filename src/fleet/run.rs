@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{AgentConfig, Catchup, RuntimeConfig, ScheduleConfig, ScheduleKind};
+use crate::config::{AgentConfig, Catchup, DotEnv, RuntimeConfig, ScheduleConfig, ScheduleKind};
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
@@ -24,10 +24,14 @@ use super::events::FleetEvent;
 use super::followup::{self, ClaimedWork};
 use super::manager::{report_state_error, ActiveJob, Core, FleetManager};
 use super::output::{OutputHub, SerializedLine};
+use super::sessions;
 
 /// How a job runs beyond its agent's configuration.
 #[derive(Debug, Clone, Default)]
 pub(super) struct RunContext {
+    /// Resume the agent's session pointer if it is still valid (`resume_session` schedules); decided when
+    /// the job starts, into `resume_session`.
+    pub(super) resume_latest: bool,
     pub(super) resume_session: Option<String>,
     pub(super) fork_session: bool,
     pub(super) schedule: Option<ScheduleConfig>,
@@ -150,6 +154,7 @@ fn admit_with(
             context,
             hub: OutputHub::new(),
             canceller: None,
+            cancel_requested: false,
             finished,
         },
     );
@@ -241,11 +246,23 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         return;
     };
     let agent = Arc::new(agent);
+    let (output_tx, output_rx) = mpsc::channel(1024);
+    if core.active[id].context.resume_latest {
+        let resumption = core.sessions.resume(&agent, Utc::now());
+        core.save_session(manager.events(), resumption.write);
+        if let Some(notice) = resumption.notice {
+            // The channel is new and empty: the notice is the job's first line.
+            let _ = output_tx.try_send(system_notice("session_reset", notice));
+        }
+        if let Some(active) = core.active.get_mut(id) {
+            active.context.resume_session = resumption.session_id;
+        }
+    }
     let spec = {
         let active = &core.active[id];
-        run_spec(&agent, &active.job, &active.context)
+        let dotenv = core.config.as_ref().map(|config| &config.dotenv);
+        run_spec(&agent, &active.job, &active.context, dotenv)
     };
-    let (output_tx, output_rx) = mpsc::channel(1024);
     // Spawned here, on a runtime worker thread: the child's parent-death signal is tied to this thread.
     let handle = runner::start(spec, output_tx);
     let Some(active) = core.active.get_mut(id) else {
@@ -300,77 +317,34 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     ));
 }
 
-/// Pumps a running job's output and finalizes it when both the process and its output have ended.
+/// Pumps a running job's output and finalizes it when both the process and its output have ended. A run
+/// that resumed a session Claude no longer has is run again once, fresh, under the same job.
 async fn supervise(
     manager: FleetManager,
     id: JobId,
     handle: RunHandle,
-    mut output: mpsc::Receiver<OutputEvent>,
-    mut writer: Option<OutputWriter>,
+    output: mpsc::Receiver<OutputEvent>,
+    writer: Option<OutputWriter>,
     hub: OutputHub,
 ) {
-    let events = manager.events().clone();
-    let job_id = id.to_string();
-    let pump = async {
-        let mut next_seq = 0u64;
-        let mut batch = Vec::with_capacity(256);
-        let mut write_failed = false;
-        loop {
-            batch.clear();
-            if output.recv_many(&mut batch, 256).await == 0 {
-                break;
-            }
-            let lines: Vec<OutputLine> = batch
-                .drain(..)
-                .map(|event| {
-                    let line = output_line(next_seq, event);
-                    next_seq += 1;
-                    line
-                })
-                .collect();
-            // Serialised once: the same text is the file's line and every reader's notification.
-            let serialized: Vec<SerializedLine> = lines
-                .iter()
-                .filter_map(|line| match SerializedLine::new(line) {
-                    Ok(serialized) => Some(serialized),
-                    Err(e) => {
-                        tracing::error!(seq = line.seq, "output line not serialisable: {e}");
-                        None
-                    }
-                })
-                .collect();
-            // Disk first, then subscribers: readers rely on it to join history and live without a gap.
-            if let Some(w) = writer.as_mut() {
-                let written = serialized
-                    .iter()
-                    .try_for_each(|line| w.append_serialized(line.seq, line.json()))
-                    .and_then(|()| w.flush());
-                if let Err(e) = written {
-                    if !write_failed {
-                        write_failed = true;
-                        report_state_error(
-                            &events,
-                            &format!("job {job_id}: cannot write output: {e}"),
-                        );
-                    }
-                }
-            }
-            hub.publish(serialized.into());
-            // Building an event per line costs a copy of it: only when someone listens.
-            if events.has_subscribers() {
-                for line in lines {
-                    events.emit(FleetEvent::JobOutput {
-                        job_id: job_id.clone(),
-                        seq: line.seq,
-                        output_type: line.kind,
-                        chunk: Value::Object(line.data),
-                    });
-                }
-            }
+    let mut pump = Pump {
+        events: manager.events().clone(),
+        job_id: id.to_string(),
+        next_seq: 0,
+        writer,
+        write_failed: false,
+        hub,
+    };
+    let mut run = (handle, output);
+    let outcome = loop {
+        let (handle, mut output) = run;
+        let (outcome, ()) = tokio::join!(handle.wait(), pump.drain(&mut output));
+        match restart_fresh(&manager, &id, &outcome) {
+            Some(next) => run = next,
+            None => break outcome,
         }
     };
-    let (outcome, ()) = tokio::join!(handle.wait(), pump);
-    drop(writer);
+    drop(pump);
     // The final record is written and fsynced outside the fleet's lock, so that jobs ending together
     // share the disk's time instead of queueing behind the lock for it.
     let prepared = {
@@ -398,6 +372,125 @@ async fn supervise(
     if let Some(finished) = finished {
         finished.signal();
     }
+}
+
+/// Where a job's output goes: a `seq` each, the output file first, then the job's readers and the events.
+struct Pump {
+    events: super::events::EventBus,
+    job_id: String,
+    next_seq: u64,
+    writer: Option<OutputWriter>,
+    write_failed: bool,
+    hub: OutputHub,
+}
+
+impl Pump {
+    /// Takes every event of one run until its output ends.
+    async fn drain(&mut self, output: &mut mpsc::Receiver<OutputEvent>) {
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            batch.clear();
+            if output.recv_many(&mut batch, 256).await == 0 {
+                break;
+            }
+            let lines: Vec<OutputLine> = batch
+                .drain(..)
+                .map(|event| {
+                    let line = output_line(self.next_seq, event);
+                    self.next_seq += 1;
+                    line
+                })
+                .collect();
+            // Serialised once: the same text is the file's line and every reader's notification.
+            let serialized: Vec<SerializedLine> = lines
+                .iter()
+                .filter_map(|line| match SerializedLine::new(line) {
+                    Ok(serialized) => Some(serialized),
+                    Err(e) => {
+                        tracing::error!(seq = line.seq, "output line not serialisable: {e}");
+                        None
+                    }
+                })
+                .collect();
+            // Disk first, then subscribers: readers rely on it to join history and live without a gap.
+            if let Some(w) = self.writer.as_mut() {
+                let written = serialized
+                    .iter()
+                    .try_for_each(|line| w.append_serialized(line.seq, line.json()))
+                    .and_then(|()| w.flush());
+                if let Err(e) = written {
+                    if !self.write_failed {
+                        self.write_failed = true;
+                        report_state_error(
+                            &self.events,
+                            &format!("job {}: cannot write output: {e}", self.job_id),
+                        );
+                    }
+                }
+            }
+            self.hub.publish(serialized.into());
+            // Building an event per line costs a copy of it: only when someone listens.
+            if self.events.has_subscribers() {
+                for line in lines {
+                    self.events.emit(FleetEvent::JobOutput {
+                        job_id: self.job_id.clone(),
+                        seq: line.seq,
+                        output_type: line.kind,
+                        chunk: Value::Object(line.data),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// herdctl's notice when a resumed session is gone and the run starts again without it.
+const SESSION_GONE_NOTICE: &str = "Session not found. Retrying with fresh session.";
+
+/// After a run that resumed a session Claude did not find (and was not cancelled): the agent's pointer
+/// is cleared and the job runs again, fresh, once; `None` when the run's outcome stands.
+fn restart_fresh(
+    manager: &FleetManager,
+    id: &JobId,
+    outcome: &RunOutcome,
+) -> Option<(RunHandle, mpsc::Receiver<OutputEvent>)> {
+    let mut core = manager.core();
+    let core = &mut *core;
+    let active = core.active.get_mut(id)?;
+    let agent = active.agent.clone()?;
+    if active.cancel_requested
+        || active.context.fork_session
+        || active.context.resume_session.is_none()
+        || outcome.status != runner::RunStatus::Failed
+        || !sessions::names_dead_session(outcome.error.as_ref(), outcome.summary.as_deref())
+    {
+        return None;
+    }
+    let gone = active.context.resume_session.take();
+    tracing::warn!(job_id = %id, session = gone.as_deref().unwrap_or(""), "resumed session not found; running again with a fresh session");
+    let spec = run_spec(
+        &agent,
+        &active.job,
+        &active.context,
+        core.config.as_ref().map(|config| &config.dotenv),
+    );
+    let (output_tx, output_rx) = mpsc::channel(1024);
+    let _ = output_tx.try_send(system_notice(
+        "session_reset",
+        SESSION_GONE_NOTICE.to_owned(),
+    ));
+    let handle = runner::start(spec, output_tx);
+    active.job.pid = handle.process().map(|process| process.pid);
+    active.job.pgid = handle.process().map(|process| process.pgid);
+    active.job.process_start_time = handle.process().and_then(|process| process.start_time);
+    active.canceller = Some(handle.canceller());
+    let job = active.job.clone();
+    let write = core.sessions.forget(&agent.name);
+    core.save_session(manager.events(), write);
+    if let Err(e) = persist_with(manager, core, &job, Durability::Process) {
+        tracing::error!(job_id = %id, "job runs again but its record could not be saved: {e}");
+    }
+    Some((handle, output_rx))
 }
 
 /// Writes and fsyncs `job`'s record beside its final name in `dir`, in the blocking pool: the slow half
@@ -506,6 +599,11 @@ fn finalize_locked(
     if record_in_fleet_state(core, &job) {
         core.save_persisted(manager.events());
     }
+    if let Some(agent) = active.agent.as_ref() {
+        let resumed = active.context.resume_session.as_deref();
+        let write = core.sessions.finished(agent, &job, resumed, Utc::now());
+        core.save_session(manager.events(), write);
+    }
 
     let level_failed = job.status == JobStatus::Failed;
     if level_failed {
@@ -579,7 +677,19 @@ pub(super) fn finish_without_running(
     }
 }
 
-/// Updates schedule and agent state from a finished job; returns whether anything changed.
+/// A line of herdctld's own in a job's output: `{"type": "system", "subtype": …, "content": …}`, as herdctl
+/// writes its notices.
+fn system_notice(subtype: &str, content: String) -> OutputEvent {
+    let mut data = serde_json::Map::new();
+    data.insert("subtype".into(), subtype.into());
+    data.insert("content".into(), content.into());
+    OutputEvent {
+        kind: "system".into(),
+        data,
+    }
+}
+
+/// Updates schedule state from a finished job; returns whether anything changed.
 fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
     let mut changed = false;
     if let Some(schedule) = job.schedule.as_deref() {
@@ -593,18 +703,6 @@ fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
             }
             JobStatus::Completed => state.last_error = None,
             _ => {}
-        }
-    }
-    if let Some(session) = job.session_id.as_ref() {
-        let last = &mut core
-            .persisted
-            .agents
-            .entry(job.agent.clone())
-            .or_default()
-            .last_session_id;
-        if last.as_ref() != Some(session) {
-            *last = Some(session.clone());
-            changed = true;
         }
     }
     changed
@@ -649,10 +747,17 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
     }
 }
 
-/// The runner's spec for one job of `agent`.
-fn run_spec(agent: &AgentConfig, job: &Job, context: &RunContext) -> RunSpec {
+/// The runner's spec for one job of `agent`. The fleet's `.env` reaches the job's environment as herdctl's
+/// dotenv puts it in the process environment Claude inherits: under every variable already set (it holds
+/// only those the daemon's environment lacks) and under the agent's own `env`.
+fn run_spec(
+    agent: &AgentConfig,
+    job: &Job,
+    context: &RunContext,
+    dotenv: Option<&DotEnv>,
+) -> RunSpec {
     let runtime = match &agent.runtime {
-        RuntimeConfig::Claude { bin } => {
+        RuntimeConfig::Claude { bin, .. } => {
             runner::RuntimeSpec::Claude(Box::new(runner::ClaudeSpec {
                 bin: bin.clone(),
                 model: agent.model.clone().or_else(|| agent.session.model.clone()),
@@ -681,7 +786,19 @@ fn run_spec(agent: &AgentConfig, job: &Job, context: &RunContext) -> RunSpec {
         prompt: job.prompt.clone().unwrap_or_default(),
         runtime,
         cwd: agent.working_directory.clone(),
-        env: Vec::new(),
+        env: dotenv
+            .map(|dotenv| {
+                dotenv
+                    .0
+                    .iter()
+                    .filter(|(key, _)| match &agent.runtime {
+                        RuntimeConfig::Command { env, .. } => !env.contains_key(*key),
+                        RuntimeConfig::Claude { .. } => true,
+                    })
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         timeout: context
             .schedule
             .as_ref()

@@ -512,17 +512,6 @@ impl JobStore {
         self.by_order.is_empty()
     }
 
-    /// A fresh id for a job created at `now`, not used by any stored job. Put the job before
-    /// releasing the store, or another caller may draw the same id.
-    pub fn generate_id(&self, now: DateTime<Utc>) -> JobId {
-        loop {
-            let id = JobId::generate(now);
-            if !self.contains(&id) {
-                return id;
-            }
-        }
-    }
-
     /// The full record of `id`; `None` if the store has no such job.
     pub fn get(&self, id: &JobId) -> Result<Option<Job>, StateError> {
         if !self.contains(id) {
@@ -1174,14 +1163,6 @@ mod tests {
         store.put(&job(3, "a", 2, JobStatus::Completed)).unwrap();
         let rebuilt = fs::read_to_string(&journal_path).unwrap();
         assert_eq!(rebuilt.lines().count(), 1 + 3, "header and three jobs");
-    }
-
-    #[test]
-    fn generated_ids_avoid_stored_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = sample_store(dir.path());
-        let fresh = store.generate_id(at(0));
-        assert!(!store.contains(&fresh));
     }
 
     /// SPEC §13: start-up with 100,000 jobs in history under a second. The history is laid out as

@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! <state>/herdctld.lock   flock held for the StateDir's life (one daemon per state dir)
-//! <state>/state.yaml      FleetState: schedule overrides, run times, counters, last session ids
+//! <state>/state.yaml      FleetState: schedule overrides, run times, counters (herdctl's layout)
 //! <state>/jobs/<id>.yaml  job records;  <id>.jsonl  job output;  index.tsv  the index journal
+//! <state>/sessions/<agent>.json   the Claude session each agent resumes (herdctl's SessionInfo)
 //! <state>/logs/           daemon logs (written by tracing-appender, not here)
+//! <state>/herdctl.pid     written by a running herdctl: opening refuses while that process lives
 //! ```
+//!
+//! The directory is herdctl's too (`.herdctl/`): everything herdctl writes here is read in place and kept,
+//! so a fleet can switch between the tools in either direction.
 //!
 //! Owns: the lock, atomic durable writes ([`atomic_write`]), quarantine of corrupt files
 //! ([`CorruptFile`]), [`FleetState`], the [`JobStore`] with its in-memory index, and job output files
@@ -29,6 +34,7 @@ mod journal;
 mod lock;
 mod output;
 mod record;
+mod sessions;
 
 use std::fs::DirBuilder;
 use std::io;
@@ -40,12 +46,13 @@ pub use atomic::{
     StagedWrite, WriteStep,
 };
 pub use corrupt::CorruptFile;
-pub use fleet_state::{AgentState, FleetState, ScheduleState};
+pub use fleet_state::{AgentState, FleetState, OtherKeys, ScheduleState};
 pub use jobs::{
     JobCounts, JobFilter, JobPage, JobStore, StagedRecord, StoreIssue, DEFAULT_PAGE_LIMIT,
 };
 pub use lock::StateLock;
 pub use output::{herdctl_output_line, OutputWriter};
+pub use sessions::{LoadedSessions, SessionPointer, SessionStore};
 
 /// A state I/O failure. Every variant names the file; messages say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,17 @@ pub enum StateError {
     },
     #[error("{} is corrupt: {reason}; move it aside or delete it", path.display())]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "state directory {} is in use by herdctl (pid {pid}, {}); stop it (`herdctl stop`) before \
+         starting herdctld on the same directory, or pass a different --state directory",
+        path.parent().unwrap_or(path).display(),
+        path.display()
+    )]
+    InUseByHerdctl {
+        /// herdctl's pid file.
+        path: PathBuf,
+        pid: i32,
+    },
     #[error("could not serialize the {what} for {}: {reason}", path.display())]
     Serialize {
         what: &'static str,
@@ -85,6 +103,7 @@ impl StateError {
         match self {
             StateError::Io { path, .. }
             | StateError::Locked { path, .. }
+            | StateError::InUseByHerdctl { path, .. }
             | StateError::Corrupt { path, .. }
             | StateError::Serialize { path, .. } => path,
         }
@@ -97,6 +116,7 @@ pub struct StateDir {
     root: PathBuf,
     jobs_dir: PathBuf,
     logs_dir: PathBuf,
+    sessions: SessionStore,
     lock: StateLock,
 }
 
@@ -105,9 +125,10 @@ impl StateDir {
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
         let jobs_dir = root.join("jobs");
         let logs_dir = root.join("logs");
+        let sessions_dir = root.join("sessions");
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
-        for dir in [root, &jobs_dir, &logs_dir] {
+        for dir in [root, &jobs_dir, &logs_dir, &sessions_dir] {
             builder.create(dir).map_err(|source| StateError::Io {
                 action: "create state directory",
                 path: dir.to_path_buf(),
@@ -115,11 +136,14 @@ impl StateDir {
             })?;
         }
         let lock = StateLock::acquire(&root.join("herdctld.lock"))?;
+        refuse_if_herdctl_runs(&root.join("herdctl.pid"))?;
         remove_stale_temp_files(root)?;
+        remove_stale_temp_files(&sessions_dir)?;
         Ok(StateDir {
             root: root.to_path_buf(),
             jobs_dir,
             logs_dir,
+            sessions: SessionStore::new(sessions_dir),
             lock,
         })
     }
@@ -134,6 +158,10 @@ impl StateDir {
 
     pub fn logs_dir(&self) -> &Path {
         &self.logs_dir
+    }
+
+    pub fn sessions(&self) -> &SessionStore {
+        &self.sessions
     }
 
     pub fn lock_file(&self) -> &Path {
@@ -159,6 +187,31 @@ impl StateDir {
     }
 }
 
+/// herdctl takes no lock; its CLI writes `herdctl.pid` while it runs. Two writers of one directory would
+/// each take the other's running jobs for interrupted ones.
+fn refuse_if_herdctl_runs(pid_file: &Path) -> Result<(), StateError> {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return Ok(());
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return Ok(());
+    };
+    // A stale file names a dead process, or one that is no longer herdctl (the pid was reused).
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_herdctl = pid > 0
+        && cmdline
+            .split(|byte| *byte == 0)
+            .any(|arg| arg.ends_with(b"herdctl") || arg.windows(8).any(|w| w == b"herdctl/"));
+    if is_herdctl {
+        Err(StateError::InUseByHerdctl {
+            path: pid_file.to_path_buf(),
+            pid,
+        })
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,9 +224,35 @@ mod tests {
         let state = StateDir::open(&root).unwrap();
         assert!(state.jobs_dir().is_dir());
         assert!(state.logs_dir().is_dir());
+        assert!(state.sessions().dir().is_dir());
         assert!(state.lock_file().is_file());
         let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_running_herdctl_on_the_same_directory_is_refused_and_a_stale_pid_file_is_not() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("state");
+        std::fs::create_dir(&root).unwrap();
+        let bin = parent.path().join("herdctl");
+        std::fs::write(&bin, "#!/bin/sh\nread line\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut herdctl = std::process::Command::new("sh")
+            .arg(&bin)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::fs::write(root.join("herdctl.pid"), format!("{}\n", herdctl.id())).unwrap();
+        let error = StateDir::open(&root).expect_err("herdctl runs");
+        assert!(
+            matches!(error, StateError::InUseByHerdctl { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("herdctl stop"), "{error}");
+        drop(herdctl.stdin.take());
+        herdctl.wait().unwrap();
+        StateDir::open(&root).expect("the pid file is stale once herdctl is gone");
     }
 
     #[test]
