@@ -708,3 +708,84 @@ async fn a_huge_prompt_goes_to_stdin_only() {
         .collect();
     assert_eq!(texts, ["env=", "307200"]);
 }
+
+/// The pids of live processes whose environment carries `HERDCTL_JOB_ID=<job_id>`, read straight from `/proc`.
+fn carrying_marker(job_id: &str) -> Vec<u32> {
+    let marker = format!("{}={job_id}", process::JOB_ID_ENV).into_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| process::read_stat(*pid).is_some_and(|s| !s.is_zombie()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == marker.as_slice()))
+        })
+        .collect()
+}
+
+/// Issue 13 under stress: hundreds of short jobs that each leave `setsid sleep 30` behind, on a loaded machine.
+/// Every leftover must be swept and no run may wait for the pipes the leftover holds. Slow and load-generating,
+/// so run on demand: `cargo test --lib stress_leftover -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stress test: minutes of load; run on demand"]
+async fn stress_leftover_after_exit_is_always_swept() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    become_subreaper().unwrap();
+    let jobs: usize = std::env::var("STRESS_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let burners: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let mut survivors = Vec::new();
+    let mut slow = 0;
+    for _ in 0..jobs {
+        let spec = spec(
+            command(&["sh", "-c", "setsid sleep 30 & exit 0"]),
+            dir.path(),
+        );
+        let job_id = spec.job_id.clone();
+        let began = StdInstant::now();
+        let (outcome, _) = run(spec).await;
+        assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+        if began.elapsed() >= Duration::from_millis(900) {
+            slow += 1;
+        }
+        let left = carrying_marker(&job_id);
+        process::signal_pids(&left, Signal::SIGKILL);
+        survivors.extend(left);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for burner in burners {
+        burner.join().unwrap();
+    }
+    assert_all_gone_or_zombie(&survivors);
+    process::reap_adopted_zombies();
+    println!(
+        "stress: {jobs} jobs, {} survivors, {slow} took 0.9 s or more",
+        survivors.len()
+    );
+    assert!(survivors.is_empty(), "survivors: {survivors:?}");
+    assert_eq!(slow, 0);
+}
+
+fn assert_all_gone_or_zombie(pids: &[u32]) {
+    let deadline = StdInstant::now() + Duration::from_secs(5);
+    for pid in pids {
+        while process::read_stat(*pid).is_some_and(|s| !s.is_zombie()) {
+            assert!(StdInstant::now() < deadline, "pid {pid} survives SIGKILL");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
