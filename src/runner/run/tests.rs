@@ -605,6 +605,51 @@ async fn leftovers_are_swept_after_a_normal_exit() {
     assert_all_gone(&pids);
 }
 
+/// Issue 13, deterministically: the leader exits while its `setsid` child is inside `execve`, where the kernel
+/// shows an empty environment (so no marker) and the child is neither in the group nor a descendant of a job
+/// process any more (it was re-parented to us). The sweep must look again instead of concluding it is alone.
+#[tokio::test]
+async fn a_leftover_caught_inside_exec_by_the_sweep_is_still_swept() {
+    become_subreaper().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("pids");
+    let go = dir.path().join("go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let prog = script(
+        dir.path(),
+        "leaves.sh",
+        &format!(
+            "#!/bin/sh\nsetsid sh -c 'echo $$ >> {pids}; exec sleep 30' &\nread go < {go}\necho done\n",
+            pids = pids_file.display(),
+            go = go.display()
+        ),
+    );
+    let spec = spec(command(&[prog.to_str().unwrap()]), dir.path());
+    let job_id = spec.job_id.clone();
+    let (tx, mut rx) = mpsc::channel(4);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let handle = start(spec, tx);
+    let leftover = tokio::task::spawn_blocking(move || {
+        let leftover = wait_for_lines(&pids_file, 1)[0];
+        // The leftover is a setsid'd sleep now; from here on /proc shows it as caught inside exec.
+        process::exec_window::hold(leftover);
+        // Opening the FIFO waits for the job to read it; closing it lets the job exit.
+        drop(std::fs::OpenOptions::new().write(true).open(&go).unwrap());
+        // The exec "finishes" only after a sweep's scan has seen it unfinished.
+        process::exec_window::release_once_seen(leftover);
+        leftover
+    })
+    .await
+    .unwrap();
+    let outcome = handle.wait().await;
+    let survivors = carrying_marker(&job_id);
+    process::signal_pids(&survivors, Signal::SIGKILL);
+    assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+    assert_eq!(outcome.summary.as_deref(), Some("done"));
+    assert!(survivors.is_empty(), "{leftover} survives: {survivors:?}");
+    assert_all_gone(&[leftover]);
+}
+
 #[tokio::test]
 async fn job_inherits_only_stdio_descriptors() {
     let dir = tempfile::tempdir().unwrap();
