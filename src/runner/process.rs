@@ -7,6 +7,11 @@
 //!   called `setsid` or double-forked);
 //! - descendants (by parent pid) of any process found by the two rules above (covers `env -i` children).
 //!
+//! A process inside `execve`, after its old memory is gone and before its new stack is set up, shows an empty
+//! environment: a `setsid` child exec'ing its program just as the leader exits is then in no group of ours,
+//! re-parented to us rather than to a job process, and without a readable marker. A scan reports such processes
+//! as undetermined rather than as not the job's, so that the sweep looks again (issue 13).
+//!
 //! Reaping never steals a child that someone waits for (a run its leader, tokio a hook's process): only zombies
 //! whose parent is this process are reaped, and only if they are provably not a direct child (see
 //! [`reap_adopted_zombies`]).
@@ -78,6 +83,9 @@ pub fn kill_stale_job(job_id: &str, pid: u32, pgid: u32, start_time: u64) -> Sta
     }
 }
 
+/// The `flags` bit (field 9 of `/proc/<pid>/stat`) of kernel threads, from `include/linux/sched.h`.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
 /// One line of `/proc/<pid>/stat`, the fields we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProcStat {
@@ -87,6 +95,8 @@ pub(crate) struct ProcStat {
     pub pgrp: u32,
     pub session: u32,
     pub start_time: u64,
+    /// A kernel thread (`PF_KTHREAD`): never a job's, and its environment always reads empty.
+    pub kernel_thread: bool,
 }
 
 impl ProcStat {
@@ -110,6 +120,7 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
         ppid: rest.get(1)?.parse().ok()?,
         pgrp: rest.get(2)?.parse().ok()?,
         session: rest.get(3)?.parse().ok()?,
+        kernel_thread: (rest.get(6)?.parse::<u32>().ok()? & PF_KTHREAD) != 0,
         start_time: rest.get(19)?.parse().ok()?,
     })
 }
@@ -127,11 +138,63 @@ fn all_pids() -> Vec<u32> {
         .collect()
 }
 
-fn environ_has(pid: u32, marker: &[u8]) -> bool {
-    // Unreadable (other uid, or a zombie, whose environ is empty) means "not known to be ours".
+fn read_environ(pid: u32) -> io::Result<Vec<u8>> {
+    #[cfg(test)]
+    if exec_window::holds(pid) {
+        return Ok(Vec::new());
+    }
     std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|environ| environ.split(|b| *b == 0).any(|entry| entry == marker))
-        .unwrap_or(false)
+}
+
+/// Field 51 of `/proc/<pid>/stat`: where the environment ends in the process's memory; 0 while it has none
+/// (inside `execve` before the new stack is set up, or exiting). `None` if the process is gone.
+fn read_env_end(pid: u32) -> Option<u64> {
+    #[cfg(test)]
+    if exec_window::holds(pid) {
+        return Some(0);
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = text.rfind(')')?;
+    // Field N is token N - 3 (counting from 0) after the command name.
+    text.get(close + 1..)?
+        .split_whitespace()
+        .nth(48)?
+        .parse()
+        .ok()
+}
+
+/// What the environment of a live user process says about a job's marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    Carried,
+    Absent,
+    /// The process has no environment at the moment (see the module docs); it passes within moments.
+    NotYet,
+}
+
+fn environ_marker(pid: u32, marker: &[u8]) -> Marker {
+    // An empty read is told apart from an empty environment (`env -i`) by `env_end`, read after it: 0 means
+    // none yet; otherwise exec may have finished since, so read again. Twice, so that an exec finishing and
+    // another starting between the reads is still seen as one.
+    for _ in 0..2 {
+        let Ok(environ) = read_environ(pid) else {
+            // Unreadable (other uid, or gone) means "not known to be ours".
+            return Marker::Absent;
+        };
+        if !environ.is_empty() {
+            return if environ.split(|b| *b == 0).any(|entry| entry == marker) {
+                Marker::Carried
+            } else {
+                Marker::Absent
+            };
+        }
+        match read_env_end(pid) {
+            None => return Marker::Absent,
+            Some(0) => return Marker::NotYet,
+            Some(_) => {}
+        }
+    }
+    Marker::Absent
 }
 
 fn job_marker(job_id: &str) -> Vec<u8> {
@@ -146,6 +209,9 @@ fn job_marker(job_id: &str) -> Vec<u8> {
 pub(crate) struct JobScan {
     pub live: Vec<ProcStat>,
     pub zombies: Vec<ProcStat>,
+    /// Processes that may be the job's but cannot be told yet (caught inside `execve`): the job is gone only
+    /// once a later scan finds neither live processes nor these.
+    pub undetermined: Vec<ProcStat>,
 }
 
 /// Finds the processes of a job (see the module docs). This process is never included. Processes started before
@@ -160,16 +226,27 @@ pub(crate) fn scan_job(job_id: &str, pgid: Option<u32>, not_before: Option<u64>)
         .filter_map(read_stat)
         .map(|stat| (stat.pid, stat))
         .collect();
-    let mut members: HashSet<u32> = stats
-        .values()
-        .filter(|stat| {
-            Some(stat.pgrp) == pgid
-                || (!stat.is_zombie()
-                    && not_before.is_none_or(|t| stat.start_time >= t)
-                    && environ_has(stat.pid, &marker))
-        })
-        .map(|stat| stat.pid)
-        .collect();
+    let mut members: HashSet<u32> = HashSet::new();
+    let mut not_yet: Vec<u32> = Vec::new();
+    for stat in stats.values() {
+        let found = if Some(stat.pgrp) == pgid {
+            Marker::Carried
+        } else if stat.is_zombie()
+            || stat.kernel_thread
+            || not_before.is_some_and(|t| stat.start_time < t)
+        {
+            Marker::Absent
+        } else {
+            environ_marker(stat.pid, &marker)
+        };
+        match found {
+            Marker::Carried => {
+                members.insert(stat.pid);
+            }
+            Marker::NotYet => not_yet.push(stat.pid),
+            Marker::Absent => {}
+        }
+    }
     // Close over parent links until nothing new is added.
     loop {
         let before = members.len();
@@ -182,7 +259,15 @@ pub(crate) fn scan_job(job_id: &str, pgid: Option<u32>, not_before: Option<u64>)
             break;
         }
     }
-    let mut scan = JobScan::default();
+    let mut scan = JobScan {
+        // One that turned out to be a member anyway (by group or parent) is known.
+        undetermined: not_yet
+            .into_iter()
+            .filter(|pid| !members.contains(pid))
+            .filter_map(|pid| stats.get(&pid).copied())
+            .collect(),
+        ..JobScan::default()
+    };
     for pid in members {
         if let Some(stat) = stats.get(&pid) {
             if stat.is_zombie() {
@@ -413,6 +498,51 @@ pub(crate) fn try_reap(pid: u32) -> io::Result<Option<ExitStatus>> {
     }
 }
 
+/// Test hook: makes chosen processes look as the kernel shows a process inside `execve` after its old memory is
+/// gone and before its new stack is set up (an empty environment), until the test releases them, and tells the
+/// test when a scan has seen one so. The real window lasts microseconds to milliseconds; this holds it open.
+#[cfg(test)]
+pub(crate) mod exec_window {
+    use std::sync::{Condvar, Mutex, PoisonError};
+    use std::time::{Duration, Instant};
+
+    /// Held pids, each with whether a read has seen it held.
+    static HELD: Mutex<Vec<(u32, bool)>> = Mutex::new(Vec::new());
+    static SEEN: Condvar = Condvar::new();
+
+    pub(crate) fn hold(pid: u32) {
+        HELD.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((pid, false));
+    }
+
+    /// Blocks until a read has seen `pid` held, then lets its exec "finish"; panics if no read comes (a hung
+    /// test would say less).
+    pub(crate) fn release_once_seen(pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+        while !held.iter().any(|&(p, seen)| p == pid && seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no scan read the environment of {pid}");
+            held = SEEN
+                .wait_timeout(held, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        held.retain(|&(p, _)| p != pid);
+    }
+
+    pub(super) fn holds(pid: u32) -> bool {
+        let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = held.iter_mut().find(|(p, _)| *p == pid) else {
+            return false;
+        };
+        entry.1 = true;
+        SEEN.notify_all();
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,7 +563,8 @@ mod tests {
                 ppid: 1,
                 pgrp: 4242,
                 session: 4242,
-                start_time: 987654
+                start_time: 987654,
+                kernel_thread: false,
             }
         );
         assert!(parse_stat("garbage").is_none());
@@ -506,6 +637,22 @@ mod tests {
             "orphan {orphan} is not among {:?}",
             children_of_self()
         );
+    }
+
+    #[test]
+    fn an_empty_environment_is_no_marker_not_an_exec_in_progress() {
+        let mut child = Command::new("sleep").arg("30").env_clear().spawn().unwrap();
+        let pid = child.id();
+        // Until sleep's own exec is done its environment may be the one being set up: wait for it to be empty.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read_env_end(pid) == Some(0) {
+            assert!(Instant::now() < deadline, "{pid} never finished its exec");
+            std::thread::yield_now();
+        }
+        let found = environ_marker(pid, &job_marker("any"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found, Marker::Absent);
     }
 
     #[test]

@@ -28,6 +28,9 @@ use super::{
 const SWEEP_POLL: Duration = Duration::from_millis(20);
 /// How long to wait for processes to disappear after SIGKILL (uninterruptible sleep) before giving up on them.
 const UNKILLABLE_WAIT: Duration = Duration::from_secs(5);
+/// How long the sweep waits for processes that may be the job's to finish an exec (or exit) so that it can
+/// tell; exec takes milliseconds, so only a process stuck in one (and likely no job's) lasts this long.
+const UNDETERMINED_WAIT: Duration = Duration::from_secs(5);
 /// After the sweep, stop reading when the pipes stay silent this long (an unidentified process holds them open).
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// After the sweep, stop reading after this long in any case.
@@ -378,29 +381,46 @@ async fn supervise(
     // that arrive now find the job already ended.
     let mut late: Vec<oneshot::Sender<TerminationType>> = Vec::new();
     let mut give_up_at: Option<Instant> = None;
+    let mut undetermined_give_up_at: Option<Instant> = None;
     let sweep = termination.kill_at.is_some() || process::may_have_leftovers(pid);
     if sweep {
         loop {
-            let live = termination.scan().await.live;
-            if live.is_empty() {
-                break;
-            }
+            let JobScan {
+                live, undetermined, ..
+            } = termination.scan().await;
             let now = Instant::now();
-            match termination.kill_at {
-                None => termination.begin(spec.stop_grace).await,
-                Some(kill_at) if now >= kill_at => {
-                    termination.kill().await;
-                    let give_up = *give_up_at.get_or_insert(now + UNKILLABLE_WAIT);
-                    if now >= give_up {
-                        tracing::warn!(
-                            job_id = %spec.job_id,
-                            pids = ?live.iter().map(|p| p.pid).collect::<Vec<_>>(),
-                            "job processes survive SIGKILL (uninterruptible sleep?); leaving them"
-                        );
-                        break;
-                    }
+            if live.is_empty() {
+                if undetermined.is_empty() {
+                    break;
                 }
-                Some(_) => {}
+                // Maybe a leftover caught inside exec, its marker unreadable for the moment (issue 13): look
+                // again rather than conclude the job is gone.
+                let give_up = *undetermined_give_up_at.get_or_insert(now + UNDETERMINED_WAIT);
+                if now >= give_up {
+                    tracing::warn!(
+                        job_id = %spec.job_id,
+                        pids = ?undetermined.iter().map(|p| p.pid).collect::<Vec<_>>(),
+                        "processes stay inside exec or exit, so whether they belong to the job is unknown; leaving them"
+                    );
+                    break;
+                }
+            } else {
+                match termination.kill_at {
+                    None => termination.begin(spec.stop_grace).await,
+                    Some(kill_at) if now >= kill_at => {
+                        termination.kill().await;
+                        let give_up = *give_up_at.get_or_insert(now + UNKILLABLE_WAIT);
+                        if now >= give_up {
+                            tracing::warn!(
+                                job_id = %spec.job_id,
+                                pids = ?live.iter().map(|p| p.pid).collect::<Vec<_>>(),
+                                "job processes survive SIGKILL (uninterruptible sleep?); leaving them"
+                            );
+                            break;
+                        }
+                    }
+                    Some(_) => {}
+                }
             }
             tokio::select! {
                 line = lines.recv(), if lines_open => match line {
