@@ -1,7 +1,9 @@
 //! herdctl's own configuration files (examples and the core package's test fixtures) load unmodified, giving
 //! the agents and schedules herdctl would give; the fixtures herdctl expects to fail, fail the same way.
 //!
-//! The corpus lives in `shared/compat/herdctl/` beside the repository checkout.
+//! The corpus lives in `shared/compat/herdctl/` beside the repository checkout; without it (and without `CI`
+//! set) those tests print SKIPPED. The project's own herdctl-format fixtures (tests/fixtures/herdctl/) are
+//! tested in every environment.
 
 use std::path::{Path, PathBuf};
 
@@ -100,14 +102,21 @@ const EXPECTED: &[(&str, Expect)] = &[
 
 const FIXTURES: &str = "packages/core/src/config/__tests__/fixtures/";
 
-fn corpus() -> PathBuf {
+/// The corpus directory, or `None` (after printing `SKIPPED: <reason>`) when it is absent outside CI. A clone
+/// on its own has no `shared/` beside it, and the project's fixtures in tests/fixtures/ cover the same features;
+/// CI always has the corpus, so there its absence is a failure.
+fn corpus() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/compat/herdctl");
-    assert!(
-        dir.is_dir(),
-        "the herdctl compatibility corpus is missing: looked for {} (check out shared/ beside the repository)",
-        dir.display()
-    );
-    dir.canonicalize().unwrap()
+    if !dir.is_dir() {
+        let reason = format!(
+            "the herdctl compatibility corpus is missing: looked for {} (check out shared/ beside the repository)",
+            dir.display()
+        );
+        assert!(std::env::var_os("CI").is_none(), "{reason}");
+        println!("SKIPPED: {reason}");
+        return None;
+    }
+    Some(dir.canonicalize().unwrap())
 }
 
 /// Every value a `${VAR}` asks for is set (to a placeholder).
@@ -164,7 +173,9 @@ fn schedule_type(kind: &ScheduleKind) -> &'static str {
 
 #[test]
 fn every_herdctl_fleet_file_loads_as_herdctl_would() {
-    let corpus = corpus();
+    let Some(corpus) = corpus() else {
+        return;
+    };
     let mut files = Vec::new();
     yaml_files(&corpus, &mut files);
     files.retain(|path| is_fleet_file(path));
@@ -243,7 +254,9 @@ fn agent<'a>(fleet: &'a herdctld::config::FleetConfig, name: &str) -> &'a AgentC
 
 #[test]
 fn defaults_cascade_through_sub_fleets_and_agents_win() {
-    let corpus = corpus();
+    let Some(corpus) = corpus() else {
+        return;
+    };
     let fixtures = corpus.join(FIXTURES).join("fleet-composition");
 
     let cascade = load(&fixtures.join("defaults-cascade/root.yaml")).unwrap();
@@ -275,7 +288,10 @@ fn defaults_cascade_through_sub_fleets_and_agents_win() {
 
 #[test]
 fn examples_resolve_as_herdctl_intends() {
-    let examples = corpus().join("examples");
+    let Some(corpus) = corpus() else {
+        return;
+    };
+    let examples = corpus.join("examples");
 
     // Overrides replace the interval and drop the agent's hooks (`after_run:` with no value).
     let multi = load(&examples.join("multi-agent/herdctl.yaml")).unwrap();
