@@ -1,6 +1,8 @@
 //! Turning a merged agent tree into a validated [`AgentConfig`], collecting every problem instead of
 //! stopping at the first: wrong types, unknown keys (with a did-you-mean), bad names, durations, cron
-//! expressions, time zones, permission modes, repositories, runtimes and hooks. Errors are attributed to
+//! expressions, time zones, permission modes, repositories, runtimes, hooks, docker settings (herdctl's
+//! strict schema) and the sections herdctld does not implement (herdctl's value types). MCP servers are
+//! transformed here as herdctl transforms them for Claude. Errors are attributed to
 //! the file and path where the offending value was written (see `merge::Origins`).
 //!
 //! Reads no files (paths are resolved lexically, existence is not checked) and knows nothing of sub-fleets.
