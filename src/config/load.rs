@@ -1083,6 +1083,13 @@ mod tests {
             })
             .collect();
         assert_eq!(container_warnings.len(), 1, "{messages:#?}");
+        // enabled came from defaults, so the warning points there and names the agent.
+        assert!(
+            container_warnings[0].contains(
+                "herdctl.yaml: defaults.docker.enabled: docker.enabled: jobs of agent a need"
+            ),
+            "{messages:#?}"
+        );
         assert!(
             !messages
                 .iter()

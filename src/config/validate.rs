@@ -507,6 +507,14 @@ pub fn build_agent(
     }
     let docker = get(tree, "docker")
         .and_then(|value| build_docker(value, "docker", Some(place.source_file), reader));
+    if docker.as_ref().is_some_and(|docker| docker.enabled) {
+        // Named, because `defaults.docker` gives every agent the same origin for this warning.
+        let name = local_name.as_deref().unwrap_or("?");
+        reader.warn(
+            "docker.enabled",
+            format!("docker.enabled: jobs of agent {name} need a container engine; herdctld will not run them on the host"),
+        );
+    }
 
     let working_directory = build_working_directory(tree, place, reader);
     let identity = get(tree, "identity")
@@ -1323,12 +1331,6 @@ pub fn build_docker(
     };
     if reader.errors.0.len() > errors_before {
         return None;
-    }
-    if enabled && agent_file.is_some() {
-        reader.warn(
-            &join(path, "enabled"),
-            "docker.enabled: jobs of this agent need a container engine; herdctld will not run them on the host",
-        );
     }
     Some(config)
 }
