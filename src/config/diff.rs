@@ -240,6 +240,7 @@ fn diff_agent(old: &AgentConfig, new: &AgentConfig, changes: &mut Vec<ConfigChan
         &new.metadata_file,
         text,
     );
+    fields.opaque("docker", &old.docker, &new.docker);
 
     for schedule in &old.schedules {
         if new.schedule(&schedule.name).is_none() {
@@ -385,7 +386,7 @@ mod tests {
         assert!(diff(&old, &old).is_empty());
         let new = fleet(&[(
             "a",
-            "concurrency: 2\ntimeout: 5m\npermission_mode: plan\nsession: {timeout: 1h}\nhooks: {on_error: [{type: shell, command: x}]}\nschedules: {s: {type: cron, cron: '@daily', enabled: false, jitter: 10s}}\n",
+            "concurrency: 2\ntimeout: 5m\npermission_mode: plan\nsession: {timeout: 1h}\nhooks: {on_error: [{type: shell, command: x}]}\ndocker: {enabled: true}\nschedules: {s: {type: cron, cron: '@daily', enabled: false, jitter: 10s}}\n",
         )]);
         assert_eq!(
             lines(&old, &new),
@@ -395,6 +396,7 @@ mod tests {
                 "agent:a:concurrency changed",
                 "agent:a:timeout changed",
                 "agent:a:hooks changed",
+                "agent:a:docker changed",
                 "agent:a:schedule:s:type changed",
                 "agent:a:schedule:s:enabled changed",
                 "agent:a:schedule:s:jitter changed",

@@ -12,8 +12,10 @@ use super::interpolate::{interpolate_tree, parse_dotenv, EnvLookup};
 use super::locate::{locate, normalize, Located};
 use super::merge::Sourced;
 use super::raw::*;
-use super::resolved::{AgentConfig, DotEnv, FleetConfig};
-use super::validate::{build_agent, describe, get, is_valid_name, AgentPlace, Reader, Warnings};
+use super::resolved::{AgentConfig, DockerConfig, DotEnv, FleetConfig};
+use super::validate::{
+    build_agent, build_docker, describe, get, is_valid_name, AgentPlace, Reader, Warnings,
+};
 
 /// Loads the fleet designated by `path` (relative to `cwd`), or found by searching upward from `cwd`.
 /// `env` looks up environment variables; values from the `.env` file beside the fleet file are used only
@@ -75,6 +77,7 @@ pub fn load_with(
         agents,
         max_concurrent: fleet_meta.max_concurrent,
         dotenv,
+        docker: fleet_meta.docker,
         warnings: warnings.finish(),
     })
 }
@@ -123,6 +126,7 @@ struct FleetMeta {
     name: Option<String>,
     description: Option<String>,
     max_concurrent: Option<u32>,
+    docker: Option<DockerConfig>,
 }
 
 struct Loader<'a> {
@@ -176,19 +180,31 @@ impl Loader<'_> {
         if get(&tree, "version").is_some() {
             reader.positive(&tree, "version", "");
         }
-        for section in UNSUPPORTED_FLEET_SECTIONS {
-            if let Some(value) = get(&tree, section) {
-                if value.is_mapping() || (*section == "working_directory" && value.is_string()) {
-                    reader.unsupported(section, &format!("fleet-level {section}"));
-                } else {
-                    reader.error(
-                        section,
-                        format!("expected a mapping, got {}", describe(value)),
-                    );
-                }
+        for (section, fields) in [
+            ("web", WEB_FIELDS),
+            ("webhooks", WEBHOOKS_FIELDS),
+            ("chat", FLEET_CHAT_FIELDS),
+            ("working_directory", WORKING_DIRECTORY_FIELDS),
+        ] {
+            let Some(value) = get(&tree, section) else {
+                continue;
+            };
+            // herdctld has always accepted a plain path here, like an agent's working_directory.
+            if section == "working_directory" && value.is_string() {
+                reader.unsupported(section, "fleet-level working_directory");
+                continue;
             }
+            if value.is_mapping() {
+                reader.unsupported(section, &format!("fleet-level {section}"));
+            }
+            reader.loose_section(value, section, fields);
         }
-        let mut meta = FleetMeta::default();
+        let docker =
+            get(&tree, "docker").and_then(|value| build_docker(value, "docker", None, &mut reader));
+        let mut meta = FleetMeta {
+            docker,
+            ..FleetMeta::default()
+        };
         let mut fleet_cap = None;
         if let Some(section) =
             get(&tree, "fleet").and_then(|value| reader.mapping(value, "fleet", FLEET_META_KEYS))
@@ -574,7 +590,7 @@ mod tests {
             ),
             (
                 "agents/a.yaml",
-                "name: bad.name\nmodell: x\npermission_mode: yolo\nconcurrency: 0\nschedules:\n  check: {type: interval, interval: 5x}\n  nightly: {type: cron, cron: '0 25 * * *', timezone: Mars/Olympus}\n  typo: {type: cron, cron: '@daily', promt: hi}\nwork_source: {type: github, repo: not-a-repo}\nruntime: command\n",
+                "name: bad.name\nmodell: x\npermission_mode: yolo\nconcurrency: 0\nschedules:\n  check: {type: interval, interval: 5x}\n  nightly: {type: cron, cron: '0 25 * * *', timezone: Mars/Olympus}\n  typo: {type: cron, cron: '@daily', prompt: hi}\nwork_source: {type: github, repo: not-a-repo}\nruntime: command\n",
             ),
             ("agents/b.yaml", "name: a\nschedules:\n  hourly: {type: interval, interval: 1h}\n"),
             ("agents/c.yaml", "name: b\n"),
@@ -603,7 +619,6 @@ mod tests {
                 "schedules.nightly.timezone",
                 "unknown time zone \"Mars/Olympus\"",
             ),
-            ("a.yaml", "schedules.typo.promt", "did you mean \"prompt\"?"),
             ("a.yaml", "work_source.repo", "'owner/repo' format"),
             ("a.yaml", "", "runtime: command needs a command"),
         ];
@@ -837,17 +852,15 @@ mod tests {
                 "a.yaml",
                 "name: a\nchat: {discord: {bot_token_env: T, guilds: [{id: '${UNSET_GUILD}'}]}}\nplugins: [./p]\nschedules:\n  hook: {type: webhook}\n  out: {type: interval, interval: 1m, outputToFile: true}\n",
             ),
-            ("b.yaml", "name: b\nchat: {slack: {}}\ndocker: {enabled: true}\n"),
+            ("b.yaml", "name: b\nchat: {slack: {}}\nplugins: [./q]\n"),
         ]);
         let fleet = load_dir(dir.path(), &no_env).unwrap();
         let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
         for section in [
             "fleet-level web",
             "fleet-level webhooks",
-            "fleet-level docker",
             "chat",
             "plugins",
-            "docker",
             "schedule type webhook",
             "outputToFile",
         ] {
@@ -918,6 +931,211 @@ mod tests {
         assert_eq!(
             fleet.agent("team.inner.x").unwrap().fleet_path,
             ["team", "inner"]
+        );
+    }
+
+    #[test]
+    fn schedule_keys_herdctl_tolerates_load_with_a_warning() {
+        let dir = tree(&[(
+            "a.yaml",
+            "name: a\nschedules:\n  hook: {type: webhook, path: /hooks/a, secret: s3cret}\n  tick: {type: interval, interval: 5m, concurrency: 2}\n",
+        )]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
+        for path in [
+            "schedules.hook.path",
+            "schedules.hook.secret",
+            "schedules.tick.concurrency",
+        ] {
+            assert!(
+                messages.iter().any(|m| m
+                    .contains(&format!("a.yaml: {path}: unknown schedule key"))
+                    && m.contains("ignored")),
+                "{path}: {messages:#?}"
+            );
+        }
+        assert_eq!(fleet.agent("a").unwrap().schedules.len(), 2);
+    }
+
+    #[test]
+    fn sections_herdctld_does_not_implement_are_validated_like_herdctl() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "web: {enabled: yes please, prot: 1, message_grouping: grouped}\nwebhooks: {port: '8081'}\ndocker: {network: hostt, volumes: ['/a:/b:rx'], user: bob}\nagents: [{path: a.yaml}]\n",
+            ),
+            (
+                "a.yaml",
+                "name: a\ndocker: {enabld: true, workspace_mode: rx, memory: lots, image: evil, tmpfs: [tmp], cpu_shares: 0}\nchat: {discord: {log_level: loud}}\nworking_directory: {root: ., clone_depth: deep, shallow: true}\n",
+            ),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        let expected = [
+            ("herdctl.yaml", "web.enabled", "expected true or false"),
+            ("herdctl.yaml", "webhooks.port", "at least 1"),
+            ("herdctl.yaml", "docker.network", "did you mean \"host\"?"),
+            ("herdctl.yaml", "docker.volumes[0]", "invalid volumes entry"),
+            ("herdctl.yaml", "docker.user", "invalid user"),
+            (
+                "a.yaml",
+                "docker.enabld",
+                "unknown key \"enabld\"; did you mean \"enabled\"?",
+            ),
+            ("a.yaml", "docker.workspace_mode", "invalid value \"rx\""),
+            ("a.yaml", "docker.memory", "invalid memory"),
+            ("a.yaml", "docker.tmpfs[0]", "invalid tmpfs entry"),
+            ("a.yaml", "docker.cpu_shares", "at least 1"),
+            ("a.yaml", "chat.discord.log_level", "invalid value \"loud\""),
+            ("a.yaml", "working_directory.clone_depth", "at least 1"),
+        ];
+        for (file, path, text) in expected {
+            assert!(
+                has(&errors, file, path, text),
+                "missing {file}: {path}: {text} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+
+        // Unknown keys of herdctl's non-strict sections are dropped by herdctl, so they only warn.
+        let dir = tree(&[
+            ("herdctl.yaml", "web: {prot: 1}\nagents: [{path: a.yaml}]\n"),
+            (
+                "a.yaml",
+                "name: a\nworking_directory: {root: ., shallow: true}\n",
+            ),
+        ]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            messages.iter().any(|m| m
+                .contains("herdctl.yaml: web.prot: unknown key \"prot\" is ignored")
+                && m.contains("did you mean \"port\"?")),
+            "{messages:#?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("a.yaml: working_directory.shallow: unknown key")),
+            "{messages:#?}"
+        );
+
+        // herdctl's own examples put fleet-only docker options in agent files; they load, with a warning.
+        let dir = tree(&[("a.yaml", "name: a\ndocker: {image: img, network: host}\n")]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
+        assert!(messages.iter().any(|m| m.contains("a.yaml: docker.image: docker.image belongs in the fleet file")), "{messages:#?}");
+        assert_eq!(
+            fleet.agent("a").unwrap().docker.as_ref().unwrap().network,
+            DockerNetwork::Host
+        );
+    }
+
+    #[test]
+    fn docker_resolves_to_typed_settings_with_defaults_deep_merged() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "docker: {image: fleet-image, network: none}\ndefaults:\n  docker: {enabled: true, image: 'img:${TAG}', memory: 1g, env: {A: b}, volumes: ['/data:/data:ro'], ports: ['8080:80']}\nagents: [{path: a.yaml}, {path: b.yaml}]\n",
+            ),
+            (
+                "a.yaml",
+                "name: a\ndocker: {memory: 512m, tmpfs: ['/tmp:size=64m'], labels: {team: x}, workspace_mode: ro, pids_limit: 100}\n",
+            ),
+            ("b.yaml", "name: b\ndocker: {enabled: false}\n"),
+        ]);
+        let env = |name: &str| (name == "TAG").then(|| "7".to_string());
+        let fleet = load_dir(dir.path(), &env).unwrap();
+        let docker = fleet.agent("a").unwrap().docker.clone().unwrap();
+        assert_eq!(
+            docker,
+            DockerConfig {
+                enabled: true,
+                ephemeral: true,
+                image: Some("img:7".to_string()),
+                network: DockerNetwork::Bridge,
+                memory: "512m".to_string(),
+                cpu_shares: None,
+                cpu_period: None,
+                cpu_quota: None,
+                pids_limit: Some(100),
+                user: None,
+                max_containers: 5,
+                volumes: vec!["/data:/data:ro".to_string()],
+                workspace_mode: WorkspaceMode::ReadOnly,
+                env: [("A".to_string(), "b".to_string())].into(),
+                ports: vec!["8080:80".to_string()],
+                tmpfs: vec!["/tmp:size=64m".to_string()],
+                labels: [("team".to_string(), "x".to_string())].into(),
+                host_config: None,
+            }
+        );
+        assert!(!fleet.agent("b").unwrap().docker.as_ref().unwrap().enabled);
+        let fleet_docker = fleet.docker.as_ref().unwrap();
+        assert_eq!(
+            (fleet_docker.image.as_deref(), fleet_docker.network),
+            (Some("fleet-image"), DockerNetwork::None)
+        );
+        let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
+        let container_warnings: Vec<&String> = messages
+            .iter()
+            .filter(|m| {
+                m.contains("need a container engine; herdctld will not run them on the host")
+            })
+            .collect();
+        assert_eq!(container_warnings.len(), 1, "{messages:#?}");
+        // enabled came from defaults, so the warning points there and names the agent.
+        assert!(
+            container_warnings[0].contains(
+                "herdctl.yaml: defaults.docker.enabled: docker.enabled: jobs of agent a need"
+            ),
+            "{messages:#?}"
+        );
+        assert!(
+            !messages
+                .iter()
+                .any(|m| m.contains("docker") && m.contains("(ignored)")),
+            "{messages:#?}"
+        );
+    }
+
+    #[test]
+    fn mcp_servers_are_transformed_as_herdctl_does() {
+        let dir = tree(&[(
+            "a.yaml",
+            "name: a\nmcp_servers:\n  remote: {url: 'https://mcp.example/mcp', headers: {X-Key: k}}\n  events: {type: sse, url: 'https://mcp.example/sse'}\n  local: {command: server, args: [], env: {}}\n  full: {command: server, args: [--port, '1'], env: {A: b}, timeout: 5000, alwaysLoad: true}\n",
+        )]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        assert_eq!(
+            fleet.agent("a").unwrap().mcp_servers,
+            Some(serde_json::json!({
+                "remote": {"type": "http", "url": "https://mcp.example/mcp", "headers": {"X-Key": "k"}},
+                "events": {"type": "sse", "url": "https://mcp.example/sse"},
+                "local": {"command": "server"},
+                "full": {"command": "server", "args": ["--port", "1"], "env": {"A": "b"}, "timeout": 5000, "alwaysLoad": true},
+            }))
+        );
+        let dir = tree(&[(
+            "a.yaml",
+            "name: a\nmcp_servers: {bad: {command: 5, alwaysLoad: often}}\n",
+        )]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        assert!(
+            has(
+                &errors,
+                "a.yaml",
+                "mcp_servers.bad.command",
+                "expected a string"
+            ),
+            "{errors:#?}"
+        );
+        assert!(
+            has(
+                &errors,
+                "a.yaml",
+                "mcp_servers.bad.alwaysLoad",
+                "expected true or false"
+            ),
+            "{errors:#?}"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! The shape of the YAML as written: reading a file into a tree, the keys each object accepts (herdctl's
 //! keys plus herdctld's extensions), alias normalisation, and which sections herdctld accepts without
-//! implementing them. No semantics beyond that.
+//! implementing them (with the value types herdctl gives their keys). No semantics beyond that.
 
 use std::path::Path;
 
@@ -97,7 +97,8 @@ pub const AGENT_KEYS: &[&str] = &[
     "catchup",
 ];
 
-/// herdctl's schedule keys (after `expression` became `cron`), then herdctld's extensions.
+/// herdctl's schedule keys (after `expression` became `cron`), then herdctld's extensions. herdctl's schedule
+/// schema is not strict, so other keys load with a warning.
 pub const SCHEDULE_KEYS: &[&str] = &[
     "type",
     "interval",
@@ -115,8 +116,6 @@ pub const SCHEDULE_KEYS: &[&str] = &[
     "catchup",
 ];
 
-pub const WORKING_DIRECTORY_KEYS: &[&str] =
-    &["root", "auto_clone", "clone_depth", "default_branch"];
 pub const IDENTITY_KEYS: &[&str] = &["name", "role", "personality"];
 pub const SESSION_KEYS: &[&str] = &["max_turns", "timeout", "model"];
 pub const INSTANCES_KEYS: &[&str] = &["max_concurrent"];
@@ -148,10 +147,107 @@ pub const WEBHOOK_HOOK_KEYS: &[&str] = &["url", "method", "headers", "timeout"];
 pub const CHAT_HOOK_KEYS: &[&str] = &["channel_id", "bot_token_env"];
 
 /// Agent-level sections that are accepted for compatibility and not implemented.
-pub const UNSUPPORTED_AGENT_SECTIONS: &[&str] = &["chat", "docker", "plugins"];
+pub const UNSUPPORTED_AGENT_SECTIONS: &[&str] = &["chat", "plugins"];
 /// Fleet-level sections that are accepted for compatibility and not implemented.
-pub const UNSUPPORTED_FLEET_SECTIONS: &[&str] =
-    &["web", "webhooks", "docker", "chat", "working_directory"];
+pub const UNSUPPORTED_FLEET_SECTIONS: &[&str] = &["web", "webhooks", "chat", "working_directory"];
+
+/// herdctl's `AgentDockerSchema` (strict): the docker options an agent file may set.
+pub const AGENT_DOCKER_KEYS: &[&str] = &[
+    "enabled",
+    "ephemeral",
+    "memory",
+    "cpu_shares",
+    "cpu_period",
+    "cpu_quota",
+    "pids_limit",
+    "max_containers",
+    "workspace_mode",
+    "tmpfs",
+    "labels",
+];
+/// herdctl's `FleetDockerSchema` (strict) adds these to the agent keys; herdctl keeps them out of agent files
+/// because an agent could edit its own file to widen its container.
+pub const FLEET_ONLY_DOCKER_KEYS: &[&str] = &[
+    "image",
+    "base_image",
+    "network",
+    "user",
+    "volumes",
+    "ports",
+    "env",
+    "host_config",
+];
+
+/// The value a key of a section herdctld does not implement must have (herdctl's zod type for it).
+pub enum FieldKind {
+    Bool,
+    /// An integer ≥ 1.
+    Positive,
+    Text,
+    Choice(&'static [&'static str]),
+    /// Any mapping (its inside is not checked).
+    Mapping,
+    /// Any list (its items are not checked).
+    List,
+    /// A mapping with these fields.
+    Section(&'static [(&'static str, FieldKind)]),
+}
+
+/// herdctl's non-strict sections: zod drops their unknown keys, so herdctld warns about them instead of
+/// rejecting them, and rejects only values of the wrong type.
+pub const WEB_FIELDS: &[(&str, FieldKind)] = &[
+    ("enabled", FieldKind::Bool),
+    ("port", FieldKind::Positive),
+    ("host", FieldKind::Text),
+    ("session_expiry_hours", FieldKind::Positive),
+    ("open_browser", FieldKind::Bool),
+    ("tool_results", FieldKind::Bool),
+    (
+        "message_grouping",
+        FieldKind::Choice(&["separate", "grouped"]),
+    ),
+];
+pub const WEBHOOKS_FIELDS: &[(&str, FieldKind)] = &[
+    ("enabled", FieldKind::Bool),
+    ("port", FieldKind::Positive),
+    ("secret_env", FieldKind::Text),
+];
+pub const WORKING_DIRECTORY_FIELDS: &[(&str, FieldKind)] = &[
+    ("root", FieldKind::Text),
+    ("auto_clone", FieldKind::Bool),
+    ("clone_depth", FieldKind::Positive),
+    ("default_branch", FieldKind::Text),
+];
+pub const FLEET_CHAT_FIELDS: &[(&str, FieldKind)] = &[(
+    "discord",
+    FieldKind::Section(&[("enabled", FieldKind::Bool), ("token_env", FieldKind::Text)]),
+)];
+const CHAT_LOG_LEVELS: &[&str] = &["minimal", "standard", "verbose"];
+pub const AGENT_CHAT_FIELDS: &[(&str, FieldKind)] = &[
+    (
+        "discord",
+        FieldKind::Section(&[
+            ("bot_token_env", FieldKind::Text),
+            ("session_expiry_hours", FieldKind::Positive),
+            ("log_level", FieldKind::Choice(CHAT_LOG_LEVELS)),
+            ("output", FieldKind::Mapping),
+            ("presence", FieldKind::Mapping),
+            ("guilds", FieldKind::List),
+            ("dm", FieldKind::Mapping),
+        ]),
+    ),
+    (
+        "slack",
+        FieldKind::Section(&[
+            ("bot_token_env", FieldKind::Text),
+            ("app_token_env", FieldKind::Text),
+            ("session_expiry_hours", FieldKind::Positive),
+            ("log_level", FieldKind::Choice(CHAT_LOG_LEVELS)),
+            ("channels", FieldKind::List),
+            ("dm", FieldKind::Mapping),
+        ]),
+    ),
+];
 
 /// Reads and parses one YAML file whose top level must be a mapping (an empty file is an empty mapping).
 /// YAML merge keys (`<<: *anchor`) are applied. Problems are reported against `file`.

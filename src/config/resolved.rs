@@ -29,6 +29,8 @@ pub struct FleetConfig {
     /// environment. The process environment is never modified; consumers that look up secrets by name
     /// (`auth.token_env`, hook `bot_token_env`) consult the environment first, then this.
     pub dotenv: DotEnv,
+    /// The root fleet file's `docker` section.
+    pub docker: Option<DockerConfig>,
     pub warnings: Vec<ConfigWarning>,
 }
 
@@ -99,7 +101,9 @@ pub struct AgentConfig {
     pub tools: Option<Vec<String>>,
     pub allowed_tools: Option<Vec<String>>,
     pub denied_tools: Option<Vec<String>>,
-    /// The `mcp_servers` map as written (server name → server definition), for `--mcp-config`.
+    /// The `mcp_servers` map (server name → server definition) transformed as herdctl transforms it, ready for
+    /// `--mcp-config '{"mcpServers": …}'`: `type: http` added when a server has a `url` and no `type`, empty
+    /// `args` and `env` dropped.
     pub mcp_servers: Option<serde_json::Value>,
     pub setting_sources: Option<Vec<String>>,
     pub session: SessionConfig,
@@ -120,6 +124,9 @@ pub struct AgentConfig {
     pub identity: Option<IdentityConfig>,
     pub repo: Option<String>,
     pub metadata_file: Option<String>,
+    /// `docker`: `defaults.docker` deep-merged under the agent's own. herdctld has no container runtime; an
+    /// agent with `enabled: true` must not run on the host.
+    pub docker: Option<DockerConfig>,
 }
 
 impl AgentConfig {
@@ -372,4 +379,56 @@ impl HookAction {
 pub enum HttpMethod {
     Post,
     Put,
+}
+
+/// herdctl's docker settings (`AgentDockerSchema` for an agent file, `FleetDockerSchema` for the fleet file and
+/// `defaults.docker`), with herdctl's defaults applied. Fields an agent file may not set (image, network, user,
+/// volumes, ports, env, host_config) come from the fleet file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerConfig {
+    /// Run this agent's jobs in a container (default false).
+    pub enabled: bool,
+    /// A fresh container per job (default true) rather than one reused across jobs.
+    pub ephemeral: bool,
+    /// `image`, or its deprecated alias `base_image`; `None` = herdctl's default image.
+    pub image: Option<String>,
+    pub network: DockerNetwork,
+    /// Memory limit as written (`2g`, `512m`, `1024k`, `2048`); default `2g`.
+    pub memory: String,
+    pub cpu_shares: Option<u32>,
+    /// Microseconds; with `cpu_quota` a hard CPU limit.
+    pub cpu_period: Option<u32>,
+    pub cpu_quota: Option<u32>,
+    pub pids_limit: Option<u32>,
+    /// `UID` or `UID:GID`; `None` = the host user.
+    pub user: Option<String>,
+    /// Containers kept per agent before cleanup (default 5).
+    pub max_containers: u32,
+    /// Extra mounts, `host:container[:ro|rw]`.
+    pub volumes: Vec<String>,
+    pub workspace_mode: WorkspaceMode,
+    pub env: BTreeMap<String, String>,
+    /// `hostPort:containerPort` or `containerPort`.
+    pub ports: Vec<String>,
+    /// `/path` or `/path:options`.
+    pub tmpfs: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Raw Docker `HostConfig` passthrough, as written.
+    pub host_config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DockerNetwork {
+    None,
+    #[default]
+    Bridge,
+    Host,
+}
+
+/// How the working directory is mounted into the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkspaceMode {
+    #[default]
+    ReadWrite,
+    ReadOnly,
 }

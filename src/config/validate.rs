@@ -1,6 +1,8 @@
 //! Turning a merged agent tree into a validated [`AgentConfig`], collecting every problem instead of
 //! stopping at the first: wrong types, unknown keys (with a did-you-mean), bad names, durations, cron
-//! expressions, time zones, permission modes, repositories, runtimes and hooks. Errors are attributed to
+//! expressions, time zones, permission modes, repositories, runtimes, hooks, docker settings (herdctl's
+//! strict schema) and the sections herdctld does not implement (herdctl's value types). MCP servers are
+//! transformed here as herdctl transforms them for Claude. Errors are attributed to
 //! the file and path where the offending value was written (see `merge::Origins`).
 //!
 //! Reads no files (paths are resolved lexically, existence is not checked) and knows nothing of sub-fleets.
@@ -188,6 +190,59 @@ impl Reader<'_> {
                     self.error(&join(path, name), format!("unknown key {name:?}; {hint}"));
                 }
                 None => self.error(&join(path, &key_display(key)), "keys must be strings"),
+            }
+        }
+    }
+
+    /// A section herdctl does not make strict: each known field must have its type (herdctl rejects a wrong
+    /// type), unknown keys are warned about with a did-you-mean (herdctl drops them without a word).
+    pub fn loose_section(&mut self, value: &Value, path: &str, fields: &[(&str, FieldKind)]) {
+        let Some(mapping) = self.any_mapping(value, path) else {
+            return;
+        };
+        let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+        for (key, item) in mapping {
+            let Some(name) = key.as_str() else {
+                self.error(&join(path, &key_display(key)), "keys must be strings");
+                continue;
+            };
+            let field_path = join(path, name);
+            let Some((_, kind)) = fields.iter().find(|(field, _)| *field == name) else {
+                let hint = suggestion(name, &names);
+                self.warn(
+                    &field_path,
+                    format!("unknown key {name:?} is ignored, as herdctl ignores it; {hint}"),
+                );
+                continue;
+            };
+            if item.is_null() {
+                continue;
+            }
+            match kind {
+                FieldKind::Bool => {
+                    self.boolean(mapping, name, path);
+                }
+                FieldKind::Positive => {
+                    self.positive(mapping, name, path);
+                }
+                FieldKind::Text => {
+                    self.string(mapping, name, path);
+                }
+                FieldKind::Choice(allowed) => {
+                    self.choice(mapping, name, path, allowed);
+                }
+                FieldKind::Mapping => {
+                    self.any_mapping(item, &field_path);
+                }
+                FieldKind::List => {
+                    if !item.is_sequence() {
+                        self.error(
+                            &field_path,
+                            format!("expected a list, got {}", describe(item)),
+                        );
+                    }
+                }
+                FieldKind::Section(inner) => self.loose_section(item, &field_path, inner),
             }
         }
     }
@@ -434,24 +489,31 @@ pub fn build_agent(
             );
         }
     }
-    for section in UNSUPPORTED_AGENT_SECTIONS {
-        if let Some(value) = get(tree, section) {
-            let expected_list = *section == "plugins";
-            let shape_ok = if expected_list {
-                value.is_sequence()
-            } else {
-                value.is_mapping()
-            };
-            if shape_ok {
-                reader.unsupported(section, section);
-            } else {
-                let expected = if expected_list { "a list" } else { "a mapping" };
-                reader.error(
-                    section,
-                    format!("expected {expected}, got {}", describe(value)),
-                );
-            }
+    if let Some(chat) = get(tree, "chat") {
+        if chat.is_mapping() {
+            reader.unsupported("chat", "chat");
         }
+        reader.loose_section(chat, "chat", AGENT_CHAT_FIELDS);
+    }
+    if let Some(plugins) = get(tree, "plugins") {
+        if plugins.is_sequence() {
+            reader.unsupported("plugins", "plugins");
+        } else {
+            reader.error(
+                "plugins",
+                format!("expected a list, got {}", describe(plugins)),
+            );
+        }
+    }
+    let docker = get(tree, "docker")
+        .and_then(|value| build_docker(value, "docker", Some(place.source_file), reader));
+    if docker.as_ref().is_some_and(|docker| docker.enabled) {
+        // Named, because `defaults.docker` gives every agent the same origin for this warning.
+        let name = local_name.as_deref().unwrap_or("?");
+        reader.warn(
+            "docker.enabled",
+            format!("docker.enabled: jobs of agent {name} need a container engine; herdctld will not run them on the host"),
+        );
     }
 
     let working_directory = build_working_directory(tree, place, reader);
@@ -548,6 +610,7 @@ pub fn build_agent(
         identity,
         repo: reader.string(tree, "repo", ""),
         metadata_file: reader.string(tree, "metadata_file", ""),
+        docker,
     };
     if reader.errors.0.len() > errors_before {
         return None;
@@ -610,12 +673,11 @@ fn build_working_directory(
     let written = match get(tree, "working_directory") {
         None => None,
         Some(Value::String(text)) => Some((text.clone(), "working_directory".to_string())),
-        Some(value @ Value::Mapping(_)) => {
-            let object = reader.mapping(value, "working_directory", WORKING_DIRECTORY_KEYS);
-            let root = object
-                .and_then(|object| reader.required_string(object, "root", "working_directory"));
+        Some(value @ Value::Mapping(object)) => {
+            reader.loose_section(value, "working_directory", WORKING_DIRECTORY_FIELDS);
+            let root = reader.required_string(object, "root", "working_directory");
             for extra in ["auto_clone", "clone_depth", "default_branch"] {
-                if object.is_some_and(|object| get(object, extra).is_some()) {
+                if get(object, extra).is_some() {
                     reader.unsupported(
                         &join("working_directory", extra),
                         &format!("working_directory.{extra}"),
@@ -812,7 +874,23 @@ fn build_schedule(
     let stop_grace = reader
         .duration(schedule, "stop_grace", path)
         .unwrap_or(defaults.stop_grace);
-    reader.check_keys(schedule, path, SCHEDULE_KEYS);
+    // herdctl's schedule schema is not strict: it drops unknown keys (`concurrency`, a webhook schedule's
+    // `path` and `secret`), so a fleet that loads there must load here.
+    for key in schedule.keys() {
+        match key.as_str() {
+            Some(name) if SCHEDULE_KEYS.contains(&name) => {}
+            Some(name) => {
+                let hint = suggestion(name, SCHEDULE_KEYS);
+                reader.warn(
+                    &join(path, name),
+                    format!(
+                        "unknown schedule key {name:?} is ignored, as herdctl ignores it; {hint}"
+                    ),
+                );
+            }
+            None => reader.error(&join(path, &key_display(key)), "keys must be strings"),
+        }
+    }
     if reader.errors.0.len() > errors_before {
         return None;
     }
@@ -1072,20 +1150,228 @@ fn build_mcp_servers(tree: &Mapping, reader: &mut Reader<'_>) -> Option<serde_js
         );
         return None;
     };
+    let mut transformed = serde_json::Map::new();
     for (name, server) in servers {
-        let path = join("mcp_servers", &key_display(name));
-        if let Some(server) = reader.mapping(server, &path, MCP_SERVER_KEYS) {
-            reader.choice(server, "type", &path, &["stdio", "sse", "http"]);
+        let name = key_display(name);
+        let path = join("mcp_servers", &name);
+        let Some(server) = reader.mapping(server, &path, MCP_SERVER_KEYS) else {
+            continue;
+        };
+        reader.choice(server, "type", &path, &["stdio", "sse", "http"]);
+        reader.string(server, "command", &path);
+        reader.string_list(server, "args", &path);
+        reader.string_map(server, "env", &path);
+        reader.string(server, "url", &path);
+        reader.string_map(server, "headers", &path);
+        reader.positive(server, "timeout", &path);
+        reader.boolean(server, "alwaysLoad", &path);
+        match serde_json::to_value(server) {
+            Ok(serde_json::Value::Object(mut entry)) => {
+                transform_mcp_server(&mut entry);
+                transformed.insert(name, serde_json::Value::Object(entry));
+            }
+            Ok(_) => {}
+            Err(error) => reader.error(&path, format!("cannot be expressed as JSON: {error}")),
         }
     }
-    match serde_json::to_value(value) {
-        Ok(json) => Some(json),
-        Err(error) => {
-            reader.error(
-                "mcp_servers",
-                format!("cannot be expressed as JSON: {error}"),
-            );
-            None
+    Some(serde_json::Value::Object(transformed))
+}
+
+/// What herdctl does to a server before handing it to Claude (its `transformMcpServer`): a server with a
+/// `url` is an HTTP server (the CLI silently drops a url-only entry, since its default type is stdio), and
+/// empty `args`/`env` are left out. An explicit `type` (e.g. `sse`) is kept.
+fn transform_mcp_server(server: &mut serde_json::Map<String, serde_json::Value>) {
+    server.retain(|_, value| !value.is_null());
+    if server.contains_key("url") && !server.contains_key("type") {
+        server.insert("type".to_string(), serde_json::Value::from("http"));
+    }
+    let empty = |value: Option<&serde_json::Value>| match value {
+        Some(serde_json::Value::Array(items)) => items.is_empty(),
+        Some(serde_json::Value::Object(entries)) => entries.is_empty(),
+        _ => false,
+    };
+    for key in ["args", "env"] {
+        if empty(server.get(key)) {
+            server.remove(key);
         }
+    }
+}
+
+/// herdctl's strict docker schemas: unknown keys are errors with a did-you-mean, values are type- and
+/// format-checked. For an agent (`agent_file` set), the fleet-only options written in the agent file itself
+/// load with a warning (herdctl's `AgentDockerSchema` leaves them out); from `defaults.docker` or
+/// `overrides` in the fleet file they are accepted silently.
+pub fn build_docker(
+    value: &Value,
+    path: &str,
+    agent_file: Option<&Path>,
+    reader: &mut Reader<'_>,
+) -> Option<DockerConfig> {
+    let docker = reader.any_mapping(value, path)?;
+    let errors_before = reader.errors.0.len();
+    let all_keys: Vec<&str> = AGENT_DOCKER_KEYS
+        .iter()
+        .chain(FLEET_ONLY_DOCKER_KEYS)
+        .copied()
+        .collect();
+    let allowed_here: Vec<&str> = AGENT_DOCKER_KEYS
+        .iter()
+        .chain(FLEET_ONLY_DOCKER_KEYS.iter().filter(|key| {
+            let written_in = reader.origins.locate(&join(path, key)).file;
+            agent_file.is_none_or(|agent_file| written_in != agent_file)
+        }))
+        .copied()
+        .collect();
+    for key in docker.keys() {
+        match key.as_str() {
+            Some(name) if allowed_here.contains(&name) => {}
+            // herdctl's own examples set these in agent files (examples/runtime-showcase), which its
+            // current AgentDockerSchema rejects; loading them keeps those files working.
+            Some(name) if all_keys.contains(&name) => reader.warn(
+                &join(path, name),
+                format!("docker.{name} belongs in the fleet file (defaults.docker): current herdctl rejects it in an agent file, because an agent must not be able to widen its own container"),
+            ),
+            Some(name) => {
+                let hint = suggestion(name, &allowed_here);
+                reader.error(&join(path, name), format!("unknown key {name:?}; {hint}"));
+            }
+            None => reader.error(&join(path, &key_display(key)), "keys must be strings"),
+        }
+    }
+    let enabled = reader.boolean(docker, "enabled", path).unwrap_or(false);
+    let memory = reader.string(docker, "memory", path);
+    if let Some(memory) = &memory {
+        if !is_docker_memory(memory) {
+            reader.error(
+                &join(path, "memory"),
+                format!("invalid memory {memory:?}; use a size like \"2g\", \"512m\", \"1024k\" or \"2048\" (bytes)"),
+            );
+        }
+    }
+    let user = reader.string(docker, "user", path);
+    if let Some(user) = &user {
+        if !is_number_or_pair(user) {
+            reader.error(
+                &join(path, "user"),
+                format!("invalid user {user:?}; use \"UID\" or \"UID:GID\" (e.g. \"1000:1000\")"),
+            );
+        }
+    }
+    let mut list = |key: &str, valid: fn(&str) -> bool, format_hint: &str| -> Vec<String> {
+        let items = reader.string_list(docker, key, path).unwrap_or_default();
+        for (position, item) in items.iter().enumerate() {
+            if !valid(item) {
+                reader.error(
+                    &index(&join(path, key), position),
+                    format!("invalid {key} entry {item:?}; use {format_hint}"),
+                );
+            }
+        }
+        items
+    };
+    let volumes = list(
+        "volumes",
+        is_docker_volume,
+        "\"host:container\" or \"host:container:ro|rw\"",
+    );
+    let ports = list(
+        "ports",
+        is_number_or_pair,
+        "\"hostPort:containerPort\" or \"containerPort\"",
+    );
+    let tmpfs = list(
+        "tmpfs",
+        |mount| mount.starts_with('/'),
+        "\"/path\" or \"/path:options\"",
+    );
+    let network = match reader
+        .choice(docker, "network", path, &["none", "bridge", "host"])
+        .as_deref()
+    {
+        Some("none") => DockerNetwork::None,
+        Some("host") => DockerNetwork::Host,
+        _ => DockerNetwork::Bridge,
+    };
+    let workspace_mode = match reader
+        .choice(docker, "workspace_mode", path, &["rw", "ro"])
+        .as_deref()
+    {
+        Some("ro") => WorkspaceMode::ReadOnly,
+        _ => WorkspaceMode::ReadWrite,
+    };
+    let image = reader.string(docker, "image", path);
+    let base_image = reader.string(docker, "base_image", path);
+    let host_config = match get(docker, "host_config") {
+        None => None,
+        Some(raw) => match serde_json::to_value(raw) {
+            Ok(json) => Some(json),
+            Err(error) => {
+                reader.error(
+                    &join(path, "host_config"),
+                    format!("cannot be expressed as JSON: {error}"),
+                );
+                None
+            }
+        },
+    };
+    let config = DockerConfig {
+        enabled,
+        ephemeral: reader.boolean(docker, "ephemeral", path).unwrap_or(true),
+        image: image.or(base_image),
+        network,
+        memory: memory.unwrap_or_else(|| "2g".to_string()),
+        cpu_shares: reader.positive(docker, "cpu_shares", path),
+        cpu_period: reader.positive(docker, "cpu_period", path),
+        cpu_quota: reader.positive(docker, "cpu_quota", path),
+        pids_limit: reader.positive(docker, "pids_limit", path),
+        user,
+        max_containers: reader.positive(docker, "max_containers", path).unwrap_or(5),
+        volumes,
+        workspace_mode,
+        env: reader.string_map(docker, "env", path).unwrap_or_default(),
+        ports,
+        tmpfs,
+        labels: reader
+            .string_map(docker, "labels", path)
+            .unwrap_or_default(),
+        host_config,
+    };
+    if reader.errors.0.len() > errors_before {
+        return None;
+    }
+    Some(config)
+}
+
+/// herdctl's memory format: a number (decimals allowed) and an optional unit k, m, g, t or b.
+fn is_docker_memory(text: &str) -> bool {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(number_end);
+    let digits = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
+    let number_ok = match number.split_once('.') {
+        Some((whole, fraction)) => digits(whole) && digits(fraction),
+        None => digits(number),
+    };
+    let unit = unit.trim_start().to_ascii_lowercase();
+    number_ok && (unit.is_empty() || ["k", "m", "g", "t", "b"].contains(&unit.as_str()))
+}
+
+/// `N` or `N:M` with N, M decimal digits (docker `user` and `ports`).
+fn is_number_or_pair(text: &str) -> bool {
+    let digits = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
+    match text.split_once(':') {
+        Some((first, second)) => digits(first) && digits(second),
+        None => digits(text),
+    }
+}
+
+/// `host:container` or `host:container:ro|rw`.
+fn is_docker_volume(text: &str) -> bool {
+    let parts: Vec<&str> = text.split(':').collect();
+    match parts.as_slice() {
+        [_, _] => true,
+        [_, _, mode] => matches!(*mode, "ro" | "rw"),
+        _ => false,
     }
 }
