@@ -294,6 +294,35 @@ impl Job {
     }
 }
 
+/// A job's `usage` in herdctl's shape from Claude's final `result` message (its `modelUsage`, `num_turns`,
+/// `total_cost_usd`); `None` when the result says nothing per model.
+pub fn usage_from_result(result: &serde_json::Value) -> Option<serde_json::Value> {
+    let models = result.get("modelUsage")?.as_object()?;
+    let count = |usage: &serde_json::Value, key: &str| usage.get(key).and_then(|v| v.as_u64());
+    let per_model: serde_json::Map<String, serde_json::Value> = models
+        .iter()
+        .map(|(model, usage)| {
+            (
+                model.clone(),
+                serde_json::json!({
+                    "input_tokens": count(usage, "inputTokens").unwrap_or(0),
+                    "output_tokens": count(usage, "outputTokens").unwrap_or(0),
+                    "cache_creation_input_tokens": count(usage, "cacheCreationInputTokens").unwrap_or(0),
+                    "cache_read_input_tokens": count(usage, "cacheReadInputTokens").unwrap_or(0),
+                }),
+            )
+        })
+        .collect();
+    let mut usage = serde_json::Map::new();
+    usage.insert("per_model".into(), per_model.into());
+    for key in ["num_turns", "total_cost_usd"] {
+        if let Some(value) = result.get(key).filter(|v| v.is_number()) {
+            usage.insert(key.into(), value.clone());
+        }
+    }
+    Some(usage.into())
+}
+
 /// One line of a job's output file: `{"seq": 0, "ts": "…", "type": "assistant", …rest}`; `seq` counts from 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputLine {
@@ -425,6 +454,27 @@ mod tests {
         assert!(json.get("output_truncated").is_none());
         assert_eq!(json["status"], "queued");
         assert!(json["exit_reason"].is_null());
+    }
+
+    #[test]
+    fn usage_takes_herdctls_shape_from_the_result() {
+        let result = serde_json::json!({
+            "num_turns": 2, "total_cost_usd": 0.25,
+            "modelUsage": {"m": {"inputTokens": 5, "outputTokens": 7, "cacheReadInputTokens": 1,
+                                 "cacheCreationInputTokens": 2, "costUSD": 0.25}}
+        });
+        assert_eq!(
+            usage_from_result(&result),
+            Some(serde_json::json!({
+                "per_model": {"m": {"input_tokens": 5, "output_tokens": 7,
+                                    "cache_creation_input_tokens": 2, "cache_read_input_tokens": 1}},
+                "num_turns": 2, "total_cost_usd": 0.25
+            }))
+        );
+        assert_eq!(
+            usage_from_result(&serde_json::json!({"num_turns": 1})),
+            None
+        );
     }
 
     #[test]

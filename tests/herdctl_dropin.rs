@@ -79,7 +79,12 @@ fn alpha_workspace(dir: &Path) -> String {
 }
 
 /// herdctl's `sessions/<agent>.json`.
-fn session_pointer(agent: &str, session: &str, workspace: &str, last_used: DateTime<Utc>) -> String {
+fn session_pointer(
+    agent: &str,
+    session: &str,
+    workspace: &str,
+    last_used: DateTime<Utc>,
+) -> String {
     format!(
         "{{\n  \"agent_name\": \"{agent}\",\n  \"session_id\": \"{session}\",\n  \"created_at\": \"{}\",\n  \
          \"last_used_at\": \"{}\",\n  \"job_count\": 4,\n  \"mode\": \"autonomous\",\n  \
@@ -241,7 +246,11 @@ fn write_herdctl_state(dir: &Path) -> PathBuf {
 
 fn files_moved_aside(state: &Path) -> Vec<String> {
     let mut found = Vec::new();
-    for dir in [state.to_path_buf(), state.join("jobs"), state.join("sessions")] {
+    for dir in [
+        state.to_path_buf(),
+        state.join("jobs"),
+        state.join("sessions"),
+    ] {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
             if name.contains(".corrupt-") {
@@ -284,7 +293,7 @@ fn herdctl_job_schema_violations(record: &Value) -> Vec<String> {
     if !record["id"].as_str().is_some_and(is_job_id) {
         wrong.push(format!("id {}", record["id"]));
     }
-    if !record["agent"].as_str().is_some_and(|a| !a.is_empty()) {
+    if record["agent"].as_str().is_none_or(str::is_empty) {
         wrong.push("agent".into());
     }
     let triggers = [
@@ -381,6 +390,14 @@ fn keep_fleet() -> DaemonOptions {
     }
 }
 
+/// The fleet without its scheduler: only the test's triggers run (`tick` would fire at start).
+fn keep_fleet_unscheduled() -> DaemonOptions {
+    DaemonOptions {
+        args: vec!["--no-start".into()],
+        ..keep_fleet()
+    }
+}
+
 #[tokio::test]
 async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_herdctl() {
     let dir = TestDir::new();
@@ -392,18 +409,18 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
         .subscribe("subscribeEvents", json!({"types": ["schedule:triggered"]}))
         .await;
 
-    // The whole history, with herdctl's output numbered in file order.
-    let jobs = client.call("getJobs", json!({})).await;
-    let mut ids: Vec<&str> = jobs["jobs"]
+    // The whole history (beside what `pulse` ran since the start), with herdctl's output numbered in
+    // file order.
+    let jobs = client.call("getJobs", json!({"limit": 100})).await;
+    let ids: Vec<&str> = jobs["jobs"]
         .as_array()
         .unwrap()
         .iter()
         .map(|job| job["id"].as_str().unwrap())
         .collect();
-    ids.sort_unstable();
-    let mut expected = vec![COMPLETED, FAILED, PENDING, RUNNING];
-    expected.sort_unstable();
-    assert_eq!(ids, expected, "{jobs}");
+    for id in [COMPLETED, FAILED, PENDING, RUNNING] {
+        assert!(ids.contains(&id), "{id} missing from {jobs}");
+    }
     let completed = client
         .call("getJob", json!({"id": COMPLETED, "includeOutput": true}))
         .await;
@@ -462,7 +479,10 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
     while pulses < 2 {
         let event = client.notification(&events).await;
         assert_eq!(event["agentName"], "beta", "{event}");
-        assert_ne!(event["scheduleName"], "nightly", "a disabled schedule fired");
+        assert_ne!(
+            event["scheduleName"], "nightly",
+            "a disabled schedule fired"
+        );
         if event["scheduleName"] == "pulse" {
             pulses += 1;
         }
@@ -489,8 +509,7 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
         .as_str()
         .is_some_and(|path| path.ends_with(&format!("{job_id}.jsonl"))));
     let pointer: Value =
-        serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
     assert_eq!(pointer["session_id"], "seeded-session-1");
     assert_eq!(pointer["job_count"], 5);
     assert_herdctl_reads_back(&state);
@@ -511,7 +530,7 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
             Utc::now() - chrono::Duration::hours(2),
         ),
     );
-    let daemon = Daemon::start_in(dir, keep_fleet()).await;
+    let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
     let mut client = daemon.ndjson().await;
     let job = client
         .call(
@@ -531,8 +550,7 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
         .as_str()
         .is_some_and(|c| c.starts_with("No valid session found")));
     let pointer: Value =
-        serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
     assert_eq!(pointer["session_id"], "fresh-session");
     assert_eq!(pointer["working_directory"], workspace.as_str());
 }
@@ -551,7 +569,7 @@ async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fr
             Utc::now(),
         ),
     );
-    let daemon = Daemon::start_in(dir, keep_fleet()).await;
+    let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
     let mut client = daemon.ndjson().await;
     for round in 0..2 {
         let job = client
@@ -577,8 +595,7 @@ async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fr
         assert_eq!(retried, round == 0, "round {round}: {output}");
     }
     let pointer: Value =
-        serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
     assert_eq!(pointer["session_id"], "fresh-session");
 }
 
@@ -597,9 +614,8 @@ async fn values_from_the_fleets_dotenv_reach_jobs_without_overriding_the_environ
          env:\n  AGENT_SETS: from-agent\nworking_directory: ../workspaces/beta\n",
     );
     let options = DaemonOptions {
-        keep_existing_fleet: true,
         env: vec![("ALREADY_SET".into(), "from-daemon".into())],
-        ..DaemonOptions::default()
+        ..keep_fleet_unscheduled()
     };
     let daemon = Daemon::start_in(dir, options).await;
     let mut client = daemon.ndjson().await;
@@ -680,7 +696,10 @@ async fn herdctls_own_state_directory_is_read_in_place() {
         .unwrap();
     assert_eq!(nightly["enabled"], false);
     let alpha = client.call("getAgent", json!({"name": "alpha"})).await;
-    assert_eq!(alpha["lastSessionId"], "862690ed-12d3-4f7d-83d6-9d1ad9334920");
+    assert_eq!(
+        alpha["lastSessionId"],
+        "862690ed-12d3-4f7d-83d6-9d1ad9334920"
+    );
     drop(client);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -710,4 +729,32 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+#[tokio::test]
+async fn an_agent_that_asks_for_docker_never_runs_on_the_host() {
+    let dir = TestDir::new();
+    write_dropin_fleet(dir.path(), "");
+    let marker = dir.path().join("ran-on-the-host");
+    write(
+        &dir.path().join("agents/beta.yaml"),
+        &format!(
+            "name: beta\nruntime: command\ncommand: [touch, {}]\nworking_directory: ../workspaces/beta\n\
+             permission_mode: bypassPermissions\ndocker:\n  enabled: true\n",
+            marker.display()
+        ),
+    );
+    let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    let mut client = daemon.ndjson().await;
+    let job = client.call("trigger", json!({"agentName": "beta"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = wait_for_job_status(&mut client, &id, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["exit_reason"], "spawn_failed");
+    let message = done["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("docker.enabled") && message.contains("never runs"),
+        "{message}"
+    );
+    assert!(!marker.exists(), "the job ran on the host");
 }

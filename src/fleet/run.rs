@@ -245,6 +245,24 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         finish_without_running(manager, core, id, "its agent is no longer configured");
         return;
     };
+    if agent.docker.as_ref().is_some_and(|docker| docker.enabled) {
+        // Isolation was asked for and cannot be given: fail closed, never fall back to the host.
+        let outcome = RunOutcome::without_process(
+            runner::RunStatus::Failed,
+            ExitReason::SpawnFailed,
+            "CONTAINER_UNAVAILABLE",
+            format!(
+                "agent {} has docker.enabled: true, and this herdctld has no container engine to run it \
+                 in; it never runs such an agent on the host. Run this agent with herdctl, or set \
+                 docker.enabled: false in its configuration to accept running it on the host",
+                agent.name
+            ),
+        );
+        if let Some(finished) = finalize_locked(manager, core, id, outcome, None) {
+            finished.signal();
+        }
+        return;
+    }
     let agent = Arc::new(agent);
     let (output_tx, output_rx) = mpsc::channel(1024);
     if core.active[id].context.resume_latest {
@@ -534,6 +552,10 @@ fn final_record(job: &Job, outcome: &RunOutcome) -> Job {
     job.signal = outcome.signal;
     job.summary = outcome.summary.clone();
     job.result = outcome.result.clone();
+    job.usage = outcome
+        .result
+        .as_ref()
+        .and_then(crate::job::usage_from_result);
     if outcome.session_id.is_some() {
         job.session_id = outcome.session_id.clone();
     }
