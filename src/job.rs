@@ -37,7 +37,8 @@ pub struct InvalidJobId {
 
 impl JobId {
     /// A fresh id dated by `now` (UTC) with a random suffix. The suffix space is 36^6 per day, so
-    /// collisions are possible at high rates: the job store checks new ids against its index.
+    /// collisions are possible at high rates: the FleetManager draws again while an id is taken by a stored,
+    /// active or still-being-written job.
     pub fn generate(now: DateTime<Utc>) -> JobId {
         let random = uuid::Uuid::new_v4();
         let suffix: String = random.as_bytes()[..SUFFIX_LEN]

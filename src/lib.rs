@@ -21,7 +21,9 @@
 //! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, the persisted record, one
 //!   output line. No I/O.
 //! - [`state`] — the state directory: single-instance lock, atomic durable writes, `state.yaml`, the job
-//!   store (records + JSONL output) with an in-memory index. Synchronous file I/O only.
+//!   store (records + JSONL output) with an in-memory index, session pointers. The directory is herdctl's
+//!   (`.herdctl/`): files in herdctl's layouts are read in place and written in them. Synchronous file I/O
+//!   only.
 //! - [`scheduler`] — *when* schedules are due: a timer task behind a handle, an injectable clock. Sends
 //!   `Fire`s; never decides what a fire does.
 //! - [`runner`] — *how* a job runs: spawns `claude` or a command in its own process group, parses
@@ -36,20 +38,24 @@
 //!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials).
 //! - [`daemon`] — process concerns of `herdctld`: command line, logging, socket file, signals, sd_notify.
 //!
-//! Entry points: `src/bin/herdctld.rs` → [`daemon::run::main`]; `src/bin/herdctl.rs` (the client).
+//! Entry points: `src/bin/herdctld.rs` → [`daemon::run::main`]; `src/bin/herdctl/main.rs` (the client).
 //!
 //! ## How a trigger flows
 //!
 //! 1. A client sends `{"method":"trigger","params":{"agentName":"a"}}` on the socket. `rpc::transport`
 //!    sniffs the framing, dispatches to the method registered in `rpc::methods`, which parses the params and
 //!    calls [`fleet::FleetManager::trigger`].
-//! 2. The FleetManager validates the agent and schedule and creates a [`job::Job`]; its record is staged
+//! 2. The FleetManager validates the agent and schedule and creates a [`job::Job`] (its id drawn again while
+//!    a stored, active or still-being-written job has it); its record is staged
 //!    (written and fsynced, `state::JobStore::stage`) outside the fleet lock, then committed (renamed and
 //!    indexed) under it, and `job:created` is emitted. If the agent and the fleet have a free slot it starts
 //!    the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call returns the
 //!    job, `running` or `queued`, once the jobs directory is fsynced (`state::DirSync`: one fsync shared by
 //!    every record committed meanwhile).
-//! 3. Starting maps the agent's configuration to a `runner::RunSpec` and calls `runner::start`, which spawns
+//! 3. Starting decides the Claude session (the agent's pointer resumed while herdctl would still resume it,
+//!    `fleet::sessions`), fails the job `spawn_failed` if its agent asks for a container (no container engine
+//!    yet; never the host instead), maps the agent's configuration and the fleet's `.env` to a
+//!    `runner::RunSpec` and calls `runner::start`, which spawns
 //!    the child in its own process group with the prompt on stdin (vfork-style, without copying the daemon,
 //!    with a parent-death signal). The job becomes `running` (pid, pgid and process start time persisted
 //!    for crash recovery); `job:started` and `agent:started` are emitted.
@@ -57,7 +63,8 @@
 //!    text is appended to `jobs/<id>.jsonl` and flushed, then shared with every `streamJobOutput` reader
 //!    (`fleet::SerializedLine`); `job:output` events are built only when someone listens.
 //! 5. When the process tree is gone and its output drained, the runner's `RunOutcome` finalizes the record
-//!    (`completed`/`failed`/`cancelled` with exit reason), updates schedule state and the agent's session,
+//!    (`completed`/`failed`/`cancelled` with exit reason; a resumed session Claude no longer has is cleared
+//!    and the job runs once more, fresh, first), updates schedule state and the agent's session pointer,
 //!    emits `agent:stopped` and `job:completed|failed|cancelled`, prunes history and starts queued jobs.
 //!
 //! 6. After the record is final, background tasks run the agent's hooks (`hooks`) and report a work item
@@ -74,7 +81,12 @@
 //! - Only `state` writes under the state directory, and every rewrite is atomic (temp file, rename) and
 //!   durable (fsync of the file and the directory) — except a job's "running" record, which need only survive
 //!   the daemon's death (`state::Durability::Process`). Output is append-only; a torn last line is tolerated.
-//! - One daemon per state directory (an `flock` held for the process's life).
+//! - One daemon per state directory (an `flock` held for the process's life, and none while the herdctl named
+//!   in `herdctl.pid` runs).
+//! - Nothing herdctl wrote is lost: records, output, `state.yaml` and session pointers of either tool are
+//!   read, and rewrites keep every field herdctld does not know; only a file neither tool can read is moved
+//!   aside, with an error event.
+//! - Isolation fails closed: a job whose agent asks for a container never runs on the host.
 //! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`.
 //! - A job's output reaches its file before any subscriber, so history and live output join without gap or
 //!   duplicate; the final job event follows its last output event.

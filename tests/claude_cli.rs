@@ -356,3 +356,33 @@ async fn real_cli_api_error_fails_the_job_with_the_apis_message() {
     // A 400 is not retried.
     assert_eq!(messages_requests(&stub).len(), 1, "{why}");
 }
+
+/// What the fleet's fresh-session retry (`fleet::sessions`) recognises: resuming a session the CLI does not
+/// have fails with "No conversation found" (audit 2026-12, finding 4), before any request to the API.
+#[tokio::test]
+async fn real_cli_resuming_a_session_it_does_not_have_says_no_conversation_found() {
+    if !claude_available() {
+        return;
+    }
+    let stub = MessagesStub::start(|_| Reply::Error {
+        status: 500,
+        message: "the stub was asked although the session does not exist".to_owned(),
+    })
+    .await
+    .unwrap();
+    let sandbox = sandbox();
+    let gone = "6f1c2d3e-0000-4000-8000-000000000001";
+    let claude = ClaudeSpec {
+        resume_session: Some(gone.to_owned()),
+        ..ClaudeSpec::default()
+    };
+    let (outcome, events) = run(run_spec("Continue.", claude, &sandbox, &stub)).await;
+
+    let why = diagnosis(&outcome, &events, &stub);
+    assert_eq!(outcome.status, RunStatus::Failed, "{why}");
+    let error = outcome.error.as_ref().unwrap_or_else(|| panic!("{why}"));
+    assert!(
+        error.message.contains("No conversation found") && error.message.contains(gone),
+        "{why}"
+    );
+}
