@@ -377,6 +377,20 @@ fn assert_herdctl_reads_back(state: &Path) {
     }
 }
 
+/// Triggers a job, waits for its end and returns its record with its output.
+async fn run_job(client: &mut Client, params: Value) -> Value {
+    let job = client.call("trigger", params).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for_job_status(client, &id, &["completed", "failed"]).await;
+    client
+        .call("getJob", json!({"id": id, "includeOutput": true}))
+        .await
+}
+
+fn tick() -> Value {
+    json!({"agentName": "alpha", "scheduleName": "tick"})
+}
+
 async fn stop(daemon: &mut Daemon) {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     let status = daemon.wait_exit(Duration::from_secs(30)).await;
@@ -458,14 +472,8 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
     assert_eq!(nightly["enabled"], false, "{nightly}");
 
     // A manual run of the resuming schedule resumes herdctl's session.
-    let job = client
-        .call(
-            "trigger",
-            json!({"agentName": "alpha", "scheduleName": "tick"}),
-        )
-        .await;
-    let job_id = job["id"].as_str().unwrap().to_owned();
-    let done = wait_for_job_status(&mut client, &job_id, &["completed", "failed"]).await;
+    let done = run_job(&mut client, tick()).await;
+    let job_id = done["id"].as_str().unwrap().to_owned();
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["summary"], "ran in seeded-session-1");
     assert_eq!(done["session_id"], "seeded-session-1");
@@ -532,18 +540,11 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
     );
     let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
     let mut client = daemon.ndjson().await;
-    let job = client
-        .call(
-            "trigger",
-            json!({"agentName": "alpha", "scheduleName": "tick"}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let done = wait_for_job_status(&mut client, &id, &["completed", "failed"]).await;
-    assert_eq!(done["summary"], "ran in fresh-session", "{done}");
-    let with_output = client
-        .call("getJob", json!({"id": id, "includeOutput": true}))
-        .await;
+    let with_output = run_job(&mut client, tick()).await;
+    assert_eq!(
+        with_output["summary"], "ran in fresh-session",
+        "{with_output}"
+    );
     let first = &with_output["output"][0];
     assert_eq!(first["type"], "system", "{with_output}");
     assert!(first["content"]
@@ -572,20 +573,10 @@ async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fr
     let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
     let mut client = daemon.ndjson().await;
     for round in 0..2 {
-        let job = client
-            .call(
-                "trigger",
-                json!({"agentName": "alpha", "scheduleName": "tick"}),
-            )
-            .await;
-        let id = job["id"].as_str().unwrap().to_owned();
-        let done = wait_for_job_status(&mut client, &id, &["completed", "failed"]).await;
+        let done = run_job(&mut client, tick()).await;
         assert_eq!(done["status"], "completed", "round {round}: {done}");
         assert_eq!(done["session_id"], "fresh-session", "round {round}");
-        let output = client
-            .call("getJob", json!({"id": id, "includeOutput": true}))
-            .await["output"]
-            .clone();
+        let output = &done["output"];
         let retried = output
             .as_array()
             .unwrap()
@@ -619,12 +610,7 @@ async fn values_from_the_fleets_dotenv_reach_jobs_without_overriding_the_environ
     };
     let daemon = Daemon::start_in(dir, options).await;
     let mut client = daemon.ndjson().await;
-    let job = client.call("trigger", json!({"agentName": "beta"})).await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_for_job_status(&mut client, &id, &["completed", "failed"]).await;
-    let output = client
-        .call("getJob", json!({"id": id, "includeOutput": true}))
-        .await;
+    let output = run_job(&mut client, json!({"agentName": "beta"})).await;
     assert_eq!(
         output["output"][0]["text"], "dotenv=bar set=from-daemon agent=from-agent",
         "{output}"
@@ -668,6 +654,7 @@ async fn herdctls_own_state_directory_is_read_in_place() {
         .arg("--socket")
         .arg(&socket)
         .arg("--no-start")
+        .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("daemon.stderr")).unwrap())
         .spawn()
         .unwrap();
@@ -746,9 +733,7 @@ async fn an_agent_that_asks_for_docker_never_runs_on_the_host() {
     );
     let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
     let mut client = daemon.ndjson().await;
-    let job = client.call("trigger", json!({"agentName": "beta"})).await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let done = wait_for_job_status(&mut client, &id, &["completed", "failed"]).await;
+    let done = run_job(&mut client, json!({"agentName": "beta"})).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["exit_reason"], "spawn_failed");
     let message = done["error"]["message"].as_str().unwrap_or_default();
