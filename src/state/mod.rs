@@ -236,13 +236,22 @@ mod tests {
         let root = parent.path().join("state");
         std::fs::create_dir(&root).unwrap();
         let bin = parent.path().join("herdctl");
-        std::fs::write(&bin, "#!/bin/sh\nread line\n").unwrap();
+        std::fs::write(&bin, "#!/bin/sh\necho ready\nread line\n").unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut herdctl = std::process::Command::new("sh")
             .arg(&bin)
             .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // Until the script runs, /proc/<pid>/cmdline can still be empty (the process is inside execve).
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(herdctl.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
         std::fs::write(root.join("herdctl.pid"), format!("{}\n", herdctl.id())).unwrap();
         let error = StateDir::open(&root).expect_err("herdctl runs");
         assert!(
