@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -28,9 +28,9 @@ pub struct RpcError {
 pub enum ClientError {
     #[error(
         "no daemon listening on {} (no such socket) — start it with `herdctld --config …`, or point herdctl at the socket herdctld printed (--socket PATH or HERDCTL_SOCKET)",
-        .path.display()
+        display_paths(.tried)
     )]
-    NoSocket { path: PathBuf },
+    NoSocket { tried: Vec<PathBuf> },
     #[error(
         "no daemon listening on {} (connection refused: the socket is stale) — start it with `herdctld --config …`",
         .path.display()
@@ -69,16 +69,42 @@ pub struct Client {
     held: VecDeque<Notification>,
 }
 
+/// `a`, `a or b`, `a, b or c`: the sockets a [`ClientError::NoSocket`] tried, in order.
+fn display_paths(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    match shown.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
 impl Client {
-    pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| {
-            let path = path.to_owned();
-            match source.kind() {
-                io::ErrorKind::NotFound => ClientError::NoSocket { path },
-                io::ErrorKind::ConnectionRefused => ClientError::Refused { path },
-                io::ErrorKind::PermissionDenied => ClientError::Denied { path },
-                _ => ClientError::Connect { path, source },
+    /// Connects to the first of `candidates` that exists, in order. A missing socket moves on to the next
+    /// candidate; any other failure (stale, permission) is about a socket that is there and is reported for
+    /// it, so an operator sees why the daemon they meant did not answer. If none exists, the error names
+    /// every path tried.
+    pub async fn connect(candidates: &[PathBuf]) -> Result<Client, ClientError> {
+        let mut stream = None;
+        for path in candidates {
+            match UnixStream::connect(path).await {
+                Ok(connected) => {
+                    stream = Some(connected);
+                    break;
+                }
+                Err(source) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    let path = path.clone();
+                    return Err(match source.kind() {
+                        io::ErrorKind::ConnectionRefused => ClientError::Refused { path },
+                        io::ErrorKind::PermissionDenied => ClientError::Denied { path },
+                        _ => ClientError::Connect { path, source },
+                    });
+                }
             }
+        }
+        let stream = stream.ok_or_else(|| ClientError::NoSocket {
+            tried: candidates.to_vec(),
         })?;
         let (reader, writer) = stream.into_split();
         Ok(Client {
@@ -197,13 +223,50 @@ mod tests {
     async fn connect_errors_name_the_cause() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.sock");
-        let err = Client::connect(&missing).await.err().unwrap();
+        let err = Client::connect(std::slice::from_ref(&missing))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, ClientError::NoSocket { .. }), "{err:?}");
         assert!(err.to_string().contains("no daemon listening on"));
 
         let stale = dir.path().join("stale.sock");
         drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
-        let err = Client::connect(&stale).await.err().unwrap();
+        let err = Client::connect(std::slice::from_ref(&stale))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::Refused { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn connect_takes_the_first_socket_that_exists_and_names_all_it_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let [first, second, third] = ["a.sock", "b.sock", "c.sock"].map(|n| dir.path().join(n));
+        let err = Client::connect(&[first.clone(), second.clone(), third.clone()])
+            .await
+            .err()
+            .unwrap();
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!(
+                "no daemon listening on {}, {} or {} (no such socket)",
+                first.display(),
+                second.display(),
+                third.display()
+            )),
+            "{message}"
+        );
+
+        // Only the second exists: the missing first is skipped, the third never tried.
+        let _listener = tokio::net::UnixListener::bind(&second).unwrap();
+        assert!(Client::connect(&[first.clone(), second.clone(), third])
+            .await
+            .is_ok());
+
+        // A socket that is there but stale is reported as such rather than skipped.
+        drop(std::os::unix::net::UnixListener::bind(&first).unwrap());
+        let err = Client::connect(&[first, second]).await.err().unwrap();
         assert!(matches!(err, ClientError::Refused { .. }), "{err:?}");
     }
 
@@ -235,7 +298,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let mut client = Client::connect(&path).await.unwrap();
+        let mut client = Client::connect(std::slice::from_ref(&path)).await.unwrap();
         assert_eq!(client.subscribe("streamLogs", json!({})).await.unwrap(), 1);
         let early = client.next_notification().await.unwrap().unwrap();
         assert_eq!(early.result, "early");

@@ -1,9 +1,9 @@
 //! What each command asks the daemon and how it reports: the calls and subscriptions, `--json` pass-through,
 //! following streams until their end or Ctrl-C, and the exit code.
 //!
-//! API: [`run`]`(command, socket, json) -> exit code`. Errors print as `herdctl: <the daemon's message>`.
+//! API: [`run`]`(command, sockets, json) -> exit code`. Errors print as `herdctl: <the daemon's message>`.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -69,10 +69,10 @@ impl CliError {
     }
 }
 
-/// Runs one command against the daemon at `socket`; returns the process exit code.
-pub async fn run(command: Command, socket: &Path, json: bool) -> u8 {
+/// Runs one command against the daemon at the first of `sockets` that exists; returns the process exit code.
+pub async fn run(command: Command, sockets: &[PathBuf], json: bool) -> u8 {
     let outcome = async {
-        let client = Client::connect(socket).await?;
+        let client = Client::connect(sockets).await?;
         let mut session = Session {
             client,
             json,

@@ -15,20 +15,21 @@ mod job_output;
 mod render;
 mod style;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
 use herdctld::config::FLEET_FILE_NAMES;
-use herdctld::daemon::socket::default_socket_path_from_env;
+use herdctld::daemon::socket::default_socket_path;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "herdctl",
     version,
     about = "Control a running herdctld: fleet status, agents, jobs, schedules, logs and events",
-    after_help = "Examples:\n  herdctl status\n  herdctl trigger greeter --wait\n  herdctl logs -f --agent greeter\n  herdctl --json jobs --status failed | jq '.jobs[].id'\n\nThe socket defaults to $HERDCTL_SOCKET, else $RUNTIME_DIRECTORY/herdctld.sock, else\n$XDG_RUNTIME_DIR/herdctl/herdctld.sock, else .herdctl/herdctld.sock beside the nearest herdctl.yaml\n(the daemon's own default). herdctld prints the path it listens on at start."
+    after_help = "Examples:\n  herdctl status\n  herdctl trigger greeter --wait\n  herdctl logs -f --agent greeter\n  herdctl --json jobs --status failed | jq '.jobs[].id'\n\nThe socket is --socket or $HERDCTL_SOCKET if given; else the first that exists of\n$RUNTIME_DIRECTORY/herdctld.sock, $XDG_RUNTIME_DIR/herdctl/herdctld.sock, .herdctl/herdctld.sock beside\nthe nearest herdctl.yaml (the daemon's own defaults) and /run/herdctld/herdctld.sock (the systemd\nservice). herdctld prints the path it listens on at start."
 )]
 pub struct Cli {
     /// Path of the daemon's socket.
@@ -191,13 +192,49 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
 }
 
-/// Where the daemon listens when neither --socket nor HERDCTL_SOCKET says: the daemon's own default for a
-/// fleet found from the current directory (`.herdctl` beside the nearest herdctl.yaml, else `./.herdctl`).
-fn default_socket() -> PathBuf {
+/// The socket of the system service (`systemd/herdctld.service` and `herdctld.socket`).
+const SYSTEM_SOCKET: &str = "/run/herdctld/herdctld.sock";
+
+/// Where to look for the daemon when neither --socket nor HERDCTL_SOCKET says, in order (the first that
+/// exists is used; see [`client::Client::connect`]):
+/// 1. the daemon's own default for a fleet found from the current directory (`$RUNTIME_DIRECTORY`, else
+///    `$XDG_RUNTIME_DIR/herdctl`, else `.herdctl` beside the nearest herdctl.yaml, else `./.herdctl`), so a
+///    herdctl run next to its daemon talks to that one;
+/// 2. the places the same daemon would have used without `$RUNTIME_DIRECTORY` or `$XDG_RUNTIME_DIR` (a
+///    person's own daemon, e.g. the `systemd --user` unit, seen from a shell inside another unit, or one
+///    started from a session without `$XDG_RUNTIME_DIR`);
+/// 3. the system service's socket, last, so a person's own daemon wins over the shared one and an
+///    operator's shell still finds the system daemon.
+fn socket_candidates(
+    runtime_directory: Option<&OsStr>,
+    xdg_runtime_dir: Option<&OsStr>,
+    state_dir: &Path,
+) -> Vec<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for candidate in [
+        default_socket_path(runtime_directory, xdg_runtime_dir, state_dir),
+        default_socket_path(None, xdg_runtime_dir, state_dir),
+        default_socket_path(None, None, state_dir),
+        PathBuf::from(SYSTEM_SOCKET),
+    ] {
+        if !candidates.contains(&candidate) {
+            candidates.push(candidate);
+        }
+    }
+    candidates
+}
+
+/// [`socket_candidates`] from the process environment and the current directory.
+fn default_sockets() -> Vec<PathBuf> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let fleet_dir = nearest_fleet_dir(&cwd).unwrap_or(cwd);
-    let state_dir = fleet_dir.join(".herdctl");
-    default_socket_path_from_env(&state_dir)
+    let runtime = std::env::var_os("RUNTIME_DIRECTORY");
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+    socket_candidates(
+        runtime.as_deref(),
+        xdg.as_deref(),
+        &fleet_dir.join(".herdctl"),
+    )
 }
 
 fn nearest_fleet_dir(start: &Path) -> Option<PathBuf> {
@@ -223,7 +260,11 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    // An explicit socket is the only one tried: probing others could reach a daemon the user did not name.
+    let sockets = match cli.socket.clone() {
+        Some(socket) => vec![socket],
+        None => default_sockets(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -234,7 +275,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = runtime.block_on(commands::run(cli.command, &socket, cli.json));
+    let code = runtime.block_on(commands::run(cli.command, &sockets, cli.json));
     ExitCode::from(code)
 }
 
@@ -257,6 +298,52 @@ mod tests {
                 command.get_name()
             );
         }
+    }
+
+    #[test]
+    fn the_socket_candidates_end_with_the_system_service() {
+        let state = Path::new("/fleet/.herdctl");
+        let paths = |runtime: Option<&str>, xdg: Option<&str>| {
+            socket_candidates(runtime.map(OsStr::new), xdg.map(OsStr::new), state)
+        };
+        assert_eq!(
+            paths(Some("/run/unit"), Some("/run/user/1000")),
+            [
+                "/run/unit/herdctld.sock",
+                "/run/user/1000/herdctl/herdctld.sock",
+                "/fleet/.herdctl/herdctld.sock",
+                "/run/herdctld/herdctld.sock",
+            ]
+            .map(PathBuf::from)
+        );
+        // An operator's shell: no RUNTIME_DIRECTORY.
+        assert_eq!(
+            paths(None, Some("/run/user/1000")),
+            [
+                "/run/user/1000/herdctl/herdctld.sock",
+                "/fleet/.herdctl/herdctld.sock",
+                "/run/herdctld/herdctld.sock",
+            ]
+            .map(PathBuf::from)
+        );
+        // Neither (cron, su): the fleet's directory, then the system service.
+        assert_eq!(
+            paths(None, None),
+            [
+                "/fleet/.herdctl/herdctld.sock",
+                "/run/herdctld/herdctld.sock"
+            ]
+            .map(PathBuf::from)
+        );
+        // Inside the system service itself the first candidate is the system socket; it is not repeated.
+        assert_eq!(
+            paths(Some("/run/herdctld"), None),
+            [
+                "/run/herdctld/herdctld.sock",
+                "/fleet/.herdctl/herdctld.sock"
+            ]
+            .map(PathBuf::from)
+        );
     }
 
     #[test]
