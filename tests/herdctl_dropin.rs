@@ -626,7 +626,11 @@ async fn herdctls_own_state_directory_is_read_in_place() {
             "CI must have {} (the state directory herdctl 5.33 wrote)",
             corpus.display()
         );
-        eprintln!("SKIPPED: {} is not there", corpus.display());
+        // Straight to the stderr handle: the test harness captures `eprintln!`, and this must be seen.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIPPED: {} is not there\n", corpus.display()),
+        );
         return;
     }
     let dir = TestDir::new();
