@@ -109,6 +109,9 @@ pub(super) struct Core {
     /// The work source of every schedule that has one, built at load.
     pub(super) work_sources: HashMap<ScheduleKey, Arc<dyn crate::work_sources::WorkSource>>,
     pub(super) fire_task: Option<JoinHandle<()>>,
+    /// The queue is being dispatched: a job that ends as it starts (no container engine, agent gone)
+    /// frees its slot for that loop instead of dispatching again inside it, one stack frame per job.
+    pub(super) dispatching: bool,
 }
 
 /// A job that has not finished yet.
@@ -333,6 +336,7 @@ impl FleetManager {
                     scheduler: None,
                     work_sources: HashMap::new(),
                     fire_task: None,
+                    dispatching: false,
                 }),
                 jobs_changed: Arc::new(Notify::new()),
             }),

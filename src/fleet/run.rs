@@ -357,9 +357,9 @@ async fn supervise(
     let outcome = loop {
         let (handle, mut output) = run;
         let (outcome, ()) = tokio::join!(handle.wait(), pump.drain(&mut output));
-        match restart_fresh(&manager, &id, &outcome) {
-            Some(next) => run = next,
-            None => break outcome,
+        match restart_fresh(&manager, &id, outcome) {
+            AfterRun::Again(next) => run = next,
+            AfterRun::Stands(outcome) => break outcome,
         }
     };
     drop(pump);
@@ -465,24 +465,51 @@ impl Pump {
 /// herdctl's notice when a resumed session is gone and the run starts again without it.
 const SESSION_GONE_NOTICE: &str = "Session not found. Retrying with fresh session.";
 
+/// What follows a run of a job.
+enum AfterRun {
+    /// The job ends with this outcome.
+    Stands(RunOutcome),
+    /// The job runs again: its new run.
+    Again((RunHandle, mpsc::Receiver<OutputEvent>)),
+}
+
+/// Whether a run that ended with `outcome` is run again, fresh: it resumed a session (not as a fork)
+/// that Claude did not find. `Err` carries the outcome the job ends with: as it is, or cancelled when a
+/// cancel came before the run it would have had.
+fn run_again_fresh(
+    context: &RunContext,
+    cancel_requested: bool,
+    mut outcome: RunOutcome,
+) -> Result<RunOutcome, RunOutcome> {
+    if context.fork_session
+        || context.resume_session.is_none()
+        || outcome.status != runner::RunStatus::Failed
+        || !sessions::names_dead_session(outcome.error.as_ref())
+    {
+        return Err(outcome);
+    }
+    if cancel_requested {
+        outcome.status = runner::RunStatus::Cancelled;
+        outcome.exit_reason = ExitReason::Cancelled;
+        outcome.termination = Some(TerminationType::Graceful);
+        return Err(outcome);
+    }
+    Ok(outcome)
+}
+
 /// After a run that resumed a session Claude did not find (and was not cancelled): the agent's pointer
-/// is cleared and the job runs again, fresh, once; `None` when the run's outcome stands.
-fn restart_fresh(
-    manager: &FleetManager,
-    id: &JobId,
-    outcome: &RunOutcome,
-) -> Option<(RunHandle, mpsc::Receiver<OutputEvent>)> {
+/// is cleared and the job runs again, fresh, once.
+fn restart_fresh(manager: &FleetManager, id: &JobId, outcome: RunOutcome) -> AfterRun {
     let mut core = manager.core();
     let core = &mut *core;
-    let active = core.active.get_mut(id)?;
-    let agent = active.agent.clone()?;
-    if active.cancel_requested
-        || active.context.fork_session
-        || active.context.resume_session.is_none()
-        || outcome.status != runner::RunStatus::Failed
-        || !sessions::names_dead_session(outcome.error.as_ref(), outcome.summary.as_deref())
-    {
-        return None;
+    let Some(active) = core.active.get_mut(id) else {
+        return AfterRun::Stands(outcome);
+    };
+    let Some(agent) = active.agent.clone() else {
+        return AfterRun::Stands(outcome);
+    };
+    if let Err(outcome) = run_again_fresh(&active.context, active.cancel_requested, outcome) {
+        return AfterRun::Stands(outcome);
     }
     let gone = active.context.resume_session.take();
     tracing::warn!(job_id = %id, session = gone.as_deref().unwrap_or(""), "resumed session not found; running again with a fresh session");
@@ -503,12 +530,14 @@ fn restart_fresh(
     active.job.process_start_time = handle.process().and_then(|process| process.start_time);
     active.canceller = Some(handle.canceller());
     let job = active.job.clone();
-    let write = core.sessions.forget(&agent.name);
+    let write = gone
+        .as_deref()
+        .and_then(|session| core.sessions.forget(&agent.name, session));
     core.save_session(manager.events(), write);
     if let Err(e) = persist_with(manager, core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs again but its record could not be saved: {e}");
     }
-    Some((handle, output_rx))
+    AfterRun::Again((handle, output_rx))
 }
 
 /// Writes and fsyncs `job`'s record beside its final name in `dir`, in the blocking pool: the slow half
@@ -752,9 +781,11 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
     if matches!(
         core.lifecycle,
         FleetState::Stopping | FleetState::Uninitialized
-    ) {
+    ) || core.dispatching
+    {
         return;
     }
+    core.dispatching = true;
     loop {
         let startable: HashSet<String> = core
             .queue
@@ -767,6 +798,7 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
         };
         start_job(manager, core, &next.job_id);
     }
+    core.dispatching = false;
 }
 
 /// The runner's spec for one job of `agent`. The fleet's `.env` reaches the job's environment as herdctl's
@@ -911,5 +943,40 @@ mod tests {
         let line = output_line(0, event("stdout", serde_json::json!({"type": 5})));
         assert_eq!(line.data["_type"], 5);
         assert!(serde_json::from_str::<OutputLine>(&serde_json::to_string(&line).unwrap()).is_ok());
+    }
+
+    fn dead_session_failure() -> RunOutcome {
+        RunOutcome::without_process(
+            runner::RunStatus::Failed,
+            ExitReason::Error,
+            "RESULT_ERROR",
+            "No conversation found with session ID: s-1".into(),
+        )
+    }
+
+    fn resuming(session: &str) -> RunContext {
+        RunContext {
+            resume_session: Some(session.into()),
+            ..RunContext::default()
+        }
+    }
+
+    #[test]
+    fn a_resumed_session_claude_did_not_find_runs_again_unless_cancelled_or_forked() {
+        assert!(run_again_fresh(&resuming("s-1"), false, dead_session_failure()).is_ok());
+
+        let cancelled =
+            run_again_fresh(&resuming("s-1"), true, dead_session_failure()).unwrap_err();
+        assert_eq!(cancelled.status, runner::RunStatus::Cancelled);
+        assert_eq!(cancelled.exit_reason, ExitReason::Cancelled);
+
+        let fork = RunContext {
+            fork_session: true,
+            ..resuming("s-1")
+        };
+        let stands = run_again_fresh(&fork, false, dead_session_failure()).unwrap_err();
+        assert_eq!(stands.status, runner::RunStatus::Failed);
+        let fresh = run_again_fresh(&RunContext::default(), false, dead_session_failure());
+        assert_eq!(fresh.unwrap_err().status, runner::RunStatus::Failed);
     }
 }

@@ -170,15 +170,20 @@ impl SessionBook {
         }
     }
 
-    /// Clears `agent`'s pointer (its session is gone).
-    pub(super) fn forget(&mut self, agent: &str) -> Option<SessionWrite> {
+    /// Clears `agent`'s pointer if it still names `session_id`, which Claude no longer has; a pointer
+    /// another run of the agent has moved on meanwhile stays.
+    pub(super) fn forget(&mut self, agent: &str, session_id: &str) -> Option<SessionWrite> {
+        if self.current(agent) != Some(session_id) {
+            return None;
+        }
         self.legacy.remove(agent);
-        self.pointers.remove(agent)?;
+        self.pointers.remove(agent);
         Some(SessionWrite::Remove(agent.to_owned()))
     }
 
     /// Takes note of a finished job of `agent`: its session becomes the agent's pointer, unless the job
-    /// resumed `resumed` and Claude no longer knew it, which clears the pointer.
+    /// resumed `resumed` and Claude no longer knew it, which clears the pointer if it still names that
+    /// session (a fork of an older job resumes a session that is not the agent's pointer).
     pub(super) fn finished(
         &mut self,
         agent: &AgentConfig,
@@ -187,8 +192,8 @@ impl SessionBook {
         now: DateTime<Utc>,
     ) -> Option<SessionWrite> {
         let origin = origin(agent)?;
-        if resumed.is_some() && is_dead_session_failure(job) {
-            return self.forget(&agent.name);
+        if let Some(resumed) = resumed.filter(|_| is_dead_session_failure(job)) {
+            return self.forget(&agent.name, resumed);
         }
         let session_id = job.session_id.clone()?;
         self.legacy.remove(&agent.name);
@@ -231,15 +236,14 @@ fn new_pointer(
 
 /// A failed run whose error says its resumed session does not exist.
 fn is_dead_session_failure(job: &Job) -> bool {
-    job.status == JobStatus::Failed
-        && names_dead_session(job.error.as_ref(), job.summary.as_deref())
+    job.status == JobStatus::Failed && names_dead_session(job.error.as_ref())
 }
 
-/// Whether a run's error or result text says the session it resumed does not exist.
-pub(super) fn names_dead_session(error: Option<&JobError>, summary: Option<&str>) -> bool {
-    let texts = [error.map(|error| error.message.as_str()), summary];
-    texts.into_iter().flatten().any(|text| {
-        let text = text.to_ascii_lowercase();
+/// Whether a run's error says the session it resumed does not exist. Only the error: the result text is
+/// the model's own words, which may quote these phrases about anything.
+pub(super) fn names_dead_session(error: Option<&JobError>) -> bool {
+    error.is_some_and(|error| {
+        let text = error.message.to_ascii_lowercase();
         DEAD_SESSION_PATTERNS
             .iter()
             .any(|pattern| text.contains(pattern))
@@ -407,6 +411,32 @@ mod tests {
             fresh_book.finished(&agent, &job, None, at("2026-12-02T10:01:00Z")),
             Some(SessionWrite::Save(..))
         ));
+    }
+
+    #[test]
+    fn a_failed_fork_of_an_older_session_leaves_the_agents_pointer() {
+        let (_dir, agent) = agent("");
+        let mut book = book(pointer(&agent, "2026-12-02T10:00:00Z"));
+        let job = finished_job(
+            JobStatus::Failed,
+            None,
+            Some("No conversation found with session ID: s-0"),
+        );
+        let write = book.finished(&agent, &job, Some("s-0"), at("2026-12-02T10:01:00Z"));
+        assert_eq!(write, None);
+        assert_eq!(book.current("a"), Some("s-1"));
+    }
+
+    #[test]
+    fn only_the_error_names_a_dead_session_not_the_models_words() {
+        let (_dir, agent) = agent("");
+        let mut book = book(pointer(&agent, "2026-12-02T10:00:00Z"));
+        let mut job = finished_job(JobStatus::Failed, Some("s-1"), Some("exit code 1"));
+        job.summary = Some("I checked: session not found in the cache".into());
+        let write = book.finished(&agent, &job, Some("s-1"), at("2026-12-02T10:01:00Z"));
+        assert!(matches!(write, Some(SessionWrite::Save(..))));
+        assert_eq!(book.current("a"), Some("s-1"));
+        assert!(!names_dead_session(None));
     }
 
     #[test]
