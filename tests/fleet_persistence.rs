@@ -300,3 +300,27 @@ async fn max_output_mb_caps_what_a_job_keeps() {
     );
     assert!(output.iter().any(|line| line.kind == "output_truncated"));
 }
+
+/// A session id an earlier herdctld kept in `state.yaml` becomes the agent's pointer at start, before any
+/// save of `state.yaml` (which no longer has the old key) can drop it.
+#[tokio::test]
+async fn a_session_id_kept_by_an_earlier_herdctld_survives_the_first_save_of_state() {
+    let fx = Fixture::new("", &[("a", ECHO_PROMPT, ""), ("b", ECHO_PROMPT, "")]);
+    std::fs::create_dir_all(&fx.state).unwrap();
+    std::fs::write(
+        fx.state.join("state.yaml"),
+        "agents:\n  a:\n    last_session_id: kept-session\n",
+    )
+    .unwrap();
+    let manager = fx.manager().await;
+    let job = manager
+        .trigger("b", TriggerOptions::default())
+        .await
+        .unwrap();
+    wait_job(&manager, &job.id.to_string()).await;
+
+    let pointer = std::fs::read_to_string(fx.state.join("sessions/a.json")).unwrap();
+    let pointer: serde_json::Value = serde_json::from_str(&pointer).unwrap();
+    assert_eq!(pointer["session_id"], "kept-session");
+    assert_eq!(pointer["agent_name"], "a");
+}

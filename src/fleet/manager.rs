@@ -416,12 +416,35 @@ impl FleetManager {
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
-            let sessions = state_dir
+            let loaded_sessions = state_dir
                 .sessions()
                 .load_all()
                 .map_err(|e| state_error(state_dir.sessions().dir(), e))?;
+            let mut sessions = SessionBook::new(loaded_sessions.pointers);
+            let legacy = persisted.agents.iter().filter_map(|(agent, state)| {
+                Some((agent.clone(), state.legacy_session_id.clone()?))
+            });
+            // Written now: the next save of state.yaml no longer has the old key.
+            let adopted = sessions.adopt_legacy(legacy, &config, Utc::now());
+            let mut state_issues: Vec<String> = loaded_sessions
+                .corrupt
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            for write in adopted {
+                if let Err(e) = write.apply(state_dir.sessions()) {
+                    state_issues.push(e.to_string());
+                }
+            }
             Ok::<_, FleetError>((
-                config, state_dir, store, issues, persisted, corrupt, sessions,
+                config,
+                state_dir,
+                store,
+                issues,
+                persisted,
+                corrupt,
+                sessions,
+                state_issues,
             ))
         })
         .await
@@ -429,7 +452,8 @@ impl FleetManager {
             path: String::new(),
             message: format!("initialization task failed: {e}"),
         })??;
-        let (config, state_dir, store, issues, persisted, corrupt, sessions) = loaded;
+        let (config, state_dir, store, issues, persisted, corrupt, sessions, session_issues) =
+            loaded;
         let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
             FleetError::Configuration {
                 config_path: config.config_path.display().to_string(),
@@ -444,15 +468,12 @@ impl FleetManager {
         for issue in issues {
             report_state_error(self.events(), &issue.to_string());
         }
-        for corrupt in corrupt.iter().chain(&sessions.corrupt) {
+        if let Some(corrupt) = corrupt {
             report_state_error(self.events(), &corrupt.to_string());
         }
-        let legacy_sessions: Vec<(String, String)> = persisted
-            .agents
-            .iter()
-            .filter_map(|(agent, state)| Some((agent.clone(), state.legacy_session_id.clone()?)))
-            .collect();
-        let sessions = SessionBook::new(sessions.pointers, legacy_sessions);
+        for issue in session_issues {
+            report_state_error(self.events(), &issue);
+        }
 
         {
             let mut core = self.core();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{AgentConfig, RuntimeConfig};
+use crate::config::{AgentConfig, FleetConfig, RuntimeConfig};
 use crate::job::{Job, JobError, JobStatus};
 use crate::state::{SessionPointer, SessionStore, StateError};
 
@@ -63,9 +63,6 @@ pub(super) struct Resumption {
 #[derive(Debug, Default)]
 pub(super) struct SessionBook {
     pointers: BTreeMap<String, SessionPointer>,
-    /// Session ids an earlier herdctld kept in `state.yaml`, for agents without a pointer: resumed as if
-    /// the agent's own pointer named them, then written as one.
-    legacy: BTreeMap<String, String>,
 }
 
 /// What a session pointer records of the agent that made it.
@@ -87,17 +84,31 @@ fn origin(agent: &AgentConfig) -> Option<Origin> {
 }
 
 impl SessionBook {
-    /// `pointers` as read from `sessions/`; `legacy` are session ids an earlier herdctld kept in
-    /// `state.yaml`, used for agents without a pointer (and written as one at their next run).
-    pub(super) fn new(
-        pointers: BTreeMap<String, SessionPointer>,
+    /// `pointers` as read from `sessions/`.
+    pub(super) fn new(pointers: BTreeMap<String, SessionPointer>) -> SessionBook {
+        SessionBook { pointers }
+    }
+
+    /// Pointers for the session ids an earlier herdctld kept in `state.yaml` (`legacy`: agent, session),
+    /// for agents without a pointer, as if made `now` by the agent as configured (herdctl's defaults when
+    /// it is not). The caller saves them before `state.yaml` is next written, which drops the old key.
+    pub(super) fn adopt_legacy(
+        &mut self,
         legacy: impl IntoIterator<Item = (String, String)>,
-    ) -> SessionBook {
-        let legacy = legacy
-            .into_iter()
-            .filter(|(agent, _)| !pointers.contains_key(agent))
-            .collect();
-        SessionBook { pointers, legacy }
+        config: &FleetConfig,
+        now: DateTime<Utc>,
+    ) -> Vec<SessionWrite> {
+        let mut writes = Vec::new();
+        for (agent_name, session_id) in legacy {
+            if self.pointers.contains_key(&agent_name) {
+                continue;
+            }
+            let origin = config.agent(&agent_name).and_then(origin);
+            let pointer = new_pointer(&agent_name, origin.as_ref(), session_id, now);
+            self.pointers.insert(agent_name.clone(), pointer.clone());
+            writes.push(SessionWrite::Save(agent_name, pointer));
+        }
+        writes
     }
 
     /// The session `agent` would resume, if any.
@@ -105,7 +116,6 @@ impl SessionBook {
         self.pointers
             .get(agent)
             .map(|pointer| pointer.session_id.as_str())
-            .or_else(|| self.legacy.get(agent).map(String::as_str))
     }
 
     /// Decides the session of a run of `agent` that resumes; a resumed pointer's `last_used_at` is
@@ -119,11 +129,6 @@ impl SessionBook {
         let Some(origin) = origin(agent) else {
             return fresh(None, None);
         };
-        if let Some(session_id) = self.legacy.remove(&agent.name) {
-            self.pointers
-                .entry(agent.name.clone())
-                .or_insert_with(|| new_pointer(agent, &origin, session_id, now));
-        }
         let Some(pointer) = self.pointers.get_mut(&agent.name) else {
             return fresh(None, None);
         };
@@ -176,7 +181,6 @@ impl SessionBook {
         if self.current(agent) != Some(session_id) {
             return None;
         }
-        self.legacy.remove(agent);
         self.pointers.remove(agent);
         Some(SessionWrite::Remove(agent.to_owned()))
     }
@@ -196,11 +200,10 @@ impl SessionBook {
             return self.forget(&agent.name, resumed);
         }
         let session_id = job.session_id.clone()?;
-        self.legacy.remove(&agent.name);
         let pointer = self
             .pointers
             .entry(agent.name.clone())
-            .or_insert_with(|| new_pointer(agent, &origin, session_id.clone(), now));
+            .or_insert_with(|| new_pointer(&agent.name, Some(&origin), session_id.clone(), now));
         if pointer.session_id != session_id {
             pointer.session_id = session_id;
             pointer.created_at = now;
@@ -214,22 +217,26 @@ impl SessionBook {
     }
 }
 
+/// A new pointer of `agent_name`; without an origin (an agent not configured, or not Claude) it has
+/// herdctl's defaults: no working directory, the `sdk` runtime, no container.
 fn new_pointer(
-    agent: &AgentConfig,
-    origin: &Origin,
+    agent_name: &str,
+    origin: Option<&Origin>,
     session_id: String,
     now: DateTime<Utc>,
 ) -> SessionPointer {
     SessionPointer {
-        agent_name: agent.name.clone(),
+        agent_name: agent_name.to_owned(),
         session_id,
         created_at: now,
         last_used_at: now,
         job_count: 0,
         mode: "autonomous".to_owned(),
-        working_directory: Some(origin.working_directory.clone()),
-        runtime_type: origin.runtime_type.to_owned(),
-        docker_enabled: origin.docker_enabled,
+        working_directory: origin.map(|origin| origin.working_directory.clone()),
+        runtime_type: origin
+            .map_or("sdk", |origin| origin.runtime_type)
+            .to_owned(),
+        docker_enabled: origin.is_some_and(|origin| origin.docker_enabled),
         other: BTreeMap::new(),
     }
 }
@@ -256,6 +263,12 @@ mod tests {
     use crate::job::{JobId, TriggerType};
 
     fn agent(extra: &str) -> (tempfile::TempDir, AgentConfig) {
+        let (dir, config) = fleet(extra);
+        (dir, config.agents[0].clone())
+    }
+
+    /// A fleet of one agent `a` running the CLI, with `extra` agent YAML.
+    fn fleet(extra: &str) -> (tempfile::TempDir, FleetConfig) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("herdctl.yaml"),
@@ -268,8 +281,7 @@ mod tests {
         )
         .unwrap();
         let config = crate::config::load(Some(&dir.path().join("herdctl.yaml"))).unwrap();
-        let agent = config.agents[0].clone();
-        (dir, agent)
+        (dir, config)
     }
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -292,7 +304,7 @@ mod tests {
     }
 
     fn book(pointer: SessionPointer) -> SessionBook {
-        SessionBook::new([(pointer.agent_name.clone(), pointer)].into(), [])
+        SessionBook::new([(pointer.agent_name.clone(), pointer)].into())
     }
 
     fn finished_job(status: JobStatus, session: Option<&str>, error: Option<&str>) -> Job {
@@ -440,13 +452,27 @@ mod tests {
     }
 
     #[test]
-    fn a_session_id_an_earlier_herdctld_kept_is_resumed() {
-        let (_dir, agent) = agent("");
+    fn a_session_id_an_earlier_herdctld_kept_becomes_a_pointer_at_once() {
+        let (_dir, config) = fleet("");
+        let agent = config.agents[0].clone();
         let now = at("2026-12-02T10:00:00Z");
-        let mut book = SessionBook::new(BTreeMap::new(), [("a".into(), "old".into())]);
-        assert_eq!(book.current("a"), Some("old"));
-        let resumption = book.resume(&agent, now);
-        assert_eq!(resumption.session_id.as_deref(), Some("old"));
-        assert!(matches!(resumption.write, Some(SessionWrite::Save(..))));
+        let mut book = SessionBook::new(BTreeMap::new());
+        let writes = book.adopt_legacy(
+            [("a".into(), "old".into()), ("gone".into(), "older".into())],
+            &config,
+            now,
+        );
+        let saved: Vec<_> = writes
+            .iter()
+            .map(|write| match write {
+                SessionWrite::Save(name, pointer) => (name.as_str(), pointer.runtime_type.as_str()),
+                SessionWrite::Remove(name) => panic!("{name} removed"),
+            })
+            .collect();
+        assert_eq!(saved, [("a", "cli"), ("gone", "sdk")]);
+        assert_eq!(book.resume(&agent, now).session_id.as_deref(), Some("old"));
+        assert!(book
+            .adopt_legacy([("a".into(), "other".into())], &config, now)
+            .is_empty());
     }
 }
