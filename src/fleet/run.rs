@@ -474,32 +474,27 @@ enum AfterRun {
 }
 
 /// Whether a run that ended with `outcome` is run again, fresh: it resumed a session (not as a fork)
-/// that Claude did not find. `Err` carries the outcome the job ends with: as it is, or cancelled when a
-/// cancel came before the run it would have had.
-fn run_again_fresh(
-    context: &RunContext,
-    cancel_requested: bool,
-    mut outcome: RunOutcome,
-) -> Result<RunOutcome, RunOutcome> {
+/// that Claude did not find. A cancel that came before that run ends the job cancelled instead.
+fn run_again_fresh(context: &RunContext, cancel_requested: bool, outcome: &mut RunOutcome) -> bool {
     if context.fork_session
         || context.resume_session.is_none()
         || outcome.status != runner::RunStatus::Failed
         || !sessions::names_dead_session(outcome.error.as_ref())
     {
-        return Err(outcome);
+        return false;
     }
     if cancel_requested {
         outcome.status = runner::RunStatus::Cancelled;
         outcome.exit_reason = ExitReason::Cancelled;
         outcome.termination = Some(TerminationType::Graceful);
-        return Err(outcome);
+        return false;
     }
-    Ok(outcome)
+    true
 }
 
 /// After a run that resumed a session Claude did not find (and was not cancelled): the agent's pointer
 /// is cleared and the job runs again, fresh, once.
-fn restart_fresh(manager: &FleetManager, id: &JobId, outcome: RunOutcome) -> AfterRun {
+fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) -> AfterRun {
     let mut core = manager.core();
     let core = &mut *core;
     let Some(active) = core.active.get_mut(id) else {
@@ -508,7 +503,7 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, outcome: RunOutcome) -> Aft
     let Some(agent) = active.agent.clone() else {
         return AfterRun::Stands(outcome);
     };
-    if let Err(outcome) = run_again_fresh(&active.context, active.cancel_requested, outcome) {
+    if !run_again_fresh(&active.context, active.cancel_requested, &mut outcome) {
         return AfterRun::Stands(outcome);
     }
     let gone = active.context.resume_session.take();
@@ -963,10 +958,11 @@ mod tests {
 
     #[test]
     fn a_resumed_session_claude_did_not_find_runs_again_unless_cancelled_or_forked() {
-        assert!(run_again_fresh(&resuming("s-1"), false, dead_session_failure()).is_ok());
+        let mut outcome = dead_session_failure();
+        assert!(run_again_fresh(&resuming("s-1"), false, &mut outcome));
 
-        let cancelled =
-            run_again_fresh(&resuming("s-1"), true, dead_session_failure()).unwrap_err();
+        let mut cancelled = dead_session_failure();
+        assert!(!run_again_fresh(&resuming("s-1"), true, &mut cancelled));
         assert_eq!(cancelled.status, runner::RunStatus::Cancelled);
         assert_eq!(cancelled.exit_reason, ExitReason::Cancelled);
 
@@ -974,9 +970,11 @@ mod tests {
             fork_session: true,
             ..resuming("s-1")
         };
-        let stands = run_again_fresh(&fork, false, dead_session_failure()).unwrap_err();
+        let mut stands = dead_session_failure();
+        assert!(!run_again_fresh(&fork, false, &mut stands));
         assert_eq!(stands.status, runner::RunStatus::Failed);
-        let fresh = run_again_fresh(&RunContext::default(), false, dead_session_failure());
-        assert_eq!(fresh.unwrap_err().status, runner::RunStatus::Failed);
+        let mut fresh = dead_session_failure();
+        assert!(!run_again_fresh(&RunContext::default(), false, &mut fresh));
+        assert_eq!(fresh.status, runner::RunStatus::Failed);
     }
 }
