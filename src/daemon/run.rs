@@ -286,6 +286,7 @@ async fn serve_until_shutdown(
                 fleet.cancel_running(Some(Duration::ZERO)).await;
             }
         }
+        fleet.flush().await;
         return ExitCode::SUCCESS;
     }
     let stop = fleet.stop(StopOptions::default());

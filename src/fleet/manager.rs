@@ -25,6 +25,7 @@ use super::output::{JobOutputStream, OutputHub};
 use super::queue::JobQueue;
 use super::run::{self, RunContext};
 use super::sessions::{SessionBook, SessionWrite};
+use super::state_writer::StateWriter;
 
 /// The prompt used when neither the call, the schedule nor the agent gives one (herdctl's default).
 const FALLBACK_PROMPT: &str = "Execute your configured task";
@@ -90,6 +91,9 @@ pub(super) struct Shared {
 pub(super) struct Core {
     pub(super) lifecycle: FleetState,
     pub(super) config: Option<Arc<FleetConfig>>,
+    /// Writes `state.yaml` and session pointers outside the lock; set with `state_dir`, and declared
+    /// before it so that what it has pending is written before the directory's lock is released.
+    pub(super) writer: Option<StateWriter>,
     pub(super) state_dir: Option<StateDir>,
     pub(super) store: Option<JobStore>,
     pub(super) persisted: PersistedState,
@@ -228,22 +232,17 @@ impl Core {
             .to_path_buf())
     }
 
-    /// Applies a change to the session pointers' files.
-    pub(super) fn save_session(&self, events: &EventBus, write: Option<SessionWrite>) {
-        let (Some(dir), Some(write)) = (self.state_dir.as_ref(), write) else {
-            return;
-        };
-        if let Err(e) = write.apply(dir.sessions()) {
-            report_state_error(events, &e.to_string());
+    /// Queues a change to the session pointers' files.
+    pub(super) fn save_session(&self, write: Option<SessionWrite>) {
+        if let (Some(writer), Some(write)) = (self.writer.as_ref(), write) {
+            writer.session(write);
         }
     }
 
-    pub(super) fn save_persisted(&self, events: &EventBus) {
-        let Some(dir) = self.state_dir.as_ref() else {
-            return;
-        };
-        if let Err(e) = self.persisted.save(&dir.state_file()) {
-            report_state_error(events, &e.to_string());
+    /// Queues a write of `state.yaml` as it is now.
+    pub(super) fn save_persisted(&self) {
+        if let Some(writer) = self.writer.as_ref() {
+            writer.fleet_state(&self.persisted);
         }
     }
 }
@@ -323,6 +322,7 @@ impl FleetManager {
                 core: Mutex::new(Core {
                     lifecycle: FleetState::Uninitialized,
                     config: None,
+                    writer: None,
                     state_dir: None,
                     store: None,
                     persisted: PersistedState::default(),
@@ -479,6 +479,7 @@ impl FleetManager {
             let mut core = self.core();
             self.require(&core, "initialize", &[FleetState::Uninitialized])?;
             core.config = Some(Arc::new(config));
+            core.writer = Some(StateWriter::start(&state_dir, self.events().clone()));
             core.state_dir = Some(state_dir);
             core.store = Some(store);
             core.persisted = persisted;
@@ -631,16 +632,29 @@ impl FleetManager {
             self.cancel_running(None).await;
         }
 
-        let mut core = self.core();
-        core.save_persisted(self.events());
-        core.lifecycle = FleetState::Stopped;
-        core.stopped_at = Some(Utc::now());
-        drop(core);
+        {
+            let mut core = self.core();
+            core.save_persisted();
+            core.lifecycle = FleetState::Stopped;
+            core.stopped_at = Some(Utc::now());
+        }
+        // Stopped means on disk: a caller may read the files or hand the directory to herdctl.
+        self.flush().await;
         tracing::info!("fleet stopped");
         self.events().emit(FleetEvent::Stopped {
             reason: "requested".into(),
         });
         Ok(())
+    }
+
+    /// Waits until `state.yaml` and the session pointers hold every change made so far (they are
+    /// written shortly after each change, outside the fleet lock). `stop` does this; a host that ends
+    /// without stopping the fleet calls it before it exits.
+    pub async fn flush(&self) {
+        let flusher = self.core().writer.as_ref().map(StateWriter::flusher);
+        if let Some(flusher) = flusher {
+            flusher.flush().await;
+        }
     }
 
     /// Re-reads the configuration. On error the old one stays and every validation error is returned.
@@ -1320,7 +1334,7 @@ impl FleetManager {
             core.persisted
                 .schedule_mut(&agent_config.name, &schedule_config.name)
                 .enabled = Some(enabled);
-            core.save_persisted(self.events());
+            core.save_persisted();
             tracing::info!(agent = %agent_config.name, schedule = %schedule_config.name, enabled,
                 "schedule {}", if enabled { "enabled" } else { "disabled" });
             (
@@ -1331,6 +1345,8 @@ impl FleetManager {
         if let Some(handle) = scheduler {
             let _ = handle.set_enabled(key.clone(), enabled).await;
         }
+        // An operator's change is on disk when it is acknowledged.
+        self.flush().await;
         self.schedule(&key.agent, &key.schedule).await
     }
 
@@ -1429,7 +1445,7 @@ impl FleetManager {
                             .schedule_mut(&fire.key.agent, &fire.key.schedule);
                         state.skipped += 1;
                         state.last_error = Some(message);
-                        core.save_persisted(self.events());
+                        core.save_persisted();
                         false
                     }
                 },
@@ -1443,7 +1459,7 @@ impl FleetManager {
             core.persisted
                 .schedule_mut(&fire.key.agent, &fire.key.schedule)
                 .next_run_at = next;
-            core.save_persisted(self.events());
+            core.save_persisted();
         }
     }
 
@@ -1452,7 +1468,7 @@ impl FleetManager {
         core.persisted
             .schedule_mut(&key.agent, &key.schedule)
             .skipped += 1;
-        core.save_persisted(self.events());
+        core.save_persisted();
         tracing::info!(agent = %key.agent, schedule = %key.schedule, ?reason, "schedule skipped");
         self.events().emit(FleetEvent::ScheduleSkipped {
             agent_name: key.agent.clone(),
@@ -1586,7 +1602,7 @@ impl FleetManager {
                 followup::release_unused(work, &format!("the run could not start: {e}"));
             }
         }
-        core.save_persisted(self.events());
+        core.save_persisted();
         true
     }
 

@@ -21,6 +21,7 @@ mod output;
 mod queue;
 mod run;
 mod sessions;
+mod state_writer;
 
 pub use error::{FleetError, FleetState, ValidationIssue};
 pub use events::{EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent};

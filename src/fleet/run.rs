@@ -267,7 +267,7 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let (output_tx, output_rx) = mpsc::channel(1024);
     if core.active[id].context.resume_latest {
         let resumption = core.sessions.resume(&agent, Utc::now());
-        core.save_session(manager.events(), resumption.write);
+        core.save_session(resumption.write);
         if let Some(notice) = resumption.notice {
             // The channel is new and empty: the notice is the job's first line.
             let _ = output_tx.try_send(system_notice("session_reset", notice));
@@ -528,7 +528,7 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
     let write = gone
         .as_deref()
         .and_then(|session| core.sessions.forget(&agent.name, session));
-    core.save_session(manager.events(), write);
+    core.save_session(write);
     if let Err(e) = persist_with(manager, core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs again but its record could not be saved: {e}");
     }
@@ -643,12 +643,12 @@ fn finalize_locked(
         tracing::error!(job_id = %id, "final record not saved: {e}");
     }
     if record_in_fleet_state(core, &job) {
-        core.save_persisted(manager.events());
+        core.save_persisted();
     }
     if let Some(agent) = active.agent.as_ref() {
         let resumed = active.context.resume_session.as_deref();
         let write = core.sessions.finished(agent, &job, resumed, Utc::now());
-        core.save_session(manager.events(), write);
+        core.save_session(write);
     }
 
     let level_failed = job.status == JobStatus::Failed;

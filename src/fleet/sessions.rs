@@ -41,6 +41,12 @@ pub(super) enum SessionWrite {
 }
 
 impl SessionWrite {
+    pub(super) fn agent(&self) -> &str {
+        match self {
+            SessionWrite::Save(agent, _) | SessionWrite::Remove(agent) => agent,
+        }
+    }
+
     pub(super) fn apply(self, store: &SessionStore) -> Result<(), StateError> {
         match self {
             SessionWrite::Save(agent, pointer) => store.save(&agent, &pointer),
