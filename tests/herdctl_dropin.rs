@@ -538,7 +538,7 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
             Utc::now() - chrono::Duration::hours(2),
         ),
     );
-    let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    let mut daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
     let mut client = daemon.ndjson().await;
     let with_output = run_job(&mut client, tick()).await;
     assert_eq!(
@@ -550,6 +550,9 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
     assert!(first["content"]
         .as_str()
         .is_some_and(|c| c.starts_with("No valid session found")));
+    // Pointers are written just after a job ends; a stopped daemon has written them.
+    drop(client);
+    stop(&mut daemon).await;
     let pointer: Value =
         serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
     assert_eq!(pointer["session_id"], "fresh-session");
@@ -570,7 +573,7 @@ async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fr
             Utc::now(),
         ),
     );
-    let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    let mut daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
     let mut client = daemon.ndjson().await;
     for round in 0..2 {
         let done = run_job(&mut client, tick()).await;
@@ -585,6 +588,9 @@ async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fr
         // Only the first run met the dead session; the second resumes the fresh one.
         assert_eq!(retried, round == 0, "round {round}: {output}");
     }
+    // Pointers are written just after a job ends; a stopped daemon has written them.
+    drop(client);
+    stop(&mut daemon).await;
     let pointer: Value =
         serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
     assert_eq!(pointer["session_id"], "fresh-session");
@@ -746,4 +752,35 @@ async fn an_agent_that_asks_for_docker_never_runs_on_the_host() {
         "{message}"
     );
     assert!(!marker.exists(), "the job ran on the host");
+}
+
+#[tokio::test]
+async fn a_manual_run_continues_the_agents_session_unless_asked_for_a_fresh_one() {
+    let dir = TestDir::new();
+    write_dropin_fleet(dir.path(), "");
+    let state = dir.path().join("state");
+    write(
+        &state.join("sessions/alpha.json"),
+        &session_pointer(
+            "alpha",
+            "stored-session",
+            &alpha_workspace(dir.path()),
+            Utc::now(),
+        ),
+    );
+    let mut daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    let mut client = daemon.ndjson().await;
+    let resumed = run_job(&mut client, json!({"agentName": "alpha"})).await;
+    assert_eq!(resumed["summary"], "ran in stored-session", "{resumed}");
+    let fresh = run_job(
+        &mut client,
+        json!({"agentName": "alpha", "freshSession": true}),
+    )
+    .await;
+    assert_eq!(fresh["summary"], "ran in fresh-session", "{fresh}");
+    drop(client);
+    stop(&mut daemon).await;
+    let pointer: Value =
+        serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
+    assert_eq!(pointer["session_id"], "fresh-session");
 }

@@ -37,6 +37,9 @@ pub struct TriggerOptions {
     pub work_items: Option<Vec<Value>>,
     /// 1 (highest) … 10 (lowest); default 5.
     pub priority: Option<u8>,
+    /// Start a new Claude session instead of continuing the agent's stored one (herdctl's `resume:
+    /// null`). Without it a manual run resumes the agent's session while it is valid, as herdctl does.
+    pub fresh_session: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -1124,7 +1127,7 @@ impl FleetManager {
             );
             job.work_item = work_item;
             let context = RunContext {
-                resume_latest: schedule.is_some_and(|s| s.resume_session),
+                resume_latest: !options.fresh_session,
                 resume_session: None,
                 fork_session: false,
                 schedule: schedule.cloned(),
