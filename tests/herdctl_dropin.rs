@@ -458,6 +458,10 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
             (Some("failed"), Some("interrupted")),
             "{job}"
         );
+        let said = job["error"]["message"].as_str().unwrap_or_default();
+        let started = id == RUNNING;
+        assert_eq!(said.contains("not resumed"), started, "{said}");
+        assert_eq!(said.contains("not run"), !started, "{said}");
     }
     assert_eq!(files_moved_aside(&state), Vec::<String>::new());
 

@@ -525,9 +525,16 @@ impl FleetManager {
             job.finished_at = Some(now);
             job.pid = None;
             job.pgid = None;
+            let message = if job.started_at.is_some() {
+                "the daemon stopped before this job finished; it was not resumed"
+            } else {
+                // Also herdctl's forks: its forkJob writes a pending record and never runs it.
+                "the job had not started when the daemon that owned it stopped; it was not run \
+                 (trigger or fork it again)"
+            };
             job.error = Some(JobError {
                 code: "INTERRUPTED".into(),
-                message: "the daemon stopped before this job finished; it was not resumed".into(),
+                message: message.into(),
             });
             if let Err(e) = store.put(&job) {
                 report_state_error(&self.shared.events, &e.to_string());
