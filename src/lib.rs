@@ -18,8 +18,8 @@
 //! - [`config`] — locate, read, interpolate (`${VAR}`), merge (`defaults`, `overrides`, sub-fleets) and
 //!   validate the configuration completely at load; `diff` for reload. Produces [`config::FleetConfig`].
 //!   Knows nothing of jobs or processes.
-//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, the persisted record, one
-//!   output line. No I/O.
+//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, one output line. No I/O.
+//!   (Its on-disk layout, shared with herdctl, is `state::record`.)
 //! - [`state`] — the state directory: single-instance lock, atomic durable writes, `state.yaml`, the job
 //!   store (records + JSONL output) with an in-memory index, session pointers. The directory is herdctl's
 //!   (`.herdctl/`): files in herdctl's layouts are read in place and written in them. Synchronous file I/O
@@ -88,6 +88,8 @@
 //!   aside, with an error event.
 //! - Isolation fails closed: a job whose agent asks for a container never runs on the host.
 //! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`.
+//!   `state.yaml` and session pointers are only marked pending under it and written by
+//!   `fleet::state_writer` after it is released (`stop` and `FleetManager::flush` wait for them).
 //! - A job's output reaches its file before any subscriber, so history and live output join without gap or
 //!   duplicate; the final job event follows its last output event.
 //! - Nothing a job starts outlives it: cancel, timeout and normal exit all sweep the job's process group and
