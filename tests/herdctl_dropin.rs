@@ -527,6 +527,19 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
     assert_herdctl_reads_back(&state);
 }
 
+/// The drop-in fleet unscheduled, with `alpha`'s pointer naming `session`, just used; returns the
+/// daemon and its state directory.
+async fn start_with_alphas_session(session: &str) -> (Daemon, std::path::PathBuf) {
+    let dir = TestDir::new();
+    write_dropin_fleet(dir.path(), "");
+    let state = dir.path().join("state");
+    write(
+        &state.join("sessions/alpha.json"),
+        &session_pointer("alpha", session, &alpha_workspace(dir.path()), Utc::now()),
+    );
+    (Daemon::start_in(dir, keep_fleet_unscheduled()).await, state)
+}
+
 #[tokio::test]
 async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
     let dir = TestDir::new();
@@ -565,19 +578,7 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
 
 #[tokio::test]
 async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fresh() {
-    let dir = TestDir::new();
-    write_dropin_fleet(dir.path(), "");
-    let state = dir.path().join("state");
-    write(
-        &state.join("sessions/alpha.json"),
-        &session_pointer(
-            "alpha",
-            "dead-session",
-            &alpha_workspace(dir.path()),
-            Utc::now(),
-        ),
-    );
-    let mut daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    let (mut daemon, state) = start_with_alphas_session("dead-session").await;
     let mut client = daemon.ndjson().await;
     for round in 0..2 {
         let done = run_job(&mut client, tick()).await;
@@ -760,19 +761,7 @@ async fn an_agent_that_asks_for_docker_never_runs_on_the_host() {
 
 #[tokio::test]
 async fn a_manual_run_continues_the_agents_session_unless_asked_for_a_fresh_one() {
-    let dir = TestDir::new();
-    write_dropin_fleet(dir.path(), "");
-    let state = dir.path().join("state");
-    write(
-        &state.join("sessions/alpha.json"),
-        &session_pointer(
-            "alpha",
-            "stored-session",
-            &alpha_workspace(dir.path()),
-            Utc::now(),
-        ),
-    );
-    let mut daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    let (mut daemon, state) = start_with_alphas_session("stored-session").await;
     let mut client = daemon.ndjson().await;
     let resumed = run_job(&mut client, json!({"agentName": "alpha"})).await;
     assert_eq!(resumed["summary"], "ran in stored-session", "{resumed}");
