@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::fleet::{
-    FleetError, FleetManager, FleetManagerOptions, FleetState, LogBus, StopOptions,
+    FleetError, FleetManager, FleetManagerOptions, FleetState, HistoryOptions, LogBus, StopOptions,
 };
 use crate::rpc::{methods, transport};
 
@@ -56,6 +56,19 @@ pub struct DaemonArgs {
     /// fail with CONCURRENCY_LIMIT (1006).
     #[arg(long)]
     pub max_queued: Option<usize>,
+    /// Running jobs per agent for agents whose configuration sets no `concurrency` (default 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub per_agent: Option<u32>,
+    /// Newest jobs kept per agent (overrides defaults.max_jobs_per_agent; default 100).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs_per_agent: Option<u64>,
+    /// Newest jobs kept overall (overrides defaults.max_jobs_total; default: no cap).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs_total: Option<u64>,
+    /// Finished jobs older than this are deleted, e.g. 30d or 12h (overrides defaults.max_job_age;
+    /// default: kept at any age).
+    #[arg(long, value_parser = job_age)]
+    pub max_job_age: Option<Duration>,
     /// trace, debug, info, warn or error (RUST_LOG, if set, wins).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -65,6 +78,20 @@ pub struct DaemonArgs {
     /// Write logs to this file (rotated daily) instead of stderr.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+}
+
+/// `--max-job-age`: a duration (`30d`, `12h`) greater than zero.
+fn job_age(text: &str) -> Result<Duration, String> {
+    match crate::timespec::parse_duration(text) {
+        Ok(age) if age.is_zero() => Err("must be greater than zero, e.g. 30d".to_owned()),
+        Ok(age) => Ok(age),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A count from the command line; beyond what this machine can address it means "no limit" anyway.
+fn saturating_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// Runs the daemon to completion; the binary's `main`.
@@ -106,6 +133,12 @@ async fn run(args: DaemonArgs) -> ExitCode {
 
     let defaults = FleetManagerOptions::default();
     let fleet = FleetManager::new(FleetManagerOptions {
+        per_agent: args.per_agent.unwrap_or(defaults.per_agent),
+        history: HistoryOptions {
+            max_jobs_per_agent: args.max_jobs_per_agent.map(saturating_usize),
+            max_jobs_total: args.max_jobs_total.map(saturating_usize),
+            max_job_age: args.max_job_age,
+        },
         config_path: args.config.clone(),
         state_dir: args
             .state

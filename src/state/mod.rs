@@ -48,7 +48,8 @@ pub use atomic::{
 pub use corrupt::CorruptFile;
 pub use fleet_state::{AgentState, FleetState, OtherKeys, ScheduleState};
 pub use jobs::{
-    JobCounts, JobFilter, JobPage, JobStore, StagedRecord, StoreIssue, DEFAULT_PAGE_LIMIT,
+    JobCounts, JobFilter, JobPage, JobStore, PrunePlan, PrunedFiles, Retention, StagedRecord,
+    StoreIssue, DEFAULT_PAGE_LIMIT,
 };
 pub use lock::StateLock;
 pub use output::{herdctl_output_line, OutputWriter};
