@@ -13,7 +13,8 @@ use super::error::FleetState;
 #[serde(rename_all = "camelCase")]
 pub struct FleetStatus {
     pub state: FleetState,
-    /// Seconds since `start` (to the stop instant when stopped); null before the first start.
+    /// Milliseconds since `start` (the seed's unit; to the stop instant when stopped); null before the
+    /// first start.
     pub uptime: Option<u64>,
     pub started_at: Option<DateTime<Utc>>,
     pub config_path: Option<String>,

@@ -848,7 +848,7 @@ impl FleetManager {
         }
         let uptime = core.started_at.map(|start| {
             let end = core.stopped_at.unwrap_or_else(Utc::now);
-            (end - start).num_seconds().max(0) as u64
+            (end - start).num_milliseconds().max(0) as u64
         });
         let retention = self.options().history.retention(core.config.as_deref());
         let limits = Limits {
