@@ -16,6 +16,7 @@ use crate::fleet::{
 };
 use crate::rpc::{methods, transport};
 
+use super::log_file::{self, LogFileOptions};
 use super::logging::{self, LogFormat, LogOptions};
 use super::notify::{watchdog_interval, Notifier};
 use super::signals::{SignalRequest, Signals};
@@ -75,9 +76,16 @@ pub struct DaemonArgs {
     /// text (default) or json (one object per line).
     #[arg(long, default_value = "text")]
     pub log_format: LogFormat,
-    /// Write logs to this file (rotated daily) instead of stderr.
+    /// Write logs to this file instead of stderr. It stays the live file: when it reaches
+    /// --log-file-max-size it becomes PATH.1 (PATH.1 becomes PATH.2, …) and a new PATH starts.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Size at which the log file is rotated: bytes, or with K, M or G (default 10M).
+    #[arg(long, value_parser = log_file_size, requires = "log_file")]
+    pub log_file_max_size: Option<u64>,
+    /// Rotated log files kept beside it, PATH.1 newest (default 5; 0 keeps none).
+    #[arg(long, requires = "log_file")]
+    pub log_file_keep: Option<usize>,
 }
 
 /// `--max-job-age`: a duration (`30d`, `12h`) greater than zero.
@@ -87,6 +95,10 @@ fn job_age(text: &str) -> Result<Duration, String> {
         Ok(age) => Ok(age),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn log_file_size(text: &str) -> Result<u64, String> {
+    log_file::parse_size(text).map_err(|e| e.to_string())
 }
 
 /// A count from the command line; beyond what this machine can address it means "no limit" anyway.
@@ -115,7 +127,11 @@ async fn run(args: DaemonArgs) -> ExitCode {
     let log_options = LogOptions {
         level: args.log_level.clone(),
         format: args.log_format,
-        file: args.log_file.clone(),
+        file: args.log_file.clone().map(|path| LogFileOptions {
+            path,
+            max_size: args.log_file_max_size.unwrap_or(log_file::DEFAULT_MAX_SIZE),
+            keep: args.log_file_keep.unwrap_or(log_file::DEFAULT_KEEP),
+        }),
     };
     let _log_guard = match logging::init(&log_options, Some(Box::new(logs.layer()))) {
         Ok(guard) => guard,
