@@ -154,6 +154,46 @@ async fn by_age_finished_jobs_older_than_the_limit_go_at_start_and_live_ones_sta
     assert_eq!(client.call("getJobs", json!({})).await["total"], 2);
 }
 
+/// A job's end applies the limits too, as the configuration has them now: an age limit added by a
+/// reload removes what has grown too old at the next end, not only at the next start.
+#[tokio::test]
+async fn by_age_a_jobs_end_prunes_with_the_limit_a_reload_brought() {
+    let dir = TestDir::new();
+    write_fleet(dir.path());
+    let jobs = dir.path().join("state/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let old = "job-2026-10-01-old001";
+    std::fs::write(
+        jobs.join(format!("{old}.yaml")),
+        herdctld_record(old, "completed", chrono::Duration::days(40)),
+    )
+    .unwrap();
+    let daemon = Daemon::start_in(dir, options(&["--no-start"])).await;
+    assert!(record_exists(&daemon.state, old), "no age limit yet");
+    fleet_with_defaults(&daemon.dir, "  max_job_age: 30d\n");
+    let mut client = daemon.ndjson().await;
+    client.call("reload", json!({})).await;
+    let status = client.call("getStatus", json!({})).await;
+    assert_eq!(
+        status["limits"]["maxJobAge"],
+        30u64 * 86_400 * 1000,
+        "{status}"
+    );
+
+    let job = client.call("trigger", json!({"agentName": "echo"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for_job_status(&mut client, &id, &["completed"]).await;
+    let state = daemon.state.clone();
+    wait_until(
+        "the old job's record to go",
+        Duration::from_secs(10),
+        || !record_exists(&state, old),
+    )
+    .await;
+    assert!(record_exists(&daemon.state, &id), "the new job stays");
+    assert_eq!(client.call("getJobs", json!({})).await["total"], 1);
+}
+
 #[tokio::test]
 async fn invalid_limits_on_the_command_line_are_refused_with_the_fix() {
     for (flag, value, says) in [

@@ -53,8 +53,8 @@ pub struct FleetManagerOptions {
     pub state_dir: Option<PathBuf>,
     /// Fleet-wide cap on running jobs; overrides the configuration's `defaults.max_concurrent`.
     pub concurrency: Option<u32>,
-    /// Running jobs per agent for agents whose configuration sets no `concurrency` (the seed's
-    /// `concurrency.perAgent`).
+    /// Running jobs per agent (at least 1) for agents whose configuration sets no `concurrency` (the
+    /// seed's `concurrency.perAgent`).
     pub per_agent: u32,
     /// Manual triggers waiting for a slot, beyond which `trigger` fails with CONCURRENCY_LIMIT.
     pub max_queued: usize,
