@@ -442,6 +442,13 @@ impl FleetManager {
         let history = self.options().history.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let config = config::load(requested.as_deref()).map_err(config_error)?;
+            // Before the state directory is touched: a configuration refused must not have pruned.
+            let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
+                FleetError::Configuration {
+                    config_path: config.config_path.display().to_string(),
+                    validation_errors,
+                }
+            })?;
             let root = state_override.unwrap_or_else(|| config.root_dir.join(".herdctl"));
             let state_dir = StateDir::open(&root).map_err(|e| state_error(&root, e))?;
             let (mut store, issues) =
@@ -492,6 +499,7 @@ impl FleetManager {
                 sessions,
                 state_issues,
                 retained,
+                work_sources,
             ))
         })
         .await
@@ -509,13 +517,8 @@ impl FleetManager {
             sessions,
             session_issues,
             retained,
+            work_sources,
         ) = loaded;
-        let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
-            FleetError::Configuration {
-                config_path: config.config_path.display().to_string(),
-                validation_errors,
-            }
-        })?;
 
         for warning in &config.warnings {
             tracing::warn!(file = %warning.file.display(), path = %warning.path, "{}", warning.message);
