@@ -164,8 +164,8 @@ async fn history_keeps_the_newest_jobs_per_agent() {
     let fx = Fixture::new("", &[("a", ECHO_PROMPT, ""), ("b", ECHO_PROMPT, "")]);
     let manager = FleetManager::new(FleetManagerOptions {
         history: HistoryOptions {
-            max_jobs_per_agent: 3,
-            max_jobs_total: None,
+            max_jobs_per_agent: Some(3),
+            ..HistoryOptions::default()
         },
         ..fx.options()
     });
@@ -214,8 +214,8 @@ async fn pruning_never_removes_a_job_before_its_waiters_see_it() {
     fx.write("", &[("a", &wait_for_file(&release), "")]);
     let manager = FleetManager::new(FleetManagerOptions {
         history: HistoryOptions {
-            max_jobs_per_agent: 2,
-            max_jobs_total: None,
+            max_jobs_per_agent: Some(2),
+            ..HistoryOptions::default()
         },
         ..fx.options()
     });

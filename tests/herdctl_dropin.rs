@@ -777,3 +777,70 @@ async fn a_manual_run_continues_the_agents_session_unless_asked_for_a_fresh_one(
         serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
     assert_eq!(pointer["session_id"], "fresh-session");
 }
+
+/// herdctl never prunes its history, and herdctld shares its state directory: under herdctld's implicit
+/// default (100 jobs per agent) the records herdctl wrote all stay, and the daemon says so once at start;
+/// a limit set explicitly prunes them like herdctld's own.
+#[tokio::test]
+async fn herdctls_history_survives_the_default_limit_and_goes_only_under_an_explicit_one() {
+    let dir = TestDir::new();
+    write_dropin_fleet(dir.path(), "");
+    let jobs_dir = dir.path().join("state/jobs");
+    let first = Utc::now() - chrono::Duration::days(1);
+    let herdctl_ids: Vec<String> = (0..105)
+        .map(|n| format!("job-2026-11-29-h{n:05}"))
+        .collect();
+    for (n, id) in herdctl_ids.iter().enumerate() {
+        let started = first + chrono::Duration::minutes(n as i64);
+        write(
+            &jobs_dir.join(format!("{id}.yaml")),
+            &herdctl_record(
+                id,
+                "alpha",
+                Some("tick"),
+                "schedule",
+                "completed",
+                Some("success"),
+                started,
+                None,
+            ),
+        );
+    }
+    let mut daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    assert!(
+        daemon.stderr().contains(
+            "keeping 5 job records herdctl wrote beyond the default history limit of 100 per agent"
+        ),
+        "{}",
+        daemon.stderr()
+    );
+    let mut client = daemon.ndjson().await;
+    // A job's end applies the limits.
+    assert_eq!(run_job(&mut client, tick()).await["status"], "completed");
+    let alpha = json!({"agentName": "alpha", "limit": 1});
+    assert_eq!(client.call("getJobs", alpha.clone()).await["total"], 106);
+    for id in &herdctl_ids {
+        assert!(jobs_dir.join(format!("{id}.yaml")).exists(), "{id} deleted");
+    }
+    stop(&mut daemon).await;
+
+    let options = DaemonOptions {
+        args: vec![
+            "--no-start".into(),
+            "--max-jobs-per-agent".into(),
+            "100".into(),
+        ],
+        ..keep_fleet()
+    };
+    let daemon = Daemon::start_in(daemon.into_dir(), options).await;
+    assert!(!daemon.stderr().contains("keeping"), "{}", daemon.stderr());
+    let mut client = daemon.ndjson().await;
+    assert_eq!(client.call("getJobs", alpha).await["total"], 100);
+    let (gone, kept) = herdctl_ids.split_at(6);
+    for id in gone {
+        assert!(!jobs_dir.join(format!("{id}.yaml")).exists(), "{id} kept");
+    }
+    for id in kept {
+        assert!(jobs_dir.join(format!("{id}.yaml")).exists(), "{id} deleted");
+    }
+}

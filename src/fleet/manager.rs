@@ -173,11 +173,13 @@ impl Core {
             .or_else(|| self.config.as_ref().and_then(|c| c.max_concurrent))
     }
 
-    fn agent_limit(&self, agent: &str) -> u32 {
+    /// Jobs of `agent` allowed to run at once: its configuration's, else the fleet's per-agent default.
+    pub(super) fn agent_limit(&self, options: &FleetManagerOptions, agent: &str) -> u32 {
         self.config
             .as_ref()
             .and_then(|c| c.agent(agent))
-            .map_or(1, |a| a.concurrency)
+            .and_then(|a| a.concurrency)
+            .unwrap_or(options.per_agent)
     }
 
     /// Whether a new job of `agent` may start now under the fleet-wide limit and, unless `when_full` says
@@ -189,7 +191,7 @@ impl Core {
         when_full: run::WhenFull,
     ) -> bool {
         let agent_ok = when_full == run::WhenFull::SkipAtFleetLimit
-            || self.running_count(Some(agent)) < self.agent_limit(agent) as usize;
+            || self.running_count(Some(agent)) < self.agent_limit(options, agent) as usize;
         let fleet_ok = self
             .fleet_limit(options)
             .is_none_or(|limit| self.running_count(None) < limit as usize);
@@ -270,6 +272,33 @@ fn not_initialized() -> FleetError {
             FleetState::Stopped,
         ],
     )
+}
+
+/// What retention did to the history at initialization.
+struct Retained {
+    pruned: usize,
+    herdctl_kept: usize,
+}
+
+impl Retained {
+    fn log(&self) {
+        if self.pruned > 0 {
+            tracing::info!(
+                removed = self.pruned,
+                "pruned job history beyond the retention limits"
+            );
+        }
+        if self.herdctl_kept > 0 {
+            tracing::info!(
+                kept = self.herdctl_kept,
+                "keeping {} job records herdctl wrote beyond the default history limit of {} per agent: \
+                 herdctl never prunes its history, so herdctld's default does not either; to prune them, \
+                 set defaults.max_jobs_per_agent in the fleet file or --max-jobs-per-agent",
+                self.herdctl_kept,
+                super::options::DEFAULT_MAX_JOBS_PER_AGENT
+            );
+        }
+    }
 }
 
 pub(super) fn report_state_error(events: &EventBus, message: &str) {
@@ -410,12 +439,26 @@ impl FleetManager {
         }
         let requested = self.options().config_path.clone();
         let state_override = self.options().state_dir.clone();
+        let history = self.options().history.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let config = config::load(requested.as_deref()).map_err(config_error)?;
+            // Before the state directory is touched: a configuration refused must not have pruned.
+            let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
+                FleetError::Configuration {
+                    config_path: config.config_path.display().to_string(),
+                    validation_errors,
+                }
+            })?;
             let root = state_override.unwrap_or_else(|| config.root_dir.join(".herdctl"));
             let state_dir = StateDir::open(&root).map_err(|e| state_error(&root, e))?;
-            let (store, issues) =
+            let (mut store, issues) =
                 JobStore::open(state_dir.jobs_dir()).map_err(|e| state_error(&root, e))?;
+            // Also at start, not only when a job ends: a lowered limit applies at once, and retention by
+            // age must not wait for the next job of an idle fleet. Nothing runs yet, so nothing is active.
+            let retention = history.retention(Some(&config));
+            let pruning = store.plan_prune(&retention, Utc::now(), &|_| false);
+            let pruned_at_start = pruning.doomed.len();
+            let deleted = store.forget(&pruning.doomed).delete();
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
@@ -434,11 +477,18 @@ impl FleetManager {
                 .iter()
                 .map(ToString::to_string)
                 .collect();
+            if let Err(e) = deleted {
+                state_issues.push(format!("pruning job history: {e}"));
+            }
             for write in adopted {
                 if let Err(e) = write.apply(state_dir.sessions()) {
                     state_issues.push(e.to_string());
                 }
             }
+            let retained = Retained {
+                pruned: pruned_at_start,
+                herdctl_kept: pruning.herdctl_kept_beyond_default,
+            };
             Ok::<_, FleetError>((
                 config,
                 state_dir,
@@ -448,6 +498,8 @@ impl FleetManager {
                 corrupt,
                 sessions,
                 state_issues,
+                retained,
+                work_sources,
             ))
         })
         .await
@@ -455,14 +507,18 @@ impl FleetManager {
             path: String::new(),
             message: format!("initialization task failed: {e}"),
         })??;
-        let (config, state_dir, store, issues, persisted, corrupt, sessions, session_issues) =
-            loaded;
-        let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
-            FleetError::Configuration {
-                config_path: config.config_path.display().to_string(),
-                validation_errors,
-            }
-        })?;
+        let (
+            config,
+            state_dir,
+            store,
+            issues,
+            persisted,
+            corrupt,
+            sessions,
+            session_issues,
+            retained,
+            work_sources,
+        ) = loaded;
 
         for warning in &config.warnings {
             tracing::warn!(file = %warning.file.display(), path = %warning.path, "{}", warning.message);
@@ -477,6 +533,7 @@ impl FleetManager {
         for issue in session_issues {
             report_state_error(self.events(), &issue);
         }
+        retained.log();
 
         {
             let mut core = self.core();
@@ -794,8 +851,19 @@ impl FleetManager {
         }
         let uptime = core.started_at.map(|start| {
             let end = core.stopped_at.unwrap_or_else(Utc::now);
-            (end - start).num_seconds().max(0) as u64
+            (end - start).num_milliseconds().max(0) as u64
         });
+        let retention = self.options().history.retention(core.config.as_deref());
+        let limits = Limits {
+            per_agent: self.options().per_agent,
+            max_concurrent: core.fleet_limit(self.options()),
+            max_queued: self.options().max_queued,
+            max_jobs_per_agent: retention.max_per_agent,
+            max_jobs_total: retention.max_total,
+            max_job_age: retention
+                .max_age
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        };
         let schedules = self.schedule_infos(&core, &plan, None);
         let active_schedules = schedules
             .iter()
@@ -834,6 +902,7 @@ impl FleetManager {
                 next_trigger,
                 active_schedules,
             },
+            limits,
         }
     }
 
@@ -897,7 +966,7 @@ impl FleetManager {
             } else {
                 "running"
             },
-            concurrency: agent.concurrency,
+            concurrency: agent.concurrency.unwrap_or(self.options().per_agent),
             current_jobs,
             queued_jobs: core.queue.count_for(&agent.name),
             last_job,
@@ -1069,7 +1138,7 @@ impl FleetManager {
                     AgentQueueInfo {
                         running: core.running_count(Some(&a.name)),
                         queued: core.queue.count_for(&a.name),
-                        limit: a.concurrency,
+                        limit: a.concurrency.unwrap_or(self.options().per_agent),
                     },
                 )
             })

@@ -7,7 +7,7 @@
 //! finalized, so no output event follows the final one.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -17,12 +17,13 @@ use crate::config::{AgentConfig, Catchup, DotEnv, RuntimeConfig, ScheduleConfig,
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
-use crate::state::{DirSync, Durability, JobStore, OutputWriter, StagedRecord};
+use crate::state::{DirSync, Durability, JobStore, OutputWriter, PrunedFiles, StagedRecord};
 
 use super::error::{FleetError, FleetState};
+use super::events::EventBus;
 use super::events::FleetEvent;
 use super::followup::{self, ClaimedWork};
-use super::manager::{report_state_error, ActiveJob, Core, FleetManager};
+use super::manager::{report_state_error, ActiveJob, Core, FleetManager, Shared};
 use super::output::{OutputHub, SerializedLine};
 use super::sessions;
 
@@ -56,12 +57,63 @@ pub(super) struct JobFinished {
     finished: watch::Sender<Option<Job>>,
     job: Job,
     jobs_changed: Arc<tokio::sync::Notify>,
+    pruned: Option<Pruned>,
 }
 
 impl JobFinished {
-    pub(super) fn signal(self) {
+    /// Tells the job's waiters it has ended, after the history its end pruned is deleted (a waiter then
+    /// never finds files of a pruned job). The deletion runs in the blocking pool, outside the fleet lock.
+    pub(super) fn signal(mut self) {
+        match self.pruned.take() {
+            None => self.tell(),
+            Some(pruned) => {
+                tokio::spawn(async move {
+                    pruned.delete().await;
+                    self.tell();
+                });
+            }
+        }
+    }
+
+    fn tell(self) {
         self.finished.send_replace(Some(self.job));
         self.jobs_changed.notify_waiters();
+    }
+}
+
+/// Jobs pruning took out of the index under the fleet lock; their files are still to be deleted.
+pub(super) struct Pruned {
+    /// Reserved until their files are gone, so that no new job is given one of these ids meanwhile.
+    ids: Vec<JobId>,
+    files: PrunedFiles,
+    fleet: Weak<Shared>,
+    events: EventBus,
+}
+
+impl Pruned {
+    async fn delete(self) {
+        let Pruned {
+            ids,
+            files,
+            fleet,
+            events,
+        } = self;
+        let deleted = tokio::task::spawn_blocking(move || files.delete()).await;
+        let problem = match deleted {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("the deleting task failed: {e}")),
+        };
+        if let Some(problem) = problem {
+            report_state_error(&events, &format!("pruning job history: {problem}"));
+        }
+        if let Some(shared) = fleet.upgrade() {
+            let manager = FleetManager { shared };
+            let mut core = manager.core();
+            for id in &ids {
+                core.release_job_id(id);
+            }
+        }
     }
 }
 
@@ -121,10 +173,7 @@ fn admit_with(
             WhenFull::Skip => {
                 return Err(limit_error(
                     core.running_count(Some(&job.agent)),
-                    core.config
-                        .as_ref()
-                        .and_then(|c| c.agent(&job.agent))
-                        .map_or(1, |a| a.concurrency as usize),
+                    core.agent_limit(options, &job.agent) as usize,
                     "running jobs",
                     "the run was skipped; raise the agent's concurrency to allow more",
                 ))
@@ -690,7 +739,7 @@ fn finalize_locked(
     if let (Some(agent), Some(config)) = (active.agent.as_ref(), core.config.as_ref()) {
         followup::run_hooks(agent, config, &job);
     }
-    prune(manager, core);
+    let pruned = prune(manager, core);
     dispatch_queue(manager, core);
     // Readers of the output hub end when it is dropped; waiters of `finished` get the final record (which
     // pruning may already have deleted from the store).
@@ -699,6 +748,7 @@ fn finalize_locked(
         finished: active.finished,
         job,
         jobs_changed: manager.shared.jobs_changed.clone(),
+        pruned,
     })
 }
 
@@ -754,21 +804,30 @@ fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
     changed
 }
 
-fn prune(manager: &FleetManager, core: &mut Core) {
-    let history = &manager.options().history;
-    let Core { store, active, .. } = core;
-    let Some(store) = store.as_mut() else {
-        return;
-    };
-    match store.prune(history.max_jobs_per_agent, history.max_jobs_total, &|id| {
-        active.contains_key(id)
-    }) {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::debug!(removed = removed.len(), "pruned job history")
-        }
-        Ok(_) => {}
-        Err(e) => report_state_error(manager.events(), &format!("pruning job history: {e}")),
+/// Applies the history limits after a job's end: what goes leaves the index now, and its files are
+/// deleted once the lock is released ([`JobFinished::signal`]).
+fn prune(manager: &FleetManager, core: &mut Core) -> Option<Pruned> {
+    let retention = manager.options().history.retention(core.config.as_deref());
+    let Core {
+        store,
+        active,
+        reserved_ids,
+        ..
+    } = core;
+    let store = store.as_mut()?;
+    let plan = store.plan_prune(&retention, Utc::now(), &|id| active.contains_key(id));
+    if plan.doomed.is_empty() {
+        return None;
     }
+    tracing::debug!(removed = plan.doomed.len(), "pruned job history");
+    let files = store.forget(&plan.doomed);
+    reserved_ids.extend(plan.doomed.iter().cloned());
+    Some(Pruned {
+        ids: plan.doomed,
+        files,
+        fleet: Arc::downgrade(&manager.shared),
+        events: manager.events().clone(),
+    })
 }
 
 /// Starts queued jobs, in priority/FIFO order, while their agents and the fleet have free slots.
