@@ -40,10 +40,8 @@ impl JobId {
     /// collisions are possible at high rates: the FleetManager draws again while an id is taken by a stored,
     /// active or still-being-written job.
     pub fn generate(now: DateTime<Utc>) -> JobId {
-        let random = uuid::Uuid::new_v4();
-        let suffix: String = random.as_bytes()[..SUFFIX_LEN]
-            .iter()
-            .map(|byte| char::from(SUFFIX_ALPHABET[usize::from(*byte) % SUFFIX_ALPHABET.len()]))
+        let suffix: String = (0..SUFFIX_LEN)
+            .map(|_| char::from(SUFFIX_ALPHABET[fastrand::usize(..SUFFIX_ALPHABET.len())]))
             .collect();
         JobId(Arc::from(format!(
             "job-{}-{suffix}",

@@ -593,7 +593,7 @@ mod tests {
 
     #[test]
     fn kill_stale_job_spares_a_process_whose_start_time_differs() {
-        let job_id = format!("stale-test-{}", uuid::Uuid::new_v4());
+        let job_id = format!("stale-test-{}", fastrand::u64(..));
         // Not carrying the job id: only the pid/start-time rule could kill it.
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
@@ -657,7 +657,7 @@ mod tests {
 
     #[test]
     fn kill_stale_job_kills_processes_carrying_the_job_id() {
-        let job_id = format!("stale-env-{}", uuid::Uuid::new_v4());
+        let job_id = format!("stale-env-{}", fastrand::u64(..));
         let mut child = Command::new("sleep")
             .arg("30")
             .env(JOB_ID_ENV, &job_id)
