@@ -435,22 +435,15 @@ pub fn open_gate(agents_dir: &Path, job_id: &str) {
 /// Raises this process's soft RLIMIT_NOFILE to at least `wanted` (capped at the hard limit); the daemon
 /// started afterwards inherits it. Returns the new soft limit.
 pub fn raise_nofile_limit(wanted: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
-    if limit.rlim_cur >= wanted {
-        return limit.rlim_cur;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft >= wanted {
+        return soft;
     }
-    limit.rlim_cur = wanted.min(limit.rlim_max);
-    // SAFETY: as above; raising the soft limit up to the hard limit needs no privilege.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
-    limit.rlim_cur
+    // Raising the soft limit up to the hard limit needs no privilege.
+    let raised = wanted.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, raised, hard).expect("setrlimit");
+    raised
 }
 
 // -------------------------------------------------------------------------------------------------
