@@ -5,6 +5,8 @@
 //! local Unix socket. The [`fleet::FleetManager`] is the product; the daemon and the socket are one way to
 //! host it (it can also be embedded in-process).
 //!
+//! The product contract the code cites as "SPEC §N" is `docs/SPEC.md`.
+//!
 //! ## Bird's eye view
 //!
 //! Inputs: a fleet configuration (herdctl's YAML files), RPC calls from clients, the clock, and the job
