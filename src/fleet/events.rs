@@ -234,6 +234,15 @@ impl EventSubscription {
     }
 }
 
+/// A problem with the state directory: logged, and an `error` event for subscribers.
+pub(super) fn report_state_error(events: &EventBus, message: &str) {
+    tracing::error!("{message}");
+    events.emit(FleetEvent::Error {
+        message: message.to_string(),
+        source: "state".into(),
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
