@@ -101,6 +101,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod hooks;
 pub mod job;
+pub mod metrics;
 pub mod rpc;
 pub mod runner;
 pub mod scheduler;
