@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, AgentConfig, FleetConfig, ScheduleConfig, ScheduleKind};
 use crate::job::{ExitReason, Job, JobError, JobId, JobStatus, TerminationType, TriggerType};
+use crate::metrics::{FleetGauges, Metrics};
 use crate::scheduler::{Fire, ScheduleKey, Scheduler, SchedulerHandle};
 use crate::state::{DirSync, FleetState as PersistedState, JobFilter, JobStore, StateDir};
 
@@ -84,6 +85,7 @@ pub(super) struct Shared {
     pub(super) core: Mutex<Core>,
     /// Signalled whenever a job finishes, so `stop` can wait without polling.
     pub(super) jobs_changed: Arc<Notify>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 /// Everything mutable about the fleet, behind one lock.
@@ -313,7 +315,7 @@ impl FleetManager {
     /// Creates a manager; does no I/O (`initialize` loads the configuration and opens the state).
     pub fn new(options: FleetManagerOptions) -> FleetManager {
         let events = EventBus::new(options.event_buffer);
-        FleetManager {
+        let manager = FleetManager {
             shared: Arc::new(Shared {
                 options,
                 events,
@@ -335,8 +337,28 @@ impl FleetManager {
                     fire_task: None,
                 }),
                 jobs_changed: Arc::new(Notify::new()),
+                metrics: Arc::new(Metrics::new()),
             }),
-        }
+        };
+        // Weak: the metrics live inside the fleet they read, and a scrape after the fleet is gone reads zero.
+        let shared = Arc::downgrade(&manager.shared);
+        manager.shared.metrics.set_gauge_source(move || {
+            let Some(shared) = shared.upgrade() else {
+                return FleetGauges::default();
+            };
+            let manager = FleetManager { shared };
+            let core = manager.core();
+            FleetGauges {
+                queue_depth: core.queue.len() as u64,
+                jobs_running: core.running_count(None) as u64,
+            }
+        });
+        manager
+    }
+
+    /// The fleet's metrics; [`Metrics::encode`] is a scrape.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {
@@ -1404,6 +1426,11 @@ impl FleetManager {
                             .schedule_mut(&fire.key.agent, &fire.key.schedule);
                         state.skipped += 1;
                         state.last_error = Some(message);
+                        self.metrics().schedule_skipped(
+                            &fire.key.agent,
+                            &fire.key.schedule,
+                            "work_source_error",
+                        );
                         core.save_persisted(self.events());
                         false
                     }
@@ -1428,6 +1455,8 @@ impl FleetManager {
             .schedule_mut(&key.agent, &key.schedule)
             .skipped += 1;
         core.save_persisted(self.events());
+        self.metrics()
+            .schedule_skipped(&key.agent, &key.schedule, reason.as_str());
         tracing::info!(agent = %key.agent, schedule = %key.schedule, ?reason, "schedule skipped");
         self.events().emit(FleetEvent::ScheduleSkipped {
             agent_name: key.agent.clone(),
@@ -1539,6 +1568,7 @@ impl FleetManager {
             state.last_run_at = Some(fire.fired_at);
             state.runs += 1;
         }
+        self.metrics().schedule_fired(&key.agent, &key.schedule);
         tracing::info!(agent = %key.agent, schedule = %key.schedule, job_id = %job.id, "schedule fired");
         self.events().emit(FleetEvent::ScheduleTriggered {
             agent_name: key.agent.clone(),
