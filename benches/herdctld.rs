@@ -40,7 +40,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use herdctld::job::{ExitReason, Job, JobId, JobStatus, TriggerType};
-use herdctld::state::JobStore;
+use herdctld::state::{JobStore, Retention};
+
+/// The daemon's default history limit.
+const RETENTION: Retention = Retention {
+    max_per_agent: 100,
+    max_per_agent_explicit: false,
+    max_total: None,
+    max_age: None,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_herdctld");
 /// A job printing 100 MB: 1,000,000 lines of 100 `x`.
@@ -283,8 +291,12 @@ fn bare_spawn_rate(jobs: usize, parallelism: usize, records: Option<&Path>) -> f
                             job.status = JobStatus::Completed;
                             job.pid = None;
                             write_record(dir, store, &job).await;
-                            let mut store = store.lock().expect("store lock");
-                            store.prune(100, None, &|_| false).expect("prune");
+                            let pruned = {
+                                let mut store = store.lock().expect("store lock");
+                                let plan = store.plan_prune(&RETENTION, Utc::now(), &|_| false);
+                                store.forget(&plan.doomed)
+                            };
+                            pruned.delete().expect("prune");
                         }
                     }
                 })

@@ -262,6 +262,10 @@ pub struct Job {
     /// rewrite of the record loses nothing, never sent to clients.
     #[serde(skip)]
     pub foreign: ForeignFields,
+    /// herdctl wrote this record first. herdctl never prunes its history, so retention keeps such
+    /// records unless a limit was set explicitly. Kept across rewrites; never sent to clients.
+    #[serde(skip)]
+    pub herdctl_record: bool,
 }
 
 /// Fields of a persisted record that herdctld carries without interpreting them.
@@ -306,6 +310,7 @@ impl Job {
             output_truncated: false,
             usage: None,
             foreign: ForeignFields::default(),
+            herdctl_record: false,
         }
     }
 }

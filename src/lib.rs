@@ -18,8 +18,8 @@
 //! - [`config`] — locate, read, interpolate (`${VAR}`), merge (`defaults`, `overrides`, sub-fleets) and
 //!   validate the configuration completely at load; `diff` for reload. Produces [`config::FleetConfig`].
 //!   Knows nothing of jobs or processes.
-//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, the persisted record, one
-//!   output line. No I/O.
+//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, one output line. No I/O.
+//!   (Its on-disk layout, shared with herdctl, is `state::record`.)
 //! - [`state`] — the state directory: single-instance lock, atomic durable writes, `state.yaml`, the job
 //!   store (records + JSONL output) with an in-memory index, session pointers. The directory is herdctl's
 //!   (`.herdctl/`): files in herdctl's layouts are read in place and written in them. Synchronous file I/O
@@ -69,7 +69,9 @@
 //! 5. When the process tree is gone and its output drained, the runner's `RunOutcome` finalizes the record
 //!    (`completed`/`failed`/`cancelled` with exit reason; a resumed session Claude no longer has is cleared
 //!    and the job runs once more, fresh, first), updates schedule state and the agent's session pointer,
-//!    emits `agent:stopped` and `job:completed|failed|cancelled`, prunes history and starts queued jobs.
+//!    emits `agent:stopped` and `job:completed|failed|cancelled`, prunes history (the limits of the command
+//!    line, else of the fleet file's `defaults`; pruned jobs leave the index under the lock, and their files
+//!    are deleted outside it before the job's waiters are told) and starts queued jobs.
 //!
 //! 6. After the record is final, background tasks run the agent's hooks (`hooks`) and report a work item
 //!    back to its source (`work_sources`: close on success, release otherwise).
@@ -89,9 +91,12 @@
 //!   in `herdctl.pid` runs).
 //! - Nothing herdctl wrote is lost: records, output, `state.yaml` and session pointers of either tool are
 //!   read, and rewrites keep every field herdctld does not know; only a file neither tool can read is moved
-//!   aside, with an error event.
+//!   aside, with an error event. History limits delete records herdctl wrote only when the operator set a
+//!   limit explicitly (herdctl never prunes).
 //! - Isolation fails closed: a job whose agent asks for a container never runs on the host.
 //! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`.
+//!   `state.yaml` and session pointers are only marked pending under it and written by
+//!   `fleet::state_writer` after it is released (`stop` and `FleetManager::flush` wait for them).
 //! - A job's output reaches its file before any subscriber, so history and live output join without gap or
 //!   duplicate; the final job event follows its last output event.
 //! - Nothing a job starts outlives it: cancel, timeout and normal exit all sweep the job's process group and

@@ -372,7 +372,7 @@ fn the_bundled_demo_fleet_loads() {
     let reporter = agent(&fleet, "reporter");
     assert_eq!(reporter.schedules[0].kind.type_name(), "cron");
     let worker = agent(&fleet, "slow-worker");
-    assert_eq!((worker.concurrency, worker.schedules.len()), (2, 0));
+    assert_eq!((worker.concurrency, worker.schedules.len()), (Some(2), 0));
 }
 
 #[test]
@@ -468,7 +468,7 @@ fn the_projects_herdctl_fixture_fleet_loads_as_herdctl_would() {
     );
 
     let watcher = agent(&fleet, "watcher");
-    assert_eq!(watcher.concurrency, 2);
+    assert_eq!(watcher.concurrency, Some(2));
     assert_eq!(
         watcher.schedule("check").unwrap().kind,
         ScheduleKind::Interval(std::time::Duration::from_secs(15 * 60))

@@ -83,13 +83,21 @@ async fn lifecycle(client: &mut Client) {
 }
 
 async fn queries(client: &mut Client) {
+    let asked = chrono::Utc::now();
     let status = client.call("getStatus", Value::Null).await;
     assert_eq!(status["state"], "running");
     assert_eq!(status["agents"]["total"], 3);
     for field in ["active", "queued", "completed", "failed", "cancelled"] {
         assert!(status["jobs"][field].is_u64(), "jobs.{field} in {status}");
     }
-    assert!(status["uptime"].is_u64(), "{status}");
+    // Milliseconds, the seed's unit: at least the time from the start to the call (seconds would be less).
+    let started: chrono::DateTime<chrono::Utc> =
+        status["startedAt"].as_str().unwrap().parse().unwrap();
+    let uptime = status["uptime"].as_i64().expect("uptime");
+    assert!(
+        uptime >= (asked - started).num_milliseconds(),
+        "uptime {uptime} ms, started {started}, asked at {asked}"
+    );
     assert!(status["scheduler"]["activeSchedules"].is_u64(), "{status}");
 
     let agents = client.call("getAgents", Value::Null).await;

@@ -164,8 +164,8 @@ async fn history_keeps_the_newest_jobs_per_agent() {
     let fx = Fixture::new("", &[("a", ECHO_PROMPT, ""), ("b", ECHO_PROMPT, "")]);
     let manager = FleetManager::new(FleetManagerOptions {
         history: HistoryOptions {
-            max_jobs_per_agent: 3,
-            max_jobs_total: None,
+            max_jobs_per_agent: Some(3),
+            ..HistoryOptions::default()
         },
         ..fx.options()
     });
@@ -214,8 +214,8 @@ async fn pruning_never_removes_a_job_before_its_waiters_see_it() {
     fx.write("", &[("a", &wait_for_file(&release), "")]);
     let manager = FleetManager::new(FleetManagerOptions {
         history: HistoryOptions {
-            max_jobs_per_agent: 2,
-            max_jobs_total: None,
+            max_jobs_per_agent: Some(2),
+            ..HistoryOptions::default()
         },
         ..fx.options()
     });
@@ -299,4 +299,28 @@ async fn max_output_mb_caps_what_a_job_keeps() {
         "about 1 MiB of the 3 MiB kept, got {kept} lines"
     );
     assert!(output.iter().any(|line| line.kind == "output_truncated"));
+}
+
+/// A session id an earlier herdctld kept in `state.yaml` becomes the agent's pointer at start, before any
+/// save of `state.yaml` (which no longer has the old key) can drop it.
+#[tokio::test]
+async fn a_session_id_kept_by_an_earlier_herdctld_survives_the_first_save_of_state() {
+    let fx = Fixture::new("", &[("a", ECHO_PROMPT, ""), ("b", ECHO_PROMPT, "")]);
+    std::fs::create_dir_all(&fx.state).unwrap();
+    std::fs::write(
+        fx.state.join("state.yaml"),
+        "agents:\n  a:\n    last_session_id: kept-session\n",
+    )
+    .unwrap();
+    let manager = fx.manager().await;
+    let job = manager
+        .trigger("b", TriggerOptions::default())
+        .await
+        .unwrap();
+    wait_job(&manager, &job.id.to_string()).await;
+
+    let pointer = std::fs::read_to_string(fx.state.join("sessions/a.json")).unwrap();
+    let pointer: serde_json::Value = serde_json::from_str(&pointer).unwrap();
+    assert_eq!(pointer["session_id"], "kept-session");
+    assert_eq!(pointer["agent_name"], "a");
 }

@@ -565,3 +565,35 @@ async fn a_stopped_fleet_fires_nothing_and_resumes_on_start() {
     // Nothing fired (nor was skipped as `stopping`) while the fleet was stopped.
     assert_eq!((info.runs, info.skipped), (2, 0));
 }
+
+/// Jobs that end as they start (an agent asking for a container) free their slot inside the queue's own
+/// dispatch: a long queue of them ends one after another, not each inside the previous one's stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_queue_of_jobs_that_cannot_start_ends_without_deepening_the_stack() {
+    let fx = Fixture::new("", &[]);
+    let release = fx.path("release");
+    fx.write(
+        "",
+        &[
+            ("host", &wait_for_file(&release), ""),
+            ("boxed", "true", "docker:\n  enabled: true"),
+        ],
+    );
+    let manager = FleetManager::new(FleetManagerOptions {
+        concurrency: Some(1),
+        max_queued: 5000,
+        ..fx.options()
+    });
+    manager.initialize().await.unwrap();
+    let holder = manager.trigger("host", trigger("hold", 5)).await.unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..1000 {
+        queued.push(manager.trigger("boxed", trigger("x", 5)).await.unwrap());
+    }
+    assert!(queued.iter().all(|job| job.status == JobStatus::Queued));
+    std::fs::write(&release, "").unwrap();
+    wait_job(&manager, &holder.id.to_string()).await;
+    // The queue runs in order: once the newest has ended, all have (older ones are pruned from history).
+    let last = queued.last().unwrap().id.to_string();
+    assert_eq!(wait_job(&manager, &last).await.status, JobStatus::Failed);
+}

@@ -458,6 +458,10 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
             (Some("failed"), Some("interrupted")),
             "{job}"
         );
+        let said = job["error"]["message"].as_str().unwrap_or_default();
+        let started = id == RUNNING;
+        assert_eq!(said.contains("not resumed"), started, "{said}");
+        assert_eq!(said.contains("not run"), !started, "{said}");
     }
     assert_eq!(files_moved_aside(&state), Vec::<String>::new());
 
@@ -523,6 +527,19 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
     assert_herdctl_reads_back(&state);
 }
 
+/// The drop-in fleet unscheduled, with `alpha`'s pointer naming `session`, just used; returns the
+/// daemon and its state directory.
+async fn start_with_alphas_session(session: &str) -> (Daemon, std::path::PathBuf) {
+    let dir = TestDir::new();
+    write_dropin_fleet(dir.path(), "");
+    let state = dir.path().join("state");
+    write(
+        &state.join("sessions/alpha.json"),
+        &session_pointer("alpha", session, &alpha_workspace(dir.path()), Utc::now()),
+    );
+    (Daemon::start_in(dir, keep_fleet_unscheduled()).await, state)
+}
+
 #[tokio::test]
 async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
     let dir = TestDir::new();
@@ -538,7 +555,7 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
             Utc::now() - chrono::Duration::hours(2),
         ),
     );
-    let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    let mut daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
     let mut client = daemon.ndjson().await;
     let with_output = run_job(&mut client, tick()).await;
     assert_eq!(
@@ -550,6 +567,9 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
     assert!(first["content"]
         .as_str()
         .is_some_and(|c| c.starts_with("No valid session found")));
+    // Pointers are written just after a job ends; a stopped daemon has written them.
+    drop(client);
+    stop(&mut daemon).await;
     let pointer: Value =
         serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
     assert_eq!(pointer["session_id"], "fresh-session");
@@ -558,19 +578,7 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
 
 #[tokio::test]
 async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fresh() {
-    let dir = TestDir::new();
-    write_dropin_fleet(dir.path(), "");
-    let state = dir.path().join("state");
-    write(
-        &state.join("sessions/alpha.json"),
-        &session_pointer(
-            "alpha",
-            "dead-session",
-            &alpha_workspace(dir.path()),
-            Utc::now(),
-        ),
-    );
-    let daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    let (mut daemon, state) = start_with_alphas_session("dead-session").await;
     let mut client = daemon.ndjson().await;
     for round in 0..2 {
         let done = run_job(&mut client, tick()).await;
@@ -585,6 +593,9 @@ async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fr
         // Only the first run met the dead session; the second resumes the fresh one.
         assert_eq!(retried, round == 0, "round {round}: {output}");
     }
+    // Pointers are written just after a job ends; a stopped daemon has written them.
+    drop(client);
+    stop(&mut daemon).await;
     let pointer: Value =
         serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
     assert_eq!(pointer["session_id"], "fresh-session");
@@ -746,4 +757,90 @@ async fn an_agent_that_asks_for_docker_never_runs_on_the_host() {
         "{message}"
     );
     assert!(!marker.exists(), "the job ran on the host");
+}
+
+#[tokio::test]
+async fn a_manual_run_continues_the_agents_session_unless_asked_for_a_fresh_one() {
+    let (mut daemon, state) = start_with_alphas_session("stored-session").await;
+    let mut client = daemon.ndjson().await;
+    let resumed = run_job(&mut client, json!({"agentName": "alpha"})).await;
+    assert_eq!(resumed["summary"], "ran in stored-session", "{resumed}");
+    let fresh = run_job(
+        &mut client,
+        json!({"agentName": "alpha", "freshSession": true}),
+    )
+    .await;
+    assert_eq!(fresh["summary"], "ran in fresh-session", "{fresh}");
+    drop(client);
+    stop(&mut daemon).await;
+    let pointer: Value =
+        serde_json::from_slice(&std::fs::read(state.join("sessions/alpha.json")).unwrap()).unwrap();
+    assert_eq!(pointer["session_id"], "fresh-session");
+}
+
+/// herdctl never prunes its history, and herdctld shares its state directory: under herdctld's implicit
+/// default (100 jobs per agent) the records herdctl wrote all stay, and the daemon says so once at start;
+/// a limit set explicitly prunes them like herdctld's own.
+#[tokio::test]
+async fn herdctls_history_survives_the_default_limit_and_goes_only_under_an_explicit_one() {
+    let dir = TestDir::new();
+    write_dropin_fleet(dir.path(), "");
+    let jobs_dir = dir.path().join("state/jobs");
+    let first = Utc::now() - chrono::Duration::days(1);
+    let herdctl_ids: Vec<String> = (0..105)
+        .map(|n| format!("job-2026-11-29-h{n:05}"))
+        .collect();
+    for (n, id) in herdctl_ids.iter().enumerate() {
+        let started = first + chrono::Duration::minutes(n as i64);
+        write(
+            &jobs_dir.join(format!("{id}.yaml")),
+            &herdctl_record(
+                id,
+                "alpha",
+                Some("tick"),
+                "schedule",
+                "completed",
+                Some("success"),
+                started,
+                None,
+            ),
+        );
+    }
+    let mut daemon = Daemon::start_in(dir, keep_fleet_unscheduled()).await;
+    assert!(
+        daemon.stderr().contains(
+            "keeping 5 job records herdctl wrote beyond the default history limit of 100 per agent"
+        ),
+        "{}",
+        daemon.stderr()
+    );
+    let mut client = daemon.ndjson().await;
+    // A job's end applies the limits.
+    assert_eq!(run_job(&mut client, tick()).await["status"], "completed");
+    let alpha = json!({"agentName": "alpha", "limit": 1});
+    assert_eq!(client.call("getJobs", alpha.clone()).await["total"], 106);
+    for id in &herdctl_ids {
+        assert!(jobs_dir.join(format!("{id}.yaml")).exists(), "{id} deleted");
+    }
+    stop(&mut daemon).await;
+
+    let options = DaemonOptions {
+        args: vec![
+            "--no-start".into(),
+            "--max-jobs-per-agent".into(),
+            "100".into(),
+        ],
+        ..keep_fleet()
+    };
+    let daemon = Daemon::start_in(daemon.into_dir(), options).await;
+    assert!(!daemon.stderr().contains("keeping"), "{}", daemon.stderr());
+    let mut client = daemon.ndjson().await;
+    assert_eq!(client.call("getJobs", alpha).await["total"], 100);
+    let (gone, kept) = herdctl_ids.split_at(6);
+    for id in gone {
+        assert!(!jobs_dir.join(format!("{id}.yaml")).exists(), "{id} kept");
+    }
+    for id in kept {
+        assert!(jobs_dir.join(format!("{id}.yaml")).exists(), "{id} deleted");
+    }
 }

@@ -214,12 +214,9 @@ fn diff_agent(old: &AgentConfig, new: &AgentConfig, changes: &mut Vec<ConfigChan
         &new.session.model,
         text,
     );
-    fields.shown(
-        "concurrency",
-        &old.concurrency,
-        &new.concurrency,
-        u32::to_string,
-    );
+    fields.shown("concurrency", &old.concurrency, &new.concurrency, |n| {
+        n.map_or_else(|| "the fleet's default".to_string(), |n| n.to_string())
+    });
     fields.opaque("runtime", &old.runtime, &new.runtime);
     fields.shown("timeout", &old.timeout, &new.timeout, duration);
     fields.shown("stop_grace", &old.stop_grace, &new.stop_grace, |d| {

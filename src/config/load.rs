@@ -12,9 +12,10 @@ use super::interpolate::{interpolate_tree, parse_dotenv, EnvLookup};
 use super::locate::{locate, normalize, Located};
 use super::merge::Sourced;
 use super::raw::*;
-use super::resolved::{AgentConfig, DockerConfig, DotEnv, FleetConfig};
+use super::resolved::{AgentConfig, DockerConfig, DotEnv, FleetConfig, HistoryConfig};
 use super::validate::{
-    build_agent, build_docker, describe, get, is_valid_name, AgentPlace, Reader, Warnings,
+    build_agent, build_docker, describe, get, is_valid_name, positive_duration, AgentPlace, Reader,
+    Warnings,
 };
 
 /// Loads the fleet designated by `path` (relative to `cwd`), or found by searching upward from `cwd`.
@@ -76,6 +77,7 @@ pub fn load_with(
         description: fleet_meta.description,
         agents,
         max_concurrent: fleet_meta.max_concurrent,
+        history: fleet_meta.history,
         dotenv,
         docker: fleet_meta.docker,
         warnings: warnings.finish(),
@@ -126,6 +128,7 @@ struct FleetMeta {
     name: Option<String>,
     description: Option<String>,
     max_concurrent: Option<u32>,
+    history: HistoryConfig,
     docker: Option<DockerConfig>,
 }
 
@@ -222,7 +225,14 @@ impl Loader<'_> {
             if let Some(own) = reader.mapping(value, "defaults", DEFAULTS_KEYS) {
                 let mut own = own.clone();
                 let defaults_cap = reader.positive(&own, "max_concurrent", "defaults");
-                own.remove("max_concurrent");
+                meta.history = HistoryConfig {
+                    max_jobs_per_agent: reader.positive(&own, "max_jobs_per_agent", "defaults"),
+                    max_jobs_total: reader.positive(&own, "max_jobs_total", "defaults"),
+                    max_job_age: positive_duration(&mut reader, &own, "max_job_age", "defaults"),
+                };
+                for key in FLEET_WIDE_DEFAULTS_KEYS {
+                    own.remove(*key);
+                }
                 match (fleet_cap, defaults_cap) {
                     (Some(a), Some(b)) if a != b => reader.error(
                         "defaults.max_concurrent",
@@ -237,12 +247,20 @@ impl Loader<'_> {
                 });
             }
         }
-        if !fleet_path.is_empty() && fleet_cap.is_some() {
+        if sub_ref.is_some() && fleet_cap.is_some() {
             reader.warn(
                 "defaults",
                 "max_concurrent in a sub-fleet is ignored; the fleet-wide cap is set in the root fleet file",
             );
             fleet_cap = None;
+        }
+        if sub_ref.is_some() && meta.history != HistoryConfig::default() {
+            reader.warn(
+                "defaults",
+                "max_jobs_per_agent, max_jobs_total and max_job_age in a sub-fleet are ignored; job history \
+                 limits are set in the root fleet file",
+            );
+            meta.history = HistoryConfig::default();
         }
         meta.max_concurrent = fleet_cap;
 
@@ -711,6 +729,79 @@ mod tests {
     }
 
     #[test]
+    fn history_limits_are_read_from_the_root_defaults_and_reach_no_agent() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "defaults:\n  max_jobs_per_agent: 20\n  max_jobs_total: 500\n  max_job_age: 30d\nfleets: [{path: team/herdctl.yaml}]\nagents: [{path: a.yaml}]\n",
+            ),
+            ("a.yaml", "name: a\n"),
+            (
+                "team/herdctl.yaml",
+                "defaults: {max_jobs_per_agent: 3}\nagents: [{path: b.yaml}]\n",
+            ),
+            ("team/b.yaml", "name: b\n"),
+        ]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        assert_eq!(
+            fleet.history,
+            HistoryConfig {
+                max_jobs_per_agent: Some(20),
+                max_jobs_total: Some(500),
+                max_job_age: Some(Duration::from_secs(30 * 86_400)),
+            }
+        );
+        assert_eq!(fleet.agent("a").unwrap().concurrency, None);
+        assert!(
+            fleet
+                .warnings
+                .iter()
+                .any(|w| w.message.contains("in a sub-fleet are ignored")),
+            "{:#?}",
+            fleet.warnings
+        );
+    }
+
+    #[test]
+    fn invalid_history_limits_name_file_field_and_fix() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "defaults:\n  max_jobs_per_agent: 0\n  max_jobs_total: many\n  max_job_age: 30 days\nagents: [{path: a.yaml}]\n",
+            ),
+            ("a.yaml", "name: a\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        for (path, text) in [
+            ("defaults.max_jobs_per_agent", "at least 1"),
+            ("defaults.max_jobs_total", "at least 1"),
+            ("defaults.max_job_age", "30 days"),
+        ] {
+            assert!(
+                has(&errors, "herdctl.yaml", path, text),
+                "{path}: {errors:#?}"
+            );
+        }
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "defaults: {max_job_age: 0s}\nagents: [{path: a.yaml}]\n",
+            ),
+            ("a.yaml", "name: a\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        assert!(
+            has(
+                &errors,
+                "herdctl.yaml",
+                "defaults.max_job_age",
+                "greater than zero"
+            ),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
     fn defaults_deep_merge_then_overrides_apply_arrays_replace() {
         let dir = tree(&[
             (
@@ -763,7 +854,7 @@ mod tests {
         let fleet = load_with(Some(Path::new("agent.yaml")), dir.path(), &no_env).unwrap();
         assert_eq!(fleet.config_path, dir.path().join("agent.yaml"));
         let agent = fleet.agent("worker").unwrap();
-        assert_eq!(agent.concurrency, 3);
+        assert_eq!(agent.concurrency, Some(3));
         assert_eq!(agent.max_output_bytes, Some(2 * 1024 * 1024));
         assert_eq!(
             agent.runtime,

@@ -24,11 +24,20 @@ pub const FLEET_KEYS: &[&str] = &[
 /// herdctld extension: `max_concurrent` (the fleet-wide cap).
 pub const FLEET_META_KEYS: &[&str] = &["name", "description", "max_concurrent"];
 
+/// `defaults` keys that configure the fleet rather than its agents (herdctld extensions, snake_case like
+/// herdctl's keys): read from the root fleet file, never merged into agents.
+pub const FLEET_WIDE_DEFAULTS_KEYS: &[&str] = &[
+    "max_concurrent",
+    "max_jobs_per_agent",
+    "max_jobs_total",
+    "max_job_age",
+];
+
 pub const AGENT_REF_KEYS: &[&str] = &["path", "overrides"];
 pub const FLEET_REF_KEYS: &[&str] = &["path", "name", "overrides"];
 
 /// herdctl's defaults keys, then herdctld's extensions (agent-level settings that make sense fleet-wide,
-/// and the fleet-wide cap `max_concurrent`).
+/// and the fleet-wide settings [`FLEET_WIDE_DEFAULTS_KEYS`]).
 pub const DEFAULTS_KEYS: &[&str] = &[
     "docker",
     "work_source",
@@ -44,6 +53,9 @@ pub const DEFAULTS_KEYS: &[&str] = &[
     "mcp_servers",
     "plugins",
     "max_concurrent",
+    "max_jobs_per_agent",
+    "max_jobs_total",
+    "max_job_age",
     "concurrency",
     "runtime",
     "claude_bin",

@@ -25,6 +25,8 @@ pub struct FleetConfig {
     pub agents: Vec<AgentConfig>,
     /// Fleet-wide cap on running jobs (herdctld extension: `defaults.max_concurrent` or `fleet.max_concurrent`).
     pub max_concurrent: Option<u32>,
+    /// How much job history to keep (herdctld extension: `defaults.max_jobs_per_agent`, …).
+    pub history: HistoryConfig,
     /// Variables read from the `.env` file beside the fleet file that were not already set in the process
     /// environment. The process environment is never modified; consumers that look up secrets by name
     /// (`auth.token_env`, hook `bot_token_env`) consult the environment first, then this.
@@ -39,6 +41,17 @@ impl FleetConfig {
     pub fn agent(&self, name: &str) -> Option<&AgentConfig> {
         self.agents.iter().find(|agent| agent.name == name)
     }
+}
+
+/// Job history limits of the root fleet file's `defaults`; `None` = not set there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// `max_jobs_per_agent`: newest jobs kept per agent.
+    pub max_jobs_per_agent: Option<u32>,
+    /// `max_jobs_total`: newest jobs kept overall.
+    pub max_jobs_total: Option<u32>,
+    /// `max_job_age` (`30d`): finished jobs older than this are deleted.
+    pub max_job_age: Option<Duration>,
 }
 
 /// Values from a `.env` file. Its `Debug` shows only the keys, because the values are usually secrets.
@@ -107,8 +120,9 @@ pub struct AgentConfig {
     pub mcp_servers: Option<serde_json::Value>,
     pub setting_sources: Option<Vec<String>>,
     pub session: SessionConfig,
-    /// Jobs of this agent allowed to run at once (`concurrency`, alias `instances.max_concurrent`; default 1).
-    pub concurrency: u32,
+    /// Jobs of this agent allowed to run at once (`concurrency`, alias `instances.max_concurrent`, or
+    /// `defaults.concurrency`); `None` = the fleet's per-agent default (`--per-agent`, else 1).
+    pub concurrency: Option<u32>,
     /// File order.
     pub schedules: Vec<ScheduleConfig>,
     pub runtime: RuntimeConfig,

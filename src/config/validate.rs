@@ -555,7 +555,7 @@ pub fn build_agent(
         let instances = get(tree, "instances").cloned().unwrap_or_default();
         reader.mapping(&instances, "instances", INSTANCES_KEYS);
     }
-    let concurrency = reader.positive(tree, "concurrency", "").unwrap_or(1);
+    let concurrency = reader.positive(tree, "concurrency", "");
     let runtime = build_runtime(tree, reader);
     let timeout = positive_duration(reader, tree, "timeout", "");
     let stop_grace = reader
@@ -623,7 +623,7 @@ pub fn build_agent(
     })
 }
 
-fn positive_duration(
+pub(super) fn positive_duration(
     reader: &mut Reader<'_>,
     mapping: &Mapping,
     key: &str,

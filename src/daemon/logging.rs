@@ -1,9 +1,11 @@
 //! The daemon's log output: tracing-subscriber set up from `--log-level`, `--log-format`, `--log-file`.
 //!
 //! Owns: the level filter (`RUST_LOG` wins over `--log-level`), the format (text or JSON lines), the
-//! destination (stderr — no ANSI colours unless it is a terminal, so journald gets plain text — or a file
-//! rotated daily by tracing-appender), and one optional extra layer supplied by the caller (the
-//! FleetManager's in-memory log ring). The filter applies to every layer, the extra one included.
+//! destination (stderr — no ANSI colours unless it is a terminal, so journald gets plain text — or the
+//! `--log-file`, rotated by size with PATH always the live file, see [`super::log_file`], written from
+//! tracing-appender's background thread so a slow disk never blocks the fleet), and one optional extra
+//! layer supplied by the caller (the FleetManager's in-memory log ring). The filter applies to every layer,
+//! the extra one included.
 //!
 //! Public API:
 //! - [`LogOptions`] `{level, format, file}`, [`LogFormat`] (`FromStr`: `text`|`json`)
@@ -12,17 +14,17 @@
 //! - [`build`] — the same without installing (for tests and embedding), [`level_filter`]
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use tracing::Subscriber;
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use super::log_file::{LogFileError, LogFileOptions, RotatingFile};
 
 /// A layer the caller adds beside the output (e.g. a log ring feeding `streamLogs`).
 pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
@@ -55,8 +57,8 @@ pub struct LogOptions {
     /// A level (`info`) or a full filter directive (`info,herdctld::rpc=debug`); `RUST_LOG` overrides it.
     pub level: String,
     pub format: LogFormat,
-    /// Log to this file (rotated daily: `PATH.YYYY-MM-DD`) instead of stderr.
-    pub file: Option<PathBuf>,
+    /// Log to this file (rotated by size, PATH staying the live file) instead of stderr.
+    pub file: Option<LogFileOptions>,
 }
 
 impl Default for LogOptions {
@@ -77,10 +79,8 @@ pub enum LoggingError {
     InvalidLevel { value: String, reason: String },
     #[error("invalid RUST_LOG {value:?}: {reason} (unset it or fix the directive)")]
     InvalidRustLog { value: String, reason: String },
-    #[error("--log-file {path} has no file name")]
-    NoFileName { path: PathBuf },
-    #[error("cannot open log file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    #[error(transparent)]
+    File(#[from] LogFileError),
     #[error("a global logger is already installed: {reason}")]
     AlreadyInitialized { reason: String },
 }
@@ -144,8 +144,8 @@ fn build_with(
 ) -> Result<(impl Subscriber + Send + Sync + 'static, LoggingGuard), LoggingError> {
     let filter = level_filter(&opts.level, rust_log)?;
     let (writer, ansi, guard) = match &opts.file {
-        Some(path) => {
-            let (writer, guard) = tracing_appender::non_blocking(daily_file(path)?);
+        Some(file) => {
+            let (writer, guard) = tracing_appender::non_blocking(RotatingFile::open(file.clone())?);
             (BoxMakeWriter::new(writer), false, Some(guard))
         }
         None => (
@@ -175,24 +175,6 @@ pub fn init(opts: &LogOptions, extra: Option<ExtraLayer>) -> Result<LoggingGuard
             reason: e.to_string(),
         })?;
     Ok(guard)
-}
-
-fn daily_file(path: &Path) -> Result<RollingFileAppender, LoggingError> {
-    let name = path.file_name().ok_or_else(|| LoggingError::NoFileName {
-        path: path.to_owned(),
-    })?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    RollingFileAppender::builder()
-        .rotation(Rotation::DAILY)
-        .filename_prefix(name.to_string_lossy())
-        .build(dir)
-        .map_err(|e| LoggingError::File {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
 }
 
 fn output_layer<S>(
@@ -274,14 +256,18 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_go_to_the_daily_file_and_the_extra_layer_sees_filtered_events() {
+    fn json_lines_go_to_the_named_file_and_the_extra_layer_sees_filtered_events() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/herdctld.log");
         let count = Arc::new(AtomicUsize::new(0));
         let opts = LogOptions {
             level: "info".to_owned(),
             format: LogFormat::Json,
-            file: Some(path.clone()),
+            file: Some(LogFileOptions {
+                path: path.clone(),
+                max_size: crate::daemon::log_file::DEFAULT_MAX_SIZE,
+                keep: crate::daemon::log_file::DEFAULT_KEEP,
+            }),
         };
         let (subscriber, guard) =
             build_with(&opts, Some(Box::new(CountEvents(count.clone()))), None).unwrap();
@@ -299,13 +285,12 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert!(files[0]
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("herdctld.log."));
-        let content = std::fs::read_to_string(&files[0]).unwrap();
+        assert_eq!(
+            files,
+            std::slice::from_ref(&path),
+            "PATH itself, nothing else"
+        );
+        let content = std::fs::read_to_string(&path).unwrap();
         let line: serde_json::Value =
             serde_json::from_str(content.lines().next().unwrap()).unwrap();
         assert_eq!(line["fields"]["message"], "job started");
@@ -315,14 +300,18 @@ mod tests {
     }
 
     #[test]
-    fn a_log_file_without_a_name_is_an_error() {
+    fn a_log_file_that_cannot_be_opened_is_an_error() {
         let opts = LogOptions {
-            file: Some(PathBuf::from("/")),
+            file: Some(LogFileOptions {
+                path: std::path::PathBuf::from("/"),
+                max_size: crate::daemon::log_file::DEFAULT_MAX_SIZE,
+                keep: crate::daemon::log_file::DEFAULT_KEEP,
+            }),
             ..LogOptions::default()
         };
         assert!(matches!(
             build_with(&opts, None, None),
-            Err(LoggingError::NoFileName { .. })
+            Err(LoggingError::File(LogFileError::NoFileName { .. }))
         ));
     }
 }

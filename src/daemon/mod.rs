@@ -6,10 +6,12 @@
 //!   watchdog interval.
 //! - [`signals`]: SIGTERM/SIGINT/SIGHUP as shutdown / shutdown-now / reload requests.
 //! - [`logging`]: tracing-subscriber setup from the command line, with room for one extra layer.
+//! - [`log_file`]: the `--log-file`, rotated by size with its path always the live file.
 //!
 //! - [`run`]: the command line and the daemon's life — the one place that ties these to the FleetManager and
 //!   `rpc::transport`.
 
+pub mod log_file;
 pub mod logging;
 pub mod notify;
 pub mod run;

@@ -13,10 +13,11 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::fleet::{
-    FleetError, FleetManager, FleetManagerOptions, FleetState, LogBus, StopOptions,
+    FleetError, FleetManager, FleetManagerOptions, FleetState, HistoryOptions, LogBus, StopOptions,
 };
 use crate::rpc::{methods, transport};
 
+use super::log_file::{self, LogFileOptions};
 use super::logging::{self, LogFormat, LogOptions};
 use super::notify::{watchdog_interval, Notifier};
 use super::signals::{SignalRequest, Signals};
@@ -57,20 +58,58 @@ pub struct DaemonArgs {
     /// fail with CONCURRENCY_LIMIT (1006).
     #[arg(long)]
     pub max_queued: Option<usize>,
+    /// Running jobs per agent for agents whose configuration sets no `concurrency` (default 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub per_agent: Option<u32>,
+    /// Newest jobs kept per agent (overrides defaults.max_jobs_per_agent; default 100).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs_per_agent: Option<u64>,
+    /// Newest jobs kept overall (overrides defaults.max_jobs_total; default: no cap).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_jobs_total: Option<u64>,
+    /// Finished jobs older than this are deleted, e.g. 30d or 12h (overrides defaults.max_job_age;
+    /// default: kept at any age).
+    #[arg(long, value_parser = job_age)]
+    pub max_job_age: Option<Duration>,
     /// trace, debug, info, warn or error (RUST_LOG, if set, wins).
     #[arg(long, default_value = "info")]
     pub log_level: String,
     /// text (default) or json (one object per line).
     #[arg(long, default_value = "text")]
     pub log_format: LogFormat,
-    /// Write logs to this file (rotated daily) instead of stderr.
+    /// Write logs to this file instead of stderr. It stays the live file: when it reaches
+    /// --log-file-max-size it becomes PATH.1 (PATH.1 becomes PATH.2, …) and a new PATH starts.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Size at which the log file is rotated: bytes, or with K, M or G (default 10M).
+    #[arg(long, value_parser = log_file_size, requires = "log_file")]
+    pub log_file_max_size: Option<u64>,
+    /// Rotated log files kept beside it, PATH.1 newest (default 5; 0 keeps none).
+    #[arg(long, requires = "log_file")]
+    pub log_file_keep: Option<usize>,
     /// Also serve `GET /metrics` (Prometheus text format; nothing else) on this TCP address, e.g.
     /// 127.0.0.1:9464. The socket's HTTP framing serves /metrics regardless. A non-loopback address is
     /// logged as a warning: anyone who can reach it can read the fleet's metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `--max-job-age`: a duration (`30d`, `12h`) greater than zero.
+fn job_age(text: &str) -> Result<Duration, String> {
+    match crate::timespec::parse_duration(text) {
+        Ok(age) if age.is_zero() => Err("must be greater than zero, e.g. 30d".to_owned()),
+        Ok(age) => Ok(age),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn log_file_size(text: &str) -> Result<u64, String> {
+    log_file::parse_size(text).map_err(|e| e.to_string())
+}
+
+/// A count from the command line; beyond what this machine can address it means "no limit" anyway.
+fn saturating_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// Runs the daemon to completion; the binary's `main`.
@@ -94,7 +133,11 @@ async fn run(args: DaemonArgs) -> ExitCode {
     let log_options = LogOptions {
         level: args.log_level.clone(),
         format: args.log_format,
-        file: args.log_file.clone(),
+        file: args.log_file.clone().map(|path| LogFileOptions {
+            path,
+            max_size: args.log_file_max_size.unwrap_or(log_file::DEFAULT_MAX_SIZE),
+            keep: args.log_file_keep.unwrap_or(log_file::DEFAULT_KEEP),
+        }),
     };
     let _log_guard = match logging::init(&log_options, Some(Box::new(logs.layer()))) {
         Ok(guard) => guard,
@@ -112,6 +155,12 @@ async fn run(args: DaemonArgs) -> ExitCode {
 
     let defaults = FleetManagerOptions::default();
     let fleet = FleetManager::new(FleetManagerOptions {
+        per_agent: args.per_agent.unwrap_or(defaults.per_agent),
+        history: HistoryOptions {
+            max_jobs_per_agent: args.max_jobs_per_agent.map(saturating_usize),
+            max_jobs_total: args.max_jobs_total.map(saturating_usize),
+            max_job_age: args.max_job_age,
+        },
         config_path: args.config.clone(),
         state_dir: args
             .state
@@ -322,6 +371,7 @@ async fn serve_until_shutdown(
                 fleet.cancel_running(Some(Duration::ZERO)).await;
             }
         }
+        fleet.flush().await;
         return ExitCode::SUCCESS;
     }
     let stop = fleet.stop(StopOptions::default());

@@ -13,7 +13,8 @@ use super::error::FleetState;
 #[serde(rename_all = "camelCase")]
 pub struct FleetStatus {
     pub state: FleetState,
-    /// Seconds since `start` (to the stop instant when stopped); null before the first start.
+    /// Milliseconds since `start` (the seed's unit; to the stop instant when stopped); null before the
+    /// first start.
     pub uptime: Option<u64>,
     pub started_at: Option<DateTime<Utc>>,
     pub config_path: Option<String>,
@@ -21,6 +22,25 @@ pub struct FleetStatus {
     pub agents: AgentCounts,
     pub jobs: JobCounts,
     pub scheduler: SchedulerStatus,
+    pub limits: Limits,
+}
+
+/// The limits in effect: construction options (the command line) over the fleet file over defaults.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Running jobs per agent for agents whose configuration sets none.
+    pub per_agent: u32,
+    /// Running jobs fleet-wide; null = no cap.
+    pub max_concurrent: Option<u32>,
+    /// Manual triggers waiting for a slot.
+    pub max_queued: usize,
+    /// Newest jobs kept per agent.
+    pub max_jobs_per_agent: usize,
+    /// Newest jobs kept overall; null = no cap.
+    pub max_jobs_total: Option<usize>,
+    /// Milliseconds after its end that a finished job is kept; null = any age.
+    pub max_job_age: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

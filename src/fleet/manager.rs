@@ -26,6 +26,7 @@ use super::output::{JobOutputStream, OutputHub};
 use super::queue::JobQueue;
 use super::run::{self, RunContext};
 use super::sessions::{SessionBook, SessionWrite};
+use super::state_writer::StateWriter;
 
 /// The prompt used when neither the call, the schedule nor the agent gives one (herdctl's default).
 const FALLBACK_PROMPT: &str = "Execute your configured task";
@@ -37,6 +38,9 @@ pub struct TriggerOptions {
     pub work_items: Option<Vec<Value>>,
     /// 1 (highest) … 10 (lowest); default 5.
     pub priority: Option<u8>,
+    /// Start a new Claude session instead of continuing the agent's stored one (herdctl's `resume:
+    /// null`). Without it a manual run resumes the agent's session while it is valid, as herdctl does.
+    pub fresh_session: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -92,6 +96,9 @@ pub(super) struct Shared {
 pub(super) struct Core {
     pub(super) lifecycle: FleetState,
     pub(super) config: Option<Arc<FleetConfig>>,
+    /// Writes `state.yaml` and session pointers outside the lock; set with `state_dir`, and declared
+    /// before it so that what it has pending is written before the directory's lock is released.
+    pub(super) writer: Option<StateWriter>,
     pub(super) state_dir: Option<StateDir>,
     pub(super) store: Option<JobStore>,
     pub(super) persisted: PersistedState,
@@ -111,6 +118,9 @@ pub(super) struct Core {
     /// The work source of every schedule that has one, built at load.
     pub(super) work_sources: HashMap<ScheduleKey, Arc<dyn crate::work_sources::WorkSource>>,
     pub(super) fire_task: Option<JoinHandle<()>>,
+    /// The queue is being dispatched: a job that ends as it starts (no container engine, agent gone)
+    /// frees its slot for that loop instead of dispatching again inside it, one stack frame per job.
+    pub(super) dispatching: bool,
 }
 
 /// A job that has not finished yet.
@@ -165,11 +175,13 @@ impl Core {
             .or_else(|| self.config.as_ref().and_then(|c| c.max_concurrent))
     }
 
-    fn agent_limit(&self, agent: &str) -> u32 {
+    /// Jobs of `agent` allowed to run at once: its configuration's, else the fleet's per-agent default.
+    pub(super) fn agent_limit(&self, options: &FleetManagerOptions, agent: &str) -> u32 {
         self.config
             .as_ref()
             .and_then(|c| c.agent(agent))
-            .map_or(1, |a| a.concurrency)
+            .and_then(|a| a.concurrency)
+            .unwrap_or(options.per_agent)
     }
 
     /// Whether a new job of `agent` may start now under the fleet-wide limit and, unless `when_full` says
@@ -181,7 +193,7 @@ impl Core {
         when_full: run::WhenFull,
     ) -> bool {
         let agent_ok = when_full == run::WhenFull::SkipAtFleetLimit
-            || self.running_count(Some(agent)) < self.agent_limit(agent) as usize;
+            || self.running_count(Some(agent)) < self.agent_limit(options, agent) as usize;
         let fleet_ok = self
             .fleet_limit(options)
             .is_none_or(|limit| self.running_count(None) < limit as usize);
@@ -227,22 +239,17 @@ impl Core {
             .to_path_buf())
     }
 
-    /// Applies a change to the session pointers' files.
-    pub(super) fn save_session(&self, events: &EventBus, write: Option<SessionWrite>) {
-        let (Some(dir), Some(write)) = (self.state_dir.as_ref(), write) else {
-            return;
-        };
-        if let Err(e) = write.apply(dir.sessions()) {
-            report_state_error(events, &e.to_string());
+    /// Queues a change to the session pointers' files.
+    pub(super) fn save_session(&self, write: Option<SessionWrite>) {
+        if let (Some(writer), Some(write)) = (self.writer.as_ref(), write) {
+            writer.session(write);
         }
     }
 
-    pub(super) fn save_persisted(&self, events: &EventBus) {
-        let Some(dir) = self.state_dir.as_ref() else {
-            return;
-        };
-        if let Err(e) = self.persisted.save(&dir.state_file()) {
-            report_state_error(events, &e.to_string());
+    /// Queues a write of `state.yaml` as it is now.
+    pub(super) fn save_persisted(&self) {
+        if let Some(writer) = self.writer.as_ref() {
+            writer.fleet_state(&self.persisted);
         }
     }
 }
@@ -267,6 +274,33 @@ fn not_initialized() -> FleetError {
             FleetState::Stopped,
         ],
     )
+}
+
+/// What retention did to the history at initialization.
+struct Retained {
+    pruned: usize,
+    herdctl_kept: usize,
+}
+
+impl Retained {
+    fn log(&self) {
+        if self.pruned > 0 {
+            tracing::info!(
+                removed = self.pruned,
+                "pruned job history beyond the retention limits"
+            );
+        }
+        if self.herdctl_kept > 0 {
+            tracing::info!(
+                kept = self.herdctl_kept,
+                "keeping {} job records herdctl wrote beyond the default history limit of {} per agent: \
+                 herdctl never prunes its history, so herdctld's default does not either; to prune them, \
+                 set defaults.max_jobs_per_agent in the fleet file or --max-jobs-per-agent",
+                self.herdctl_kept,
+                super::options::DEFAULT_MAX_JOBS_PER_AGENT
+            );
+        }
+    }
 }
 
 pub(super) fn report_state_error(events: &EventBus, message: &str) {
@@ -322,6 +356,7 @@ impl FleetManager {
                 core: Mutex::new(Core {
                     lifecycle: FleetState::Uninitialized,
                     config: None,
+                    writer: None,
                     state_dir: None,
                     store: None,
                     persisted: PersistedState::default(),
@@ -335,6 +370,7 @@ impl FleetManager {
                     scheduler: None,
                     work_sources: HashMap::new(),
                     fire_task: None,
+                    dispatching: false,
                 }),
                 jobs_changed: Arc::new(Notify::new()),
                 metrics: Arc::new(Metrics::new()),
@@ -425,21 +461,67 @@ impl FleetManager {
         }
         let requested = self.options().config_path.clone();
         let state_override = self.options().state_dir.clone();
+        let history = self.options().history.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let config = config::load(requested.as_deref()).map_err(config_error)?;
+            // Before the state directory is touched: a configuration refused must not have pruned.
+            let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
+                FleetError::Configuration {
+                    config_path: config.config_path.display().to_string(),
+                    validation_errors,
+                }
+            })?;
             let root = state_override.unwrap_or_else(|| config.root_dir.join(".herdctl"));
             let state_dir = StateDir::open(&root).map_err(|e| state_error(&root, e))?;
-            let (store, issues) =
+            let (mut store, issues) =
                 JobStore::open(state_dir.jobs_dir()).map_err(|e| state_error(&root, e))?;
+            // Also at start, not only when a job ends: a lowered limit applies at once, and retention by
+            // age must not wait for the next job of an idle fleet. Nothing runs yet, so nothing is active.
+            let retention = history.retention(Some(&config));
+            let pruning = store.plan_prune(&retention, Utc::now(), &|_| false);
+            let pruned_at_start = pruning.doomed.len();
+            let deleted = store.forget(&pruning.doomed).delete();
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
-            let sessions = state_dir
+            let loaded_sessions = state_dir
                 .sessions()
                 .load_all()
                 .map_err(|e| state_error(state_dir.sessions().dir(), e))?;
+            let mut sessions = SessionBook::new(loaded_sessions.pointers);
+            let legacy = persisted.agents.iter().filter_map(|(agent, state)| {
+                Some((agent.clone(), state.legacy_session_id.clone()?))
+            });
+            // Written now: the next save of state.yaml no longer has the old key.
+            let adopted = sessions.adopt_legacy(legacy, &config, Utc::now());
+            let mut state_issues: Vec<String> = loaded_sessions
+                .corrupt
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            if let Err(e) = deleted {
+                state_issues.push(format!("pruning job history: {e}"));
+            }
+            for write in adopted {
+                if let Err(e) = write.apply(state_dir.sessions()) {
+                    state_issues.push(e.to_string());
+                }
+            }
+            let retained = Retained {
+                pruned: pruned_at_start,
+                herdctl_kept: pruning.herdctl_kept_beyond_default,
+            };
             Ok::<_, FleetError>((
-                config, state_dir, store, issues, persisted, corrupt, sessions,
+                config,
+                state_dir,
+                store,
+                issues,
+                persisted,
+                corrupt,
+                sessions,
+                state_issues,
+                retained,
+                work_sources,
             ))
         })
         .await
@@ -447,13 +529,18 @@ impl FleetManager {
             path: String::new(),
             message: format!("initialization task failed: {e}"),
         })??;
-        let (config, state_dir, store, issues, persisted, corrupt, sessions) = loaded;
-        let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
-            FleetError::Configuration {
-                config_path: config.config_path.display().to_string(),
-                validation_errors,
-            }
-        })?;
+        let (
+            config,
+            state_dir,
+            store,
+            issues,
+            persisted,
+            corrupt,
+            sessions,
+            session_issues,
+            retained,
+            work_sources,
+        ) = loaded;
 
         for warning in &config.warnings {
             tracing::warn!(file = %warning.file.display(), path = %warning.path, "{}", warning.message);
@@ -462,20 +549,19 @@ impl FleetManager {
         for issue in issues {
             report_state_error(self.events(), &issue.to_string());
         }
-        for corrupt in corrupt.iter().chain(&sessions.corrupt) {
+        if let Some(corrupt) = corrupt {
             report_state_error(self.events(), &corrupt.to_string());
         }
-        let legacy_sessions: Vec<(String, String)> = persisted
-            .agents
-            .iter()
-            .filter_map(|(agent, state)| Some((agent.clone(), state.legacy_session_id.clone()?)))
-            .collect();
-        let sessions = SessionBook::new(sessions.pointers, legacy_sessions);
+        for issue in session_issues {
+            report_state_error(self.events(), &issue);
+        }
+        retained.log();
 
         {
             let mut core = self.core();
             self.require(&core, "initialize", &[FleetState::Uninitialized])?;
             core.config = Some(Arc::new(config));
+            core.writer = Some(StateWriter::start(&state_dir, self.events().clone()));
             core.state_dir = Some(state_dir);
             core.store = Some(store);
             core.persisted = persisted;
@@ -518,9 +604,16 @@ impl FleetManager {
             job.finished_at = Some(now);
             job.pid = None;
             job.pgid = None;
+            let message = if job.started_at.is_some() {
+                "the daemon stopped before this job finished; it was not resumed"
+            } else {
+                // Also herdctl's forks: its forkJob writes a pending record and never runs it.
+                "the job had not started when the daemon that owned it stopped; it was not run \
+                 (trigger or fork it again)"
+            };
             job.error = Some(JobError {
                 code: "INTERRUPTED".into(),
-                message: "the daemon stopped before this job finished; it was not resumed".into(),
+                message: message.into(),
             });
             if let Err(e) = store.put(&job) {
                 report_state_error(&self.shared.events, &e.to_string());
@@ -628,16 +721,29 @@ impl FleetManager {
             self.cancel_running(None).await;
         }
 
-        let mut core = self.core();
-        core.save_persisted(self.events());
-        core.lifecycle = FleetState::Stopped;
-        core.stopped_at = Some(Utc::now());
-        drop(core);
+        {
+            let mut core = self.core();
+            core.save_persisted();
+            core.lifecycle = FleetState::Stopped;
+            core.stopped_at = Some(Utc::now());
+        }
+        // Stopped means on disk: a caller may read the files or hand the directory to herdctl.
+        self.flush().await;
         tracing::info!("fleet stopped");
         self.events().emit(FleetEvent::Stopped {
             reason: "requested".into(),
         });
         Ok(())
+    }
+
+    /// Waits until `state.yaml` and the session pointers hold every change made so far (they are
+    /// written shortly after each change, outside the fleet lock). `stop` does this; a host that ends
+    /// without stopping the fleet calls it before it exits.
+    pub async fn flush(&self) {
+        let flusher = self.core().writer.as_ref().map(StateWriter::flusher);
+        if let Some(flusher) = flusher {
+            flusher.flush().await;
+        }
     }
 
     /// Re-reads the configuration. On error the old one stays and every validation error is returned.
@@ -767,8 +873,19 @@ impl FleetManager {
         }
         let uptime = core.started_at.map(|start| {
             let end = core.stopped_at.unwrap_or_else(Utc::now);
-            (end - start).num_seconds().max(0) as u64
+            (end - start).num_milliseconds().max(0) as u64
         });
+        let retention = self.options().history.retention(core.config.as_deref());
+        let limits = Limits {
+            per_agent: self.options().per_agent,
+            max_concurrent: core.fleet_limit(self.options()),
+            max_queued: self.options().max_queued,
+            max_jobs_per_agent: retention.max_per_agent,
+            max_jobs_total: retention.max_total,
+            max_job_age: retention
+                .max_age
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        };
         let schedules = self.schedule_infos(&core, &plan, None);
         let active_schedules = schedules
             .iter()
@@ -807,6 +924,7 @@ impl FleetManager {
                 next_trigger,
                 active_schedules,
             },
+            limits,
         }
     }
 
@@ -870,7 +988,7 @@ impl FleetManager {
             } else {
                 "running"
             },
-            concurrency: agent.concurrency,
+            concurrency: agent.concurrency.unwrap_or(self.options().per_agent),
             current_jobs,
             queued_jobs: core.queue.count_for(&agent.name),
             last_job,
@@ -1042,7 +1160,7 @@ impl FleetManager {
                     AgentQueueInfo {
                         running: core.running_count(Some(&a.name)),
                         queued: core.queue.count_for(&a.name),
-                        limit: a.concurrency,
+                        limit: a.concurrency.unwrap_or(self.options().per_agent),
                     },
                 )
             })
@@ -1107,7 +1225,7 @@ impl FleetManager {
             );
             job.work_item = work_item;
             let context = RunContext {
-                resume_latest: schedule.is_some_and(|s| s.resume_session),
+                resume_latest: !options.fresh_session,
                 resume_session: None,
                 fork_session: false,
                 schedule: schedule.cloned(),
@@ -1317,7 +1435,7 @@ impl FleetManager {
             core.persisted
                 .schedule_mut(&agent_config.name, &schedule_config.name)
                 .enabled = Some(enabled);
-            core.save_persisted(self.events());
+            core.save_persisted();
             tracing::info!(agent = %agent_config.name, schedule = %schedule_config.name, enabled,
                 "schedule {}", if enabled { "enabled" } else { "disabled" });
             (
@@ -1328,6 +1446,8 @@ impl FleetManager {
         if let Some(handle) = scheduler {
             let _ = handle.set_enabled(key.clone(), enabled).await;
         }
+        // An operator's change is on disk when it is acknowledged.
+        self.flush().await;
         self.schedule(&key.agent, &key.schedule).await
     }
 
@@ -1431,7 +1551,7 @@ impl FleetManager {
                             &fire.key.schedule,
                             "work_source_error",
                         );
-                        core.save_persisted(self.events());
+                        core.save_persisted();
                         false
                     }
                 },
@@ -1445,7 +1565,7 @@ impl FleetManager {
             core.persisted
                 .schedule_mut(&fire.key.agent, &fire.key.schedule)
                 .next_run_at = next;
-            core.save_persisted(self.events());
+            core.save_persisted();
         }
     }
 
@@ -1454,7 +1574,7 @@ impl FleetManager {
         core.persisted
             .schedule_mut(&key.agent, &key.schedule)
             .skipped += 1;
-        core.save_persisted(self.events());
+        core.save_persisted();
         self.metrics()
             .schedule_skipped(&key.agent, &key.schedule, reason.as_str());
         tracing::info!(agent = %key.agent, schedule = %key.schedule, ?reason, "schedule skipped");
@@ -1591,7 +1711,7 @@ impl FleetManager {
                 followup::release_unused(work, &format!("the run could not start: {e}"));
             }
         }
-        core.save_persisted(self.events());
+        core.save_persisted();
         true
     }
 

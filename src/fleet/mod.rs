@@ -21,15 +21,17 @@ mod output;
 mod queue;
 mod run;
 mod sessions;
+mod state_writer;
 
 pub use error::{FleetError, FleetState, ValidationIssue};
 pub use events::{EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent};
 pub use info::{
     AgentCounts, AgentInfo, AgentQueueInfo, CancelResult, FleetQueueInfo, FleetStatus, JobCounts,
-    JobList, NextTrigger, QueueInfo, QueuedJobInfo, ReloadResult, ScheduleInfo, SchedulerStatus,
+    JobList, Limits, NextTrigger, QueueInfo, QueuedJobInfo, ReloadResult, ScheduleInfo,
+    SchedulerStatus,
 };
 pub use logs::{LogBus, LogEntry, LogFilter, LogItem, LogLayer, LogLevel, LogSubscription};
 pub use manager::{FleetManager, ForkOptions, JobQuery, StopOptions, TriggerOptions};
-pub use options::{FleetManagerOptions, HistoryOptions};
+pub use options::{FleetManagerOptions, HistoryOptions, DEFAULT_MAX_JOBS_PER_AGENT};
 pub use output::{JobOutputStream, OutputBatchItem, OutputItem, SerializedLine};
 pub use queue::{JobQueue, QueuedJob};

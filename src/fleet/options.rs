@@ -4,25 +4,43 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::FleetConfig;
 use crate::scheduler::{Clock, SystemClock};
+use crate::state::Retention;
 
 use super::logs::LogBus;
 
-/// How much job history to keep (SPEC §5). Pruning runs after every job finishes.
-#[derive(Debug, Clone)]
+/// Newest jobs kept per agent when neither the options nor the fleet file say (SPEC §5).
+pub const DEFAULT_MAX_JOBS_PER_AGENT: usize = 100;
+
+/// How much job history to keep (SPEC §5), at construction (the daemon's command line). Each limit set
+/// here wins over the fleet file's `defaults`; pruning runs at initialization and after every job ends.
+#[derive(Debug, Clone, Default)]
 pub struct HistoryOptions {
-    /// Newest jobs kept per agent. Queued and running jobs are never deleted but count towards it (the
-    /// store's rule), so a finished job older than this many active ones goes at once.
-    pub max_jobs_per_agent: usize,
-    /// Newest jobs kept overall, counted the same way; `None` = no fleet-wide cap.
+    /// Newest jobs kept per agent; `None` = `defaults.max_jobs_per_agent`, else
+    /// [`DEFAULT_MAX_JOBS_PER_AGENT`]. Queued and running jobs are never deleted but count towards it
+    /// (the store's rule), so a finished job older than this many active ones goes at once.
+    pub max_jobs_per_agent: Option<usize>,
+    /// Newest jobs kept overall, counted the same way; `None` = `defaults.max_jobs_total`, else no cap.
     pub max_jobs_total: Option<usize>,
+    /// Finished jobs older than this are deleted; `None` = `defaults.max_job_age`, else kept at any age.
+    pub max_job_age: Option<Duration>,
 }
 
-impl Default for HistoryOptions {
-    fn default() -> Self {
-        HistoryOptions {
-            max_jobs_per_agent: 100,
-            max_jobs_total: None,
+impl HistoryOptions {
+    /// The limits in effect with `config` loaded: these options, then the file, then the defaults.
+    pub(super) fn retention(&self, config: Option<&FleetConfig>) -> Retention {
+        let file = config.map(|c| c.history).unwrap_or_default();
+        let explicit = self
+            .max_jobs_per_agent
+            .or(file.max_jobs_per_agent.map(|n| n as usize));
+        Retention {
+            max_per_agent: explicit.unwrap_or(DEFAULT_MAX_JOBS_PER_AGENT),
+            max_per_agent_explicit: explicit.is_some(),
+            max_total: self
+                .max_jobs_total
+                .or(file.max_jobs_total.map(|n| n as usize)),
+            max_age: self.max_job_age.or(file.max_job_age),
         }
     }
 }
@@ -35,6 +53,9 @@ pub struct FleetManagerOptions {
     pub state_dir: Option<PathBuf>,
     /// Fleet-wide cap on running jobs; overrides the configuration's `defaults.max_concurrent`.
     pub concurrency: Option<u32>,
+    /// Running jobs per agent (at least 1) for agents whose configuration sets no `concurrency` (the
+    /// seed's `concurrency.perAgent`).
+    pub per_agent: u32,
     /// Manual triggers waiting for a slot, beyond which `trigger` fails with CONCURRENCY_LIMIT.
     pub max_queued: usize,
     pub history: HistoryOptions,
@@ -56,6 +77,7 @@ impl Default for FleetManagerOptions {
             config_path: None,
             state_dir: None,
             concurrency: None,
+            per_agent: 1,
             max_queued: 1000,
             history: HistoryOptions::default(),
             default_stop_grace: Duration::from_secs(10),

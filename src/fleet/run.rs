@@ -7,7 +7,7 @@
 //! finalized, so no output event follows the final one.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -17,12 +17,13 @@ use crate::config::{AgentConfig, Catchup, DotEnv, RuntimeConfig, ScheduleConfig,
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
-use crate::state::{DirSync, Durability, JobStore, OutputWriter, StagedRecord};
+use crate::state::{DirSync, Durability, JobStore, OutputWriter, PrunedFiles, StagedRecord};
 
 use super::error::{FleetError, FleetState};
+use super::events::EventBus;
 use super::events::FleetEvent;
 use super::followup::{self, ClaimedWork};
-use super::manager::{report_state_error, ActiveJob, Core, FleetManager};
+use super::manager::{report_state_error, ActiveJob, Core, FleetManager, Shared};
 use super::output::{OutputHub, SerializedLine};
 use super::sessions;
 
@@ -56,12 +57,63 @@ pub(super) struct JobFinished {
     finished: watch::Sender<Option<Job>>,
     job: Job,
     jobs_changed: Arc<tokio::sync::Notify>,
+    pruned: Option<Pruned>,
 }
 
 impl JobFinished {
-    pub(super) fn signal(self) {
+    /// Tells the job's waiters it has ended, after the history its end pruned is deleted (a waiter then
+    /// never finds files of a pruned job). The deletion runs in the blocking pool, outside the fleet lock.
+    pub(super) fn signal(mut self) {
+        match self.pruned.take() {
+            None => self.tell(),
+            Some(pruned) => {
+                tokio::spawn(async move {
+                    pruned.delete().await;
+                    self.tell();
+                });
+            }
+        }
+    }
+
+    fn tell(self) {
         self.finished.send_replace(Some(self.job));
         self.jobs_changed.notify_waiters();
+    }
+}
+
+/// Jobs pruning took out of the index under the fleet lock; their files are still to be deleted.
+pub(super) struct Pruned {
+    /// Reserved until their files are gone, so that no new job is given one of these ids meanwhile.
+    ids: Vec<JobId>,
+    files: PrunedFiles,
+    fleet: Weak<Shared>,
+    events: EventBus,
+}
+
+impl Pruned {
+    async fn delete(self) {
+        let Pruned {
+            ids,
+            files,
+            fleet,
+            events,
+        } = self;
+        let deleted = tokio::task::spawn_blocking(move || files.delete()).await;
+        let problem = match deleted {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("the deleting task failed: {e}")),
+        };
+        if let Some(problem) = problem {
+            report_state_error(&events, &format!("pruning job history: {problem}"));
+        }
+        if let Some(shared) = fleet.upgrade() {
+            let manager = FleetManager { shared };
+            let mut core = manager.core();
+            for id in &ids {
+                core.release_job_id(id);
+            }
+        }
     }
 }
 
@@ -121,10 +173,7 @@ fn admit_with(
             WhenFull::Skip => {
                 return Err(limit_error(
                     core.running_count(Some(&job.agent)),
-                    core.config
-                        .as_ref()
-                        .and_then(|c| c.agent(&job.agent))
-                        .map_or(1, |a| a.concurrency as usize),
+                    core.agent_limit(options, &job.agent) as usize,
                     "running jobs",
                     "the run was skipped; raise the agent's concurrency to allow more",
                 ))
@@ -267,7 +316,7 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let (output_tx, output_rx) = mpsc::channel(1024);
     if core.active[id].context.resume_latest {
         let resumption = core.sessions.resume(&agent, Utc::now());
-        core.save_session(manager.events(), resumption.write);
+        core.save_session(resumption.write);
         if let Some(notice) = resumption.notice {
             // The channel is new and empty: the notice is the job's first line.
             let _ = output_tx.try_send(system_notice("session_reset", notice));
@@ -359,9 +408,9 @@ async fn supervise(
     let outcome = loop {
         let (handle, mut output) = run;
         let (outcome, ()) = tokio::join!(handle.wait(), pump.drain(&mut output));
-        match restart_fresh(&manager, &id, &outcome) {
-            Some(next) => run = next,
-            None => break outcome,
+        match restart_fresh(&manager, &id, outcome) {
+            AfterRun::Again(next) => run = next,
+            AfterRun::Stands(outcome) => break outcome,
         }
     };
     drop(pump);
@@ -471,24 +520,46 @@ impl Pump {
 /// herdctl's notice when a resumed session is gone and the run starts again without it.
 const SESSION_GONE_NOTICE: &str = "Session not found. Retrying with fresh session.";
 
+/// What follows a run of a job.
+enum AfterRun {
+    /// The job ends with this outcome.
+    Stands(RunOutcome),
+    /// The job runs again: its new run.
+    Again((RunHandle, mpsc::Receiver<OutputEvent>)),
+}
+
+/// Whether a run that ended with `outcome` is run again, fresh: it resumed a session (not as a fork)
+/// that Claude did not find. A cancel that came before that run ends the job cancelled instead.
+fn run_again_fresh(context: &RunContext, cancel_requested: bool, outcome: &mut RunOutcome) -> bool {
+    if context.fork_session
+        || context.resume_session.is_none()
+        || outcome.status != runner::RunStatus::Failed
+        || !sessions::names_dead_session(outcome.error.as_ref())
+    {
+        return false;
+    }
+    if cancel_requested {
+        outcome.status = runner::RunStatus::Cancelled;
+        outcome.exit_reason = ExitReason::Cancelled;
+        outcome.termination = Some(TerminationType::Graceful);
+        return false;
+    }
+    true
+}
+
 /// After a run that resumed a session Claude did not find (and was not cancelled): the agent's pointer
-/// is cleared and the job runs again, fresh, once; `None` when the run's outcome stands.
-fn restart_fresh(
-    manager: &FleetManager,
-    id: &JobId,
-    outcome: &RunOutcome,
-) -> Option<(RunHandle, mpsc::Receiver<OutputEvent>)> {
+/// is cleared and the job runs again, fresh, once.
+fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) -> AfterRun {
     let mut core = manager.core();
     let core = &mut *core;
-    let active = core.active.get_mut(id)?;
-    let agent = active.agent.clone()?;
-    if active.cancel_requested
-        || active.context.fork_session
-        || active.context.resume_session.is_none()
-        || outcome.status != runner::RunStatus::Failed
-        || !sessions::names_dead_session(outcome.error.as_ref(), outcome.summary.as_deref())
-    {
-        return None;
+    let Some(active) = core.active.get_mut(id) else {
+        return AfterRun::Stands(outcome);
+    };
+    let Some(agent) = active.agent.clone() else {
+        return AfterRun::Stands(outcome);
+    };
+    if !run_again_fresh(&active.context, active.cancel_requested, &mut outcome) {
+        return AfterRun::Stands(outcome);
     }
     let gone = active.context.resume_session.take();
     tracing::warn!(job_id = %id, session = gone.as_deref().unwrap_or(""), "resumed session not found; running again with a fresh session");
@@ -509,12 +580,14 @@ fn restart_fresh(
     active.job.process_start_time = handle.process().and_then(|process| process.start_time);
     active.canceller = Some(handle.canceller());
     let job = active.job.clone();
-    let write = core.sessions.forget(&agent.name);
-    core.save_session(manager.events(), write);
+    let write = gone
+        .as_deref()
+        .and_then(|session| core.sessions.forget(&agent.name, session));
+    core.save_session(write);
     if let Err(e) = persist_with(manager, core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs again but its record could not be saved: {e}");
     }
-    Some((handle, output_rx))
+    AfterRun::Again((handle, output_rx))
 }
 
 /// Writes and fsyncs `job`'s record beside its final name in `dir`, in the blocking pool: the slow half
@@ -626,12 +699,12 @@ fn finalize_locked(
     }
     manager.metrics().job_finished(&job);
     if record_in_fleet_state(core, &job) {
-        core.save_persisted(manager.events());
+        core.save_persisted();
     }
     if let Some(agent) = active.agent.as_ref() {
         let resumed = active.context.resume_session.as_deref();
         let write = core.sessions.finished(agent, &job, resumed, Utc::now());
-        core.save_session(manager.events(), write);
+        core.save_session(write);
     }
 
     let level_failed = job.status == JobStatus::Failed;
@@ -673,7 +746,7 @@ fn finalize_locked(
     if let (Some(agent), Some(config)) = (active.agent.as_ref(), core.config.as_ref()) {
         followup::run_hooks(agent, config, &job);
     }
-    prune(manager, core);
+    let pruned = prune(manager, core);
     dispatch_queue(manager, core);
     // Readers of the output hub end when it is dropped; waiters of `finished` get the final record (which
     // pruning may already have deleted from the store).
@@ -682,6 +755,7 @@ fn finalize_locked(
         finished: active.finished,
         job,
         jobs_changed: manager.shared.jobs_changed.clone(),
+        pruned,
     })
 }
 
@@ -737,21 +811,30 @@ fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
     changed
 }
 
-fn prune(manager: &FleetManager, core: &mut Core) {
-    let history = &manager.options().history;
-    let Core { store, active, .. } = core;
-    let Some(store) = store.as_mut() else {
-        return;
-    };
-    match store.prune(history.max_jobs_per_agent, history.max_jobs_total, &|id| {
-        active.contains_key(id)
-    }) {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::debug!(removed = removed.len(), "pruned job history")
-        }
-        Ok(_) => {}
-        Err(e) => report_state_error(manager.events(), &format!("pruning job history: {e}")),
+/// Applies the history limits after a job's end: what goes leaves the index now, and its files are
+/// deleted once the lock is released ([`JobFinished::signal`]).
+fn prune(manager: &FleetManager, core: &mut Core) -> Option<Pruned> {
+    let retention = manager.options().history.retention(core.config.as_deref());
+    let Core {
+        store,
+        active,
+        reserved_ids,
+        ..
+    } = core;
+    let store = store.as_mut()?;
+    let plan = store.plan_prune(&retention, Utc::now(), &|id| active.contains_key(id));
+    if plan.doomed.is_empty() {
+        return None;
     }
+    tracing::debug!(removed = plan.doomed.len(), "pruned job history");
+    let files = store.forget(&plan.doomed);
+    reserved_ids.extend(plan.doomed.iter().cloned());
+    Some(Pruned {
+        ids: plan.doomed,
+        files,
+        fleet: Arc::downgrade(&manager.shared),
+        events: manager.events().clone(),
+    })
 }
 
 /// Starts queued jobs, in priority/FIFO order, while their agents and the fleet have free slots.
@@ -759,9 +842,11 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
     if matches!(
         core.lifecycle,
         FleetState::Stopping | FleetState::Uninitialized
-    ) {
+    ) || core.dispatching
+    {
         return;
     }
+    core.dispatching = true;
     loop {
         let startable: HashSet<String> = core
             .queue
@@ -774,6 +859,7 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
         };
         start_job(manager, core, &next.job_id);
     }
+    core.dispatching = false;
 }
 
 /// The runner's spec for one job of `agent`. The fleet's `.env` reaches the job's environment as herdctl's
@@ -918,5 +1004,43 @@ mod tests {
         let line = output_line(0, event("stdout", serde_json::json!({"type": 5})));
         assert_eq!(line.data["_type"], 5);
         assert!(serde_json::from_str::<OutputLine>(&serde_json::to_string(&line).unwrap()).is_ok());
+    }
+
+    fn dead_session_failure() -> RunOutcome {
+        RunOutcome::without_process(
+            runner::RunStatus::Failed,
+            ExitReason::Error,
+            "RESULT_ERROR",
+            "No conversation found with session ID: s-1".into(),
+        )
+    }
+
+    fn resuming(session: &str) -> RunContext {
+        RunContext {
+            resume_session: Some(session.into()),
+            ..RunContext::default()
+        }
+    }
+
+    #[test]
+    fn a_resumed_session_claude_did_not_find_runs_again_unless_cancelled_or_forked() {
+        let mut outcome = dead_session_failure();
+        assert!(run_again_fresh(&resuming("s-1"), false, &mut outcome));
+
+        let mut cancelled = dead_session_failure();
+        assert!(!run_again_fresh(&resuming("s-1"), true, &mut cancelled));
+        assert_eq!(cancelled.status, runner::RunStatus::Cancelled);
+        assert_eq!(cancelled.exit_reason, ExitReason::Cancelled);
+
+        let fork = RunContext {
+            fork_session: true,
+            ..resuming("s-1")
+        };
+        let mut stands = dead_session_failure();
+        assert!(!run_again_fresh(&fork, false, &mut stands));
+        assert_eq!(stands.status, runner::RunStatus::Failed);
+        let mut fresh = dead_session_failure();
+        assert!(!run_again_fresh(&RunContext::default(), false, &mut fresh));
+        assert_eq!(fresh.status, runner::RunStatus::Failed);
     }
 }

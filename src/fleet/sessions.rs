@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{AgentConfig, RuntimeConfig};
+use crate::config::{AgentConfig, FleetConfig, RuntimeConfig};
 use crate::job::{Job, JobError, JobStatus};
 use crate::state::{SessionPointer, SessionStore, StateError};
 
@@ -41,6 +41,12 @@ pub(super) enum SessionWrite {
 }
 
 impl SessionWrite {
+    pub(super) fn agent(&self) -> &str {
+        match self {
+            SessionWrite::Save(agent, _) | SessionWrite::Remove(agent) => agent,
+        }
+    }
+
     pub(super) fn apply(self, store: &SessionStore) -> Result<(), StateError> {
         match self {
             SessionWrite::Save(agent, pointer) => store.save(&agent, &pointer),
@@ -63,9 +69,6 @@ pub(super) struct Resumption {
 #[derive(Debug, Default)]
 pub(super) struct SessionBook {
     pointers: BTreeMap<String, SessionPointer>,
-    /// Session ids an earlier herdctld kept in `state.yaml`, for agents without a pointer: resumed as if
-    /// the agent's own pointer named them, then written as one.
-    legacy: BTreeMap<String, String>,
 }
 
 /// What a session pointer records of the agent that made it.
@@ -87,17 +90,31 @@ fn origin(agent: &AgentConfig) -> Option<Origin> {
 }
 
 impl SessionBook {
-    /// `pointers` as read from `sessions/`; `legacy` are session ids an earlier herdctld kept in
-    /// `state.yaml`, used for agents without a pointer (and written as one at their next run).
-    pub(super) fn new(
-        pointers: BTreeMap<String, SessionPointer>,
+    /// `pointers` as read from `sessions/`.
+    pub(super) fn new(pointers: BTreeMap<String, SessionPointer>) -> SessionBook {
+        SessionBook { pointers }
+    }
+
+    /// Pointers for the session ids an earlier herdctld kept in `state.yaml` (`legacy`: agent, session),
+    /// for agents without a pointer, as if made `now` by the agent as configured (herdctl's defaults when
+    /// it is not). The caller saves them before `state.yaml` is next written, which drops the old key.
+    pub(super) fn adopt_legacy(
+        &mut self,
         legacy: impl IntoIterator<Item = (String, String)>,
-    ) -> SessionBook {
-        let legacy = legacy
-            .into_iter()
-            .filter(|(agent, _)| !pointers.contains_key(agent))
-            .collect();
-        SessionBook { pointers, legacy }
+        config: &FleetConfig,
+        now: DateTime<Utc>,
+    ) -> Vec<SessionWrite> {
+        let mut writes = Vec::new();
+        for (agent_name, session_id) in legacy {
+            if self.pointers.contains_key(&agent_name) {
+                continue;
+            }
+            let origin = config.agent(&agent_name).and_then(origin);
+            let pointer = new_pointer(&agent_name, origin.as_ref(), session_id, now);
+            self.pointers.insert(agent_name.clone(), pointer.clone());
+            writes.push(SessionWrite::Save(agent_name, pointer));
+        }
+        writes
     }
 
     /// The session `agent` would resume, if any.
@@ -105,7 +122,6 @@ impl SessionBook {
         self.pointers
             .get(agent)
             .map(|pointer| pointer.session_id.as_str())
-            .or_else(|| self.legacy.get(agent).map(String::as_str))
     }
 
     /// Decides the session of a run of `agent` that resumes; a resumed pointer's `last_used_at` is
@@ -119,11 +135,6 @@ impl SessionBook {
         let Some(origin) = origin(agent) else {
             return fresh(None, None);
         };
-        if let Some(session_id) = self.legacy.remove(&agent.name) {
-            self.pointers
-                .entry(agent.name.clone())
-                .or_insert_with(|| new_pointer(agent, &origin, session_id, now));
-        }
         let Some(pointer) = self.pointers.get_mut(&agent.name) else {
             return fresh(None, None);
         };
@@ -170,15 +181,19 @@ impl SessionBook {
         }
     }
 
-    /// Clears `agent`'s pointer (its session is gone).
-    pub(super) fn forget(&mut self, agent: &str) -> Option<SessionWrite> {
-        self.legacy.remove(agent);
-        self.pointers.remove(agent)?;
+    /// Clears `agent`'s pointer if it still names `session_id`, which Claude no longer has; a pointer
+    /// another run of the agent has moved on meanwhile stays.
+    pub(super) fn forget(&mut self, agent: &str, session_id: &str) -> Option<SessionWrite> {
+        if self.current(agent) != Some(session_id) {
+            return None;
+        }
+        self.pointers.remove(agent);
         Some(SessionWrite::Remove(agent.to_owned()))
     }
 
     /// Takes note of a finished job of `agent`: its session becomes the agent's pointer, unless the job
-    /// resumed `resumed` and Claude no longer knew it, which clears the pointer.
+    /// resumed `resumed` and Claude no longer knew it, which clears the pointer if it still names that
+    /// session (a fork of an older job resumes a session that is not the agent's pointer).
     pub(super) fn finished(
         &mut self,
         agent: &AgentConfig,
@@ -187,15 +202,14 @@ impl SessionBook {
         now: DateTime<Utc>,
     ) -> Option<SessionWrite> {
         let origin = origin(agent)?;
-        if resumed.is_some() && is_dead_session_failure(job) {
-            return self.forget(&agent.name);
+        if let Some(resumed) = resumed.filter(|_| is_dead_session_failure(job)) {
+            return self.forget(&agent.name, resumed);
         }
         let session_id = job.session_id.clone()?;
-        self.legacy.remove(&agent.name);
         let pointer = self
             .pointers
             .entry(agent.name.clone())
-            .or_insert_with(|| new_pointer(agent, &origin, session_id.clone(), now));
+            .or_insert_with(|| new_pointer(&agent.name, Some(&origin), session_id.clone(), now));
         if pointer.session_id != session_id {
             pointer.session_id = session_id;
             pointer.created_at = now;
@@ -209,37 +223,40 @@ impl SessionBook {
     }
 }
 
+/// A new pointer of `agent_name`; without an origin (an agent not configured, or not Claude) it has
+/// herdctl's defaults: no working directory, the `sdk` runtime, no container.
 fn new_pointer(
-    agent: &AgentConfig,
-    origin: &Origin,
+    agent_name: &str,
+    origin: Option<&Origin>,
     session_id: String,
     now: DateTime<Utc>,
 ) -> SessionPointer {
     SessionPointer {
-        agent_name: agent.name.clone(),
+        agent_name: agent_name.to_owned(),
         session_id,
         created_at: now,
         last_used_at: now,
         job_count: 0,
         mode: "autonomous".to_owned(),
-        working_directory: Some(origin.working_directory.clone()),
-        runtime_type: origin.runtime_type.to_owned(),
-        docker_enabled: origin.docker_enabled,
+        working_directory: origin.map(|origin| origin.working_directory.clone()),
+        runtime_type: origin
+            .map_or("sdk", |origin| origin.runtime_type)
+            .to_owned(),
+        docker_enabled: origin.is_some_and(|origin| origin.docker_enabled),
         other: BTreeMap::new(),
     }
 }
 
 /// A failed run whose error says its resumed session does not exist.
 fn is_dead_session_failure(job: &Job) -> bool {
-    job.status == JobStatus::Failed
-        && names_dead_session(job.error.as_ref(), job.summary.as_deref())
+    job.status == JobStatus::Failed && names_dead_session(job.error.as_ref())
 }
 
-/// Whether a run's error or result text says the session it resumed does not exist.
-pub(super) fn names_dead_session(error: Option<&JobError>, summary: Option<&str>) -> bool {
-    let texts = [error.map(|error| error.message.as_str()), summary];
-    texts.into_iter().flatten().any(|text| {
-        let text = text.to_ascii_lowercase();
+/// Whether a run's error says the session it resumed does not exist. Only the error: the result text is
+/// the model's own words, which may quote these phrases about anything.
+pub(super) fn names_dead_session(error: Option<&JobError>) -> bool {
+    error.is_some_and(|error| {
+        let text = error.message.to_ascii_lowercase();
         DEAD_SESSION_PATTERNS
             .iter()
             .any(|pattern| text.contains(pattern))
@@ -252,6 +269,12 @@ mod tests {
     use crate::job::{JobId, TriggerType};
 
     fn agent(extra: &str) -> (tempfile::TempDir, AgentConfig) {
+        let (dir, config) = fleet(extra);
+        (dir, config.agents[0].clone())
+    }
+
+    /// A fleet of one agent `a` running the CLI, with `extra` agent YAML.
+    fn fleet(extra: &str) -> (tempfile::TempDir, FleetConfig) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("herdctl.yaml"),
@@ -264,8 +287,7 @@ mod tests {
         )
         .unwrap();
         let config = crate::config::load(Some(&dir.path().join("herdctl.yaml"))).unwrap();
-        let agent = config.agents[0].clone();
-        (dir, agent)
+        (dir, config)
     }
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -288,7 +310,7 @@ mod tests {
     }
 
     fn book(pointer: SessionPointer) -> SessionBook {
-        SessionBook::new([(pointer.agent_name.clone(), pointer)].into(), [])
+        SessionBook::new([(pointer.agent_name.clone(), pointer)].into())
     }
 
     fn finished_job(status: JobStatus, session: Option<&str>, error: Option<&str>) -> Job {
@@ -410,13 +432,53 @@ mod tests {
     }
 
     #[test]
-    fn a_session_id_an_earlier_herdctld_kept_is_resumed() {
+    fn a_failed_fork_of_an_older_session_leaves_the_agents_pointer() {
         let (_dir, agent) = agent("");
+        let mut book = book(pointer(&agent, "2026-12-02T10:00:00Z"));
+        let job = finished_job(
+            JobStatus::Failed,
+            None,
+            Some("No conversation found with session ID: s-0"),
+        );
+        let write = book.finished(&agent, &job, Some("s-0"), at("2026-12-02T10:01:00Z"));
+        assert_eq!(write, None);
+        assert_eq!(book.current("a"), Some("s-1"));
+    }
+
+    #[test]
+    fn only_the_error_names_a_dead_session_not_the_models_words() {
+        let (_dir, agent) = agent("");
+        let mut book = book(pointer(&agent, "2026-12-02T10:00:00Z"));
+        let mut job = finished_job(JobStatus::Failed, Some("s-1"), Some("exit code 1"));
+        job.summary = Some("I checked: session not found in the cache".into());
+        let write = book.finished(&agent, &job, Some("s-1"), at("2026-12-02T10:01:00Z"));
+        assert!(matches!(write, Some(SessionWrite::Save(..))));
+        assert_eq!(book.current("a"), Some("s-1"));
+        assert!(!names_dead_session(None));
+    }
+
+    #[test]
+    fn a_session_id_an_earlier_herdctld_kept_becomes_a_pointer_at_once() {
+        let (_dir, config) = fleet("");
+        let agent = config.agents[0].clone();
         let now = at("2026-12-02T10:00:00Z");
-        let mut book = SessionBook::new(BTreeMap::new(), [("a".into(), "old".into())]);
-        assert_eq!(book.current("a"), Some("old"));
-        let resumption = book.resume(&agent, now);
-        assert_eq!(resumption.session_id.as_deref(), Some("old"));
-        assert!(matches!(resumption.write, Some(SessionWrite::Save(..))));
+        let mut book = SessionBook::new(BTreeMap::new());
+        let writes = book.adopt_legacy(
+            [("a".into(), "old".into()), ("gone".into(), "older".into())],
+            &config,
+            now,
+        );
+        let saved: Vec<_> = writes
+            .iter()
+            .map(|write| match write {
+                SessionWrite::Save(name, pointer) => (name.as_str(), pointer.runtime_type.as_str()),
+                SessionWrite::Remove(name) => panic!("{name} removed"),
+            })
+            .collect();
+        assert_eq!(saved, [("a", "cli"), ("gone", "sdk")]);
+        assert_eq!(book.resume(&agent, now).session_id.as_deref(), Some("old"));
+        assert!(book
+            .adopt_legacy([("a".into(), "other".into())], &config, now)
+            .is_empty());
     }
 }

@@ -162,6 +162,8 @@ struct TriggerParams {
     prompt: Option<String>,
     work_items: Option<Vec<Value>>,
     priority: Option<u8>,
+    #[serde(default)]
+    fresh_session: bool,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +325,7 @@ fn register(
                 "prompt",
                 "workItems",
                 "priority",
+                "freshSession",
             ],
         )?;
         let job = fleet
@@ -333,6 +336,7 @@ fn register(
                     prompt: p.prompt,
                     work_items: p.work_items,
                     priority: p.priority,
+                    fresh_session: p.fresh_session,
                 },
             )
             .await

@@ -159,11 +159,85 @@ impl fmt::Display for StoreIssue {
 struct Summary {
     agent: Arc<str>,
     status: JobStatus,
+    /// When a terminal job ended (what retention by age measures).
+    finished_at: Option<DateTime<Utc>>,
+    /// herdctl wrote the record first ([`Job::herdctl_record`]).
+    herdctl: bool,
     /// Inode of the record version this summary describes.
     inode: u64,
 }
 
 type OrderKey = (DateTime<Utc>, JobId);
+
+fn journal_entry<'a>(
+    (created_at, id): &'a OrderKey,
+    summary: &'a Summary,
+) -> journal::JournalEntry<'a> {
+    journal::JournalEntry {
+        id: id.as_str(),
+        status: summary.status,
+        created_at: *created_at,
+        finished_at: summary.finished_at,
+        herdctl: summary.herdctl,
+        inode: summary.inode,
+        agent: &summary.agent,
+    }
+}
+
+/// What job history to keep (SPEC §5). The fleet decides the values; the store applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest jobs kept per agent.
+    pub max_per_agent: usize,
+    /// `max_per_agent` was set by the operator rather than defaulted; only then does it prune records
+    /// herdctl wrote.
+    pub max_per_agent_explicit: bool,
+    /// Newest jobs kept overall.
+    pub max_total: Option<usize>,
+    /// Terminal jobs that finished longer ago than this go.
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// What [`JobStore::plan_prune`] chose.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// Newest first.
+    pub doomed: Vec<JobId>,
+    /// Records herdctl wrote that the implicit per-agent limit would have removed, kept.
+    pub herdctl_kept_beyond_default: usize,
+}
+
+/// Files of jobs [`JobStore::forget`] took out of the index, still to be deleted.
+#[derive(Debug, Default)]
+#[must_use = "the files are still on disk"]
+pub struct PrunedFiles {
+    paths: Vec<PathBuf>,
+}
+
+impl PrunedFiles {
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Deletes every file (gone already is fine); reports the first failure after trying them all.
+    pub fn delete(self) -> Result<(), StateError> {
+        let mut first_error = None;
+        for path in self.paths {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    first_error.get_or_insert(StateError::Io {
+                        action: "delete",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
 
 /// Records and output of every job, with an in-memory index.
 #[derive(Debug)]
@@ -246,6 +320,8 @@ impl JobStore {
                     let summary = Summary {
                         agent: store.shared_agent_name(known.agent),
                         status: known.status,
+                        finished_at: known.finished_at,
+                        herdctl: known.herdctl,
                         inode: known.inode,
                     };
                     covered.push(((known.created_at, id), summary));
@@ -298,7 +374,7 @@ impl JobStore {
         let path = self.record_path(&id);
         match read_record_with_inode(&path) {
             Ok((job, inode)) if job.id == id => {
-                self.index(id, job.created_at, &job.agent, job.status, inode);
+                self.index(&job, inode);
                 None
             }
             Ok((job, _)) => Some(self.quarantine(
@@ -375,13 +451,7 @@ impl JobStore {
     }
 
     fn indexed(&mut self, job: &Job, inode: u64) -> Result<(), StateError> {
-        self.index(
-            job.id.clone(),
-            job.created_at,
-            &job.agent,
-            job.status,
-            inode,
-        );
+        self.index(job, inode);
         self.journal_record(&job.id)
     }
 
@@ -398,14 +468,7 @@ impl JobStore {
             return Ok(());
         };
         let mut line = Vec::with_capacity(128);
-        if !journal::push_line(
-            &mut line,
-            id.as_str(),
-            summary.status,
-            created_at,
-            summary.inode,
-            &summary.agent,
-        ) {
+        if !journal::push_line(&mut line, &journal_entry(&key, summary)) {
             return Ok(());
         }
         let appended = self.append_to_journal(&line);
@@ -448,15 +511,8 @@ impl JobStore {
         let mut bytes = Vec::with_capacity(journal::HEADER.len() + self.by_order.len() * 80);
         bytes.extend_from_slice(journal::HEADER.as_bytes());
         let mut lines = 0;
-        for ((created_at, id), summary) in &self.by_order {
-            if journal::push_line(
-                &mut bytes,
-                id.as_str(),
-                summary.status,
-                *created_at,
-                summary.inode,
-                &summary.agent,
-            ) {
+        for (key, summary) in &self.by_order {
+            if journal::push_line(&mut bytes, &journal_entry(key, summary)) {
                 lines += 1;
             }
         }
@@ -468,23 +524,18 @@ impl JobStore {
         Ok(())
     }
 
-    fn index(
-        &mut self,
-        id: JobId,
-        created_at: DateTime<Utc>,
-        agent: &str,
-        status: JobStatus,
-        inode: u64,
-    ) {
-        self.unindex(&id);
-        let agent = self.shared_agent_name(agent);
-        *self.counts.slot(status) += 1;
-        self.created_at_by_id.insert(id.clone(), created_at);
+    fn index(&mut self, job: &Job, inode: u64) {
+        self.unindex(&job.id);
+        let agent = self.shared_agent_name(&job.agent);
+        *self.counts.slot(job.status) += 1;
+        self.created_at_by_id.insert(job.id.clone(), job.created_at);
         self.by_order.insert(
-            (created_at, id),
+            (job.created_at, job.id.clone()),
             Summary {
                 agent,
-                status,
+                status: job.status,
+                finished_at: job.finished_at,
+                herdctl: job.herdctl_record,
                 inode,
             },
         );
@@ -578,54 +629,62 @@ impl JobStore {
         self.counts
     }
 
-    /// Deletes the oldest terminal jobs beyond `max_per_agent` per agent and beyond `max_total`
-    /// overall. Queued and running jobs and jobs `keep` protects are never deleted; they count as kept.
-    /// Returns the deleted ids.
-    pub fn prune(
-        &mut self,
-        max_per_agent: usize,
-        max_total: Option<usize>,
+    /// Which terminal jobs `retention` removes now: beyond `max_per_agent` per agent or `max_total`
+    /// overall (newest kept), or finished before `now - max_age`. Queued and running jobs and jobs `keep`
+    /// protects are never chosen and count as kept. A record herdctl wrote is chosen only by a limit set
+    /// explicitly: herdctl never prunes its history, so herdctld's default must not either.
+    pub fn plan_prune(
+        &self,
+        retention: &Retention,
+        now: DateTime<Utc>,
         keep: &dyn Fn(&JobId) -> bool,
-    ) -> Result<Vec<JobId>, StateError> {
-        let mut kept_per_agent: HashMap<&str, usize> = HashMap::new();
+    ) -> PrunePlan {
+        let cutoff = retention
+            .max_age
+            .and_then(|age| chrono::TimeDelta::from_std(age).ok())
+            .and_then(|age| now.checked_sub_signed(age));
+        // Per agent: jobs kept that count towards its limit, and all jobs kept.
+        let mut kept_per_agent: HashMap<&str, (usize, usize)> = HashMap::new();
         let mut kept_total = 0usize;
-        let mut doomed = Vec::new();
-        for ((_, id), summary) in self.by_order.iter().rev() {
-            let protected = !summary.status.is_terminal() || keep(id);
-            let kept_of_agent = kept_per_agent.entry(&summary.agent).or_default();
-            let within_limits = *kept_of_agent < max_per_agent
-                && max_total.is_none_or(|max_total| kept_total < max_total);
-            if protected || within_limits {
-                *kept_of_agent += 1;
-                kept_total += 1;
-            } else {
-                doomed.push(id.clone());
+        let mut plan = PrunePlan::default();
+        for ((created_at, id), summary) in self.by_order.iter().rev() {
+            let (kept_of_agent, all_of_agent) = kept_per_agent.entry(&summary.agent).or_default();
+            let active = !summary.status.is_terminal() || keep(id);
+            let over_agent = *kept_of_agent >= retention.max_per_agent;
+            let default_spares = summary.herdctl && !retention.max_per_agent_explicit;
+            let over_total = retention.max_total.is_some_and(|max| kept_total >= max);
+            let too_old =
+                cutoff.is_some_and(|cutoff| summary.finished_at.unwrap_or(*created_at) < cutoff);
+            if !active && ((over_agent && !default_spares) || over_total || too_old) {
+                plan.doomed.push(id.clone());
+                continue;
             }
+            if default_spares && !active {
+                // Kept outside the implicit per-agent limit: it takes no place of herdctld's own jobs.
+                plan.herdctl_kept_beyond_default +=
+                    usize::from(*all_of_agent >= retention.max_per_agent);
+            } else {
+                *kept_of_agent += 1;
+            }
+            *all_of_agent += 1;
+            kept_total += 1;
         }
-        for id in &doomed {
-            self.remove(id)?;
-        }
-        Ok(doomed)
+        plan
     }
 
-    /// Deletes `id`'s output and record. Returns whether the store had it.
-    pub fn remove(&mut self, id: &JobId) -> Result<bool, StateError> {
-        // Output first: a crash in between leaves a record without output, never orphaned output.
-        for path in [self.output_path(id), self.record_path(id)] {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StateError::Io {
-                        action: "delete",
-                        path,
-                        source,
-                    })
-                }
+    /// Takes `ids` out of the index and hands back their files, for the caller to delete
+    /// ([`PrunedFiles::delete`]) without holding the lock that guards the store.
+    pub fn forget(&mut self, ids: &[JobId]) -> PrunedFiles {
+        let mut paths = Vec::with_capacity(ids.len() * 2);
+        for id in ids {
+            if self.unindex(id) {
+                // Output first: a crash in between leaves a record without output, never orphaned output.
+                paths.push(self.output_path(id));
+                paths.push(self.record_path(id));
             }
         }
         // The journal needs no line: start-up only trusts entries whose file still exists.
-        Ok(self.unindex(id))
+        PrunedFiles { paths }
     }
 
     /// An appender for `id`'s output that continues after the last line already written.
@@ -1054,6 +1113,27 @@ mod tests {
         assert_eq!(store.list(&JobFilter::default()).unreadable.len(), 1);
     }
 
+    fn limits(max_per_agent: usize, max_total: Option<usize>) -> Retention {
+        Retention {
+            max_per_agent,
+            max_per_agent_explicit: true,
+            max_total,
+            max_age: None,
+        }
+    }
+
+    /// Plans and applies `retention` at `now`, as the fleet does; returns the deleted ids.
+    fn prune(
+        store: &mut JobStore,
+        retention: &Retention,
+        now: DateTime<Utc>,
+        keep: &dyn Fn(&JobId) -> bool,
+    ) -> Vec<JobId> {
+        let plan = store.plan_prune(retention, now, keep);
+        store.forget(&plan.doomed).delete().unwrap();
+        plan.doomed
+    }
+
     #[test]
     fn prune_keeps_newest_per_agent_and_total_and_never_deletes_live_or_kept_jobs() {
         let dir = tempfile::tempdir().unwrap();
@@ -1070,8 +1150,9 @@ mod tests {
                 })
                 .unwrap();
         }
+        let now = at(100);
         // a: 6 cancelled, 5 queued, 3 completed, 1 completed; b: 4 running, 2 failed.
-        let deleted = store.prune(2, None, &|_| false).unwrap();
+        let deleted = prune(&mut store, &limits(2, None), now, &|_| false);
         assert_eq!(
             deleted,
             [id(3), id(1)],
@@ -1083,22 +1164,86 @@ mod tests {
             assert_eq!(store.get(&id(n)).unwrap(), None);
         }
         assert!(store.output_path(&id(2)).exists());
+        assert_eq!(store.counts().completed, 0);
 
         // Total cap 2: keep the newest two (6, 5); 4 is running so it stays; 2 goes unless kept.
-        let deleted = store.prune(100, Some(2), &|job| *job == id(2)).unwrap();
+        let deleted = prune(&mut store, &limits(100, Some(2)), now, &|job| *job == id(2));
         assert!(deleted.is_empty());
-        let deleted = store.prune(100, Some(2), &|_| false).unwrap();
+        let deleted = prune(&mut store, &limits(100, Some(2)), now, &|_| false);
         assert_eq!(deleted, [id(2)]);
         assert_eq!(ids(&list_all(&store)), [6, 5, 4]);
 
-        let deleted = store.prune(0, Some(0), &|_| false).unwrap();
+        let deleted = prune(&mut store, &limits(0, Some(0)), now, &|_| false);
         assert_eq!(deleted, [id(6)], "queued 5 and running 4 survive any limit");
         drop(store);
         assert_eq!(ids(&list_all(&open(dir.path()).0)), [5, 4]);
     }
 
     #[test]
-    fn remove_deletes_both_files() {
+    fn prune_by_age_takes_terminal_jobs_that_finished_before_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sample_store(dir.path());
+        // Finished at 11 (1), 21 (2), 31 (3), 51 (6); 4 running and 5 queued are older than any cutoff.
+        let by_age = |seconds| Retention {
+            max_age: Some(std::time::Duration::from_secs(seconds)),
+            ..limits(100, None)
+        };
+        assert!(prune(&mut store, &by_age(100), at(100), &|_| false).is_empty());
+        assert_eq!(
+            prune(&mut store, &by_age(65), at(100), &|_| false),
+            [id(3), id(2), id(1)]
+        );
+        assert_eq!(
+            prune(&mut store, &by_age(0), at(100), &|job| *job == id(6)),
+            Vec::<JobId>::new(),
+            "a protected job stays"
+        );
+        assert_eq!(prune(&mut store, &by_age(0), at(100), &|_| false), [id(6)]);
+        assert_eq!(ids(&list_all(&store)), [5, 4]);
+    }
+
+    #[test]
+    fn records_herdctl_wrote_go_only_by_limits_set_explicitly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        // herdctl's history 1..=4, then herdctld's 5..=7, all of agent a.
+        for n in 1..=7u32 {
+            let mut record = job(n, "a", i64::from(n) * 10, JobStatus::Completed);
+            record.herdctl_record = n <= 4;
+            store.put(&record).unwrap();
+        }
+        drop(store);
+        let (mut store, _) = open(dir.path());
+        let implicit = Retention {
+            max_per_agent_explicit: false,
+            ..limits(2, None)
+        };
+        let plan = store.plan_prune(&implicit, at(100), &|_| false);
+        assert_eq!(
+            plan.doomed,
+            [id(5)],
+            "herdctl's records take no place of herdctld's"
+        );
+        assert_eq!(plan.herdctl_kept_beyond_default, 4, "7, 6 and 5 come first");
+        assert_eq!(prune(&mut store, &implicit, at(100), &|_| false), [id(5)]);
+        // An explicit total or age limit applies to them; so does an explicit per-agent one.
+        let total = Retention {
+            max_total: Some(4),
+            ..implicit
+        };
+        assert_eq!(
+            prune(&mut store, &total, at(100), &|_| false),
+            [id(2), id(1)]
+        );
+        assert_eq!(
+            prune(&mut store, &limits(2, None), at(100), &|_| false),
+            [id(4), id(3)]
+        );
+        assert_eq!(ids(&list_all(&store)), [7, 6]);
+    }
+
+    #[test]
+    fn forgotten_jobs_leave_the_index_at_once_and_their_files_on_delete() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = sample_store(dir.path());
         let mut writer = store.output_writer(&id(1)).unwrap();
@@ -1113,11 +1258,14 @@ mod tests {
         writer.flush().unwrap();
         assert_eq!(store.last_seq(&id(1)).unwrap(), Some(1));
         assert_eq!(store.read_output(&id(1), 0, None).unwrap().len(), 1);
-        assert!(store.remove(&id(1)).unwrap());
-        assert!(!store.remove(&id(1)).unwrap());
+        let files = store.forget(&[id(1)]);
+        assert!(store.forget(&[id(1)]).is_empty(), "forgotten once");
+        assert_eq!(store.get(&id(1)).unwrap(), None);
+        assert_eq!(store.counts().completed, 1);
+        assert!(store.record_path(&id(1)).exists());
+        files.delete().unwrap();
         assert!(!store.output_path(&id(1)).exists());
         assert!(!store.record_path(&id(1)).exists());
-        assert_eq!(store.counts().completed, 1);
     }
 
     #[test]
@@ -1198,13 +1346,9 @@ mod tests {
             fs::hard_link(record, store.record_path(&job_id)).unwrap();
             fs::hard_link(output, store.output_path(&job_id)).unwrap();
             let agent = format!("agent-{}", n % 100);
-            store.index(
-                job_id,
-                at(i64::from(n)),
-                &agent,
-                JobStatus::Completed,
-                *inode,
-            );
+            let mut summary = job(0, &agent, i64::from(n), JobStatus::Completed);
+            summary.id = job_id;
+            store.index(&summary, *inode);
         }
         store.rewrite_journal().unwrap();
         drop(store);

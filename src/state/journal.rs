@@ -1,9 +1,11 @@
 //! `jobs/index.tsv`: the job store's start-up accelerator.
 //!
 //! A header line [`HEADER`], then one line per record version, appended after every record write:
-//! `<id> TAB <status> TAB <created_at in ns since the epoch> TAB <inode of <id>.yaml> TAB <agent> LF`.
-//! Later lines win. It is hand-parsed tab-separated text rather than JSON because start-up reads
-//! 100,000 of these lines and every microsecond per line shows.
+//! `<id> TAB <status> TAB <created_at in ns since the epoch> TAB <finished_at in ns, or -> TAB <origin: h
+//! (herdctl wrote the record first) or d> TAB <inode of <id>.yaml> TAB <agent> LF`. The agent comes last
+//! because it may hold a tab. Later lines win. It is hand-parsed tab-separated text rather than JSON
+//! because start-up reads 100,000 of these lines and every microsecond per line shows. A journal of an
+//! older version (another header) is rebuilt from the records once.
 //!
 //! Why it is safe to trust: every record rewrite creates a new inode (temp file + rename), so a line
 //! whose inode equals the one `readdir` reports for `<id>.yaml` describes exactly the file on disk.
@@ -16,8 +18,9 @@ use chrono::{DateTime, Utc};
 
 use crate::job::JobStatus;
 
-/// First line of the journal; a file with another first line is rebuilt.
-pub(crate) const HEADER: &str = "herdctld job index v1\n";
+/// First line of the journal; a file with another first line is rebuilt. v2 added the finish time and
+/// the origin (what retention needs).
+pub(crate) const HEADER: &str = "herdctld job index v2\n";
 
 /// One journal line, borrowing from the journal bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,28 +28,36 @@ pub(crate) struct JournalEntry<'a> {
     pub id: &'a str,
     pub status: JobStatus,
     pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// herdctl wrote the record first.
+    pub herdctl: bool,
     pub inode: u64,
     pub agent: &'a str,
 }
 
 /// Appends the line for one record version to `out`. Returns false (writing nothing) for what the
-/// format cannot hold — a `created_at` beyond the nanosecond range (after 2262), an agent name with a
-/// line break: such a record is not covered and is read from its YAML at start-up instead.
-pub(crate) fn push_line(
-    out: &mut Vec<u8>,
-    id: &str,
-    status: JobStatus,
-    created_at: DateTime<Utc>,
-    inode: u64,
-    agent: &str,
-) -> bool {
-    let Some(created) = created_at.timestamp_nanos_opt() else {
+/// format cannot hold — a time beyond the nanosecond range (after 2262), an agent name with a line
+/// break: such a record is not covered and is read from its YAML at start-up instead.
+pub(crate) fn push_line(out: &mut Vec<u8>, entry: &JournalEntry<'_>) -> bool {
+    let Some(created) = entry.created_at.timestamp_nanos_opt() else {
         return false;
     };
-    if agent.contains('\n') {
+    let finished = match entry.finished_at.map(|at| at.timestamp_nanos_opt()) {
+        None => "-".to_owned(),
+        Some(Some(nanos)) => nanos.to_string(),
+        Some(None) => return false,
+    };
+    if entry.agent.contains('\n') {
         return false;
     }
-    let line = format!("{id}\t{}\t{created}\t{inode}\t{agent}\n", status.as_str());
+    let origin = if entry.herdctl { 'h' } else { 'd' };
+    let line = format!(
+        "{}\t{}\t{created}\t{finished}\t{origin}\t{}\t{}\n",
+        entry.id,
+        entry.status.as_str(),
+        entry.inode,
+        entry.agent
+    );
     out.extend_from_slice(line.as_bytes());
     true
 }
@@ -96,7 +107,7 @@ pub(crate) fn parse(bytes: &[u8]) -> ParsedJournal<'_> {
 }
 
 fn parse_line(line: &str) -> Option<JournalEntry<'_>> {
-    let mut fields = line.splitn(5, '\t');
+    let mut fields = line.splitn(7, '\t');
     let id = fields.next()?;
     let status = match fields.next()? {
         "queued" => JobStatus::Queued,
@@ -107,12 +118,23 @@ fn parse_line(line: &str) -> Option<JournalEntry<'_>> {
         _ => return None,
     };
     let created_at = DateTime::from_timestamp_nanos(fields.next()?.parse().ok()?);
+    let finished_at = match fields.next()? {
+        "-" => None,
+        nanos => Some(DateTime::from_timestamp_nanos(nanos.parse().ok()?)),
+    };
+    let herdctl = match fields.next()? {
+        "h" => true,
+        "d" => false,
+        _ => return None,
+    };
     let inode = fields.next()?.parse().ok()?;
     let agent = fields.next()?;
     Some(JournalEntry {
         id,
         status,
         created_at,
+        finished_at,
+        herdctl,
         inode,
         agent,
     })
@@ -126,56 +148,54 @@ mod tests {
         [HEADER.as_bytes(), lines].concat()
     }
 
+    fn entry<'a>(
+        id: &'a str,
+        status: JobStatus,
+        created: DateTime<Utc>,
+        agent: &'a str,
+    ) -> JournalEntry<'a> {
+        JournalEntry {
+            id,
+            status,
+            created_at: created,
+            finished_at: None,
+            herdctl: false,
+            inode: 1,
+            agent,
+        }
+    }
+
     #[test]
     fn lines_round_trip_in_order() {
         let created: DateTime<Utc> = "2025-01-01T00:00:00.123456789Z".parse().unwrap();
+        let finished: DateTime<Utc> = "2025-01-01T00:01:00.5Z".parse().unwrap();
         let mut lines = Vec::new();
         let id = "job-2025-01-01-abc123";
-        assert!(push_line(
-            &mut lines,
-            id,
-            JobStatus::Running,
-            created,
-            7,
-            "a"
-        ));
-        assert!(push_line(
-            &mut lines,
-            id,
-            JobStatus::Completed,
-            created,
-            8,
-            "sub.agent\twith tab"
-        ));
+        let running = JournalEntry {
+            inode: 7,
+            ..entry(id, JobStatus::Running, created, "a")
+        };
+        let completed = JournalEntry {
+            finished_at: Some(finished),
+            herdctl: true,
+            inode: 8,
+            ..entry(id, JobStatus::Completed, created, "sub.agent\twith tab")
+        };
+        assert!(push_line(&mut lines, &running));
+        assert!(push_line(&mut lines, &completed));
         let bytes = journal(&lines);
         let parsed = parse(&bytes);
         assert_eq!(parsed.lines, 2);
         assert!(!parsed.damaged);
-        assert_eq!(
-            parsed.entries[1],
-            JournalEntry {
-                id,
-                status: JobStatus::Completed,
-                created_at: created,
-                inode: 8,
-                agent: "sub.agent\twith tab",
-            }
-        );
-        assert_eq!(parsed.entries[0].status, JobStatus::Running);
+        assert_eq!(parsed.entries, vec![running, completed]);
     }
 
     #[test]
     fn torn_and_garbage_lines_mark_the_journal_damaged() {
         let created: DateTime<Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
+        let line = entry("job-2025-01-01-abc123", JobStatus::Failed, created, "a");
         let mut lines = b"garbage\n".to_vec();
-        push_line(
-            &mut lines,
-            "job-2025-01-01-abc123",
-            JobStatus::Failed,
-            created,
-            1,
-            "a",
-        );
+        push_line(&mut lines, &line);
         let bytes = journal(&lines);
         let parsed = parse(&bytes);
         assert_eq!(
@@ -184,14 +204,7 @@ mod tests {
         );
 
         let mut torn = Vec::new();
-        push_line(
-            &mut torn,
-            "job-2025-01-01-abc123",
-            JobStatus::Failed,
-            created,
-            1,
-            "a",
-        );
+        push_line(&mut torn, &line);
         torn.extend_from_slice(b"job-2025-01-01-zzz");
         let bytes = journal(&torn);
         let parsed = parse(&bytes);
@@ -204,7 +217,10 @@ mod tests {
     #[test]
     fn a_missing_or_foreign_header_means_rebuild() {
         assert!(parse(b"").damaged);
-        assert!(parse(b"herdctld job index v2\n").damaged);
+        assert!(
+            parse(b"herdctld job index v1\n").damaged,
+            "an older version"
+        );
         assert!(!parse(HEADER.as_bytes()).damaged);
     }
 
@@ -215,19 +231,18 @@ mod tests {
         let mut bytes = Vec::new();
         assert!(!push_line(
             &mut bytes,
-            "job-3000-01-01-abc123",
-            JobStatus::Failed,
-            far,
-            1,
-            "a"
+            &entry("job-3000-01-01-abc123", JobStatus::Failed, far, "a")
         ));
         assert!(!push_line(
             &mut bytes,
-            "job-2025-01-01-abc123",
-            JobStatus::Failed,
-            now,
-            1,
-            "a\nb"
+            &JournalEntry {
+                finished_at: Some(far),
+                ..entry("job-2025-01-01-abc123", JobStatus::Failed, now, "a")
+            }
+        ));
+        assert!(!push_line(
+            &mut bytes,
+            &entry("job-2025-01-01-abc123", JobStatus::Failed, now, "a\nb")
         ));
         assert!(bytes.is_empty());
     }

@@ -5,12 +5,12 @@
 //! <state>/state.yaml      FleetState: schedule overrides, run times, counters (herdctl's layout)
 //! <state>/jobs/<id>.yaml  job records;  <id>.jsonl  job output;  index.tsv  the index journal
 //! <state>/sessions/<agent>.json   the Claude session each agent resumes (herdctl's SessionInfo)
-//! <state>/logs/           daemon logs (written by tracing-appender, not here)
 //! <state>/herdctl.pid     written by a running herdctl: opening refuses while that process lives
 //! ```
 //!
 //! The directory is herdctl's too (`.herdctl/`): everything herdctl writes here is read in place and kept,
-//! so a fleet can switch between the tools in either direction.
+//! so a fleet can switch between the tools in either direction. The daemon's own log goes where
+//! `--log-file` says (or stderr), never here, so no `logs/` is created.
 //!
 //! Owns: the lock, atomic durable writes ([`atomic_write`]), quarantine of corrupt files
 //! ([`CorruptFile`]), [`FleetState`], the [`JobStore`] with its in-memory index, and job output files
@@ -48,7 +48,8 @@ pub use atomic::{
 pub use corrupt::CorruptFile;
 pub use fleet_state::{AgentState, FleetState, OtherKeys, ScheduleState};
 pub use jobs::{
-    JobCounts, JobFilter, JobPage, JobStore, StagedRecord, StoreIssue, DEFAULT_PAGE_LIMIT,
+    JobCounts, JobFilter, JobPage, JobStore, PrunePlan, PrunedFiles, Retention, StagedRecord,
+    StoreIssue, DEFAULT_PAGE_LIMIT,
 };
 pub use lock::StateLock;
 pub use output::{herdctl_output_line, OutputWriter};
@@ -115,7 +116,6 @@ impl StateError {
 pub struct StateDir {
     root: PathBuf,
     jobs_dir: PathBuf,
-    logs_dir: PathBuf,
     sessions: SessionStore,
     lock: StateLock,
 }
@@ -124,11 +124,10 @@ impl StateDir {
     /// Creates the layout (0700), takes the lock without waiting and removes temp files a crash left.
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
         let jobs_dir = root.join("jobs");
-        let logs_dir = root.join("logs");
         let sessions_dir = root.join("sessions");
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
-        for dir in [root, &jobs_dir, &logs_dir, &sessions_dir] {
+        for dir in [root, &jobs_dir, &sessions_dir] {
             builder.create(dir).map_err(|source| StateError::Io {
                 action: "create state directory",
                 path: dir.to_path_buf(),
@@ -142,7 +141,6 @@ impl StateDir {
         Ok(StateDir {
             root: root.to_path_buf(),
             jobs_dir,
-            logs_dir,
             sessions: SessionStore::new(sessions_dir),
             lock,
         })
@@ -154,10 +152,6 @@ impl StateDir {
 
     pub fn jobs_dir(&self) -> &Path {
         &self.jobs_dir
-    }
-
-    pub fn logs_dir(&self) -> &Path {
-        &self.logs_dir
     }
 
     pub fn sessions(&self) -> &SessionStore {
@@ -223,7 +217,7 @@ mod tests {
         let root = parent.path().join("state");
         let state = StateDir::open(&root).unwrap();
         assert!(state.jobs_dir().is_dir());
-        assert!(state.logs_dir().is_dir());
+        assert!(!root.join("logs").exists(), "nothing writes there");
         assert!(state.sessions().dir().is_dir());
         assert!(state.lock_file().is_file());
         let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;

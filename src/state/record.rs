@@ -15,6 +15,8 @@
 //!   `herdctld_trigger_type`.
 //! - `duration_seconds` (herdctl, rounded) beside `duration_ms`; `output_file` is the absolute path of the
 //!   output file once the job is final, as herdctl writes it.
+//! - a record herdctl wrote first ([`Job::herdctl_record`]: read without `created_at`) keeps saying so
+//!   after herdctld rewrites it, in `herdctld_from_herdctl: true` (retention treats such records apart).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -86,6 +88,8 @@ struct StoredRecord {
     process_start_time: Option<u64>,
     #[serde(default)]
     output_truncated: bool,
+    #[serde(default)]
+    herdctld_from_herdctl: bool,
     #[serde(flatten)]
     foreign: BTreeMap<String, serde_json::Value>,
 }
@@ -125,6 +129,8 @@ struct RecordOut<'a> {
     process_start_time: Option<u64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     output_truncated: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    herdctld_from_herdctl: bool,
     #[serde(flatten)]
     foreign: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
@@ -192,6 +198,7 @@ pub(super) fn to_yaml(job: &Job, output_path: &Path) -> Result<String, serde_yam
         pgid: job.pgid,
         process_start_time: job.process_start_time,
         output_truncated: job.output_truncated,
+        herdctld_from_herdctl: job.herdctl_record,
         foreign: job.foreign.0.as_deref(),
     };
     serde_yaml_ng::to_string(&record)
@@ -261,6 +268,8 @@ pub(super) fn from_yaml(text: &str) -> Result<Job, RecordError> {
         output_truncated: stored.output_truncated,
         usage: stored.usage,
         foreign: ForeignFields(foreign),
+        // herdctl drops unknown keys when it rewrites a record, so one without `created_at` is its.
+        herdctl_record: !herdctld_record || stored.herdctld_from_herdctl,
     })
 }
 
@@ -361,6 +370,28 @@ discord_thread: '991'
         assert!(written.contains("discord_thread: '991'"), "{written}");
         assert!(written.contains("status: pending"), "{written}");
         assert_eq!(from_yaml(&written).unwrap(), job);
+    }
+
+    #[test]
+    fn a_record_herdctl_wrote_stays_herdctls_across_a_herdctld_rewrite() {
+        let job = from_yaml(HERDCTL_COMPLETED).unwrap();
+        assert!(job.herdctl_record);
+        let written = to_yaml(&job, Path::new("/s/jobs/x.jsonl")).unwrap();
+        assert!(written.contains("created_at:"), "{written}");
+        assert!(written.contains("herdctld_from_herdctl: true"), "{written}");
+        assert!(from_yaml(&written).unwrap().herdctl_record);
+        let own = sample(JobStatus::Completed);
+        let written = to_yaml(&own, Path::new("/x")).unwrap();
+        assert!(!written.contains("herdctld_from_herdctl"), "{written}");
+        assert!(!from_yaml(&written).unwrap().herdctl_record);
+        assert!(
+            !serde_json::to_value(&job)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .contains_key("herdctl_record"),
+            "not on the wire"
+        );
     }
 
     #[test]

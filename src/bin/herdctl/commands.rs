@@ -202,8 +202,18 @@ impl Session {
                 schedule,
                 prompt,
                 priority,
+                fresh,
                 wait,
-            } => self.trigger(agent, schedule, prompt, priority, wait).await,
+            } => {
+                let request = params(&[
+                    ("agentName", Some(json!(agent))),
+                    ("scheduleName", schedule.map(Value::from)),
+                    ("prompt", prompt.map(Value::from)),
+                    ("priority", priority.map(Value::from)),
+                    ("freshSession", fresh.then_some(Value::Bool(true))),
+                ]);
+                self.trigger(&agent, request, wait).await
+            }
             Command::Cancel { id, grace } => {
                 let grace_ms = grace.map(|s| millis(s, "--grace")).transpose()?;
                 let request = params(&[
@@ -410,20 +420,7 @@ impl Session {
         self.show(&result, |style, v| render::schedule_change(style, v, now))
     }
 
-    async fn trigger(
-        &mut self,
-        agent: String,
-        schedule: Option<String>,
-        prompt: Option<String>,
-        priority: Option<u8>,
-        wait: bool,
-    ) -> Result<u8, CliError> {
-        let request = params(&[
-            ("agentName", Some(json!(agent))),
-            ("scheduleName", schedule.map(Value::from)),
-            ("prompt", prompt.map(Value::from)),
-            ("priority", priority.map(Value::from)),
-        ]);
+    async fn trigger(&mut self, agent: &str, request: Value, wait: bool) -> Result<u8, CliError> {
         if !wait {
             let job = self.client.call("trigger", request).await?;
             return self.show(&job, |style, v| {

@@ -100,6 +100,9 @@ pub enum Command {
         /// Queue priority, 1 (highest) to 10 (lowest); default 5.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
         priority: Option<u8>,
+        /// Start a new Claude session instead of continuing the agent's last one.
+        #[arg(long)]
+        fresh: bool,
         /// Stream the job's output and exit with its outcome.
         #[arg(long, short = 'w')]
         wait: bool,

@@ -48,9 +48,9 @@ fn fields(style: Style, rows: &[(&str, String)]) -> String {
 pub fn status(style: Style, status: &Value, now: DateTime<Utc>) -> String {
     let state = text(status, "state");
     let mut state_line = style.status(state);
-    if let Some(seconds) = status.get("uptime").and_then(Value::as_u64) {
+    if let Some(ms) = status.get("uptime").and_then(Value::as_u64) {
         if state == "running" {
-            state_line.push_str(&format!(" (up {})", uptime(seconds)));
+            state_line.push_str(&format!(" (up {})", uptime(ms)));
         }
     }
     let next = match status.pointer("/scheduler/nextTrigger") {
@@ -560,7 +560,7 @@ mod tests {
     #[test]
     fn status_names_the_next_fire() {
         let now: DateTime<Utc> = "2025-01-01T10:00:00Z".parse().unwrap();
-        let value = json!({"state": "running", "uptime": 7380,
+        let value = json!({"state": "running", "uptime": 7_380_000,
             "agents": {"total": 3, "running": 1, "idle": 2},
             "jobs": {"active": 1, "queued": 0, "completed": 5, "failed": 1, "cancelled": 0},
             "scheduler": {"activeSchedules": 2, "nextTrigger":

@@ -95,8 +95,9 @@ pub fn duration_ms(ms: u64) -> String {
     }
 }
 
-/// An uptime in seconds, two units: "2h 3m", "45s".
-pub fn uptime(seconds: u64) -> String {
+/// An uptime in milliseconds (`getStatus.uptime`), two units: "2h 3m", "45s".
+pub fn uptime(ms: u64) -> String {
+    let seconds = ms / 1000;
     match seconds {
         0..60 => format!("{seconds}s"),
         60..3600 => format!("{}m {}s", seconds / 60, seconds % 60),
@@ -199,7 +200,8 @@ mod tests {
         assert_eq!(duration_ms(4200), "4.2s");
         assert_eq!(duration_ms(185_000), "3m 05s");
         assert_eq!(duration_ms(7_260_000), "2h 01m");
-        assert_eq!(uptime(7380), "2h 3m");
+        assert_eq!(uptime(7_380_000), "2h 3m");
+        assert_eq!(uptime(45_999), "45s");
     }
 
     #[test]
