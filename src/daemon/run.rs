@@ -2,8 +2,9 @@
 //!
 //! Order at start: parse args → logging (with the fleet's log layer) → initialize the fleet (config validated,
 //! state dir locked, interrupted jobs recovered) → bind `--metrics-listen` (if given) → bind the socket →
-//! start the fleet (unless `--no-start`) → `READY=1` → serve (the socket, and `GET /metrics` on TCP). Order at stop (SIGTERM/SIGINT): `STOPPING=1` → stop the fleet (scheduler, wait for jobs
-//! up to the timeout, cancel the rest; a second signal cancels at once) → stop serving → remove the socket.
+//! start the fleet (unless `--no-start`) → `READY=1` → serve (the socket, and `GET /metrics` on TCP). Order
+//! at stop (SIGTERM/SIGINT): `STOPPING=1` → stop the fleet (scheduler, wait for jobs up to the timeout,
+//! cancel the rest; a second signal cancels at once) → stop serving → remove the socket.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -221,7 +222,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
                 Some(listener)
             }
             Err(e) => {
-                eprintln!("herdctld: cannot listen for metrics on {addr}: {e}");
+                eprintln!("herdctld: --metrics-listen {addr}: cannot listen there: {e}");
                 return ExitCode::from(1);
             }
         },
