@@ -201,12 +201,12 @@ impl Metrics {
         );
         registry.register(
             "herdctld_output_lines",
-            "Job output lines persisted",
+            "Job output lines read from jobs (each goes to the job's .jsonl file, events and streamJobOutput)",
             metrics.output_lines.clone(),
         );
         registry.register(
             "herdctld_output_bytes",
-            "Bytes of job output lines persisted (serialised JSON, without newlines)",
+            "Bytes of job output lines as serialised JSON, without newlines",
             metrics.output_bytes.clone(),
         );
         registry.register(
@@ -418,7 +418,8 @@ fn costs_by_model(job: &Job) -> Vec<(String, f64)> {
     vec![(model.unwrap_or_else(|| "unknown".to_string()), total)]
 }
 
-/// `herdctld_queue_depth` and `herdctld_jobs_running`, from the fleet at scrape time.
+/// `herdctld_queue_depth` and `herdctld_jobs_running`, from the fleet at scrape time. The collectors' help
+/// texts end in a period because the registry appends one to those it registers.
 struct FleetCollector(Arc<OnceLock<GaugeSource>>);
 
 impl fmt::Debug for FleetCollector {
@@ -433,13 +434,13 @@ impl Collector for FleetCollector {
         encode_gauge(
             &mut encoder,
             "herdctld_queue_depth",
-            "Jobs queued, waiting for a slot",
+            "Jobs queued, waiting for a slot.",
             gauges.queue_depth as i64,
         )?;
         encode_gauge(
             &mut encoder,
             "herdctld_jobs_running",
-            "Jobs running now",
+            "Jobs running now.",
             gauges.jobs_running as i64,
         )
     }
@@ -471,7 +472,7 @@ impl Collector for ProcessCollector {
             let counter = ConstCounter::new(cpu);
             let metric = encoder.encode_descriptor(
                 "process_cpu_seconds",
-                "User and system CPU time spent in seconds",
+                "User and system CPU time spent in seconds.",
                 None,
                 counter.metric_type(),
             )?;
@@ -481,7 +482,7 @@ impl Collector for ProcessCollector {
             encode_gauge(
                 &mut encoder,
                 "process_resident_memory_bytes",
-                "Resident memory size in bytes",
+                "Resident memory size in bytes.",
                 rss as i64,
             )?;
         }
@@ -489,7 +490,7 @@ impl Collector for ProcessCollector {
             encode_gauge(
                 &mut encoder,
                 "process_open_fds",
-                "Number of open file descriptors",
+                "Number of open file descriptors.",
                 fds as i64,
             )?;
         }
@@ -497,7 +498,7 @@ impl Collector for ProcessCollector {
             encode_gauge(
                 &mut encoder,
                 "process_start_time_seconds",
-                "Start time of the process since the Unix epoch in seconds",
+                "Start time of the process since the Unix epoch in seconds.",
                 start,
             )?;
         }
