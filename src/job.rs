@@ -158,6 +158,21 @@ pub enum ExitReason {
     SpawnFailed,
 }
 
+impl ExitReason {
+    /// The wire name (as serialised), e.g. `spawn_failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Success => "success",
+            ExitReason::Error => "error",
+            ExitReason::Timeout => "timeout",
+            ExitReason::Cancelled => "cancelled",
+            ExitReason::MaxTurns => "max_turns",
+            ExitReason::Interrupted => "interrupted",
+            ExitReason::SpawnFailed => "spawn_failed",
+        }
+    }
+}
+
 /// What created a job. herdctld creates `manual`, `schedule`, `fork` and `work_item` jobs; the others are
 /// herdctl's (its chat connectors, web UI and sub-agents) and appear in histories herdctl wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -36,9 +36,14 @@
 //!   or released over the REST API with retries. Knows nothing of the fleet.
 //! - [`fleet`] — the FleetManager: lifecycle, queue and concurrency, job supervision, schedule fires,
 //!   reload, events, log bus, output streaming. The only module that wires the ones above together.
+//! - [`metrics`] — the Prometheus registry, one per fleet (`FleetManager::metrics`): typed families the fleet
+//!   and `rpc` update where things happen (atomic increments; output counted per batch), fleet gauges and
+//!   `/proc/self` read at scrape time, `Metrics::encode` (text format 0.0.4). No sockets, no JSON-RPC.
 //! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping) and the
-//!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials).
-//! - [`daemon`] — process concerns of `herdctld`: command line, logging, socket file, signals, sd_notify.
+//!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials; RPC calls counted; `GET
+//!   /metrics` on the HTTP framing and on the TCP listener of `--metrics-listen`, which serves nothing else).
+//! - [`daemon`] — process concerns of `herdctld`: command line, logging, socket file, signals, sd_notify;
+//!   binds `--metrics-listen` before the socket, so a bad address fails the start before anything is served.
 //!
 //! Entry points: `src/bin/herdctld.rs` → [`daemon::run::main`]; `src/bin/herdctl/main.rs` (the client).
 //!
@@ -108,6 +113,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod hooks;
 pub mod job;
+pub mod metrics;
 pub mod rpc;
 pub mod runner;
 pub mod scheduler;

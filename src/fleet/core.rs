@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{AgentConfig, FleetConfig, ScheduleConfig};
 use crate::job::{Job, JobId};
+use crate::metrics::Metrics;
 use crate::scheduler::{ScheduleKey, SchedulerHandle};
 use crate::state::{DirSync, FleetState as PersistedState, JobStore, StateDir};
 
@@ -29,6 +30,7 @@ pub(super) struct Shared {
     pub(super) core: Mutex<Core>,
     /// Signalled whenever a job finishes, so `stop` can wait without polling.
     pub(super) jobs_changed: Arc<Notify>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 /// How a job runs beyond its agent's configuration.

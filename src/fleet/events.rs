@@ -98,6 +98,19 @@ pub enum SkipReason {
     NoWork,
 }
 
+impl SkipReason {
+    /// The wire name (as serialised), e.g. `no_work`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::ConcurrencyLimit => "concurrency_limit",
+            SkipReason::Disabled => "disabled",
+            SkipReason::AlreadyRunning => "already_running",
+            SkipReason::Stopping => "stopping",
+            SkipReason::NoWork => "no_work",
+        }
+    }
+}
+
 impl FleetEvent {
     /// The wire name of the event (`job:created`, …), used for subscription filters.
     pub fn type_name(&self) -> &'static str {

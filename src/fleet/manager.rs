@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::config::{AgentConfig, FleetConfig, ScheduleConfig};
 use crate::job::{JobId, JobStatus};
+use crate::metrics::{FleetGauges, Metrics};
 
 use super::core::{Core, Shared};
 use super::error::{FleetError, FleetState};
@@ -76,14 +77,34 @@ impl FleetManager {
     /// Creates a manager; does no I/O (`initialize` loads the configuration and opens the state).
     pub fn new(options: FleetManagerOptions) -> FleetManager {
         let events = EventBus::new(options.event_buffer);
-        FleetManager {
+        let manager = FleetManager {
             shared: Arc::new(Shared {
                 options,
                 events,
                 core: Mutex::new(Core::new()),
                 jobs_changed: Arc::new(Notify::new()),
+                metrics: Arc::new(Metrics::new()),
             }),
-        }
+        };
+        // Weak: the metrics live inside the fleet they read, and a scrape after the fleet is gone reads zero.
+        let shared = Arc::downgrade(&manager.shared);
+        manager.shared.metrics.set_gauge_source(move || {
+            let Some(shared) = shared.upgrade() else {
+                return FleetGauges::default();
+            };
+            let manager = FleetManager { shared };
+            let core = manager.core();
+            FleetGauges {
+                queue_depth: core.queue.len() as u64,
+                jobs_running: core.running_count(None) as u64,
+            }
+        });
+        manager
+    }
+
+    /// The fleet's metrics; [`Metrics::encode`] is a scrape.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {

@@ -91,6 +91,11 @@ impl FleetManager {
                             .schedule_mut(&fire.key.agent, &fire.key.schedule);
                         state.skipped += 1;
                         state.last_error = Some(message);
+                        self.metrics().schedule_skipped(
+                            &fire.key.agent,
+                            &fire.key.schedule,
+                            "work_source_error",
+                        );
                         core.save_persisted();
                         false
                     }
@@ -115,6 +120,8 @@ impl FleetManager {
             .schedule_mut(&key.agent, &key.schedule)
             .skipped += 1;
         core.save_persisted();
+        self.metrics()
+            .schedule_skipped(&key.agent, &key.schedule, reason.as_str());
         tracing::info!(agent = %key.agent, schedule = %key.schedule, ?reason, "schedule skipped");
         self.events().emit(FleetEvent::ScheduleSkipped {
             agent_name: key.agent.clone(),
@@ -224,6 +231,7 @@ impl FleetManager {
             state.last_run_at = Some(fire.fired_at);
             state.runs += 1;
         }
+        self.metrics().schedule_fired(&key.agent, &key.schedule);
         tracing::info!(agent = %key.agent, schedule = %key.schedule, job_id = %job.id, "schedule fired");
         self.events().emit(FleetEvent::ScheduleTriggered {
             agent_name: key.agent.clone(),

@@ -160,6 +160,7 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let job = active.job.clone();
     let hub = active.hub.clone();
     core.count_started(&job.agent);
+    manager.metrics().job_started(&job.agent);
     // Not fsynced: the pid matters only if the daemon dies, and the page cache survives that; after a
     // machine crash the process is gone anyway. Creation and the final record are fsynced.
     if let Err(e) = records::persist_with(manager, core, &job, Durability::Process) {
@@ -208,6 +209,7 @@ async fn supervise(
 ) {
     let mut pump = Pump {
         events: manager.events().clone(),
+        metrics: manager.metrics().clone(),
         job_id: id.to_string(),
         next_seq: 0,
         writer,
@@ -256,6 +258,7 @@ async fn supervise(
 /// Where a job's output goes: a `seq` each, the output file first, then the job's readers and the events.
 struct Pump {
     events: super::events::EventBus,
+    metrics: Arc<crate::metrics::Metrics>,
     job_id: String,
     next_seq: u64,
     writer: Option<OutputWriter>,
@@ -307,6 +310,9 @@ impl Pump {
                     }
                 }
             }
+            // Counted per batch, not per line: two atomic additions whatever the batch's size.
+            let bytes: usize = serialized.iter().map(|line| line.json().len()).sum();
+            self.metrics.output(serialized.len() as u64, bytes as u64);
             self.hub.publish(serialized.into());
             // Building an event per line costs a copy of it: only when someone listens.
             if self.events.has_subscribers() {
@@ -472,6 +478,7 @@ fn finalize_locked(
     if let Err(e) = saved {
         tracing::error!(job_id = %id, "final record not saved: {e}");
     }
+    manager.metrics().job_finished(&job);
     if record_in_fleet_state(core, &job) {
         core.save_persisted();
     }
