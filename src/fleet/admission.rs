@@ -5,20 +5,19 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::job::{Job, JobId, JobStatus, TerminationType, TriggerType};
 use crate::state::StagedRecord;
 
-use super::core::{state_error, ActiveJob, Core, RunContext, WhenFull};
+use super::core::{state_error, Core, WhenFull};
 use super::error::{FleetError, FleetState};
 use super::events::FleetEvent;
 use super::info::CancelResult;
+use super::job_table::RunContext;
 use super::manager::{
     find_agent, find_schedule, futures_join_all, parse_job_id, FleetManager, ForkOptions,
     TriggerOptions, FALLBACK_PROMPT,
 };
-use super::output::OutputHub;
 use super::records;
 use super::spec;
 use super::supervise;
@@ -114,7 +113,7 @@ impl FleetManager {
                     ],
                 ));
             }
-            let Some(active) = core.active.get(&job_id) else {
+            let Some(active) = core.jobs.get(&job_id) else {
                 // Not active: finished already, or unknown.
                 return match core.store()?.get(&job_id) {
                     Ok(Some(_)) => Ok(CancelResult {
@@ -127,7 +126,6 @@ impl FleetManager {
                 };
             };
             if active.job.status == JobStatus::Queued {
-                core.queue.remove(&job_id);
                 supervise::finish_without_running(
                     self,
                     &mut core,
@@ -139,16 +137,15 @@ impl FleetManager {
                     termination_type: TerminationType::Graceful,
                 });
             }
-            let grace = grace
-                .or_else(|| active.agent.as_ref().map(|a| a.stop_grace))
-                .unwrap_or(self.options().default_stop_grace);
-            let Some(active) = core.active.get_mut(&job_id) else {
+            let Some(ticket) = core.jobs.request_cancel(&job_id) else {
                 return Err(FleetError::JobNotFound {
                     job_id: id.to_string(),
                 });
             };
-            active.cancel_requested = true;
-            (active.canceller.clone(), active.finished.subscribe(), grace)
+            let grace = grace
+                .or_else(|| ticket.agent.as_ref().map(|a| a.stop_grace))
+                .unwrap_or(self.options().default_stop_grace);
+            (ticket.canceller, ticket.finished, grace)
         };
         let termination = match canceller {
             Some(canceller) => canceller.cancel(grace).await,
@@ -168,10 +165,10 @@ impl FleetManager {
     pub async fn cancel_running(&self, grace: Option<Duration>) {
         let running: Vec<JobId> = self
             .core()
-            .active
+            .jobs
             .iter()
-            .filter(|(_, a)| a.job.status == JobStatus::Running)
-            .map(|(id, _)| id.clone())
+            .filter(|a| a.is_running())
+            .map(|a| a.job.id.clone())
             .collect();
         let cancels = running.into_iter().map(|id| {
             let manager = self.clone();
@@ -196,7 +193,7 @@ impl FleetManager {
                 FleetState::Stopped,
             ],
         )?;
-        let original = match core.active.get(&original_id) {
+        let original = match core.jobs.get(&original_id) {
             Some(active) => active.job.clone(),
             None => core
                 .store()?
@@ -315,9 +312,9 @@ fn admit_with(
                     "the run was skipped; raise the agent's concurrency to allow more",
                 ))
             }
-            WhenFull::Queue if core.queue.len() >= options.max_queued => {
+            WhenFull::Queue if core.jobs.queue().len() >= options.max_queued => {
                 return Err(limit_error(
-                    core.queue.len(),
+                    core.jobs.queue().len(),
                     options.max_queued,
                     "queued jobs in the fleet",
                     "the queue is full; wait for jobs to finish or cancel queued ones",
@@ -331,26 +328,14 @@ fn admit_with(
         None => records::persist(manager, core, &job)?,
     }
     let id = job.id.clone();
-    let (finished, _) = watch::channel(None);
-    core.active.insert(
-        id.clone(),
-        ActiveJob {
-            job: job.clone(),
-            agent: None,
-            context,
-            hub: OutputHub::new(),
-            canceller: None,
-            cancel_requested: false,
-            finished,
-        },
-    );
+    core.jobs.insert(job.clone(), context);
     manager.events().emit(FleetEvent::JobCreated {
         job: Box::new(job.clone()),
     });
     if has_slot {
         supervise::start_job(manager, core, &id);
     } else {
-        let position = core.queue.push(&job.agent, id.clone(), job.priority);
+        let position = core.jobs.enqueue(&id).unwrap_or(0);
         tracing::info!(agent = %job.agent, job_id = %id, position, "job queued");
         manager.events().emit(FleetEvent::JobQueued {
             job: Box::new(job),
@@ -361,7 +346,7 @@ fn admit_with(
 }
 
 fn current_record(core: &Core, id: &JobId) -> Result<Job, FleetError> {
-    if let Some(active) = core.active.get(id) {
+    if let Some(active) = core.jobs.get(id) {
         return Ok(active.job.clone());
     }
     core.store

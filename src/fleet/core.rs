@@ -1,26 +1,25 @@
-//! The fleet's shared state: [`Core`], everything mutable behind the one lock, and the jobs that have not
-//! finished yet ([`ActiveJob`]), with the run context and limit policy they are admitted under.
+//! The fleet's shared state: [`Core`], everything mutable behind the one lock, and the limit policy jobs
+//! are admitted under. The jobs that have not finished are its [`JobTable`], whose fields are private;
+//! the other fields hold no invariant across each other and are set by the lifecycle directly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::config::{AgentConfig, FleetConfig, ScheduleConfig};
-use crate::job::{Job, JobId};
+use crate::config::FleetConfig;
+use crate::job::JobId;
 use crate::metrics::Metrics;
 use crate::scheduler::{ScheduleKey, SchedulerHandle};
 use crate::state::{DirSync, FleetState as PersistedState, JobStore, StateDir};
 
 use super::error::{FleetError, FleetState};
 use super::events::EventBus;
-use super::followup::ClaimedWork;
+use super::job_table::JobTable;
 use super::options::FleetManagerOptions;
-use super::output::OutputHub;
-use super::queue::JobQueue;
 use super::sessions::{SessionBook, SessionWrite};
 use super::state_writer::StateWriter;
 
@@ -31,20 +30,6 @@ pub(super) struct Shared {
     /// Signalled whenever a job finishes, so `stop` can wait without polling.
     pub(super) jobs_changed: Arc<Notify>,
     pub(super) metrics: Arc<Metrics>,
-}
-
-/// How a job runs beyond its agent's configuration.
-#[derive(Debug, Clone, Default)]
-pub(super) struct RunContext {
-    /// Resume the agent's session pointer if it is still valid (`resume_session` schedules); decided when
-    /// the job starts, into `resume_session`.
-    pub(super) resume_latest: bool,
-    pub(super) resume_session: Option<String>,
-    pub(super) fork_session: bool,
-    pub(super) schedule: Option<ScheduleConfig>,
-    /// The work item this job works on, claimed from its schedule's work source; reported back when the
-    /// job ends.
-    pub(super) work: Option<ClaimedWork>,
 }
 
 /// What to do with a job when its agent or the fleet is at its limit.
@@ -69,38 +54,14 @@ pub(super) struct Core {
     pub(super) persisted: PersistedState,
     /// The agents' session pointers (`sessions/`).
     pub(super) sessions: SessionBook,
-    pub(super) queue: JobQueue,
-    /// Queued and running jobs.
-    pub(super) active: HashMap<JobId, ActiveJob>,
-    /// Ids of jobs being created whose records are not committed yet.
-    pub(super) reserved_ids: HashSet<JobId>,
-    /// Running jobs per agent, kept in step with `active` so limit checks cost O(1) however long the
-    /// queue is.
-    pub(super) running: HashMap<String, usize>,
+    /// Queued and running jobs; their state changes only through its methods.
+    pub(super) jobs: JobTable,
     pub(super) started_at: Option<DateTime<Utc>>,
     pub(super) stopped_at: Option<DateTime<Utc>>,
     pub(super) scheduler: Option<SchedulerHandle>,
     /// The work source of every schedule that has one, built at load.
     pub(super) work_sources: HashMap<ScheduleKey, Arc<dyn crate::work_sources::WorkSource>>,
     pub(super) fire_task: Option<JoinHandle<()>>,
-    /// The queue is being dispatched: a job that ends as it starts (no container engine, agent gone)
-    /// frees its slot for that loop instead of dispatching again inside it, one stack frame per job.
-    pub(super) dispatching: bool,
-}
-
-/// A job that has not finished yet.
-pub(super) struct ActiveJob {
-    pub(super) job: Job,
-    /// The configuration the job runs with; fixed when it starts (reload does not change a running job).
-    pub(super) agent: Option<Arc<AgentConfig>>,
-    pub(super) context: RunContext,
-    pub(super) hub: OutputHub,
-    pub(super) canceller: Option<crate::runner::Canceller>,
-    /// A cancel was asked for: the job is not run again (a resumed session that was gone).
-    pub(super) cancel_requested: bool,
-    /// The final record, once there is one; `cancelJob` and `wait_for_job` wait on it so they reply after
-    /// the effect.
-    pub(super) finished: watch::Sender<Option<Job>>,
 }
 
 impl Core {
@@ -113,56 +74,30 @@ impl Core {
     }
 
     pub(super) fn running_count(&self, agent: Option<&str>) -> usize {
-        match agent {
-            Some(name) => self.running.get(name).copied().unwrap_or(0),
-            None => self.running.values().sum(),
-        }
-    }
-
-    /// Counts a job of `agent` that has just started running.
-    pub(super) fn count_started(&mut self, agent: &str) {
-        *self.running.entry(agent.to_string()).or_default() += 1;
-    }
-
-    /// Uncounts a running job of `agent` that has ended.
-    pub(super) fn count_ended(&mut self, agent: &str) {
-        if let Some(count) = self.running.get_mut(agent) {
-            *count -= 1;
-            if *count == 0 {
-                self.running.remove(agent);
-            }
-        }
+        self.jobs.running_count(agent)
     }
 
     pub(super) fn fleet_limit(&self, options: &FleetManagerOptions) -> Option<u32> {
-        options
-            .concurrency
-            .or_else(|| self.config.as_ref().and_then(|c| c.max_concurrent))
+        fleet_limit(self.config.as_deref(), options)
     }
 
-    /// Jobs of `agent` allowed to run at once: its configuration's, else the fleet's per-agent default.
     pub(super) fn agent_limit(&self, options: &FleetManagerOptions, agent: &str) -> u32 {
-        self.config
-            .as_ref()
-            .and_then(|c| c.agent(agent))
-            .and_then(|a| a.concurrency)
-            .unwrap_or(options.per_agent)
+        agent_limit(self.config.as_deref(), options, agent)
     }
 
-    /// Whether a new job of `agent` may start now under the fleet-wide limit and, unless `when_full` says
-    /// to go beyond it, the agent's own.
     pub(super) fn may_start(
         &self,
         options: &FleetManagerOptions,
         agent: &str,
         when_full: WhenFull,
     ) -> bool {
-        let agent_ok = when_full == WhenFull::SkipAtFleetLimit
-            || self.running_count(Some(agent)) < self.agent_limit(options, agent) as usize;
-        let fleet_ok = self
-            .fleet_limit(options)
-            .is_none_or(|limit| self.running_count(None) < limit as usize);
-        agent_ok && fleet_ok
+        may_start(
+            self.config.as_deref(),
+            options,
+            &self.jobs,
+            agent,
+            when_full,
+        )
     }
 
     /// The group commit of the jobs directory, for syncing committed records outside the lock.
@@ -177,8 +112,7 @@ impl Core {
             || JobId::generate(now),
             |id| {
                 self.store.as_ref().is_some_and(|store| store.contains(id))
-                    || self.active.contains_key(id)
-                    || self.reserved_ids.contains(id)
+                    || self.jobs.is_taken(id)
             },
         )
     }
@@ -187,12 +121,12 @@ impl Core {
     /// taken until [`release_job_id`](Self::release_job_id), which admission calls.
     pub(super) fn reserve_job_id(&mut self, now: DateTime<Utc>) -> JobId {
         let id = self.new_job_id(now);
-        self.reserved_ids.insert(id.clone());
+        self.jobs.reserve(id.clone());
         id
     }
 
     pub(super) fn release_job_id(&mut self, id: &JobId) {
-        self.reserved_ids.remove(id);
+        self.jobs.release(id);
     }
 
     pub(super) fn jobs_dir(&self) -> Result<PathBuf, FleetError> {
@@ -217,6 +151,38 @@ impl Core {
             writer.fleet_state(&self.persisted);
         }
     }
+}
+
+/// Jobs allowed to run at once in the fleet: the command line's limit, else the fleet file's.
+fn fleet_limit(config: Option<&FleetConfig>, options: &FleetManagerOptions) -> Option<u32> {
+    options
+        .concurrency
+        .or_else(|| config.and_then(|c| c.max_concurrent))
+}
+
+/// Jobs of `agent` allowed to run at once: its configuration's, else the fleet's per-agent default.
+fn agent_limit(config: Option<&FleetConfig>, options: &FleetManagerOptions, agent: &str) -> u32 {
+    config
+        .and_then(|c| c.agent(agent))
+        .and_then(|a| a.concurrency)
+        .unwrap_or(options.per_agent)
+}
+
+/// Whether a new job of `agent` may start now under the fleet-wide limit and, unless `when_full` says
+/// to go beyond it, the agent's own. A function of its parts, so the queue's dispatch can ask it while
+/// it holds the job table.
+pub(super) fn may_start(
+    config: Option<&FleetConfig>,
+    options: &FleetManagerOptions,
+    jobs: &JobTable,
+    agent: &str,
+    when_full: WhenFull,
+) -> bool {
+    let agent_ok = when_full == WhenFull::SkipAtFleetLimit
+        || jobs.running_count(Some(agent)) < agent_limit(config, options, agent) as usize;
+    let fleet_ok =
+        fleet_limit(config, options).is_none_or(|limit| jobs.running_count(None) < limit as usize);
+    agent_ok && fleet_ok
 }
 
 /// The first id `draw` gives that is not `taken`: a collision is drawn again, never overwritten.
@@ -258,16 +224,12 @@ impl Core {
             store: None,
             persisted: PersistedState::default(),
             sessions: SessionBook::default(),
-            queue: JobQueue::default(),
-            active: HashMap::new(),
-            reserved_ids: HashSet::new(),
-            running: HashMap::new(),
+            jobs: JobTable::default(),
             started_at: None,
             stopped_at: None,
             scheduler: None,
             work_sources: HashMap::new(),
             fire_task: None,
-            dispatching: false,
         }
     }
 }
@@ -275,6 +237,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn a_drawn_id_that_is_taken_is_drawn_again() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::config::{self, FleetConfig};
-use crate::job::{ExitReason, JobError, JobId, JobStatus};
+use crate::job::{ExitReason, JobError, JobStatus};
 use crate::scheduler::{ScheduleKey, Scheduler};
 use crate::state::{FleetState as PersistedState, JobStore, StateDir};
 
@@ -300,9 +300,7 @@ impl FleetManager {
                 task.abort();
             }
             // Queued work would start after the fleet says it stopped: cancel it now.
-            let queued: Vec<JobId> = core.queue.iter().map(|q| q.job_id.clone()).collect();
-            for id in queued {
-                core.queue.remove(&id);
+            for id in core.jobs.dequeue_all() {
                 supervise::finish_without_running(
                     self,
                     &mut core,
@@ -426,14 +424,8 @@ impl FleetManager {
             core.config = Some(new.clone());
             core.work_sources = work_sources;
             // Queued jobs of removed agents can never run.
-            let orphaned: Vec<JobId> = core
-                .queue
-                .iter()
-                .filter(|q| new.agent(&q.agent).is_none())
-                .map(|q| q.job_id.clone())
-                .collect();
+            let orphaned = core.jobs.dequeue_where(|q| new.agent(&q.agent).is_none());
             for id in orphaned {
-                core.queue.remove(&id);
                 supervise::finish_without_running(
                     self,
                     &mut core,

@@ -95,7 +95,7 @@ impl FleetManager {
             let manager = FleetManager { shared };
             let core = manager.core();
             FleetGauges {
-                queue_depth: core.queue.len() as u64,
+                queue_depth: core.jobs.queue().len() as u64,
                 jobs_running: core.running_count(None) as u64,
             }
         });

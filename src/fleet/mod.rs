@@ -23,6 +23,7 @@ mod error;
 mod events;
 mod followup;
 mod info;
+mod job_table;
 mod lifecycle;
 mod logs;
 mod manager;

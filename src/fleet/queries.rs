@@ -33,7 +33,7 @@ impl FleetManager {
         });
         let mut jobs = JobCounts {
             active: core.running_count(None),
-            queued: core.queue.len(),
+            queued: core.jobs.queue().len(),
             ..JobCounts::default()
         };
         if let Some(store) = core.store.as_ref() {
@@ -129,8 +129,8 @@ impl FleetManager {
 
     fn agent_info(&self, core: &Core, plan: &Plan, agent: &AgentConfig) -> AgentInfo {
         let current_jobs: Vec<String> = core
-            .active
-            .values()
+            .jobs
+            .iter()
             .filter(|a| a.job.agent == agent.name && a.job.status == JobStatus::Running)
             .map(|a| a.job.id.to_string())
             .collect();
@@ -161,7 +161,7 @@ impl FleetManager {
             },
             concurrency: agent.concurrency.unwrap_or(self.options().per_agent),
             current_jobs,
-            queued_jobs: core.queue.count_for(&agent.name),
+            queued_jobs: core.jobs.queue().count_for(&agent.name),
             last_job,
             last_session_id: core.sessions.current(&agent.name).map(str::to_owned),
             schedules: self.schedule_infos(core, plan, Some(&agent.name)),
@@ -197,7 +197,7 @@ impl FleetManager {
     ) -> Result<(Job, Option<Vec<crate::job::OutputLine>>), FleetError> {
         let job_id = parse_job_id(id)?;
         let core = self.core();
-        let job = match core.active.get(&job_id) {
+        let job = match core.jobs.get(&job_id) {
             Some(active) => active.job.clone(),
             None => core
                 .store()?
@@ -298,8 +298,8 @@ impl FleetManager {
             skipped: persisted.map_or(0, |p| p.skipped),
             failed: persisted.map_or(0, |p| p.failed),
             running_jobs: core
-                .active
-                .values()
+                .jobs
+                .iter()
                 .filter(|a| {
                     a.job.agent == agent.name
                         && a.job.schedule.as_deref() == Some(&schedule.name)
@@ -313,13 +313,14 @@ impl FleetManager {
         let core = self.core();
         let config = core.config()?.clone();
         let queued = core
-            .queue
+            .jobs
+            .queue()
             .iter()
             .map(|q| QueuedJobInfo {
                 job_id: q.job_id.to_string(),
                 agent_name: q.agent.clone(),
                 priority: q.priority,
-                position: core.queue.position(&q.job_id).unwrap_or(0),
+                position: core.jobs.queue().position(&q.job_id).unwrap_or(0),
             })
             .collect();
         let agents = config
@@ -330,7 +331,7 @@ impl FleetManager {
                     a.name.clone(),
                     AgentQueueInfo {
                         running: core.running_count(Some(&a.name)),
-                        queued: core.queue.count_for(&a.name),
+                        queued: core.jobs.queue().count_for(&a.name),
                         limit: a.concurrency.unwrap_or(self.options().per_agent),
                     },
                 )
@@ -341,7 +342,7 @@ impl FleetManager {
             agents,
             fleet: FleetQueueInfo {
                 running: core.running_count(None),
-                queued: core.queue.len(),
+                queued: core.jobs.queue().len(),
                 limit: core.fleet_limit(self.options()),
                 max_queued: self.options().max_queued,
             },
@@ -357,7 +358,7 @@ impl FleetManager {
         let job_id = parse_job_id(id)?;
         let core = self.core();
         let path = core.jobs_dir()?.join(format!("{job_id}.jsonl"));
-        let live = match core.active.get(&job_id) {
+        let live = match core.jobs.get(&job_id) {
             Some(active) => Some(active.hub.subscribe()),
             None => {
                 core.store()?
@@ -415,7 +416,7 @@ impl FleetManager {
         let job_id = parse_job_id(id)?;
         let finished = self
             .core()
-            .active
+            .jobs
             .get(&job_id)
             .map(|a| a.finished.subscribe());
         if let Some(mut finished) = finished {

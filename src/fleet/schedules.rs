@@ -11,11 +11,12 @@ use crate::job::{Job, TriggerType};
 use crate::scheduler::{Fire, ScheduleKey, SchedulerHandle};
 
 use super::admission;
-use super::core::{Core, RunContext, WhenFull};
+use super::core::{Core, WhenFull};
 use super::error::{FleetError, FleetState};
 use super::events::{FleetEvent, SkipReason};
 use super::followup;
 use super::info::ScheduleInfo;
+use super::job_table::RunContext;
 use super::manager::{find_agent, find_schedule, FleetManager, FALLBACK_PROMPT};
 use super::spec;
 
@@ -160,7 +161,7 @@ impl FleetManager {
         if !effective_enabled(schedule, core.persisted.schedule(&key.agent, &key.schedule)) {
             return Err(SkipReason::Disabled);
         }
-        let previous_still_going = core.active.values().any(|a| {
+        let previous_still_going = core.jobs.iter().any(|a| {
             a.job.agent == key.agent && a.job.schedule.as_deref() == Some(key.schedule.as_str())
         });
         let when_full = match schedule.overlap {

@@ -8,7 +8,7 @@ use crate::job::Job;
 use crate::runner::{self, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
 
-use super::core::RunContext;
+use super::job_table::RunContext;
 
 /// The runner's spec for one job of `agent`. The fleet's `.env` reaches the job's environment as herdctl's
 /// dotenv puts it in the process environment Claude inherits: under every variable already set (it holds

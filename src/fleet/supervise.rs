@@ -6,7 +6,6 @@
 //! `job:output`* → `agent:stopped` + `job:completed|failed|cancelled`. The pump finishes before the job is
 //! finalized, so no output event follows the final one.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 
 use chrono::Utc;
@@ -17,12 +16,13 @@ use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType}
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome};
 use crate::state::{Durability, OutputWriter, PrunedFiles, StagedRecord};
 
-use super::core::{Core, RunContext, Shared, WhenFull};
+use super::core::{may_start, Core, Shared, WhenFull};
 use super::error::FleetState;
 use super::events::report_state_error;
 use super::events::EventBus;
 use super::events::FleetEvent;
 use super::followup::{self};
+use super::job_table::RunContext;
 use super::manager::FleetManager;
 use super::output::{OutputHub, SerializedLine};
 use super::records;
@@ -100,8 +100,7 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let agent = core
         .config
         .as_ref()
-        .and_then(|c| c.agent(&core.active[id].job.agent))
-        .cloned();
+        .and_then(|c| Some(c.agent(&core.jobs.get(id)?.job.agent)?.clone()));
     let Some(agent) = agent else {
         finish_without_running(manager, core, id, "its agent is no longer configured");
         return;
@@ -126,40 +125,26 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     }
     let agent = Arc::new(agent);
     let (output_tx, output_rx) = mpsc::channel(1024);
-    if core.active[id].context.resume_latest {
+    if core.jobs.get(id).is_some_and(|a| a.context.resume_latest) {
         let resumption = core.sessions.resume(&agent, Utc::now());
         core.save_session(resumption.write);
         if let Some(notice) = resumption.notice {
             // The channel is new and empty: the notice is the job's first line.
             let _ = output_tx.try_send(system_notice("session_reset", notice));
         }
-        if let Some(active) = core.active.get_mut(id) {
-            active.context.resume_session = resumption.session_id;
-        }
+        core.jobs.set_resume_session(id, resumption.session_id);
     }
-    let spec = {
-        let active = &core.active[id];
-        let dotenv = core.config.as_ref().map(|config| &config.dotenv);
-        spec::run_spec(&agent, &active.job, &active.context, dotenv)
-    };
-    // Spawned here, on a runtime worker thread: the child's parent-death signal is tied to this thread.
-    let handle = runner::start(spec, output_tx);
-    let Some(active) = core.active.get_mut(id) else {
+    let Some(active) = core.jobs.get(id) else {
         return;
     };
-    active.job.started_at = Some(Utc::now());
-    active.agent = Some(agent.clone());
-    active.job.status = JobStatus::Running;
-    // A spawn failure has no process; the supervisor finalizes it from the outcome like any other run.
-    if let Some(process) = handle.process() {
-        active.job.pid = Some(process.pid);
-        active.job.pgid = Some(process.pgid);
-        active.job.process_start_time = process.start_time;
-    }
-    active.canceller = Some(handle.canceller());
-    let job = active.job.clone();
+    let dotenv = core.config.as_ref().map(|config| &config.dotenv);
+    let spec = spec::run_spec(&agent, &active.job, &active.context, dotenv);
     let hub = active.hub.clone();
-    core.count_started(&job.agent);
+    // Spawned here, on a runtime worker thread: the child's parent-death signal is tied to this thread.
+    let handle = runner::start(spec, output_tx);
+    let Some(job) = core.jobs.start(id, agent, &handle) else {
+        return;
+    };
     manager.metrics().job_started(&job.agent);
     // Not fsynced: the pid matters only if the daemon dies, and the page cache survives that; after a
     // machine crash the process is gone anyway. Creation and the final record are fsynced.
@@ -230,7 +215,7 @@ async fn supervise(
     // share the disk's time instead of queueing behind the lock for it.
     let prepared = {
         let core = manager.core();
-        match (core.active.get(&id), core.jobs_dir(), core.jobs_dir_sync()) {
+        match (core.jobs.get(&id), core.jobs_dir(), core.jobs_dir_sync()) {
             (Some(active), Ok(dir), Some(dir_sync)) => {
                 Some((final_record(&active.job, &outcome), dir, dir_sync))
             }
@@ -364,7 +349,7 @@ fn run_again_fresh(context: &RunContext, cancel_requested: bool, outcome: &mut R
 fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) -> AfterRun {
     let mut core = manager.core();
     let core = &mut *core;
-    let Some(active) = core.active.get_mut(id) else {
+    let Some(active) = core.jobs.get(id) else {
         return AfterRun::Stands(outcome);
     };
     let Some(agent) = active.agent.clone() else {
@@ -373,8 +358,11 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
     if !run_again_fresh(&active.context, active.cancel_requested, &mut outcome) {
         return AfterRun::Stands(outcome);
     }
-    let gone = active.context.resume_session.take();
+    let gone = core.jobs.take_resume_session(id);
     tracing::warn!(job_id = %id, session = gone.as_deref().unwrap_or(""), "resumed session not found; running again with a fresh session");
+    let Some(active) = core.jobs.get(id) else {
+        return AfterRun::Stands(outcome);
+    };
     let spec = spec::run_spec(
         &agent,
         &active.job,
@@ -387,11 +375,9 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
         SESSION_GONE_NOTICE.to_owned(),
     ));
     let handle = runner::start(spec, output_tx);
-    active.job.pid = handle.process().map(|process| process.pid);
-    active.job.pgid = handle.process().map(|process| process.pgid);
-    active.job.process_start_time = handle.process().and_then(|process| process.start_time);
-    active.canceller = Some(handle.canceller());
-    let job = active.job.clone();
+    let Some(job) = core.jobs.restart(id, &handle) else {
+        return AfterRun::Stands(outcome);
+    };
     let write = gone
         .as_deref()
         .and_then(|session| core.sessions.forget(&agent.name, session));
@@ -463,10 +449,7 @@ fn finalize_locked(
     outcome: RunOutcome,
     staged: Option<StagedRecord>,
 ) -> Option<JobFinished> {
-    let active = core.active.remove(id)?;
-    if active.job.status == JobStatus::Running {
-        core.count_ended(&active.job.agent);
-    }
+    let active = core.jobs.finish(id)?;
     let (job, saved) = match staged {
         Some(staged) => (staged.job().clone(), records::commit(manager, core, staged)),
         None => {
@@ -596,20 +579,17 @@ fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
 /// deleted once the lock is released ([`JobFinished::signal`]).
 fn prune(manager: &FleetManager, core: &mut Core) -> Option<Pruned> {
     let retention = manager.options().history.retention(core.config.as_deref());
-    let Core {
-        store,
-        active,
-        reserved_ids,
-        ..
-    } = core;
+    let Core { store, jobs, .. } = core;
     let store = store.as_mut()?;
-    let plan = store.plan_prune(&retention, Utc::now(), &|id| active.contains_key(id));
+    let plan = store.plan_prune(&retention, Utc::now(), &|id| jobs.is_active(id));
     if plan.doomed.is_empty() {
         return None;
     }
     tracing::debug!(removed = plan.doomed.len(), "pruned job history");
     let files = store.forget(&plan.doomed);
-    reserved_ids.extend(plan.doomed.iter().cloned());
+    for id in &plan.doomed {
+        jobs.reserve(id.clone());
+    }
     Some(Pruned {
         ids: plan.doomed,
         files,
@@ -623,24 +603,22 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
     if matches!(
         core.lifecycle,
         FleetState::Stopping | FleetState::Uninitialized
-    ) || core.dispatching
+    ) || !core.jobs.begin_dispatch()
     {
         return;
     }
-    core.dispatching = true;
+    let options = manager.options();
     loop {
-        let startable: HashSet<String> = core
-            .queue
-            .iter()
-            .map(|q| q.agent.clone())
-            .filter(|agent| core.may_start(manager.options(), agent, WhenFull::Queue))
-            .collect();
-        let Some(next) = core.queue.pop_runnable(|agent| startable.contains(agent)) else {
+        let config = core.config.clone();
+        let next = core.jobs.pop_runnable(|agent, jobs| {
+            may_start(config.as_deref(), options, jobs, agent, WhenFull::Queue)
+        });
+        let Some(next) = next else {
             break;
         };
         start_job(manager, core, &next.job_id);
     }
-    core.dispatching = false;
+    core.jobs.end_dispatch();
 }
 
 #[cfg(test)]

@@ -1,0 +1,297 @@
+//! The fleet's jobs that have not finished: each active job, the queue, the running count per agent and the
+//! ids reserved for records still being written. Every change of a job's state is a method here, so the
+//! counts, the queue and the jobs themselves cannot drift apart (the fields are private).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::config::{AgentConfig, ScheduleConfig};
+use crate::job::{Job, JobId, JobStatus};
+use crate::runner::{Canceller, RunHandle};
+
+use super::followup::ClaimedWork;
+use super::output::OutputHub;
+use super::queue::{JobQueue, QueuedJob};
+
+/// How a job runs beyond its agent's configuration.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RunContext {
+    /// Resume the agent's session pointer if it is still valid (`resume_session` schedules); decided when
+    /// the job starts, into `resume_session`.
+    pub(super) resume_latest: bool,
+    pub(super) resume_session: Option<String>,
+    pub(super) fork_session: bool,
+    pub(super) schedule: Option<ScheduleConfig>,
+    /// The work item this job works on, claimed from its schedule's work source; reported back when the
+    /// job ends.
+    pub(super) work: Option<ClaimedWork>,
+}
+
+/// A job that has not finished yet. Read through the table; changed only by the table's methods.
+pub(super) struct ActiveJob {
+    pub(super) job: Job,
+    /// The configuration the job runs with; fixed when it starts (reload does not change a running job).
+    pub(super) agent: Option<Arc<AgentConfig>>,
+    pub(super) context: RunContext,
+    pub(super) hub: OutputHub,
+    pub(super) canceller: Option<Canceller>,
+    /// A cancel was asked for: the job is not run again (a resumed session that was gone).
+    pub(super) cancel_requested: bool,
+    /// The final record, once there is one; `cancelJob` and `wait_for_job` wait on it so they reply after
+    /// the effect.
+    pub(super) finished: watch::Sender<Option<Job>>,
+}
+
+impl ActiveJob {
+    pub(super) fn is_running(&self) -> bool {
+        self.job.status == JobStatus::Running
+    }
+}
+
+/// What a cancel of a running job needs once the lock is released.
+pub(super) struct CancelTicket {
+    pub(super) canceller: Option<Canceller>,
+    pub(super) finished: watch::Receiver<Option<Job>>,
+    pub(super) agent: Option<Arc<AgentConfig>>,
+}
+
+#[derive(Default)]
+pub(super) struct JobTable {
+    active: HashMap<JobId, ActiveJob>,
+    queue: JobQueue,
+    /// Ids of jobs whose records are being written (or whose pruned files are being deleted).
+    reserved: HashSet<JobId>,
+    /// Running jobs per agent, kept in step with `active` so limit checks cost O(1) however long the
+    /// queue is.
+    running: HashMap<String, usize>,
+    /// The queue is being dispatched: a job that ends as it starts (no container engine, agent gone)
+    /// frees its slot for that loop instead of dispatching again inside it, one stack frame per job.
+    dispatching: bool,
+}
+
+impl JobTable {
+    pub(super) fn get(&self, id: &JobId) -> Option<&ActiveJob> {
+        self.active.get(id)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &ActiveJob> {
+        self.active.values()
+    }
+
+    pub(super) fn is_active(&self, id: &JobId) -> bool {
+        self.active.contains_key(id)
+    }
+
+    /// Whether `id` is an active job's or reserved: a new job must not get it.
+    pub(super) fn is_taken(&self, id: &JobId) -> bool {
+        self.active.contains_key(id) || self.reserved.contains(id)
+    }
+
+    pub(super) fn queue(&self) -> &JobQueue {
+        &self.queue
+    }
+
+    pub(super) fn running_count(&self, agent: Option<&str>) -> usize {
+        match agent {
+            Some(name) => self.running.get(name).copied().unwrap_or(0),
+            None => self.running.values().sum(),
+        }
+    }
+
+    pub(super) fn reserve(&mut self, id: JobId) {
+        self.reserved.insert(id);
+    }
+
+    pub(super) fn release(&mut self, id: &JobId) {
+        self.reserved.remove(id);
+    }
+
+    /// A new job, created and not started: queued next, or started.
+    pub(super) fn insert(&mut self, job: Job, context: RunContext) {
+        let (finished, _) = watch::channel(None);
+        self.active.insert(
+            job.id.clone(),
+            ActiveJob {
+                job,
+                agent: None,
+                context,
+                hub: OutputHub::new(),
+                canceller: None,
+                cancel_requested: false,
+                finished,
+            },
+        );
+    }
+
+    /// Queues an active job that has not started; returns its position.
+    pub(super) fn enqueue(&mut self, id: &JobId) -> Option<usize> {
+        let job = &self.active.get(id)?.job;
+        Some(self.queue.push(&job.agent, id.clone(), job.priority))
+    }
+
+    /// Takes every queued job out of the queue, in queue order.
+    pub(super) fn dequeue_all(&mut self) -> Vec<JobId> {
+        let ids: Vec<JobId> = self.queue.iter().map(|q| q.job_id.clone()).collect();
+        for id in &ids {
+            self.queue.remove(id);
+        }
+        ids
+    }
+
+    /// Takes the queued jobs `doomed` says to drop out of the queue.
+    pub(super) fn dequeue_where(&mut self, doomed: impl Fn(&QueuedJob) -> bool) -> Vec<JobId> {
+        let ids: Vec<JobId> = self
+            .queue
+            .iter()
+            .filter(|q| doomed(q))
+            .map(|q| q.job_id.clone())
+            .collect();
+        for id in &ids {
+            self.queue.remove(id);
+        }
+        ids
+    }
+
+    /// The session a job is to resume, decided when it starts.
+    pub(super) fn set_resume_session(&mut self, id: &JobId, session: Option<String>) {
+        if let Some(active) = self.active.get_mut(id) {
+            active.context.resume_session = session;
+        }
+    }
+
+    /// Marks an active job running with the process `handle` runs for it, and counts it; returns the
+    /// record as it is now.
+    pub(super) fn start(
+        &mut self,
+        id: &JobId,
+        agent: Arc<AgentConfig>,
+        handle: &RunHandle,
+    ) -> Option<Job> {
+        let active = self.active.get_mut(id)?;
+        let was_running = active.is_running();
+        active.job.started_at = Some(Utc::now());
+        active.agent = Some(agent);
+        active.job.status = JobStatus::Running;
+        set_process(active, handle);
+        let job = active.job.clone();
+        if !was_running {
+            *self.running.entry(job.agent.clone()).or_default() += 1;
+        }
+        Some(job)
+    }
+
+    /// A running job's new run (fresh, after its resumed session was gone): the session it no longer
+    /// resumes, and its record with the new process.
+    pub(super) fn restart(&mut self, id: &JobId, handle: &RunHandle) -> Option<Job> {
+        let active = self.active.get_mut(id)?;
+        set_process(active, handle);
+        Some(active.job.clone())
+    }
+
+    /// The session a running job resumed, forgotten before it runs again fresh.
+    pub(super) fn take_resume_session(&mut self, id: &JobId) -> Option<String> {
+        self.active.get_mut(id)?.context.resume_session.take()
+    }
+
+    /// Notes that a cancel of a running job was asked for; what the cancel needs after the lock.
+    pub(super) fn request_cancel(&mut self, id: &JobId) -> Option<CancelTicket> {
+        let active = self.active.get_mut(id)?;
+        active.cancel_requested = true;
+        Some(CancelTicket {
+            canceller: active.canceller.clone(),
+            finished: active.finished.subscribe(),
+            agent: active.agent.clone(),
+        })
+    }
+
+    /// Removes a job that has ended (run or not) and uncounts it if it was running.
+    pub(super) fn finish(&mut self, id: &JobId) -> Option<ActiveJob> {
+        let active = self.active.remove(id)?;
+        self.queue.remove(id);
+        if active.is_running() {
+            if let Some(count) = self.running.get_mut(&active.job.agent) {
+                *count -= 1;
+                if *count == 0 {
+                    self.running.remove(&active.job.agent);
+                }
+            }
+        }
+        Some(active)
+    }
+
+    /// Starts a dispatch of the queue unless one is under way (see `dispatching`).
+    pub(super) fn begin_dispatch(&mut self) -> bool {
+        !std::mem::replace(&mut self.dispatching, true)
+    }
+
+    pub(super) fn end_dispatch(&mut self) {
+        self.dispatching = false;
+    }
+
+    /// The first queued job (priority, then FIFO) whose agent `may_start` given this table's counts.
+    pub(super) fn pop_runnable(
+        &mut self,
+        may_start: impl Fn(&str, &JobTable) -> bool,
+    ) -> Option<QueuedJob> {
+        let startable: HashSet<String> = self
+            .queue
+            .iter()
+            .map(|q| q.agent.clone())
+            .filter(|agent| may_start(agent, self))
+            .collect();
+        self.queue.pop_runnable(|agent| startable.contains(agent))
+    }
+}
+
+fn set_process(active: &mut ActiveJob, handle: &RunHandle) {
+    // A spawn failure has no process; the supervisor finalizes it from the outcome like any other run.
+    let process = handle.process();
+    active.job.pid = process.map(|p| p.pid);
+    active.job.pgid = process.map(|p| p.pgid);
+    active.job.process_start_time = process.and_then(|p| p.start_time);
+    active.canceller = Some(handle.canceller());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::TriggerType;
+
+    fn job(agent: &str, suffix: &str) -> Job {
+        Job::new(
+            JobId::parse(&format!("job-2026-12-03-{suffix}")).unwrap(),
+            agent.into(),
+            None,
+            TriggerType::Manual,
+            None,
+            5,
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn a_queued_job_that_finishes_leaves_the_queue_and_no_count() {
+        let mut table = JobTable::default();
+        let queued = job("a", "aaaaaa");
+        let id = queued.id.clone();
+        table.insert(queued, RunContext::default());
+        assert_eq!(table.enqueue(&id), Some(1));
+        assert!(table.finish(&id).is_some());
+        assert_eq!(table.queue().len(), 0);
+        assert_eq!(table.running_count(None), 0);
+        assert!(!table.is_taken(&id));
+    }
+
+    #[test]
+    fn reserved_ids_are_taken_until_released() {
+        let mut table = JobTable::default();
+        let id = JobId::parse("job-2026-12-03-bbbbbb").unwrap();
+        table.reserve(id.clone());
+        assert!(table.is_taken(&id) && !table.is_active(&id));
+        table.release(&id);
+        assert!(!table.is_taken(&id));
+    }
+}
