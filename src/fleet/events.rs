@@ -96,6 +96,8 @@ pub enum SkipReason {
     AlreadyRunning,
     Stopping,
     NoWork,
+    /// The agent's jobs already cost its `budget.daily_usd` today.
+    Budget,
 }
 
 impl FleetEvent {

@@ -15,6 +15,7 @@ use crate::job::{ExitReason, Job, JobError, JobId, JobStatus, TerminationType, T
 use crate::scheduler::{Fire, ScheduleKey, Scheduler, SchedulerHandle};
 use crate::state::{DirSync, FleetState as PersistedState, JobFilter, JobStore, StateDir};
 
+use super::budget;
 use super::error::{FleetError, FleetState, ValidationIssue};
 use super::events::{EventBus, EventSubscription, FleetEvent, SkipReason};
 use super::followup;
@@ -40,12 +41,17 @@ pub struct TriggerOptions {
     /// Start a new Claude session instead of continuing the agent's stored one (herdctl's `resume:
     /// null`). Without it a manual run resumes the agent's session while it is valid, as herdctl does.
     pub fresh_session: bool,
+    /// Run even though the agent's jobs already cost its daily budget today (otherwise refused with
+    /// [`FleetError::BudgetExceeded`]).
+    pub over_budget: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ForkOptions {
     pub prompt: Option<String>,
     pub schedule: Option<String>,
+    /// As [`TriggerOptions::over_budget`]: the fork is a new run of the agent.
+    pub over_budget: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +100,9 @@ pub(super) struct Shared {
 pub(super) struct Core {
     pub(super) lifecycle: FleetState,
     pub(super) config: Option<Arc<FleetConfig>>,
+    /// The host's time zone, resolved outside the lock at initialize and reload: the day of budgets and
+    /// totals of agents without a `timezone`, and of the fleet's totals.
+    pub(super) host_timezone: chrono_tz::Tz,
     /// Writes `state.yaml` and session pointers outside the lock; set with `state_dir`, and declared
     /// before it so that what it has pending is written before the directory's lock is released.
     pub(super) writer: Option<StateWriter>,
@@ -354,6 +363,8 @@ impl FleetManager {
                 core: Mutex::new(Core {
                     lifecycle: FleetState::Uninitialized,
                     config: None,
+                    // Replaced at initialize, before anything is counted in it.
+                    host_timezone: chrono_tz::Tz::UTC,
                     writer: None,
                     state_dir: None,
                     store: None,
@@ -442,6 +453,7 @@ impl FleetManager {
         let history = self.options().history.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let config = config::load(requested.as_deref()).map_err(config_error)?;
+            let host_timezone = crate::scheduler::host_timezone();
             // Before the state directory is touched: a configuration refused must not have pruned.
             let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
                 FleetError::Configuration {
@@ -491,6 +503,7 @@ impl FleetManager {
             };
             Ok::<_, FleetError>((
                 config,
+                host_timezone,
                 state_dir,
                 store,
                 issues,
@@ -509,6 +522,7 @@ impl FleetManager {
         })??;
         let (
             config,
+            host_timezone,
             state_dir,
             store,
             issues,
@@ -539,6 +553,7 @@ impl FleetManager {
             let mut core = self.core();
             self.require(&core, "initialize", &[FleetState::Uninitialized])?;
             core.config = Some(Arc::new(config));
+            core.host_timezone = host_timezone;
             core.writer = Some(StateWriter::start(&state_dir, self.events().clone()));
             core.state_dir = Some(state_dir);
             core.store = Some(store);
@@ -744,12 +759,14 @@ impl FleetManager {
             .config_path
             .clone()
             .unwrap_or_else(|| old.config_path.clone());
-        let new = tokio::task::spawn_blocking(move || config::load(Some(&path)))
-            .await
-            .map_err(|e| FleetError::State {
-                path: String::new(),
-                message: format!("reload task failed: {e}"),
-            })?;
+        let (new, host_timezone) = tokio::task::spawn_blocking(move || {
+            (config::load(Some(&path)), crate::scheduler::host_timezone())
+        })
+        .await
+        .map_err(|e| FleetError::State {
+            path: String::new(),
+            message: format!("reload task failed: {e}"),
+        })?;
         let built = new.map_err(config_error).and_then(|new| {
             let sources = followup::work_sources(&new).map_err(|validation_errors| {
                 FleetError::Configuration {
@@ -777,6 +794,7 @@ impl FleetManager {
         let (scheduler, removed, plans) = {
             let mut core = self.core();
             core.config = Some(new.clone());
+            core.host_timezone = host_timezone;
             core.work_sources = work_sources;
             // Queued jobs of removed agents can never run.
             let orphaned: Vec<JobId> = core
@@ -879,6 +897,11 @@ impl FleetManager {
                 })
             })
             .min_by_key(|n| n.at);
+        let now = self.options().clock.now();
+        let usage = core
+            .store
+            .as_ref()
+            .map(|store| budget::report(store, None, core.host_timezone, now));
         FleetStatus {
             state: core.lifecycle,
             uptime,
@@ -903,6 +926,7 @@ impl FleetManager {
                 active_schedules,
             },
             limits,
+            usage,
         }
     }
 
@@ -910,10 +934,11 @@ impl FleetManager {
         let plan = self.scheduler_plan().await;
         let core = self.core();
         let config = core.config()?.clone();
+        let store = core.store()?;
         Ok(config
             .agents
             .iter()
-            .map(|agent| self.agent_info(&core, &plan, agent))
+            .map(|agent| self.agent_info(&core, store, &plan, agent))
             .collect())
     }
 
@@ -922,7 +947,7 @@ impl FleetManager {
         let core = self.core();
         let config = core.config()?.clone();
         let agent = find_agent(&config, name)?;
-        Ok(self.agent_info(&core, &plan, agent))
+        Ok(self.agent_info(&core, core.store()?, &plan, agent))
     }
 
     /// Next due instant of every schedule that will fire (empty when the scheduler is not running).
@@ -934,25 +959,31 @@ impl FleetManager {
         }
     }
 
-    fn agent_info(&self, core: &Core, plan: &Plan, agent: &AgentConfig) -> AgentInfo {
+    fn agent_info(
+        &self,
+        core: &Core,
+        store: &JobStore,
+        plan: &Plan,
+        agent: &AgentConfig,
+    ) -> AgentInfo {
         let current_jobs: Vec<String> = core
             .active
             .values()
             .filter(|a| a.job.agent == agent.name && a.job.status == JobStatus::Running)
             .map(|a| a.job.id.to_string())
             .collect();
-        let last_job = core.store.as_ref().and_then(|store| {
-            store
-                .list(&JobFilter {
-                    agent: Some(agent.name.clone()),
-                    limit: 1,
-                    ..JobFilter::default()
-                })
-                .jobs
-                .into_iter()
-                .next()
-                .map(Box::new)
-        });
+        let last_job = store
+            .list(&JobFilter {
+                agent: Some(agent.name.clone()),
+                limit: 1,
+                ..JobFilter::default()
+            })
+            .jobs
+            .into_iter()
+            .next()
+            .map(Box::new);
+        let now = self.options().clock.now();
+        let timezone = budget::agent_timezone(agent, core.host_timezone);
         AgentInfo {
             name: agent.name.clone(),
             local_name: agent.local_name.clone(),
@@ -972,6 +1003,8 @@ impl FleetManager {
             last_job,
             last_session_id: core.sessions.current(&agent.name).map(str::to_owned),
             schedules: self.schedule_infos(core, plan, Some(&agent.name)),
+            usage: budget::report(store, Some(&agent.name), timezone, now),
+            budget: budget::Spend::of(store, agent, core.host_timezone, now).map(|s| s.info()),
         }
     }
 
@@ -1182,6 +1215,13 @@ impl FleetManager {
                 Some(name) => Some(find_schedule(agent_config, name)?),
                 None => None,
             };
+            budget::admit_manual(
+                core.store()?,
+                agent_config,
+                core.host_timezone,
+                self.options().clock.now(),
+                options.over_budget,
+            )?;
             let mut prompt = options
                 .prompt
                 .clone()
@@ -1351,6 +1391,13 @@ impl FleetManager {
             Some(name) => Some(find_schedule(agent, name)?),
             None => None,
         };
+        budget::admit_manual(
+            core.store()?,
+            agent,
+            core.host_timezone,
+            self.options().clock.now(),
+            options.over_budget,
+        )?;
         let prompt = options
             .prompt
             .clone()
@@ -1585,6 +1632,15 @@ impl FleetManager {
         };
         if !effective_enabled(schedule, core.persisted.schedule(&key.agent, &key.schedule)) {
             return Err(SkipReason::Disabled);
+        }
+        let spend = core.store.as_ref().and_then(|store| {
+            budget::Spend::of(store, agent, core.host_timezone, self.options().clock.now())
+        });
+        if let Some(spend) = spend.filter(budget::Spend::reached) {
+            tracing::info!(agent = %key.agent, schedule = %key.schedule, spent_usd = spend.spent_usd,
+                daily_usd = spend.daily_usd, day = %spend.day, timezone = %spend.timezone,
+                "the agent's daily budget is spent: the scheduled run waits for the next day");
+            return Err(SkipReason::Budget);
         }
         let previous_still_going = core.active.values().any(|a| {
             a.job.agent == key.agent && a.job.schedule.as_deref() == Some(key.schedule.as_str())
