@@ -917,8 +917,10 @@ impl Daemon {
         let fields: Vec<&str> = after_name.split_whitespace().collect();
         let ticks: u64 =
             fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .map_or(100, |ticks| ticks.max(1) as u64);
         Duration::from_micros(ticks * 1_000_000 / per_second)
     }
 }

@@ -41,10 +41,8 @@ impl JobId {
     /// collisions are possible at high rates: the FleetManager draws again while an id is taken by a stored,
     /// active or still-being-written job.
     pub fn generate(now: DateTime<Utc>) -> JobId {
-        let random = uuid::Uuid::new_v4();
-        let suffix: String = random.as_bytes()[..SUFFIX_LEN]
-            .iter()
-            .map(|byte| char::from(SUFFIX_ALPHABET[usize::from(*byte) % SUFFIX_ALPHABET.len()]))
+        let suffix: String = (0..SUFFIX_LEN)
+            .map(|_| char::from(SUFFIX_ALPHABET[fastrand::usize(..SUFFIX_ALPHABET.len())]))
             .collect();
         JobId(Arc::from(format!(
             "job-{}-{suffix}",
@@ -159,6 +157,21 @@ pub enum ExitReason {
     /// The daemon died while the job was queued or running (set at crash recovery).
     Interrupted,
     SpawnFailed,
+}
+
+impl ExitReason {
+    /// The wire name (as serialised), e.g. `spawn_failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Success => "success",
+            ExitReason::Error => "error",
+            ExitReason::Timeout => "timeout",
+            ExitReason::Cancelled => "cancelled",
+            ExitReason::MaxTurns => "max_turns",
+            ExitReason::Interrupted => "interrupted",
+            ExitReason::SpawnFailed => "spawn_failed",
+        }
+    }
 }
 
 /// What created a job. herdctld creates `manual`, `schedule`, `fork` and `work_item` jobs; the others are

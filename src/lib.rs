@@ -5,6 +5,8 @@
 //! local Unix socket. The [`fleet::FleetManager`] is the product; the daemon and the socket are one way to
 //! host it (it can also be embedded in-process).
 //!
+//! The product contract the code cites as "SPEC §N" is `docs/SPEC.md`.
+//!
 //! ## Bird's eye view
 //!
 //! Inputs: a fleet configuration (herdctl's YAML files), RPC calls from clients, the clock, and the job
@@ -34,10 +36,16 @@
 //! - [`work_sources`] — where scheduled agents get work: GitHub issues fetched, claimed by label, completed
 //!   or released over the REST API with retries. Knows nothing of the fleet.
 //! - [`fleet`] — the FleetManager: lifecycle, queue and concurrency, job supervision, schedule fires,
-//!   reload, cost totals and daily budgets, events, log bus, output streaming. The only module that wires the ones above together.
+//!   reload, cost totals and daily budgets, events, log bus, output streaming. The only module that wires
+//!   the ones above together.
+//! - [`metrics`] — the Prometheus registry, one per fleet (`FleetManager::metrics`): typed families the fleet
+//!   and `rpc` update where things happen (atomic increments; output counted per batch), fleet gauges and
+//!   `/proc/self` read at scrape time, `Metrics::encode` (text format 0.0.4). No sockets, no JSON-RPC.
 //! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping) and the
-//!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials).
-//! - [`daemon`] — process concerns of `herdctld`: command line, logging, socket file, signals, sd_notify.
+//!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials; RPC calls counted; `GET
+//!   /metrics` on the HTTP framing and on the TCP listener of `--metrics-listen`, which serves nothing else).
+//! - [`daemon`] — process concerns of `herdctld`: command line, logging, socket file, signals, sd_notify;
+//!   binds `--metrics-listen` before the socket, so a bad address fails the start before anything is served.
 //!
 //! Entry points: `src/bin/herdctld.rs` → [`daemon::run::main`]; `src/bin/herdctl/main.rs` (the client).
 //!
@@ -113,6 +121,7 @@ pub mod daemon;
 pub mod fleet;
 pub mod hooks;
 pub mod job;
+pub mod metrics;
 pub mod rpc;
 pub mod runner;
 pub mod scheduler;

@@ -93,7 +93,7 @@ fn offline_env(stub: &MessagesStub, home: &Path) -> Vec<(String, String)> {
 
 fn run_spec(prompt: &str, claude: ClaudeSpec, sandbox: &Sandbox, stub: &MessagesStub) -> RunSpec {
     RunSpec {
-        job_id: format!("job-claude-cli-{}", uuid::Uuid::new_v4()),
+        job_id: format!("job-claude-cli-{}", fastrand::u64(..)),
         agent: "cli-tester".to_owned(),
         schedule: None,
         prompt: prompt.to_owned(),

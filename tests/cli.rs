@@ -8,7 +8,7 @@ mod stop;
 
 use std::time::{Duration, Instant};
 
-use cli_daemon::{herdctl_at, run_to_end, wait_with_deadline, TestDaemon};
+use cli_daemon::{herdctl_at, lines_of, run_to_end, wait_with_deadline, TestDaemon, DEADLINE};
 use serde_json::Value;
 
 #[test]
@@ -379,19 +379,22 @@ fn logs_and_events_replay_then_follow() {
     );
 
     // events: live until Ctrl-C.
-    let events = daemon
+    let mut events = daemon
         .herdctl(&["--json", "events", "--type", "job:completed"])
         .spawn()
         .unwrap();
     let pid = nix::unistd::Pid::from_raw(events.id() as i32);
-    // herdctl needs a moment to connect and subscribe: complete a few jobs, spaced out, so some come after.
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(150));
-        assert_eq!(daemon.run(&["trigger", "quick", "--wait"]).code, 0);
-    }
+    let stderr = lines_of(events.stderr.take().expect("piped stderr"));
+    let stdout = lines_of(events.stdout.take().expect("piped stdout"));
+    let said = stderr
+        .recv_timeout(DEADLINE)
+        .expect("herdctl events says when it is subscribed");
+    assert_eq!(said, "herdctl: following events (Ctrl-C stops)");
+    assert_eq!(daemon.run(&["trigger", "quick", "--wait"]).code, 0);
+    let first: Value =
+        serde_json::from_str(&stdout.recv_timeout(DEADLINE).expect("an event")).unwrap();
+    assert_eq!(first["type"], "job:completed");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let seen = wait_with_deadline(events);
     assert_eq!(seen.code, 0, "{seen:?}");
-    let first: Value = serde_json::from_str(seen.stdout.lines().next().expect("an event")).unwrap();
-    assert_eq!(first["type"], "job:completed");
 }

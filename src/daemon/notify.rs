@@ -114,13 +114,10 @@ impl Notifier {
 
 /// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.
 fn monotonic_usec() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64) * 1_000_000 + (now.tv_nsec as u64) / 1_000
+    // CLOCK_MONOTONIC is always supported on Linux.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        (now.tv_sec() as u64) * 1_000_000 + (now.tv_nsec() as u64) / 1_000
+    })
 }
 
 /// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, when the watchdog is enabled for this process

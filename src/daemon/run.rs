@@ -1,10 +1,12 @@
 //! `herdctld`'s life: command line, logging, fleet initialization, socket, serving, signals, shutdown.
 //!
 //! Order at start: parse args → logging (with the fleet's log layer) → initialize the fleet (config validated,
-//! state dir locked, interrupted jobs recovered) → bind the socket → start the fleet (unless `--no-start`) →
-//! `READY=1` → serve. Order at stop (SIGTERM/SIGINT): `STOPPING=1` → stop the fleet (scheduler, wait for jobs
-//! up to the timeout, cancel the rest; a second signal cancels at once) → stop serving → remove the socket.
+//! state dir locked, interrupted jobs recovered) → bind `--metrics-listen` (if given) → bind the socket →
+//! start the fleet (unless `--no-start`) → `READY=1` → serve (the socket, and `GET /metrics` on TCP). Order
+//! at stop (SIGTERM/SIGINT): `STOPPING=1` → stop the fleet (scheduler, wait for jobs up to the timeout,
+//! cancel the rest; a second signal cancels at once) → stop serving → remove the socket.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -86,6 +88,11 @@ pub struct DaemonArgs {
     /// Rotated log files kept beside it, PATH.1 newest (default 5; 0 keeps none).
     #[arg(long, requires = "log_file")]
     pub log_file_keep: Option<usize>,
+    /// Also serve `GET /metrics` (Prometheus text format; nothing else) on this TCP address, e.g.
+    /// 127.0.0.1:9464. The socket's HTTP framing serves /metrics regardless. A non-loopback address is
+    /// logged as a warning: anyone who can reach it can read the fleet's metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `--max-job-age`: a duration (`30d`, `12h`) greater than zero.
@@ -205,6 +212,22 @@ async fn run(args: DaemonArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the socket: a bad address fails the start with nothing to clean up.
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "serving metrics on a non-loopback address: whoever can reach it can read them");
+                }
+                Some(listener)
+            }
+            Err(e) => {
+                eprintln!("herdctld: --metrics-listen {addr}: cannot listen there: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     let listener = match socket::open_listener(&socket_path, mode) {
         Ok(listener) => listener,
         Err(e) => {
@@ -236,8 +259,19 @@ async fn run(args: DaemonArgs) -> ExitCode {
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let transport_config = transport::TransportConfig {
         allowed_gid: (mode & 0o070 != 0).then(|| nix::unistd::getegid().as_raw()),
+        metrics: Some(fleet.metrics().clone()),
         ..transport::TransportConfig::default()
     };
+    let metrics_server = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            println!("herdctld: metrics on http://{addr}/metrics");
+            tracing::info!(%addr, "serving metrics over TCP");
+        }
+        tokio::spawn(transport::metrics_http::serve_metrics(
+            listener,
+            fleet.metrics().clone(),
+        ))
+    });
     let server = tokio::spawn(transport::serve(
         listener,
         methods::fleet_module(fleet.clone()),
@@ -270,6 +304,9 @@ async fn run(args: DaemonArgs) -> ExitCode {
     }
     if let Some(watchdog) = watchdog {
         watchdog.abort();
+    }
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
     }
     if let Some(reaper) = reaper {
         reaper.abort();

@@ -100,6 +100,20 @@ pub enum SkipReason {
     Budget,
 }
 
+impl SkipReason {
+    /// The wire name (as serialised), e.g. `no_work`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::ConcurrencyLimit => "concurrency_limit",
+            SkipReason::Disabled => "disabled",
+            SkipReason::AlreadyRunning => "already_running",
+            SkipReason::Stopping => "stopping",
+            SkipReason::NoWork => "no_work",
+            SkipReason::Budget => "budget",
+        }
+    }
+}
+
 impl FleetEvent {
     /// The wire name of the event (`job:created`, …), used for subscription filters.
     pub fn type_name(&self) -> &'static str {
@@ -234,6 +248,15 @@ impl EventSubscription {
             }
         }
     }
+}
+
+/// A problem with the state directory: logged, and an `error` event for subscribers.
+pub(super) fn report_state_error(events: &EventBus, message: &str) {
+    tracing::error!("{message}");
+    events.emit(FleetEvent::Error {
+        message: message.to_string(),
+        source: "state".into(),
+    });
 }
 
 #[cfg(test)]

@@ -1,29 +1,43 @@
 //! The FleetManager: the orchestration layer that wires configuration, state, scheduler and runner into
 //! one object with the seed's API (SPEC §5, §10, §11), usable embedded in-process.
-//!
-//! Owns the lifecycle state machine, the queue and concurrency accounting, job supervision (spawn, pump
-//! output to disk and subscribers, finalize), schedule fires, reload, cost totals and daily budgets,
-//! events and the log bus.
 //! Must not know about sockets or JSON-RPC: `rpc` maps this API onto the wire.
+//!
+//! Cut by concern, each over the shared state in `core`:
+//! - `manager` — the cheap handle (`FleetManager`) and the call options; `lifecycle` (initialize, start,
+//!   stop, flush, reload); `queries` (status, agents, jobs, schedules, queue, streams);
+//! - `admission` (trigger, fork, cancel; start now, queue or refuse), `schedules` (fires, enable/disable,
+//!   the scheduler's plans), `supervise` (a run: spawn, output pump, finalization, dispatching the queue);
+//! - `records` (a record's durable write split around the lock), `spec` (an agent's config as a run spec),
+//!   `budget` (cost totals and daily budgets: an agent's day, its spend, the refusal of a run).
+//!
+//! Imports flow one way: `core` imports none of the operation modules, `manager` only `core`, and
+//! `supervise` never imports `admission` or `schedules`.
 //!
 //! Locking: one `std::sync::Mutex<Core>` guards all mutable fleet state; it is never held across `.await`.
 //! A job record's durable write is split: the slow half (temporary file, fsync) runs outside the lock, the
 //! rename and index update under it, so the in-memory view and the files change together while jobs that
 //! start or end at the same time share the disk.
 
+mod admission;
 mod budget;
+mod core;
 mod error;
 mod events;
 mod followup;
 mod info;
+mod lifecycle;
 mod logs;
 mod manager;
 mod options;
 mod output;
+mod queries;
 mod queue;
-mod run;
+mod records;
+mod schedules;
 mod sessions;
+mod spec;
 mod state_writer;
+mod supervise;
 
 pub use error::{FleetError, FleetState, ValidationIssue};
 pub use events::{EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent};

@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 
 use crate::state::{FleetState as PersistedState, SessionStore, StateDir};
 
+use super::events::report_state_error;
 use super::events::EventBus;
-use super::manager::report_state_error;
 use super::sessions::SessionWrite;
 
 #[derive(Default)]

@@ -418,7 +418,7 @@ fn register(
             }
             let mut events = fleet.subscribe_events(p.types);
             let sink = pending.accept().await?;
-            pump(&sink, &mut events).await
+            pump(&sink, &mut events, &fleet, "subscribeEvents").await
         },
     )?;
     module.register_subscription(
@@ -441,7 +441,7 @@ fn register(
             };
             let mut logs = fleet.stream_logs(filter, p.tail.unwrap_or(DEFAULT_LOG_TAIL));
             let sink = pending.accept().await?;
-            pump(&sink, &mut logs).await
+            pump(&sink, &mut logs, &fleet, "streamLogs").await
         },
     )?;
     module.register_subscription(
@@ -467,7 +467,7 @@ fn register(
                 Err(e) => return reject(pending, domain_error(e)).await,
             };
             let sink = pending.accept().await?;
-            pump(&sink, &mut logs).await
+            pump(&sink, &mut logs, &fleet, "streamAgentLogs").await
         },
     )?;
     module.register_subscription(
@@ -485,9 +485,9 @@ fn register(
             };
             let sink = pending.accept().await?;
             if p.batch {
-                pump(&sink, &mut BatchedOutput(output)).await
+                pump(&sink, &mut BatchedOutput(output), &fleet, "streamJobOutput").await
             } else {
-                pump(&sink, &mut output).await
+                pump(&sink, &mut output, &fleet, "streamJobOutput").await
             }
         },
     )?;
@@ -506,6 +506,10 @@ async fn reject(
 trait Source: Send {
     type Item: Serialize;
     fn next_item(&mut self) -> impl std::future::Future<Output = Option<Self::Item>> + Send;
+    /// Whether the item tells the subscriber it fell behind (counted in the metrics).
+    fn is_lagged(_item: &Self::Item) -> bool {
+        false
+    }
 }
 
 impl Source for EventSubscription {
@@ -513,12 +517,18 @@ impl Source for EventSubscription {
     fn next_item(&mut self) -> impl std::future::Future<Output = Option<EventItem>> + Send {
         self.next()
     }
+    fn is_lagged(item: &EventItem) -> bool {
+        matches!(item, EventItem::Lagged { .. })
+    }
 }
 
 impl Source for LogSubscription {
     type Item = LogItem;
     fn next_item(&mut self) -> impl std::future::Future<Output = Option<LogItem>> + Send {
         self.next()
+    }
+    fn is_lagged(item: &LogItem) -> bool {
+        matches!(item, LogItem::Lagged { .. })
     }
 }
 
@@ -544,8 +554,16 @@ impl Source for BatchedOutput {
 }
 
 /// Forwards items to the subscriber until the source ends or the subscriber goes away. Sending waits for
-/// the connection's buffer, so a slow client slows only its own subscription.
-async fn pump(sink: &SubscriptionSink, source: &mut impl Source) -> Result<(), SubscriptionError> {
+/// the connection's buffer, so a slow client slows only its own subscription. The subscription counts in
+/// `herdctld_subscribers{subscription}` while it pumps.
+async fn pump<S: Source>(
+    sink: &SubscriptionSink,
+    source: &mut S,
+    fleet: &FleetManager,
+    subscription: &'static str,
+) -> Result<(), SubscriptionError> {
+    let metrics = fleet.metrics();
+    let _counted = metrics.subscriber(subscription);
     loop {
         let item = tokio::select! {
             // Closed first: after an unsubscribe reply, no further notification may follow.
@@ -556,6 +574,9 @@ async fn pump(sink: &SubscriptionSink, source: &mut impl Source) -> Result<(), S
         let Some(item) = item else { return Ok(()) };
         if sink.is_closed() {
             return Ok(());
+        }
+        if S::is_lagged(&item) {
+            metrics.lagged_notice(subscription);
         }
         // Serialised straight into the notification: one copy of the item's text, not two.
         let message = SubscriptionMessage::new(sink.method_name(), sink.subscription_id(), &item)?;

@@ -25,6 +25,7 @@ use std::process::ExitStatus;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getsid, Pid};
 
 /// The environment variable every job process inherits; its value is the job id.
@@ -33,13 +34,7 @@ pub const JOB_ID_ENV: &str = "HERDCTL_JOB_ID";
 /// Makes this process a child subreaper, so descendants of jobs that lose their parent are re-parented to it
 /// (and can be found and reaped) instead of to init. The daemon calls this once at start.
 pub fn become_subreaper() -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integer arguments and touches no memory of ours.
-    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(nix::sys::prctl::set_child_subreaper(true)?)
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`); `None` if it does not
@@ -301,18 +296,7 @@ pub(crate) fn may_have_leftovers(pgid: u32) -> bool {
 }
 
 fn is_subreaper() -> bool {
-    let mut flag: libc::c_int = 0;
-    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which is valid for the call.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_GET_CHILD_SUBREAPER,
-            &mut flag as *mut libc::c_int,
-            0,
-            0,
-            0,
-        )
-    };
-    rc == 0 && flag != 0
+    nix::sys::prctl::get_child_subreaper().unwrap_or(false)
 }
 
 /// The children of this process that may be adopted orphans; `None` if the kernel does not list children. The
@@ -488,13 +472,20 @@ pub fn reap_adopted_zombies() -> usize {
 /// Reaps `pid` if it is a child of this process that has exited; `None` while it runs. An error (ECHILD)
 /// means it is no child of ours (any more).
 pub(crate) fn try_reap(pid: u32) -> io::Result<Option<ExitStatus>> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: waitpid writes the status through a pointer valid for the call.
-    let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-    match rc {
-        0 => Ok(None),
-        rc if rc > 0 => Ok(Some(ExitStatus::from_raw(status))),
-        _ => Err(io::Error::last_os_error()),
+    let pid =
+        Pid::from_raw(i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ECHILD))?);
+    Ok(exit_status(waitpid(pid, Some(WaitPidFlag::WNOHANG))?))
+}
+
+/// The exit status of a reaped child; `None` while it runs (or only stopped or continued: `waitpid` here
+/// never asks for those, so they do not occur).
+pub(crate) fn exit_status(status: WaitStatus) -> Option<ExitStatus> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+        WaitStatus::Signaled(_, signal, core_dumped) => Some(ExitStatus::from_raw(
+            signal as i32 | if core_dumped { 0x80 } else { 0 },
+        )),
+        _ => None,
     }
 }
 
@@ -546,9 +537,20 @@ pub(crate) mod exec_window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::wait::waitpid;
     use std::process::Command;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn wait_statuses_become_the_exit_statuses_std_reports() {
+        let pid = Pid::from_raw(1234);
+        let exited = exit_status(WaitStatus::Exited(pid, 3)).unwrap();
+        assert_eq!((exited.code(), exited.signal()), (Some(3), None));
+        let killed = exit_status(WaitStatus::Signaled(pid, Signal::SIGKILL, false)).unwrap();
+        assert_eq!((killed.code(), killed.signal()), (None, Some(9)));
+        let dumped = exit_status(WaitStatus::Signaled(pid, Signal::SIGSEGV, true)).unwrap();
+        assert_eq!((dumped.signal(), dumped.core_dumped()), (Some(11), true));
+        assert_eq!(exit_status(WaitStatus::StillAlive), None);
+    }
 
     #[test]
     fn parse_stat_counts_fields_after_the_last_parenthesis() {
@@ -593,7 +595,7 @@ mod tests {
 
     #[test]
     fn kill_stale_job_spares_a_process_whose_start_time_differs() {
-        let job_id = format!("stale-test-{}", uuid::Uuid::new_v4());
+        let job_id = format!("stale-test-{}", fastrand::u64(..));
         // Not carrying the job id: only the pid/start-time rule could kill it.
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
@@ -657,7 +659,7 @@ mod tests {
 
     #[test]
     fn kill_stale_job_kills_processes_carrying_the_job_id() {
-        let job_id = format!("stale-env-{}", uuid::Uuid::new_v4());
+        let job_id = format!("stale-env-{}", fastrand::u64(..));
         let mut child = Command::new("sleep")
             .arg("30")
             .env(JOB_ID_ENV, &job_id)

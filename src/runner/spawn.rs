@@ -17,15 +17,17 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::ptr;
 
+use nix::fcntl::{FcntlArg, OFlag};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::waitpid;
 use tokio::io::unix::AsyncFd;
-
-use super::process::try_reap;
 use tokio::net::unix::pipe;
+
+use super::process::{exit_status, try_reap};
 
 /// What to run: argv, the environment on top of the daemon's, and the working directory.
 #[derive(Debug, Clone)]
@@ -180,9 +182,8 @@ pub(crate) fn spawn(command: &JobCommand) -> io::Result<Child> {
     let exit = match watch_exit(pid) {
         Ok(exit) => exit,
         Err(e) => {
-            // SAFETY: kill takes plain integers; `pid` is our unreaped child (and its group's leader), so
-            // neither can have been reused.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // `pid` is our unreaped child and its group's leader, so neither can have been reused.
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             let _ = reap_blocking(pid);
             return Err(e);
         }
@@ -302,13 +303,7 @@ enum PipeEnd {
 /// A close-on-exec pipe as (child end, parent end). The child end is moved above the stdio numbers so that
 /// `dup2` onto 0–2 never meets itself (which would leave it close-on-exec).
 fn pipe_pair(child: PipeEnd) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array, which is valid for the call.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both are open descriptors owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (child_end, parent_end) = match child {
         PipeEnd::ChildReads => (read, write),
         PipeEnd::ChildWrites => (write, read),
@@ -320,27 +315,23 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
-    // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one (or -1), which we then own.
-    let duplicate = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if duplicate < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: see above.
+    // The lowest free descriptor from 3 on, close-on-exec.
+    let duplicate = nix::fcntl::fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: fcntl just returned this new descriptor to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
 }
 
 fn with_all_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: sigset_t is plain data that sigfillset initializes; pthread_sigmask reads/writes the two sets,
-    // valid for the calls.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut previous: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
-        let result = f();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, ptr::null_mut());
-        result
-    }
+    let mut previous = SigSet::empty();
+    // Only fails for an invalid `how`, which SIG_SETMASK is not.
+    let _ = pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    );
+    let result = f();
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
+    result
 }
 
 /// The child between `clone` and `exec`. Only raw system calls: it runs on the daemon's memory.
@@ -443,16 +434,15 @@ fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
 }
 
 fn reap_blocking(pid: libc::pid_t) -> io::Result<ExitStatus> {
-    let mut status: libc::c_int = 0;
     loop {
-        // SAFETY: waitpid writes the status through a pointer valid for the call.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if rc >= 0 {
-            return Ok(ExitStatus::from_raw(status));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(status) => {
+                if let Some(exit) = exit_status(status) {
+                    return Ok(exit);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
         }
     }
 }
@@ -570,8 +560,7 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EACCES));
         // The failed children were this thread's; none is left (not even a zombie). Other tests' children
         // hang off their own threads.
-        // SAFETY: gettid takes no arguments.
-        let tid = unsafe { libc::gettid() };
+        let tid = nix::unistd::gettid();
         let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap();
         assert_eq!(children.trim(), "", "a failed spawn left a child");
     }

@@ -20,8 +20,6 @@
 //! - A zero interval or a cron that can never match again has no due instant (`None`); configuration
 //!   rejects a zero interval at load, this only guarantees the scheduler cannot spin.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -73,30 +71,25 @@ pub trait JitterSource: Send {
     fn delay_below(&mut self, bound: Duration) -> Duration;
 }
 
-/// A small seeded pseudo-random generator (SplitMix64). Jitter spreads load; it needs no cryptographic
-/// quality, so no random-number crate is pulled in for it.
+/// Seeded pseudo-random jitter (fastrand's wyrand). Jitter spreads load; it needs no cryptographic quality.
 #[derive(Debug, Clone)]
 pub struct SeededJitter {
-    state: u64,
+    rng: fastrand::Rng,
 }
 
 impl SeededJitter {
     /// A generator whose sequence is fixed by `seed` (for tests).
     pub fn new(seed: u64) -> SeededJitter {
-        SeededJitter { state: seed }
+        SeededJitter {
+            rng: fastrand::Rng::with_seed(seed),
+        }
     }
 
-    /// A generator seeded from the per-process random keys of the standard library's hasher.
+    /// A generator seeded from the process's entropy.
     pub fn from_entropy() -> SeededJitter {
-        SeededJitter::new(RandomState::new().build_hasher().finish())
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        SeededJitter {
+            rng: fastrand::Rng::new(),
+        }
     }
 }
 
@@ -106,8 +99,7 @@ impl JitterSource for SeededJitter {
         if bound_nanos == 0 {
             return Duration::ZERO;
         }
-        // The modulo bias is below 2^-30 for any bound under a century: irrelevant for jitter.
-        Duration::from_nanos(self.next_u64() % bound_nanos)
+        Duration::from_nanos(self.rng.u64(..bound_nanos))
     }
 }
 

@@ -211,8 +211,7 @@ fn temp_path_for(path: &Path) -> PathBuf {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    parent_dir(path).join(format!(".{name}.tmp.{}", &random[..16]))
+    parent_dir(path).join(format!(".{name}.tmp.{:016x}", fastrand::u64(..)))
 }
 
 /// Whether `name` is one of our temp files.

@@ -32,12 +32,12 @@ use super::atomic::{
     DirSync, Durability, StagedWrite,
 };
 use super::corrupt::{move_aside, CorruptFile};
-use super::fx_hash::{FxHashMap, FxHashSet};
 use super::journal;
 use super::output::{self, OutputWriter};
 use super::record;
 use super::StateError;
 use crate::job::{Job, JobId, JobStatus, OutputLine, UsageTotals};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// File name of the index journal inside the jobs directory.
 pub const JOURNAL_FILE: &str = "index.tsv";

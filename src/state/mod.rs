@@ -28,7 +28,6 @@
 mod atomic;
 mod corrupt;
 mod fleet_state;
-mod fx_hash;
 mod jobs;
 mod journal;
 mod lock;

@@ -18,7 +18,9 @@
 mod github;
 mod retry;
 
+// A test fake, so it lives in the test tree; this module's and the fleet's unit tests drive the adapter against it.
 #[cfg(test)]
+#[path = "../../tests/support/fake_github.rs"]
 pub(crate) mod fake_github;
 
 use std::sync::Arc;

@@ -1,7 +1,5 @@
 //! When a failed GitHub request is worth repeating, and how long to wait first. Pure: the caller sleeps.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
@@ -97,10 +95,9 @@ pub(super) fn classify(
     Disposition::Fatal
 }
 
-/// A number in [0, 1) from the standard library's per-instance random hash keys; jitter needs no more.
+/// A number in [0, 1) for jitter.
 fn unit_random() -> f64 {
-    let bits = RandomState::new().build_hasher().finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 #[cfg(test)]

@@ -225,6 +225,19 @@ pub fn run_to_end(mut command: Command) -> Run {
     wait_with_deadline(child)
 }
 
+/// The lines of a child's pipe as they come, read on a thread so a test can wait for one with a deadline.
+pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
 /// Waits for a spawned `herdctl` to exit (its output is small, so the pipes cannot fill), killing it at the
 /// deadline.
 pub fn wait_with_deadline(mut child: Child) -> Run {

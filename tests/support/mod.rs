@@ -7,6 +7,7 @@
 //!   it (SIGKILL, then reaps it) when dropped. Its stdout and stderr go to files in the temp dir.
 //! - [`Client`]: one connection in one framing (NDJSON, WebSocket, HTTP) with `call` / `call_err` /
 //!   `subscribe` / `notification`; raw access for protocol tests.
+//! - [`http_post`], [`http_get`], [`http_exchange`]: one raw HTTP/1.1 exchange (socket or any stream).
 //!
 //! Not every test binary uses every helper.
 #![allow(dead_code)]
@@ -435,22 +436,15 @@ pub fn open_gate(agents_dir: &Path, job_id: &str) {
 /// Raises this process's soft RLIMIT_NOFILE to at least `wanted` (capped at the hard limit); the daemon
 /// started afterwards inherits it. Returns the new soft limit.
 pub fn raise_nofile_limit(wanted: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
-    if limit.rlim_cur >= wanted {
-        return limit.rlim_cur;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft >= wanted {
+        return soft;
     }
-    limit.rlim_cur = wanted.min(limit.rlim_max);
-    // SAFETY: as above; raising the soft limit up to the hard limit needs no privilege.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
-    limit.rlim_cur
+    // Raising the soft limit up to the hard limit needs no privilege.
+    let raised = wanted.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, raised, hard).expect("setrlimit");
+    raised
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -731,7 +725,45 @@ pub async fn http_post(socket: &Path, body: &str) -> (String, String) {
         "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = UnixStream::connect(socket).await.unwrap();
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let response = http_exchange(stream, &request).await;
+    (response.status, response.body)
+}
+
+/// A response read by [`http_exchange`]: status line, headers (names lowercased) and body.
+pub struct HttpResponse {
+    pub status: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 GET of `path` on the socket (`Connection: close`).
+pub async fn http_get(socket: &Path, path: &str) -> HttpResponse {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    http_exchange(stream, &get_request(path)).await
+}
+
+/// The text of a `GET path` that asks the server to close the connection after answering.
+pub fn get_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+}
+
+/// Writes `request` on `stream` and reads the response to the end (the request must ask for
+/// `Connection: close`). The body is taken as sent: the daemon's answers have a `content-length`.
+pub async fn http_exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    request: &str,
+) -> HttpResponse {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(REPLY_TIMEOUT, stream.read_to_end(&mut response))
@@ -742,8 +774,17 @@ pub async fn http_post(socket: &Path, body: &str) -> (String, String) {
     let (head, body) = response
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    (status, body.to_owned())
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// Asserts a domain error: JSON-RPC `code` and `data.code`.

@@ -702,6 +702,8 @@ impl Session {
         self.catch_interrupts();
         let request = params(&[("types", (!types.is_empty()).then(|| json!(types)))]);
         let subscription = self.client.subscribe("subscribeEvents", request).await?;
+        // On stderr, so stdout stays one event per line: says from when on nothing is missed.
+        eprintln!("herdctl: following events (Ctrl-C stops)");
         loop {
             let next = tokio::select! {
                 _ = interrupted(&mut self.interrupt) => return Ok(EXIT_OK),

@@ -12,7 +12,9 @@
 //! - [`TransportConfig`] (limits and timeouts, `Default` = production values), [`ServeReport`].
 //! - [`peer`]: the peer-credential policy.
 
+mod counting;
 mod http_support;
+pub mod metrics_http;
 mod ndjson;
 pub mod peer;
 #[cfg(test)]
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
 use jsonrpsee::server::{
     serve_with_graceful_shutdown, stop_channel, ConnectionId, IdProvider, Methods,
     RandomIntegerIdProvider, Server, ServerConfig, StopHandle, TowerServiceBuilder,
@@ -39,8 +42,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::layer::util::{Identity, Stack};
 use tower::util::MapRequestLayer;
 
+use self::counting::{CallCounter, CountLayer};
+use self::metrics_http::MetricsRoute;
 use self::ndjson::NdjsonLimits;
 use self::peer::{proc_supplementary_groups, PeerCredentials, PeerPolicy};
+use crate::metrics::Metrics;
 use crate::rpc::error::{permission_denied, server_busy};
 
 // jsonrpsee numbers HTTP/WS connections with u32 ids from 0; NDJSON connections count up from above
@@ -87,6 +93,8 @@ pub struct TransportConfig {
     pub shutdown_timeout: Duration,
     /// Peers in this group (primary or supplementary) may connect too, besides our uid and root.
     pub allowed_gid: Option<u32>,
+    /// Where calls are counted and what `GET /metrics` serves; `None`: no counting, no `/metrics`.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for TransportConfig {
@@ -103,6 +111,7 @@ impl Default for TransportConfig {
             connection_drain_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(5),
             allowed_gid: None,
+            metrics: None,
         }
     }
 }
@@ -124,7 +133,7 @@ pub struct ServeReport {
 
 type RelabelPost = fn(::http::Request<Incoming>) -> ::http::Request<Incoming>;
 type HttpServiceBuilder =
-    TowerServiceBuilder<Identity, Stack<MapRequestLayer<RelabelPost>, Identity>>;
+    TowerServiceBuilder<Stack<CountLayer, Identity>, Stack<MapRequestLayer<RelabelPost>, Identity>>;
 
 /// State shared by every connection task.
 struct Shared {
@@ -134,6 +143,8 @@ struct Shared {
     id_provider: Arc<dyn IdProvider>,
     next_ndjson_id: AtomicUsize,
     first_byte_timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
+    counter: Option<CallCounter>,
 }
 
 /// Serves JSON-RPC on `listener` until `shutdown` resolves; see the module docs.
@@ -151,13 +162,22 @@ pub async fn serve(
         .set_message_buffer_capacity(cfg.message_buffer_capacity)
         .set_id_provider(RandomIntegerIdProvider)
         .build();
+    let methods: Methods = methods.into();
+    let counter = cfg
+        .metrics
+        .clone()
+        .map(|metrics| CallCounter::new(metrics, &methods));
     let relabel: RelabelPost = http_support::force_json_content_type;
     let http = Server::builder()
         .set_config(server_cfg)
         .set_http_middleware(tower::ServiceBuilder::new().map_request(relabel))
+        .set_rpc_middleware(RpcServiceBuilder::new().layer(CountLayer {
+            counter: counter.clone(),
+            max_response_size: cfg.max_response_size as usize,
+        }))
         .to_service_builder();
     let shared = Arc::new(Shared {
-        methods: methods.into(),
+        methods,
         http,
         ndjson: NdjsonLimits {
             max_request_size: cfg.max_request_size,
@@ -168,9 +188,11 @@ pub async fn serve(
             partial_line_timeout: cfg.partial_line_timeout,
             stop_drain_timeout: cfg.connection_drain_timeout,
         },
+        counter,
         id_provider: Arc::new(RandomIntegerIdProvider),
         next_ndjson_id: AtomicUsize::new(FIRST_NDJSON_CONNECTION_ID),
         first_byte_timeout: cfg.first_byte_timeout,
+        metrics: cfg.metrics.clone(),
     });
     let policy = PeerPolicy {
         our_euid: nix::unistd::geteuid().as_raw(),
@@ -292,16 +314,20 @@ async fn serve_connection(
                 shared.methods.clone(),
                 conn_id,
                 shared.ndjson,
+                shared.counter.clone(),
                 shared.id_provider.clone(),
                 stop,
             )
             .await;
         }
         Ok(Ok(Some(b'A'..=b'Z'))) => {
-            let service = shared
-                .http
-                .clone()
-                .build(shared.methods.clone(), stop.clone());
+            let service = MetricsRoute {
+                inner: shared
+                    .http
+                    .clone()
+                    .build(shared.methods.clone(), stop.clone()),
+                metrics: shared.metrics.clone(),
+            };
             if let Err(err) = serve_with_graceful_shutdown(stream, service, stop.shutdown()).await {
                 tracing::debug!(%err, "HTTP connection ended with an error");
             }

@@ -37,6 +37,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use super::counting::CallCounter;
 use crate::rpc::error::request_too_large;
 
 /// How often a half-closed connection checks whether its peer is gone for good.
@@ -67,6 +68,7 @@ pub(super) async fn serve_connection(
     methods: Methods,
     conn_id: ConnectionId,
     limits: NdjsonLimits,
+    counter: Option<CallCounter>,
     id_provider: Arc<dyn IdProvider>,
     stop: StopHandle,
 ) {
@@ -82,6 +84,7 @@ pub(super) async fn serve_connection(
         subscriptions: BoundedSubscriptions::new(limits.max_subscriptions),
         id_provider,
         max_response_size: limits.max_response_size as usize,
+        counter,
     });
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1) as usize));
 
@@ -397,6 +400,7 @@ struct Dispatcher {
     subscriptions: BoundedSubscriptions,
     id_provider: Arc<dyn IdProvider>,
     max_response_size: usize,
+    counter: Option<CallCounter>,
 }
 
 type NotificationParams<'a> = Option<Cow<'a, RawValue>>;
@@ -508,7 +512,18 @@ impl Dispatcher {
         }
     }
 
+    /// Runs one call and counts its answer.
     async fn call(&self, request: Request<'_>) -> MethodResponse {
+        let Some(counter) = self.counter.as_ref() else {
+            return self.run_call(request).await;
+        };
+        let label = counter.label(&request.method);
+        let response = self.run_call(request).await;
+        counter.count(label, &response);
+        response
+    }
+
+    async fn run_call(&self, request: Request<'_>) -> MethodResponse {
         let Request {
             id,
             method,

@@ -22,6 +22,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct TestContext {
     active_subscriptions: AtomicUsize,
+    /// Calls of `sleep` that have begun sleeping: tells a test that a call is in flight.
+    sleeping_calls: AtomicUsize,
 }
 
 fn subtract(params: Params) -> Result<i64, ErrorObjectOwned> {
@@ -70,8 +72,9 @@ fn test_module() -> (RpcModule<TestContext>, Arc<TestContext>) {
         })
         .unwrap();
     module
-        .register_async_method("sleep", |params, _, _| async move {
+        .register_async_method("sleep", |params, ctx, _| async move {
             let ms: u64 = params.one().unwrap_or(0);
+            ctx.sleeping_calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             "slept"
         })
@@ -146,12 +149,22 @@ impl TestServer {
     }
 
     async fn wait_for_active_subscriptions(&self, expected: usize) {
+        Self::wait_for(
+            &self.context.active_subscriptions,
+            expected,
+            "active subscriptions",
+        )
+        .await;
+    }
+
+    async fn wait_for_sleeping_calls(&self, expected: usize) {
+        Self::wait_for(&self.context.sleeping_calls, expected, "sleeping calls").await;
+    }
+
+    async fn wait_for(counter: &AtomicUsize, expected: usize, what: &str) {
         let deadline = Instant::now() + REPLY_TIMEOUT;
-        while self.context.active_subscriptions.load(Ordering::SeqCst) != expected {
-            assert!(
-                Instant::now() < deadline,
-                "active subscriptions never became {expected}"
-            );
+        while counter.load(Ordering::SeqCst) != expected {
+            assert!(Instant::now() < deadline, "{what} never became {expected}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -881,7 +894,8 @@ async fn shutdown_answers_in_flight_calls_and_ends_subscriptions() {
     caller
         .send(r#"{"jsonrpc":"2.0","id":7,"method":"sleep","params":[300]}"#)
         .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.wait_for_active_subscriptions(1).await;
+    server.wait_for_sleeping_calls(1).await;
     let path = server.path.clone();
     let context = server.context.clone();
     let report = server.stop().await;

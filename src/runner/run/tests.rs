@@ -17,7 +17,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 fn job_id() -> String {
-    format!("job-test-{}", uuid::Uuid::new_v4())
+    format!("job-test-{}", fastrand::u64(..))
 }
 
 fn spec(runtime: RuntimeSpec, cwd: &Path) -> RunSpec {

@@ -13,43 +13,21 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{AgentConfig, Catchup, DotEnv, RuntimeConfig, ScheduleConfig, ScheduleKind};
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
-use crate::runner::{self, OutputEvent, RunHandle, RunOutcome, RunSpec};
-use crate::scheduler::{self, Timing, TimingKind};
-use crate::state::{DirSync, Durability, JobStore, OutputWriter, PrunedFiles, StagedRecord};
+use crate::runner::{self, OutputEvent, RunHandle, RunOutcome};
+use crate::state::{Durability, OutputWriter, PrunedFiles, StagedRecord};
 
-use super::error::{FleetError, FleetState};
+use super::core::{Core, RunContext, Shared, WhenFull};
+use super::error::FleetState;
+use super::events::report_state_error;
 use super::events::EventBus;
 use super::events::FleetEvent;
-use super::followup::{self, ClaimedWork};
-use super::manager::{report_state_error, ActiveJob, Core, FleetManager, Shared};
+use super::followup::{self};
+use super::manager::FleetManager;
 use super::output::{OutputHub, SerializedLine};
+use super::records;
 use super::sessions;
-
-/// How a job runs beyond its agent's configuration.
-#[derive(Debug, Clone, Default)]
-pub(super) struct RunContext {
-    /// Resume the agent's session pointer if it is still valid (`resume_session` schedules); decided when
-    /// the job starts, into `resume_session`.
-    pub(super) resume_latest: bool,
-    pub(super) resume_session: Option<String>,
-    pub(super) fork_session: bool,
-    pub(super) schedule: Option<ScheduleConfig>,
-    /// The work item this job works on, claimed from its schedule's work source; reported back when the
-    /// job ends.
-    pub(super) work: Option<ClaimedWork>,
-}
-
-/// What to do with a job when its agent or the fleet is at its limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum WhenFull {
-    Queue,
-    Skip,
-    /// Start beyond the agent's own limit (a schedule with `overlap: allow`); skip only when the fleet-wide
-    /// limit is reached.
-    SkipAtFleetLimit,
-}
+use super::spec;
 
 /// Handed out by finalization: wakes whoever waits for the job, once the caller has let go of the fleet
 /// (so that a waiter that drops its FleetManager really releases the state directory).
@@ -117,174 +95,8 @@ impl Pruned {
     }
 }
 
-/// Records the job and starts it, or queues it. Returns the job as it is now (running or queued).
-pub(super) fn admit(
-    manager: &FleetManager,
-    core: &mut Core,
-    job: Job,
-    context: RunContext,
-    when_full: WhenFull,
-) -> Result<Job, FleetError> {
-    admit_with(manager, core, job, None, context, when_full)
-}
-
-/// [`admit`] for a job whose creation record was staged outside the lock ([`JobStore::stage`]); refused
-/// (a limit), the staged file is discarded.
-pub(super) fn admit_staged(
-    manager: &FleetManager,
-    core: &mut Core,
-    staged: StagedRecord,
-    context: RunContext,
-    when_full: WhenFull,
-) -> Result<Job, FleetError> {
-    let job = staged.job().clone();
-    admit_with(manager, core, job, Some(staged), context, when_full)
-}
-
-fn admit_with(
-    manager: &FleetManager,
-    core: &mut Core,
-    job: Job,
-    staged: Option<StagedRecord>,
-    context: RunContext,
-    when_full: WhenFull,
-) -> Result<Job, FleetError> {
-    let options = manager.options();
-    let has_slot =
-        core.lifecycle != FleetState::Stopping && core.may_start(options, &job.agent, when_full);
-    if !has_slot {
-        let limit_error = |current_jobs, limit, scope, hint| FleetError::ConcurrencyLimit {
-            agent_name: job.agent.clone(),
-            current_jobs,
-            limit,
-            scope,
-            hint,
-        };
-        match when_full {
-            WhenFull::SkipAtFleetLimit => {
-                let limit = core.fleet_limit(options).unwrap_or(0) as usize;
-                return Err(limit_error(
-                    core.running_count(None),
-                    limit,
-                    "running jobs in the fleet",
-                    "the run was skipped; raise the fleet-wide limit to allow more",
-                ));
-            }
-            WhenFull::Skip => {
-                return Err(limit_error(
-                    core.running_count(Some(&job.agent)),
-                    core.agent_limit(options, &job.agent) as usize,
-                    "running jobs",
-                    "the run was skipped; raise the agent's concurrency to allow more",
-                ))
-            }
-            WhenFull::Queue if core.queue.len() >= options.max_queued => {
-                return Err(limit_error(
-                    core.queue.len(),
-                    options.max_queued,
-                    "queued jobs in the fleet",
-                    "the queue is full; wait for jobs to finish or cancel queued ones",
-                ))
-            }
-            WhenFull::Queue => {}
-        }
-    }
-    match staged {
-        Some(staged) => commit(manager, core, staged)?,
-        None => persist(manager, core, &job)?,
-    }
-    let id = job.id.clone();
-    let (finished, _) = watch::channel(None);
-    core.active.insert(
-        id.clone(),
-        ActiveJob {
-            job: job.clone(),
-            agent: None,
-            context,
-            hub: OutputHub::new(),
-            canceller: None,
-            cancel_requested: false,
-            finished,
-        },
-    );
-    manager.events().emit(FleetEvent::JobCreated {
-        job: Box::new(job.clone()),
-    });
-    if has_slot {
-        start_job(manager, core, &id);
-    } else {
-        let position = core.queue.push(&job.agent, id.clone(), job.priority);
-        tracing::info!(agent = %job.agent, job_id = %id, position, "job queued");
-        manager.events().emit(FleetEvent::JobQueued {
-            job: Box::new(job),
-            position,
-        });
-    }
-    current_record(core, &id)
-}
-
-fn current_record(core: &Core, id: &JobId) -> Result<Job, FleetError> {
-    if let Some(active) = core.active.get(id) {
-        return Ok(active.job.clone());
-    }
-    core.store
-        .as_ref()
-        .and_then(|s| s.get(id).ok().flatten())
-        .ok_or_else(|| FleetError::JobNotFound {
-            job_id: id.to_string(),
-        })
-}
-
-fn commit(manager: &FleetManager, core: &mut Core, staged: StagedRecord) -> Result<(), FleetError> {
-    let path = format!("jobs/{}.yaml", staged.job().id);
-    let committed = match core.store.as_mut() {
-        Some(store) => store.commit(staged),
-        None => return Err(not_initialized_store()),
-    };
-    committed.map_err(|e| {
-        report_state_error(manager.events(), &e.to_string());
-        FleetError::State {
-            path,
-            message: e.to_string(),
-        }
-    })
-}
-
-fn not_initialized_store() -> FleetError {
-    FleetError::State {
-        path: String::new(),
-        message: "the fleet is not initialized".into(),
-    }
-}
-
-fn persist(manager: &FleetManager, core: &mut Core, job: &Job) -> Result<(), FleetError> {
-    persist_with(manager, core, job, Durability::Machine)
-}
-
-fn persist_with(
-    manager: &FleetManager,
-    core: &mut Core,
-    job: &Job,
-    durability: Durability,
-) -> Result<(), FleetError> {
-    let Some(store) = core.store.as_mut() else {
-        return Err(not_initialized_store());
-    };
-    let written = match durability {
-        Durability::Machine => store.put(job),
-        Durability::Process => store.put_unsynced(job),
-    };
-    written.map_err(|e| {
-        report_state_error(manager.events(), &e.to_string());
-        FleetError::State {
-            path: format!("jobs/{}.yaml", job.id),
-            message: e.to_string(),
-        }
-    })
-}
-
 /// Spawns the process of a job that is in `core.active` and not yet running.
-fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
+pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let agent = core
         .config
         .as_ref()
@@ -328,7 +140,7 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let spec = {
         let active = &core.active[id];
         let dotenv = core.config.as_ref().map(|config| &config.dotenv);
-        run_spec(&agent, &active.job, &active.context, dotenv)
+        spec::run_spec(&agent, &active.job, &active.context, dotenv)
     };
     // Spawned here, on a runtime worker thread: the child's parent-death signal is tied to this thread.
     let handle = runner::start(spec, output_tx);
@@ -348,9 +160,10 @@ fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let job = active.job.clone();
     let hub = active.hub.clone();
     core.count_started(&job.agent);
+    manager.metrics().job_started(&job.agent);
     // Not fsynced: the pid matters only if the daemon dies, and the page cache survives that; after a
     // machine crash the process is gone anyway. Creation and the final record are fsynced.
-    if let Err(e) = persist_with(manager, core, &job, Durability::Process) {
+    if let Err(e) = records::persist_with(manager, core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs but its record could not be saved: {e}");
     }
     let writer = match core.store.as_ref().map(|s| s.output_writer(id)) {
@@ -396,6 +209,7 @@ async fn supervise(
 ) {
     let mut pump = Pump {
         events: manager.events().clone(),
+        metrics: manager.metrics().clone(),
         job_id: id.to_string(),
         next_seq: 0,
         writer,
@@ -424,7 +238,7 @@ async fn supervise(
         }
     };
     let (staged, dir_sync) = match prepared {
-        Some((job, dir, dir_sync)) => match stage_record(&manager, &dir, job).await {
+        Some((job, dir, dir_sync)) => match records::stage_record(&manager, &dir, job).await {
             Ok(staged) => (Some(staged), Some(dir_sync)),
             // Reported; finalization writes the record under the lock instead.
             Err(_) => (None, None),
@@ -433,7 +247,7 @@ async fn supervise(
     };
     let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome, staged);
     if let Some(dir_sync) = dir_sync {
-        sync_jobs_dir(&manager, dir_sync).await;
+        records::sync_jobs_dir(&manager, dir_sync).await;
     }
     drop(manager);
     if let Some(finished) = finished {
@@ -444,6 +258,7 @@ async fn supervise(
 /// Where a job's output goes: a `seq` each, the output file first, then the job's readers and the events.
 struct Pump {
     events: super::events::EventBus,
+    metrics: Arc<crate::metrics::Metrics>,
     job_id: String,
     next_seq: u64,
     writer: Option<OutputWriter>,
@@ -495,6 +310,9 @@ impl Pump {
                     }
                 }
             }
+            // Counted per batch, not per line: two atomic additions whatever the batch's size.
+            let bytes: usize = serialized.iter().map(|line| line.json().len()).sum();
+            self.metrics.output(serialized.len() as u64, bytes as u64);
             self.hub.publish(serialized.into());
             // Building an event per line costs a copy of it: only when someone listens.
             if self.events.has_subscribers() {
@@ -557,7 +375,7 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
     }
     let gone = active.context.resume_session.take();
     tracing::warn!(job_id = %id, session = gone.as_deref().unwrap_or(""), "resumed session not found; running again with a fresh session");
-    let spec = run_spec(
+    let spec = spec::run_spec(
         &agent,
         &active.job,
         &active.context,
@@ -578,41 +396,10 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
         .as_deref()
         .and_then(|session| core.sessions.forget(&agent.name, session));
     core.save_session(write);
-    if let Err(e) = persist_with(manager, core, &job, Durability::Process) {
+    if let Err(e) = records::persist_with(manager, core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs again but its record could not be saved: {e}");
     }
     AfterRun::Again((handle, output_rx))
-}
-
-/// Writes and fsyncs `job`'s record beside its final name in `dir`, in the blocking pool: the slow half
-/// of a durable write, kept outside the fleet lock so jobs starting or ending together share the disk.
-/// [`admit_staged`] or [`finalize_locked`] commits it under the lock; [`sync_jobs_dir`] follows.
-pub(super) async fn stage_record(
-    manager: &FleetManager,
-    dir: &std::path::Path,
-    job: Job,
-) -> Result<StagedRecord, FleetError> {
-    let owned_dir = dir.to_path_buf();
-    let staged = tokio::task::spawn_blocking(move || JobStore::stage(&owned_dir, &job))
-        .await
-        .map_err(|e| format!("writing the job record failed: {e}"))
-        .and_then(|staged| staged.map_err(|e| e.to_string()));
-    staged.map_err(|message| {
-        report_state_error(manager.events(), &message);
-        FleetError::State {
-            path: dir.display().to_string(),
-            message,
-        }
-    })
-}
-
-/// Makes the records committed so far durable (fsync of the jobs directory, shared with jobs committing
-/// at the same time), outside the fleet lock.
-pub(super) async fn sync_jobs_dir(manager: &FleetManager, dir_sync: Arc<DirSync>) {
-    let synced = tokio::task::spawn_blocking(move || dir_sync.sync()).await;
-    if let Ok(Err(e)) = synced {
-        report_state_error(manager.events(), &e.to_string());
-    }
 }
 
 /// The record of a job as its run outcome leaves it.
@@ -681,16 +468,17 @@ fn finalize_locked(
         core.count_ended(&active.job.agent);
     }
     let (job, saved) = match staged {
-        Some(staged) => (staged.job().clone(), commit(manager, core, staged)),
+        Some(staged) => (staged.job().clone(), records::commit(manager, core, staged)),
         None => {
             let job = final_record(&active.job, &outcome);
-            let saved = persist(manager, core, &job);
+            let saved = records::persist(manager, core, &job);
             (job, saved)
         }
     };
     if let Err(e) = saved {
         tracing::error!(job_id = %id, "final record not saved: {e}");
     }
+    manager.metrics().job_finished(&job);
     if record_in_fleet_state(core, &job) {
         core.save_persisted();
     }
@@ -853,118 +641,6 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
         start_job(manager, core, &next.job_id);
     }
     core.dispatching = false;
-}
-
-/// The runner's spec for one job of `agent`. The fleet's `.env` reaches the job's environment as herdctl's
-/// dotenv puts it in the process environment Claude inherits: under every variable already set (it holds
-/// only those the daemon's environment lacks) and under the agent's own `env`.
-fn run_spec(
-    agent: &AgentConfig,
-    job: &Job,
-    context: &RunContext,
-    dotenv: Option<&DotEnv>,
-) -> RunSpec {
-    let runtime = match &agent.runtime {
-        RuntimeConfig::Claude { bin, .. } => {
-            runner::RuntimeSpec::Claude(Box::new(runner::ClaudeSpec {
-                bin: bin.clone(),
-                model: agent.model.clone().or_else(|| agent.session.model.clone()),
-                max_turns: agent.max_turns.or(agent.session.max_turns),
-                permission_mode: agent.permission_mode.map(|m| m.as_str().to_string()),
-                allowed_tools: agent.allowed_tools.clone(),
-                denied_tools: agent.denied_tools.clone(),
-                tools: agent.tools.clone(),
-                system_prompt: agent.system_prompt.clone(),
-                append_system_prompt: None,
-                mcp_servers: agent.mcp_servers.clone(),
-                setting_sources: agent.setting_sources.clone(),
-                resume_session: context.resume_session.clone(),
-                fork_session: context.fork_session,
-            }))
-        }
-        RuntimeConfig::Command { command, env } => runner::RuntimeSpec::Command {
-            argv: command.clone(),
-            env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        },
-    };
-    RunSpec {
-        job_id: job.id.to_string(),
-        agent: agent.name.clone(),
-        schedule: job.schedule.clone(),
-        prompt: job.prompt.clone().unwrap_or_default(),
-        runtime,
-        cwd: agent.working_directory.clone(),
-        env: dotenv
-            .map(|dotenv| {
-                dotenv
-                    .0
-                    .iter()
-                    .filter(|(key, _)| match &agent.runtime {
-                        RuntimeConfig::Command { env, .. } => !env.contains_key(*key),
-                        RuntimeConfig::Claude { .. } => true,
-                    })
-                    .map(|(key, value)| (key.clone(), value.clone()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        timeout: context
-            .schedule
-            .as_ref()
-            .and_then(|s| s.timeout)
-            .or(agent.timeout),
-        stop_grace: context
-            .schedule
-            .as_ref()
-            .map_or(agent.stop_grace, |s| s.stop_grace),
-        limits: runner::OutputLimits {
-            max_output_bytes: agent
-                .max_output_bytes
-                .and_then(|bytes| usize::try_from(bytes).ok())
-                .unwrap_or(runner::OutputLimits::default().max_output_bytes),
-            ..runner::OutputLimits::default()
-        },
-    }
-}
-
-/// When a schedule fires, for the scheduler; `None` for types herdctld does not fire (webhook, chat).
-pub(super) fn timing_of(_agent: &AgentConfig, schedule: &ScheduleConfig) -> Option<Timing> {
-    let kind = match &schedule.kind {
-        ScheduleKind::Interval(every) => TimingKind::Interval(*every),
-        ScheduleKind::Cron(expr) => TimingKind::Cron {
-            expr: expr.clone(),
-            tz: schedule.timezone.unwrap_or_else(scheduler::host_timezone),
-        },
-        ScheduleKind::Webhook | ScheduleKind::Chat => return None,
-    };
-    Some(Timing {
-        kind,
-        jitter: schedule.jitter,
-        catchup: match schedule.catchup {
-            Catchup::Latest => scheduler::Catchup::Latest,
-            Catchup::None => scheduler::Catchup::None,
-        },
-    })
-}
-
-pub(super) fn runtime_name(agent: &AgentConfig) -> &'static str {
-    match agent.runtime {
-        RuntimeConfig::Claude { .. } => "claude",
-        RuntimeConfig::Command { .. } => "command",
-    }
-}
-
-/// The part of a prompt that hands explicitly given work items to the agent.
-pub(super) fn work_items_section(items: &[Value]) -> String {
-    let mut section = String::from("\n\n## Work items\n");
-    for item in items {
-        let text = match item {
-            Value::String(s) => s.clone(),
-            other => serde_json::to_string_pretty(other).unwrap_or_default(),
-        };
-        section.push_str("\n- ");
-        section.push_str(&text.replace('\n', "\n  "));
-    }
-    section
 }
 
 #[cfg(test)]

@@ -1,30 +1,26 @@
-//! A fake of the GitHub REST API's issue endpoints on 127.0.0.1, for tests: in-memory issues, labels and
-//! comments, a log of every request, and injectable failure answers. HTTP/1.1, one request per connection.
+//! A fake of the GitHub REST API's issue endpoints on 127.0.0.1, for the work source's and the follow-up's unit
+//! tests (the library includes it under `cfg(test)`): in-memory issues, labels and comments, a log of every
+//! request, and injectable failure answers.
+
+#[path = "http_fake.rs"]
+mod http_fake;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
 use chrono::{DateTime, Duration, Utc};
+use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+
+pub use http_fake::Recorded;
+use http_fake::{Answer, HttpFake};
 
 pub const OWNER_REPO: &str = "octo/widgets";
 pub const TOKEN: &str = "ghp_FAKE_SECRET_9f8e7d";
 
 pub struct FakeGitHub {
-    addr: SocketAddr,
+    http: HttpFake,
     state: Arc<Mutex<FakeState>>,
-    server: JoinHandle<()>,
-}
-
-impl Drop for FakeGitHub {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
 }
 
 #[derive(Default)]
@@ -32,7 +28,6 @@ pub struct FakeState {
     pub issues: BTreeMap<u64, FakeIssue>,
     /// `(issue number, body)` in posting order.
     pub comments: Vec<(u64, String)>,
-    pub requests: Vec<Recorded>,
     injected: VecDeque<Injected>,
 }
 
@@ -47,17 +42,6 @@ pub struct FakeIssue {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    pub method: String,
-    /// Path and query as sent (percent-encoded).
-    pub target: String,
-    /// Lower-case names.
-    pub headers: BTreeMap<String, String>,
-    pub body: String,
-    pub at: SystemTime,
-}
-
 impl Recorded {
     /// `METHOD target`.
     pub fn line(&self) -> String {
@@ -69,31 +53,21 @@ impl Recorded {
 /// `matching` (empty = any request).
 pub struct Injected {
     pub matching: String,
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
+    pub answer: Answer,
 }
 
 impl FakeGitHub {
     pub async fn start() -> FakeGitHub {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(FakeState::default()));
-        let shared = state.clone();
-        let server = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, shared.clone()));
-            }
-        });
-        FakeGitHub {
-            addr,
-            state,
-            server,
-        }
+        let shared = Arc::clone(&state);
+        let http = HttpFake::start(move |request| respond(&shared, request))
+            .await
+            .unwrap();
+        FakeGitHub { http, state }
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.http.base_url().to_owned()
     }
 
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
@@ -127,20 +101,20 @@ impl FakeGitHub {
     pub fn inject(&self, matching: &str, status: u16, headers: &[(&str, &str)], times: usize) {
         let mut state = self.state();
         for _ in 0..times {
+            let mut answer =
+                Answer::json(status, &json!({ "message": format!("injected {status}") }));
+            answer
+                .headers
+                .extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
             state.injected.push_back(Injected {
                 matching: matching.to_string(),
-                status,
-                headers: headers
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.to_string()))
-                    .collect(),
-                body: json!({ "message": format!("injected {status}") }).to_string(),
+                answer,
             });
         }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.state().requests.clone()
+        self.http.requests()
     }
 
     /// Every request as `METHOD target`.
@@ -149,79 +123,15 @@ impl FakeGitHub {
     }
 }
 
-async fn serve(mut stream: TcpStream, state: Arc<Mutex<FakeState>>) {
-    let Some(request) = read_request(&mut stream).await else {
-        return;
-    };
-    let (status, headers, body) = respond(&state, request);
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        reason(status),
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-    let _ = stream.shutdown().await;
-}
-
-async fn read_request(stream: &mut TcpStream) -> Option<Recorded> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        let read = stream.read(&mut chunk).await.ok()?;
-        if read == 0 || buffer.len() > 1 << 20 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    };
-    let head = String::from_utf8(buffer[..head_end].to_vec()).ok()?;
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next()?.split(' ');
-    let method = request_line.next()?.to_string();
-    let target = request_line.next()?.to_string();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buffer[head_end + 4..].to_vec();
-    while body.len() < length {
-        let read = stream.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..read]);
-    }
-    Some(Recorded {
-        method,
-        target,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        at: SystemTime::now(),
-    })
-}
-
-fn respond(state: &Mutex<FakeState>, request: Recorded) -> (u16, Vec<(String, String)>, String) {
+fn respond(state: &Mutex<FakeState>, request: &Recorded) -> Answer {
     let mut state = state.lock().unwrap();
-    state.requests.push(request.clone());
     let line = request.line();
     if let Some(index) = state
         .injected
         .iter()
         .position(|i| line.starts_with(&i.matching))
     {
-        let injected = state.injected.remove(index).unwrap();
-        return (injected.status, injected.headers, injected.body);
+        return state.injected.remove(index).unwrap().answer;
     }
     if request.headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}"))
     {
@@ -234,7 +144,7 @@ fn respond(state: &Mutex<FakeState>, request: Recorded) -> (u16, Vec<(String, St
     let segments: Vec<String> = path
         .split('/')
         .skip(1)
-        .map(|s| percent_decode(s, false))
+        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
         .collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let repo_prefix: Vec<&str> = ["repos"].into_iter().chain(OWNER_REPO.split('/')).collect();
@@ -256,13 +166,13 @@ fn respond(state: &Mutex<FakeState>, request: Recorded) -> (u16, Vec<(String, St
                 return error(404, "Not Found");
             };
             match (method, rest) {
-                ("GET", []) => ok(200, issue_json(number, issue)),
+                ("GET", []) => Answer::json(200, &issue_json(number, issue)),
                 ("PATCH", []) => {
                     if let Some(new_state) = body["state"].as_str() {
                         issue.state = new_state.to_string();
                     }
                     issue.state_reason = body["state_reason"].as_str().map(str::to_string);
-                    ok(200, issue_json(number, issue))
+                    Answer::json(200, &issue_json(number, issue))
                 }
                 ("POST", ["labels"]) => {
                     for label in body["labels"].as_array().into_iter().flatten() {
@@ -271,7 +181,7 @@ fn respond(state: &Mutex<FakeState>, request: Recorded) -> (u16, Vec<(String, St
                             issue.labels.push(label);
                         }
                     }
-                    ok(200, labels_json(issue))
+                    Answer::json(200, &labels_json(issue))
                 }
                 ("DELETE", ["labels", name]) => {
                     let before = issue.labels.len();
@@ -279,7 +189,7 @@ fn respond(state: &Mutex<FakeState>, request: Recorded) -> (u16, Vec<(String, St
                     if issue.labels.len() == before {
                         error(404, "Label does not exist")
                     } else {
-                        ok(200, labels_json(issue))
+                        Answer::json(200, &labels_json(issue))
                     }
                 }
                 ("POST", ["comments"]) => {
@@ -287,7 +197,7 @@ fn respond(state: &Mutex<FakeState>, request: Recorded) -> (u16, Vec<(String, St
                         number,
                         body["body"].as_str().unwrap_or_default().to_string(),
                     ));
-                    ok(201, json!({ "id": comments.len(), "body": body["body"] }))
+                    Answer::json(201, &json!({ "id": comments.len(), "body": body["body"] }))
                 }
                 _ => error(404, "Not Found"),
             }
@@ -296,11 +206,11 @@ fn respond(state: &Mutex<FakeState>, request: Recorded) -> (u16, Vec<(String, St
     }
 }
 
-fn list_issues(state: &FakeState, query: &str) -> (u16, Vec<(String, String)>, String) {
+fn list_issues(state: &FakeState, query: &str) -> Answer {
     let params: BTreeMap<String, String> = query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (percent_decode(k, true), percent_decode(v, true)))
+        .map(|(k, v)| (decode_query(k), decode_query(v)))
         .collect();
     let wanted: Vec<&str> = params
         .get("labels")
@@ -333,7 +243,7 @@ fn list_issues(state: &FakeState, query: &str) -> (u16, Vec<(String, String)>, S
         .take(per_page)
         .map(|(n, issue)| issue_json(n, issue))
         .collect();
-    ok(200, Value::Array(page))
+    Answer::json(200, &Value::Array(page))
 }
 
 fn issue_json(number: u64, issue: &FakeIssue) -> Value {
@@ -362,52 +272,13 @@ fn labels_json(issue: &FakeIssue) -> Value {
         .collect()
 }
 
-fn ok(status: u16, body: Value) -> (u16, Vec<(String, String)>, String) {
-    (status, Vec::new(), body.to_string())
+fn error(status: u16, message: &str) -> Answer {
+    Answer::json(status, &json!({ "message": message }))
 }
 
-fn error(status: u16, message: &str) -> (u16, Vec<(String, String)>, String) {
-    ok(status, json!({ "message": message }))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
-/// `%XX` decoding (and `+` as a space in queries), enough for label names in paths and queries.
-fn percent_decode(text: &str, plus_is_space: bool) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(byte) => {
-                        out.push(byte);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' if plus_is_space => out.push(b' '),
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// A query parameter's name or value: form encoding, so `+` is a space, then `%XX`.
+fn decode_query(text: &str) -> String {
+    percent_decode_str(&text.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }

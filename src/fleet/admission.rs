@@ -1,0 +1,388 @@
+//! Admission: jobs created by a trigger, a fork or a schedule fire are recorded and started now, queued, or
+//! refused at a limit; cancellation.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::job::{Job, JobId, JobStatus, TerminationType, TriggerType};
+use crate::state::StagedRecord;
+
+use super::budget;
+use super::core::{state_error, ActiveJob, Core, RunContext, WhenFull};
+use super::error::{FleetError, FleetState};
+use super::events::FleetEvent;
+use super::info::CancelResult;
+use super::manager::{
+    find_agent, find_schedule, futures_join_all, parse_job_id, FleetManager, ForkOptions,
+    TriggerOptions, FALLBACK_PROMPT,
+};
+use super::output::OutputHub;
+use super::records;
+use super::spec;
+use super::supervise;
+
+impl FleetManager {
+    /// Creates a job and starts it now, or queues it when a limit is reached; returns at once.
+    pub async fn trigger(&self, agent: &str, options: TriggerOptions) -> Result<Job, FleetError> {
+        let priority = options.priority.unwrap_or(crate::job::DEFAULT_PRIORITY);
+        if !(1..=10).contains(&priority) {
+            return Err(FleetError::InvalidParams {
+                message: format!("priority must be 1 (highest) to 10 (lowest), got {priority}"),
+            });
+        }
+        const TRIGGERABLE: [FleetState; 3] = [
+            FleetState::Initialized,
+            FleetState::Running,
+            FleetState::Stopped,
+        ];
+        let (job, context, jobs_dir) = {
+            let mut core = self.core();
+            self.require(&core, "trigger", &TRIGGERABLE)?;
+            let config = core.config()?.clone();
+            let agent_config = find_agent(&config, agent)?;
+            let jobs_dir = core.jobs_dir()?;
+            let schedule = match options.schedule.as_deref() {
+                Some(name) => Some(find_schedule(agent_config, name)?),
+                None => None,
+            };
+            budget::admit_manual(
+                core.store()?,
+                agent_config,
+                core.host_timezone,
+                self.options().clock.now(),
+                options.over_budget,
+            )?;
+            let mut prompt = options
+                .prompt
+                .clone()
+                .or_else(|| schedule.and_then(|s| s.prompt.clone()))
+                .or_else(|| agent_config.default_prompt.clone())
+                .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
+            let work_item = options.work_items.as_ref().map(|items| {
+                prompt.push_str(&spec::work_items_section(items));
+                Value::Array(items.clone())
+            });
+            let mut job = Job::new(
+                core.reserve_job_id(Utc::now()),
+                agent_config.name.clone(),
+                schedule.map(|s| s.name.clone()),
+                TriggerType::Manual,
+                Some(prompt),
+                priority,
+                Utc::now(),
+            );
+            job.work_item = work_item;
+            let context = RunContext {
+                resume_latest: !options.fresh_session,
+                resume_session: None,
+                fork_session: false,
+                schedule: schedule.cloned(),
+                work: None,
+            };
+            (job, context, jobs_dir)
+        };
+        let id = job.id.clone();
+        let staged = records::stage_record(self, &jobs_dir, job).await;
+        let (job, dir_sync) = {
+            let mut core = self.core();
+            core.release_job_id(&id);
+            let staged = staged?;
+            self.require(&core, "trigger", &TRIGGERABLE)?;
+            let job = admit_staged(self, &mut core, staged, context, WhenFull::Queue)?;
+            (job, core.jobs_dir_sync())
+        };
+        if let Some(dir_sync) = dir_sync {
+            records::sync_jobs_dir(self, dir_sync).await;
+        }
+        Ok(job)
+    }
+
+    /// Cancels a queued job (dequeued) or a running one (SIGTERM, grace, SIGKILL of its whole process tree).
+    /// Replies once the job's record is final.
+    pub async fn cancel_job(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<CancelResult, FleetError> {
+        let job_id = parse_job_id(id)?;
+        let (canceller, mut finished, grace) = {
+            let mut core = self.core();
+            if core.lifecycle == FleetState::Uninitialized {
+                return Err(FleetError::invalid_state(
+                    "cancelJob",
+                    core.lifecycle,
+                    &[
+                        FleetState::Initialized,
+                        FleetState::Running,
+                        FleetState::Stopping,
+                        FleetState::Stopped,
+                    ],
+                ));
+            }
+            let Some(active) = core.active.get(&job_id) else {
+                // Not active: finished already, or unknown.
+                return match core.store()?.get(&job_id) {
+                    Ok(Some(_)) => Ok(CancelResult {
+                        job_id: id.to_string(),
+                        termination_type: TerminationType::AlreadyStopped,
+                    }),
+                    _ => Err(FleetError::JobNotFound {
+                        job_id: id.to_string(),
+                    }),
+                };
+            };
+            if active.job.status == JobStatus::Queued {
+                core.queue.remove(&job_id);
+                supervise::finish_without_running(
+                    self,
+                    &mut core,
+                    &job_id,
+                    "cancelled while queued",
+                );
+                return Ok(CancelResult {
+                    job_id: id.to_string(),
+                    termination_type: TerminationType::Graceful,
+                });
+            }
+            let grace = grace
+                .or_else(|| active.agent.as_ref().map(|a| a.stop_grace))
+                .unwrap_or(self.options().default_stop_grace);
+            let Some(active) = core.active.get_mut(&job_id) else {
+                return Err(FleetError::JobNotFound {
+                    job_id: id.to_string(),
+                });
+            };
+            active.cancel_requested = true;
+            (active.canceller.clone(), active.finished.subscribe(), grace)
+        };
+        let termination = match canceller {
+            Some(canceller) => canceller.cancel(grace).await,
+            None => TerminationType::AlreadyStopped,
+        };
+        // The supervisor finalizes the record when the process is gone; reply after that.
+        let _ = finished.wait_for(Option::is_some).await;
+        tracing::info!(job_id = %job_id, ?termination, "job cancelled");
+        Ok(CancelResult {
+            job_id: id.to_string(),
+            termination_type: termination,
+        })
+    }
+
+    /// Cancels every running job, each with `grace` or its agent's own, and waits until all are final.
+    /// Works in any state (jobs can run while the fleet is `initialized` or `stopped`).
+    pub async fn cancel_running(&self, grace: Option<Duration>) {
+        let running: Vec<JobId> = self
+            .core()
+            .active
+            .iter()
+            .filter(|(_, a)| a.job.status == JobStatus::Running)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let cancels = running.into_iter().map(|id| {
+            let manager = self.clone();
+            async move {
+                let _ = manager.cancel_job(id.as_str(), grace).await;
+            }
+        });
+        futures_join_all(cancels).await;
+    }
+
+    /// Runs a new job from an earlier one: same agent, schedule and work item, the modifications applied,
+    /// resuming the original's Claude session as a fork when it has one.
+    pub async fn fork_job(&self, id: &str, options: ForkOptions) -> Result<Job, FleetError> {
+        let original_id = parse_job_id(id)?;
+        let mut core = self.core();
+        self.require(
+            &core,
+            "forkJob",
+            &[
+                FleetState::Initialized,
+                FleetState::Running,
+                FleetState::Stopped,
+            ],
+        )?;
+        let original = match core.active.get(&original_id) {
+            Some(active) => active.job.clone(),
+            None => core
+                .store()?
+                .get(&original_id)
+                .map_err(|e| state_error(std::path::Path::new(id), e))?
+                .ok_or_else(|| FleetError::JobNotFound {
+                    job_id: id.to_string(),
+                })?,
+        };
+        if original.status == JobStatus::Queued {
+            return Err(FleetError::JobNotRunning {
+                job_id: id.to_string(),
+                status: original.status.to_string(),
+                reason: "it has not run yet, so there is nothing to fork; wait for it to start"
+                    .into(),
+            });
+        }
+        let config = core.config()?.clone();
+        let agent = find_agent(&config, &original.agent)?;
+        let schedule_name = options.schedule.clone().or(original.schedule.clone());
+        let schedule = match schedule_name.as_deref() {
+            Some(name) => Some(find_schedule(agent, name)?),
+            None => None,
+        };
+        budget::admit_manual(
+            core.store()?,
+            agent,
+            core.host_timezone,
+            self.options().clock.now(),
+            options.over_budget,
+        )?;
+        let prompt = options
+            .prompt
+            .clone()
+            .or(original.prompt.clone())
+            .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
+        let mut job = Job::new(
+            core.new_job_id(Utc::now()),
+            agent.name.clone(),
+            schedule.map(|s| s.name.clone()),
+            TriggerType::Fork,
+            Some(prompt),
+            original.priority,
+            Utc::now(),
+        );
+        job.forked_from = Some(original.id.clone());
+        job.work_item = original.work_item.clone();
+        let context = RunContext {
+            resume_latest: false,
+            fork_session: original.session_id.is_some(),
+            resume_session: original.session_id.clone(),
+            schedule: schedule.cloned(),
+            work: None,
+        };
+        let job = admit(self, &mut core, job, context, WhenFull::Queue)?;
+        drop(core);
+        self.events().emit(FleetEvent::JobForked {
+            job: Box::new(job.clone()),
+            forked_from: original.id.to_string(),
+        });
+        Ok(job)
+    }
+}
+
+/// Records the job and starts it, or queues it. Returns the job as it is now (running or queued).
+pub(super) fn admit(
+    manager: &FleetManager,
+    core: &mut Core,
+    job: Job,
+    context: RunContext,
+    when_full: WhenFull,
+) -> Result<Job, FleetError> {
+    admit_with(manager, core, job, None, context, when_full)
+}
+
+/// [`admit`] for a job whose creation record was staged outside the lock ([`JobStore::stage`]); refused
+/// (a limit), the staged file is discarded.
+pub(super) fn admit_staged(
+    manager: &FleetManager,
+    core: &mut Core,
+    staged: StagedRecord,
+    context: RunContext,
+    when_full: WhenFull,
+) -> Result<Job, FleetError> {
+    let job = staged.job().clone();
+    admit_with(manager, core, job, Some(staged), context, when_full)
+}
+
+fn admit_with(
+    manager: &FleetManager,
+    core: &mut Core,
+    job: Job,
+    staged: Option<StagedRecord>,
+    context: RunContext,
+    when_full: WhenFull,
+) -> Result<Job, FleetError> {
+    let options = manager.options();
+    let has_slot =
+        core.lifecycle != FleetState::Stopping && core.may_start(options, &job.agent, when_full);
+    if !has_slot {
+        let limit_error = |current_jobs, limit, scope, hint| FleetError::ConcurrencyLimit {
+            agent_name: job.agent.clone(),
+            current_jobs,
+            limit,
+            scope,
+            hint,
+        };
+        match when_full {
+            WhenFull::SkipAtFleetLimit => {
+                let limit = core.fleet_limit(options).unwrap_or(0) as usize;
+                return Err(limit_error(
+                    core.running_count(None),
+                    limit,
+                    "running jobs in the fleet",
+                    "the run was skipped; raise the fleet-wide limit to allow more",
+                ));
+            }
+            WhenFull::Skip => {
+                return Err(limit_error(
+                    core.running_count(Some(&job.agent)),
+                    core.agent_limit(options, &job.agent) as usize,
+                    "running jobs",
+                    "the run was skipped; raise the agent's concurrency to allow more",
+                ))
+            }
+            WhenFull::Queue if core.queue.len() >= options.max_queued => {
+                return Err(limit_error(
+                    core.queue.len(),
+                    options.max_queued,
+                    "queued jobs in the fleet",
+                    "the queue is full; wait for jobs to finish or cancel queued ones",
+                ))
+            }
+            WhenFull::Queue => {}
+        }
+    }
+    match staged {
+        Some(staged) => records::commit(manager, core, staged)?,
+        None => records::persist(manager, core, &job)?,
+    }
+    let id = job.id.clone();
+    let (finished, _) = watch::channel(None);
+    core.active.insert(
+        id.clone(),
+        ActiveJob {
+            job: job.clone(),
+            agent: None,
+            context,
+            hub: OutputHub::new(),
+            canceller: None,
+            cancel_requested: false,
+            finished,
+        },
+    );
+    manager.events().emit(FleetEvent::JobCreated {
+        job: Box::new(job.clone()),
+    });
+    if has_slot {
+        supervise::start_job(manager, core, &id);
+    } else {
+        let position = core.queue.push(&job.agent, id.clone(), job.priority);
+        tracing::info!(agent = %job.agent, job_id = %id, position, "job queued");
+        manager.events().emit(FleetEvent::JobQueued {
+            job: Box::new(job),
+            position,
+        });
+    }
+    current_record(core, &id)
+}
+
+fn current_record(core: &Core, id: &JobId) -> Result<Job, FleetError> {
+    if let Some(active) = core.active.get(id) {
+        return Ok(active.job.clone());
+    }
+    core.store
+        .as_ref()
+        .and_then(|s| s.get(id).ok().flatten())
+        .ok_or_else(|| FleetError::JobNotFound {
+            job_id: id.to_string(),
+        })
+}

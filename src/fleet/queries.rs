@@ -1,0 +1,447 @@
+//! Read-only views of the fleet: status, agents, jobs, schedules, the queue, and the output and log streams.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::config::{AgentConfig, ScheduleConfig, ScheduleKind};
+use crate::job::{Job, JobStatus};
+use crate::scheduler::ScheduleKey;
+use crate::state::{JobFilter, JobStore};
+
+use super::budget;
+use super::core::{state_error, Core};
+use super::error::FleetError;
+use super::info::*;
+use super::logs::{LogFilter, LogLevel, LogSubscription};
+use super::manager::{find_agent, find_schedule, parse_job_id, FleetManager, JobQuery};
+use super::output::JobOutputStream;
+use super::schedules::{effective_enabled, Plan};
+use super::spec;
+
+impl FleetManager {
+    pub async fn status(&self) -> FleetStatus {
+        let plan = self.scheduler_plan().await;
+        let core = self.core();
+        let (total_agents, running_agents) = core.config.as_ref().map_or((0, 0), |c| {
+            let running = c
+                .agents
+                .iter()
+                .filter(|a| core.running_count(Some(&a.name)) > 0)
+                .count();
+            (c.agents.len(), running)
+        });
+        let mut jobs = JobCounts {
+            active: core.running_count(None),
+            queued: core.queue.len(),
+            ..JobCounts::default()
+        };
+        if let Some(store) = core.store.as_ref() {
+            let counts = store.counts();
+            jobs.completed = counts.completed;
+            jobs.failed = counts.failed;
+            jobs.cancelled = counts.cancelled;
+        }
+        let uptime = core.started_at.map(|start| {
+            let end = core.stopped_at.unwrap_or_else(Utc::now);
+            (end - start).num_milliseconds().max(0) as u64
+        });
+        let retention = self.options().history.retention(core.config.as_deref());
+        let limits = Limits {
+            per_agent: self.options().per_agent,
+            max_concurrent: core.fleet_limit(self.options()),
+            max_queued: self.options().max_queued,
+            max_jobs_per_agent: retention.max_per_agent,
+            max_jobs_total: retention.max_total,
+            max_job_age: retention
+                .max_age
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let schedules = self.schedule_infos(&core, &plan, None);
+        let active_schedules = schedules
+            .iter()
+            .filter(|s| s.enabled && matches!(s.kind, "interval" | "cron"))
+            .count();
+        let next_trigger = schedules
+            .iter()
+            .filter_map(|s| {
+                s.next_trigger.map(|at| NextTrigger {
+                    agent_name: s.agent_name.clone(),
+                    schedule_name: s.name.clone(),
+                    at,
+                })
+            })
+            .min_by_key(|n| n.at);
+        let now = self.options().clock.now();
+        let usage = core
+            .store
+            .as_ref()
+            .map(|store| budget::report(store, None, core.host_timezone, now));
+        FleetStatus {
+            state: core.lifecycle,
+            uptime,
+            started_at: core.started_at,
+            config_path: core
+                .config
+                .as_ref()
+                .map(|c| c.config_path.display().to_string()),
+            state_dir: core
+                .state_dir
+                .as_ref()
+                .map(|d| d.root().display().to_string()),
+            agents: AgentCounts {
+                total: total_agents,
+                running: running_agents,
+                idle: total_agents - running_agents,
+            },
+            jobs,
+            scheduler: SchedulerStatus {
+                running: core.scheduler.is_some(),
+                next_trigger,
+                active_schedules,
+            },
+            limits,
+            usage,
+        }
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>, FleetError> {
+        let plan = self.scheduler_plan().await;
+        let core = self.core();
+        let config = core.config()?.clone();
+        let store = core.store()?;
+        Ok(config
+            .agents
+            .iter()
+            .map(|agent| self.agent_info(&core, store, &plan, agent))
+            .collect())
+    }
+
+    pub async fn agent(&self, name: &str) -> Result<AgentInfo, FleetError> {
+        let plan = self.scheduler_plan().await;
+        let core = self.core();
+        let config = core.config()?.clone();
+        let agent = find_agent(&config, name)?;
+        Ok(self.agent_info(&core, core.store()?, &plan, agent))
+    }
+
+    /// Next due instant of every schedule that will fire (empty when the scheduler is not running).
+    async fn scheduler_plan(&self) -> Plan {
+        let handle = self.core().scheduler.clone();
+        match handle {
+            Some(handle) => handle.plan().await.unwrap_or_default(),
+            None => HashMap::new(),
+        }
+    }
+
+    fn agent_info(
+        &self,
+        core: &Core,
+        store: &JobStore,
+        plan: &Plan,
+        agent: &AgentConfig,
+    ) -> AgentInfo {
+        let current_jobs: Vec<String> = core
+            .active
+            .values()
+            .filter(|a| a.job.agent == agent.name && a.job.status == JobStatus::Running)
+            .map(|a| a.job.id.to_string())
+            .collect();
+        let last_job = store
+            .list(&JobFilter {
+                agent: Some(agent.name.clone()),
+                limit: 1,
+                ..JobFilter::default()
+            })
+            .jobs
+            .into_iter()
+            .next()
+            .map(Box::new);
+        let now = self.options().clock.now();
+        let timezone = budget::agent_timezone(agent, core.host_timezone);
+        AgentInfo {
+            name: agent.name.clone(),
+            local_name: agent.local_name.clone(),
+            fleet_path: agent.fleet_path.clone(),
+            description: agent.description.clone(),
+            model: agent.model.clone(),
+            runtime: spec::runtime_name(agent),
+            working_directory: agent.working_directory.display().to_string(),
+            state: if current_jobs.is_empty() {
+                "idle"
+            } else {
+                "running"
+            },
+            concurrency: agent.concurrency.unwrap_or(self.options().per_agent),
+            current_jobs,
+            queued_jobs: core.queue.count_for(&agent.name),
+            last_job,
+            last_session_id: core.sessions.current(&agent.name).map(str::to_owned),
+            schedules: self.schedule_infos(core, plan, Some(&agent.name)),
+            usage: budget::report(store, Some(&agent.name), timezone, now),
+            budget: budget::Spend::of(store, agent, core.host_timezone, now).map(|s| s.info()),
+        }
+    }
+
+    pub fn jobs(&self, query: &JobQuery) -> Result<JobList, FleetError> {
+        let core = self.core();
+        let store = core.store()?;
+        let filter = JobFilter {
+            agent: query.agent.clone(),
+            status: query.status,
+            since: query.since,
+            until: query.until,
+            limit: query.limit.unwrap_or(50),
+            offset: query.offset.unwrap_or(0),
+        };
+        let page = store.list(&filter);
+        for unreadable in &page.unreadable {
+            tracing::warn!("job record unreadable, skipped in the listing: {unreadable}");
+        }
+        Ok(JobList {
+            jobs: page.jobs,
+            total: page.total,
+        })
+    }
+
+    /// A job record, optionally with its persisted output lines.
+    pub fn job(
+        &self,
+        id: &str,
+        include_output: bool,
+    ) -> Result<(Job, Option<Vec<crate::job::OutputLine>>), FleetError> {
+        let job_id = parse_job_id(id)?;
+        let core = self.core();
+        let job = match core.active.get(&job_id) {
+            Some(active) => active.job.clone(),
+            None => core
+                .store()?
+                .get(&job_id)
+                .map_err(|e| state_error(std::path::Path::new(id), e))?
+                .ok_or_else(|| FleetError::JobNotFound {
+                    job_id: id.to_string(),
+                })?,
+        };
+        let output = if include_output {
+            Some(
+                core.store()?
+                    .read_output(&job_id, 0, None)
+                    .map_err(|e| state_error(std::path::Path::new(id), e))?,
+            )
+        } else {
+            None
+        };
+        Ok((job, output))
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, FleetError> {
+        let plan = self.scheduler_plan().await;
+        let core = self.core();
+        core.config()?;
+        Ok(self.schedule_infos(&core, &plan, None))
+    }
+
+    pub async fn schedule(&self, agent: &str, schedule: &str) -> Result<ScheduleInfo, FleetError> {
+        let plan = self.scheduler_plan().await;
+        let core = self.core();
+        let config = core.config()?.clone();
+        let agent_config = find_agent(&config, agent)?;
+        let schedule_config = find_schedule(agent_config, schedule)?;
+        Ok(self.schedule_info(&core, &plan, agent_config, schedule_config))
+    }
+
+    fn schedule_infos(&self, core: &Core, plan: &Plan, agent: Option<&str>) -> Vec<ScheduleInfo> {
+        let Some(config) = core.config.as_ref() else {
+            return Vec::new();
+        };
+        config
+            .agents
+            .iter()
+            .filter(|a| agent.is_none_or(|name| a.name == name))
+            .flat_map(|a| a.schedules.iter().map(move |s| (a, s)))
+            .map(|(a, s)| self.schedule_info(core, plan, a, s))
+            .collect()
+    }
+
+    fn schedule_info(
+        &self,
+        core: &Core,
+        plan: &Plan,
+        agent: &AgentConfig,
+        schedule: &ScheduleConfig,
+    ) -> ScheduleInfo {
+        let persisted = core.persisted.schedule(&agent.name, &schedule.name);
+        let enabled = effective_enabled(schedule, persisted);
+        let key = ScheduleKey::new(&agent.name, &schedule.name);
+        let next_trigger = if !enabled {
+            None
+        } else if core.scheduler.is_some() {
+            plan.get(&key).copied()
+        } else {
+            // Not running: what the scheduler would plan on start (without jitter).
+            spec::timing_of(agent, schedule).and_then(|timing| {
+                crate::scheduler::first_due(
+                    &timing,
+                    persisted.and_then(|p| p.last_run_at),
+                    self.options().clock.now(),
+                    &mut crate::scheduler::SeededJitter::new(0),
+                )
+                .map(|due| due.occurrence)
+            })
+        };
+        let (kind, interval, cron) = match &schedule.kind {
+            ScheduleKind::Interval(d) => {
+                ("interval", Some(crate::timespec::format_duration(*d)), None)
+            }
+            ScheduleKind::Cron(expr) => ("cron", None, Some(expr.to_string())),
+            ScheduleKind::Webhook => ("webhook", None, None),
+            ScheduleKind::Chat => ("chat", None, None),
+        };
+        ScheduleInfo {
+            agent_name: agent.name.clone(),
+            name: schedule.name.clone(),
+            kind,
+            enabled,
+            interval,
+            cron,
+            timezone: schedule.timezone.map(|tz| tz.name().to_string()),
+            next_trigger,
+            last_run_at: persisted.and_then(|p| p.last_run_at),
+            last_status: persisted.and_then(|p| p.last_status),
+            last_error: persisted.and_then(|p| p.last_error.clone()),
+            runs: persisted.map_or(0, |p| p.runs),
+            skipped: persisted.map_or(0, |p| p.skipped),
+            failed: persisted.map_or(0, |p| p.failed),
+            running_jobs: core
+                .active
+                .values()
+                .filter(|a| {
+                    a.job.agent == agent.name
+                        && a.job.schedule.as_deref() == Some(&schedule.name)
+                        && a.job.status == JobStatus::Running
+                })
+                .count(),
+        }
+    }
+
+    pub fn queue(&self) -> Result<QueueInfo, FleetError> {
+        let core = self.core();
+        let config = core.config()?.clone();
+        let queued = core
+            .queue
+            .iter()
+            .map(|q| QueuedJobInfo {
+                job_id: q.job_id.to_string(),
+                agent_name: q.agent.clone(),
+                priority: q.priority,
+                position: core.queue.position(&q.job_id).unwrap_or(0),
+            })
+            .collect();
+        let agents = config
+            .agents
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AgentQueueInfo {
+                        running: core.running_count(Some(&a.name)),
+                        queued: core.queue.count_for(&a.name),
+                        limit: a.concurrency.unwrap_or(self.options().per_agent),
+                    },
+                )
+            })
+            .collect();
+        Ok(QueueInfo {
+            queued,
+            agents,
+            fleet: FleetQueueInfo {
+                running: core.running_count(None),
+                queued: core.queue.len(),
+                limit: core.fleet_limit(self.options()),
+                max_queued: self.options().max_queued,
+            },
+        })
+    }
+
+    /// A job's output from `from_seq`: history, then live lines, then `eof` with the final status.
+    pub fn stream_job_output(
+        &self,
+        id: &str,
+        from_seq: u64,
+    ) -> Result<JobOutputStream, FleetError> {
+        let job_id = parse_job_id(id)?;
+        let core = self.core();
+        let path = core.jobs_dir()?.join(format!("{job_id}.jsonl"));
+        let live = match core.active.get(&job_id) {
+            Some(active) => Some(active.hub.subscribe()),
+            None => {
+                core.store()?
+                    .get(&job_id)
+                    .map_err(|e| state_error(&path, e))?
+                    .ok_or_else(|| FleetError::JobNotFound {
+                        job_id: id.to_string(),
+                    })?;
+                None
+            }
+        };
+        // A reader must not keep the fleet (and its state directory lock) alive.
+        let shared = Arc::downgrade(&self.shared);
+        let status = Box::new(move || {
+            let manager = FleetManager {
+                shared: shared.upgrade()?,
+            };
+            manager
+                .job(job_id.as_str(), false)
+                .ok()
+                .map(|(j, _)| j.status)
+        });
+        Ok(JobOutputStream::new(path, from_seq, live, status))
+    }
+
+    /// Fleet log entries: the newest `tail` matching ones, then live.
+    pub fn stream_logs(&self, filter: LogFilter, tail: usize) -> LogSubscription {
+        self.log_bus().subscribe(filter, tail)
+    }
+
+    /// Log entries of one agent (which must exist).
+    pub fn stream_agent_logs(
+        &self,
+        agent: &str,
+        min_level: Option<LogLevel>,
+        tail: usize,
+    ) -> Result<LogSubscription, FleetError> {
+        let name = {
+            let core = self.core();
+            let config = core.config()?.clone();
+            find_agent(&config, agent)?.name.clone()
+        };
+        Ok(self.log_bus().subscribe(
+            LogFilter {
+                min_level,
+                agent_name: Some(name),
+                job_id: None,
+            },
+            tail,
+        ))
+    }
+
+    /// Waits until the job is final (finished, failed or cancelled) and returns its record.
+    pub async fn wait_for_job(&self, id: &str) -> Result<Job, FleetError> {
+        let job_id = parse_job_id(id)?;
+        let finished = self
+            .core()
+            .active
+            .get(&job_id)
+            .map(|a| a.finished.subscribe());
+        if let Some(mut finished) = finished {
+            // The final record from the job itself: history pruning may already have deleted its file.
+            if let Ok(job) = finished.wait_for(Option::is_some).await {
+                if let Some(job) = job.clone() {
+                    return Ok(job);
+                }
+            }
+        }
+        self.job(id, false).map(|(job, _)| job)
+    }
+}
