@@ -20,7 +20,8 @@
 //! - [`config`] — locate, read, interpolate (`${VAR}`), merge (`defaults`, `overrides`, sub-fleets) and
 //!   validate the configuration completely at load; `diff` for reload. Produces [`config::FleetConfig`].
 //!   Knows nothing of jobs or processes.
-//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, one output line. No I/O.
+//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, one output line, what a
+//!   job's usage adds up to. No I/O.
 //!   (Its on-disk layout, shared with herdctl, is `state::record`.)
 //! - [`state`] — the state directory: single-instance lock, atomic durable writes, `state.yaml`, the job
 //!   store (records + JSONL output) with an in-memory index (which also orders every finished job's usage
