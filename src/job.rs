@@ -3,7 +3,8 @@
 //!
 //! Owns: [`JobId`] (format and validation: ids become file names, so parsing is also the path-traversal
 //! guard), [`JobStatus`], [`ExitReason`], [`TriggerType`], [`TerminationType`], [`JobError`], [`Job`],
-//! [`OutputLine`]. Must not: do I/O, know about queues, processes or transports.
+//! [`OutputLine`], and what a job's `usage` adds up to ([`UsageTotals`]). Must not: do I/O, know about
+//! queues, processes or transports.
 //!
 //! Serde contract (the wire shape; the on-disk layout is `state::record`'s): absent optional fields read as
 //! `None`; `None` is written as `null` so clients see a stable set of keys. Fields another tool wrote into a
@@ -314,9 +315,16 @@ impl Job {
 }
 
 /// A job's `usage` in herdctl's shape from Claude's final `result` message (its `modelUsage`, `num_turns`,
-/// `total_cost_usd`); `None` when the result says nothing per model.
+/// `total_cost_usd`); `None` when the result says nothing per model and has no cost. A cost without
+/// `modelUsage` (another runtime's result) still makes a `usage`, with an empty `per_model`, so that what
+/// the job cost counts towards its agent's totals and budget.
 pub fn usage_from_result(result: &serde_json::Value) -> Option<serde_json::Value> {
-    let models = result.get("modelUsage")?.as_object()?;
+    let no_models = serde_json::Map::new();
+    let models = match result.get("modelUsage") {
+        Some(models) => models.as_object()?,
+        None if result.get("total_cost_usd").is_some_and(|v| v.is_number()) => &no_models,
+        None => return None,
+    };
     let count = |usage: &serde_json::Value, key: &str| usage.get(key).and_then(|v| v.as_u64());
     let per_model: serde_json::Map<String, serde_json::Value> = models
         .iter()
@@ -340,6 +348,70 @@ pub fn usage_from_result(result: &serde_json::Value) -> Option<serde_json::Value
         }
     }
     Some(usage.into())
+}
+
+/// What jobs' `usage` adds up to: their cost and their tokens of every model, by kind. [`UsageTotals::of`]
+/// is one job's (`jobs: 1`); [`UsageTotals::add`] sums. Part of fleet query results, hence camelCase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageTotals {
+    /// Jobs counted.
+    pub jobs: u64,
+    pub cost_usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+impl UsageTotals {
+    /// One job's totals from its `usage` (herdctl's shape). A cost that is not a finite, non-negative
+    /// number counts as zero: a broken or hostile result must not lower what an agent has spent.
+    pub fn of(usage: &serde_json::Value) -> UsageTotals {
+        let cost = usage
+            .get("total_cost_usd")
+            .and_then(serde_json::Value::as_f64)
+            .filter(|cost| cost.is_finite() && *cost >= 0.0)
+            .unwrap_or(0.0);
+        let mut totals = UsageTotals {
+            jobs: 1,
+            cost_usd: cost,
+            ..UsageTotals::default()
+        };
+        let models = usage
+            .get("per_model")
+            .and_then(serde_json::Value::as_object);
+        for model in models.into_iter().flat_map(|models| models.values()) {
+            let count = |key: &str| {
+                model
+                    .get(key)
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0)
+            };
+            totals.input_tokens = totals.input_tokens.saturating_add(count("input_tokens"));
+            totals.output_tokens = totals.output_tokens.saturating_add(count("output_tokens"));
+            totals.cache_creation_input_tokens = totals
+                .cache_creation_input_tokens
+                .saturating_add(count("cache_creation_input_tokens"));
+            totals.cache_read_input_tokens = totals
+                .cache_read_input_tokens
+                .saturating_add(count("cache_read_input_tokens"));
+        }
+        totals
+    }
+
+    pub fn add(&mut self, other: &UsageTotals) {
+        self.jobs = self.jobs.saturating_add(other.jobs);
+        self.cost_usd += other.cost_usd;
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .saturating_add(other.cache_creation_input_tokens);
+        self.cache_read_input_tokens = self
+            .cache_read_input_tokens
+            .saturating_add(other.cache_read_input_tokens);
+    }
 }
 
 /// One line of a job's output file: `{"seq": 0, "ts": "…", "type": "assistant", …rest}`; `seq` counts from 0.
@@ -493,6 +565,45 @@ mod tests {
         assert_eq!(
             usage_from_result(&serde_json::json!({"num_turns": 1})),
             None
+        );
+        assert_eq!(
+            usage_from_result(&serde_json::json!({"num_turns": 1, "total_cost_usd": 0.5})),
+            Some(serde_json::json!({"per_model": {}, "num_turns": 1, "total_cost_usd": 0.5})),
+            "a cost without modelUsage still counts"
+        );
+    }
+
+    #[test]
+    fn usage_totals_sum_every_model_and_refuse_negative_costs() {
+        let usage = serde_json::json!({
+            "per_model": {
+                "a": {"input_tokens": 5, "output_tokens": 7, "cache_creation_input_tokens": 2,
+                      "cache_read_input_tokens": 1},
+                "b": {"input_tokens": 10, "output_tokens": 1}
+            },
+            "num_turns": 2, "total_cost_usd": 0.25
+        });
+        let one = UsageTotals::of(&usage);
+        assert_eq!(
+            one,
+            UsageTotals {
+                jobs: 1,
+                cost_usd: 0.25,
+                input_tokens: 15,
+                output_tokens: 8,
+                cache_creation_input_tokens: 2,
+                cache_read_input_tokens: 1
+            }
+        );
+        let mut sum = one;
+        sum.add(&UsageTotals::of(
+            &serde_json::json!({"total_cost_usd": -3.0}),
+        ));
+        assert_eq!((sum.jobs, sum.cost_usd, sum.input_tokens), (2, 0.25, 15));
+        assert_eq!(
+            serde_json::to_value(sum).unwrap(),
+            serde_json::json!({"jobs": 2, "costUsd": 0.25, "inputTokens": 15, "outputTokens": 8,
+                               "cacheCreationInputTokens": 2, "cacheReadInputTokens": 1})
         );
     }
 

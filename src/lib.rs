@@ -20,10 +20,12 @@
 //! - [`config`] — locate, read, interpolate (`${VAR}`), merge (`defaults`, `overrides`, sub-fleets) and
 //!   validate the configuration completely at load; `diff` for reload. Produces [`config::FleetConfig`].
 //!   Knows nothing of jobs or processes.
-//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, one output line. No I/O.
+//! - [`job`] — the job model shared by everyone: ids, statuses, exit reasons, one output line, what a
+//!   job's usage adds up to. No I/O.
 //!   (Its on-disk layout, shared with herdctl, is `state::record`.)
 //! - [`state`] — the state directory: single-instance lock, atomic durable writes, `state.yaml`, the job
-//!   store (records + JSONL output) with an in-memory index, session pointers. The directory is herdctl's
+//!   store (records + JSONL output) with an in-memory index (which also orders every finished job's usage
+//!   by agent and end, for cost totals), session pointers. The directory is herdctl's
 //!   (`.herdctl/`): files in herdctl's layouts are read in place and written in them. Synchronous file I/O
 //!   only.
 //! - [`scheduler`] — *when* schedules are due: a timer task behind a handle, an injectable clock. Sends
@@ -35,7 +37,8 @@
 //! - [`work_sources`] — where scheduled agents get work: GitHub issues fetched, claimed by label, completed
 //!   or released over the REST API with retries. Knows nothing of the fleet.
 //! - [`fleet`] — the FleetManager: lifecycle, queue and concurrency, job supervision, schedule fires,
-//!   reload, events, log bus, output streaming. The only module that wires the ones above together.
+//!   reload, cost totals and daily budgets, events, log bus, output streaming. The only module that wires
+//!   the ones above together.
 //! - [`metrics`] — the Prometheus registry, one per fleet (`FleetManager::metrics`): typed families the fleet
 //!   and `rpc` update where things happen (atomic increments; output counted per batch), fleet gauges and
 //!   `/proc/self` read at scrape time, `Metrics::encode` (text format 0.0.4). No sockets, no JSON-RPC.
@@ -52,10 +55,12 @@
 //! 1. A client sends `{"method":"trigger","params":{"agentName":"a"}}` on the socket. `rpc::transport`
 //!    sniffs the framing, dispatches to the method registered in `rpc::methods`, which parses the params and
 //!    calls [`fleet::FleetManager::trigger`].
-//! 2. The FleetManager validates the agent and schedule and creates a [`job::Job`] (its id drawn again while
-//!    a stored, active or still-being-written job has it); its record is staged
-//!    (written and fsynced, `state::JobStore::stage`) outside the fleet lock, then committed (renamed and
-//!    indexed) under it, and `job:created` is emitted. If the agent and the fleet have a free slot it starts
+//! 2. The FleetManager validates the agent and schedule, refuses the run (`BudgetExceeded`) when the
+//!    agent's jobs that finished in its current day already cost its `budget.daily_usd` and the call did
+//!    not pass `overBudget`, and creates a [`job::Job`] (its id drawn again while a stored, active or
+//!    still-being-written job has it); its record is staged (written and fsynced,
+//!    `state::JobStore::stage`) outside the fleet lock, then committed (renamed and indexed) under it, and
+//!    `job:created` is emitted. If the agent and the fleet have a free slot it starts
 //!    the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call returns the
 //!    job, `running` or `queued`, once the jobs directory is fsynced (`state::DirSync`: one fsync shared by
 //!    every record committed meanwhile).
@@ -70,7 +75,8 @@
 //!    text is appended to `jobs/<id>.jsonl` and flushed, then shared with every `streamJobOutput` reader
 //!    (`fleet::SerializedLine`); `job:output` events are built only when someone listens.
 //! 5. When the process tree is gone and its output drained, the runner's `RunOutcome` finalizes the record
-//!    (`completed`/`failed`/`cancelled` with exit reason; a resumed session Claude no longer has is cleared
+//!    (`completed`/`failed`/`cancelled` with exit reason and the result's usage, which the store's index
+//!    adds to the agent's totals; a resumed session Claude no longer has is cleared
 //!    and the job runs once more, fresh, first), updates schedule state and the agent's session pointer,
 //!    emits `agent:stopped` and `job:completed|failed|cancelled`, prunes history (the limits of the command
 //!    line, else of the fleet file's `defaults`; pruned jobs leave the index under the lock, and their files
@@ -80,7 +86,8 @@
 //!    back to its source (`work_sources`: close on success, release otherwise).
 //!
 //! A schedule fire enters at step 2 from the scheduler's `Fire` channel instead of an RPC call; over a limit it
-//! is skipped (`schedule:skipped`) rather than queued, unless its `overlap` says `queue`. A schedule with a
+//! is skipped (`schedule:skipped`) rather than queued, unless its `overlap` says `queue`, and once its
+//! agent's budget is spent for the day it is skipped with reason `budget`. A schedule with a
 //! `work_source` first claims the oldest eligible GitHub issue, outside the fleet's lock; no issue means
 //! `schedule:skipped {reason: no_work}`, and the issue becomes the job's prompt and `work_item`.
 //!
@@ -107,6 +114,8 @@
 //! - No shell between a prompt and a process: prompts travel on stdin, arguments are argv entries.
 //! - Event and log emission never blocks the fleet: bounded rings; slow readers are told they lagged.
 //! - Configuration is validated completely at load; nothing is validated lazily at fire time.
+//! - Cost totals and budget spend are summed from the job records (through the store's index), never kept
+//!   as counters of their own: a restart rebuilds them, and they cover exactly the records that exist.
 
 pub mod config;
 pub mod daemon;

@@ -17,8 +17,14 @@ fn queries_read_well_and_pass_json_through() {
 
     let status = daemon.run(&["status"]);
     assert_eq!(status.code, 0, "{status:?}");
+    // Labels are padded to the longest ("cost 7 days").
     assert!(
-        status.stdout.contains("fleet      running"),
+        status.stdout.contains("fleet        running"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("cost today   $0.00 (0 jobs;"),
         "{}",
         status.stdout
     );

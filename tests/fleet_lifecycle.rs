@@ -624,7 +624,7 @@ async fn fork_runs_the_modified_prompt() {
             original.id.as_str(),
             ForkOptions {
                 prompt: Some("modified".into()),
-                schedule: None,
+                ..ForkOptions::default()
             },
         )
         .await

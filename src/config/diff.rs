@@ -217,6 +217,12 @@ fn diff_agent(old: &AgentConfig, new: &AgentConfig, changes: &mut Vec<ConfigChan
     fields.shown("concurrency", &old.concurrency, &new.concurrency, |n| {
         n.map_or_else(|| "the fleet's default".to_string(), |n| n.to_string())
     });
+    fields.shown("timezone", &old.timezone, &new.timezone, |tz| {
+        tz.map_or_else(|| "the host's".to_string(), |tz| tz.name().to_string())
+    });
+    fields.shown("budget.daily_usd", &old.budget, &new.budget, |budget| {
+        budget.map_or_else(|| "none".to_string(), |b| b.daily_usd.to_string())
+    });
     fields.opaque("runtime", &old.runtime, &new.runtime);
     fields.shown("timeout", &old.timeout, &new.timeout, duration);
     fields.shown("stop_grace", &old.stop_grace, &new.stop_grace, |d| {
@@ -398,6 +404,29 @@ mod tests {
                 "agent:a:schedule:s:enabled changed",
                 "agent:a:schedule:s:jitter changed",
                 "agent:a:schedule:s:timeout changed",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_budget_or_time_zone_change_shows_both_values() {
+        let old = fleet(&[("a", "budget: {daily_usd: 5}\n")]);
+        let new = fleet(&[("a", "budget: {daily_usd: 7.5}\ntimezone: UTC\n")]);
+        let details: Vec<(String, Option<String>)> = diff(&old, &new)
+            .into_iter()
+            .map(|c| (c.to_string(), c.details))
+            .collect();
+        assert_eq!(
+            details,
+            [
+                (
+                    "agent:a:timezone changed".to_string(),
+                    Some("the host's → UTC".to_string())
+                ),
+                (
+                    "agent:a:budget.daily_usd changed".to_string(),
+                    Some("5 → 7.5".to_string())
+                ),
             ]
         );
     }

@@ -802,6 +802,90 @@ mod tests {
     }
 
     #[test]
+    fn budgets_come_from_defaults_unless_the_agent_sets_or_drops_its_own() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "defaults:\n  budget: {daily_usd: 5}\n  timezone: Asia/Tokyo\nagents: [{path: a.yaml}, {path: b.yaml}, {path: c.yaml}]\n",
+            ),
+            ("a.yaml", "name: a\n"),
+            ("b.yaml", "name: b\nbudget: {daily_usd: 0.25}\ntimezone: Europe/Berlin\n"),
+            ("c.yaml", "name: c\nbudget: null\n"),
+        ]);
+        let fleet = load_dir(dir.path(), &no_env).unwrap();
+        let budget = |name: &str| fleet.agent(name).unwrap().budget.map(|b| b.daily_usd);
+        assert_eq!(
+            (budget("a"), budget("b"), budget("c")),
+            (Some(5.0), Some(0.25), None)
+        );
+        let zone = |name: &str| fleet.agent(name).unwrap().timezone;
+        assert_eq!(zone("a"), Some(chrono_tz::Asia::Tokyo));
+        assert_eq!(zone("b"), Some(chrono_tz::Europe::Berlin));
+    }
+
+    #[test]
+    fn invalid_budgets_name_file_field_and_fix() {
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "agents: [{path: a.yaml}, {path: b.yaml}, {path: c.yaml}, {path: d.yaml}, {path: e.yaml}]\n",
+            ),
+            ("a.yaml", "name: a\nbudget: {daily_usd: -1}\n"),
+            ("b.yaml", "name: b\nbudget: {daily_usd: \"$5\"}\n"),
+            ("c.yaml", "name: c\nbudget: {daily: 5}\n"),
+            ("d.yaml", "name: d\nbudget: 5\n"),
+            ("e.yaml", "name: e\nbudget: {daily_usd: .inf}\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        for (file, path, text) in [
+            (
+                "a.yaml",
+                "budget.daily_usd",
+                "at least 0, such as 5 or 12.50",
+            ),
+            ("a.yaml", "budget.daily_usd", "got the number -1"),
+            (
+                "b.yaml",
+                "budget.daily_usd",
+                "without \"$\" or quotes), got the string \"$5\"",
+            ),
+            (
+                "c.yaml",
+                "budget.daily",
+                "unknown key \"daily\"; expected one of: daily_usd",
+            ),
+            ("c.yaml", "budget", "missing required key \"daily_usd\""),
+            ("d.yaml", "budget", "expected a mapping"),
+            ("e.yaml", "budget.daily_usd", "got the number .inf"),
+        ] {
+            assert!(
+                has(&errors, file, path, text),
+                "{file} {path} {text}: {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), 6, "{errors:#?}");
+
+        // A bad default is reported where it was written.
+        let dir = tree(&[
+            (
+                "herdctl.yaml",
+                "defaults: {budget: {daily_usd: many}}\nagents: [{path: a.yaml}]\n",
+            ),
+            ("a.yaml", "name: a\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        assert!(
+            has(
+                &errors,
+                "herdctl.yaml",
+                "defaults.budget.daily_usd",
+                "got the string \"many\""
+            ),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
     fn defaults_deep_merge_then_overrides_apply_arrays_replace() {
         let dir = tree(&[
             (

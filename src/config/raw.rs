@@ -67,6 +67,7 @@ pub const DEFAULTS_KEYS: &[&str] = &[
     "overlap",
     "catchup",
     "hooks",
+    "budget",
 ];
 
 /// herdctl's agent keys (after `workspace` became `working_directory`), then herdctld's extensions.
@@ -107,6 +108,7 @@ pub const AGENT_KEYS: &[&str] = &[
     "jitter",
     "overlap",
     "catchup",
+    "budget",
 ];
 
 /// herdctl's schedule keys (after `expression` became `cron`), then herdctld's extensions. herdctl's schedule
@@ -129,6 +131,8 @@ pub const SCHEDULE_KEYS: &[&str] = &[
 ];
 
 pub const IDENTITY_KEYS: &[&str] = &["name", "role", "personality"];
+/// herdctld extension `budget`.
+pub const BUDGET_KEYS: &[&str] = &["daily_usd"];
 pub const SESSION_KEYS: &[&str] = &["max_turns", "timeout", "model"];
 pub const INSTANCES_KEYS: &[&str] = &["max_concurrent"];
 pub const MCP_SERVER_KEYS: &[&str] = &[

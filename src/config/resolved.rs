@@ -120,6 +120,11 @@ pub struct AgentConfig {
     pub mcp_servers: Option<serde_json::Value>,
     pub setting_sources: Option<Vec<String>>,
     pub session: SessionConfig,
+    /// The agent's own `timezone` (or `defaults.timezone`), before schedules override it: the default of
+    /// its cron schedules and the day its budget counts in; `None` = the host's local time zone.
+    pub timezone: Option<chrono_tz::Tz>,
+    /// herdctld extension `budget`: what the agent's jobs may cost a day; `None` = no limit.
+    pub budget: Option<BudgetConfig>,
     /// Jobs of this agent allowed to run at once (`concurrency`, alias `instances.max_concurrent`, or
     /// `defaults.concurrency`); `None` = the fleet's per-agent default (`--per-agent`, else 1).
     pub concurrency: Option<u32>,
@@ -198,6 +203,14 @@ impl fmt::Display for PermissionMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// herdctld extension `budget: {daily_usd: N}` (agent or `defaults`; the agent's wins, `budget: null`
+/// drops the defaults').
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetConfig {
+    /// US dollars the agent's jobs may cost per calendar day of its time zone; finite and at least 0.
+    pub daily_usd: f64,
 }
 
 /// herdctl's `session` block. `timeout` is how long a Claude session may be resumed, not a run limit.

@@ -1,9 +1,9 @@
 //! Turning a merged agent tree into a validated [`AgentConfig`], collecting every problem instead of
 //! stopping at the first: wrong types, unknown keys (with a did-you-mean), bad names, durations, cron
-//! expressions, time zones, permission modes, repositories, runtimes, hooks, docker settings (herdctl's
-//! strict schema) and the sections herdctld does not implement (herdctl's value types). MCP servers are
-//! transformed here as herdctl transforms them for Claude. Errors are attributed to
-//! the file and path where the offending value was written (see `merge::Origins`).
+//! expressions, time zones, permission modes, repositories, runtimes, hooks, budgets, docker settings
+//! (herdctl's strict schema) and the sections herdctld does not implement (herdctl's value types). MCP
+//! servers are transformed here as herdctl transforms them for Claude. Errors are attributed to the file
+//! and path where the offending value was written (see `merge::Origins`).
 //!
 //! Reads no files (paths are resolved lexically, existence is not checked) and knows nothing of sub-fleets.
 
@@ -566,8 +566,9 @@ pub fn build_agent(
         .as_ref()
         .and_then(|value| build_work_source(value, "work_source", reader));
     let work_source_written = work_source_tree.map(|tree| (tree, work_source.clone()));
+    let timezone = reader.timezone(tree, "");
     let schedule_defaults = ScheduleDefaults {
-        timezone: reader.timezone(tree, ""),
+        timezone,
         jitter: reader.duration(tree, "jitter", ""),
         overlap: overlap(reader, tree, "").unwrap_or_default(),
         catchup: catchup(reader, tree, "").unwrap_or_default(),
@@ -597,6 +598,8 @@ pub fn build_agent(
         mcp_servers,
         setting_sources,
         session,
+        timezone,
+        budget: get(tree, "budget").and_then(|value| build_budget(value, reader)),
         concurrency,
         schedules,
         runtime,
@@ -621,6 +624,32 @@ pub fn build_agent(
         name: qualified.join("."),
         ..agent
     })
+}
+
+/// `budget: {daily_usd: N}`: a number of US dollars, at least 0 (0 lets no scheduled run start).
+fn build_budget(value: &Value, reader: &mut Reader<'_>) -> Option<BudgetConfig> {
+    let budget = reader.mapping(value, "budget", BUDGET_KEYS)?;
+    let Some(amount) = get(budget, "daily_usd") else {
+        reader.error(
+            "budget",
+            "missing required key \"daily_usd\": the US dollars the agent may spend a day, such as 5 or 12.50",
+        );
+        return None;
+    };
+    match amount.as_f64() {
+        Some(usd) if usd.is_finite() && usd >= 0.0 => Some(BudgetConfig { daily_usd: usd }),
+        _ => {
+            reader.error(
+                "budget.daily_usd",
+                format!(
+                    "expected US dollars per day as a number of at least 0, such as 5 or 12.50 (without \"$\" \
+                     or quotes), got {}",
+                    describe(amount)
+                ),
+            );
+            None
+        }
+    }
 }
 
 pub(super) fn positive_duration(

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::job::{Job, JobId, JobStatus, TerminationType, TriggerType};
 use crate::state::StagedRecord;
 
+use super::budget;
 use super::core::{state_error, Core, WhenFull};
 use super::error::{FleetError, FleetState};
 use super::events::FleetEvent;
@@ -46,6 +47,13 @@ impl FleetManager {
                 Some(name) => Some(find_schedule(agent_config, name)?),
                 None => None,
             };
+            budget::admit_manual(
+                core.store()?,
+                agent_config,
+                core.host_timezone,
+                self.options().clock.now(),
+                options.over_budget,
+            )?;
             let mut prompt = options
                 .prompt
                 .clone()
@@ -218,6 +226,13 @@ impl FleetManager {
             Some(name) => Some(find_schedule(agent, name)?),
             None => None,
         };
+        budget::admit_manual(
+            core.store()?,
+            agent,
+            core.host_timezone,
+            self.options().clock.now(),
+            options.over_budget,
+        )?;
         let prompt = options
             .prompt
             .clone()

@@ -46,6 +46,9 @@ pub(super) enum WhenFull {
 pub(super) struct Core {
     pub(super) lifecycle: FleetState,
     pub(super) config: Option<Arc<FleetConfig>>,
+    /// The host's time zone, resolved outside the lock at initialize and reload: the day of budgets and
+    /// totals of agents without a `timezone`, and of the fleet's totals.
+    pub(super) host_timezone: chrono_tz::Tz,
     /// Writes `state.yaml` and session pointers outside the lock; set with `state_dir`, and declared
     /// before it so that what it has pending is written before the directory's lock is released.
     pub(super) writer: Option<StateWriter>,
@@ -219,6 +222,8 @@ impl Core {
         Core {
             lifecycle: FleetState::Uninitialized,
             config: None,
+            // Replaced at initialize, before anything is counted in it.
+            host_timezone: chrono_tz::Tz::UTC,
             writer: None,
             state_dir: None,
             store: None,

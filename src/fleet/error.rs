@@ -90,11 +90,35 @@ pub enum FleetError {
         reason: String,
     },
 
+    #[error(
+        "agent {agent_name:?} has spent {} today ({day}, {timezone}), its daily budget is {}: pass \
+         overBudget: true (herdctl trigger|fork --over-budget) to run it anyway, or wait for the next day",
+        usd(*.spent_usd),
+        usd(*.daily_usd)
+    )]
+    BudgetExceeded {
+        agent_name: String,
+        spent_usd: f64,
+        daily_usd: f64,
+        /// The agent's current day, `YYYY-MM-DD` in `timezone`.
+        day: String,
+        timezone: String,
+    },
+
     #[error("state directory error at {path}: {message}")]
     State { path: String, message: String },
 
     #[error("invalid parameters: {message}")]
     InvalidParams { message: String },
+}
+
+/// Dollars with cents, and with tenths of a cent when less than a cent (a run of a cheap model).
+fn usd(amount: f64) -> String {
+    if amount > 0.0 && amount < 0.01 {
+        format!("${amount:.4}")
+    } else {
+        format!("${amount:.2}")
+    }
 }
 
 fn format_issues(issues: &[ValidationIssue]) -> String {
@@ -143,6 +167,7 @@ impl FleetError {
             FleetError::ConcurrencyLimit { .. } => 1006,
             FleetError::JobNotRunning { .. } => 1007,
             FleetError::State { .. } => 1008,
+            FleetError::BudgetExceeded { .. } => 1009,
             // A domain-level check of a parameter the wire format could not express (e.g. a range).
             FleetError::InvalidParams { .. } => -32602,
         }
@@ -159,6 +184,7 @@ impl FleetError {
             FleetError::ConcurrencyLimit { .. } => "CONCURRENCY_LIMIT",
             FleetError::JobNotRunning { .. } => "JOB_NOT_RUNNING",
             FleetError::State { .. } => "STATE_ERROR",
+            FleetError::BudgetExceeded { .. } => "BUDGET_EXCEEDED",
             FleetError::InvalidParams { .. } => "INVALID_PARAMS",
         }
     }
@@ -204,6 +230,15 @@ impl FleetError {
                 json!({"code": code, "jobId": job_id, "status": status})
             }
             FleetError::State { path, .. } => json!({"code": code, "path": path}),
+            FleetError::BudgetExceeded {
+                agent_name,
+                spent_usd,
+                daily_usd,
+                day,
+                timezone,
+            } => json!({"code": code, "agentName": agent_name, "spentUsd": spent_usd,
+                        "budgetUsd": daily_usd, "day": day, "timezone": timezone,
+                        "override": "overBudget"}),
             FleetError::InvalidParams { message } => json!({"code": code, "message": message}),
         }
     }
@@ -259,9 +294,19 @@ mod tests {
                 path: "/s".into(),
                 message: "m".into(),
             },
+            FleetError::BudgetExceeded {
+                agent_name: "a".into(),
+                spent_usd: 5.5,
+                daily_usd: 5.0,
+                day: "2026-03-02".into(),
+                timezone: "UTC".into(),
+            },
         ];
         let codes: Vec<i32> = errors.iter().map(FleetError::code).collect();
-        assert_eq!(codes, [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008]);
+        assert_eq!(
+            codes,
+            [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009]
+        );
         for error in &errors {
             assert_eq!(error.data()["code"], error.code_name());
         }
@@ -310,5 +355,23 @@ mod tests {
             "cannot start: the fleet is running, it must be initialized or stopped"
         );
         assert_eq!(e.data()["currentState"], "running");
+        let e = FleetError::BudgetExceeded {
+            agent_name: "coder".into(),
+            spent_usd: 0.004,
+            daily_usd: 0.0,
+            day: "2026-03-02".into(),
+            timezone: "Europe/Berlin".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "agent \"coder\" has spent $0.0040 today (2026-03-02, Europe/Berlin), its daily budget is \
+             $0.00: pass overBudget: true (herdctl trigger|fork --over-budget) to run it anyway, or wait \
+             for the next day"
+        );
+        assert_eq!(
+            e.data(),
+            json!({"code": "BUDGET_EXCEEDED", "agentName": "coder", "spentUsd": 0.004, "budgetUsd": 0.0,
+                   "day": "2026-03-02", "timezone": "Europe/Berlin", "override": "overBudget"})
+        );
     }
 }

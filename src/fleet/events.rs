@@ -96,6 +96,8 @@ pub enum SkipReason {
     AlreadyRunning,
     Stopping,
     NoWork,
+    /// The agent's jobs already cost its `budget.daily_usd` today.
+    Budget,
 }
 
 impl SkipReason {
@@ -107,6 +109,7 @@ impl SkipReason {
             SkipReason::AlreadyRunning => "already_running",
             SkipReason::Stopping => "stopping",
             SkipReason::NoWork => "no_work",
+            SkipReason::Budget => "budget",
         }
     }
 }

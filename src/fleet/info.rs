@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::job::Job;
+use crate::job::{Job, UsageTotals};
 
 use super::error::FleetState;
 
@@ -23,6 +23,41 @@ pub struct FleetStatus {
     pub jobs: JobCounts,
     pub scheduler: SchedulerStatus,
     pub limits: Limits,
+    /// What every job that finished today and in the last 7 days cost, days of the host's time zone;
+    /// null before initialization.
+    pub usage: Option<UsageReport>,
+}
+
+/// Cost and token totals of finished jobs, as calendar days of `timezone` (herdctld extension). Derived
+/// from the job records that exist: a pruned job leaves them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    pub timezone: String,
+    pub today: UsagePeriod,
+    /// Today and the 6 days before it.
+    pub last_7_days: UsagePeriod,
+}
+
+/// The jobs that finished from `since` until the end of today, and their usage summed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsagePeriod {
+    /// The period's first instant (a local midnight).
+    pub since: DateTime<Utc>,
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// An agent's daily budget (`budget.daily_usd`) and what its jobs cost today, days of its time zone.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetInfo {
+    pub daily_usd: f64,
+    pub spent_today: f64,
+    /// The spend reached the budget: scheduled runs are skipped (`budget`) and manual ones refused unless
+    /// they pass `overBudget`, until the next day.
+    pub reached: bool,
 }
 
 /// The limits in effect: construction options (the command line) over the fleet file over defaults.
@@ -95,6 +130,10 @@ pub struct AgentInfo {
     pub last_job: Option<Box<Job>>,
     pub last_session_id: Option<String>,
     pub schedules: Vec<ScheduleInfo>,
+    /// What this agent's jobs cost today and in the last 7 days, days of its time zone.
+    pub usage: UsageReport,
+    /// Null when the agent has no budget.
+    pub budget: Option<BudgetInfo>,
 }
 
 #[derive(Debug, Clone, Serialize)]

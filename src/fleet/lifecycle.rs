@@ -89,6 +89,7 @@ impl FleetManager {
         let history = self.options().history.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let config = config::load(requested.as_deref()).map_err(config_error)?;
+            let host_timezone = crate::scheduler::host_timezone();
             // Before the state directory is touched: a configuration refused must not have pruned.
             let work_sources = followup::work_sources(&config).map_err(|validation_errors| {
                 FleetError::Configuration {
@@ -138,6 +139,7 @@ impl FleetManager {
             };
             Ok::<_, FleetError>((
                 config,
+                host_timezone,
                 state_dir,
                 store,
                 issues,
@@ -156,6 +158,7 @@ impl FleetManager {
         })??;
         let (
             config,
+            host_timezone,
             state_dir,
             store,
             issues,
@@ -186,6 +189,7 @@ impl FleetManager {
             let mut core = self.core();
             self.require(&core, "initialize", &[FleetState::Uninitialized])?;
             core.config = Some(Arc::new(config));
+            core.host_timezone = host_timezone;
             core.writer = Some(StateWriter::start(&state_dir, self.events().clone()));
             core.state_dir = Some(state_dir);
             core.store = Some(store);
@@ -389,12 +393,14 @@ impl FleetManager {
             .config_path
             .clone()
             .unwrap_or_else(|| old.config_path.clone());
-        let new = tokio::task::spawn_blocking(move || config::load(Some(&path)))
-            .await
-            .map_err(|e| FleetError::State {
-                path: String::new(),
-                message: format!("reload task failed: {e}"),
-            })?;
+        let (new, host_timezone) = tokio::task::spawn_blocking(move || {
+            (config::load(Some(&path)), crate::scheduler::host_timezone())
+        })
+        .await
+        .map_err(|e| FleetError::State {
+            path: String::new(),
+            message: format!("reload task failed: {e}"),
+        })?;
         let built = new.map_err(config_error).and_then(|new| {
             let sources = followup::work_sources(&new).map_err(|validation_errors| {
                 FleetError::Configuration {
@@ -422,6 +428,7 @@ impl FleetManager {
         let (scheduler, removed, plans) = {
             let mut core = self.core();
             core.config = Some(new.clone());
+            core.host_timezone = host_timezone;
             core.work_sources = work_sources;
             // Queued jobs of removed agents can never run.
             let orphaned = core.jobs.dequeue_where(|q| new.agent(&q.agent).is_none());

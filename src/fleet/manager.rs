@@ -31,12 +31,17 @@ pub struct TriggerOptions {
     /// Start a new Claude session instead of continuing the agent's stored one (herdctl's `resume:
     /// null`). Without it a manual run resumes the agent's session while it is valid, as herdctl does.
     pub fresh_session: bool,
+    /// Run even though the agent's jobs already cost its daily budget today (otherwise refused with
+    /// [`FleetError::BudgetExceeded`]).
+    pub over_budget: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ForkOptions {
     pub prompt: Option<String>,
     pub schedule: Option<String>,
+    /// As [`TriggerOptions::over_budget`]: the fork is a new run of the agent.
+    pub over_budget: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -7,7 +7,8 @@
 //!   stop, flush, reload); `queries` (status, agents, jobs, schedules, queue, streams);
 //! - `admission` (trigger, fork, cancel; start now, queue or refuse), `schedules` (fires, enable/disable,
 //!   the scheduler's plans), `supervise` (a run: spawn, output pump, finalization, dispatching the queue);
-//! - `records` (a record's durable write split around the lock), `spec` (an agent's config as a run spec).
+//! - `records` (a record's durable write split around the lock), `spec` (an agent's config as a run spec),
+//!   `budget` (cost totals and daily budgets: an agent's day, its spend, the refusal of a run).
 //!
 //! Imports flow one way: `core` imports none of the operation modules, `manager` only `core`, and
 //! `supervise` never imports `admission` or `schedules`.
@@ -18,6 +19,7 @@
 //! start or end at the same time share the disk.
 
 mod admission;
+mod budget;
 mod core;
 mod error;
 mod events;
@@ -41,9 +43,9 @@ mod supervise;
 pub use error::{FleetError, FleetState, ValidationIssue};
 pub use events::{EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent};
 pub use info::{
-    AgentCounts, AgentInfo, AgentQueueInfo, CancelResult, FleetQueueInfo, FleetStatus, JobCounts,
-    JobList, Limits, NextTrigger, QueueInfo, QueuedJobInfo, ReloadResult, ScheduleInfo,
-    SchedulerStatus,
+    AgentCounts, AgentInfo, AgentQueueInfo, BudgetInfo, CancelResult, FleetQueueInfo, FleetStatus,
+    JobCounts, JobList, Limits, NextTrigger, QueueInfo, QueuedJobInfo, ReloadResult, ScheduleInfo,
+    SchedulerStatus, UsagePeriod, UsageReport,
 };
 pub use logs::{LogBus, LogEntry, LogFilter, LogItem, LogLayer, LogLevel, LogSubscription};
 pub use manager::{FleetManager, ForkOptions, JobQuery, StopOptions, TriggerOptions};

@@ -8,8 +8,9 @@ use chrono::Utc;
 use crate::config::{AgentConfig, ScheduleConfig, ScheduleKind};
 use crate::job::{Job, JobStatus};
 use crate::scheduler::ScheduleKey;
-use crate::state::JobFilter;
+use crate::state::{JobFilter, JobStore};
 
+use super::budget;
 use super::core::{state_error, Core};
 use super::error::FleetError;
 use super::info::*;
@@ -72,6 +73,11 @@ impl FleetManager {
                 })
             })
             .min_by_key(|n| n.at);
+        let now = self.options().clock.now();
+        let usage = core
+            .store
+            .as_ref()
+            .map(|store| budget::report(store, None, core.host_timezone, now));
         FleetStatus {
             state: core.lifecycle,
             uptime,
@@ -96,6 +102,7 @@ impl FleetManager {
                 active_schedules,
             },
             limits,
+            usage,
         }
     }
 
@@ -103,10 +110,11 @@ impl FleetManager {
         let plan = self.scheduler_plan().await;
         let core = self.core();
         let config = core.config()?.clone();
+        let store = core.store()?;
         Ok(config
             .agents
             .iter()
-            .map(|agent| self.agent_info(&core, &plan, agent))
+            .map(|agent| self.agent_info(&core, store, &plan, agent))
             .collect())
     }
 
@@ -115,7 +123,7 @@ impl FleetManager {
         let core = self.core();
         let config = core.config()?.clone();
         let agent = find_agent(&config, name)?;
-        Ok(self.agent_info(&core, &plan, agent))
+        Ok(self.agent_info(&core, core.store()?, &plan, agent))
     }
 
     /// Next due instant of every schedule that will fire (empty when the scheduler is not running).
@@ -127,25 +135,31 @@ impl FleetManager {
         }
     }
 
-    fn agent_info(&self, core: &Core, plan: &Plan, agent: &AgentConfig) -> AgentInfo {
+    fn agent_info(
+        &self,
+        core: &Core,
+        store: &JobStore,
+        plan: &Plan,
+        agent: &AgentConfig,
+    ) -> AgentInfo {
         let current_jobs: Vec<String> = core
             .jobs
             .iter()
             .filter(|a| a.job.agent == agent.name && a.job.status == JobStatus::Running)
             .map(|a| a.job.id.to_string())
             .collect();
-        let last_job = core.store.as_ref().and_then(|store| {
-            store
-                .list(&JobFilter {
-                    agent: Some(agent.name.clone()),
-                    limit: 1,
-                    ..JobFilter::default()
-                })
-                .jobs
-                .into_iter()
-                .next()
-                .map(Box::new)
-        });
+        let last_job = store
+            .list(&JobFilter {
+                agent: Some(agent.name.clone()),
+                limit: 1,
+                ..JobFilter::default()
+            })
+            .jobs
+            .into_iter()
+            .next()
+            .map(Box::new);
+        let now = self.options().clock.now();
+        let timezone = budget::agent_timezone(agent, core.host_timezone);
         AgentInfo {
             name: agent.name.clone(),
             local_name: agent.local_name.clone(),
@@ -165,6 +179,8 @@ impl FleetManager {
             last_job,
             last_session_id: core.sessions.current(&agent.name).map(str::to_owned),
             schedules: self.schedule_infos(core, plan, Some(&agent.name)),
+            usage: budget::report(store, Some(&agent.name), timezone, now),
+            budget: budget::Spend::of(store, agent, core.host_timezone, now).map(|s| s.info()),
         }
     }
 

@@ -11,6 +11,7 @@ use crate::job::{Job, TriggerType};
 use crate::scheduler::{Fire, ScheduleKey, SchedulerHandle};
 
 use super::admission;
+use super::budget;
 use super::core::{Core, WhenFull};
 use super::error::{FleetError, FleetState};
 use super::events::{FleetEvent, SkipReason};
@@ -160,6 +161,15 @@ impl FleetManager {
         };
         if !effective_enabled(schedule, core.persisted.schedule(&key.agent, &key.schedule)) {
             return Err(SkipReason::Disabled);
+        }
+        let spend = core.store.as_ref().and_then(|store| {
+            budget::Spend::of(store, agent, core.host_timezone, self.options().clock.now())
+        });
+        if let Some(spend) = spend.filter(budget::Spend::reached) {
+            tracing::info!(agent = %key.agent, schedule = %key.schedule, spent_usd = spend.spent_usd,
+                daily_usd = spend.daily_usd, day = %spend.day, timezone = %spend.timezone,
+                "the agent's daily budget is spent: the scheduled run waits for the next day");
+            return Err(SkipReason::Budget);
         }
         let previous_still_going = core.jobs.iter().any(|a| {
             a.job.agent == key.agent && a.job.schedule.as_deref() == Some(key.schedule.as_str())

@@ -164,6 +164,8 @@ struct TriggerParams {
     priority: Option<u8>,
     #[serde(default)]
     fresh_session: bool,
+    #[serde(default)]
+    over_budget: bool,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +181,8 @@ struct ForkParams {
     id: String,
     prompt: Option<String>,
     schedule_name: Option<String>,
+    #[serde(default)]
+    over_budget: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -326,6 +330,7 @@ fn register(
                 "workItems",
                 "priority",
                 "freshSession",
+                "overBudget",
             ],
         )?;
         let job = fleet
@@ -337,6 +342,7 @@ fn register(
                     work_items: p.work_items,
                     priority: p.priority,
                     fresh_session: p.fresh_session,
+                    over_budget: p.over_budget,
                 },
             )
             .await
@@ -352,13 +358,14 @@ fn register(
         to_value(result)
     })?;
     module.register_async_method("forkJob", |params, fleet, _| async move {
-        let p: ForkParams = parse(&params, &["id", "prompt", "scheduleName"])?;
+        let p: ForkParams = parse(&params, &["id", "prompt", "scheduleName", "overBudget"])?;
         let job = fleet
             .fork_job(
                 &p.id,
                 ForkOptions {
                     prompt: p.prompt,
                     schedule: p.schedule_name,
+                    over_budget: p.over_budget,
                 },
             )
             .await

@@ -2,7 +2,9 @@
 //! in-memory index so queries never rescan the directory or reparse records.
 //!
 //! The index holds, per job, only what queries filter and sort on (created_at, id, agent, status) and
-//! the record's inode; full records are read from their YAML for the page a query returns. Start-up
+//! the record's inode; full records are read from their YAML for the page a query returns. Beside it, the
+//! usage of every finished job that reported one, per agent and ordered by the job's end, so cost totals
+//! over a period ([`JobStore::usage_between`]) read only that period's jobs and never a file. Start-up
 //! reads one `readdir` and the `index.tsv` journal (see [`super::journal`]) and parses only the
 //! records the journal does not describe exactly, so opening 100,000 jobs takes a fraction of a second.
 //! A record that does not parse is moved aside and reported; records whose file vanished are dropped.
@@ -34,7 +36,7 @@ use super::journal;
 use super::output::{self, OutputWriter};
 use super::record;
 use super::StateError;
-use crate::job::{Job, JobId, JobStatus, OutputLine};
+use crate::job::{Job, JobId, JobStatus, OutputLine, UsageTotals};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// File name of the index journal inside the jobs directory.
@@ -169,9 +171,13 @@ struct Summary {
 
 type OrderKey = (DateTime<Utc>, JobId);
 
+/// Usage of one agent's finished jobs by `(finished_at, id)`.
+type UsageByEnd = BTreeMap<OrderKey, UsageTotals>;
+
 fn journal_entry<'a>(
     (created_at, id): &'a OrderKey,
     summary: &'a Summary,
+    usage: Option<UsageTotals>,
 ) -> journal::JournalEntry<'a> {
     journal::JournalEntry {
         id: id.as_str(),
@@ -180,6 +186,7 @@ fn journal_entry<'a>(
         finished_at: summary.finished_at,
         herdctl: summary.herdctl,
         inode: summary.inode,
+        usage,
         agent: &summary.agent,
     }
 }
@@ -251,6 +258,8 @@ pub struct JobStore {
     journal_needs_rewrite: bool,
     by_order: BTreeMap<OrderKey, Summary>,
     created_at_by_id: FxHashMap<JobId, DateTime<Utc>>,
+    /// Per agent, the usage of its finished jobs that have one; kept in step with `by_order`.
+    usage: FxHashMap<Arc<str>, UsageByEnd>,
     counts: JobCounts,
     /// Agent names shared by every summary of the same agent.
     agent_names: FxHashSet<Arc<str>>,
@@ -275,6 +284,7 @@ impl JobStore {
             journal_needs_rewrite: false,
             by_order: BTreeMap::new(),
             created_at_by_id: FxHashMap::default(),
+            usage: FxHashMap::default(),
             counts: JobCounts::default(),
             agent_names: FxHashSet::default(),
         };
@@ -324,7 +334,7 @@ impl JobStore {
                         herdctl: known.herdctl,
                         inode: known.inode,
                     };
-                    covered.push(((known.created_at, id), summary));
+                    covered.push(((known.created_at, id), summary, known.usage));
                 }
                 _ => uncovered.push(id),
             }
@@ -349,13 +359,22 @@ impl JobStore {
     }
 
     /// Bulk-loads an empty index (sorting once is far cheaper than 100,000 ordered inserts).
-    fn load_summaries(&mut self, summaries: Vec<(OrderKey, Summary)>) {
+    fn load_summaries(&mut self, summaries: Vec<(OrderKey, Summary, Option<UsageTotals>)>) {
         self.created_at_by_id.reserve(summaries.len());
-        for ((created_at, id), summary) in &summaries {
+        for ((created_at, id), summary, usage) in &summaries {
             self.created_at_by_id.insert(id.clone(), *created_at);
             *self.counts.slot(summary.status) += 1;
+            if let (Some(finished_at), Some(usage)) = (summary.finished_at, usage) {
+                self.usage
+                    .entry(Arc::clone(&summary.agent))
+                    .or_default()
+                    .insert((finished_at, id.clone()), *usage);
+            }
         }
-        self.by_order = summaries.into_iter().collect();
+        self.by_order = summaries
+            .into_iter()
+            .map(|(key, summary, _)| (key, summary))
+            .collect();
     }
 
     fn shared_agent_name(&mut self, agent: &str) -> Arc<str> {
@@ -467,8 +486,9 @@ impl JobStore {
         let Some(summary) = self.by_order.get(&key) else {
             return Ok(());
         };
-        let mut line = Vec::with_capacity(128);
-        if !journal::push_line(&mut line, &journal_entry(&key, summary)) {
+        let mut line = Vec::with_capacity(160);
+        let usage = self.usage_of(&key.1, summary);
+        if !journal::push_line(&mut line, &journal_entry(&key, summary, usage)) {
             return Ok(());
         }
         let appended = self.append_to_journal(&line);
@@ -512,7 +532,8 @@ impl JobStore {
         bytes.extend_from_slice(journal::HEADER.as_bytes());
         let mut lines = 0;
         for (key, summary) in &self.by_order {
-            if journal::push_line(&mut bytes, &journal_entry(key, summary)) {
+            let usage = self.usage_of(&key.1, summary);
+            if journal::push_line(&mut bytes, &journal_entry(key, summary, usage)) {
                 lines += 1;
             }
         }
@@ -529,6 +550,12 @@ impl JobStore {
         let agent = self.shared_agent_name(&job.agent);
         *self.counts.slot(job.status) += 1;
         self.created_at_by_id.insert(job.id.clone(), job.created_at);
+        if let (Some(finished_at), Some(usage)) = (job.finished_at, job.usage.as_ref()) {
+            self.usage
+                .entry(Arc::clone(&agent))
+                .or_default()
+                .insert((finished_at, job.id.clone()), UsageTotals::of(usage));
+        }
         self.by_order.insert(
             (job.created_at, job.id.clone()),
             Summary {
@@ -547,8 +574,54 @@ impl JobStore {
         };
         if let Some(old) = self.by_order.remove(&(created_at, id.clone())) {
             *self.counts.slot(old.status) -= 1;
+            if let (Some(finished_at), Some(usage)) =
+                (old.finished_at, self.usage.get_mut(&old.agent))
+            {
+                usage.remove(&(finished_at, id.clone()));
+                if usage.is_empty() {
+                    self.usage.remove(&old.agent);
+                }
+            }
         }
         true
+    }
+
+    /// The usage indexed for job `id`, described by `summary`.
+    fn usage_of(&self, id: &JobId, summary: &Summary) -> Option<UsageTotals> {
+        let finished_at = summary.finished_at?;
+        self.usage
+            .get(&summary.agent)?
+            .get(&(finished_at, id.clone()))
+            .copied()
+    }
+
+    /// The usage of the jobs of `agent` (of every agent with `None`) that finished in `[since, until)`,
+    /// from the index alone. Jobs without a `usage` in their record are not counted (not in `jobs`
+    /// either); pruned jobs are gone from it like from every query.
+    pub fn usage_between(
+        &self,
+        agent: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> UsageTotals {
+        let mut totals = UsageTotals::default();
+        if since >= until {
+            return totals;
+        }
+        let range = (
+            Bound::Included((since, JobId::lowest())),
+            Bound::Excluded((until, JobId::lowest())),
+        );
+        let agents: Box<dyn Iterator<Item = &UsageByEnd>> = match agent {
+            Some(name) => Box::new(self.usage.get(name).into_iter()),
+            None => Box::new(self.usage.values()),
+        };
+        for by_end in agents {
+            for usage in by_end.range(range.clone()).map(|(_, usage)| usage) {
+                totals.add(usage);
+            }
+        }
+        totals
     }
 
     pub fn contains(&self, id: &JobId) -> bool {
@@ -1266,6 +1339,89 @@ mod tests {
         files.delete().unwrap();
         assert!(!store.output_path(&id(1)).exists());
         assert!(!store.record_path(&id(1)).exists());
+    }
+
+    /// A finished job of `agent` that ended at `second` and cost `cost` with 10 input tokens.
+    fn costly(n: u32, agent: &str, second: i64, cost: f64) -> Job {
+        let mut job = job(n, agent, second - 1, JobStatus::Completed);
+        job.usage = Some(serde_json::json!({
+            "per_model": {"m": {"input_tokens": 10, "output_tokens": 1,
+                                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2}},
+            "total_cost_usd": cost
+        }));
+        job
+    }
+
+    #[test]
+    fn usage_sums_by_agent_and_end_time_and_survives_reopen_with_or_without_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(dir.path());
+        for job in [
+            costly(1, "a", 100, 1.0),
+            costly(2, "a", 200, 2.0),
+            costly(3, "b", 200, 4.0),
+            job(4, "a", 250, JobStatus::Completed),
+        ] {
+            store.put(&job).unwrap();
+        }
+        // Still running: no end, not counted until its final record.
+        let mut running = costly(5, "a", 300, 8.0);
+        running.status = JobStatus::Running;
+        running.finished_at = None;
+        store.put(&running).unwrap();
+        let check = |store: &JobStore, what: &str| {
+            let a = store.usage_between(Some("a"), at(0), at(1000));
+            assert_eq!((a.jobs, a.cost_usd, a.input_tokens), (2, 3.0, 20), "{what}");
+            assert_eq!(a.cache_read_input_tokens, 4, "{what}");
+            let everyone = store.usage_between(None, at(0), at(1000));
+            assert_eq!((everyone.jobs, everyone.cost_usd), (3, 7.0), "{what}");
+            // [since, until): the end at 200 is in the second window only.
+            assert_eq!(
+                store.usage_between(Some("a"), at(0), at(200)).cost_usd,
+                1.0,
+                "{what}"
+            );
+            assert_eq!(
+                store.usage_between(Some("a"), at(200), at(201)).cost_usd,
+                2.0,
+                "{what}"
+            );
+            assert_eq!(
+                store.usage_between(Some("c"), at(0), at(1000)).jobs,
+                0,
+                "{what}"
+            );
+            assert_eq!(store.usage_between(None, at(1000), at(0)).jobs, 0, "{what}");
+        };
+        check(&store, "written");
+        drop(store);
+
+        let journal_inode = || fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().ino();
+        let before = journal_inode();
+        let (store, _) = open(dir.path());
+        check(&store, "from the journal");
+        assert_eq!(
+            journal_inode(),
+            before,
+            "the journal was exact: no record was read"
+        );
+        drop(store);
+        fs::remove_file(dir.path().join(JOURNAL_FILE)).unwrap();
+        let (store, _) = open(dir.path());
+        check(&store, "from the records");
+        drop(store);
+        let (mut store, _) = open(dir.path());
+        check(&store, "from the rebuilt journal");
+
+        // A rewritten record replaces its usage; a forgotten one leaves the totals.
+        store.put(&costly(2, "a", 200, 0.5)).unwrap();
+        assert_eq!(
+            store.usage_between(Some("a"), at(0), at(1000)).cost_usd,
+            1.5
+        );
+        let _files = store.forget(&[id(1), id(2)]);
+        assert_eq!(store.usage_between(Some("a"), at(0), at(1000)).jobs, 0);
+        assert_eq!(store.usage_between(None, at(0), at(1000)).cost_usd, 4.0);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! A header line [`HEADER`], then one line per record version, appended after every record write:
 //! `<id> TAB <status> TAB <created_at in ns since the epoch> TAB <finished_at in ns, or -> TAB <origin: h
-//! (herdctl wrote the record first) or d> TAB <inode of <id>.yaml> TAB <agent> LF`. The agent comes last
-//! because it may hold a tab. Later lines win. It is hand-parsed tab-separated text rather than JSON
+//! (herdctl wrote the record first) or d> TAB <inode of <id>.yaml> TAB <usage, or -> TAB <agent> LF`, where
+//! usage is `<cost in USD>,<input>,<output>,<cache creation input>,<cache read input tokens>` (what the
+//! job's `usage` adds to totals). The agent comes last because it may hold a tab. Later lines win. It is hand-parsed tab-separated text rather than JSON
 //! because start-up reads 100,000 of these lines and every microsecond per line shows. A journal of an
 //! older version (another header) is rebuilt from the records once.
 //!
@@ -16,11 +17,11 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::job::JobStatus;
+use crate::job::{JobStatus, UsageTotals};
 
 /// First line of the journal; a file with another first line is rebuilt. v2 added the finish time and
-/// the origin (what retention needs).
-pub(crate) const HEADER: &str = "herdctld job index v2\n";
+/// the origin (what retention needs), v3 the usage (what cost totals and budgets need).
+pub(crate) const HEADER: &str = "herdctld job index v3\n";
 
 /// One journal line, borrowing from the journal bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,8 @@ pub(crate) struct JournalEntry<'a> {
     /// herdctl wrote the record first.
     pub herdctl: bool,
     pub inode: u64,
+    /// What the record's `usage` adds to totals (`jobs` is 1).
+    pub usage: Option<UsageTotals>,
     pub agent: &'a str,
 }
 
@@ -51,8 +54,20 @@ pub(crate) fn push_line(out: &mut Vec<u8>, entry: &JournalEntry<'_>) -> bool {
         return false;
     }
     let origin = if entry.herdctl { 'h' } else { 'd' };
+    // `{}` of an f64 is the shortest text that parses back to the same number.
+    let usage = match &entry.usage {
+        None => "-".to_owned(),
+        Some(u) => format!(
+            "{},{},{},{},{}",
+            u.cost_usd,
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_creation_input_tokens,
+            u.cache_read_input_tokens
+        ),
+    };
     let line = format!(
-        "{}\t{}\t{created}\t{finished}\t{origin}\t{}\t{}\n",
+        "{}\t{}\t{created}\t{finished}\t{origin}\t{}\t{usage}\t{}\n",
         entry.id,
         entry.status.as_str(),
         entry.inode,
@@ -107,7 +122,7 @@ pub(crate) fn parse(bytes: &[u8]) -> ParsedJournal<'_> {
 }
 
 fn parse_line(line: &str) -> Option<JournalEntry<'_>> {
-    let mut fields = line.splitn(7, '\t');
+    let mut fields = line.splitn(8, '\t');
     let id = fields.next()?;
     let status = match fields.next()? {
         "queued" => JobStatus::Queued,
@@ -128,6 +143,10 @@ fn parse_line(line: &str) -> Option<JournalEntry<'_>> {
         _ => return None,
     };
     let inode = fields.next()?.parse().ok()?;
+    let usage = match fields.next()? {
+        "-" => None,
+        text => Some(parse_usage(text)?),
+    };
     let agent = fields.next()?;
     Some(JournalEntry {
         id,
@@ -136,8 +155,25 @@ fn parse_line(line: &str) -> Option<JournalEntry<'_>> {
         finished_at,
         herdctl,
         inode,
+        usage,
         agent,
     })
+}
+
+fn parse_usage(text: &str) -> Option<UsageTotals> {
+    let mut numbers = text.split(',');
+    let cost_usd: f64 = numbers.next()?.parse().ok()?;
+    let mut count = || numbers.next()?.parse::<u64>().ok();
+    let usage = UsageTotals {
+        jobs: 1,
+        cost_usd,
+        input_tokens: count()?,
+        output_tokens: count()?,
+        cache_creation_input_tokens: count()?,
+        cache_read_input_tokens: count()?,
+    };
+    // What `UsageTotals::of` never makes is a line someone else wrote: read the record instead.
+    (numbers.next().is_none() && cost_usd.is_finite() && cost_usd >= 0.0).then_some(usage)
 }
 
 #[cfg(test)]
@@ -161,6 +197,7 @@ mod tests {
             finished_at: None,
             herdctl: false,
             inode: 1,
+            usage: None,
             agent,
         }
     }
@@ -179,6 +216,14 @@ mod tests {
             finished_at: Some(finished),
             herdctl: true,
             inode: 8,
+            usage: Some(UsageTotals {
+                jobs: 1,
+                cost_usd: 0.1 + 0.2,
+                input_tokens: 1,
+                output_tokens: 2,
+                cache_creation_input_tokens: 3,
+                cache_read_input_tokens: u64::MAX,
+            }),
             ..entry(id, JobStatus::Completed, created, "sub.agent\twith tab")
         };
         assert!(push_line(&mut lines, &running));
@@ -215,12 +260,29 @@ mod tests {
     }
 
     #[test]
+    fn a_usage_field_that_is_not_ours_marks_the_journal_damaged() {
+        for usage in [
+            "1,2,3,4",
+            "1,2,3,4,5,6",
+            "-1,0,0,0,0",
+            "NaN,0,0,0,0",
+            "x,0,0,0,0",
+        ] {
+            let line = format!("job-2025-01-01-abc123\tcompleted\t1\t2\td\t7\t{usage}\ta\n");
+            let bytes = journal(line.as_bytes());
+            let parsed = parse(&bytes);
+            assert!(parsed.damaged && parsed.entries.is_empty(), "{usage}");
+        }
+    }
+
+    #[test]
     fn a_missing_or_foreign_header_means_rebuild() {
         assert!(parse(b"").damaged);
         assert!(
             parse(b"herdctld job index v1\n").damaged,
             "an older version"
         );
+        assert!(parse(b"herdctld job index v2\n").damaged, "without usage");
         assert!(!parse(HEADER.as_bytes()).damaged);
     }
 

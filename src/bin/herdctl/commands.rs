@@ -203,6 +203,7 @@ impl Session {
                 prompt,
                 priority,
                 fresh,
+                over_budget,
                 wait,
             } => {
                 let request = params(&[
@@ -211,6 +212,7 @@ impl Session {
                     ("prompt", prompt.map(Value::from)),
                     ("priority", priority.map(Value::from)),
                     ("freshSession", fresh.then_some(Value::Bool(true))),
+                    ("overBudget", over_budget.then_some(Value::Bool(true))),
                 ]);
                 self.trigger(&agent, request, wait).await
             }
@@ -238,11 +240,13 @@ impl Session {
                 id,
                 prompt,
                 schedule,
+                over_budget,
             } => {
                 let request = params(&[
                     ("id", Some(json!(id))),
                     ("prompt", prompt.map(Value::from)),
                     ("scheduleName", schedule.map(Value::from)),
+                    ("overBudget", over_budget.then_some(Value::Bool(true))),
                 ]);
                 let job = self.client.call("forkJob", request).await?;
                 self.show(&job, |style, v| {

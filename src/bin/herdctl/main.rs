@@ -44,10 +44,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Fleet state, uptime, agent and job counts, and the next scheduled run.
+    /// Fleet state, uptime, agent and job counts, the next scheduled run, and what jobs cost today and in
+    /// the last 7 days.
     #[command(after_help = "Example:\n  herdctl status")]
     Status,
-    /// All agents with their state, running and queued jobs, schedules and last job.
+    /// All agents with their state, running and queued jobs, schedules, last job, and cost today (against
+    /// the daily budget) and in the last 7 days.
     #[command(after_help = "Example:\n  herdctl agents")]
     Agents,
     /// One agent in detail, with its schedules.
@@ -88,7 +90,7 @@ pub enum Command {
     },
     /// Start a job of an agent now (it queues when the agent is at its concurrency limit).
     #[command(
-        after_help = "Examples:\n  herdctl trigger greeter\n  herdctl trigger greeter hello --wait\n  herdctl trigger slow-worker --prompt 'Work on the backlog' --priority 1\n\nWith --wait the job's output streams live and the exit code is the job's outcome:\n0 completed, 1 failed, 130 cancelled. Ctrl-C stops waiting and leaves the job running.\nWith --json --wait, stdout gets the finished job record."
+        after_help = "Examples:\n  herdctl trigger greeter\n  herdctl trigger greeter hello --wait\n  herdctl trigger slow-worker --prompt 'Work on the backlog' --priority 1\n  herdctl trigger coder --over-budget\n\nWith --wait the job's output streams live and the exit code is the job's outcome:\n0 completed, 1 failed, 130 cancelled. Ctrl-C stops waiting and leaves the job running.\nWith --json --wait, stdout gets the finished job record."
     )]
     Trigger {
         agent: String,
@@ -103,6 +105,9 @@ pub enum Command {
         /// Start a new Claude session instead of continuing the agent's last one.
         #[arg(long)]
         fresh: bool,
+        /// Run even though the agent's jobs already cost its daily budget today.
+        #[arg(long)]
+        over_budget: bool,
         /// Stream the job's output and exit with its outcome.
         #[arg(long, short = 'w')]
         wait: bool,
@@ -129,6 +134,9 @@ pub enum Command {
         /// Run the new job as this schedule.
         #[arg(long)]
         schedule: Option<String>,
+        /// Run even though the agent's jobs already cost its daily budget today.
+        #[arg(long)]
+        over_budget: bool,
     },
     /// Every schedule with its next and last run.
     #[command(after_help = "Example:\n  herdctl schedules")]

@@ -37,6 +37,75 @@ fn or_dash(text: &str) -> String {
     }
 }
 
+/// US dollars with cents, and with tenths of a cent below a cent (a run of a cheap model).
+fn usd(amount: f64) -> String {
+    if amount > 0.0 && amount < 0.01 {
+        format!("${amount:.4}")
+    } else {
+        format!("${amount:.2}")
+    }
+}
+
+/// A token count in a few characters: 950, 12.3k, 4.5M.
+fn tokens(n: u64) -> String {
+    match n {
+        0..=999 => n.to_string(),
+        1_000..=999_999 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
+/// One period of a usage report (`usage.today`, `usage.last7Days`): cost, jobs and tokens by kind.
+fn usage_period(usage: &Value, period: &str) -> String {
+    let Some(totals) = usage.get(period).filter(|t| t.is_object()) else {
+        return "-".to_owned();
+    };
+    let cost = totals.get("costUsd").and_then(Value::as_f64).unwrap_or(0.0);
+    let jobs = count(totals, "/jobs");
+    let plural = if jobs == 1 { "" } else { "s" };
+    format!(
+        "{} ({jobs} job{plural}; tokens {} in, {} out, {} cache write, {} cache read)",
+        usd(cost),
+        tokens(count(totals, "/inputTokens")),
+        tokens(count(totals, "/outputTokens")),
+        tokens(count(totals, "/cacheCreationInputTokens")),
+        tokens(count(totals, "/cacheReadInputTokens")),
+    )
+}
+
+/// The cost rows of a status or agent view; none when the daemon reports no usage.
+fn usage_rows(value: &Value) -> Vec<(&'static str, String)> {
+    let Some(usage) = value.get("usage").filter(|u| u.is_object()) else {
+        return Vec::new();
+    };
+    let zone = text(usage, "timezone");
+    vec![
+        (
+            "cost today",
+            format!("{} [{zone}]", usage_period(usage, "today")),
+        ),
+        ("cost 7 days", usage_period(usage, "last7Days")),
+    ]
+}
+
+/// `$1.20 of $5.00`, red once the budget is reached; `-` without a budget.
+fn budget_cell(style: Style, agent: &Value) -> String {
+    let Some(budget) = agent.get("budget").filter(|b| b.is_object()) else {
+        return "-".to_owned();
+    };
+    let amount = |key: &str| budget.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+    let cell = format!(
+        "{} of {}",
+        usd(amount("spentToday")),
+        usd(amount("dailyUsd"))
+    );
+    if budget.get("reached").and_then(Value::as_bool) == Some(true) {
+        style.red(&format!("{cell}, reached"))
+    } else {
+        cell
+    }
+}
+
 /// Label/value lines with the labels padded to one width.
 fn fields(style: Style, rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
@@ -62,7 +131,7 @@ pub fn status(style: Style, status: &Value, now: DateTime<Utc>) -> String {
         ),
         _ => "-".to_owned(),
     };
-    let rows = [
+    let mut rows = vec![
         ("fleet", state_line),
         ("config", or_dash(text(status, "configPath"))),
         ("state dir", or_dash(text(status, "stateDir"))),
@@ -94,6 +163,7 @@ pub fn status(style: Style, status: &Value, now: DateTime<Utc>) -> String {
             ),
         ),
     ];
+    rows.extend(usage_rows(status));
     fields(style, &rows)
 }
 
@@ -106,6 +176,16 @@ fn last_job_cell(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
         ),
         _ => "-".to_owned(),
     }
+}
+
+/// The cost of an agent's `usage` period, `-` when the daemon reports none.
+fn period_cost(agent: &Value, period: &str) -> String {
+    agent
+        .get("usage")
+        .and_then(|usage| usage.get(period))
+        .and_then(|totals| totals.get("costUsd"))
+        .and_then(Value::as_f64)
+        .map_or_else(|| "-".to_owned(), usd)
 }
 
 fn schedule_names(agent: &Value) -> String {
@@ -128,6 +208,9 @@ pub fn agents(style: Style, agents: &Value, now: DateTime<Utc>) -> String {
             "QUEUED",
             "SCHEDULES",
             "LAST JOB",
+            "COST TODAY",
+            "COST 7D",
+            "BUDGET TODAY",
         ],
     );
     for agent in agents.as_array().into_iter().flatten() {
@@ -143,6 +226,9 @@ pub fn agents(style: Style, agents: &Value, now: DateTime<Utc>) -> String {
             count(agent, "/queuedJobs").to_string(),
             schedule_names(agent),
             last_job_cell(style, agent, now),
+            period_cost(agent, "today"),
+            period_cost(agent, "last7Days"),
+            budget_cell(style, agent),
         ]);
     }
     if table.is_empty() {
@@ -166,7 +252,7 @@ pub fn agent(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
         ),
         _ => "-".to_owned(),
     };
-    let rows = [
+    let mut rows = vec![
         ("name", style.bold(text(agent, "name"))),
         ("description", or_dash(text(agent, "description"))),
         ("state", style.status(text(agent, "state"))),
@@ -186,6 +272,8 @@ pub fn agent(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
         ("last job", last_job),
         ("session", or_dash(text(agent, "lastSessionId"))),
     ];
+    rows.extend(usage_rows(agent));
+    rows.push(("budget", budget_cell(style, agent)));
     let mut out = fields(style, &rows);
     let schedules_value = agent.get("schedules").cloned().unwrap_or(Value::Null);
     if schedules_value.as_array().is_some_and(|s| !s.is_empty()) {
@@ -572,6 +660,47 @@ mod tests {
             out.contains("1 running, 0 queued, 5 completed, 1 failed"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn status_and_agents_show_cost_and_budget() {
+        let now: DateTime<Utc> = "2025-01-01T10:00:00Z".parse().unwrap();
+        let period = |cost: f64, jobs: u64| {
+            json!({"since": "2025-01-01T00:00:00Z", "jobs": jobs, "costUsd": cost, "inputTokens": 12_345,
+                   "outputTokens": 950, "cacheCreationInputTokens": 0,
+                   "cacheReadInputTokens": 2_500_000})
+        };
+        let usage = json!({"timezone": "Europe/Berlin", "today": period(0.004, 1),
+                           "last7Days": period(12.5, 30)});
+        let out = status(PLAIN, &json!({"state": "running", "usage": usage}), now);
+        assert!(
+            out.contains("cost today   $0.0040 (1 job; tokens 12.3k in, 950 out, 0 cache write, 2.5M cache read) [Europe/Berlin]"),
+            "{out}"
+        );
+        assert!(out.contains("cost 7 days  $12.50 (30 jobs;"), "{out}");
+
+        let agents_value = json!([
+            {"name": "a", "state": "idle", "usage": usage,
+             "budget": {"dailyUsd": 5.0, "spentToday": 5.25, "reached": true}},
+            {"name": "b", "state": "idle", "usage": usage, "budget": null},
+        ]);
+        let out = agents(PLAIN, &agents_value, now);
+        let rows: Vec<&str> = out.lines().collect();
+        assert!(
+            rows[0].ends_with("COST TODAY  COST 7D  BUDGET TODAY"),
+            "{out}"
+        );
+        assert!(
+            rows[1].ends_with("$0.0040     $12.50   $5.25 of $5.00, reached"),
+            "{out}"
+        );
+        assert!(rows[2].ends_with("$0.0040     $12.50   -"), "{out}");
+        let out = agent(PLAIN, &agents_value[0], now);
+        assert!(
+            out.contains("budget        $5.25 of $5.00, reached"),
+            "{out}"
+        );
+        assert!(out.contains("cost 7 days   $12.50"), "{out}");
     }
 
     #[test]
