@@ -268,7 +268,9 @@ impl Metrics {
                 outcome,
             })
             .inc();
-        if let (Some(_), Some(ms)) = (job.started_at, job.duration_ms) {
+        // An interrupted job's duration spans the daemon's downtime: not a run's duration.
+        let ran = job.exit_reason != Some(crate::job::ExitReason::Interrupted);
+        if let (true, Some(_), Some(ms)) = (ran, job.started_at, job.duration_ms) {
             self.job_duration
                 .get_or_create(&AgentLabels {
                     agent: job.agent.clone(),

@@ -249,6 +249,36 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_found_interrupted_at_start_is_counted_finished() {
+    let not_started = || DaemonOptions {
+        args: vec!["--no-start".into()],
+        keep_existing_fleet: true,
+        ..DaemonOptions::default()
+    };
+    let daemon = Daemon::start_in(metrics_fleet(), not_started()).await;
+    let mut client = daemon.ndjson().await;
+    let events = client.subscribe("subscribeEvents", json!({})).await;
+    let held = trigger(&mut client, "gated").await;
+    wait_for_output(&mut client, &events, &held, "before gate").await;
+    drop(client);
+
+    let daemon = Daemon::start_in(daemon.into_dir(), not_started()).await;
+    let scrape = scrape_socket(&daemon.socket).await;
+    let finished = |outcome| {
+        scrape.get(
+            "herdctld_jobs_finished_total",
+            &[("agent", "gated"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(finished("interrupted"), Some(1.0));
+    assert_eq!(
+        scrape.get("herdctld_job_duration_seconds_count", &[("agent", "gated")]),
+        None,
+        "an interrupted job's time spans the downtime"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_listen_on_an_address_in_use_fails_the_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -247,6 +247,7 @@ impl FleetManager {
             if let Err(e) = store.put(&job) {
                 report_state_error(&self.shared.events, &e.to_string());
             }
+            self.metrics().job_finished(&job);
             tracing::warn!(job_id = %id, agent = %job.agent, "job marked interrupted after a daemon restart");
             // Its work item is still labelled in progress: give it back.
             let claimed = job.schedule.as_ref().and_then(|schedule| {

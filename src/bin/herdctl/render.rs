@@ -163,8 +163,31 @@ pub fn status(style: Style, status: &Value, now: DateTime<Utc>) -> String {
             ),
         ),
     ];
+    if let Some(limits) = status.get("limits").filter(|l| l.is_object()) {
+        rows.push(("limits", limits_line(limits)));
+    }
     rows.extend(usage_rows(status));
     fields(style, &rows)
+}
+
+/// `getStatus.limits` in one line: concurrency, the queue, and how much history is kept.
+fn limits_line(limits: &Value) -> String {
+    let cap = |key: &str| match limits.get(key).and_then(Value::as_u64) {
+        Some(n) => n.to_string(),
+        None => "no cap".to_owned(),
+    };
+    let age = match limits.get("maxJobAge").and_then(Value::as_u64) {
+        Some(ms) => uptime(ms),
+        None => "any age".to_owned(),
+    };
+    format!(
+        "{} running per agent, {} in the fleet, {} queued; history: {} per agent, {} in all, {age}",
+        count(limits, "/perAgent"),
+        cap("maxConcurrent"),
+        count(limits, "/maxQueued"),
+        count(limits, "/maxJobsPerAgent"),
+        cap("maxJobsTotal"),
+    )
 }
 
 fn last_job_cell(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
@@ -655,6 +678,15 @@ mod tests {
                 {"agentName": "greeter", "scheduleName": "hello", "at": "2025-01-01T10:04:10Z"}}});
         let out = status(PLAIN, &value, now);
         assert!(out.contains("running (up 2h 3m)"), "{out}");
+        assert!(!out.contains("limits"), "{out}");
+        let mut limited = value.clone();
+        limited["limits"] = json!({"perAgent": 1, "maxConcurrent": null, "maxQueued": 1000,
+            "maxJobsPerAgent": 100, "maxJobsTotal": 5000, "maxJobAge": 2_592_000_000u64});
+        let out = status(PLAIN, &limited, now);
+        assert!(
+            out.contains("1 running per agent, no cap in the fleet, 1000 queued; history: 100 per agent, 5000 in all, 30d"),
+            "{out}"
+        );
         assert!(out.contains("2 active, next: greeter/hello in 4m"), "{out}");
         assert!(
             out.contains("1 running, 0 queued, 5 completed, 1 failed"),
