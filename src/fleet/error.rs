@@ -1,10 +1,8 @@
 //! The one error type of the FleetManager API, with the seed's stable codes.
 //!
-//! Every variant maps to exactly one application error code and one `data.code` string (SPEC §11); the
-//! context fields are what a client needs to act on the error without parsing the message. The `rpc`
-//! module turns these into JSON-RPC error objects; nothing here knows about JSON-RPC.
-
-use serde_json::{json, Value};
+//! Each variant is one kind of failure; its fields are the context a client needs to act on it without
+//! parsing the message. `rpc::error` gives each kind its wire code and `data` (SPEC §11); nothing here
+//! knows about JSON-RPC.
 
 /// One validation problem of a configuration, as reported to clients.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -156,93 +154,6 @@ fn expected_list(states: &[FleetState]) -> String {
 }
 
 impl FleetError {
-    /// The application error code of SPEC §11.
-    pub fn code(&self) -> i32 {
-        match self {
-            FleetError::Configuration { .. } => 1001,
-            FleetError::AgentNotFound { .. } => 1002,
-            FleetError::JobNotFound { .. } => 1003,
-            FleetError::ScheduleNotFound { .. } => 1004,
-            FleetError::InvalidState { .. } => 1005,
-            FleetError::ConcurrencyLimit { .. } => 1006,
-            FleetError::JobNotRunning { .. } => 1007,
-            FleetError::State { .. } => 1008,
-            FleetError::BudgetExceeded { .. } => 1009,
-            // A domain-level check of a parameter the wire format could not express (e.g. a range).
-            FleetError::InvalidParams { .. } => -32602,
-        }
-    }
-
-    /// The seed's code string, `data.code` on the wire.
-    pub fn code_name(&self) -> &'static str {
-        match self {
-            FleetError::Configuration { .. } => "CONFIGURATION_ERROR",
-            FleetError::AgentNotFound { .. } => "AGENT_NOT_FOUND",
-            FleetError::JobNotFound { .. } => "JOB_NOT_FOUND",
-            FleetError::ScheduleNotFound { .. } => "SCHEDULE_NOT_FOUND",
-            FleetError::InvalidState { .. } => "INVALID_STATE",
-            FleetError::ConcurrencyLimit { .. } => "CONCURRENCY_LIMIT",
-            FleetError::JobNotRunning { .. } => "JOB_NOT_RUNNING",
-            FleetError::State { .. } => "STATE_ERROR",
-            FleetError::BudgetExceeded { .. } => "BUDGET_EXCEEDED",
-            FleetError::InvalidParams { .. } => "INVALID_PARAMS",
-        }
-    }
-
-    /// `{code, ...context}`: the machine-readable data of the error.
-    pub fn data(&self) -> Value {
-        let code = self.code_name();
-        match self {
-            FleetError::Configuration {
-                config_path,
-                validation_errors,
-            } => {
-                json!({"code": code, "configPath": config_path, "validationErrors": validation_errors})
-            }
-            FleetError::AgentNotFound {
-                agent_name,
-                available_agents,
-            } => {
-                json!({"code": code, "agentName": agent_name, "availableAgents": available_agents})
-            }
-            FleetError::JobNotFound { job_id } => json!({"code": code, "jobId": job_id}),
-            FleetError::ScheduleNotFound {
-                agent_name,
-                schedule_name,
-                available_schedules,
-            } => json!({"code": code, "agentName": agent_name, "scheduleName": schedule_name,
-                        "availableSchedules": available_schedules}),
-            FleetError::InvalidState {
-                operation,
-                current_state,
-                expected_state,
-            } => json!({"code": code, "operation": operation, "currentState": current_state,
-                        "expectedState": expected_state}),
-            FleetError::ConcurrencyLimit {
-                agent_name,
-                current_jobs,
-                limit,
-                scope,
-                ..
-            } => json!({"code": code, "agentName": agent_name, "currentJobs": current_jobs,
-                        "limit": limit, "scope": scope}),
-            FleetError::JobNotRunning { job_id, status, .. } => {
-                json!({"code": code, "jobId": job_id, "status": status})
-            }
-            FleetError::State { path, .. } => json!({"code": code, "path": path}),
-            FleetError::BudgetExceeded {
-                agent_name,
-                spent_usd,
-                daily_usd,
-                day,
-                timezone,
-            } => json!({"code": code, "agentName": agent_name, "spentUsd": spent_usd,
-                        "budgetUsd": daily_usd, "day": day, "timezone": timezone,
-                        "override": "overBudget"}),
-            FleetError::InvalidParams { message } => json!({"code": code, "message": message}),
-        }
-    }
-
     pub(crate) fn invalid_state(
         operation: &str,
         current_state: FleetState,
@@ -259,58 +170,6 @@ impl FleetError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_error_carries_its_code_in_data() {
-        let errors = [
-            FleetError::Configuration {
-                config_path: "f.yaml".into(),
-                validation_errors: vec![],
-            },
-            FleetError::AgentNotFound {
-                agent_name: "x".into(),
-                available_agents: vec!["a".into()],
-            },
-            FleetError::JobNotFound { job_id: "j".into() },
-            FleetError::ScheduleNotFound {
-                agent_name: "a".into(),
-                schedule_name: "s".into(),
-                available_schedules: vec![],
-            },
-            FleetError::invalid_state("start", FleetState::Running, &[FleetState::Initialized]),
-            FleetError::ConcurrencyLimit {
-                agent_name: "a".into(),
-                current_jobs: 1,
-                limit: 1,
-                scope: "queued jobs",
-                hint: "wait",
-            },
-            FleetError::JobNotRunning {
-                job_id: "j".into(),
-                status: "completed".into(),
-                reason: "r".into(),
-            },
-            FleetError::State {
-                path: "/s".into(),
-                message: "m".into(),
-            },
-            FleetError::BudgetExceeded {
-                agent_name: "a".into(),
-                spent_usd: 5.5,
-                daily_usd: 5.0,
-                day: "2026-03-02".into(),
-                timezone: "UTC".into(),
-            },
-        ];
-        let codes: Vec<i32> = errors.iter().map(FleetError::code).collect();
-        assert_eq!(
-            codes,
-            [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009]
-        );
-        for error in &errors {
-            assert_eq!(error.data()["code"], error.code_name());
-        }
-    }
 
     #[test]
     fn configuration_errors_list_each_issue_without_empty_parts() {
@@ -354,7 +213,6 @@ mod tests {
             e.to_string(),
             "cannot start: the fleet is running, it must be initialized or stopped"
         );
-        assert_eq!(e.data()["currentState"], "running");
         let e = FleetError::BudgetExceeded {
             agent_name: "coder".into(),
             spent_usd: 0.004,
@@ -367,11 +225,6 @@ mod tests {
             "agent \"coder\" has spent $0.0040 today (2026-03-02, Europe/Berlin), its daily budget is \
              $0.00: pass overBudget: true (herdctl trigger|fork --over-budget) to run it anyway, or wait \
              for the next day"
-        );
-        assert_eq!(
-            e.data(),
-            json!({"code": "BUDGET_EXCEEDED", "agentName": "coder", "spentUsd": 0.004, "budgetUsd": 0.0,
-                   "day": "2026-03-02", "timezone": "Europe/Berlin", "override": "overBudget"})
         );
     }
 }

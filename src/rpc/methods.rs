@@ -42,12 +42,7 @@ pub fn registered_method_names(module: &RpcModule<FleetManager>) -> Vec<String> 
 }
 
 fn domain_error(error: FleetError) -> ErrorObjectOwned {
-    super::error::domain_error(
-        error.code(),
-        error.to_string(),
-        error.code_name(),
-        error.data(),
-    )
+    super::error::fleet_error(&error)
 }
 
 fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {

@@ -192,3 +192,29 @@ pub fn process_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A fleet error as a client sees it: the code, `data.code` and `data` that `rpc` gives it on the wire.
+#[allow(dead_code, reason = "each test binary checks some of these")]
+pub trait OnTheWire {
+    fn code(&self) -> i32;
+    fn code_name(&self) -> String;
+    fn data(&self) -> serde_json::Value;
+}
+
+impl OnTheWire for herdctld::fleet::FleetError {
+    fn code(&self) -> i32 {
+        herdctld::rpc::error::fleet_error(self).code()
+    }
+
+    fn code_name(&self) -> String {
+        self.data()["code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    fn data(&self) -> serde_json::Value {
+        let error = herdctld::rpc::error::fleet_error(self);
+        error
+            .data()
+            .and_then(|data| serde_json::from_str(data.get()).ok())
+            .unwrap_or_default()
+    }
+}
