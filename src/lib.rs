@@ -93,7 +93,9 @@
 //!
 //! ## Invariants
 //!
-//! - Only `rpc` and `daemon` know about sockets and JSON-RPC; the FleetManager works embedded without them.
+//! - Only `rpc` and `daemon` know about sockets and JSON-RPC (wire error codes included); the FleetManager
+//!   works embedded without them. Every event name is spelled once, where `fleet::events` declares it.
+//!   `tests/architecture.rs` checks both on the source.
 //! - Only `state` writes under the state directory, and every rewrite is atomic (temp file, rename) and
 //!   durable (fsync of the file and the directory) — except a job's "running" record, which need only survive
 //!   the daemon's death (`state::Durability::Process`). Output is append-only; a torn last line is tolerated.

@@ -11,80 +11,79 @@ use tokio::sync::broadcast;
 
 use crate::job::{Job, TerminationType};
 
-/// Everything the FleetManager tells the outside world. Serialized with `type` as the tag, payload fields
-/// in camelCase; job events carry the whole job record.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type")]
-pub enum FleetEvent {
-    #[serde(rename = "initialized")]
-    Initialized,
-    #[serde(rename = "started")]
-    Started,
-    #[serde(rename = "stopped")]
-    Stopped { reason: String },
-    #[serde(rename = "stop:progress", rename_all = "camelCase")]
-    StopProgress { pending_jobs: usize },
-    #[serde(rename = "config:reloaded", rename_all = "camelCase")]
-    ConfigReloaded {
-        changes: Vec<String>,
-        agent_count: usize,
-    },
-    #[serde(rename = "agent:started", rename_all = "camelCase")]
-    AgentStarted { agent_name: String, job_id: String },
-    #[serde(rename = "agent:stopped", rename_all = "camelCase")]
-    AgentStopped {
-        agent_name: String,
-        job_id: String,
-        reason: String,
-    },
-    #[serde(rename = "schedule:triggered", rename_all = "camelCase")]
-    ScheduleTriggered {
+/// Declares the events once: each variant with its wire name and the constant naming it (in
+/// [`event_names`]), from which the enum's serde tags, [`FleetEvent::type_name`] and
+/// [`FleetEvent::TYPE_NAMES`] are made. A name is spelled here and nowhere else.
+macro_rules! fleet_events {
+    ($(
+        $(#[$meta:meta])*
+        $name:literal as $constant:ident => $variant:ident $({ $($field:ident: $type:ty),* $(,)? })?;
+    )*) => {
+        /// Everything the FleetManager tells the outside world. Serialized with `type` as the tag, payload
+        /// fields in camelCase; job events carry the whole job record.
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(tag = "type")]
+        pub enum FleetEvent {
+            $(
+                $(#[$meta])*
+                #[serde(rename = $name, rename_all = "camelCase")]
+                $variant $({ $($field: $type),* })?,
+            )*
+        }
+
+        /// The wire name of every event, for clients and subscription filters.
+        pub mod event_names {
+            $(pub const $constant: &str = $name;)*
+            /// The `type` of the notice a reader gets when it fell behind (events or log entries).
+            pub const LAGGED: &str = "lagged";
+        }
+
+        impl FleetEvent {
+            /// The wire name of the event (`job:created`, …), used for subscription filters.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(FleetEvent::$variant { .. } => event_names::$constant,)*
+                }
+            }
+
+            /// Every event type name, for validating subscription filters.
+            pub const TYPE_NAMES: &'static [&'static str] = &[$(event_names::$constant),*];
+        }
+    };
+}
+
+fleet_events! {
+    "initialized" as INITIALIZED => Initialized;
+    "started" as STARTED => Started;
+    "stopped" as STOPPED => Stopped { reason: String };
+    "stop:progress" as STOP_PROGRESS => StopProgress { pending_jobs: usize };
+    "config:reloaded" as CONFIG_RELOADED => ConfigReloaded { changes: Vec<String>, agent_count: usize };
+    "agent:started" as AGENT_STARTED => AgentStarted { agent_name: String, job_id: String };
+    "agent:stopped" as AGENT_STOPPED => AgentStopped { agent_name: String, job_id: String, reason: String };
+    "schedule:triggered" as SCHEDULE_TRIGGERED => ScheduleTriggered {
         agent_name: String,
         schedule_name: String,
         job_id: String,
-    },
-    #[serde(rename = "schedule:skipped", rename_all = "camelCase")]
-    ScheduleSkipped {
+    };
+    "schedule:skipped" as SCHEDULE_SKIPPED => ScheduleSkipped {
         agent_name: String,
         schedule_name: String,
         reason: SkipReason,
-    },
-    #[serde(rename = "job:created")]
-    JobCreated { job: Box<Job> },
-    #[serde(rename = "job:queued")]
-    JobQueued { job: Box<Job>, position: usize },
-    #[serde(rename = "job:started")]
-    JobStarted { job: Box<Job> },
+    };
+    "job:created" as JOB_CREATED => JobCreated { job: Box<Job> };
+    "job:queued" as JOB_QUEUED => JobQueued { job: Box<Job>, position: usize };
+    "job:started" as JOB_STARTED => JobStarted { job: Box<Job> };
     /// `outputType` is the line's type (`assistant`, `stdout`, …); `type` is taken by the event name.
-    #[serde(rename = "job:output", rename_all = "camelCase")]
-    JobOutput {
-        job_id: String,
-        seq: u64,
-        output_type: String,
-        chunk: Value,
-    },
-    #[serde(rename = "job:completed", rename_all = "camelCase")]
-    JobCompleted {
-        job_id: String,
-        job: Box<Job>,
-        result: Option<Value>,
-    },
-    #[serde(rename = "job:failed", rename_all = "camelCase")]
-    JobFailed {
-        job_id: String,
-        job: Box<Job>,
-        error: Value,
-    },
-    #[serde(rename = "job:cancelled", rename_all = "camelCase")]
-    JobCancelled {
+    "job:output" as JOB_OUTPUT => JobOutput { job_id: String, seq: u64, output_type: String, chunk: Value };
+    "job:completed" as JOB_COMPLETED => JobCompleted { job_id: String, job: Box<Job>, result: Option<Value> };
+    "job:failed" as JOB_FAILED => JobFailed { job_id: String, job: Box<Job>, error: Value };
+    "job:cancelled" as JOB_CANCELLED => JobCancelled {
         job_id: String,
         job: Box<Job>,
         termination_type: TerminationType,
-    },
-    #[serde(rename = "job:forked", rename_all = "camelCase")]
-    JobForked { job: Box<Job>, forked_from: String },
-    #[serde(rename = "error")]
-    Error { message: String, source: String },
+    };
+    "job:forked" as JOB_FORKED => JobForked { job: Box<Job>, forked_from: String };
+    "error" as ERROR => Error { message: String, source: String };
 }
 
 /// Why a schedule fire did not create a job.
@@ -114,54 +113,6 @@ impl SkipReason {
     }
 }
 
-impl FleetEvent {
-    /// The wire name of the event (`job:created`, …), used for subscription filters.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            FleetEvent::Initialized => "initialized",
-            FleetEvent::Started => "started",
-            FleetEvent::Stopped { .. } => "stopped",
-            FleetEvent::StopProgress { .. } => "stop:progress",
-            FleetEvent::ConfigReloaded { .. } => "config:reloaded",
-            FleetEvent::AgentStarted { .. } => "agent:started",
-            FleetEvent::AgentStopped { .. } => "agent:stopped",
-            FleetEvent::ScheduleTriggered { .. } => "schedule:triggered",
-            FleetEvent::ScheduleSkipped { .. } => "schedule:skipped",
-            FleetEvent::JobCreated { .. } => "job:created",
-            FleetEvent::JobQueued { .. } => "job:queued",
-            FleetEvent::JobStarted { .. } => "job:started",
-            FleetEvent::JobOutput { .. } => "job:output",
-            FleetEvent::JobCompleted { .. } => "job:completed",
-            FleetEvent::JobFailed { .. } => "job:failed",
-            FleetEvent::JobCancelled { .. } => "job:cancelled",
-            FleetEvent::JobForked { .. } => "job:forked",
-            FleetEvent::Error { .. } => "error",
-        }
-    }
-
-    /// Every event type name, for validating subscription filters.
-    pub const TYPE_NAMES: [&'static str; 18] = [
-        "initialized",
-        "started",
-        "stopped",
-        "stop:progress",
-        "config:reloaded",
-        "agent:started",
-        "agent:stopped",
-        "schedule:triggered",
-        "schedule:skipped",
-        "job:created",
-        "job:queued",
-        "job:started",
-        "job:output",
-        "job:completed",
-        "job:failed",
-        "job:cancelled",
-        "job:forked",
-        "error",
-    ];
-}
-
 /// An event with the instant it was emitted.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimedEvent {
@@ -181,7 +132,7 @@ pub enum EventItem {
 impl EventItem {
     fn lagged(missed: u64) -> EventItem {
         EventItem::Lagged {
-            r#type: "lagged",
+            r#type: event_names::LAGGED,
             missed,
         }
     }

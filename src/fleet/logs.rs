@@ -184,7 +184,7 @@ impl LogSubscription {
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     return Some(LogItem::Lagged {
-                        r#type: "lagged",
+                        r#type: super::events::event_names::LAGGED,
                         missed,
                     })
                 }

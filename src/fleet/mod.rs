@@ -41,7 +41,9 @@ mod state_writer;
 mod supervise;
 
 pub use error::{FleetError, FleetState, ValidationIssue};
-pub use events::{EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent};
+pub use events::{
+    event_names, EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent,
+};
 pub use info::{
     AgentCounts, AgentInfo, AgentQueueInfo, BudgetInfo, CancelResult, FleetQueueInfo, FleetStatus,
     JobCounts, JobList, Limits, NextTrigger, QueueInfo, QueuedJobInfo, ReloadResult, ScheduleInfo,

@@ -400,11 +400,10 @@ fn register(
                 Ok(p) => p,
                 Err(e) => return reject(pending, e).await,
             };
-            if let Some(unknown) =
-                p.types.iter().flatten().find(|t| {
-                    !FleetEvent::TYPE_NAMES.contains(&t.as_str()) && t.as_str() != "lagged"
-                })
-            {
+            if let Some(unknown) = p.types.iter().flatten().find(|t| {
+                !FleetEvent::TYPE_NAMES.contains(&t.as_str())
+                    && t.as_str() != crate::fleet::event_names::LAGGED
+            }) {
                 let message = format!(
                     "unknown event type {unknown:?}; known types: {}",
                     FleetEvent::TYPE_NAMES.join(", ")

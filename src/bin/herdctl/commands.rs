@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use herdctld::fleet::event_names;
 use serde_json::{json, Map, Value};
 
 use crate::client::{Client, ClientError};
@@ -28,10 +29,10 @@ const DEFAULT_LOG_LINES: usize = 100;
 
 /// Event types that tell a waiting client where a job is.
 const JOB_PROGRESS_EVENTS: [&str; 4] = [
-    "job:started",
-    "job:completed",
-    "job:failed",
-    "job:cancelled",
+    event_names::JOB_STARTED,
+    event_names::JOB_COMPLETED,
+    event_names::JOB_FAILED,
+    event_names::JOB_CANCELLED,
 ];
 
 #[derive(Debug, thiserror::Error)]

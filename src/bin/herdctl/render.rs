@@ -7,6 +7,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use herdctld::fleet::event_names::*;
+
 use crate::style::{abbreviate, duration_ms, relative, uptime, Style, Table};
 
 const SUMMARY_CHARS: usize = 50;
@@ -516,7 +518,7 @@ fn clock(value: &Value, key: &str) -> String {
 }
 
 pub fn log_entry(style: Style, entry: &Value) -> String {
-    if text(entry, "type") == "lagged" {
+    if text(entry, "type") == LAGGED {
         return style.yellow(&format!(
             "… {} log entries were dropped (this reader fell behind) …",
             count(entry, "/missed")
@@ -573,9 +575,9 @@ fn event_details(event: &Value) -> String {
         }
     };
     match text(event, "type") {
-        "stopped" => format!("reason: {}", text(event, "reason")),
-        "stop:progress" => format!("{} jobs pending", count(event, "/pendingJobs")),
-        "config:reloaded" => {
+        STOPPED => format!("reason: {}", text(event, "reason")),
+        STOP_PROGRESS => format!("{} jobs pending", count(event, "/pendingJobs")),
+        CONFIG_RELOADED => {
             let changes: Vec<&str> = event
                 .get("changes")
                 .and_then(Value::as_array)
@@ -587,23 +589,23 @@ fn event_details(event: &Value) -> String {
                 changes.join("; ")
             }
         }
-        "schedule:triggered" => {
+        SCHEDULE_TRIGGERED => {
             format!("{}/{} → {}", agent(), text(event, "scheduleName"), job_id())
         }
-        "schedule:skipped" => format!(
+        SCHEDULE_SKIPPED => format!(
             "{}/{} ({})",
             agent(),
             text(event, "scheduleName"),
             text(event, "reason")
         ),
-        "agent:stopped" => format!("{} {} ({})", agent(), job_id(), text(event, "reason")),
-        "job:queued" => format!(
+        AGENT_STOPPED => format!("{} {} ({})", agent(), job_id(), text(event, "reason")),
+        JOB_QUEUED => format!(
             "{} {} at position {}",
             agent(),
             job_id(),
             count(event, "/position")
         ),
-        "job:output" => {
+        JOB_OUTPUT => {
             let chunk = event.get("chunk").cloned().unwrap_or(Value::Null);
             let shown = match chunk.get("text").and_then(Value::as_str) {
                 Some(line) => line.to_owned(),
@@ -617,22 +619,22 @@ fn event_details(event: &Value) -> String {
                 abbreviate(&shown, 80)
             )
         }
-        "job:failed" => {
+        JOB_FAILED => {
             let message = event
                 .pointer("/error/message")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             format!("{} {} {}", agent(), job_id(), abbreviate(message, 80))
         }
-        "job:cancelled" => format!(
+        JOB_CANCELLED => format!(
             "{} {} ({})",
             agent(),
             job_id(),
             text(event, "terminationType")
         ),
-        "job:forked" => format!("{} from {}", job_id(), text(event, "forkedFrom")),
-        "error" => format!("{}: {}", text(event, "source"), text(event, "message")),
-        "lagged" => format!(
+        JOB_FORKED => format!("{} from {}", job_id(), text(event, "forkedFrom")),
+        ERROR => format!("{}: {}", text(event, "source"), text(event, "message")),
+        LAGGED => format!(
             "{} events were dropped (this reader fell behind)",
             count(event, "/missed")
         ),
@@ -647,9 +649,9 @@ fn event_details(event: &Value) -> String {
 pub fn event(style: Style, event: &Value) -> String {
     let kind = text(event, "type");
     let painted = match kind {
-        "job:failed" | "error" => style.red(kind),
-        "job:completed" | "started" => style.green(kind),
-        "schedule:skipped" | "job:cancelled" | "lagged" => style.yellow(kind),
+        JOB_FAILED | ERROR => style.red(kind),
+        JOB_COMPLETED | STARTED => style.green(kind),
+        SCHEDULE_SKIPPED | JOB_CANCELLED | LAGGED => style.yellow(kind),
         _ => style.cyan(kind),
     };
     format!(
