@@ -10,7 +10,7 @@ use crate::job::{Job, JobId, JobStatus, TerminationType, TriggerType};
 use crate::state::StagedRecord;
 
 use super::budget;
-use super::core::{state_error, Core, WhenFull};
+use super::core::{Core, WhenFull};
 use super::error::{FleetError, FleetState};
 use super::events::FleetEvent;
 use super::info::CancelResult;
@@ -37,12 +37,9 @@ impl FleetManager {
             FleetState::Running,
             FleetState::Stopped,
         ];
-        let (job, context, jobs_dir) = {
-            let mut core = self.core();
-            self.require(&core, "trigger", &TRIGGERABLE)?;
+        self.create_job("trigger", &TRIGGERABLE, |core, id| {
             let config = core.config()?.clone();
             let agent_config = find_agent(&config, agent)?;
-            let jobs_dir = core.jobs_dir()?;
             let schedule = match options.schedule.as_deref() {
                 Some(name) => Some(find_schedule(agent_config, name)?),
                 None => None,
@@ -65,7 +62,7 @@ impl FleetManager {
                 Value::Array(items.clone())
             });
             let mut job = Job::new(
-                core.reserve_job_id(Utc::now()),
+                id,
                 agent_config.name.clone(),
                 schedule.map(|s| s.name.clone()),
                 TriggerType::Manual,
@@ -81,16 +78,57 @@ impl FleetManager {
                 schedule: schedule.cloned(),
                 work: None,
             };
-            (job, context, jobs_dir)
+            Ok(NewJob {
+                job,
+                context,
+                when_full: WhenFull::Queue,
+                announce: None,
+            })
+        })
+        .await
+    }
+
+    /// Creates a job, by the one route every creator takes (trigger, fork, a schedule fire): under the
+    /// lock the fleet's state is checked against `allowed`, an id is reserved and `prepare` builds the job
+    /// with it; outside the lock its record is written and fsynced; under the lock again it is admitted
+    /// (started now, queued, or refused at a limit, its staged record discarded); outside it the jobs
+    /// directory is synced, so the job returned is durable.
+    pub(super) async fn create_job(
+        &self,
+        operation: &str,
+        allowed: &[FleetState],
+        prepare: impl FnOnce(&mut Core, JobId) -> Result<NewJob, FleetError>,
+    ) -> Result<Job, FleetError> {
+        let (new, jobs_dir) = {
+            let mut core = self.core();
+            self.require(&core, operation, allowed)?;
+            let jobs_dir = core.jobs_dir()?;
+            let id = core.reserve_job_id(Utc::now());
+            match prepare(&mut core, id.clone()) {
+                Ok(new) => (new, jobs_dir),
+                Err(e) => {
+                    core.release_job_id(&id);
+                    return Err(e);
+                }
+            }
         };
+        let NewJob {
+            job,
+            context,
+            when_full,
+            announce,
+        } = new;
         let id = job.id.clone();
         let staged = records::stage_record(self, &jobs_dir, job).await;
         let (job, dir_sync) = {
             let mut core = self.core();
             core.release_job_id(&id);
             let staged = staged?;
-            self.require(&core, "trigger", &TRIGGERABLE)?;
-            let job = admit_staged(self, &mut core, staged, context, WhenFull::Queue)?;
+            self.require(&core, operation, allowed)?;
+            if let Some(event) = announce {
+                self.events().emit(event);
+            }
+            let job = admit_staged(self, &mut core, staged, context, when_full)?;
             (job, core.jobs_dir_sync())
         };
         if let Some(dir_sync) = dir_sync {
@@ -123,14 +161,15 @@ impl FleetManager {
             }
             let Some(active) = core.jobs.get(&job_id) else {
                 // Not active: finished already, or unknown.
-                return match core.store()?.get(&job_id) {
-                    Ok(Some(_)) => Ok(CancelResult {
+                return if core.store()?.contains(&job_id) {
+                    Ok(CancelResult {
                         job_id: id.to_string(),
                         termination_type: TerminationType::AlreadyStopped,
-                    }),
-                    _ => Err(FleetError::JobNotFound {
+                    })
+                } else {
+                    Err(FleetError::JobNotFound {
                         job_id: id.to_string(),
-                    }),
+                    })
                 };
             };
             if active.job.status == JobStatus::Queued {
@@ -191,26 +230,16 @@ impl FleetManager {
     /// resuming the original's Claude session as a fork when it has one.
     pub async fn fork_job(&self, id: &str, options: ForkOptions) -> Result<Job, FleetError> {
         let original_id = parse_job_id(id)?;
-        let mut core = self.core();
-        self.require(
-            &core,
-            "forkJob",
-            &[
-                FleetState::Initialized,
-                FleetState::Running,
-                FleetState::Stopped,
-            ],
-        )?;
-        let original = match core.jobs.get(&original_id) {
-            Some(active) => active.job.clone(),
-            None => core
-                .store()?
-                .get(&original_id)
-                .map_err(|e| state_error(std::path::Path::new(id), e))?
-                .ok_or_else(|| FleetError::JobNotFound {
-                    job_id: id.to_string(),
-                })?,
-        };
+        const FORKABLE: [FleetState; 3] = [
+            FleetState::Initialized,
+            FleetState::Running,
+            FleetState::Stopped,
+        ];
+        {
+            let core = self.core();
+            self.require(&core, "forkJob", &FORKABLE)?;
+        }
+        let original = self.record(&original_id)?;
         if original.status == JobStatus::Queued {
             return Err(FleetError::JobNotRunning {
                 job_id: id.to_string(),
@@ -219,45 +248,53 @@ impl FleetManager {
                     .into(),
             });
         }
-        let config = core.config()?.clone();
-        let agent = find_agent(&config, &original.agent)?;
-        let schedule_name = options.schedule.clone().or(original.schedule.clone());
-        let schedule = match schedule_name.as_deref() {
-            Some(name) => Some(find_schedule(agent, name)?),
-            None => None,
-        };
-        budget::admit_manual(
-            core.store()?,
-            agent,
-            core.host_timezone,
-            self.options().clock.now(),
-            options.over_budget,
-        )?;
-        let prompt = options
-            .prompt
-            .clone()
-            .or(original.prompt.clone())
-            .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
-        let mut job = Job::new(
-            core.new_job_id(Utc::now()),
-            agent.name.clone(),
-            schedule.map(|s| s.name.clone()),
-            TriggerType::Fork,
-            Some(prompt),
-            original.priority,
-            Utc::now(),
-        );
-        job.forked_from = Some(original.id.clone());
-        job.work_item = original.work_item.clone();
-        let context = RunContext {
-            resume_latest: false,
-            fork_session: original.session_id.is_some(),
-            resume_session: original.session_id.clone(),
-            schedule: schedule.cloned(),
-            work: None,
-        };
-        let job = admit(self, &mut core, job, context, WhenFull::Queue)?;
-        drop(core);
+        let job = self
+            .create_job("forkJob", &FORKABLE, |core, new_id| {
+                let config = core.config()?.clone();
+                let agent = find_agent(&config, &original.agent)?;
+                let schedule_name = options.schedule.clone().or(original.schedule.clone());
+                let schedule = match schedule_name.as_deref() {
+                    Some(name) => Some(find_schedule(agent, name)?),
+                    None => None,
+                };
+                budget::admit_manual(
+                    core.store()?,
+                    agent,
+                    core.host_timezone,
+                    self.options().clock.now(),
+                    options.over_budget,
+                )?;
+                let prompt = options
+                    .prompt
+                    .clone()
+                    .or(original.prompt.clone())
+                    .unwrap_or_else(|| FALLBACK_PROMPT.to_string());
+                let mut job = Job::new(
+                    new_id,
+                    agent.name.clone(),
+                    schedule.map(|s| s.name.clone()),
+                    TriggerType::Fork,
+                    Some(prompt),
+                    original.priority,
+                    Utc::now(),
+                );
+                job.forked_from = Some(original.id.clone());
+                job.work_item = original.work_item.clone();
+                let context = RunContext {
+                    resume_latest: false,
+                    fork_session: original.session_id.is_some(),
+                    resume_session: original.session_id.clone(),
+                    schedule: schedule.cloned(),
+                    work: None,
+                };
+                Ok(NewJob {
+                    job,
+                    context,
+                    when_full: WhenFull::Queue,
+                    announce: None,
+                })
+            })
+            .await?;
         self.events().emit(FleetEvent::JobForked {
             job: Box::new(job.clone()),
             forked_from: original.id.to_string(),
@@ -266,19 +303,17 @@ impl FleetManager {
     }
 }
 
-/// Records the job and starts it, or queues it. Returns the job as it is now (running or queued).
-pub(super) fn admit(
-    manager: &FleetManager,
-    core: &mut Core,
-    job: Job,
-    context: RunContext,
-    when_full: WhenFull,
-) -> Result<Job, FleetError> {
-    admit_with(manager, core, job, None, context, when_full)
+/// A job as trigger, fork or a schedule fire decided it, with how it runs and what to do at a limit.
+pub(super) struct NewJob {
+    pub(super) job: Job,
+    pub(super) context: RunContext,
+    pub(super) when_full: WhenFull,
+    /// Emitted right before the job is admitted (with its record in place, so a listener can look it up).
+    pub(super) announce: Option<FleetEvent>,
 }
 
-/// [`admit`] for a job whose creation record was staged outside the lock ([`JobStore::stage`]); refused
-/// (a limit), the staged file is discarded.
+/// Commits a job whose creation record was staged outside the lock ([`JobStore::stage`]) and starts it,
+/// or queues it; refused (a limit), the staged file is discarded. Returns the job as it is now.
 pub(super) fn admit_staged(
     manager: &FleetManager,
     core: &mut Core,
@@ -287,17 +322,6 @@ pub(super) fn admit_staged(
     when_full: WhenFull,
 ) -> Result<Job, FleetError> {
     let job = staged.job().clone();
-    admit_with(manager, core, job, Some(staged), context, when_full)
-}
-
-fn admit_with(
-    manager: &FleetManager,
-    core: &mut Core,
-    job: Job,
-    staged: Option<StagedRecord>,
-    context: RunContext,
-    when_full: WhenFull,
-) -> Result<Job, FleetError> {
     let options = manager.options();
     let has_slot =
         core.lifecycle != FleetState::Stopping && core.may_start(options, &job.agent, when_full);
@@ -338,10 +362,7 @@ fn admit_with(
             WhenFull::Queue => {}
         }
     }
-    match staged {
-        Some(staged) => records::commit(manager, core, staged)?,
-        None => records::persist(manager, core, &job)?,
-    }
+    records::commit(manager, core, staged)?;
     let id = job.id.clone();
     core.jobs.insert(job.clone(), context);
     manager.events().emit(FleetEvent::JobCreated {

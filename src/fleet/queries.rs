@@ -6,9 +6,9 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::config::{AgentConfig, ScheduleConfig, ScheduleKind};
-use crate::job::{Job, JobStatus};
+use crate::job::{Job, JobId, JobStatus};
 use crate::scheduler::ScheduleKey;
-use crate::state::{JobFilter, JobStore};
+use crate::state::{JobFilter, JobStore, PagePlan};
 
 use super::budget;
 use super::core::{state_error, Core};
@@ -108,22 +108,33 @@ impl FleetManager {
 
     pub async fn agents(&self) -> Result<Vec<AgentInfo>, FleetError> {
         let plan = self.scheduler_plan().await;
-        let core = self.core();
-        let config = core.config()?.clone();
-        let store = core.store()?;
-        Ok(config
-            .agents
-            .iter()
-            .map(|agent| self.agent_info(&core, store, &plan, agent))
-            .collect())
+        let (mut infos, last_jobs) = {
+            let core = self.core();
+            let config = core.config()?.clone();
+            let store = core.store()?;
+            let infos: Vec<(AgentInfo, PagePlan)> = config
+                .agents
+                .iter()
+                .map(|agent| self.agent_info(&core, store, &plan, agent))
+                .collect();
+            infos.into_iter().unzip::<_, _, Vec<_>, Vec<_>>()
+        };
+        for (info, last_job) in infos.iter_mut().zip(last_jobs) {
+            info.last_job = last_job.read().jobs.into_iter().next().map(Box::new);
+        }
+        Ok(infos)
     }
 
     pub async fn agent(&self, name: &str) -> Result<AgentInfo, FleetError> {
         let plan = self.scheduler_plan().await;
-        let core = self.core();
-        let config = core.config()?.clone();
-        let agent = find_agent(&config, name)?;
-        Ok(self.agent_info(&core, core.store()?, &plan, agent))
+        let (mut info, last_job) = {
+            let core = self.core();
+            let config = core.config()?.clone();
+            let agent = find_agent(&config, name)?;
+            self.agent_info(&core, core.store()?, &plan, agent)
+        };
+        info.last_job = last_job.read().jobs.into_iter().next().map(Box::new);
+        Ok(info)
     }
 
     /// Next due instant of every schedule that will fire (empty when the scheduler is not running).
@@ -135,32 +146,28 @@ impl FleetManager {
         }
     }
 
+    /// An agent's view, with where its last job's record is: the caller reads it after the lock.
     fn agent_info(
         &self,
         core: &Core,
         store: &JobStore,
         plan: &Plan,
         agent: &AgentConfig,
-    ) -> AgentInfo {
+    ) -> (AgentInfo, PagePlan) {
         let current_jobs: Vec<String> = core
             .jobs
             .iter()
             .filter(|a| a.job.agent == agent.name && a.job.status == JobStatus::Running)
             .map(|a| a.job.id.to_string())
             .collect();
-        let last_job = store
-            .list(&JobFilter {
-                agent: Some(agent.name.clone()),
-                limit: 1,
-                ..JobFilter::default()
-            })
-            .jobs
-            .into_iter()
-            .next()
-            .map(Box::new);
+        let last_job = store.page(&JobFilter {
+            agent: Some(agent.name.clone()),
+            limit: 1,
+            ..JobFilter::default()
+        });
         let now = self.options().clock.now();
         let timezone = budget::agent_timezone(agent, core.host_timezone);
-        AgentInfo {
+        let info = AgentInfo {
             name: agent.name.clone(),
             local_name: agent.local_name.clone(),
             fleet_path: agent.fleet_path.clone(),
@@ -176,17 +183,16 @@ impl FleetManager {
             concurrency: agent.concurrency.unwrap_or(self.options().per_agent),
             current_jobs,
             queued_jobs: core.jobs.queue().count_for(&agent.name),
-            last_job,
+            last_job: None,
             last_session_id: core.sessions.current(&agent.name).map(str::to_owned),
             schedules: self.schedule_infos(core, plan, Some(&agent.name)),
             usage: budget::report(store, Some(&agent.name), timezone, now),
             budget: budget::Spend::of(store, agent, core.host_timezone, now).map(|s| s.info()),
-        }
+        };
+        (info, last_job)
     }
 
     pub fn jobs(&self, query: &JobQuery) -> Result<JobList, FleetError> {
-        let core = self.core();
-        let store = core.store()?;
         let filter = JobFilter {
             agent: query.agent.clone(),
             status: query.status,
@@ -195,7 +201,8 @@ impl FleetManager {
             limit: query.limit.unwrap_or(50),
             offset: query.offset.unwrap_or(0),
         };
-        let page = store.list(&filter);
+        // Located under the lock, read after it.
+        let page = self.core().store()?.page(&filter).read();
         for unreadable in &page.unreadable {
             tracing::warn!("job record unreadable, skipped in the listing: {unreadable}");
         }
@@ -212,27 +219,36 @@ impl FleetManager {
         include_output: bool,
     ) -> Result<(Job, Option<Vec<crate::job::OutputLine>>), FleetError> {
         let job_id = parse_job_id(id)?;
-        let core = self.core();
-        let job = match core.jobs.get(&job_id) {
-            Some(active) => active.job.clone(),
-            None => core
-                .store()?
-                .get(&job_id)
-                .map_err(|e| state_error(std::path::Path::new(id), e))?
-                .ok_or_else(|| FleetError::JobNotFound {
-                    job_id: id.to_string(),
-                })?,
-        };
+        let job = self.record(&job_id)?;
         let output = if include_output {
-            Some(
-                core.store()?
-                    .read_output(&job_id, 0, None)
-                    .map_err(|e| state_error(std::path::Path::new(id), e))?,
-            )
+            let path = self.core().store()?.output_path(&job_id);
+            Some(crate::state::read_output(&path, 0, None).map_err(|e| state_error(&path, e))?)
         } else {
             None
         };
         Ok((job, output))
+    }
+
+    /// A job's record: an active job's from memory, a finished one's read from its file after the lock
+    /// is released.
+    pub(super) fn record(&self, id: &JobId) -> Result<Job, FleetError> {
+        let not_found = || FleetError::JobNotFound {
+            job_id: id.to_string(),
+        };
+        let path = {
+            let core = self.core();
+            if let Some(active) = core.jobs.get(id) {
+                return Ok(active.job.clone());
+            }
+            let store = core.store()?;
+            if !store.contains(id) {
+                return Err(not_found());
+            }
+            store.record_path(id)
+        };
+        JobStore::read_record(&path)
+            .map_err(|e| state_error(&path, e))?
+            .ok_or_else(not_found)
     }
 
     pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, FleetError> {
@@ -376,14 +392,11 @@ impl FleetManager {
         let path = core.jobs_dir()?.join(format!("{job_id}.jsonl"));
         let live = match core.jobs.get(&job_id) {
             Some(active) => Some(active.hub.subscribe()),
+            None if core.store()?.contains(&job_id) => None,
             None => {
-                core.store()?
-                    .get(&job_id)
-                    .map_err(|e| state_error(&path, e))?
-                    .ok_or_else(|| FleetError::JobNotFound {
-                        job_id: id.to_string(),
-                    })?;
-                None
+                return Err(FleetError::JobNotFound {
+                    job_id: id.to_string(),
+                })
             }
         };
         // A reader must not keep the fleet (and its state directory lock) alive.

@@ -10,7 +10,7 @@ use crate::config::{self, FleetConfig, ScheduleConfig};
 use crate::job::{Job, TriggerType};
 use crate::scheduler::{Fire, ScheduleKey, SchedulerHandle};
 
-use super::admission;
+use super::admission::NewJob;
 use super::budget;
 use super::core::{Core, WhenFull};
 use super::error::{FleetError, FleetState};
@@ -72,10 +72,13 @@ impl FleetManager {
         let triggered = match self.decide_fire(&fire) {
             None => false,
             Some(prepared) => match prepared.work_source.clone() {
-                None => self.launch_fire(&fire, prepared, None),
+                None => self.launch_fire(&fire, prepared, None).await,
                 // Fetching and claiming talk to GitHub (with retries): never under the fleet's lock.
                 Some(source) => match followup::claim_next(&source).await {
-                    Ok(Some(item)) => self.launch_fire(&fire, prepared, Some((source, item))),
+                    Ok(Some(item)) => {
+                        self.launch_fire(&fire, prepared, Some((source, item)))
+                            .await
+                    }
                     Ok(None) => {
                         self.skip_fire(&fire.key, SkipReason::NoWork);
                         false
@@ -193,80 +196,100 @@ impl FleetManager {
         }))
     }
 
-    /// Creates and admits the job of a fire; returns whether a job was created.
-    fn launch_fire(
+    /// Creates and admits the job of a fire (by the route every job takes); returns whether the fire
+    /// counted as a run.
+    async fn launch_fire(
         &self,
         fire: &Fire,
         prepared: PreparedFire,
         work: Option<followup::ClaimedWork>,
     ) -> bool {
-        let mut core = self.core();
         let key = &fire.key;
-        if core.lifecycle != FleetState::Running {
-            drop(core);
-            if let Some(work) = work {
-                followup::release_unused(work, "the fleet stopped before the run started");
+        // Whether the fire got as far as creating its job: a refusal before that is a stopped fleet.
+        let counted = std::sync::atomic::AtomicBool::new(false);
+        let created = self
+            .create_job("fire", &[FleetState::Running], |core, id| {
+                counted.store(true, std::sync::atomic::Ordering::Relaxed);
+                let schedule = &prepared.schedule;
+                let (prompt, trigger_type, work_item) = match &work {
+                    Some((_, item)) => (
+                        crate::work_sources::build_prompt(schedule.prompt.as_deref(), item),
+                        TriggerType::WorkItem,
+                        serde_json::to_value(item).ok(),
+                    ),
+                    None => (
+                        schedule
+                            .prompt
+                            .clone()
+                            .or(prepared.default_prompt.clone())
+                            .unwrap_or_else(|| FALLBACK_PROMPT.to_string()),
+                        TriggerType::Schedule,
+                        None,
+                    ),
+                };
+                let mut job = Job::new(
+                    id,
+                    key.agent.clone(),
+                    Some(key.schedule.clone()),
+                    trigger_type,
+                    Some(prompt),
+                    crate::job::DEFAULT_PRIORITY,
+                    Utc::now(),
+                );
+                job.work_item = work_item;
+                let state = core.persisted.schedule_mut(&key.agent, &key.schedule);
+                state.last_run_at = Some(fire.fired_at);
+                state.runs += 1;
+                core.save_persisted();
+                self.metrics().schedule_fired(&key.agent, &key.schedule);
+                tracing::info!(agent = %key.agent, schedule = %key.schedule, job_id = %job.id, "schedule fired");
+                let context = RunContext {
+                    resume_latest: schedule.resume_session,
+                    resume_session: None,
+                    fork_session: false,
+                    schedule: Some(schedule.clone()),
+                    work: work.clone(),
+                };
+                let announce = FleetEvent::ScheduleTriggered {
+                    agent_name: key.agent.clone(),
+                    schedule_name: key.schedule.clone(),
+                    job_id: job.id.to_string(),
+                };
+                Ok(NewJob {
+                    job,
+                    context,
+                    when_full: prepared.when_full,
+                    announce: Some(announce),
+                })
+            })
+            .await;
+        match created {
+            Ok(_) => true,
+            // Stopped before the job was created: nothing ran.
+            Err(FleetError::InvalidState { .. })
+                if !counted.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                if let Some(work) = work {
+                    followup::release_unused(work, "the fleet stopped before the run started");
+                }
+                self.skip_fire(key, SkipReason::Stopping);
+                false
             }
-            self.skip_fire(key, SkipReason::Stopping);
-            return false;
-        }
-        let schedule = &prepared.schedule;
-        let (prompt, trigger_type, work_item) = match &work {
-            Some((_, item)) => (
-                crate::work_sources::build_prompt(schedule.prompt.as_deref(), item),
-                TriggerType::WorkItem,
-                serde_json::to_value(item).ok(),
-            ),
-            None => (
-                schedule
-                    .prompt
-                    .clone()
-                    .or(prepared.default_prompt)
-                    .unwrap_or_else(|| FALLBACK_PROMPT.to_string()),
-                TriggerType::Schedule,
-                None,
-            ),
-        };
-        let mut job = Job::new(
-            core.new_job_id(Utc::now()),
-            key.agent.clone(),
-            Some(key.schedule.clone()),
-            trigger_type,
-            Some(prompt),
-            crate::job::DEFAULT_PRIORITY,
-            Utc::now(),
-        );
-        job.work_item = work_item;
-        {
-            let state = core.persisted.schedule_mut(&key.agent, &key.schedule);
-            state.last_run_at = Some(fire.fired_at);
-            state.runs += 1;
-        }
-        self.metrics().schedule_fired(&key.agent, &key.schedule);
-        tracing::info!(agent = %key.agent, schedule = %key.schedule, job_id = %job.id, "schedule fired");
-        self.events().emit(FleetEvent::ScheduleTriggered {
-            agent_name: key.agent.clone(),
-            schedule_name: key.schedule.clone(),
-            job_id: job.id.to_string(),
-        });
-        let context = RunContext {
-            resume_latest: schedule.resume_session,
-            resume_session: None,
-            fork_session: false,
-            schedule: Some(prepared.schedule.clone()),
-            work: work.clone(),
-        };
-        if let Err(e) = admission::admit(self, &mut core, job, context, prepared.when_full) {
-            tracing::error!(agent = %key.agent, schedule = %key.schedule, "scheduled job not started: {e}");
-            core.persisted
-                .schedule_mut(&key.agent, &key.schedule)
-                .last_error = Some(e.to_string());
-            if let Some(work) = work {
-                followup::release_unused(work, &format!("the run could not start: {e}"));
+            Err(e) => {
+                tracing::error!(agent = %key.agent, schedule = %key.schedule, "scheduled job not started: {e}");
+                {
+                    let mut core = self.core();
+                    core.persisted
+                        .schedule_mut(&key.agent, &key.schedule)
+                        .last_error = Some(e.to_string());
+                    core.save_persisted();
+                }
+                if let Some(work) = work {
+                    followup::release_unused(work, &format!("the run could not start: {e}"));
+                }
+                true
             }
         }
-        core.save_persisted();
-        true
     }
 }
 

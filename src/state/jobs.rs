@@ -74,6 +74,34 @@ impl Default for JobFilter {
     }
 }
 
+/// The records of a page of jobs, located under the store's guard, to be read after it.
+#[derive(Debug)]
+pub struct PagePlan {
+    paths: Vec<PathBuf>,
+    /// Matching jobs in all (the page is a window of them).
+    pub total: usize,
+}
+
+impl PagePlan {
+    /// Reads the page's records; one that cannot be read (changed behind the index, or pruned since the
+    /// page was located) is reported instead.
+    pub fn read(self) -> JobPage {
+        let mut jobs = Vec::with_capacity(self.paths.len());
+        let mut unreadable = Vec::new();
+        for path in &self.paths {
+            match read_record(path) {
+                Ok(job) => jobs.push(job),
+                Err(error) => unreadable.push(error),
+            }
+        }
+        JobPage {
+            jobs,
+            total: self.total,
+            unreadable,
+        }
+    }
+}
+
 /// One page of [`JobStore::list`].
 #[derive(Debug)]
 pub struct JobPage {
@@ -644,8 +672,27 @@ impl JobStore {
         read_record(&self.record_path(id)).map(Some)
     }
 
+    /// The record of the job at `path` (a [`record_path`](Self::record_path)), read without the store: a
+    /// caller that guards the store with a lock reads the file after releasing it. `None` when the file
+    /// is gone (pruned meanwhile).
+    pub fn read_record(path: &Path) -> Result<Option<Job>, StateError> {
+        match read_record(path) {
+            Ok(job) => Ok(Some(job)),
+            Err(StateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A page of jobs matching `filter`, newest first; only the page's records are read.
     pub fn list(&self, filter: &JobFilter) -> JobPage {
+        self.page(filter).read()
+    }
+
+    /// Which records make the page of `filter`, without reading them: [`PagePlan::read`] reads them,
+    /// outside whatever lock guards the store.
+    pub fn page(&self, filter: &JobFilter) -> PagePlan {
         let lower = match filter.since {
             Some(since) => Bound::Included((since, JobId::lowest())),
             None => Bound::Unbounded,
@@ -655,10 +702,9 @@ impl JobStore {
             None => Bound::Unbounded,
         };
         if matches!((&lower, &upper), (Bound::Included(l), Bound::Excluded(u)) if l >= u) {
-            return JobPage {
-                jobs: Vec::new(),
+            return PagePlan {
+                paths: Vec::new(),
                 total: 0,
-                unreadable: Vec::new(),
             };
         }
         let page_end = filter.offset.saturating_add(filter.limit);
@@ -674,18 +720,12 @@ impl JobStore {
             }
             total += 1;
         }
-        let mut jobs = Vec::with_capacity(page_ids.len());
-        let mut unreadable = Vec::new();
-        for id in page_ids {
-            match read_record(&self.record_path(id)) {
-                Ok(job) => jobs.push(job),
-                Err(error) => unreadable.push(error),
-            }
-        }
-        JobPage {
-            jobs,
+        PagePlan {
+            paths: page_ids
+                .into_iter()
+                .map(|id| self.record_path(id))
+                .collect(),
             total,
-            unreadable,
         }
     }
 

@@ -47,11 +47,11 @@ pub use atomic::{
 pub use corrupt::CorruptFile;
 pub use fleet_state::{AgentState, FleetState, OtherKeys, ScheduleState};
 pub use jobs::{
-    JobCounts, JobFilter, JobPage, JobStore, PrunePlan, PrunedFiles, Retention, StagedRecord,
-    StoreIssue, DEFAULT_PAGE_LIMIT,
+    JobCounts, JobFilter, JobPage, JobStore, PagePlan, PrunePlan, PrunedFiles, Retention,
+    StagedRecord, StoreIssue, DEFAULT_PAGE_LIMIT,
 };
 pub use lock::StateLock;
-pub use output::{herdctl_output_line, OutputWriter};
+pub use output::{herdctl_output_line, read_output, OutputWriter};
 pub use sessions::{LoadedSessions, SessionPointer, SessionStore};
 
 /// A state I/O failure. Every variant names the file; messages say what to do.

@@ -133,7 +133,7 @@ pub fn herdctl_output_line(text: &[u8], seq: u64) -> Option<OutputLine> {
 }
 
 /// Lines of `path` with `seq >= from_seq`, at most `limit`. A missing file is no output.
-pub(crate) fn read_output(
+pub fn read_output(
     path: &Path,
     from_seq: u64,
     limit: Option<usize>,
