@@ -1,19 +1,21 @@
 //! The fleet's lifecycle: initialize (load, open the state, recover interrupted jobs), start, stop, flush
 //! and reload.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
 
 use crate::config::{self, FleetConfig};
 use crate::job::{ExitReason, JobError, JobStatus};
+use crate::metrics::Metrics;
 use crate::scheduler::{ScheduleKey, Scheduler};
 use crate::state::{FleetState as PersistedState, JobStore, StateDir};
+use crate::work_sources::WorkSource;
 
-use super::core::{state_error, Core};
+use super::core::state_error;
 use super::error::{FleetError, FleetState, ValidationIssue};
-use super::events::report_state_error;
-use super::events::FleetEvent;
+use super::events::{report_state_error, EventBus, FleetEvent};
 use super::followup;
 use super::info::ReloadResult;
 use super::manager::{FleetManager, StopOptions};
@@ -87,6 +89,8 @@ impl FleetManager {
         let requested = self.options().config_path.clone();
         let state_override = self.options().state_dir.clone();
         let history = self.options().history.clone();
+        let events = self.events().clone();
+        let metrics = self.metrics().clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let config = config::load(requested.as_deref()).map_err(config_error)?;
             let host_timezone = crate::scheduler::host_timezone();
@@ -107,6 +111,8 @@ impl FleetManager {
             let pruning = store.plan_prune(&retention, Utc::now(), &|_| false);
             let pruned_at_start = pruning.doomed.len();
             let deleted = store.forget(&pruning.doomed).delete();
+            // Here, before the fleet's lock guards the store: recovery rewrites records.
+            recover_interrupted(&mut store, &work_sources, &events, &metrics);
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
@@ -196,7 +202,6 @@ impl FleetManager {
             core.persisted = persisted;
             core.sessions = sessions;
             core.work_sources = work_sources;
-            self.recover_interrupted(&mut core);
             core.lifecycle = FleetState::Initialized;
         }
         tracing::info!("fleet initialized");
@@ -205,60 +210,6 @@ impl FleetManager {
             self.start().await?;
         }
         Ok(())
-    }
-
-    /// Jobs a dead daemon left queued or running: end any process still alive (guarding against pid
-    /// reuse) and mark the record failed with exit reason `interrupted`.
-    fn recover_interrupted(&self, core: &mut Core) {
-        let Some(store) = core.store.as_mut() else {
-            return;
-        };
-        let sources = &core.work_sources;
-        for id in store.non_terminal() {
-            let Ok(Some(mut job)) = store.get(&id) else {
-                continue;
-            };
-            if let (Some(pid), Some(pgid), Some(start_time)) =
-                (job.pid, job.pgid, job.process_start_time)
-            {
-                let outcome = crate::runner::kill_stale_job(id.as_str(), pid, pgid, start_time);
-                tracing::warn!(job_id = %id, ?outcome, "ended processes of an interrupted job");
-            }
-            let now = Utc::now();
-            job.status = JobStatus::Failed;
-            job.exit_reason = Some(ExitReason::Interrupted);
-            job.duration_ms = job
-                .started_at
-                .map(|s| (now - s).num_milliseconds().max(0) as u64);
-            job.finished_at = Some(now);
-            job.pid = None;
-            job.pgid = None;
-            let message = if job.started_at.is_some() {
-                "the daemon stopped before this job finished; it was not resumed"
-            } else {
-                // Also herdctl's forks: its forkJob writes a pending record and never runs it.
-                "the job had not started when the daemon that owned it stopped; it was not run \
-                 (trigger or fork it again)"
-            };
-            job.error = Some(JobError {
-                code: "INTERRUPTED".into(),
-                message: message.into(),
-            });
-            if let Err(e) = store.put(&job) {
-                report_state_error(&self.shared.events, &e.to_string());
-            }
-            self.metrics().job_finished(&job);
-            tracing::warn!(job_id = %id, agent = %job.agent, "job marked interrupted after a daemon restart");
-            // Its work item is still labelled in progress: give it back.
-            let claimed = job.schedule.as_ref().and_then(|schedule| {
-                let source = sources.get(&ScheduleKey::new(&job.agent, schedule))?;
-                let item = serde_json::from_value(job.work_item.clone()?).ok()?;
-                Some((source.clone(), item))
-            });
-            if let Some(work) = claimed {
-                followup::report_work(work, &job);
-            }
-        }
     }
 
     /// Starts the scheduler; from `initialized` or `stopped`.
@@ -468,6 +419,61 @@ impl FleetManager {
             agent_count: new.agents.len(),
         });
         Ok(ReloadResult { changes })
+    }
+}
+
+/// Jobs a dead daemon left queued or running: end any process still alive (guarding against pid
+/// reuse) and mark the record failed with exit reason `interrupted`.
+fn recover_interrupted(
+    store: &mut JobStore,
+    sources: &HashMap<ScheduleKey, Arc<dyn WorkSource>>,
+    events: &EventBus,
+    metrics: &Metrics,
+) {
+    for id in store.non_terminal() {
+        let Ok(Some(mut job)) = store.get(&id) else {
+            continue;
+        };
+        if let (Some(pid), Some(pgid), Some(start_time)) =
+            (job.pid, job.pgid, job.process_start_time)
+        {
+            let outcome = crate::runner::kill_stale_job(id.as_str(), pid, pgid, start_time);
+            tracing::warn!(job_id = %id, ?outcome, "ended processes of an interrupted job");
+        }
+        let now = Utc::now();
+        job.status = JobStatus::Failed;
+        job.exit_reason = Some(ExitReason::Interrupted);
+        job.duration_ms = job
+            .started_at
+            .map(|s| (now - s).num_milliseconds().max(0) as u64);
+        job.finished_at = Some(now);
+        job.pid = None;
+        job.pgid = None;
+        let message = if job.started_at.is_some() {
+            "the daemon stopped before this job finished; it was not resumed"
+        } else {
+            // Also herdctl's forks: its forkJob writes a pending record and never runs it.
+            "the job had not started when the daemon that owned it stopped; it was not run \
+             (trigger or fork it again)"
+        };
+        job.error = Some(JobError {
+            code: "INTERRUPTED".into(),
+            message: message.into(),
+        });
+        if let Err(e) = store.put(&job) {
+            report_state_error(events, &e.to_string());
+        }
+        metrics.job_finished(&job);
+        tracing::warn!(job_id = %id, agent = %job.agent, "job marked interrupted after a daemon restart");
+        // Its work item is still labelled in progress: give it back.
+        let claimed = job.schedule.as_ref().and_then(|schedule| {
+            let source = sources.get(&ScheduleKey::new(&job.agent, schedule))?;
+            let item = serde_json::from_value(job.work_item.clone()?).ok()?;
+            Some((source.clone(), item))
+        });
+        if let Some(work) = claimed {
+            followup::report_work(work, &job);
+        }
     }
 }
 
