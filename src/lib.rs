@@ -58,7 +58,8 @@
 //! 2. The FleetManager validates the agent and schedule, refuses the run (`BudgetExceeded`) when the
 //!    agent's jobs that finished in its current day already cost its `budget.daily_usd` and the call did
 //!    not pass `overBudget`, and creates a [`job::Job`] (its id drawn again while a stored, active or
-//!    still-being-written job has it); its record is staged (written and fsynced,
+//!    still-being-written job has it) by the one route trigger, fork and schedule fires share
+//!    (`fleet::admission`'s `create_job`): its record is staged (written and fsynced,
 //!    `state::JobStore::stage`) outside the fleet lock, then committed (renamed and indexed) under it, and
 //!    `job:created` is emitted. If the agent and the fleet have a free slot it starts
 //!    the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call returns the
