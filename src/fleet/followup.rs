@@ -130,32 +130,38 @@ pub(super) fn release_unused(work: ClaimedWork, why: &str) {
 }
 
 /// Runs the agent's hooks that apply to how the job ended, in the background.
-pub(super) fn run_hooks(agent: &AgentConfig, config: &FleetConfig, job: &Job) {
+pub(super) fn run_hooks(agent: &Arc<AgentConfig>, config: &FleetConfig, job: &Job) {
+    if agent.hooks.after_run.is_empty() && agent.hooks.on_error.is_empty() {
+        return;
+    }
     let event = match (job.status, job.exit_reason) {
         (JobStatus::Completed, _) => HookEvent::Completed,
         (JobStatus::Cancelled, _) => HookEvent::Cancelled,
         (_, Some(ExitReason::Timeout)) => HookEvent::Timeout,
         _ => HookEvent::Failed,
     };
-    let context = hook_context(agent, job, event);
-    let selected: Vec<crate::config::Hook> = hooks::select(&agent.hooks, event, &context)
-        .into_iter()
-        .cloned()
-        .collect();
-    if selected.is_empty() {
-        return;
-    }
-    let cwd = agent.working_directory.clone();
     let env = secret_lookup(config);
-    let agent_name = agent.name.clone();
+    let agent = agent.clone();
+    let job = job.clone();
     let job_id = job.id.to_string();
     tokio::spawn(async move {
-        let refs: Vec<&crate::config::Hook> = selected.iter().collect();
-        for run in hooks::run(&refs, &context, &cwd, &env).await {
+        // The context holds the agent's metadata file: read here, never under the fleet's lock.
+        let context = {
+            let agent = agent.clone();
+            tokio::task::spawn_blocking(move || hook_context(&agent, &job, event)).await
+        };
+        let Ok(context) = context else {
+            return;
+        };
+        let selected = hooks::select(&agent.hooks, event, &context);
+        if selected.is_empty() {
+            return;
+        }
+        for run in hooks::run(&selected, &context, &agent.working_directory, &env).await {
             if run.success {
-                tracing::info!(agent = %agent_name, job_id = %job_id, hook = %run.name, "hook ran");
+                tracing::info!(agent = %agent.name, job_id = %job_id, hook = %run.name, "hook ran");
             } else {
-                tracing::warn!(agent = %agent_name, job_id = %job_id, hook = %run.name,
+                tracing::warn!(agent = %agent.name, job_id = %job_id, hook = %run.name,
                     "hook failed: {}", run.message);
             }
         }
@@ -256,6 +262,7 @@ schedules:
             ),
         )
         .unwrap();
+        std::fs::write(dir.path().join("metadata.json"), r#"{"owner": "ops"}"#).unwrap();
         if with_token {
             std::fs::write(
                 dir.path().join(".env"),
@@ -337,6 +344,10 @@ schedules:
             serde_json::from_str(&std::fs::read_to_string(&hook).unwrap()).unwrap();
         assert_eq!(context["event"], "completed");
         assert_eq!(context["job"]["id"], job.id.as_str());
+        assert_eq!(
+            context["metadata"]["owner"], "ops",
+            "the agent's metadata file"
+        );
         assert_eq!(context["result"]["output"], "fixed");
         fleet.stop(Default::default()).await.unwrap();
     }
