@@ -236,10 +236,22 @@ async fn unsubscribe_stops_notifications(client: &mut Client) {
         .await;
     let logs = client.subscribe("streamLogs", json!({"tail": 0})).await;
     client.unsubscribe("unsubscribeEvents", &dropped).await;
-    client.unsubscribe("unsubscribeLogs", &logs).await;
-    // Already gone.
+    // Named params, the documented canonical form, end a subscription too.
+    assert_eq!(
+        client
+            .call("unsubscribeLogs", json!({"subscription": logs}))
+            .await,
+        true
+    );
+    // Already gone, asked either way.
     assert_eq!(
         client.call("unsubscribeEvents", json!([dropped])).await,
+        false
+    );
+    assert_eq!(
+        client
+            .call("unsubscribeLogs", json!({"subscription": logs}))
+            .await,
         false
     );
 

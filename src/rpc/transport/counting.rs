@@ -1,5 +1,6 @@
 //! `herdctld_rpc_calls_total{method,code}`: every answered call counted where it is dispatched — the NDJSON
-//! dispatcher calls [`CallCounter::count`], HTTP and WebSocket go through the [`CountLayer`] RPC middleware.
+//! dispatcher calls [`CallCounter::count`], HTTP and WebSocket go through the [`CountLayer`] RPC middleware
+//! (which also gives named unsubscribe params their positional form, as the NDJSON dispatcher does).
 //!
 //! The method label is a registered name or `unknown`, so a client cannot grow the label set; the code is
 //! the reply's JSON-RPC error code or `ok`.
@@ -84,6 +85,12 @@ where
         let service = self.service.clone();
         let counter = self.counter.clone();
         async move {
+            let mut request = request;
+            if let Some(positional) =
+                super::unsubscribe_params(request.method_name(), request.params.as_deref())
+            {
+                request.params = Some(std::borrow::Cow::Owned(positional));
+            }
             let label = counter.as_ref().map(|c| c.label(request.method_name()));
             let response = service.call(request).await;
             if let (Some(counter), Some(label)) = (counter, label) {

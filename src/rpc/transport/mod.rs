@@ -17,6 +17,26 @@ mod http_support;
 pub mod metrics_http;
 mod ndjson;
 pub mod peer;
+/// `unsubscribe*` with named params (`{"subscription": id}`, the documented canonical form) as the
+/// positional `[id]` jsonrpsee's unsubscribe handlers parse; `None` when nothing is to change. Without it a
+/// named unsubscribe answered `false` and left the subscription live.
+fn unsubscribe_params(
+    method: &str,
+    params: Option<&serde_json::value::RawValue>,
+) -> Option<Box<serde_json::value::RawValue>> {
+    if !method.starts_with("unsubscribe") {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        subscription: &'a serde_json::value::RawValue,
+    }
+    let named: Named = serde_json::from_str(params?.get()).ok()?;
+    serde_json::value::RawValue::from_string(format!("[{}]", named.subscription.get())).ok()
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -531,7 +531,13 @@ impl Dispatcher {
             extensions,
             ..
         } = request;
-        let params = Params::new(params.as_ref().map(|p| p.get()));
+        let positional = super::unsubscribe_params(&method, params.as_deref());
+        let params = Params::new(
+            positional
+                .as_deref()
+                .or(params.as_deref())
+                .map(RawValue::get),
+        );
         let Some((_, callback)) = self.methods.method_with_name(&method) else {
             return MethodResponse::error(id, ErrorObject::from(ErrorCode::MethodNotFound));
         };
