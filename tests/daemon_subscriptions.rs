@@ -267,3 +267,50 @@ async fn unsubscribe_stops_notifications(client: &mut Client) {
         );
     }
 }
+
+/// A sub-fleet agent answers to its local name in listings and log streams, as it does in `trigger`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_fleet_agent_is_found_by_its_local_name() {
+    let dir = TestDir::new();
+    let team = dir.path().join("team");
+    std::fs::create_dir_all(&team).unwrap();
+    std::fs::write(
+        dir.path().join("herdctl.yaml"),
+        "version: 1\nfleets:\n  - path: team/herdctl.yaml\n    name: team\nagents: []\n",
+    )
+    .unwrap();
+    std::fs::write(
+        team.join("herdctl.yaml"),
+        "version: 1\nagents:\n  - path: w.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(
+        team.join("w.yaml"),
+        "name: w\nruntime: command\ncommand: [sh, -c, 'echo working']\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start_in(
+        dir,
+        DaemonOptions {
+            keep_existing_fleet: true,
+            ..DaemonOptions::default()
+        },
+    )
+    .await;
+    let mut client = daemon.ndjson().await;
+    let logs = client
+        .subscribe("streamLogs", json!({"agentName": "w", "tail": 0}))
+        .await;
+    let events = client
+        .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
+        .await;
+    let job = client.call("trigger", json!({"agentName": "w"})).await;
+    assert_eq!(job["agent"], "team.w", "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let entry = client.notification(&logs).await;
+    assert_eq!(entry["agentName"], "team.w", "{entry}");
+    wait_for_event(&mut client, &events, "job:completed", Some(&id)).await;
+    let listed = client.call("getJobs", json!({"agentName": "w"})).await;
+    assert_eq!(listed["total"], 1, "{listed}");
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+}

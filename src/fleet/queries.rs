@@ -194,7 +194,10 @@ impl FleetManager {
 
     pub fn jobs(&self, query: &JobQuery) -> Result<JobList, FleetError> {
         let filter = JobFilter {
-            agent: query.agent.clone(),
+            agent: query
+                .agent
+                .as_deref()
+                .map(|name| self.qualified_agent_name(name)),
             status: query.status,
             since: query.since,
             until: query.until,
@@ -414,8 +417,21 @@ impl FleetManager {
     }
 
     /// Fleet log entries: the newest `tail` matching ones, then live.
-    pub fn stream_logs(&self, filter: LogFilter, tail: usize) -> LogSubscription {
+    pub fn stream_logs(&self, mut filter: LogFilter, tail: usize) -> LogSubscription {
+        filter.agent_name = filter
+            .agent_name
+            .map(|name| self.qualified_agent_name(&name));
         self.log_bus().subscribe(filter, tail)
+    }
+
+    /// The configured agent's qualified name for `name` (a sub-fleet agent's local name, as `trigger`
+    /// accepts it); `name` itself when no agent answers to it (a removed agent keeps its history).
+    fn qualified_agent_name(&self, name: &str) -> String {
+        let config = self.core().config.clone();
+        config
+            .as_deref()
+            .and_then(|config| find_agent(config, name).ok())
+            .map_or_else(|| name.to_owned(), |agent| agent.name.clone())
     }
 
     /// Log entries of one agent (which must exist).
