@@ -659,3 +659,37 @@ async fn fork_runs_the_modified_prompt() {
     wait_job(&manager, running.id.as_str()).await;
     wait_job(&manager, queued.id.as_str()).await;
 }
+
+#[tokio::test]
+async fn a_job_output_too_large_for_one_reply_is_refused_with_the_stream_named() {
+    // 144 lines of 64 KiB: 9 MiB of output, more than getJob returns inline.
+    let fx = Fixture::new(
+        "",
+        &[(
+            "big",
+            "head -c 9437184 /dev/zero | tr '\\0' x | fold -w 65536",
+            "",
+        )],
+    );
+    let manager = fx.manager().await;
+    let job = manager
+        .trigger("big", TriggerOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_job(&manager, job.id.as_str()).await.status,
+        JobStatus::Completed
+    );
+    let err = manager.job(job.id.as_str(), true).unwrap_err();
+    assert!(
+        matches!(&err, FleetError::OutputTooLarge { job_id, limit, output_bytes }
+            if job_id == job.id.as_str() && *limit == herdctld::fleet::MAX_INLINE_OUTPUT_BYTES
+                && *output_bytes > *limit),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), 1010);
+    assert!(err.to_string().contains("streamJobOutput"), "{err}");
+    // The record alone is still there.
+    let (record, output) = manager.job(job.id.as_str(), false).unwrap();
+    assert_eq!((record.id, output), (job.id, None));
+}

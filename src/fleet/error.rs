@@ -108,6 +108,16 @@ pub enum FleetError {
 
     #[error("invalid parameters: {message}")]
     InvalidParams { message: String },
+
+    #[error(
+        "the output of job {job_id} is {output_bytes} bytes, more than one reply carries ({limit} bytes); \
+         read it with streamJobOutput (herdctl job {job_id} --output, or herdctl logs --job {job_id})"
+    )]
+    OutputTooLarge {
+        job_id: String,
+        output_bytes: u64,
+        limit: u64,
+    },
 }
 
 /// Dollars with cents, and with tenths of a cent when less than a cent (a run of a cheap model).

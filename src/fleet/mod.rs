@@ -53,4 +53,5 @@ pub use logs::{LogBus, LogEntry, LogFilter, LogItem, LogLayer, LogLevel, LogSubs
 pub use manager::{FleetManager, ForkOptions, JobQuery, StopOptions, TriggerOptions};
 pub use options::{FleetManagerOptions, HistoryOptions, DEFAULT_MAX_JOBS_PER_AGENT};
 pub use output::{JobOutputStream, OutputBatchItem, OutputItem, SerializedLine};
+pub use queries::MAX_INLINE_OUTPUT_BYTES;
 pub use queue::{JobQueue, QueuedJob};

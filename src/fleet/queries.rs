@@ -20,6 +20,10 @@ use super::output::JobOutputStream;
 use super::schedules::{effective_enabled, Plan};
 use super::spec;
 
+/// The most output (bytes of its `.jsonl`) `job` returns inline: well under the socket's 10 MiB response
+/// limit, with room for the record and the JSON-RPC envelope.
+pub const MAX_INLINE_OUTPUT_BYTES: u64 = 8 * 1024 * 1024;
+
 impl FleetManager {
     pub async fn status(&self) -> FleetStatus {
         let plan = self.scheduler_plan().await;
@@ -215,7 +219,9 @@ impl FleetManager {
         })
     }
 
-    /// A job record, optionally with its persisted output lines.
+    /// A job record, optionally with its persisted output lines: at most [`MAX_INLINE_OUTPUT_BYTES`] of
+    /// them (as stored), so the reply stays under the transport's response limit; a larger output is
+    /// refused with [`FleetError::OutputTooLarge`], which names the stream that reads any size.
     pub fn job(
         &self,
         id: &str,
@@ -225,6 +231,14 @@ impl FleetManager {
         let job = self.record(&job_id)?;
         let output = if include_output {
             let path = self.core().store()?.output_path(&job_id);
+            let output_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            if output_bytes > MAX_INLINE_OUTPUT_BYTES {
+                return Err(FleetError::OutputTooLarge {
+                    job_id: job_id.to_string(),
+                    output_bytes,
+                    limit: MAX_INLINE_OUTPUT_BYTES,
+                });
+            }
             Some(crate::state::read_output(&path, 0, None).map_err(|e| state_error(&path, e))?)
         } else {
             None

@@ -67,6 +67,7 @@ fn fleet_code(error: &FleetError) -> i32 {
         FleetError::JobNotRunning { .. } => 1007,
         FleetError::State { .. } => 1008,
         FleetError::BudgetExceeded { .. } => 1009,
+        FleetError::OutputTooLarge { .. } => 1010,
         // A domain-level check of a parameter the wire format could not express (e.g. a range).
         FleetError::InvalidParams { .. } => -32602,
     }
@@ -84,6 +85,7 @@ fn fleet_code_name(error: &FleetError) -> &'static str {
         FleetError::JobNotRunning { .. } => "JOB_NOT_RUNNING",
         FleetError::State { .. } => "STATE_ERROR",
         FleetError::BudgetExceeded { .. } => "BUDGET_EXCEEDED",
+        FleetError::OutputTooLarge { .. } => "OUTPUT_TOO_LARGE",
         FleetError::InvalidParams { .. } => "INVALID_PARAMS",
     }
 }
@@ -138,6 +140,12 @@ fn fleet_context(error: &FleetError) -> Value {
                     "budgetUsd": daily_usd, "day": day, "timezone": timezone,
                     "override": "overBudget"}),
         FleetError::InvalidParams { message } => json!({"message": message}),
+        FleetError::OutputTooLarge {
+            job_id,
+            output_bytes,
+            limit,
+        } => json!({"jobId": job_id, "outputBytes": output_bytes, "limit": limit,
+                    "alternative": "streamJobOutput"}),
     }
 }
 
@@ -217,11 +225,16 @@ mod tests {
                 day: "2026-03-02".into(),
                 timezone: "UTC".into(),
             },
+            FleetError::OutputTooLarge {
+                job_id: "j".into(),
+                output_bytes: 9,
+                limit: 8,
+            },
         ];
         let codes: Vec<i32> = errors.iter().map(|e| fleet_error(e).code()).collect();
         assert_eq!(
             codes,
-            [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009]
+            [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010]
         );
         for error in &errors {
             assert_eq!(data_of(&fleet_error(error))["code"], fleet_code_name(error));

@@ -182,10 +182,14 @@ impl Session {
                 self.show(&page, |style, v| render::jobs(style, v, now))
             }
             Command::Job { id, output } => {
-                let job = self
-                    .client
-                    .call("getJob", json!({"id": id, "includeOutput": output}))
-                    .await?;
+                let mut job = self.client.call("getJob", json!({"id": id})).await?;
+                if output {
+                    // Streamed, not `includeOutput`: a reply has a size limit, a stream has none.
+                    let lines = self.job_output(&id).await?;
+                    if let Value::Object(fields) = &mut job {
+                        fields.insert("output".into(), Value::Array(lines));
+                    }
+                }
                 self.show(&job, |style, v| {
                     let mut out = render::job(style, v, now);
                     if let Some(lines) = v.get("output").and_then(Value::as_array) {
@@ -641,6 +645,30 @@ impl Session {
             .await?;
         self.follow_job(id, cursor, &mut print).await?;
         Ok(EXIT_OK)
+    }
+
+    /// A job's output lines so far: its whole history, and live ones until it ends or pauses.
+    async fn job_output(&mut self, id: &str) -> Result<Vec<Value>, CliError> {
+        let subscription = self
+            .client
+            .subscribe("streamJobOutput", json!({"id": id, "batch": true}))
+            .await?;
+        let mut lines = Vec::new();
+        let mut cursor = 0;
+        let end = self
+            .read_job_output(
+                &subscription,
+                &mut cursor,
+                Some(QUIET_PERIOD),
+                &mut |line: &Value| lines.push(line.clone()),
+            )
+            .await?;
+        if !matches!(end, StreamEnd::Eof(_)) {
+            self.client
+                .call("unsubscribeJobOutput", json!([subscription]))
+                .await?;
+        }
+        Ok(lines)
     }
 
     /// `logs` without `--job`: the daemon's log entries, the newest `lines` first; with `follow`, then live.
