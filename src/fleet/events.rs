@@ -139,35 +139,55 @@ impl EventItem {
 }
 
 /// The broadcast bus. Cloning shares the bus.
+///
+/// Two rings: every event goes to `all`; every event but `job:output` also to `control`. A subscriber
+/// whose filter leaves out `job:output` reads `control`, so a job printing a million lines neither costs
+/// it a filtered-out copy per line nor makes it lag; per-line events are built only while someone reads
+/// `all`.
 #[derive(Clone)]
 pub struct EventBus {
-    sender: broadcast::Sender<TimedEvent>,
+    all: broadcast::Sender<TimedEvent>,
+    control: broadcast::Sender<TimedEvent>,
 }
 
 impl EventBus {
     pub fn new(capacity: usize) -> EventBus {
-        let (sender, _) = broadcast::channel(capacity.max(16));
-        EventBus { sender }
+        let (all, _) = broadcast::channel(capacity.max(16));
+        let (control, _) = broadcast::channel(capacity.max(16));
+        EventBus { all, control }
     }
 
     /// Emits an event; returns at once whether or not anyone listens.
     pub fn emit(&self, event: FleetEvent) {
-        // An error only means there is no subscriber right now, which is fine.
-        let _ = self.sender.send(TimedEvent {
+        let timed = TimedEvent {
             timestamp: Utc::now(),
             event,
-        });
+        };
+        // An error only means there is no subscriber right now, which is fine.
+        if !matches!(timed.event, FleetEvent::JobOutput { .. }) && self.control.receiver_count() > 0
+        {
+            let _ = self.control.send(timed.clone());
+        }
+        let _ = self.all.send(timed);
     }
 
-    /// Whether anyone listens (to skip building events nobody would receive).
-    pub fn has_subscribers(&self) -> bool {
-        self.sender.receiver_count() > 0
+    /// Whether anyone listens to `job:output` (to skip building per-line events nobody would receive).
+    pub fn wants_output(&self) -> bool {
+        self.all.receiver_count() > 0
     }
 
     /// A subscription to events whose type is in `types` (all when `None`).
     pub fn subscribe(&self, types: Option<Vec<String>>) -> EventSubscription {
+        let wants_output = types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|name| name == event_names::JOB_OUTPUT));
+        let ring = if wants_output {
+            &self.all
+        } else {
+            &self.control
+        };
         EventSubscription {
-            receiver: self.sender.subscribe(),
+            receiver: ring.subscribe(),
             types,
         }
     }
@@ -247,13 +267,54 @@ mod tests {
     }
 
     #[test]
-    fn knows_whether_anyone_listens() {
+    fn knows_whether_anyone_listens_to_output() {
         let bus = EventBus::new(16);
-        assert!(!bus.has_subscribers());
-        let subscription = bus.subscribe(None);
-        assert!(bus.has_subscribers());
-        drop(subscription);
-        assert!(!bus.has_subscribers());
+        assert!(!bus.wants_output());
+        let control_only = bus.subscribe(Some(vec!["job:completed".into()]));
+        assert!(!bus.wants_output());
+        let everything = bus.subscribe(None);
+        assert!(bus.wants_output());
+        drop(everything);
+        let output = bus.subscribe(Some(vec!["job:output".into()]));
+        assert!(bus.wants_output());
+        drop((output, control_only));
+        assert!(!bus.wants_output());
+    }
+
+    fn output_event(seq: u64) -> FleetEvent {
+        FleetEvent::JobOutput {
+            job_id: "j".into(),
+            seq,
+            output_type: "stdout".into(),
+            chunk: Value::Null,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_without_output_in_its_filter_never_lags_behind_output() {
+        let bus = EventBus::new(16);
+        let mut completed = bus.subscribe(Some(vec!["job:failed".into()]));
+        let mut everything = bus.subscribe(None);
+        for seq in 0..1000 {
+            bus.emit(output_event(seq));
+        }
+        bus.emit(FleetEvent::Error {
+            message: "m".into(),
+            source: "s".into(),
+        });
+        bus.emit(FleetEvent::Stopped {
+            reason: "test".into(),
+        });
+        // Filtered out, but read from the ring without output: no lag notice, nothing else.
+        drop(bus);
+        assert!(
+            completed.next().await.is_none(),
+            "neither a lag nor an event"
+        );
+        let Some(EventItem::Lagged { missed, .. }) = everything.next().await else {
+            panic!("the unfiltered subscriber lagged behind the output")
+        };
+        assert!(missed > 900, "{missed}");
     }
 
     #[test]

@@ -299,8 +299,8 @@ impl Pump {
             let bytes: usize = serialized.iter().map(|line| line.json().len()).sum();
             self.metrics.output(serialized.len() as u64, bytes as u64);
             self.hub.publish(serialized.into());
-            // Building an event per line costs a copy of it: only when someone listens.
-            if self.events.has_subscribers() {
+            // Building an event per line costs a copy of it: only when someone listens to them.
+            if self.events.wants_output() {
                 for line in lines {
                     self.events.emit(FleetEvent::JobOutput {
                         job_id: self.job_id.clone(),
