@@ -188,6 +188,11 @@ async fn logs_stream(client: &mut Client) {
             json!({"agentName": "echo", "level": "info"}),
         )
         .await;
+    // Nothing asked for from the history: its end comes first, and says so.
+    assert_eq!(
+        client.notification(&logs).await,
+        json!({"type": "replayed", "count": 0})
+    );
     let job = client.call("trigger", json!({"agentName": "echo"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
 
@@ -206,8 +211,14 @@ async fn logs_stream(client: &mut Client) {
         }
     };
     assert_eq!(entry["agentName"], "echo", "{entry}");
+    let mut replay_ended = false;
     loop {
         let entry = client.notification(&agent_logs).await;
+        if entry["type"] == "replayed" {
+            assert!(!replay_ended, "one end of the replay: {entry}");
+            replay_ended = true;
+            continue;
+        }
         assert_eq!(entry["agentName"], "echo", "{entry}");
         if entry["jobId"] == id.as_str() {
             break;
@@ -235,6 +246,8 @@ async fn unsubscribe_stops_notifications(client: &mut Client) {
         .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
         .await;
     let logs = client.subscribe("streamLogs", json!({"tail": 0})).await;
+    // Sent before any unsubscribe: the end of its (empty) replay.
+    assert_eq!(client.notification(&logs).await["type"], "replayed");
     client.unsubscribe("unsubscribeEvents", &dropped).await;
     // Named params, the documented canonical form, end a subscription too.
     assert_eq!(
@@ -307,6 +320,7 @@ async fn a_sub_fleet_agent_is_found_by_its_local_name() {
     let job = client.call("trigger", json!({"agentName": "w"})).await;
     assert_eq!(job["agent"], "team.w", "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(client.notification(&logs).await["type"], "replayed");
     let entry = client.notification(&logs).await;
     assert_eq!(entry["agentName"], "team.w", "{entry}");
     wait_for_event(&mut client, &events, "job:completed", Some(&id)).await;

@@ -36,6 +36,8 @@ macro_rules! fleet_events {
             $(pub const $constant: &str = $name;)*
             /// The `type` of the notice a reader gets when it fell behind (events or log entries).
             pub const LAGGED: &str = "lagged";
+            /// The `type` of the notice that ends a log stream's replay (what follows is live).
+            pub const REPLAYED: &str = "replayed";
         }
 
         impl FleetEvent {

@@ -147,6 +147,7 @@ impl LogBus {
         let receiver = self.live.subscribe();
         drop(ring);
         LogSubscription {
+            replay_end: Some(replay.len()),
             replay: replay.into(),
             receiver,
             filter,
@@ -164,11 +165,22 @@ fn lock(ring: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
 #[serde(untagged)]
 pub enum LogItem {
     Entry(LogEntry),
-    Lagged { r#type: &'static str, missed: u64 },
+    Lagged {
+        r#type: &'static str,
+        missed: u64,
+    },
+    /// Follows the replayed entries (`count` of them, maybe none): from here on entries are live. A reader
+    /// that wants only the history stops here instead of guessing from a pause.
+    Replayed {
+        r#type: &'static str,
+        count: usize,
+    },
 }
 
 pub struct LogSubscription {
     replay: VecDeque<LogEntry>,
+    /// How many entries the replay has, until its end was announced.
+    replay_end: Option<usize>,
     receiver: broadcast::Receiver<LogEntry>,
     filter: LogFilter,
 }
@@ -177,6 +189,12 @@ impl LogSubscription {
     pub async fn next(&mut self) -> Option<LogItem> {
         if let Some(entry) = self.replay.pop_front() {
             return Some(LogItem::Entry(entry));
+        }
+        if let Some(count) = self.replay_end.take() {
+            return Some(LogItem::Replayed {
+                r#type: super::events::event_names::REPLAYED,
+                count,
+            });
         }
         loop {
             match self.receiver.recv().await {

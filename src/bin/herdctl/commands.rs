@@ -699,25 +699,22 @@ impl Session {
             ),
         };
         let subscription = self.client.subscribe(method, request).await?;
-        let quiet = (!follow).then_some(QUIET_PERIOD);
-        let mut received = 0;
         loop {
-            // The replay is the first `tail` notifications; without -f we stop there or at a pause.
-            if !follow && received >= tail {
-                return Ok(EXIT_OK);
-            }
             let next = tokio::select! {
                 _ = interrupted(&mut self.interrupt) => return Ok(EXIT_OK),
-                _ = tokio::time::sleep(quiet.unwrap_or(Duration::MAX)), if quiet.is_some() => {
-                    return Ok(EXIT_OK)
-                }
                 next = self.client.next_notification() => next?,
             };
             let notification = next.ok_or(ClientError::Closed)?;
             if notification.subscription != subscription {
                 continue;
             }
-            received += 1;
+            // The daemon marks where the history ends: without -f that is all we show.
+            if notification.result["type"] == event_names::REPLAYED {
+                if follow {
+                    continue;
+                }
+                return Ok(EXIT_OK);
+            }
             if self.json {
                 println!("{}", notification.result);
             } else {
