@@ -470,6 +470,8 @@ struct OutputResult<'a> {
     #[serde(borrow)]
     lines: Option<Vec<OutputLineFields<'a>>>,
     eof: Option<bool>,
+    /// The mark that the stored history was delivered: not a line.
+    replayed: Option<bool>,
     #[serde(borrow)]
     status: Option<Cow<'a, str>>,
 }
@@ -494,6 +496,9 @@ impl StreamTally {
         if result.eof.is_some() {
             self.eof_status = result.status.as_deref().unwrap_or("?").to_string();
             return true;
+        }
+        if result.replayed.is_some() {
+            return false;
         }
         match result.lines {
             Some(lines) => lines

@@ -88,6 +88,9 @@ async fn output_of_a_running_job_replays_then_continues_live(client: &mut Client
     assert_eq!(replayed["seq"], 0, "{replayed}");
     assert!(replayed.to_string().contains("before gate"), "{replayed}");
 
+    // The stored history is delivered: the stream says so before anything live.
+    let caught_up = client.notification(&output).await;
+    assert_eq!(caught_up, json!({"replayed": true, "nextSeq": 1}));
     open_gate(&daemon.agents_dir(), &id);
     let mut lines = vec![replayed];
     let end = loop {
@@ -95,6 +98,7 @@ async fn output_of_a_running_job_replays_then_continues_live(client: &mut Client
         if item["eof"] == true {
             break item;
         }
+        assert!(item.get("replayed").is_none(), "said once: {item}");
         lines.push(item);
     };
     assert_eq!(end["status"], "completed", "{end}");
@@ -126,6 +130,7 @@ async fn output_of_a_finished_job_replays_and_ends(client: &mut Client, id: &str
     assert!(!stored.is_empty());
 
     let output = client.subscribe("streamJobOutput", json!({"id": id})).await;
+    let caught_up = json!({"replayed": true, "nextSeq": stored.len()});
     let mut replayed = Vec::new();
     let end = loop {
         let item = client.notification(&output).await;
@@ -135,6 +140,8 @@ async fn output_of_a_finished_job_replays_and_ends(client: &mut Client, id: &str
         replayed.push(item);
     };
     assert_eq!(end["status"], "completed");
+    // The history, then the mark that it was all delivered, then the end.
+    assert_eq!(replayed.pop().as_ref(), Some(&caught_up));
     assert_eq!(&replayed, stored);
 
     // Batched: the same lines, several per notification, then the same end.
@@ -147,6 +154,11 @@ async fn output_of_a_finished_job_replays_and_ends(client: &mut Client, id: &str
         let item = client.notification(&batched).await;
         if item["eof"] == true {
             break item;
+        }
+        if item.get("replayed").is_some() {
+            assert_eq!(item, caught_up, "the mark comes after every line");
+            assert_eq!(lines.len(), stored.len());
+            continue;
         }
         notifications += 1;
         lines.extend(

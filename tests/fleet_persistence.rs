@@ -26,6 +26,7 @@ async fn collect_output(
                         texts.push(text.to_string());
                     }
                 }
+                OutputItem::Replayed { .. } => {}
                 OutputItem::Eof { status, .. } => return Some(status),
             }
         }
@@ -230,12 +231,18 @@ async fn pruning_never_removes_a_job_before_its_waiters_see_it() {
                 .unwrap(),
         );
     }
+    // Every waiter asks before any job ends; each then gets its job's final record, pruned or not.
+    let waiters: Vec<_> = jobs
+        .iter()
+        .map(|job| manager.wait_for_job(job.id.as_str()))
+        .collect();
     std::fs::write(&release, "").unwrap();
-    for job in &jobs {
-        assert_eq!(
-            wait_job(&manager, job.id.as_str()).await.status,
-            JobStatus::Completed
-        );
+    for waiter in waiters {
+        let job = tokio::time::timeout(DEADLINE, waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job.status, JobStatus::Completed);
     }
     let listed = manager.jobs(&herdctld::fleet::JobQuery::default()).unwrap();
     assert_eq!(listed.total, 2);

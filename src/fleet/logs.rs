@@ -386,12 +386,14 @@ mod tests {
             tracing::error!(agent = "a", "live");
         });
         let mut messages = Vec::new();
-        for _ in 0..3 {
-            if let Some(LogItem::Entry(e)) = sub.next().await {
-                messages.push(e.message);
+        for _ in 0..4 {
+            match sub.next().await {
+                Some(LogItem::Entry(e)) => messages.push(e.message),
+                Some(LogItem::Replayed { count, .. }) => messages.push(format!("replayed {count}")),
+                other => panic!("{other:?}"),
             }
         }
         // The ring holds 3 entries: "old 3", "old 4" and the debug one, which the level filter drops.
-        assert_eq!(messages, ["old 3", "old 4", "live"]);
+        assert_eq!(messages, ["old 3", "old 4", "replayed 2", "live"]);
     }
 }

@@ -123,6 +123,13 @@ impl Default for OutputHub {
 #[serde(untagged)]
 pub enum OutputItem {
     Line(SerializedLine),
+    /// `{replayed: true, nextSeq}`, once: every line stored when the stream got to it was delivered; what
+    /// follows is live (or the `Eof` of a finished job). A reader that wants only what is there stops here.
+    #[serde(rename_all = "camelCase")]
+    Replayed {
+        replayed: bool,
+        next_seq: u64,
+    },
     /// The job has finished and every line was delivered.
     Eof {
         eof: bool,
@@ -134,8 +141,18 @@ pub enum OutputItem {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum OutputBatchItem {
-    Lines { lines: Vec<SerializedLine> },
-    Eof { eof: bool, status: JobStatus },
+    Lines {
+        lines: Vec<SerializedLine>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Replayed {
+        replayed: bool,
+        next_seq: u64,
+    },
+    Eof {
+        eof: bool,
+        status: JobStatus,
+    },
 }
 
 /// Reads a `.jsonl` output file incrementally from where it stopped; a last line without its newline (being
@@ -201,6 +218,8 @@ pub struct JobOutputStream {
     from_file: bool,
     live: Option<broadcast::Receiver<OutputBatch>>,
     final_status: StatusLookup,
+    /// The end of the replay was announced ([`OutputItem::Replayed`]).
+    replayed: bool,
     ended: bool,
 }
 
@@ -226,6 +245,7 @@ impl JobOutputStream {
             from_file: true,
             live,
             final_status,
+            replayed: false,
             ended: false,
         }
     }
@@ -235,6 +255,13 @@ impl JobOutputStream {
         loop {
             if let Some(line) = self.next_ready() {
                 return Some(OutputItem::Line(line));
+            }
+            if !self.replayed {
+                self.replayed = true;
+                return Some(OutputItem::Replayed {
+                    replayed: true,
+                    next_seq: self.cursor,
+                });
             }
             if self.ended {
                 return None;
@@ -257,6 +284,9 @@ impl JobOutputStream {
     pub async fn next_batch(&mut self, max_bytes: usize) -> Option<OutputBatchItem> {
         let first = match self.next().await? {
             OutputItem::Line(line) => line,
+            OutputItem::Replayed { replayed, next_seq } => {
+                return Some(OutputBatchItem::Replayed { replayed, next_seq })
+            }
             OutputItem::Eof { eof, status } => return Some(OutputBatchItem::Eof { eof, status }),
         };
         let mut bytes = first.json().len();
@@ -357,6 +387,7 @@ mod tests {
         while let Some(item) = stream.next().await {
             match item {
                 OutputItem::Line(l) => seqs.push(l.seq),
+                OutputItem::Replayed { .. } => {}
                 OutputItem::Eof { status, .. } => return (seqs, Some(status)),
             }
         }
@@ -497,6 +528,14 @@ mod tests {
         hub.publish(batch(&more));
         assert_eq!(seqs_of(stream.next_batch(1).await), vec![6]);
         assert_eq!(seqs_of(stream.next_batch(1 << 20).await), vec![7, 8]);
+        // Everything there was delivered: said once.
+        assert!(matches!(
+            stream.next_batch(1 << 20).await,
+            Some(OutputBatchItem::Replayed {
+                replayed: true,
+                next_seq: 9
+            })
+        ));
         // Nothing ready: the batch waits for the next line.
         let waiting = tokio::spawn(async move {
             let item = stream.next_batch(1 << 20).await;
@@ -579,6 +618,13 @@ mod tests {
             panic!("no line 0");
         };
         assert_eq!(first.parse().unwrap().data["copy"], "file");
+        assert!(matches!(
+            stream.next().await,
+            Some(OutputItem::Replayed {
+                replayed: true,
+                next_seq: 1
+            })
+        ));
         let idle = tokio::time::timeout(std::time::Duration::from_millis(50), stream.next()).await;
         assert!(idle.is_err(), "nothing more to read yet");
         // Caught up: live lines come from the hub without a read of the file per line.

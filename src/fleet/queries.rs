@@ -470,22 +470,30 @@ impl FleetManager {
         ))
     }
 
-    /// Waits until the job is final (finished, failed or cancelled) and returns its record.
-    pub async fn wait_for_job(&self, id: &str) -> Result<Job, FleetError> {
-        let job_id = parse_job_id(id)?;
-        let finished = self
-            .core()
-            .jobs
-            .get(&job_id)
-            .map(|a| a.finished.subscribe());
-        if let Some(mut finished) = finished {
-            // The final record from the job itself: history pruning may already have deleted its file.
-            if let Ok(job) = finished.wait_for(Option::is_some).await {
-                if let Some(job) = job.clone() {
-                    return Ok(job);
+    /// Waits until the job is final (finished, failed or cancelled) and returns its record. The wait
+    /// begins when this is called, not when the future is first polled: a job that ends (and is pruned)
+    /// before the caller gets to await still answers with its final record.
+    pub fn wait_for_job(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<Job, FleetError>> + Send + 'static {
+        let job_id = parse_job_id(id);
+        let finished = job_id
+            .as_ref()
+            .ok()
+            .and_then(|job_id| self.core().jobs.get(job_id).map(|a| a.finished.subscribe()));
+        let manager = self.clone();
+        async move {
+            let job_id = job_id?;
+            if let Some(mut finished) = finished {
+                // The final record from the job itself: history pruning may already have deleted its file.
+                if let Ok(job) = finished.wait_for(Option::is_some).await {
+                    if let Some(job) = job.clone() {
+                        return Ok(job);
+                    }
                 }
             }
+            manager.job(job_id.as_str(), false).map(|(job, _)| job)
         }
-        self.job(id, false).map(|(job, _)| job)
     }
 }

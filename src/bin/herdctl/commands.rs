@@ -4,7 +4,6 @@
 //! API: [`run`]`(command, sockets, json) -> exit code`. Errors print as `herdctl: <the daemon's message>`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use herdctld::fleet::event_names;
@@ -22,8 +21,6 @@ pub const EXIT_USAGE: u8 = 2;
 /// 128 + SIGINT: a cancelled job, or waiting interrupted by Ctrl-C.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// Replay of a subscription is taken to be over when nothing arrives for this long.
-const QUIET_PERIOD: Duration = Duration::from_millis(250);
 /// Log entries replayed when `-n` is not given (the daemon's default too).
 const DEFAULT_LOG_LINES: usize = 100;
 
@@ -399,8 +396,8 @@ fn outcome_line(style: Style, job: &Value) -> String {
 enum StreamEnd {
     /// The daemon's last notification: the job's status when the stream ended.
     Eof(String),
-    /// Nothing arrived for the quiet period.
-    Quiet,
+    /// The stored history was delivered (asked to stop there).
+    Replayed,
     Interrupted,
 }
 
@@ -498,7 +495,7 @@ impl Session {
                 )
                 .await?;
             let ended_as = match self
-                .read_job_output(&subscription, &mut cursor, None, on_line)
+                .read_job_output(&subscription, &mut cursor, false, on_line)
                 .await?
             {
                 StreamEnd::Interrupted => return Ok(Followed::Interrupted),
@@ -506,7 +503,7 @@ impl Session {
                     return Ok(Followed::Finished)
                 }
                 StreamEnd::Eof(status) => status,
-                StreamEnd::Quiet => String::new(),
+                StreamEnd::Replayed => String::new(),
             };
             let job = self.client.call("getJob", json!({"id": id})).await?;
             let now = text(&job, "status");
@@ -522,20 +519,18 @@ impl Session {
         }
     }
 
-    /// Reads one batched `streamJobOutput` subscription until its end, Ctrl-C, or (with `quiet`) a pause.
+    /// Reads one batched `streamJobOutput` subscription until its end, Ctrl-C, or (with
+    /// `stop_at_replayed`) the daemon's mark that the stored history was delivered.
     async fn read_job_output(
         &mut self,
         subscription: &Value,
         cursor: &mut u64,
-        quiet: Option<Duration>,
+        stop_at_replayed: bool,
         on_line: &mut impl FnMut(&Value),
     ) -> Result<StreamEnd, CliError> {
         loop {
             let next = tokio::select! {
                 _ = interrupted(&mut self.interrupt) => return Ok(StreamEnd::Interrupted),
-                _ = tokio::time::sleep(quiet.unwrap_or(Duration::MAX)), if quiet.is_some() => {
-                    return Ok(StreamEnd::Quiet)
-                }
                 next = self.client.next_notification() => next?,
             };
             let notification = next.ok_or(ClientError::Closed)?;
@@ -545,6 +540,12 @@ impl Session {
             let item = notification.result;
             if item.get("eof").and_then(Value::as_bool) == Some(true) {
                 return Ok(StreamEnd::Eof(text(&item, "status").to_owned()));
+            }
+            if item.get(event_names::REPLAYED).and_then(Value::as_bool) == Some(true) {
+                if stop_at_replayed {
+                    return Ok(StreamEnd::Replayed);
+                }
+                continue;
             }
             // Subscribed with `batch: true`: every line that was ready arrives in one notification.
             for line in item
@@ -612,7 +613,7 @@ impl Session {
         let mut tail = std::collections::VecDeque::new();
         let end = match lines {
             None => {
-                self.read_job_output(&subscription, &mut cursor, Some(QUIET_PERIOD), &mut print)
+                self.read_job_output(&subscription, &mut cursor, true, &mut print)
                     .await?
             }
             Some(keep) => {
@@ -624,13 +625,8 @@ impl Session {
                         tail.push_back(line.clone());
                     }
                 };
-                self.read_job_output(
-                    &subscription,
-                    &mut cursor,
-                    Some(QUIET_PERIOD),
-                    &mut remember,
-                )
-                .await?
+                self.read_job_output(&subscription, &mut cursor, true, &mut remember)
+                    .await?
             }
         };
         tail.iter().for_each(&mut print);
@@ -638,7 +634,7 @@ impl Session {
             StreamEnd::Interrupted => return Ok(EXIT_OK),
             StreamEnd::Eof(status) if is_terminal_status(&status) => return Ok(EXIT_OK),
             _ if !follow => return Ok(EXIT_OK),
-            StreamEnd::Eof(_) | StreamEnd::Quiet => {}
+            StreamEnd::Eof(_) | StreamEnd::Replayed => {}
         }
         self.client
             .call("unsubscribeJobOutput", json!([subscription]))
@@ -656,12 +652,9 @@ impl Session {
         let mut lines = Vec::new();
         let mut cursor = 0;
         let end = self
-            .read_job_output(
-                &subscription,
-                &mut cursor,
-                Some(QUIET_PERIOD),
-                &mut |line: &Value| lines.push(line.clone()),
-            )
+            .read_job_output(&subscription, &mut cursor, true, &mut |line: &Value| {
+                lines.push(line.clone())
+            })
             .await?;
         if !matches!(end, StreamEnd::Eof(_)) {
             self.client
