@@ -24,6 +24,21 @@ use super::sessions::SessionBook;
 use super::state_writer::StateWriter;
 use super::supervise;
 
+/// What initialization read and opened, off the fleet's lock, before the fleet takes it over.
+struct Loaded {
+    config: FleetConfig,
+    host_timezone: chrono_tz::Tz,
+    state_dir: StateDir,
+    store: JobStore,
+    store_issues: Vec<crate::state::StoreIssue>,
+    persisted: PersistedState,
+    corrupt: Option<crate::state::CorruptFile>,
+    sessions: SessionBook,
+    state_issues: Vec<String>,
+    retained: Retained,
+    work_sources: HashMap<ScheduleKey, Arc<dyn WorkSource>>,
+}
+
 /// What retention did to the history at initialization.
 struct Retained {
     pruned: usize,
@@ -143,38 +158,38 @@ impl FleetManager {
                 pruned: pruned_at_start,
                 herdctl_kept: pruning.herdctl_kept_beyond_default,
             };
-            Ok::<_, FleetError>((
+            Ok::<_, FleetError>(Loaded {
                 config,
                 host_timezone,
                 state_dir,
                 store,
-                issues,
+                store_issues: issues,
                 persisted,
                 corrupt,
                 sessions,
                 state_issues,
                 retained,
                 work_sources,
-            ))
+            })
         })
         .await
         .map_err(|e| FleetError::State {
             path: String::new(),
             message: format!("initialization task failed: {e}"),
         })??;
-        let (
+        let Loaded {
             config,
             host_timezone,
             state_dir,
             store,
-            issues,
+            store_issues: issues,
             persisted,
             corrupt,
             sessions,
-            session_issues,
+            state_issues: session_issues,
             retained,
             work_sources,
-        ) = loaded;
+        } = loaded;
 
         for warning in &config.warnings {
             tracing::warn!(file = %warning.file.display(), path = %warning.path, "{}", warning.message);
