@@ -443,6 +443,7 @@ async fn stop_without_waiting_cancels_at_once() {
             wait_for_jobs: false,
             timeout: Duration::from_secs(60),
             cancel_on_timeout: true,
+            reason: "SIGTERM".into(),
         })
         .await
         .unwrap();
@@ -450,6 +451,15 @@ async fn stop_without_waiting_cancels_at_once() {
     assert_eq!(
         manager.job(&id, false).unwrap().0.status,
         JobStatus::Cancelled
+    );
+    // The event says why the fleet stopped, as the caller named it.
+    let stopped = next_event(&mut events, "stopped", |e| {
+        matches!(e, FleetEvent::Stopped { .. })
+    })
+    .await;
+    assert!(
+        matches!(&stopped.event, FleetEvent::Stopped { reason } if reason == "SIGTERM"),
+        "{stopped:?}"
     );
 }
 

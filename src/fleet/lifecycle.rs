@@ -325,7 +325,7 @@ impl FleetManager {
         self.flush().await;
         tracing::info!("fleet stopped");
         self.events().emit(FleetEvent::Stopped {
-            reason: "requested".into(),
+            reason: options.reason,
         });
         Ok(())
     }

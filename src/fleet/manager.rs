@@ -49,6 +49,9 @@ pub struct StopOptions {
     pub wait_for_jobs: bool,
     pub timeout: Duration,
     pub cancel_on_timeout: bool,
+    /// Why the fleet stops, as the `stopped` event says: `requested` (a `stop` call), or what the host
+    /// names (`SIGTERM`).
+    pub reason: String,
 }
 
 impl Default for StopOptions {
@@ -57,6 +60,7 @@ impl Default for StopOptions {
             wait_for_jobs: true,
             timeout: Duration::from_secs(30),
             cancel_on_timeout: true,
+            reason: "requested".into(),
         }
     }
 }

@@ -249,6 +249,7 @@ fn register(
                 wait_for_jobs: p.wait_for_jobs,
                 timeout: Duration::from_millis(p.timeout),
                 cancel_on_timeout: p.cancel_on_timeout,
+                ..StopOptions::default()
             })
             .await
             .map_err(domain_error)?;
