@@ -42,8 +42,12 @@
 //! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping) and the
 //!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials; RPC calls counted; `GET
 //!   /metrics` on the HTTP framing and on the TCP listener of `--metrics-listen`, which serves nothing else).
-//! - [`daemon`] — process concerns of `herdctld`: command line, logging, socket file, signals, sd_notify;
-//!   binds `--metrics-listen` before the socket, so a bad address fails the start before anything is served.
+//! - [`daemon`] — hosting a fleet on its socket. [`daemon::Daemon`] is the library part: it starts an
+//!   initialized FleetManager, serves it on a listener the caller bound (and `GET /metrics` on an optional TCP
+//!   listener), sends sd_notify and acts on reload/stop requests; nothing process-wide, so tests run it
+//!   in-process. `daemon::run` is the process around it: command line, logging, subreaper, socket file,
+//!   signals (forwarded as requests), exit codes; it binds `--metrics-listen` before the socket, so a bad
+//!   address fails the start before anything is served.
 //!
 //! Entry points: `src/bin/herdctld.rs` → [`daemon::run::main`]; `src/bin/herdctl/main.rs` (the client).
 //!
