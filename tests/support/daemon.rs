@@ -62,6 +62,9 @@ pub struct DaemonOptions {
     /// A program that runs the binary (`eatmydata`, for the bench); it must `exec` it, so that the pid is
     /// the daemon's.
     pub wrapper: Option<OsString>,
+    /// How long the binary may take to be ready, if not [`START_TIMEOUT`] (the bench's first start on a
+    /// history of 100,000 jobs takes longer).
+    pub start_timeout: Option<Duration>,
 }
 
 impl DaemonOptions {
@@ -118,8 +121,9 @@ impl Daemon {
     pub async fn start_in(dir: TestDir, options: DaemonOptions) -> Daemon {
         match options.mode {
             Mode::Binary => {
+                let timeout = options.start_timeout.unwrap_or(START_TIMEOUT);
                 let mut daemon = Daemon::spawn_in(dir, options);
-                daemon.wait_until_ready().await;
+                daemon.wait_until_ready(timeout).await;
                 daemon
             }
             Mode::InProcess => Daemon::start_in_process(dir, options).await,
@@ -246,7 +250,7 @@ impl Daemon {
     }
 
     /// Waits for `READY=1`, failing the test if the daemon exits first or takes too long.
-    async fn wait_until_ready(&mut self) {
+    async fn wait_until_ready(&mut self, timeout: Duration) {
         let stderr = self.dir.path().join("daemon.stderr");
         let socket = self.socket.clone();
         let Running::Binary { child, notify } = &mut self.running else {
@@ -271,8 +275,8 @@ impl Daemon {
                 status.map_or_else(|e| e.to_string(), |s| s.to_string()),
                 std::fs::read_to_string(&stderr).unwrap_or_default(),
             ),
-            () = tokio::time::sleep(START_TIMEOUT) => panic!(
-                "herdctld did not send READY=1 for {} within {START_TIMEOUT:?}; stderr:\n{}",
+            () = tokio::time::sleep(timeout) => panic!(
+                "herdctld did not send READY=1 for {} within {timeout:?}; stderr:\n{}",
                 socket.display(),
                 std::fs::read_to_string(&stderr).unwrap_or_default(),
             ),
