@@ -31,16 +31,25 @@ async fn hostile_input_costs_nothing_lasting() {
     let outcome = many_connections_at_once(&daemon).await;
     drop(half_line);
     let after_one = settled_rss(&daemon, baseline).await;
-    // More of the same must not cost more: what stays after the first burst is the allocator keeping
+    // More of the same must not cost more: what stays after the first bursts is the allocator keeping
     // freed memory (and the bounded log ring filling with "refusing a connection" warnings), not a leak.
-    many_connections_at_once(&daemon).await;
-    many_connections_at_once(&daemon).await;
+    // How much the allocator keeps grows, by a few MB that vary with the machine's load, over the first
+    // bursts (each may reach more connections at once than any before it), so the two bursts judged come
+    // after three.
+    for _ in 0..2 {
+        many_connections_at_once(&daemon).await;
+    }
     let after_three = settled_rss(&daemon, baseline).await;
+    for _ in 0..2 {
+        many_connections_at_once(&daemon).await;
+    }
+    let after_five = settled_rss(&daemon, baseline).await;
     let status = client.call("getStatus", Value::Null).await;
     assert_eq!(status["state"], "running");
     eprintln!(
         "RSS: baseline {baseline} KiB, during the 100 MB line {peak_100mb} KiB, after one burst of \
-         {CONNECTIONS} connections {after_one} KiB, after three {after_three} KiB; first burst: {} answered, \
+         {CONNECTIONS} connections {after_one} KiB, after three {after_three} KiB, after five {after_five} KiB; \
+         first burst: {} answered, \
          {} refused busy, {} closed unanswered",
         outcome.answered, outcome.busy, outcome.closed
     );
@@ -53,8 +62,8 @@ async fn hostile_input_costs_nothing_lasting() {
         "RSS did not return near the baseline: {baseline} KiB before, {after_one} KiB after"
     );
     assert!(
-        after_three < after_one + 8 * 1024,
-        "RSS grows with every burst of connections: {after_one} KiB after one, {after_three} KiB after three"
+        after_five < after_three + 8 * 1024,
+        "RSS grows with every burst of connections: {after_three} KiB after three, {after_five} KiB after five"
     );
 }
 
