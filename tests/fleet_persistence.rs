@@ -230,12 +230,15 @@ async fn pruning_never_removes_a_job_before_its_waiters_see_it() {
                 .unwrap(),
         );
     }
+    // Every waiter is there before any job can end: a job nobody waits for yet may be pruned before a
+    // late wait for it begins, and is then rightly not found.
+    let mut waits = std::pin::pin!(futures_util::future::join_all(
+        jobs.iter().map(|job| wait_job(&manager, job.id.as_str()))
+    ));
+    assert!(futures_util::poll!(waits.as_mut()).is_pending());
     std::fs::write(&release, "").unwrap();
-    for job in &jobs {
-        assert_eq!(
-            wait_job(&manager, job.id.as_str()).await.status,
-            JobStatus::Completed
-        );
+    for finished in waits.await {
+        assert_eq!(finished.status, JobStatus::Completed);
     }
     let listed = manager.jobs(&herdctld::fleet::JobQuery::default()).unwrap();
     assert_eq!(listed.total, 2);
