@@ -266,6 +266,9 @@ async fn run(args: DaemonArgs) -> ExitCode {
         notifier: Notifier::from_env(),
         watchdog: watchdog_interval(),
     };
+    // The state directory's lock goes with the fleet's last handle: hold one until the socket file is
+    // removed, so a daemon starting on the same state cannot bind a socket there that we then remove.
+    let _locked = fleet.clone();
     let daemon = match Daemon::start(fleet, listener, options).await {
         Ok(daemon) => daemon,
         Err(e) => {
