@@ -149,11 +149,12 @@ fn dispatch(table: &mut Table, jobs: usize, parallelism: usize) {
     let cpu_before = daemon.cpu_time();
     let started = Instant::now();
     let writer = thread::spawn(move || {
-        for _ in 0..jobs {
+        for id in 0..jobs {
             if token_rx.recv().is_err() {
                 return;
             }
-            triggers.write_line(&json!({"jsonrpc": "2.0", "id": 1, "method": "trigger", "params": {"agentName": "d"}}).to_string());
+            let request = json!({"jsonrpc": "2.0", "id": id, "method": "trigger", "params": {"agentName": "d"}});
+            triggers.write_line(&request.to_string());
         }
     });
     let response_reader = {

@@ -123,10 +123,10 @@ fn display_paths(paths: &[PathBuf]) -> String {
 }
 
 impl Client {
-    /// Connects over NDJSON to the first of `candidates` that exists, in order. A missing socket moves on to the next
-    /// candidate; any other failure (stale, permission) is about a socket that is there and is reported for
-    /// it, so an operator sees why the daemon they meant did not answer. If none exists, the error names
-    /// every path tried.
+    /// Connects over NDJSON to the first of `candidates` that exists, in order. A missing socket moves on to
+    /// the next candidate; any other failure (stale, permission) is about a socket that is there and is
+    /// reported for it, so an operator sees why the daemon they meant did not answer. If none exists, the
+    /// error names every path tried.
     pub async fn connect(candidates: &[PathBuf]) -> Result<Client, ClientError> {
         let mut stream = None;
         for path in candidates {

@@ -420,6 +420,7 @@ fn stop_in_process(requests: mpsc::Sender<Request>, task: JoinHandle<Result<(), 
     let _ = requests.try_send(Request::Shutdown);
     let _ = requests.try_send(Request::ShutdownNow);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Dropped outside its runtime: nothing can drive the stop, and the runtime's end drops the task.
         task.abort();
         return;
     };
