@@ -1,8 +1,9 @@
 //! herdctld's performance benchmarks: SPEC §13 made measurable.
 //!
 //! `cargo bench --bench herdctld` runs every scenario against the real daemon binary (the one Cargo built
-//! for this bench, `CARGO_BIN_EXE_herdctld`, so with the release-like `bench` profile) over its NDJSON
-//! socket, and prints one table: metric, value, baseline, ratio, target, verdict. Each baseline runs in
+//! for this bench, `CARGO_BIN_EXE_herdctld`, so with the release-like `bench` profile), started by the tests'
+//! harness (`tests/support`, ready at `READY=1`) and driven over its NDJSON socket by the library's client,
+//! and prints one table: metric, value, baseline, ratio, target, verdict. Each baseline runs in
 //! this process, right before or after the daemon, on the same machine state:
 //!
 //! | scenario  | measured                                               | baseline                                  |
@@ -19,8 +20,8 @@
 //! runs the daemon under a wrapper program (to see, for instance, what fsync costs). Every daemon gets its
 //! own temporary fleet, state directory and socket; its log goes to a file there.
 
-#[path = "../tests/support/stop.rs"]
-mod stop;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -29,7 +30,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -38,8 +39,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::runtime::Runtime;
 
 use herdctld::job::{ExitReason, Job, JobId, JobStatus, TriggerType};
+use herdctld::rpc::client::{Client, Notification};
 use herdctld::state::{JobStore, Retention};
 
 /// The daemon's default history limit.
@@ -50,7 +53,6 @@ const RETENTION: Retention = Retention {
     max_age: None,
 };
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_herdctld");
 /// A job printing 100 MB: 1,000,000 lines of 100 `x`.
 const FLOOD_COMMAND: &str = "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 100";
 /// 100 MB plus 999,999 newlines (`fold` adds none after the last line).
@@ -140,17 +142,19 @@ fn dispatch(table: &mut Table, jobs: usize, parallelism: usize) {
         json!({"types": ["job:completed", "job:failed", "job:cancelled"]}),
     );
     let mut status = daemon.connect();
-    let mut triggers = daemon.connect();
+    // Pipelined: the writer never waits for a reply, which is what a client's `call` does.
+    let mut triggers = daemon.raw();
     let mut responses = triggers.try_clone();
 
     let cpu_before = daemon.cpu_time();
     let started = Instant::now();
     let writer = thread::spawn(move || {
-        for _ in 0..jobs {
+        for id in 0..jobs {
             if token_rx.recv().is_err() {
                 return;
             }
-            triggers.send("trigger", json!({"agentName": "d"}));
+            let request = json!({"jsonrpc": "2.0", "id": id, "method": "trigger", "params": {"agentName": "d"}});
+            triggers.write_line(&request.to_string());
         }
     });
     let response_reader = {
@@ -173,12 +177,12 @@ fn dispatch(table: &mut Table, jobs: usize, parallelism: usize) {
     };
     let mut failed = 0usize;
     let mut lagged = false;
-    events.set_read_timeout(Some(Duration::from_millis(50)));
     while done.load(Ordering::SeqCst) < jobs {
-        let Some(message) = events.try_read_message() else {
+        // Refusals are counted by the response reader: look at `done` again now and then.
+        let Some(notification) = events.next_notification_within(Duration::from_millis(50)) else {
             continue;
         };
-        let result = &message["params"]["result"];
+        let result = &notification.result;
         match result["type"].as_str() {
             Some("job:completed") | Some("job:cancelled") => {}
             Some("job:failed") => failed += 1,
@@ -374,7 +378,7 @@ fn output(table: &mut Table) {
         let fleet = Fleet::new(&[("flood".into(), agent)]);
         let daemon = fleet.start_daemon();
         let rss_before = daemon.proc_status_kb("VmRSS");
-        let mut readers: Vec<Conn> = (0..subscribers).map(|_| daemon.connect()).collect();
+        let mut readers: Vec<RawStream> = (0..subscribers).map(|_| daemon.raw()).collect();
         let mut control = daemon.connect();
         let started = Instant::now();
         let job = control.call("trigger", json!({"agentName": "flood"}));
@@ -384,9 +388,16 @@ fn output(table: &mut Table) {
             .map(|mut conn| {
                 let id = id.clone();
                 thread::spawn(move || {
-                    conn.subscribe("streamJobOutput", json!({"id": id, "batch": batch}));
-                    let mut stream = StreamTally::default();
+                    conn.write_line(
+                        &json!({"jsonrpc": "2.0", "id": 1, "method": "streamJobOutput",
+                            "params": {"id": id, "batch": batch}})
+                        .to_string(),
+                    );
                     let mut line = Vec::new();
+                    conn.read_line(&mut line);
+                    let reply: Value = serde_json::from_slice(&line).expect("a JSON reply");
+                    assert!(reply.get("result").is_some(), "streamJobOutput: {reply}");
+                    let mut stream = StreamTally::default();
                     loop {
                         conn.read_line(&mut line);
                         if stream.add(&line) {
@@ -604,6 +615,7 @@ fn history(table: &mut Table) {
         );
     }
 
+    // Ready: `READY=1`, sent once the socket is served.
     eprintln!("history: start-up to socket-ready");
     let startup = |state: &Path| {
         let mut times: Vec<Duration> = (0..3)
@@ -781,8 +793,8 @@ fn scheduler(table: &mut Table) {
     let mut planned: Option<DateTime<Utc>> = None;
     let mut samples = Vec::new();
     while samples.len() < FIRES {
-        let message = events.read_message();
-        let fired: DateTime<Utc> = match message["params"]["result"]["timestamp"].as_str() {
+        let notification = events.next_notification();
+        let fired: DateTime<Utc> = match notification.result["timestamp"].as_str() {
             Some(ts) => ts.parse().expect("event timestamp"),
             None => continue,
         };
@@ -819,180 +831,174 @@ fn scheduler(table: &mut Table) {
 // The daemon and its socket
 // -------------------------------------------------------------------------------------------------
 
-/// A fleet directory: `herdctl.yaml` listing one file per agent.
+/// The agents of a fleet; each daemon gets a new directory with `herdctl.yaml` listing one file per agent.
 struct Fleet {
-    dir: tempfile::TempDir,
+    agents: Vec<(String, String)>,
 }
 
 impl Fleet {
     fn new(agents: &[(String, String)]) -> Fleet {
-        let dir = tempfile::tempdir().expect("temp dir");
-        fs::create_dir(dir.path().join("agents")).expect("agents dir");
-        let mut fleet = String::from("version: 1\nfleet:\n  name: bench\nagents:\n");
-        for (name, yaml) in agents {
-            fs::write(dir.path().join(format!("agents/{name}.yaml")), yaml).expect("agent file");
-            let _ = writeln!(fleet, "  - path: agents/{name}.yaml");
+        Fleet {
+            agents: agents.to_vec(),
         }
-        fs::write(dir.path().join("herdctl.yaml"), fleet).expect("fleet file");
-        Fleet { dir }
     }
 
     fn start_daemon(&self) -> Daemon {
-        let state = self.dir.path().join("state");
-        self.start_daemon_with_state(&state)
+        self.start(None)
     }
 
-    /// Starts herdctld and returns once it prints that it listens (socket bound, fleet started).
     fn start_daemon_with_state(&self, state: &Path) -> Daemon {
-        let socket = self.dir.path().join("herdctld.sock");
-        let log = fs::File::create(self.dir.path().join("herdctld.log")).expect("log file");
-        // A diagnostic wrapper (e.g. `eatmydata`, to see what fsync costs) runs the daemon when set.
-        let mut command = match std::env::var("HERDCTL_BENCH_WRAPPER") {
-            Ok(wrapper) if !wrapper.is_empty() => {
-                let mut command = Command::new(wrapper);
-                command.arg(DAEMON);
-                command
-            }
-            _ => Command::new(DAEMON),
+        self.start(Some(state))
+    }
+
+    /// Starts herdctld through the harness; returns once it is ready (socket served, fleet started).
+    fn start(&self, state: Option<&Path>) -> Daemon {
+        let dir = support::TestDir::new();
+        let agents: Vec<(&str, &str)> = self
+            .agents
+            .iter()
+            .map(|(name, yaml)| (name.as_str(), yaml.as_str()))
+            .collect();
+        support::write_agents(dir.path(), "bench", &agents);
+        let options = support::DaemonOptions {
+            keep_existing_fleet: true,
+            state: state.map(Path::to_owned),
+            // A diagnostic wrapper (e.g. `eatmydata`, to see what fsync costs) runs the daemon when set.
+            wrapper: std::env::var_os("HERDCTL_BENCH_WRAPPER").filter(|w| !w.is_empty()),
+            // `build_history` writes a v1 journal, which the first start on it rebuilds from all 100,000
+            // records: minutes on a loaded machine. The starts the bench measures come after.
+            start_timeout: Some(Duration::from_secs(600)),
+            ..support::DaemonOptions::default()
         };
-        let mut child = command
-            .arg("--config")
-            .arg(self.dir.path())
-            .arg("--state")
-            .arg(state)
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn herdctld");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if stdout.read_line(&mut line).expect("read daemon stdout") == 0 {
-                let status = child.wait().expect("wait herdctld");
-                let log =
-                    fs::read_to_string(self.dir.path().join("herdctld.log")).unwrap_or_default();
-                panic!("herdctld exited before listening ({status}):\n{log}");
-            }
-            if line.contains("listening on") {
-                break;
-            }
+        let runtime = current_thread_runtime();
+        let daemon = runtime.block_on(support::Daemon::start_in(dir, options));
+        Daemon {
+            daemon,
+            _runtime: runtime,
         }
-        // Keep draining stdout so the daemon can never block on it.
-        thread::spawn(move || {
-            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
-        });
-        Daemon { child, socket }
     }
 }
 
+/// A runtime for one thread's async work: a daemon's start, or one connection's calls, which it drives
+/// itself on the calling thread (nothing else runs on it).
+fn current_thread_runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 struct Daemon {
-    child: Child,
-    socket: PathBuf,
+    /// First: it stops the daemon (SIGTERM twice, SIGKILL after a while) when dropped, before its runtime.
+    daemon: support::Daemon,
+    /// Held, not used: the daemon's child process and notify socket are registered with it.
+    _runtime: Runtime,
 }
 
 impl Daemon {
     fn connect(&self) -> Conn {
-        Conn::open(&self.socket)
+        Conn::open(&self.daemon.socket)
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
+    fn raw(&self) -> RawStream {
+        RawStream::open(&self.daemon.socket)
     }
 
     /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
     fn proc_status_kb(&self, field: &str) -> u64 {
-        let status =
-            fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
+        support::proc_status_kib(self.daemon.pid, field)
     }
 
     /// User + system CPU time consumed so far.
     fn cpu_time(&self) -> Duration {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("proc stat");
-        // Fields after the command name, which ends with the last ')': state is field 3, utime 14, stime 15.
-        let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .map_or(100, |ticks| ticks.max(1) as u64);
-        Duration::from_micros(ticks * 1_000_000 / per_second)
+        support::cpu_time(self.daemon.pid)
     }
 }
 
-impl Drop for Daemon {
-    /// SIGTERM (graceful stop), then SIGKILL if it takes more than 20 s.
-    fn drop(&mut self) {
-        stop::stop_daemon(&mut self.child, 1, Duration::from_secs(20));
-    }
-}
-
-/// One NDJSON connection: a request or response per line.
+/// One connection through the library's client (the one herdctl uses), from a plain thread: it has a
+/// runtime of its own, so a call costs a round trip on the socket and no hop between threads.
 struct Conn {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    next_id: u64,
+    /// First: its socket belongs to the runtime's reactor and goes before it.
+    client: Client,
+    runtime: Runtime,
 }
 
 impl Conn {
     fn open(socket: &Path) -> Conn {
+        let runtime = current_thread_runtime();
+        let client = runtime
+            .block_on(Client::connect(&[socket.to_owned()]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Conn { client, runtime }
+    }
+
+    /// Calls `method` and returns its result; notifications arriving meanwhile are held.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.runtime
+            .block_on(self.client.call(method, params))
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    fn subscribe(&mut self, method: &str, params: Value) {
+        self.call(method, params);
+    }
+
+    fn next_notification(&mut self) -> Notification {
+        self.runtime
+            .block_on(self.client.next_notification())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("herdctld closed the connection")
+    }
+
+    /// The next notification, or `None` after `timeout`.
+    fn next_notification_within(&mut self, timeout: Duration) -> Option<Notification> {
+        // The timer belongs to the runtime: made inside it.
+        let next = async { tokio::time::timeout(timeout, self.client.next_notification()).await };
+        match self.runtime.block_on(next) {
+            Err(_) => None,
+            Ok(next) => Some(
+                next.unwrap_or_else(|e| panic!("{e}"))
+                    .expect("herdctld closed the connection"),
+            ),
+        }
+    }
+}
+
+/// A connection written and read as lines, for load the client is not made for: requests pipelined
+/// without waiting for their replies, and 100 MB of notifications tallied without making a `Value` of
+/// each. It keeps no ids and matches nothing.
+struct RawStream {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl RawStream {
+    fn open(socket: &Path) -> RawStream {
         let stream = UnixStream::connect(socket).expect("connect to herdctld");
-        Conn {
+        RawStream {
             reader: BufReader::with_capacity(256 * 1024, stream.try_clone().expect("clone stream")),
             writer: stream,
-            next_id: 1,
         }
     }
 
     /// Another handle on the same connection (to read in one thread while another writes).
-    fn try_clone(&self) -> Conn {
-        Conn {
+    fn try_clone(&self) -> RawStream {
+        RawStream {
             reader: BufReader::new(self.writer.try_clone().expect("clone stream")),
             writer: self.writer.try_clone().expect("clone stream"),
-            next_id: 1_000_000_000,
         }
     }
 
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) {
-        self.writer
-            .set_read_timeout(timeout)
-            .expect("set read timeout");
-    }
-
-    fn send(&mut self, method: &str, params: Value) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut line =
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+    fn write_line(&mut self, text: &str) {
+        let mut line = String::with_capacity(text.len() + 1);
+        line.push_str(text);
         line.push('\n');
         self.writer
             .write_all(line.as_bytes())
             .expect("write request");
-        id
     }
 
-    fn read_message(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .expect("read from herdctld");
-        assert!(n > 0, "herdctld closed the connection");
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("unparsable line from herdctld ({e}): {line}"))
-    }
-
-    /// The next message's line, into `line` (cleared first).
+    /// The next line, into `line` (cleared first).
     fn read_line(&mut self, line: &mut Vec<u8>) {
         line.clear();
         let n = self
@@ -1002,41 +1008,15 @@ impl Conn {
         assert!(n > 0, "herdctld closed the connection");
     }
 
-    /// The next message, or `None` when the read timed out.
-    fn try_read_message(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => panic!("herdctld closed the connection"),
-            Ok(_) => Some(serde_json::from_str(&line).expect("json line")),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                assert!(line.is_empty(), "partial line read before the timeout");
-                None
-            }
-            Err(e) => panic!("read from herdctld: {e}"),
-        }
-    }
-
-    /// Calls `method` and returns its result; notifications arriving meanwhile are dropped.
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.send(method, params);
-        loop {
-            let message = self.read_message();
-            if message["id"].as_u64() == Some(id) {
-                if let Some(error) = message.get("error") {
-                    panic!("{method} failed: {error}");
-                }
-                return message["result"].clone();
-            }
-        }
-    }
-
-    fn subscribe(&mut self, method: &str, params: Value) {
-        self.call(method, params);
+    fn read_message(&mut self) -> Value {
+        let mut line = Vec::new();
+        self.read_line(&mut line);
+        serde_json::from_slice(&line).unwrap_or_else(|e| {
+            panic!(
+                "unparsable line from herdctld ({e}): {}",
+                String::from_utf8_lossy(&line)
+            )
+        })
     }
 }
 

@@ -42,13 +42,19 @@
 //! - [`metrics`] — the Prometheus registry, one per fleet (`FleetManager::metrics`): typed families the fleet
 //!   and `rpc` update where things happen (atomic increments; output counted per batch), fleet gauges and
 //!   `/proc/self` read at scrape time, `Metrics::encode` (text format 0.0.4). No sockets, no JSON-RPC.
-//! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping) and the
+//! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping), the
 //!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials; RPC calls counted; `GET
-//!   /metrics` on the HTTP framing and on the TCP listener of `--metrics-listen`, which serves nothing else).
-//! - [`daemon`] — process concerns of `herdctld`: command line, logging, socket file, signals, sd_notify;
-//!   binds `--metrics-listen` before the socket, so a bad address fails the start before anything is served.
+//!   /metrics` on the HTTP framing and on the TCP listener of `--metrics-listen`, which serves nothing else),
+//!   and the one client of the protocol (`rpc::client`: `herdctl`'s, the tests' and the bench's).
+//! - [`daemon`] — hosting a fleet on its socket. [`daemon::Daemon`] is the library part: it starts an
+//!   initialized FleetManager, serves it on a listener the caller bound (and `GET /metrics` on an optional TCP
+//!   listener), sends sd_notify and acts on reload/stop requests; nothing process-wide, so tests run it
+//!   in-process. `daemon::run` is the process around it: command line, logging, subreaper, socket file,
+//!   signals (forwarded as requests), exit codes; it binds `--metrics-listen` before the socket, so a bad
+//!   address fails the start before anything is served.
 //!
-//! Entry points: `src/bin/herdctld.rs` → [`daemon::run::main`]; `src/bin/herdctl/main.rs` (the client).
+//! Entry points: `src/bin/herdctld.rs` → [`daemon::run::main`]; `src/bin/herdctl/main.rs` (the command-line
+//! client, on `rpc::client`).
 //!
 //! ## How a trigger flows
 //!

@@ -1,19 +1,19 @@
 //! `herdctl` against a real `herdctld`: every command in human and `--json` mode, exit codes (including
 //! `trigger --wait`'s 0/1/130), the daemon's error messages, and the message when no daemon listens.
 
+mod support;
+
 #[path = "support/cli_daemon.rs"]
 mod cli_daemon;
-#[path = "support/stop.rs"]
-mod stop;
 
 use std::time::{Duration, Instant};
 
 use cli_daemon::{herdctl_at, lines_of, run_to_end, wait_with_deadline, TestDaemon, DEADLINE};
 use serde_json::Value;
 
-#[test]
-fn queries_read_well_and_pass_json_through() {
-    let daemon = TestDaemon::start();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_read_well_and_pass_json_through() {
+    let daemon = TestDaemon::start().await;
 
     let status = daemon.run(&["status"]);
     assert_eq!(status.code, 0, "{status:?}");
@@ -96,9 +96,9 @@ fn queries_read_well_and_pass_json_through() {
     assert_eq!(job_json["output"][0]["text"], "quick says ping");
 }
 
-#[test]
-fn trigger_wait_exits_with_the_jobs_outcome() {
-    let daemon = TestDaemon::start();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_wait_exits_with_the_jobs_outcome() {
+    let daemon = TestDaemon::start().await;
 
     let completed = daemon.run(&["trigger", "quick", "--wait"]);
     assert_eq!(completed.code, 0, "{completed:?}");
@@ -163,9 +163,9 @@ fn trigger_wait_exits_with_the_jobs_outcome() {
     );
 }
 
-#[test]
-fn cancelling_a_waited_job_exits_130_and_ctrl_c_leaves_it_running() {
-    let daemon = TestDaemon::start();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_waited_job_exits_130_and_ctrl_c_leaves_it_running() {
+    let daemon = TestDaemon::start().await;
 
     let waiting = daemon
         .herdctl(&["trigger", "sleeper", "--wait"])
@@ -218,9 +218,9 @@ fn cancelling_a_waited_job_exits_130_and_ctrl_c_leaves_it_running() {
     assert_eq!(daemon.run(&["cancel", &id, "--grace", "0"]).code, 0);
 }
 
-#[test]
-fn errors_carry_the_daemons_message_and_exit_codes() {
-    let daemon = TestDaemon::start();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_the_daemons_message_and_exit_codes() {
+    let daemon = TestDaemon::start().await;
 
     let unknown = daemon.run(&["trigger", "nobody"]);
     assert_eq!(unknown.code, 1);
@@ -265,7 +265,7 @@ fn errors_carry_the_daemons_message_and_exit_codes() {
     );
     assert_eq!(daemon.run(&["jobs", "--since", "last tuesday"]).code, 2);
 
-    let missing = daemon.dir.path().join("missing.sock");
+    let missing = daemon.dir().join("missing.sock");
     let nobody_home = run_to_end(herdctl_at(&missing, &["status"]));
     assert_eq!(nobody_home.code, 1);
     assert!(
@@ -297,9 +297,9 @@ fn errors_carry_the_daemons_message_and_exit_codes() {
     );
 }
 
-#[test]
-fn schedules_reload_and_fleet_lifecycle() {
-    let daemon = TestDaemon::start();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_reload_and_fleet_lifecycle() {
+    let daemon = TestDaemon::start().await;
 
     let disabled = daemon.run(&["disable", "quick", "yearly"]);
     assert_eq!(disabled.code, 0, "{disabled:?}");
@@ -325,9 +325,9 @@ fn schedules_reload_and_fleet_lifecycle() {
     assert_eq!(start["state"], "running");
 }
 
-#[test]
-fn logs_and_events_replay_then_follow() {
-    let daemon = TestDaemon::start();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_events_replay_then_follow() {
+    let daemon = TestDaemon::start().await;
     assert_eq!(daemon.run(&["trigger", "quick", "--wait"]).code, 0);
     let id = daemon.json(&["jobs", "--agent", "quick"])["jobs"][0]["id"]
         .as_str()

@@ -23,23 +23,33 @@ async fn hostile_input_costs_nothing_lasting() {
     let baseline = daemon.rss_kib();
 
     garbage_first_bytes(&daemon).await;
-    garbage_lines(&mut client).await;
+    let mut raw = RawNdjson::connect(&daemon.socket).await;
+    garbage_lines(&mut raw).await;
     let peak_100mb = a_100_mb_line(&daemon).await;
-    deep_nesting(&mut client).await;
+    deep_nesting(&mut raw).await;
     let half_line = half_a_line_does_not_block_others(&daemon).await;
     let outcome = many_connections_at_once(&daemon).await;
     drop(half_line);
     let after_one = settled_rss(&daemon, baseline).await;
-    // More of the same must not cost more: what stays after the first burst is the allocator keeping
+    // More of the same must not cost more: what stays after the first bursts is the allocator keeping
     // freed memory (and the bounded log ring filling with "refusing a connection" warnings), not a leak.
-    many_connections_at_once(&daemon).await;
-    many_connections_at_once(&daemon).await;
+    // How much the allocator keeps grows, by a few MB that vary with the machine's load, over the first
+    // bursts (each may reach more connections at once than any before it), so the two bursts judged come
+    // after three.
+    for _ in 0..2 {
+        many_connections_at_once(&daemon).await;
+    }
     let after_three = settled_rss(&daemon, baseline).await;
+    for _ in 0..2 {
+        many_connections_at_once(&daemon).await;
+    }
+    let after_five = settled_rss(&daemon, baseline).await;
     let status = client.call("getStatus", Value::Null).await;
     assert_eq!(status["state"], "running");
     eprintln!(
         "RSS: baseline {baseline} KiB, during the 100 MB line {peak_100mb} KiB, after one burst of \
-         {CONNECTIONS} connections {after_one} KiB, after three {after_three} KiB; first burst: {} answered, \
+         {CONNECTIONS} connections {after_one} KiB, after three {after_three} KiB, after five {after_five} KiB; \
+         first burst: {} answered, \
          {} refused busy, {} closed unanswered",
         outcome.answered, outcome.busy, outcome.closed
     );
@@ -52,8 +62,8 @@ async fn hostile_input_costs_nothing_lasting() {
         "RSS did not return near the baseline: {baseline} KiB before, {after_one} KiB after"
     );
     assert!(
-        after_three < after_one + 8 * 1024,
-        "RSS grows with every burst of connections: {after_one} KiB after one, {after_three} KiB after three"
+        after_five < after_three + 8 * 1024,
+        "RSS grows with every burst of connections: {after_three} KiB after three, {after_five} KiB after five"
     );
 }
 
@@ -105,62 +115,56 @@ async fn read_to_end(stream: &mut UnixStream) -> String {
     String::from_utf8_lossy(&reply).into_owned()
 }
 
+/// A `getState` request, to see that a connection still answers.
+const GET_STATE: &str = r#"{"jsonrpc":"2.0","id":"alive","method":"getState"}"#;
+
 /// Garbage and invalid UTF-8 on an NDJSON connection: each line is answered and the connection lives on.
-async fn garbage_lines(client: &mut Client) {
-    let (_, writer) = client.ndjson_parts();
-    writer.write_all(b"{this is not json}\n").await.unwrap();
-    writer
-        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"get\xff\xfeState\"}\n")
-        .await
-        .unwrap();
-    writer
-        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"getAgent\",\"params\":{\"name\":\"\xc3\x28\"}}\n")
-        .await
-        .unwrap();
-    writer.write_all(b"\x80\x81\x82\n").await.unwrap();
+async fn garbage_lines(raw: &mut RawNdjson) {
+    raw.write(b"{this is not json}\n").await;
+    raw.write(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"get\xff\xfeState\"}\n")
+        .await;
+    raw.write(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"getAgent\",\"params\":{\"name\":\"\xc3\x28\"}}\n")
+        .await;
+    raw.write(b"\x80\x81\x82\n").await;
     for _ in 0..4 {
-        let reply = client.recv().await;
+        let reply = raw.recv().await;
         assert_eq!(reply["error"]["code"], -32700, "{reply}");
         assert_eq!(reply["id"], Value::Null, "{reply}");
     }
-    assert_eq!(client.call("getState", Value::Null).await, "running");
+    assert_eq!(raw.exchange(GET_STATE).await["result"], "running");
 }
 
 /// Returns the daemon's RSS while the line was being sent.
 async fn a_100_mb_line(daemon: &Daemon) -> u64 {
-    let mut client = daemon.ndjson().await;
-    let (_, writer) = client.ndjson_parts();
-    writer
-        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"getAgent\",\"params\":{\"name\":\"")
-        .await
-        .unwrap();
+    let mut raw = RawNdjson::connect(&daemon.socket).await;
+    raw.write(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"getAgent\",\"params\":{\"name\":\"")
+        .await;
     let chunk = vec![b'x'; 1024 * 1024];
     let mut peak = 0;
     for i in 0..100 {
-        writer.write_all(&chunk).await.unwrap();
+        raw.write(&chunk).await;
         if i % 10 == 0 {
             peak = peak.max(daemon.rss_kib());
         }
     }
-    writer.write_all(b"\"}}\n").await.unwrap();
-    let reply = client.recv().await;
+    raw.write(b"\"}}\n").await;
+    let reply = raw.recv().await;
     assert_error(&reply["error"], -32007, "REQUEST_TOO_LARGE");
     assert_eq!(reply["error"]["data"]["limit"], 1024 * 1024);
     assert_eq!(reply["id"], Value::Null);
     // The same connection still answers.
-    assert_eq!(client.call("getState", Value::Null).await, "running");
+    assert_eq!(raw.exchange(GET_STATE).await["result"], "running");
     peak
 }
 
-async fn deep_nesting(client: &mut Client) {
+async fn deep_nesting(raw: &mut RawNdjson) {
     let depth = 10_000;
     let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
     let objects = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
     let in_params =
         format!(r#"{{"jsonrpc":"2.0","id":9,"method":"getAgent","params":{{"name":{arrays}}}}}"#);
     for line in [&arrays, &objects, &in_params] {
-        client.send_raw(line).await;
-        let mut reply = client.recv().await;
+        let mut reply = raw.exchange(line).await;
         // The nested arrays are a batch of one entry that is not a request.
         if let Value::Array(entries) = &reply {
             assert_eq!(entries.len(), 1, "{reply}");
@@ -171,7 +175,7 @@ async fn deep_nesting(client: &mut Client) {
             .unwrap_or_else(|| panic!("{reply}"));
         assert!([-32700, -32600, -32602].contains(&code), "{reply}");
     }
-    assert_eq!(client.call("getState", Value::Null).await, "running");
+    assert_eq!(raw.exchange(GET_STATE).await["result"], "running");
 }
 
 /// A client that sends half a line and goes silent keeps its connection (until the partial-line timeout)

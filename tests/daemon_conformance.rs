@@ -1,5 +1,6 @@
-//! The JSON-RPC 2.0 specification's examples (§7), byte for byte over NDJSON against the real daemon, with
-//! the daemon's methods in place of `subtract`/`sum`.
+//! The JSON-RPC 2.0 specification's examples (§7), byte for byte over NDJSON against the daemon (the
+//! library's, in-process: the protocol is all it is about), with the daemon's methods in place of
+//! `subtract`/`sum`.
 
 mod support;
 
@@ -10,8 +11,8 @@ use serde_json::{json, Value};
 use support::*;
 
 /// Sends one line and returns the one reply line, parsed.
-async fn exchange(client: &mut Client, line: &str) -> Value {
-    client.send_raw(line).await;
+async fn exchange(client: &mut RawNdjson, line: &str) -> Value {
+    client.send(line).await;
     let reply = client
         .recv_line_within(REPLY_TIMEOUT)
         .await
@@ -20,8 +21,8 @@ async fn exchange(client: &mut Client, line: &str) -> Value {
 }
 
 /// Asserts that `line` gets no reply: a request sent after it is answered first and nothing else follows.
-async fn assert_no_reply(client: &mut Client, line: &str) {
-    client.send_raw(line).await;
+async fn assert_no_reply(client: &mut RawNdjson, line: &str) {
+    client.send(line).await;
     let probe = exchange(
         client,
         r#"{"jsonrpc":"2.0","method":"getState","id":"probe"}"#,
@@ -62,8 +63,8 @@ fn by_id(replies: &Value) -> BTreeMap<String, Vec<Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_rpc_2_0_examples() {
-    let daemon = Daemon::start().await;
-    let mut client = daemon.ndjson().await;
+    let daemon = Daemon::in_process().await;
+    let mut client = RawNdjson::connect(&daemon.socket).await;
 
     // rpc call with positional parameters
     let reply = exchange(
@@ -205,14 +206,18 @@ async fn json_rpc_2_0_examples() {
 /// A notification gets no reply, but it is a request all the same: its effect happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_is_run_without_a_reply() {
-    let daemon = Daemon::start().await;
-    let mut client = daemon.ndjson().await;
+    let daemon = Daemon::in_process().await;
+    let mut client = RawNdjson::connect(&daemon.socket).await;
     assert_no_reply(
         &mut client,
         r#"{"jsonrpc":"2.0","method":"trigger","params":{"agentName":"echo","prompt":"from a notification"}}"#,
     )
     .await;
-    let jobs = client.call("getJobs", json!({"agentName": "echo"})).await;
+    let jobs = daemon
+        .ndjson()
+        .await
+        .call("getJobs", json!({"agentName": "echo"}))
+        .await;
     assert_eq!(jobs["total"], 1, "{jobs}");
     assert_eq!(jobs["jobs"][0]["prompt"], "from a notification");
 }

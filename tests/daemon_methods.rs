@@ -1,5 +1,6 @@
-//! Every method of the method table over every framing (NDJSON, WebSocket, HTTP) against the real daemon,
-//! with the error codes and `data.code` of SPEC §11.
+//! Every method of the method table over every framing (NDJSON, WebSocket, HTTP) against the daemon (the
+//! library's, in-process, on the same command line as the binary), with the error codes and `data.code`
+//! of SPEC §11.
 
 mod support;
 
@@ -28,7 +29,7 @@ async fn every_method(framing: Framing) {
     // A queue of one makes the third blocker trigger hit CONCURRENCY_LIMIT.
     let daemon = Daemon::start_with(DaemonOptions {
         args: vec!["--max-queued".into(), "1".into()],
-        ..DaemonOptions::default()
+        ..DaemonOptions::in_process()
     })
     .await;
     let mut client = daemon.connect(framing).await;

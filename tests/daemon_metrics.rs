@@ -103,8 +103,8 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
         .call_err("trigger", json!({"agentName": "nobody"}))
         .await;
     assert_error(&error, 1002, "AGENT_NOT_FOUND");
-    let response = client.request("noSuchMethod", Value::Null).await;
-    assert_eq!(response["error"]["code"], -32601, "{response}");
+    let error = client.call_err("noSuchMethod", Value::Null).await;
+    assert_eq!(error["code"], -32601, "{error}");
 
     // Counted in every framing; a batch entry by entry, over HTTP (jsonrpsee's dispatch) and NDJSON (ours).
     for framing in [Framing::Http, Framing::WebSocket] {
@@ -119,13 +119,13 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
     assert!(status.contains(" 200 "), "{status}");
     let replies: Vec<Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(replies.len(), 2, "{body}");
-    let mut plain = daemon.ndjson().await;
+    // A batch is no client's business: a raw line.
+    let mut plain = RawNdjson::connect(&daemon.socket).await;
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "getStatus"},
         {"jsonrpc": "2.0", "id": 2, "method": "getQueue"},
     ]);
-    plain.send_raw(&batch.to_string()).await;
-    let replies = plain.recv().await;
+    let replies = plain.exchange(&batch.to_string()).await;
     assert_eq!(replies.as_array().map(Vec::len), Some(2), "{replies}");
 
     let ok_job = client.call("getJob", json!({"id": ok})).await;

@@ -14,7 +14,6 @@ use herdctld::rpc::methods::{fleet_module, registered_method_names};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use support::*;
-use tokio::net::UnixDatagram;
 
 fn repo_file(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -178,15 +177,10 @@ fn bad_command_lines_exit_2() {
     }
 }
 
-/// Reads sd_notify datagrams until one starts with `prefix`.
-async fn expect_notification(notify: &UnixDatagram, prefix: &str, seen: &mut Vec<String>) {
-    let mut buf = vec![0u8; 4096];
+/// Reads the daemon's sd_notify messages until one starts with `prefix`.
+async fn expect_notification(daemon: &mut Daemon, prefix: &str, seen: &mut Vec<String>) {
     loop {
-        let n = tokio::time::timeout(START_TIMEOUT, notify.recv(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no {prefix} notification; got {seen:?}"))
-            .unwrap();
-        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let message = daemon.notification().await;
         seen.push(message.clone());
         if message.starts_with(prefix) {
             return;
@@ -196,26 +190,18 @@ async fn expect_notification(notify: &UnixDatagram, prefix: &str, seen: &mut Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_sighup_reload_and_sigterm_stop() {
-    let dir = TestDir::new();
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let options = DaemonOptions {
-        env: vec![("NOTIFY_SOCKET".into(), notify_path.display().to_string())],
-        ..DaemonOptions::default()
-    };
-    let mut daemon = Daemon::spawn_in(dir, options);
+    // Started means the harness got READY=1 on the NOTIFY_SOCKET it gave the daemon.
+    let mut daemon = Daemon::start().await;
     let (socket, fleet_file) = (daemon.socket.clone(), daemon.fleet_file.clone());
     let agents_dir = daemon.agents_dir();
-    let pid = nix::unistd::Pid::from_raw(daemon.pid as i32);
     let mut seen = Vec::new();
 
-    expect_notification(&notify, "READY=1", &mut seen).await;
     // READY=1 means the socket is bound and serving, and signals are handled (`systemctl reload` may
     // come at once).
     assert!(socket.exists(), "READY=1 before the socket exists");
-    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
-    expect_notification(&notify, "RELOADING=1", &mut seen).await;
-    expect_notification(&notify, "READY=1", &mut seen).await;
+    daemon.signal(Signal::SIGHUP);
+    expect_notification(&mut daemon, "RELOADING=1", &mut seen).await;
+    expect_notification(&mut daemon, "READY=1", &mut seen).await;
     let mut client = Client::connect(&socket, Framing::Ndjson).await;
     assert_eq!(client.call("getState", Value::Null).await, "running");
 
@@ -233,23 +219,23 @@ async fn sd_notify_sighup_reload_and_sigterm_stop() {
         fleet_yaml(&["echo.yaml", "gated.yaml", "blocker.yaml", "extra.yaml"]),
     )
     .unwrap();
-    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    daemon.signal(Signal::SIGHUP);
     let reloaded = client.notification(&events).await;
     assert_eq!(reloaded["type"], "config:reloaded");
     assert!(
         reloaded["changes"].to_string().contains("agent:extra"),
         "{reloaded}"
     );
-    expect_notification(&notify, "RELOADING=1", &mut seen).await;
-    expect_notification(&notify, "READY=1", &mut seen).await;
+    expect_notification(&mut daemon, "RELOADING=1", &mut seen).await;
+    expect_notification(&mut daemon, "READY=1", &mut seen).await;
     assert_eq!(
         client.call("getAgent", json!({"name": "extra"})).await["name"],
         "extra"
     );
 
     // SIGTERM = graceful stop.
-    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
-    expect_notification(&notify, "STOPPING=1", &mut seen).await;
+    daemon.signal(Signal::SIGTERM);
+    expect_notification(&mut daemon, "STOPPING=1", &mut seen).await;
     let status = daemon.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
     assert!(!socket.exists(), "the socket is removed on exit");

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 const JOB_EVENTS: [&str; 4] = ["job:created", "job:started", "job:output", "job:completed"];
@@ -115,7 +115,7 @@ async fn output_of_a_running_job_replays_then_continues_live(client: &mut Client
     // The subscription ended with eof: nothing more for it.
     let rest = client.drain(Duration::from_millis(300)).await;
     assert!(
-        rest.iter().all(|m| m["params"]["subscription"] != output),
+        rest.iter().all(|n| n.subscription != output),
         "after eof: {rest:?}"
     );
     client.unsubscribe("unsubscribeEvents", &events).await;
@@ -283,12 +283,12 @@ async fn unsubscribe_stops_notifications(client: &mut Client) {
     let job = client.call("trigger", json!({"agentName": "echo"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
     wait_for_event(client, &kept, "job:completed", Some(&id)).await;
-    let rest: Vec<Value> = client.drain(Duration::from_millis(300)).await;
-    for message in &rest {
-        let subscription = &message["params"]["subscription"];
+    let rest = client.drain(Duration::from_millis(300)).await;
+    for notification in &rest {
+        let subscription = &notification.subscription;
         assert!(
             subscription != &dropped && subscription != &logs,
-            "after unsubscribe: {message}"
+            "after unsubscribe: {notification:?}"
         );
     }
 }

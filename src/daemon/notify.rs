@@ -5,7 +5,8 @@
 //! Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op.
 //!
 //! Public API:
-//! - [`Notifier::from_env`]`()`, [`Notifier::to_socket`]`(addr)` (tests), [`Notifier::is_enabled`]
+//! - [`Notifier::from_env`]`()`, [`Notifier::to_socket`]`(addr)`, [`Notifier::disabled`]`()`,
+//!   [`Notifier::is_enabled`]
 //! - [`Notifier::ready`], [`Notifier::stopping`], [`Notifier::reloading`], [`Notifier::watchdog`],
 //!   [`Notifier::status`]`(text)`, [`Notifier::notify`]`(raw)` — each `-> io::Result<()>`
 //! - [`watchdog_interval`]`() -> Option<Duration>` — how often to call `watchdog()` (half of `WATCHDOG_USEC`)
@@ -35,12 +36,17 @@ impl Notifier {
     /// disables notifications (the daemon still runs; systemd will report the missing READY=1).
     pub fn from_env() -> Notifier {
         match std::env::var_os("NOTIFY_SOCKET").filter(|v| !v.is_empty()) {
-            None => Notifier { target: None },
+            None => Notifier::disabled(),
             Some(address) => Notifier::to_socket(&address).unwrap_or_else(|err| {
                 tracing::warn!(notify_socket = ?address, %err, "cannot use NOTIFY_SOCKET; systemd will not be notified");
-                Notifier { target: None }
+                Notifier::disabled()
             }),
         }
+    }
+
+    /// Notifies nobody: for a daemon that no service manager supervises.
+    pub fn disabled() -> Notifier {
+        Notifier { target: None }
     }
 
     /// To the datagram socket at `address` (a path, or `@name` for an abstract socket).
@@ -189,7 +195,7 @@ mod tests {
 
     #[test]
     fn without_a_socket_nothing_is_sent_and_nothing_fails() {
-        let notifier = Notifier { target: None };
+        let notifier = Notifier::disabled();
         assert!(!notifier.is_enabled());
         notifier.ready().unwrap();
     }

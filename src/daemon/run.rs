@@ -1,10 +1,12 @@
-//! `herdctld`'s life: command line, logging, fleet initialization, socket, serving, signals, shutdown.
+//! `herdctld`, the process: command line, logging, subreaper, fleet initialization, signals, the socket file,
+//! exit codes. Serving and the stop are the library's [`Daemon`] (`daemon::service`), which this drives.
 //!
 //! Order at start: parse args → logging (with the fleet's log layer) → initialize the fleet (config validated,
-//! state dir locked, interrupted jobs recovered) → bind `--metrics-listen` (if given) → bind the socket →
-//! start the fleet (unless `--no-start`) → `READY=1` → serve (the socket, and `GET /metrics` on TCP). Order
-//! at stop (SIGTERM/SIGINT): `STOPPING=1` → stop the fleet (scheduler, wait for jobs up to the timeout,
-//! cancel the rest; a second signal cancels at once) → stop serving → remove the socket.
+//! state dir locked, interrupted jobs recovered) → signal handlers → bind `--metrics-listen` (if given) → bind
+//! the socket → [`Daemon::start`]: start the fleet (unless `--no-start`), serve (the socket, and `GET /metrics`
+//! on TCP) → [`Daemon::run`]: `READY=1`. Order at stop (SIGTERM/SIGINT, forwarded as [`Request`](super::Request)s):
+//! `STOPPING=1` → stop the fleet (scheduler, wait for jobs up to the timeout, cancel the rest; a second signal
+//! cancels at once) → stop serving → remove the socket.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,15 +15,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::fleet::{
-    FleetError, FleetManager, FleetManagerOptions, FleetState, HistoryOptions, LogBus, StopOptions,
-};
-use crate::rpc::{methods, transport};
+use crate::fleet::{FleetError, FleetManager, FleetManagerOptions, HistoryOptions, LogBus};
 
 use super::log_file::{self, LogFileOptions};
 use super::logging::{self, LogFormat, LogOptions};
 use super::notify::{watchdog_interval, Notifier};
-use super::signals::{SignalRequest, Signals};
+use super::service::{Daemon, DaemonOptions};
+use super::signals::Signals;
 use super::socket;
 
 /// Exit code for an invalid configuration at start (sysexits' EX_CONFIG).
@@ -95,6 +95,31 @@ pub struct DaemonArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+impl DaemonArgs {
+    /// The fleet these arguments describe, logging to `logs`. `--state` defaults to systemd's
+    /// `$STATE_DIRECTORY`; what is not given keeps the FleetManager's defaults.
+    pub fn fleet_options(&self, logs: LogBus) -> FleetManagerOptions {
+        let defaults = FleetManagerOptions::default();
+        FleetManagerOptions {
+            per_agent: self.per_agent.unwrap_or(defaults.per_agent),
+            history: HistoryOptions {
+                max_jobs_per_agent: self.max_jobs_per_agent.map(saturating_usize),
+                max_jobs_total: self.max_jobs_total.map(saturating_usize),
+                max_job_age: self.max_job_age,
+            },
+            config_path: self.config.clone(),
+            state_dir: self
+                .state
+                .clone()
+                .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
+            concurrency: self.max_concurrent,
+            max_queued: self.max_queued.unwrap_or(defaults.max_queued),
+            logs,
+            ..defaults
+        }
+    }
+}
+
 /// `--max-job-age`: a duration (`30d`, `12h`) greater than zero.
 fn job_age(text: &str) -> Result<Duration, String> {
     match crate::timespec::parse_duration(text) {
@@ -154,24 +179,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
     }
     let reaper = spawn_orphan_reaper();
 
-    let defaults = FleetManagerOptions::default();
-    let fleet = FleetManager::new(FleetManagerOptions {
-        per_agent: args.per_agent.unwrap_or(defaults.per_agent),
-        history: HistoryOptions {
-            max_jobs_per_agent: args.max_jobs_per_agent.map(saturating_usize),
-            max_jobs_total: args.max_jobs_total.map(saturating_usize),
-            max_job_age: args.max_job_age,
-        },
-        config_path: args.config.clone(),
-        state_dir: args
-            .state
-            .clone()
-            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
-        concurrency: args.max_concurrent,
-        max_queued: args.max_queued.unwrap_or(defaults.max_queued),
-        logs,
-        ..defaults
-    });
+    let fleet = FleetManager::new(args.fleet_options(logs));
     if let Err(e) = fleet.initialize().await {
         eprintln!("herdctld: {e}");
         return match e {
@@ -198,7 +206,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
         .unwrap_or_else(|| socket::default_socket_path_from_env(&state_dir));
     // Before the socket is bound and READY=1 is sent: from then on a client or systemd may send SIGHUP
     // (`systemctl reload`) or SIGTERM, and an uninstalled handler would let either kill the daemon.
-    let signals = match Signals::new() {
+    let mut signals = match Signals::new() {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("herdctld: cannot install signal handlers: {e}");
@@ -228,6 +236,9 @@ async fn run(args: DaemonArgs) -> ExitCode {
         },
         None => None,
     };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok());
     let listener = match socket::open_listener(&socket_path, mode) {
         Ok(listener) => listener,
         Err(e) => {
@@ -248,66 +259,44 @@ async fn run(args: DaemonArgs) -> ExitCode {
         }
     };
 
-    if !args.no_start {
-        if let Err(e) = fleet.start().await {
+    let options = DaemonOptions {
+        start_fleet: !args.no_start,
+        allowed_gid: socket::admitted_group(mode),
+        metrics_listener,
+        notifier: Notifier::from_env(),
+        watchdog: watchdog_interval(),
+    };
+    // The state directory's lock goes with the fleet's last handle: hold one until the socket file is
+    // removed, so a daemon starting on the same state cannot bind a socket there that we then remove.
+    let _locked = fleet.clone();
+    let daemon = match Daemon::start(fleet, listener, options).await {
+        Ok(daemon) => daemon,
+        Err(e) => {
             eprintln!("herdctld: {e}");
             let _ = socket::remove_socket(&origin);
             return ExitCode::from(1);
         }
-    }
-
-    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let transport_config = transport::TransportConfig {
-        allowed_gid: (mode & 0o070 != 0).then(|| nix::unistd::getegid().as_raw()),
-        metrics: Some(fleet.metrics().clone()),
-        ..transport::TransportConfig::default()
     };
-    let metrics_server = metrics_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            println!("herdctld: metrics on http://{addr}/metrics");
-            tracing::info!(%addr, "serving metrics over TCP");
-        }
-        tokio::spawn(transport::metrics_http::serve_metrics(
-            listener,
-            fleet.metrics().clone(),
-        ))
-    });
-    let server = tokio::spawn(transport::serve(
-        listener,
-        methods::fleet_module(fleet.clone()),
-        transport_config,
-        async move {
-            let _ = serving_stopped.await;
-        },
-    ));
+    if let Some(addr) = metrics_addr {
+        println!("herdctld: metrics on http://{addr}/metrics");
+    }
     println!("herdctld: listening on {}", socket_path.display());
     tracing::info!(socket = %socket_path.display(), state = %state_dir.display(), "herdctld ready");
 
-    let notifier = Notifier::from_env();
-    let _ = notifier.ready();
-    let watchdog = watchdog_interval().map(|every| {
-        let notifier = Notifier::from_env();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                let _ = notifier.watchdog();
-            }
-        })
-    });
+    // The daemon acts on requests; here they are signals. A handful in flight is plenty: each is acted on
+    // at once, and `Signals` itself coalesces a burst.
+    let (requests, received) = tokio::sync::mpsc::channel(4);
+    let forward =
+        tokio::spawn(async move { while requests.send(signals.recv().await).await.is_ok() {} });
+    let exit = match daemon.run(received).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    };
 
-    let exit = serve_until_shutdown(&fleet, &notifier, signals).await;
-
-    let _ = stop_serving.send(());
-    if let Ok(report) = server.await {
-        tracing::info!(?report, "stopped serving");
-    }
-    if let Some(watchdog) = watchdog {
-        watchdog.abort();
-    }
-    if let Some(metrics_server) = metrics_server {
-        metrics_server.abort();
-    }
+    forward.abort();
     if let Some(reaper) = reaper {
         reaper.abort();
     }
@@ -339,62 +328,6 @@ fn spawn_orphan_reaper() -> Option<tokio::task::JoinHandle<()>> {
                 "cannot watch SIGCHLD; adopted orphans are reaped only when jobs end: {e}"
             );
             None
-        }
-    }
-}
-
-/// Handles signals until a shutdown request, then stops the fleet.
-async fn serve_until_shutdown(
-    fleet: &FleetManager,
-    notifier: &Notifier,
-    mut signals: Signals,
-) -> ExitCode {
-    // Any request but a reload is a shutdown.
-    while signals.recv().await == SignalRequest::Reload {
-        let _ = notifier.reloading();
-        match fleet.reload().await {
-            Ok(result) => tracing::info!(changes = ?result.changes, "reloaded on SIGHUP"),
-            Err(e) => tracing::error!("reload on SIGHUP refused: {e}"),
-        }
-        let _ = notifier.ready();
-    }
-    let _ = notifier.stopping();
-    tracing::info!("shutting down; a second SIGTERM/SIGINT cancels running jobs at once");
-    if fleet.state() != FleetState::Running {
-        // Jobs can run without the scheduler (triggered after `stop`, or under --no-start): end them
-        // with their grace period rather than leave them to be found interrupted at the next start.
-        let cancelling = fleet.cancel_running(None);
-        tokio::pin!(cancelling);
-        tokio::select! {
-            () = &mut cancelling => {}
-            _ = signals.recv() => {
-                tracing::warn!("second shutdown signal: cancelling running jobs now");
-                fleet.cancel_running(Some(Duration::ZERO)).await;
-            }
-        }
-        fleet.flush().await;
-        return ExitCode::SUCCESS;
-    }
-    let stop = fleet.stop(StopOptions::default());
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            result = &mut stop => {
-                return match result {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!("stop failed: {e}");
-                        ExitCode::from(1)
-                    }
-                };
-            }
-            request = signals.recv() => {
-                if request != SignalRequest::Reload {
-                    tracing::warn!("second shutdown signal: cancelling running jobs now");
-                    let fleet = fleet.clone();
-                    tokio::spawn(async move { fleet.cancel_running(Some(Duration::ZERO)).await });
-                }
-            }
         }
     }
 }

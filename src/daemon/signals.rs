@@ -1,26 +1,18 @@
 //! Process signals as daemon requests (SPEC §3).
 //!
-//! Owns: turning SIGTERM/SIGINT/SIGHUP into [`SignalRequest`]s. The first SIGTERM or SIGINT asks for a
-//! graceful stop, any later one for an immediate one; SIGHUP asks for a reload. It does not act on them.
+//! Owns: turning SIGTERM/SIGINT/SIGHUP into the daemon's [`Request`]s. The first SIGTERM or SIGINT asks for
+//! a graceful stop, any later one for an immediate one; SIGHUP asks for a reload. It does not act on them
+//! (`daemon::service` does).
 //!
 //! Public API:
 //! - [`Signals::new`]`() -> io::Result<Signals>` (inside a tokio runtime; installs the handlers)
-//! - [`Signals::recv`]`(&mut self) -> SignalRequest` (async)
+//! - [`Signals::recv`]`(&mut self) -> Request` (async)
 
 use std::io;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-/// What a signal asks the daemon to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignalRequest {
-    /// First SIGTERM/SIGINT: stop gracefully.
-    Shutdown,
-    /// A further SIGTERM/SIGINT during the graceful stop: cancel jobs now.
-    ShutdownNow,
-    /// SIGHUP: reload the configuration.
-    Reload,
-}
+use super::service::Request;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Received {
@@ -49,7 +41,7 @@ impl Signals {
     }
 
     /// The next request. Cancel-safe (usable in `select!`).
-    pub async fn recv(&mut self) -> SignalRequest {
+    pub async fn recv(&mut self) -> Request {
         let received = tokio::select! {
             Some(()) = self.term.recv() => Received::Terminate,
             Some(()) = self.interrupt.recv() => Received::Terminate,
@@ -59,13 +51,13 @@ impl Signals {
     }
 }
 
-fn classify(received: Received, shutdown_requested: &mut bool) -> SignalRequest {
+fn classify(received: Received, shutdown_requested: &mut bool) -> Request {
     match received {
-        Received::Hangup => SignalRequest::Reload,
-        Received::Terminate if *shutdown_requested => SignalRequest::ShutdownNow,
+        Received::Hangup => Request::Reload,
+        Received::Terminate if *shutdown_requested => Request::ShutdownNow,
         Received::Terminate => {
             *shutdown_requested = true;
-            SignalRequest::Shutdown
+            Request::Shutdown
         }
     }
 }
@@ -78,25 +70,19 @@ mod tests {
     #[test]
     fn second_terminate_means_now_and_hangup_always_reloads() {
         let mut requested = false;
+        assert_eq!(classify(Received::Hangup, &mut requested), Request::Reload);
         assert_eq!(
-            classify(Received::Hangup, &mut requested),
-            SignalRequest::Reload
+            classify(Received::Terminate, &mut requested),
+            Request::Shutdown
+        );
+        assert_eq!(classify(Received::Hangup, &mut requested), Request::Reload);
+        assert_eq!(
+            classify(Received::Terminate, &mut requested),
+            Request::ShutdownNow
         );
         assert_eq!(
             classify(Received::Terminate, &mut requested),
-            SignalRequest::Shutdown
-        );
-        assert_eq!(
-            classify(Received::Hangup, &mut requested),
-            SignalRequest::Reload
-        );
-        assert_eq!(
-            classify(Received::Terminate, &mut requested),
-            SignalRequest::ShutdownNow
-        );
-        assert_eq!(
-            classify(Received::Terminate, &mut requested),
-            SignalRequest::ShutdownNow
+            Request::ShutdownNow
         );
     }
 
@@ -106,9 +92,9 @@ mod tests {
         use nix::sys::signal::{raise, Signal as Sig};
         let mut signals = Signals::new().unwrap();
         for (sig, expected) in [
-            (Sig::SIGHUP, SignalRequest::Reload),
-            (Sig::SIGINT, SignalRequest::Shutdown),
-            (Sig::SIGTERM, SignalRequest::ShutdownNow),
+            (Sig::SIGHUP, Request::Reload),
+            (Sig::SIGINT, Request::Shutdown),
+            (Sig::SIGTERM, Request::ShutdownNow),
         ] {
             raise(sig).unwrap();
             let request = tokio::time::timeout(Duration::from_secs(5), signals.recv())

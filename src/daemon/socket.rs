@@ -10,7 +10,7 @@
 //! Public API:
 //! - [`default_socket_path`]`(runtime_directory, xdg_runtime_dir, state_dir) -> PathBuf`, and
 //!   [`default_socket_path_from_env`]`(state_dir)`
-//! - [`parse_socket_mode`]`("0660") -> Result<u32, SocketError>`
+//! - [`parse_socket_mode`]`("0660") -> Result<u32, SocketError>`, [`admitted_group`]`(mode)`
 //! - [`open_listener`]`(path, mode) -> Result<DaemonListener, SocketError>` — inherited or freshly bound
 //! - [`bind_socket`]`(path, mode)`, [`inherited_listener`]`()`, [`remove_socket`]`(listener)`
 
@@ -106,6 +106,12 @@ pub fn parse_socket_mode(value: &str) -> Result<u32, SocketError> {
             value: value.to_owned(),
         }),
     }
+}
+
+/// The group whose members may connect besides our own user (the peer check of `rpc::transport`): ours,
+/// when the socket's `mode` grants the group anything (0660), else none.
+pub fn admitted_group(mode: u32) -> Option<u32> {
+    (mode & 0o070 != 0).then(|| nix::unistd::getegid().as_raw())
 }
 
 /// Where the listener came from; decides whether the daemon removes the file on exit.

@@ -1,10 +1,12 @@
-//! rpc: JSON-RPC on the daemon's Unix socket — transports and error shapes.
+//! rpc: JSON-RPC on the daemon's Unix socket — both ends of it.
 //!
 //! Owns: the framings of SPEC §11 ([`transport`]: NDJSON, HTTP, WebSocket on one socket, limits, peer check,
-//! graceful shutdown), the error objects of the protocol ([`error`]) and the method table ([`methods`]:
-//! every FleetManager operation as a method or subscription). The transport is generic over any
-//! `jsonrpsee::Methods`. This module never binds or removes the socket file (`daemon::socket` does).
+//! graceful shutdown), the error objects of the protocol ([`error`]), the method table ([`methods`]:
+//! every FleetManager operation as a method or subscription) and the client (`herdctl`'s, the tests' and
+//! the bench's: [`client`]). The transport is generic over any `jsonrpsee::Methods`. This module never binds
+//! or removes the socket file (`daemon::socket` does).
 
+pub mod client;
 pub mod error;
 pub mod methods;
 pub mod transport;

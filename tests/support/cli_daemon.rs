@@ -1,4 +1,4 @@
-//! A real `herdctld` on a temporary fleet, state directory and socket, for driving `herdctl` against it.
+//! `herdctl` driven against a real `herdctld` (the harness's [`Daemon`], binary mode) on a fleet of its own.
 //!
 //! The fleet has command-runtime agents only: `quick` (prints its prompt, completes), `broken` (writes to
 //! stderr, exits 3), `sleeper` (prints a line, then sleeps 30 s: something to cancel) and `serial` (half a
@@ -11,18 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const DEADLINE: Duration = Duration::from_secs(15);
+use crate::support::{write_agents, Daemon, DaemonOptions, TestDir};
 
-const FLEET: &str = r#"
-version: 1
-fleet:
-  name: cli-test
-agents:
-  - path: agents/quick.yaml
-  - path: agents/broken.yaml
-  - path: agents/sleeper.yaml
-  - path: agents/serial.yaml
-"#;
+pub const DEADLINE: Duration = Duration::from_secs(15);
 
 const AGENTS: [(&str, &str); 4] = [
     (
@@ -69,56 +60,36 @@ concurrency: 1
 ];
 
 pub struct TestDaemon {
-    pub dir: tempfile::TempDir,
+    daemon: Daemon,
     pub socket: PathBuf,
-    child: Child,
 }
 
 impl TestDaemon {
-    /// Writes the fleet, starts the daemon and waits until its socket answers.
-    pub fn start() -> TestDaemon {
+    /// Writes the fleet and starts the daemon; returns once it is ready.
+    pub async fn start() -> TestDaemon {
         assert_real_client();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path();
-        std::fs::create_dir(root.join("agents")).expect("agents dir");
-        std::fs::write(root.join("herdctl.yaml"), FLEET).expect("fleet file");
-        for (name, text) in AGENTS {
-            std::fs::write(root.join(format!("agents/{name}.yaml")), text).expect("agent file");
-        }
-        let socket = root.join("d.sock");
-        let log = std::fs::File::create(root.join("daemon.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_herdctld"))
-            .arg("--config")
-            .arg(root)
-            .arg("--state")
-            .arg(root.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn herdctld");
-        let daemon = TestDaemon { dir, socket, child };
-        daemon.wait_until_ready();
-        daemon
+        let dir = TestDir::new();
+        write_agents(dir.path(), "cli-test", &AGENTS);
+        let daemon = Daemon::start_in(
+            dir,
+            DaemonOptions {
+                keep_existing_fleet: true,
+                ..DaemonOptions::default()
+            },
+        )
+        .await;
+        let socket = daemon.socket.clone();
+        TestDaemon { daemon, socket }
     }
 
-    fn wait_until_ready(&self) {
-        let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "herdctld did not listen on {} in time; its log:\n{}",
-                self.socket.display(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// The temporary directory of the fleet, its state and socket.
+    pub fn dir(&self) -> &Path {
+        self.daemon.dir.path()
     }
 
+    /// What the daemon logged.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+        self.daemon.stderr()
     }
 
     /// `herdctl --socket <ours> ARGS…`, ready to spawn, with colours off by environment (not a TTY anyway).
@@ -163,13 +134,6 @@ impl TestDaemon {
             let page = self.json(&["jobs", "--agent", agent, "--status", "running"]);
             page["jobs"][0]["id"].as_str().map(str::to_owned)
         })
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        // SIGTERM twice: a graceful stop, then "cancel running jobs now", so no job's process outlives the test.
-        crate::stop::stop_daemon(&mut self.child, 2, Duration::from_secs(5));
     }
 }
 

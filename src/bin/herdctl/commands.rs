@@ -9,7 +9,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use herdctld::fleet::event_names;
 use serde_json::{json, Map, Value};
 
-use crate::client::{Client, ClientError};
+use herdctld::rpc::client::{Client, ClientError};
+
 use crate::job_output::render_line;
 use crate::render;
 use crate::style::{duration_ms, Style};
@@ -790,7 +791,7 @@ mod tests {
     #[test]
     fn usage_errors_exit_2_and_domain_errors_1() {
         let rpc = |code| {
-            CliError::Client(ClientError::Rpc(crate::client::RpcError {
+            CliError::Client(ClientError::Rpc(herdctld::rpc::client::RpcError {
                 code,
                 message: String::new(),
                 data: None,

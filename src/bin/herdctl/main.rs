@@ -2,14 +2,13 @@
 //! or subscriptions on the daemon's socket, rendered for people or, with `--json`, passed through raw.
 //!
 //! It holds no business logic: the daemon validates, decides and reports; this program only asks and shows.
-//! Modules: `client` (the connection), `commands` (what each command asks and prints), `render` and
-//! `job_output` (human views), `style` (colours, times, tables).
+//! Modules: `commands` (what each command asks and prints), `render` and `job_output` (human views), `style`
+//! (colours, times, tables); the connection is the library's `herdctld::rpc::client`.
 //!
 //! Exit codes: 0 success; 1 a domain or connection error (the daemon's message is printed); 2 a usage error
 //! (bad arguments, or parameters the daemon rejected); `trigger --wait` exits 0/1/130 for a job that
 //! completed/failed/was cancelled, and 130 on Ctrl-C.
 
-mod client;
 mod commands;
 mod job_output;
 mod render;
@@ -207,7 +206,7 @@ pub enum Command {
 const SYSTEM_SOCKET: &str = "/run/herdctld/herdctld.sock";
 
 /// Where to look for the daemon when neither --socket nor HERDCTL_SOCKET says, in order (the first that
-/// exists is used; see [`client::Client::connect`]):
+/// exists is used; see [`herdctld::rpc::client::Client::connect`]):
 /// 1. the daemon's own default for a fleet found from the current directory (`$RUNTIME_DIRECTORY`, else
 ///    `$XDG_RUNTIME_DIR/herdctl`, else `.herdctl` beside the nearest herdctl.yaml, else `./.herdctl`), so a
 ///    herdctl run next to its daemon talks to that one;

@@ -1,13 +1,16 @@
-//! One JSON-RPC 2.0 connection to the daemon over the socket's newline-delimited JSON framing.
+//! A JSON-RPC 2.0 client of the daemon: the one `herdctl` uses, and the tests and the bench with it.
 //!
-//! Owns: connecting (with a message that tells a missing daemon from a stale socket from a permission
-//! problem), request ids, matching responses to requests, and holding notifications that arrive while a
-//! call waits. Knows nothing about what the methods mean.
+//! Owns: connecting over the socket's newline-delimited JSON framing (with a message that tells a missing
+//! daemon from a stale socket from a permission problem), request ids, matching responses to requests, and
+//! holding notifications that arrive while a call waits. Knows nothing about what the methods mean. The
+//! socket's other framings (WebSocket, HTTP; the tests speak them) plug in as a [`Framing`].
 //!
-//! API: [`Client::connect`], [`Client::call`], [`Client::subscribe`], [`Client::next_notification`];
-//! errors are [`ClientError`], a server's error object is [`RpcError`].
+//! API: [`Client::connect`] (NDJSON), [`Client::new`] (any framing), [`Client::call`],
+//! [`Client::subscribe`], [`Client::next_notification`]; errors are [`ClientError`], a server's error object
+//! is [`RpcError`].
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 
@@ -61,9 +64,49 @@ pub struct Notification {
     pub result: Value,
 }
 
-pub struct Client {
+/// How messages travel on one connection. [`Ndjson`] is the socket's own framing; a framing must deliver
+/// whole messages in order.
+pub trait Framing: Send {
+    /// Sends one message, a JSON text.
+    fn send(&mut self, message: &str) -> impl Future<Output = io::Result<()>> + Send;
+    /// The next message, or `None` once the daemon closed the connection. Must be cancel-safe (a message
+    /// is never half consumed): [`Client::next_notification`] is used in `select!`.
+    fn recv(&mut self) -> impl Future<Output = io::Result<Option<String>>> + Send;
+}
+
+/// Newline-delimited JSON on the Unix socket: one message a line.
+pub struct Ndjson {
     lines: Lines<BufReader<OwnedReadHalf>>,
     writer: OwnedWriteHalf,
+}
+
+impl Ndjson {
+    pub fn new(stream: UnixStream) -> Ndjson {
+        let (reader, writer) = stream.into_split();
+        Ndjson {
+            lines: BufReader::new(reader).lines(),
+            writer,
+        }
+    }
+}
+
+impl Framing for Ndjson {
+    async fn send(&mut self, message: &str) -> io::Result<()> {
+        let mut line = String::with_capacity(message.len() + 1);
+        line.push_str(message);
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).await
+    }
+
+    async fn recv(&mut self) -> io::Result<Option<String>> {
+        // `next_line` is cancel-safe: a partial line stays buffered.
+        self.lines.next_line().await
+    }
+}
+
+/// One connection to the daemon.
+pub struct Client<F = Ndjson> {
+    framing: F,
     next_id: u64,
     /// Notifications that arrived while a call was waiting for its response.
     held: VecDeque<Notification>,
@@ -80,10 +123,10 @@ fn display_paths(paths: &[PathBuf]) -> String {
 }
 
 impl Client {
-    /// Connects to the first of `candidates` that exists, in order. A missing socket moves on to the next
-    /// candidate; any other failure (stale, permission) is about a socket that is there and is reported for
-    /// it, so an operator sees why the daemon they meant did not answer. If none exists, the error names
-    /// every path tried.
+    /// Connects over NDJSON to the first of `candidates` that exists, in order. A missing socket moves on to
+    /// the next candidate; any other failure (stale, permission) is about a socket that is there and is
+    /// reported for it, so an operator sees why the daemon they meant did not answer. If none exists, the
+    /// error names every path tried.
     pub async fn connect(candidates: &[PathBuf]) -> Result<Client, ClientError> {
         let mut stream = None;
         for path in candidates {
@@ -106,13 +149,18 @@ impl Client {
         let stream = stream.ok_or_else(|| ClientError::NoSocket {
             tried: candidates.to_vec(),
         })?;
-        let (reader, writer) = stream.into_split();
-        Ok(Client {
-            lines: BufReader::new(reader).lines(),
-            writer,
+        Ok(Client::new(Ndjson::new(stream)))
+    }
+}
+
+impl<F: Framing> Client<F> {
+    /// A client on a connection already made.
+    pub fn new(framing: F) -> Client<F> {
+        Client {
+            framing,
             next_id: 1,
             held: VecDeque::new(),
-        })
+        }
     }
 
     /// Calls `method` with named `params` and waits for its result.
@@ -123,9 +171,7 @@ impl Client {
         if !params.is_null() {
             request["params"] = params;
         }
-        let mut line = request.to_string();
-        line.push('\n');
-        self.writer.write_all(line.as_bytes()).await?;
+        self.framing.send(&request.to_string()).await?;
         loop {
             let message = self.read_message().await?.ok_or(ClientError::Closed)?;
             if let Some(notification) = as_notification(&message) {
@@ -178,7 +224,7 @@ impl Client {
 
     async fn read_message(&mut self) -> Result<Option<Value>, ClientError> {
         loop {
-            let Some(line) = self.lines.next_line().await? else {
+            let Some(line) = self.framing.recv().await? else {
                 return Ok(None);
             };
             if line.trim().is_empty() {
