@@ -233,9 +233,14 @@ async fn sd_notify_sighup_reload_and_sigterm_stop() {
         "extra"
     );
 
-    // SIGTERM = graceful stop.
+    // SIGTERM = graceful stop, and the stopped event names it.
+    let stops = client
+        .subscribe("subscribeEvents", json!({"types": ["stopped"]}))
+        .await;
     daemon.signal(Signal::SIGTERM);
     expect_notification(&mut daemon, "STOPPING=1", &mut seen).await;
+    let stopped = client.notification(&stops).await;
+    assert_eq!(stopped["reason"], "SIGTERM", "{stopped}");
     let status = daemon.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
     assert!(!socket.exists(), "the socket is removed on exit");

@@ -29,8 +29,9 @@ use super::notify::Notifier;
 pub enum Request {
     /// Re-read the configuration (SIGHUP).
     Reload,
-    /// Stop gracefully (the first SIGTERM/SIGINT); once stopping, cancel running jobs at once.
-    Shutdown,
+    /// Stop gracefully (the first SIGTERM/SIGINT); once stopping, cancel running jobs at once. `reason` is
+    /// what the fleet's `stopped` event says (the signal's name).
+    Shutdown { reason: &'static str },
     /// Stop, cancelling running jobs at once (a further SIGTERM/SIGINT).
     ShutdownNow,
 }
@@ -164,7 +165,7 @@ async fn serve_until_shutdown(
     notifier: &Notifier,
     requests: &mut mpsc::Receiver<Request>,
 ) -> Result<(), DaemonError> {
-    let now = loop {
+    let (now, reason) = loop {
         match requests.recv().await {
             Some(Request::Reload) => {
                 let _ = notifier.reloading();
@@ -174,8 +175,10 @@ async fn serve_until_shutdown(
                 }
                 let _ = notifier.ready();
             }
-            Some(Request::Shutdown) | None => break false,
-            Some(Request::ShutdownNow) => break true,
+            Some(Request::Shutdown { reason }) => break (false, reason),
+            // Every sender gone: the host asked for the end.
+            None => break (false, "requested"),
+            Some(Request::ShutdownNow) => break (true, "requested"),
         }
     };
     let _ = notifier.stopping();
@@ -194,7 +197,7 @@ async fn serve_until_shutdown(
                 request = requests.recv(), if open => match request {
                     None => open = false,
                     Some(Request::Reload) => {}
-                    Some(Request::Shutdown | Request::ShutdownNow) => {
+                    Some(Request::Shutdown { .. } | Request::ShutdownNow) => {
                         tracing::warn!("second shutdown signal: cancelling running jobs now");
                         fleet.cancel_running(Some(Duration::ZERO)).await;
                         break;
@@ -208,7 +211,10 @@ async fn serve_until_shutdown(
     if now {
         cancel_now(fleet);
     }
-    let stop = fleet.stop(StopOptions::default());
+    let stop = fleet.stop(StopOptions {
+        reason: reason.to_owned(),
+        ..StopOptions::default()
+    });
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -216,7 +222,7 @@ async fn serve_until_shutdown(
             request = requests.recv(), if open => match request {
                 None => open = false,
                 Some(Request::Reload) => {}
-                Some(Request::Shutdown | Request::ShutdownNow) => {
+                Some(Request::Shutdown { .. } | Request::ShutdownNow) => {
                     tracing::warn!("second shutdown signal: cancelling running jobs now");
                     cancel_now(fleet);
                 }

@@ -16,7 +16,8 @@ use super::service::Request;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Received {
-    Terminate,
+    /// SIGTERM or SIGINT, by name.
+    Terminate(&'static str),
     Hangup,
 }
 
@@ -43,8 +44,8 @@ impl Signals {
     /// The next request. Cancel-safe (usable in `select!`).
     pub async fn recv(&mut self) -> Request {
         let received = tokio::select! {
-            Some(()) = self.term.recv() => Received::Terminate,
-            Some(()) = self.interrupt.recv() => Received::Terminate,
+            Some(()) = self.term.recv() => Received::Terminate("SIGTERM"),
+            Some(()) = self.interrupt.recv() => Received::Terminate("SIGINT"),
             Some(()) = self.hangup.recv() => Received::Hangup,
         };
         classify(received, &mut self.shutdown_requested)
@@ -54,10 +55,10 @@ impl Signals {
 fn classify(received: Received, shutdown_requested: &mut bool) -> Request {
     match received {
         Received::Hangup => Request::Reload,
-        Received::Terminate if *shutdown_requested => Request::ShutdownNow,
-        Received::Terminate => {
+        Received::Terminate(_) if *shutdown_requested => Request::ShutdownNow,
+        Received::Terminate(signal) => {
             *shutdown_requested = true;
-            Request::Shutdown
+            Request::Shutdown { reason: signal }
         }
     }
 }
@@ -72,16 +73,16 @@ mod tests {
         let mut requested = false;
         assert_eq!(classify(Received::Hangup, &mut requested), Request::Reload);
         assert_eq!(
-            classify(Received::Terminate, &mut requested),
-            Request::Shutdown
+            classify(Received::Terminate("SIGTERM"), &mut requested),
+            Request::Shutdown { reason: "SIGTERM" }
         );
         assert_eq!(classify(Received::Hangup, &mut requested), Request::Reload);
         assert_eq!(
-            classify(Received::Terminate, &mut requested),
+            classify(Received::Terminate("SIGINT"), &mut requested),
             Request::ShutdownNow
         );
         assert_eq!(
-            classify(Received::Terminate, &mut requested),
+            classify(Received::Terminate("SIGINT"), &mut requested),
             Request::ShutdownNow
         );
     }
@@ -93,7 +94,7 @@ mod tests {
         let mut signals = Signals::new().unwrap();
         for (sig, expected) in [
             (Sig::SIGHUP, Request::Reload),
-            (Sig::SIGINT, Request::Shutdown),
+            (Sig::SIGINT, Request::Shutdown { reason: "SIGINT" }),
             (Sig::SIGTERM, Request::ShutdownNow),
         ] {
             raise(sig).unwrap();

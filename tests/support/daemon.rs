@@ -417,7 +417,9 @@ fn kill_and_reap(mut child: tokio::process::Child) {
 /// Asks the in-process daemon to stop now and waits for it, on the test's runtime (hence a multi-threaded
 /// one: this blocks a thread of it).
 fn stop_in_process(requests: mpsc::Sender<Request>, task: JoinHandle<Result<(), DaemonError>>) {
-    let _ = requests.try_send(Request::Shutdown);
+    let _ = requests.try_send(Request::Shutdown {
+        reason: "the test ended",
+    });
     let _ = requests.try_send(Request::ShutdownNow);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // Dropped outside its runtime: nothing can drive the stop, and the runtime's end drops the task.
