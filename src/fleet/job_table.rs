@@ -70,6 +70,8 @@ pub(super) struct JobTable {
     /// The queue is being dispatched: a job that ends as it starts (no container engine, agent gone)
     /// frees its slot for that loop instead of dispatching again inside it, one stack frame per job.
     dispatching: bool,
+    /// Jobs that ended and whose end pruned history not yet deleted: their waiters are told after it.
+    pruning: HashMap<JobId, watch::Receiver<Option<Job>>>,
 }
 
 impl JobTable {
@@ -222,6 +224,23 @@ impl JobTable {
         Some(active)
     }
 
+    /// A job that ended, whose waiters are told once the history its end pruned is deleted.
+    pub(super) fn pruning(&mut self, id: &JobId, finished: watch::Receiver<Option<Job>>) {
+        self.pruning.insert(id.clone(), finished);
+    }
+
+    pub(super) fn finished_pruning(&mut self, id: &JobId) {
+        self.pruning.remove(id);
+    }
+
+    /// What waits for a job's end: an active job's, or one whose end is still pruning history.
+    pub(super) fn waiter(&self, id: &JobId) -> Option<watch::Receiver<Option<Job>>> {
+        match self.active.get(id) {
+            Some(active) => Some(active.finished.subscribe()),
+            None => self.pruning.get(id).cloned(),
+        }
+    }
+
     /// Starts a dispatch of the queue unless one is under way (see `dispatching`).
     pub(super) fn begin_dispatch(&mut self) -> bool {
         !std::mem::replace(&mut self.dispatching, true)
@@ -283,6 +302,24 @@ mod tests {
         assert_eq!(table.queue().len(), 0);
         assert_eq!(table.running_count(None), 0);
         assert!(!table.is_taken(&id));
+    }
+
+    #[test]
+    fn a_finished_job_is_waited_for_until_its_pruning_is_done() {
+        let mut table = JobTable::default();
+        let ended = job("a", "cccccc");
+        let id = ended.id.clone();
+        table.insert(ended, RunContext::default());
+        let finished = table.get(&id).unwrap().finished.subscribe();
+        assert!(table.finish(&id).is_some());
+        assert!(
+            table.waiter(&id).is_none(),
+            "ended without pruning: nothing to wait for"
+        );
+        table.pruning(&id, finished);
+        assert!(table.waiter(&id).is_some());
+        table.finished_pruning(&id);
+        assert!(table.waiter(&id).is_none());
     }
 
     #[test]

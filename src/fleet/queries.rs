@@ -481,7 +481,7 @@ impl FleetManager {
         let finished = job_id
             .as_ref()
             .ok()
-            .and_then(|job_id| self.core().jobs.get(job_id).map(|a| a.finished.subscribe()));
+            .and_then(|job_id| self.core().jobs.waiter(job_id));
         let manager = self.clone();
         async move {
             let job_id = job_id?;

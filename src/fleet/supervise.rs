@@ -61,6 +61,8 @@ impl JobFinished {
 
 /// Jobs pruning took out of the index under the fleet lock; their files are still to be deleted.
 pub(super) struct Pruned {
+    /// The job whose end pruned them: its late waiters wait for the deletion too.
+    finishing: JobId,
     /// Reserved until their files are gone, so that no new job is given one of these ids meanwhile.
     ids: Vec<JobId>,
     files: PrunedFiles,
@@ -71,6 +73,7 @@ pub(super) struct Pruned {
 impl Pruned {
     async fn delete(self) {
         let Pruned {
+            finishing,
             ids,
             files,
             fleet,
@@ -91,6 +94,7 @@ impl Pruned {
             for id in &ids {
                 core.release_job_id(id);
             }
+            core.jobs.finished_pruning(&finishing);
         }
     }
 }
@@ -510,7 +514,11 @@ fn finalize_locked(
     if let (Some(agent), Some(config)) = (active.agent.as_ref(), core.config.as_ref()) {
         followup::run_hooks(agent, config, &job);
     }
-    let pruned = prune(manager, core);
+    let pruned = prune(manager, core, id);
+    if pruned.is_some() {
+        // Until its pruning's files are gone, a waiter that comes now still waits for the end.
+        core.jobs.pruning(id, active.finished.subscribe());
+    }
     dispatch_queue(manager, core);
     // Readers of the output hub end when it is dropped; waiters of `finished` get the final record (which
     // pruning may already have deleted from the store).
@@ -577,7 +585,7 @@ fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
 
 /// Applies the history limits after a job's end: what goes leaves the index now, and its files are
 /// deleted once the lock is released ([`JobFinished::signal`]).
-fn prune(manager: &FleetManager, core: &mut Core) -> Option<Pruned> {
+fn prune(manager: &FleetManager, core: &mut Core, finishing: &JobId) -> Option<Pruned> {
     let retention = manager.options().history.retention(core.config.as_deref());
     let Core { store, jobs, .. } = core;
     let store = store.as_mut()?;
@@ -591,6 +599,7 @@ fn prune(manager: &FleetManager, core: &mut Core) -> Option<Pruned> {
         jobs.reserve(id.clone());
     }
     Some(Pruned {
+        finishing: finishing.clone(),
         ids: plan.doomed,
         files,
         fleet: Arc::downgrade(&manager.shared),
