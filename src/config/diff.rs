@@ -22,6 +22,8 @@ pub enum ChangeKind {
 pub enum ChangeCategory {
     Agent,
     Schedule,
+    /// A fleet-wide setting of the root fleet file (`defaults.max_concurrent`, the history limits).
+    Fleet,
 }
 
 /// One change. Serialises with herdctl's field names (`type`, `category`, `name`, `details`) plus `field`.
@@ -45,6 +47,14 @@ impl fmt::Display for ConfigChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.category {
             ChangeCategory::Agent => write!(f, "agent:{}", self.name)?,
+            // `fleet:defaults.max_jobs_total changed`.
+            ChangeCategory::Fleet => {
+                write!(f, "fleet:{}", self.name)?;
+                if let Some(field) = &self.field {
+                    write!(f, ".{field}")?;
+                }
+                return write!(f, " changed");
+            }
             ChangeCategory::Schedule => {
                 // Agent names never contain '/', schedule names may.
                 let (agent, schedule) = self.name.split_once('/').unwrap_or((&self.name, ""));
@@ -67,6 +77,35 @@ impl fmt::Display for ConfigChange {
 /// modified fields and schedules.
 pub fn diff(old: &FleetConfig, new: &FleetConfig) -> Vec<ConfigChange> {
     let mut changes = Vec::new();
+    let mut fleet = FieldDiff {
+        changes: &mut changes,
+        category: ChangeCategory::Fleet,
+        name: "defaults".to_string(),
+    };
+    fleet.shown(
+        "max_concurrent",
+        &old.max_concurrent,
+        &new.max_concurrent,
+        number,
+    );
+    fleet.shown(
+        "max_jobs_per_agent",
+        &old.history.max_jobs_per_agent,
+        &new.history.max_jobs_per_agent,
+        number,
+    );
+    fleet.shown(
+        "max_jobs_total",
+        &old.history.max_jobs_total,
+        &new.history.max_jobs_total,
+        number,
+    );
+    fleet.shown(
+        "max_job_age",
+        &old.history.max_job_age,
+        &new.history.max_job_age,
+        duration,
+    );
     for agent in &old.agents {
         if new.agent(&agent.name).is_none() {
             changes.push(whole(
@@ -406,6 +445,33 @@ mod tests {
                 "agent:a:schedule:s:timeout changed",
             ]
         );
+    }
+
+    #[test]
+    fn fleet_wide_limits_that_change_are_listed() {
+        let mut old = fleet(&[("a", "")]);
+        let mut new = old.clone();
+        old.history.max_jobs_per_agent = Some(100);
+        new.history.max_jobs_per_agent = Some(20);
+        new.history.max_job_age = Some(Duration::from_secs(30 * 86_400));
+        let shown: Vec<(String, Option<String>)> = diff(&old, &new)
+            .into_iter()
+            .map(|c| (c.to_string(), c.details))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (
+                    "fleet:defaults.max_jobs_per_agent changed".to_string(),
+                    Some("100 → 20".to_string())
+                ),
+                (
+                    "fleet:defaults.max_job_age changed".to_string(),
+                    Some("none → 30d".to_string())
+                ),
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
     }
 
     #[test]
