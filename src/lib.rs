@@ -80,7 +80,7 @@
 //!    for crash recovery); `job:started` and `agent:started` are emitted.
 //! 4. A supervisor task pumps the runner's `OutputEvent`s: each gets a `seq` and is serialised once; that
 //!    text is appended to `jobs/<id>.jsonl` and flushed, then shared with every `streamJobOutput` reader
-//!    (`fleet::SerializedLine`); `job:output` events are built only when someone listens.
+//!    (`fleet::SerializedLine`); `job:output` events are built only while a subscriber's filter takes them.
 //! 5. When the process tree is gone and its output drained, the runner's `RunOutcome` finalizes the record
 //!    (`completed`/`failed`/`cancelled` with exit reason and the result's usage, which the store's index
 //!    adds to the agent's totals; a resumed session Claude no longer has is cleared

@@ -2,7 +2,8 @@
 //! one object with the seed's API (SPEC §5, §10, §11), usable embedded in-process.
 //! Must not know about sockets or JSON-RPC: `rpc` maps this API onto the wire.
 //!
-//! Cut by concern, each over the shared state in `core`:
+//! Cut by concern, each over the shared state in `core` (whose jobs not yet finished are a `job_table`,
+//! changed only through its methods):
 //! - `manager` — the cheap handle (`FleetManager`) and the call options; `lifecycle` (initialize, start,
 //!   stop, flush, reload); `queries` (status, agents, jobs, schedules, queue, streams);
 //! - `admission` (trigger, fork, cancel; start now, queue or refuse), `schedules` (fires, enable/disable,
@@ -10,7 +11,7 @@
 //! - `records` (a record's durable write split around the lock), `spec` (an agent's config as a run spec),
 //!   `budget` (cost totals and daily budgets: an agent's day, its spend, the refusal of a run).
 //!
-//! Imports flow one way: `core` imports none of the operation modules, `manager` only `core`, and
+//! Imports flow one way: neither `core` nor `manager` imports an operation module (those above), and
 //! `supervise` never imports `admission` or `schedules`.
 //!
 //! Locking: one `std::sync::Mutex<Core>` guards all mutable fleet state; it is never held across `.await`.

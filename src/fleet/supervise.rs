@@ -18,10 +18,8 @@ use crate::state::{Durability, OutputWriter, PrunedFiles, StagedRecord};
 
 use super::core::{may_start, Core, Shared, WhenFull};
 use super::error::FleetState;
-use super::events::report_state_error;
-use super::events::EventBus;
-use super::events::FleetEvent;
-use super::followup::{self};
+use super::events::{report_state_error, EventBus, FleetEvent};
+use super::followup;
 use super::job_table::RunContext;
 use super::manager::FleetManager;
 use super::output::{OutputHub, SerializedLine};
