@@ -8,7 +8,8 @@
 //!
 //! Order: [`Daemon::start`] starts the fleet, then serves. [`Daemon::run`] sends `READY=1` and reloads on
 //! request; at a shutdown request it sends `STOPPING=1`, stops the fleet (scheduler, wait for jobs up to the
-//! timeout, cancel the rest; a further shutdown request cancels at once), then stops serving.
+//! timeout, cancel the rest; a further shutdown request cancels at once), lets every subscriber read what
+//! its streams still hold (the `stopped` event among it), then stops serving.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,10 @@ use crate::rpc::methods;
 use crate::rpc::transport::{self, ServeReport, TransportConfig};
 
 use super::notify::Notifier;
+
+/// After the fleet stopped, how long subscribers get to read what is left of their streams (a client
+/// that reads nothing holds its stream until then) before their connections close.
+const SUBSCRIPTIONS_END_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a running daemon is asked to do: by signals in the binary (`daemon::signals`), by a channel in
 /// a library caller.
@@ -145,6 +150,15 @@ impl Daemon {
 
         let stopped = serve_until_shutdown(&self.fleet, &self.notifier, &mut requests).await;
 
+        if !self
+            .fleet
+            .end_subscriptions(SUBSCRIPTIONS_END_TIMEOUT)
+            .await
+        {
+            tracing::warn!(
+                "subscribers still reading after the fleet stopped; closing their connections"
+            );
+        }
         let _ = self.stop_serving.send(());
         if let Ok(report) = self.server.await {
             tracing::info!(?report, "stopped serving");
@@ -356,6 +370,55 @@ mod tests {
         assert_eq!(fleet.state(), FleetState::Stopped);
         // Serving has stopped; the socket file is the caller's to remove.
         assert_not_served(&dir.path().join("d.sock")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_subscription_gets_the_stopped_event_before_its_connection_closes() {
+        const SUBSCRIPTIONS: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = fleet_in(dir.path(), "true", "1s").await;
+        let (notify, requests, running) = serve(dir.path(), &fleet).await;
+        assert_eq!(notification(&notify).await, "READY=1");
+        let stream = UnixStream::connect(dir.path().join("d.sock"))
+            .await
+            .unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let subscribe =
+            r#"{"jsonrpc":"2.0","id":1,"method":"subscribeEvents","params":{"types":["stopped"]}}"#;
+        for _ in 0..SUBSCRIPTIONS {
+            writer
+                .write_all(format!("{subscribe}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        let mut lines = BufReader::new(reader).lines();
+        for _ in 0..SUBSCRIPTIONS {
+            let reply = lines.next_line().await.unwrap().unwrap();
+            assert!(reply.contains(r#""result""#), "{reply}");
+        }
+
+        // Each subscription's pump is woken by the one event; the connection closes only after all ran.
+        requests
+            .send(Request::Shutdown { reason: "test" })
+            .await
+            .unwrap();
+        let mut stopped = 0;
+        while let Some(line) = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("the connection neither closed nor spoke")
+            .unwrap()
+        {
+            stopped += usize::from(line.contains(r#""type":"stopped""#));
+        }
+        assert_eq!(
+            stopped, SUBSCRIPTIONS,
+            "subscriptions that got the stopped event"
+        );
+        tokio::time::timeout(DEADLINE, running)
+            .await
+            .expect("the daemon did not stop")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

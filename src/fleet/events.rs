@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use super::stream_end::{OpenStream, StreamEnd};
 use crate::job::{Job, TerminationType};
 
 /// Declares the events once: each variant with its wire name and the constant naming it (in
@@ -150,13 +151,18 @@ impl EventItem {
 pub struct EventBus {
     all: broadcast::Sender<TimedEvent>,
     control: broadcast::Sender<TimedEvent>,
+    end: StreamEnd,
 }
 
 impl EventBus {
     pub fn new(capacity: usize) -> EventBus {
         let (all, _) = broadcast::channel(capacity.max(16));
         let (control, _) = broadcast::channel(capacity.max(16));
-        EventBus { all, control }
+        EventBus {
+            all,
+            control,
+            end: StreamEnd::new(),
+        }
     }
 
     /// Emits an event; returns at once whether or not anyone listens.
@@ -191,20 +197,32 @@ impl EventBus {
         EventSubscription {
             receiver: ring.subscribe(),
             types,
+            open: self.end.open(),
         }
+    }
+
+    /// Ends every subscription, present and future, once it has delivered what was emitted before.
+    pub fn end_subscriptions(&self) {
+        self.end.end();
+    }
+
+    /// Resolves when no subscription is left.
+    pub async fn subscriptions_ended(&self) {
+        self.end.ended().await;
     }
 }
 
 pub struct EventSubscription {
     receiver: broadcast::Receiver<TimedEvent>,
     types: Option<Vec<String>>,
+    open: OpenStream,
 }
 
 impl EventSubscription {
-    /// The next matching event or lag notice; `None` when the bus is gone.
+    /// The next matching event or lag notice; `None` when the bus is gone or its subscriptions ended.
     pub async fn next(&mut self) -> Option<EventItem> {
         loop {
-            match self.receiver.recv().await {
+            match self.open.recv(&mut self.receiver).await {
                 Ok(timed) => {
                     let wanted = self
                         .types

@@ -340,6 +340,18 @@ impl FleetManager {
         }
     }
 
+    /// Ends every event and log subscription once it has delivered what was emitted before, and waits
+    /// up to `timeout` until none is left; returns whether none is. A host that shuts down calls this
+    /// after `stop` and before it closes its connections, so the last events (`stopped` among them) reach
+    /// every subscriber. Subscriptions opened afterwards end at once.
+    pub async fn end_subscriptions(&self, timeout: std::time::Duration) -> bool {
+        let (events, logs) = (self.events(), self.log_bus());
+        events.end_subscriptions();
+        logs.end_subscriptions();
+        let both = async { tokio::join!(events.subscriptions_ended(), logs.subscriptions_ended()) };
+        tokio::time::timeout(timeout, both).await.is_ok()
+    }
+
     /// Re-reads the configuration. On error the old one stays and every validation error is returned.
     pub async fn reload(&self) -> Result<ReloadResult, FleetError> {
         let old = {

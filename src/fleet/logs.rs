@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 use tracing::field::{Field, Visit};
+
+use super::stream_end::{OpenStream, StreamEnd};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::Context;
@@ -103,6 +105,7 @@ struct Ring {
 pub struct LogBus {
     ring: Arc<Mutex<Ring>>,
     live: broadcast::Sender<LogEntry>,
+    end: StreamEnd,
 }
 
 impl LogBus {
@@ -114,6 +117,7 @@ impl LogBus {
                 capacity: capacity.max(1),
             })),
             live,
+            end: StreamEnd::new(),
         }
     }
 
@@ -151,7 +155,18 @@ impl LogBus {
             replay: replay.into(),
             receiver,
             filter,
+            open: self.end.open(),
         }
+    }
+
+    /// Ends every subscription, present and future, once it has delivered what was pushed before.
+    pub fn end_subscriptions(&self) {
+        self.end.end();
+    }
+
+    /// Resolves when no subscription is left.
+    pub async fn subscriptions_ended(&self) {
+        self.end.ended().await;
     }
 }
 
@@ -183,6 +198,7 @@ pub struct LogSubscription {
     replay_end: Option<usize>,
     receiver: broadcast::Receiver<LogEntry>,
     filter: LogFilter,
+    open: OpenStream,
 }
 
 impl LogSubscription {
@@ -197,7 +213,7 @@ impl LogSubscription {
             });
         }
         loop {
-            match self.receiver.recv().await {
+            match self.open.recv(&mut self.receiver).await {
                 Ok(entry) if self.filter.matches(&entry) => return Some(LogItem::Entry(entry)),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {

@@ -39,6 +39,7 @@ mod schedules;
 mod sessions;
 mod spec;
 mod state_writer;
+mod stream_end;
 mod supervise;
 
 pub use error::{FleetError, FleetState, ValidationIssue};
