@@ -215,6 +215,22 @@ async fn jobs(client: &mut Client, daemon: &Daemon) -> String {
     let text = serde_json::to_string(output).unwrap();
     assert!(text.contains(&format!("line one of {id}")), "{text}");
     assert!(text.contains("prompt: say hi"), "{text}");
+    assert_eq!(
+        with_output["outputNextSeq"],
+        Value::Null,
+        "the whole output"
+    );
+    // A page of one line from the second on says where the next begins.
+    let page = client
+        .call(
+            "getJob",
+            json!({"id": id, "outputFromSeq": 1, "outputLimit": 1}),
+        )
+        .await;
+    let lines = page["output"].as_array().expect("output[]");
+    assert_eq!(lines.len(), 1, "{page}");
+    assert_eq!(lines[0]["seq"], 1, "{page}");
+    assert_eq!(page["outputNextSeq"], 2, "{page}");
     assert!(client
         .call("getJob", json!([id]))
         .await

@@ -8,7 +8,9 @@ mod noon;
 
 use chrono::{DateTime, Utc};
 use fleet_support::*;
-use herdctld::fleet::{FleetError, FleetEvent, FleetManager, SkipReason, TriggerOptions};
+use herdctld::fleet::{
+    FleetError, FleetEvent, FleetManager, OutputRequest, SkipReason, TriggerOptions,
+};
 use herdctld::job::JobStatus;
 use herdctld::scheduler::ManualClock;
 use noon::noon_zone;
@@ -84,7 +86,9 @@ async fn a_fire_once_the_budget_is_spent_is_skipped_with_reason_budget_and_runni
     );
 
     // The job that was running when the budget was reached is not stopped for it.
-    let (job, _) = manager.job(running.id.as_str(), false).unwrap();
+    let (job, _) = manager
+        .job(running.id.as_str(), OutputRequest::Omit)
+        .unwrap();
     assert_eq!(job.status, JobStatus::Running);
     std::fs::write(fx.path("agents/gate"), "").unwrap();
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fleet_support::*;
 use herdctld::fleet::{
     FleetError, FleetEvent, FleetManager, FleetManagerOptions, FleetState, ForkOptions,
-    StopOptions, TriggerOptions,
+    OutputRequest, StopOptions, TriggerOptions,
 };
 use herdctld::job::{ExitReason, JobStatus, TerminationType, TriggerType};
 
@@ -130,7 +130,7 @@ async fn lookups_of_unknown_things_say_what_exists() {
     assert_eq!(err.data()["jobId"], unknown);
     let err = manager.cancel_job("not a job id", None).await.unwrap_err();
     assert_eq!(err.code_name(), "JOB_NOT_FOUND");
-    let err = manager.job(unknown, false).unwrap_err();
+    let err = manager.job(unknown, OutputRequest::Omit).unwrap_err();
     assert_eq!(err.code_name(), "JOB_NOT_FOUND");
 
     // A finished job cannot be cancelled again: it says so without an error.
@@ -143,7 +143,11 @@ async fn lookups_of_unknown_things_say_what_exists() {
     let result = manager.cancel_job(job.id.as_str(), None).await.unwrap();
     assert_eq!(result.termination_type, TerminationType::AlreadyStopped);
     assert_eq!(
-        manager.job(job.id.as_str(), false).unwrap().0.status,
+        manager
+            .job(job.id.as_str(), OutputRequest::Omit)
+            .unwrap()
+            .0
+            .status,
         JobStatus::Completed
     );
 }
@@ -269,7 +273,10 @@ async fn cancel_reports_graceful_or_forced() {
     let result = manager.cancel_job(polite.id.as_str(), None).await.unwrap();
     assert_eq!(result.termination_type, TerminationType::Graceful);
     // The reply comes after the record is final.
-    let record = manager.job(polite.id.as_str(), false).unwrap().0;
+    let record = manager
+        .job(polite.id.as_str(), OutputRequest::Omit)
+        .unwrap()
+        .0;
     assert_eq!(record.status, JobStatus::Cancelled);
     assert_eq!(record.exit_reason, Some(ExitReason::Cancelled));
 
@@ -313,7 +320,7 @@ async fn cancelling_a_job_that_already_exited_waits_for_its_final_record() {
             .cancel_job(job.id.as_str(), Some(Duration::ZERO))
             .await
             .unwrap();
-        let record = manager.job(job.id.as_str(), false).unwrap().0;
+        let record = manager.job(job.id.as_str(), OutputRequest::Omit).unwrap().0;
         assert!(
             record.status.is_terminal(),
             "cancel replied before the record was final"
@@ -397,7 +404,7 @@ async fn graceful_stop_waits_then_cancels_hanging_jobs_and_persists_first() {
             .position(is_final_of(id.as_str()))
             .unwrap_or_else(|| panic!("no final event for {id}: {names:?}"));
         assert!(final_at < stopped_at);
-        let record = manager.job(id.as_str(), false).unwrap().0;
+        let record = manager.job(id.as_str(), OutputRequest::Omit).unwrap().0;
         assert_eq!(record.status, JobStatus::Cancelled, "{id}");
         assert!(record.finished_at.is_some());
     }
@@ -414,7 +421,11 @@ async fn graceful_stop_waits_then_cancels_hanging_jobs_and_persists_first() {
     let again = fx.manager().await;
     for id in [&stubborn.id, &busy.id, &queued.id] {
         assert_eq!(
-            again.job(id.as_str(), false).unwrap().0.status,
+            again
+                .job(id.as_str(), OutputRequest::Omit)
+                .unwrap()
+                .0
+                .status,
             JobStatus::Cancelled
         );
     }
@@ -449,7 +460,7 @@ async fn stop_without_waiting_cancels_at_once() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
-        manager.job(&id, false).unwrap().0.status,
+        manager.job(&id, OutputRequest::Omit).unwrap().0.status,
         JobStatus::Cancelled
     );
     // The event says why the fleet stopped, as the caller named it.
@@ -487,7 +498,11 @@ async fn stop_waits_for_jobs_that_finish_in_time() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        manager.job(job.id.as_str(), false).unwrap().0.status,
+        manager
+            .job(job.id.as_str(), OutputRequest::Omit)
+            .unwrap()
+            .0
+            .status,
         JobStatus::Completed
     );
 }
@@ -584,18 +599,30 @@ async fn reload_adds_and_removes_agents_and_running_jobs_keep_their_config() {
     assert_eq!(changes, result.changes);
 
     // The removed agent's queued job can never run: cancelled.
-    let record = manager.job(queued.id.as_str(), false).unwrap().0;
+    let record = manager
+        .job(queued.id.as_str(), OutputRequest::Omit)
+        .unwrap()
+        .0;
     assert_eq!(record.status, JobStatus::Cancelled);
     // Its running job goes on with the configuration it started with.
     assert_eq!(
-        manager.job(running.id.as_str(), false).unwrap().0.status,
+        manager
+            .job(running.id.as_str(), OutputRequest::Omit)
+            .unwrap()
+            .0
+            .status,
         JobStatus::Running
     );
     std::fs::write(&release, "").unwrap();
     let done = wait_job(&manager, running.id.as_str()).await;
     assert_eq!(done.status, JobStatus::Completed);
-    let (_, output) = manager.job(running.id.as_str(), true).unwrap();
-    assert_eq!(stdout_texts(&output.unwrap()), ["start one", "end one"]);
+    let (_, output) = manager
+        .job(running.id.as_str(), OutputRequest::Whole)
+        .unwrap();
+    assert_eq!(
+        stdout_texts(&output.unwrap().lines),
+        ["start one", "end one"]
+    );
 
     let err = manager
         .trigger("old", TriggerOptions::default())
@@ -652,9 +679,9 @@ async fn fork_runs_the_modified_prompt() {
         .position(|e| matches!(e, FleetEvent::JobForked { job, forked_from } if job.id == fork.id && *forked_from == original.id.as_str()))
         .unwrap();
     assert!(created < forked);
-    let (record, output) = manager.job(&id, true).unwrap();
+    let (record, output) = manager.job(&id, OutputRequest::Whole).unwrap();
     assert_eq!(record.status, JobStatus::Completed);
-    assert_eq!(stdout_texts(&output.unwrap()), ["prompt: modified"]);
+    assert_eq!(stdout_texts(&output.unwrap().lines), ["prompt: modified"]);
 
     // A queued job has nothing to fork yet.
     let running = manager.trigger("slow", prompt("a")).await.unwrap();
@@ -671,7 +698,7 @@ async fn fork_runs_the_modified_prompt() {
 }
 
 #[tokio::test]
-async fn a_job_output_too_large_for_one_reply_is_refused_with_the_stream_named() {
+async fn a_job_output_too_large_for_one_reply_is_refused_with_the_paging_named_and_read_in_pages() {
     // 144 lines of 64 KiB: 9 MiB of output, more than getJob returns inline.
     let fx = Fixture::new(
         "",
@@ -690,7 +717,9 @@ async fn a_job_output_too_large_for_one_reply_is_refused_with_the_stream_named()
         wait_job(&manager, job.id.as_str()).await.status,
         JobStatus::Completed
     );
-    let err = manager.job(job.id.as_str(), true).unwrap_err();
+    let err = manager
+        .job(job.id.as_str(), OutputRequest::Whole)
+        .unwrap_err();
     assert!(
         matches!(&err, FleetError::OutputTooLarge { job_id, limit, output_bytes }
             if job_id == job.id.as_str() && *limit == herdctld::fleet::MAX_INLINE_OUTPUT_BYTES
@@ -698,8 +727,49 @@ async fn a_job_output_too_large_for_one_reply_is_refused_with_the_stream_named()
         "{err:?}"
     );
     assert_eq!(err.code(), 1010);
-    assert!(err.to_string().contains("streamJobOutput"), "{err}");
+    for named in ["outputFromSeq", "outputLimit", "streamJobOutput"] {
+        assert!(err.to_string().contains(named), "{named} in {err}");
+    }
     // The record alone is still there.
-    let (record, output) = manager.job(job.id.as_str(), false).unwrap();
-    assert_eq!((record.id, output), (job.id, None));
+    let (record, output) = manager.job(job.id.as_str(), OutputRequest::Omit).unwrap();
+    assert_eq!(record.id, job.id);
+    assert!(output.is_none());
+
+    // Pages: each under the reply limit, each beginning where the last said, together every line once.
+    let mut from_seq = 0;
+    let mut stdout_lines = 0;
+    let mut pages = 0;
+    loop {
+        let page = OutputRequest::Page {
+            from_seq,
+            limit: None,
+        };
+        let (_, output) = manager.job(job.id.as_str(), page).unwrap();
+        let output = output.unwrap();
+        pages += 1;
+        assert_eq!(output.lines.first().map(|line| line.seq), Some(from_seq));
+        let bytes: usize = output
+            .lines
+            .iter()
+            .map(|line| serde_json::to_string(line).unwrap().len())
+            .sum();
+        assert!(bytes as u64 <= herdctld::fleet::MAX_INLINE_OUTPUT_BYTES);
+        stdout_lines += output.lines.iter().filter(|l| l.kind == "stdout").count();
+        match output.next_seq {
+            Some(next) => {
+                assert_eq!(next, output.lines.last().unwrap().seq + 1);
+                from_seq = next;
+            }
+            None => break,
+        }
+    }
+    assert_eq!((pages, stdout_lines), (2, 144));
+    // A line limit cuts the page sooner.
+    let page = OutputRequest::Page {
+        from_seq: 3,
+        limit: Some(2),
+    };
+    let output = manager.job(job.id.as_str(), page).unwrap().1.unwrap();
+    let seqs: Vec<u64> = output.lines.iter().map(|line| line.seq).collect();
+    assert_eq!((seqs, output.next_seq), (vec![3, 4], Some(5)));
 }

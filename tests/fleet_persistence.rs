@@ -6,7 +6,7 @@ mod fleet_support;
 use fleet_support::*;
 use herdctld::fleet::{
     FleetEvent, FleetManager, FleetManagerOptions, HistoryOptions, JobOutputStream, OutputItem,
-    StopOptions, TriggerOptions,
+    OutputRequest, StopOptions, TriggerOptions,
 };
 use herdctld::job::{ExitReason, Job, JobId, JobStatus, TriggerType};
 use herdctld::state::StateDir;
@@ -67,11 +67,11 @@ async fn jobs_and_output_survive_a_restart() {
     };
     // The first manager is gone, and with it its lock on the state directory.
     let manager = fx.manager().await;
-    let (job, output) = manager.job(&id, true).unwrap();
+    let (job, output) = manager.job(&id, OutputRequest::Whole).unwrap();
     assert_eq!(job.status, JobStatus::Completed);
     assert_eq!(job.summary.as_deref(), Some("done"));
     assert_eq!(job.prompt.as_deref(), Some("persist me"));
-    let output = output.unwrap();
+    let output = output.unwrap().lines;
     assert_eq!(stdout_texts(&output), ["prompt: persist me"]);
     // A stream-json line is stored as such, its own `type` not repeated (the file would be unreadable).
     let result = output
@@ -133,7 +133,7 @@ async fn a_job_left_running_by_a_dead_daemon_is_interrupted_and_its_process_kill
     let id = write_running_record(&fx, pid, start_time);
 
     let manager = fx.manager().await;
-    let job = manager.job(id.as_str(), false).unwrap().0;
+    let job = manager.job(id.as_str(), OutputRequest::Omit).unwrap().0;
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.exit_reason, Some(ExitReason::Interrupted));
     assert_eq!(job.pid, None);
@@ -153,7 +153,7 @@ async fn recovery_does_not_kill_a_process_that_reused_the_pid() {
     let id = write_running_record(&fx, pid, start_time + 1);
 
     let manager = fx.manager().await;
-    let job = manager.job(id.as_str(), false).unwrap().0;
+    let job = manager.job(id.as_str(), OutputRequest::Omit).unwrap().0;
     assert_eq!(job.exit_reason, Some(ExitReason::Interrupted));
     assert!(process_alive(pid), "an unrelated process was killed");
     sleep.kill().unwrap();
@@ -205,7 +205,7 @@ async fn history_keeps_the_newest_jobs_per_agent() {
         assert_eq!(output_exists, n >= 2, "output of job {n}");
     }
     // The other agent's history is its own.
-    assert!(manager.job(b.id.as_str(), false).is_ok());
+    assert!(manager.job(b.id.as_str(), OutputRequest::Omit).is_ok());
 }
 
 #[tokio::test]
@@ -298,8 +298,8 @@ async fn max_output_mb_caps_what_a_job_keeps() {
     let done = wait_job(&manager, job.id.as_str()).await;
     assert_eq!(done.status, JobStatus::Completed);
     assert!(done.output_truncated, "the record says its output was cut");
-    let (_, output) = manager.job(job.id.as_str(), true).unwrap();
-    let output = output.unwrap();
+    let (_, output) = manager.job(job.id.as_str(), OutputRequest::Whole).unwrap();
+    let output = output.unwrap().lines;
     let kept: usize = output.iter().filter(|line| line.kind == "stdout").count();
     assert!(
         (5_000..=12_000).contains(&kept),

@@ -259,7 +259,7 @@ mod tests {
     use tokio::net::{UnixDatagram, UnixStream};
 
     use super::*;
-    use crate::fleet::{FleetManagerOptions, TriggerOptions};
+    use crate::fleet::{FleetManagerOptions, OutputRequest, TriggerOptions};
     use crate::job::JobStatus;
 
     /// Generous for a debug build on a loaded machine, and well below the 30 s a graceful stop waits
@@ -438,7 +438,7 @@ mod tests {
             .expect("the daemon waited for the job's grace period")
             .unwrap()
             .unwrap();
-        let (job, _) = fleet.job(&job.id.to_string(), false).unwrap();
+        let (job, _) = fleet.job(&job.id.to_string(), OutputRequest::Omit).unwrap();
         assert_eq!(job.status, JobStatus::Cancelled, "{job:?}");
     }
 

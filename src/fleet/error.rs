@@ -111,7 +111,8 @@ pub enum FleetError {
 
     #[error(
         "the output of job {job_id} is {output_bytes} bytes, more than one reply carries ({limit} bytes); \
-         read it with streamJobOutput (herdctl job {job_id} --output, or herdctl logs --job {job_id})"
+         read it in pages (getJob with outputFromSeq and outputLimit) or with streamJobOutput \
+         (herdctl job {job_id} --output)"
     )]
     OutputTooLarge {
         job_id: String,

@@ -42,6 +42,7 @@ mod state_writer;
 mod stream_end;
 mod supervise;
 
+pub use crate::state::OutputPage;
 pub use error::{FleetError, FleetState, ValidationIssue};
 pub use events::{
     event_names, EventBus, EventItem, EventSubscription, FleetEvent, SkipReason, TimedEvent,
@@ -55,5 +56,5 @@ pub use logs::{LogBus, LogEntry, LogFilter, LogItem, LogLayer, LogLevel, LogSubs
 pub use manager::{FleetManager, ForkOptions, JobQuery, StopOptions, TriggerOptions};
 pub use options::{FleetManagerOptions, HistoryOptions, DEFAULT_MAX_JOBS_PER_AGENT};
 pub use output::{JobOutputStream, OutputBatchItem, OutputItem, SerializedLine};
-pub use queries::MAX_INLINE_OUTPUT_BYTES;
+pub use queries::{OutputRequest, MAX_INLINE_OUTPUT_BYTES};
 pub use queue::{JobQueue, QueuedJob};

@@ -8,7 +8,7 @@ use chrono::Utc;
 use crate::config::{AgentConfig, ScheduleConfig, ScheduleKind};
 use crate::job::{Job, JobId, JobStatus};
 use crate::scheduler::ScheduleKey;
-use crate::state::{JobFilter, JobStore, PagePlan};
+use crate::state::{read_output_page, JobFilter, JobStore, OutputPage, PageLimit, PagePlan};
 
 use super::budget;
 use super::core::{state_error, Core};
@@ -23,6 +23,17 @@ use super::spec;
 /// The most output (bytes of its `.jsonl`) `job` returns inline: well under the socket's 10 MiB response
 /// limit, with room for the record and the JSON-RPC envelope.
 pub const MAX_INLINE_OUTPUT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Which of a job's output lines [`FleetManager::job`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputRequest {
+    /// The record alone.
+    Omit,
+    /// Every line, or an error when they are more than one reply carries.
+    Whole,
+    /// Lines from `from_seq` on, at most `limit` of them and at most one reply's worth.
+    Page { from_seq: u64, limit: Option<usize> },
+}
 
 impl FleetManager {
     pub async fn status(&self) -> FleetStatus {
@@ -219,18 +230,24 @@ impl FleetManager {
         })
     }
 
-    /// A job record, optionally with its persisted output lines: at most [`MAX_INLINE_OUTPUT_BYTES`] of
-    /// them (as stored), so the reply stays under the transport's response limit; a larger output is
-    /// refused with [`FleetError::OutputTooLarge`], which names the stream that reads any size.
+    /// A job record, with its persisted output lines as `output` asks. A reply stays under the transport's
+    /// response limit: a page holds at most [`MAX_INLINE_OUTPUT_BYTES`] of lines (as stored) and says where
+    /// the next begins; the whole output, when larger, is refused with [`FleetError::OutputTooLarge`], which
+    /// names the paging and the stream that read any size.
     pub fn job(
         &self,
         id: &str,
-        include_output: bool,
-    ) -> Result<(Job, Option<Vec<crate::job::OutputLine>>), FleetError> {
+        output: OutputRequest,
+    ) -> Result<(Job, Option<OutputPage>), FleetError> {
         let job_id = parse_job_id(id)?;
         let job = self.record(&job_id)?;
-        let output = if include_output {
-            let path = self.core().store()?.output_path(&job_id);
+        let (from_seq, lines) = match output {
+            OutputRequest::Omit => return Ok((job, None)),
+            OutputRequest::Whole => (0, usize::MAX),
+            OutputRequest::Page { from_seq, limit } => (from_seq, limit.unwrap_or(usize::MAX)),
+        };
+        let path = self.core().store()?.output_path(&job_id);
+        if output == OutputRequest::Whole {
             let output_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             if output_bytes > MAX_INLINE_OUTPUT_BYTES {
                 return Err(FleetError::OutputTooLarge {
@@ -239,11 +256,13 @@ impl FleetManager {
                     limit: MAX_INLINE_OUTPUT_BYTES,
                 });
             }
-            Some(crate::state::read_output(&path, 0, None).map_err(|e| state_error(&path, e))?)
-        } else {
-            None
+        }
+        let limit = PageLimit {
+            lines,
+            bytes: MAX_INLINE_OUTPUT_BYTES,
         };
-        Ok((job, output))
+        let page = read_output_page(&path, from_seq, limit).map_err(|e| state_error(&path, e))?;
+        Ok((job, Some(page)))
     }
 
     /// A job's record: an active job's from memory, a finished one's read from its file after the lock
@@ -423,7 +442,7 @@ impl FleetManager {
                 shared: shared.upgrade()?,
             };
             manager
-                .job(job_id.as_str(), false)
+                .job(job_id.as_str(), OutputRequest::Omit)
                 .ok()
                 .map(|(j, _)| j.status)
         });
@@ -493,7 +512,9 @@ impl FleetManager {
                     }
                 }
             }
-            manager.job(job_id.as_str(), false).map(|(job, _)| job)
+            manager
+                .job(job_id.as_str(), OutputRequest::Omit)
+                .map(|(job, _)| job)
         }
     }
 }

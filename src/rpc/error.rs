@@ -145,7 +145,7 @@ fn fleet_context(error: &FleetError) -> Value {
             output_bytes,
             limit,
         } => json!({"jobId": job_id, "outputBytes": output_bytes, "limit": limit,
-                    "alternative": "streamJobOutput"}),
+                    "paging": ["outputFromSeq", "outputLimit"], "alternative": "streamJobOutput"}),
     }
 }
 

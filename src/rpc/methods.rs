@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use crate::fleet::{
     EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, ForkOptions,
     JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription, OutputBatchItem,
-    OutputItem, StopOptions, TriggerOptions,
+    OutputItem, OutputRequest, StopOptions, TriggerOptions,
 };
 use crate::job::JobStatus;
 
@@ -140,6 +140,22 @@ struct JobParams {
     id: String,
     #[serde(default)]
     include_output: bool,
+    /// Output paging: either one asks for a page (and implies `includeOutput`).
+    output_from_seq: Option<u64>,
+    output_limit: Option<usize>,
+}
+
+impl JobParams {
+    fn output(&self) -> OutputRequest {
+        match (self.output_from_seq, self.output_limit) {
+            (None, None) if self.include_output => OutputRequest::Whole,
+            (None, None) => OutputRequest::Omit,
+            (from_seq, limit) => OutputRequest::Page {
+                from_seq: from_seq.unwrap_or(0),
+                limit,
+            },
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -291,11 +307,15 @@ fn register(
         to_value(fleet.jobs(&query).map_err(domain_error)?)
     })?;
     module.register_method("getJob", |params, fleet, _| {
-        let p: JobParams = parse(&params, &["id", "includeOutput"])?;
-        let (job, output) = fleet.job(&p.id, p.include_output).map_err(domain_error)?;
+        let p: JobParams = parse(
+            &params,
+            &["id", "includeOutput", "outputFromSeq", "outputLimit"],
+        )?;
+        let (job, output) = fleet.job(&p.id, p.output()).map_err(domain_error)?;
         let mut value = to_value(job)?;
-        if let (Some(output), Value::Object(map)) = (output, &mut value) {
-            map.insert("output".into(), to_value(output)?);
+        if let (Some(page), Value::Object(map)) = (output, &mut value) {
+            map.insert("output".into(), to_value(page.lines)?);
+            map.insert("outputNextSeq".into(), to_value(page.next_seq)?);
         }
         Ok::<Value, ErrorObjectOwned>(value)
     })?;

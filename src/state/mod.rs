@@ -51,7 +51,9 @@ pub use jobs::{
     StagedRecord, StoreIssue, DEFAULT_PAGE_LIMIT,
 };
 pub use lock::StateLock;
-pub use output::{herdctl_output_line, read_output, OutputWriter};
+pub use output::{
+    herdctl_output_line, read_output, read_output_page, OutputPage, OutputWriter, PageLimit,
+};
 pub use sessions::{LoadedSessions, SessionPointer, SessionStore};
 
 /// A state I/O failure. Every variant names the file; messages say what to do.

@@ -138,23 +138,59 @@ pub fn read_output(
     from_seq: u64,
     limit: Option<usize>,
 ) -> Result<Vec<OutputLine>, StateError> {
+    let page = read_output_page(
+        path,
+        from_seq,
+        PageLimit {
+            lines: limit.unwrap_or(usize::MAX),
+            bytes: u64::MAX,
+        },
+    )?;
+    Ok(page.lines)
+}
+
+/// How much one page of output may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimit {
+    pub lines: usize,
+    /// Bytes of the lines as stored; a page holds at least one line even when that line is larger.
+    pub bytes: u64,
+}
+
+/// A page of output lines and where the next page begins.
+#[derive(Debug)]
+pub struct OutputPage {
+    pub lines: Vec<OutputLine>,
+    /// The seq of the first line that did not fit; `None` when the page reaches the end of the output.
+    pub next_seq: Option<u64>,
+}
+
+/// The lines of `path` with `seq >= from_seq` that fit in `limit`. A missing file is no output.
+pub fn read_output_page(
+    path: &Path,
+    from_seq: u64,
+    limit: PageLimit,
+) -> Result<OutputPage, StateError> {
     let io_error = |source: io::Error| StateError::Io {
         action: "read output file",
         path: path.to_path_buf(),
         source,
     };
+    let mut page = OutputPage {
+        lines: Vec::new(),
+        next_seq: None,
+    };
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(page),
         Err(error) => return Err(io_error(error)),
     };
-    let limit = limit.unwrap_or(usize::MAX);
     let mut reader = BufReader::with_capacity(64 * 1024, file);
-    let mut lines = Vec::new();
     let mut buffer = Vec::new();
     let mut line_number = 0usize;
     let mut herdctl_lines = 0u64;
-    while lines.len() < limit {
+    let mut page_bytes = 0u64;
+    loop {
         buffer.clear();
         let read = reader.read_until(b'\n', &mut buffer).map_err(io_error)?;
         if read == 0 || buffer.last() != Some(&b'\n') {
@@ -165,32 +201,38 @@ pub fn read_output(
             continue;
         }
         // Most skipped lines only need their seq, which is cheaper than the whole object.
-        match serde_json::from_slice::<SeqOnly>(&buffer) {
+        let parsed = match serde_json::from_slice::<SeqOnly>(&buffer) {
             Ok(SeqOnly { seq }) if seq < from_seq => continue,
-            Ok(_) => {}
-            Err(error) => {
-                match herdctl_output_line(&buffer, herdctl_lines) {
-                    Some(line) => {
-                        herdctl_lines += 1;
-                        if line.seq >= from_seq {
-                            lines.push(line);
-                        }
+            Ok(_) => serde_json::from_slice::<OutputLine>(&buffer).map_err(|e| e.to_string()),
+            Err(error) => match herdctl_output_line(&buffer, herdctl_lines) {
+                Some(line) => {
+                    herdctl_lines += 1;
+                    if line.seq < from_seq {
+                        continue;
                     }
-                    None => {
-                        tracing::warn!(path = %path.display(), line_number, %error, "skipping unparsable output line")
-                    }
+                    Ok(line)
                 }
-                continue;
-            }
-        }
-        match serde_json::from_slice::<OutputLine>(&buffer) {
-            Ok(line) => lines.push(line),
+                None => Err(error.to_string()),
+            },
+        };
+        let line = match parsed {
+            Ok(line) => line,
             Err(error) => {
                 tracing::warn!(path = %path.display(), line_number, %error, "skipping unparsable output line");
+                continue;
             }
+        };
+        let line_bytes = buffer.len() as u64;
+        let full = page.lines.len() >= limit.lines
+            || (!page.lines.is_empty() && page_bytes + line_bytes > limit.bytes);
+        if full {
+            page.next_seq = Some(line.seq);
+            break;
         }
+        page_bytes += line_bytes;
+        page.lines.push(line);
     }
-    Ok(lines)
+    Ok(page)
 }
 
 /// The seq of the last complete, parsable line of `path`; `None` when there is none.
