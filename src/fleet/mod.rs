@@ -9,7 +9,8 @@
 //! - `admission` (trigger, fork, cancel; start now, queue or refuse), `schedules` (fires, enable/disable,
 //!   the scheduler's plans), `supervise` (a run: spawn, output pump, finalization, dispatching the queue);
 //! - `records` (a record's durable write split around the lock), `spec` (an agent's config as a run spec),
-//!   `budget` (cost totals and daily budgets: an agent's day, its spend, the refusal of a run).
+//!   `budget` (cost totals and daily budgets: an agent's day, its spend, the refusal of a run);
+//!   `stream_end` (event and log streams that, at a host's shutdown, deliver what they hold, then end).
 //!
 //! Imports flow one way: neither `core` nor `manager` imports an operation module (those above), and
 //! `supervise` never imports `admission` or `schedules`.
