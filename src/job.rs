@@ -6,14 +6,15 @@
 //! [`OutputLine`], and what a job's `usage` adds up to ([`UsageTotals`]). Must not: do I/O, know about
 //! queues, processes or transports.
 //!
-//! Serde contract (the wire shape; the on-disk layout is `state::record`'s): absent optional fields read as
-//! `None`; `None` is written as `null` so clients see a stable set of keys. Fields another tool wrote into a
-//! record travel with it in [`Job::foreign`] and are never shown on the wire.
+//! Serde contract: [`Job`]'s `Serialize` is the wire shape (camelCase, every field present, `null` when
+//! known to be empty); the on-disk layout is `state::record`'s, in herdctl's snake_case. Fields another
+//! tool wrote into a record travel with it in [`Job::foreign`] and are never shown on the wire.
 
 use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Default priority of a job: 1 is the highest, 10 the lowest.
@@ -100,6 +101,19 @@ impl TryFrom<String> for JobId {
     }
 }
 
+impl JsonSchema for JobId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JobId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^job-[0-9]{4}-[0-9]{2}-[0-9]{2}-[a-z0-9]{6}$",
+        })
+    }
+}
+
 impl From<JobId> for String {
     fn from(id: JobId) -> String {
         id.0.as_ref().to_owned()
@@ -107,7 +121,7 @@ impl From<JobId> for String {
 }
 
 /// Where a job is in its life. `Queued → Running → Completed | Failed | Cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// herdctl calls this `pending` (and writes it so on disk).
@@ -146,7 +160,7 @@ impl fmt::Display for JobStatus {
 }
 
 /// Why a finished job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitReason {
     Success,
@@ -176,7 +190,7 @@ impl ExitReason {
 
 /// What created a job. herdctld creates `manual`, `schedule`, `fork` and `work_item` jobs; the others are
 /// herdctl's (its chat connectors, web UI and sub-agents) and appear in histories herdctl wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerType {
     Manual,
@@ -192,7 +206,7 @@ pub enum TriggerType {
 }
 
 /// How a cancelled job's process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TerminationType {
     /// It exited within the grace period after SIGTERM.
@@ -204,26 +218,32 @@ pub enum TerminationType {
 }
 
 /// A job failure: a machine-readable code and a human message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct JobError {
     pub code: String,
     pub message: String,
 }
 
-fn default_priority() -> u8 {
-    DEFAULT_PRIORITY
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
+/// A job's work item on the wire: an array whatever it was given as (one claimed item is one element).
+fn work_items_on_wire<S: serde::Serializer>(
+    work_item: &Option<serde_json::Value>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match work_item {
+        Some(item @ serde_json::Value::Object(_)) => [item].serialize(serializer),
+        other => other.serialize(serializer),
+    }
 }
 
 /// The persisted job record (`jobs/<id>.yaml`) and the job object clients see.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Job {
     pub id: JobId,
     /// Qualified agent name.
+    #[serde(rename = "agentName")]
     pub agent: String,
+    #[serde(rename = "scheduleName")]
     pub schedule: Option<String>,
     pub trigger_type: TriggerType,
     pub status: JobStatus,
@@ -242,20 +262,25 @@ pub struct Job {
     /// The runtime's final result object (cost, turns, usage…).
     pub result: Option<serde_json::Value>,
     pub error: Option<JobError>,
+    /// What the job works on: the `workItems` a trigger passed (an array), or the item a work source
+    /// claimed (an object). On the wire always an array, `workItems`.
+    #[serde(rename = "workItems", serialize_with = "work_items_on_wire")]
+    #[schemars(with = "Option<Vec<serde_json::Value>>")]
     pub work_item: Option<serde_json::Value>,
     /// 1 (highest) … 10 (lowest).
-    #[serde(default = "default_priority")]
     pub priority: u8,
     pub pid: Option<u32>,
     pub pgid: Option<u32>,
     /// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22): crash recovery
     /// kills a leftover process only if pid and start time both match, so a reused pid is spared.
     pub process_start_time: Option<u64>,
-    /// Some output lines were cut to the line-length cap.
-    #[serde(default, skip_serializing_if = "is_false")]
+    /// The `max_output_mb` cap dropped output lines (the file says how many, in `output_truncated` lines).
     pub output_truncated: bool,
-    /// Token usage in herdctl's shape: `{per_model: {MODEL: {input_tokens, output_tokens,
-    /// cache_creation_input_tokens, cache_read_input_tokens}}, num_turns?, total_cost_usd?}`.
+    /// Token usage, kept in herdctl's shape: `{per_model: {MODEL: {input_tokens, output_tokens,
+    /// cache_creation_input_tokens, cache_read_input_tokens}}, num_turns?, total_cost_usd?}`; on the
+    /// wire a [`JobUsage`].
+    #[serde(serialize_with = "usage_on_wire")]
+    #[schemars(with = "Option<JobUsage>")]
     pub usage: Option<serde_json::Value>,
     /// Fields of the record herdctld does not know (written by herdctl or a newer herdctld): kept so a
     /// rewrite of the record loses nothing, never sent to clients.
@@ -350,9 +375,46 @@ pub fn usage_from_result(result: &serde_json::Value) -> Option<serde_json::Value
     Some(usage.into())
 }
 
+/// A job's usage on the wire: herdctl's `usage` read from the record, sent in camelCase.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct JobUsage {
+    /// Tokens by model name.
+    #[serde(default)]
+    pub per_model: std::collections::BTreeMap<String, ModelUsage>,
+    pub num_turns: Option<u64>,
+    pub total_cost_usd: Option<f64>,
+}
+
+/// The tokens of one model in one job.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+pub struct ModelUsage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+}
+
+/// A job's `usage` as a [`JobUsage`]; a record whose usage has another shape (another tool wrote it) shows
+/// none rather than something a client cannot read.
+fn usage_on_wire<S: serde::Serializer>(
+    usage: &Option<serde_json::Value>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    usage
+        .as_ref()
+        .and_then(|usage| JobUsage::deserialize(usage).ok())
+        .serialize(serializer)
+}
+
 /// What jobs' `usage` adds up to: their cost and their tokens of every model, by kind. [`UsageTotals::of`]
 /// is one job's (`jobs: 1`); [`UsageTotals::add`] sums. Part of fleet query results, hence camelCase.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageTotals {
     /// Jobs counted.
@@ -415,7 +477,7 @@ impl UsageTotals {
 }
 
 /// One line of a job's output file: `{"seq": 0, "ts": "…", "type": "assistant", …rest}`; `seq` counts from 0.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OutputLine {
     /// Position in the job's output, strictly increasing from 1.
     pub seq: u64,
@@ -507,44 +569,64 @@ mod tests {
     }
 
     #[test]
-    fn job_yaml_round_trips_and_tolerates_unknown_and_missing_fields() {
+    fn a_job_on_the_wire_is_camel_case_with_every_field_present() {
         let mut job = Job::new(
             JobId::parse("job-2025-01-01-abc123").unwrap(),
-            "coder".into(),
+            "team.coder".into(),
             Some("hourly".into()),
-            TriggerType::Schedule,
-            Some("do it".into()),
+            TriggerType::WorkItem,
+            None,
             DEFAULT_PRIORITY,
             at(2025, 1, 1),
         );
-        job.result = Some(serde_json::json!({"total_cost_usd": 0.5}));
-        job.output_truncated = true;
-        let yaml = serde_yaml_ng::to_string(&job).unwrap();
-        assert_eq!(serde_yaml_ng::from_str::<Job>(&yaml).unwrap(), job);
-
-        let minimal = "id: job-2025-01-01-abc123\nagent: a\ntrigger_type: manual\nstatus: queued\n\
-                       created_at: 2025-01-01T00:00:00Z\nfuture_field: {x: 1}\n";
-        let parsed: Job = serde_yaml_ng::from_str(minimal).unwrap();
-        assert_eq!(parsed.priority, DEFAULT_PRIORITY);
-        assert!(!parsed.output_truncated);
-        assert_eq!(parsed.schedule, None);
-    }
-
-    #[test]
-    fn output_truncated_is_omitted_when_false() {
-        let job = Job::new(
-            JobId::parse("job-2025-01-01-abc123").unwrap(),
-            "a".into(),
-            None,
-            TriggerType::Manual,
-            None,
-            1,
-            at(2025, 1, 1),
-        );
+        job.work_item = Some(serde_json::json!({"id": "github-7"}));
         let json = serde_json::to_value(&job).unwrap();
-        assert!(json.get("output_truncated").is_none());
-        assert_eq!(json["status"], "queued");
-        assert!(json["exit_reason"].is_null());
+        let keys: std::collections::BTreeSet<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            std::collections::BTreeSet::from([
+                "id",
+                "agentName",
+                "scheduleName",
+                "triggerType",
+                "status",
+                "exitReason",
+                "prompt",
+                "forkedFrom",
+                "sessionId",
+                "createdAt",
+                "startedAt",
+                "finishedAt",
+                "durationMs",
+                "exitCode",
+                "signal",
+                "summary",
+                "result",
+                "error",
+                "workItems",
+                "priority",
+                "pid",
+                "pgid",
+                "processStartTime",
+                "outputTruncated",
+                "usage"
+            ])
+        );
+        assert_eq!(json["triggerType"], "work_item");
+        assert_eq!(json["outputTruncated"], false);
+        assert!(json["exitReason"].is_null());
+        // A claimed item (an object on disk) is one element; given items stay the array they were.
+        assert_eq!(json["workItems"], serde_json::json!([{"id": "github-7"}]));
+        job.work_item = Some(serde_json::json!([{"a": 1}, {"b": 2}]));
+        assert_eq!(
+            serde_json::to_value(&job).unwrap()["workItems"],
+            serde_json::json!([{"a": 1}, {"b": 2}])
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@
 //!   and `rpc` update where things happen (atomic increments; output counted per batch), fleet gauges and
 //!   `/proc/self` read at scrape time, `Metrics::encode` (text format 0.0.4). No sockets, no JSON-RPC.
 //! - [`rpc`] — the method table (FleetManager → JSON-RPC methods and subscriptions, error mapping), the
-//!   one-socket transport (NDJSON, WebSocket, HTTP; limits; peer credentials; RPC calls counted; `GET
+//!   params of every method and the OpenRPC document generated from the params and result types
+//!   (`rpc::params`, `rpc::openrpc`; protocol version and changelog in `proto-docs/`), the one-socket
+//!   transport (NDJSON, WebSocket, HTTP; limits; peer credentials; RPC calls counted; `GET
 //!   /metrics` on the HTTP framing and on the TCP listener of `--metrics-listen`, which serves nothing else),
 //!   and the one client of the protocol (`rpc::client`: `herdctl`'s, the tests' and the bench's).
 //! - [`daemon`] — hosting a fleet on its socket. [`daemon::Daemon`] is the library part: it starts an
@@ -103,6 +105,9 @@
 //! - Only `rpc` and `daemon` know about sockets and JSON-RPC (wire error codes included); the FleetManager
 //!   works embedded without them. Every event name is spelled once, where `fleet::events` declares it.
 //!   `tests/architecture.rs` checks both on the source.
+//! - The wire is camelCase, one shape per concept, and `proto-docs/openrpc.json` is generated from the types
+//!   that make it (a unit test keeps the file equal; the tests' client checks every answer against it);
+//!   files on disk keep herdctl's snake_case layout (`state::record`).
 //! - Only `state` writes under the state directory, and every rewrite is atomic (temp file, rename) and
 //!   durable (fsync of the file and the directory) — except a job's "running" record, which need only survive
 //!   the daemon's death (`state::Durability::Process`). Output is append-only; a torn last line is tolerated.

@@ -135,7 +135,7 @@ async fn trigger_wait_exits_with_the_jobs_outcome() {
     assert_eq!(machine.code, 1, "{machine:?}");
     let job: Value = serde_json::from_str(&machine.stdout).expect("the finished job as JSON");
     assert_eq!(job["status"], "failed");
-    assert_eq!(job["exit_code"], 3);
+    assert_eq!(job["exitCode"], 3);
 
     // A queued job is waited for through its start: `serial` runs one job at a time.
     let first = daemon.json(&["trigger", "serial"]);

@@ -129,9 +129,9 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
     assert_eq!(replies.as_array().map(Vec::len), Some(2), "{replies}");
 
     let ok_job = client.call("getJob", json!({"id": ok})).await;
-    assert_eq!(ok_job["exit_reason"], "success", "{ok_job}");
+    assert_eq!(ok_job["exitReason"], "success", "{ok_job}");
     let fails_job = client.call("getJob", json!({"id": fails})).await;
-    assert_eq!(fails_job["exit_reason"], "error", "{fails_job}");
+    assert_eq!(fails_job["exitReason"], "error", "{fails_job}");
 
     // Every call above, as the daemon should have counted them (a scrape is not a call).
     let calls = [

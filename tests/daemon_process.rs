@@ -70,7 +70,7 @@ fn openrpc_documents_exactly_the_registered_methods() {
                 registered.contains(unsubscribe.as_str().unwrap()),
                 "{method}"
             );
-            let notification = method["x-notification"].as_str().unwrap();
+            let notification = method["x-notification"]["name"].as_str().unwrap();
             assert!(!registered.contains(notification), "{notification}");
         }
     }
@@ -281,7 +281,7 @@ async fn a_job_running_when_the_daemon_is_killed_is_failed_interrupted_after_res
     let mut client = daemon.ndjson().await;
     let job = client.call("getJob", json!({"id": id})).await;
     assert_eq!(job["status"], "failed", "{job}");
-    assert_eq!(job["exit_reason"], "interrupted", "{job}");
+    assert_eq!(job["exitReason"], "interrupted", "{job}");
     wait_until(
         "the interrupted job's processes to be gone",
         Duration::from_secs(5),

@@ -201,9 +201,11 @@ async fn logs_stream(client: &mut Client) {
         )
         .await;
     // Nothing asked for from the history: its end comes first, and says so.
+    let replayed = client.notification(&logs).await;
     assert_eq!(
-        client.notification(&logs).await,
-        json!({"type": "replayed", "count": 0})
+        (&replayed["type"], &replayed["count"]),
+        (&json!("replayed"), &json!(0)),
+        "{replayed}"
     );
     let job = client.call("trigger", json!({"agentName": "echo"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
@@ -330,7 +332,7 @@ async fn a_sub_fleet_agent_is_found_by_its_local_name() {
         .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
         .await;
     let job = client.call("trigger", json!({"agentName": "w"})).await;
-    assert_eq!(job["agent"], "team.w", "{job}");
+    assert_eq!(job["agentName"], "team.w", "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
     assert_eq!(client.notification(&logs).await["type"], "replayed");
     let entry = client.notification(&logs).await;

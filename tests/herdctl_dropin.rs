@@ -439,22 +439,22 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
         .call("getJob", json!({"id": COMPLETED, "includeOutput": true}))
         .await;
     assert_eq!(completed["status"], "completed");
-    assert_eq!(completed["trigger_type"], "schedule");
-    assert_eq!(completed["duration_ms"], 2000);
+    assert_eq!(completed["triggerType"], "schedule");
+    assert_eq!(completed["durationMs"], 2000);
     let output = completed["output"].as_array().unwrap();
     let seqs: Vec<u64> = output.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [0, 1, 2], "{completed}");
     assert_eq!(output[1]["type"], "assistant");
     assert_eq!(output[1]["content"], "Done: tick");
     assert_eq!(
-        client.call("getJob", json!({"id": FAILED})).await["exit_reason"],
+        client.call("getJob", json!({"id": FAILED})).await["exitReason"],
         "error"
     );
     // What the dead herdctl left pending or running is interrupted, like our own.
     for id in [PENDING, RUNNING] {
         let job = client.call("getJob", json!({"id": id})).await;
         assert_eq!(
-            (job["status"].as_str(), job["exit_reason"].as_str()),
+            (job["status"].as_str(), job["exitReason"].as_str()),
             (Some("failed"), Some("interrupted")),
             "{job}"
         );
@@ -480,9 +480,9 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
     let job_id = done["id"].as_str().unwrap().to_owned();
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["summary"], "ran in seeded-session-1");
-    assert_eq!(done["session_id"], "seeded-session-1");
+    assert_eq!(done["sessionId"], "seeded-session-1");
     assert_eq!(
-        done["usage"]["per_model"]["claude-test"]["input_tokens"], 3,
+        done["usage"]["perModel"]["claude-test"]["inputTokens"], 3,
         "{done}"
     );
 
@@ -583,7 +583,7 @@ async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fr
     for round in 0..2 {
         let done = run_job(&mut client, tick()).await;
         assert_eq!(done["status"], "completed", "round {round}: {done}");
-        assert_eq!(done["session_id"], "fresh-session", "round {round}");
+        assert_eq!(done["sessionId"], "fresh-session", "round {round}");
         let output = &done["output"];
         let retried = output
             .as_array()
@@ -680,7 +680,7 @@ async fn herdctls_own_state_directory_is_read_in_place() {
     let pending = client
         .call("getJob", json!({"id": "job-2026-12-02-gqgjxo"}))
         .await;
-    assert_eq!(pending["exit_reason"], "interrupted", "{pending}");
+    assert_eq!(pending["exitReason"], "interrupted", "{pending}");
     let with_output = client
         .call(
             "getJob",
@@ -688,7 +688,7 @@ async fn herdctls_own_state_directory_is_read_in_place() {
         )
         .await;
     assert_eq!(with_output["output"].as_array().map(Vec::len), Some(4));
-    assert_eq!(with_output["usage"]["num_turns"], 1);
+    assert_eq!(with_output["usage"]["numTurns"], 1);
     let schedules = client.call("getSchedules", json!({})).await;
     let nightly = schedules
         .as_array()
@@ -750,7 +750,7 @@ async fn an_agent_that_asks_for_docker_never_runs_on_the_host() {
     let mut client = daemon.ndjson().await;
     let done = run_job(&mut client, json!({"agentName": "beta"})).await;
     assert_eq!(done["status"], "failed", "{done}");
-    assert_eq!(done["exit_reason"], "spawn_failed");
+    assert_eq!(done["exitReason"], "spawn_failed");
     let message = done["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("docker.enabled") && message.contains("never runs"),

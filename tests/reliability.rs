@@ -84,7 +84,7 @@ async fn check_recovered(daemon: &Daemon, client: &mut Client, triggered: &[Stri
             job["status"]
         );
         assert_eq!(job["status"], "failed", "{job}");
-        assert_eq!(job["exit_reason"], "interrupted", "{job}");
+        assert_eq!(job["exitReason"], "interrupted", "{job}");
     }
     let records = fs::read_dir(daemon.state.join("jobs"))
         .expect("jobs dir")

@@ -5,7 +5,7 @@
 //! knows about JSON-RPC.
 
 /// One validation problem of a configuration, as reported to clients.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct ValidationIssue {
     pub file: String,
     pub path: String,
@@ -13,7 +13,9 @@ pub struct ValidationIssue {
 }
 
 /// The lifecycle states of a FleetManager (SPEC §11 `getState`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FleetState {
     Uninitialized,

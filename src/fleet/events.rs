@@ -5,6 +5,7 @@
 //! other subscribers, and memory stays bounded by the ring size.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -22,7 +23,7 @@ macro_rules! fleet_events {
     )*) => {
         /// Everything the FleetManager tells the outside world. Serialized with `type` as the tag, payload
         /// fields in camelCase; job events carry the whole job record.
-        #[derive(Debug, Clone, Serialize)]
+        #[derive(Debug, Clone, Serialize, JsonSchema)]
         #[serde(tag = "type")]
         pub enum FleetEvent {
             $(
@@ -90,7 +91,7 @@ fleet_events! {
 }
 
 /// Why a schedule fire did not create a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     ConcurrencyLimit,
@@ -117,25 +118,42 @@ impl SkipReason {
 }
 
 /// An event with the instant it was emitted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct TimedEvent {
     pub timestamp: DateTime<Utc>,
     #[serde(flatten)]
     pub event: FleetEvent,
 }
 
+/// The schema of a lagged notice's `type`: the constant `lagged`.
+pub(super) fn lagged_type(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "const": event_names::LAGGED})
+}
+
+/// The schema of a replay's end's `type`: the constant `replayed`.
+pub(super) fn replayed_type(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "const": event_names::REPLAYED})
+}
+
 /// What a subscriber receives: an event, or a notice that it fell behind.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum EventItem {
     Event(TimedEvent),
-    Lagged { r#type: &'static str, missed: u64 },
+    /// `missed` events were dropped for this reader (it read too slowly).
+    Lagged {
+        #[schemars(schema_with = "lagged_type")]
+        r#type: &'static str,
+        timestamp: DateTime<Utc>,
+        missed: u64,
+    },
 }
 
 impl EventItem {
     fn lagged(missed: u64) -> EventItem {
         EventItem::Lagged {
             r#type: event_names::LAGGED,
+            timestamp: Utc::now(),
             missed,
         }
     }

@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::job::{Job, UsageTotals};
 
 use super::error::FleetState;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetStatus {
     pub state: FleetState,
@@ -30,7 +31,7 @@ pub struct FleetStatus {
 
 /// Cost and token totals of finished jobs, as calendar days of `timezone` (herdctld extension). Derived
 /// from the job records that exist: a pruned job leaves them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageReport {
     pub timezone: String,
@@ -40,7 +41,7 @@ pub struct UsageReport {
 }
 
 /// The jobs that finished from `since` until the end of today, and their usage summed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsagePeriod {
     /// The period's first instant (a local midnight).
@@ -50,7 +51,7 @@ pub struct UsagePeriod {
 }
 
 /// An agent's daily budget (`budget.daily_usd`) and what its jobs cost today, days of its time zone.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetInfo {
     pub daily_usd: f64,
@@ -61,7 +62,7 @@ pub struct BudgetInfo {
 }
 
 /// The limits in effect: construction options (the command line) over the fleet file over defaults.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// Running jobs per agent for agents whose configuration sets none.
@@ -78,14 +79,14 @@ pub struct Limits {
     pub max_job_age: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct AgentCounts {
     pub total: usize,
     pub running: usize,
     pub idle: usize,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct JobCounts {
     pub active: usize,
     pub queued: usize,
@@ -94,7 +95,7 @@ pub struct JobCounts {
     pub cancelled: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SchedulerStatus {
     pub running: bool,
@@ -104,7 +105,9 @@ pub struct SchedulerStatus {
     pub active_schedules: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An upcoming schedule fire: the same shape in `getStatus` (the earliest of the fleet) and in every
+/// schedule (its own).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NextTrigger {
     pub agent_name: String,
@@ -112,7 +115,7 @@ pub struct NextTrigger {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentInfo {
     pub name: String,
@@ -136,7 +139,7 @@ pub struct AgentInfo {
     pub budget: Option<BudgetInfo>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleInfo {
     pub agent_name: String,
@@ -145,13 +148,14 @@ pub struct ScheduleInfo {
     pub kind: &'static str,
     /// Configured `enabled`, overridden by enable/disable at runtime (persisted).
     pub enabled: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Interval schedules: the interval as configured (`30s`); null otherwise.
     pub interval: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Cron schedules: the expression; null otherwise.
     pub cron: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Cron schedules: the time zone the expression is read in; null otherwise.
     pub timezone: Option<String>,
-    pub next_trigger: Option<DateTime<Utc>>,
+    /// The schedule's next fire; null when it cannot fire (disabled, or a manual-only type).
+    pub next_trigger: Option<NextTrigger>,
     pub last_run_at: Option<DateTime<Utc>>,
     pub last_status: Option<crate::job::JobStatus>,
     pub last_error: Option<String>,
@@ -161,7 +165,7 @@ pub struct ScheduleInfo {
     pub running_jobs: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueInfo {
     pub queued: Vec<QueuedJobInfo>,
@@ -169,7 +173,7 @@ pub struct QueueInfo {
     pub fleet: FleetQueueInfo,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueuedJobInfo {
     pub job_id: String,
@@ -179,7 +183,7 @@ pub struct QueuedJobInfo {
     pub position: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentQueueInfo {
     pub running: usize,
@@ -187,7 +191,7 @@ pub struct AgentQueueInfo {
     pub limit: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetQueueInfo {
     pub running: usize,
@@ -196,20 +200,20 @@ pub struct FleetQueueInfo {
     pub max_queued: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelResult {
     pub job_id: String,
     pub termination_type: crate::job::TerminationType,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ReloadResult {
     pub changes: Vec<String>,
 }
 
 /// A page of jobs, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct JobList {
     pub jobs: Vec<Job>,
     pub total: usize,

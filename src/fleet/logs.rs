@@ -10,10 +10,13 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 use tracing::field::{Field, Visit};
+
+use super::events::{event_names, lagged_type, replayed_type};
 
 use super::stream_end::{OpenStream, StreamEnd};
 use tracing::span::{Attributes, Id, Record};
@@ -23,7 +26,9 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 /// Severity, ordered from `trace` (lowest) to `error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Trace,
@@ -56,20 +61,19 @@ impl LogLevel {
     }
 }
 
-/// One structured log entry (SPEC §10).
-#[derive(Debug, Clone, Serialize)]
+/// One structured log entry (SPEC §10). Every field is always present; `agentName` and `jobId` are null
+/// when the entry is about neither, `fields` empty when it has none.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
     pub timestamp: DateTime<Utc>,
     pub level: LogLevel,
     /// The module that logged, without the crate prefix (`fleet`, `runner`, `rpc::transport`, …).
     pub source: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
     pub message: String,
-    #[serde(skip_serializing_if = "Map::is_empty")]
+    /// The entry's structured fields (`exit_code`, `pid`, …), as the code that logged named them.
     pub fields: Map<String, Value>,
 }
 
@@ -176,18 +180,23 @@ fn lock(ring: &Mutex<Ring>) -> std::sync::MutexGuard<'_, Ring> {
 }
 
 /// What a log reader receives.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum LogItem {
     Entry(LogEntry),
+    /// `missed` entries were dropped for this reader (it read too slowly).
     Lagged {
+        #[schemars(schema_with = "lagged_type")]
         r#type: &'static str,
+        timestamp: DateTime<Utc>,
         missed: u64,
     },
     /// Follows the replayed entries (`count` of them, maybe none): from here on entries are live. A reader
     /// that wants only the history stops here instead of guessing from a pause.
     Replayed {
+        #[schemars(schema_with = "replayed_type")]
         r#type: &'static str,
+        timestamp: DateTime<Utc>,
         count: usize,
     },
 }
@@ -208,7 +217,8 @@ impl LogSubscription {
         }
         if let Some(count) = self.replay_end.take() {
             return Some(LogItem::Replayed {
-                r#type: super::events::event_names::REPLAYED,
+                r#type: event_names::REPLAYED,
+                timestamp: Utc::now(),
                 count,
             });
         }
@@ -218,7 +228,8 @@ impl LogSubscription {
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     return Some(LogItem::Lagged {
-                        r#type: super::events::event_names::LAGGED,
+                        r#type: event_names::LAGGED,
+                        timestamp: Utc::now(),
                         missed,
                     })
                 }

@@ -63,6 +63,21 @@ impl SerializedLine {
     }
 }
 
+/// Described as the [`OutputLine`] it is the text of.
+impl schemars::JsonSchema for SerializedLine {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SerializedLine".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        generator.subschema_for::<OutputLine>()
+    }
+}
+
 impl Serialize for SerializedLine {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.json.serialize(serializer)
@@ -119,7 +134,7 @@ impl Default for OutputHub {
 }
 
 /// What a job-output reader receives.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OutputItem {
     Line(SerializedLine),
@@ -138,7 +153,7 @@ pub enum OutputItem {
 }
 
 /// What a batched job-output reader receives: `{"lines": [line, …]}`, and last `{eof: true, status}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OutputBatchItem {
     Lines {

@@ -79,14 +79,8 @@ impl FleetManager {
             .filter(|s| s.enabled && matches!(s.kind, "interval" | "cron"))
             .count();
         let next_trigger = schedules
-            .iter()
-            .filter_map(|s| {
-                s.next_trigger.map(|at| NextTrigger {
-                    agent_name: s.agent_name.clone(),
-                    schedule_name: s.name.clone(),
-                    at,
-                })
-            })
+            .into_iter()
+            .filter_map(|s| s.next_trigger)
             .min_by_key(|n| n.at);
         let now = self.options().clock.now();
         let usage = core
@@ -358,7 +352,11 @@ impl FleetManager {
             interval,
             cron,
             timezone: schedule.timezone.map(|tz| tz.name().to_string()),
-            next_trigger,
+            next_trigger: next_trigger.map(|at| NextTrigger {
+                agent_name: agent.name.clone(),
+                schedule_name: schedule.name.clone(),
+                at,
+            }),
             last_run_at: persisted.and_then(|p| p.last_run_at),
             last_status: persisted.and_then(|p| p.last_status),
             last_error: persisted.and_then(|p| p.last_error.clone()),

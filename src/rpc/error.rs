@@ -1,19 +1,22 @@
 //! Building JSON-RPC error objects for domain errors and transport limits.
 //!
 //! Owns: the shape `{code, message, data: {code: "NAME", ...context}}` that every non-protocol error of
-//! SPEC §11 has, and the error codes the transport itself emits. It does not know FleetError; the
-//! method table maps FleetError onto [`domain_error`].
+//! SPEC §11 has ([`ErrorData`], one variant per name, whose schema is `openrpc.json`'s), the wire code of
+//! every FleetError kind, and the error codes the transport itself emits.
 //!
 //! Public API:
-//! - [`domain_error`]`(code, message, name, context) -> ErrorObjectOwned`
+//! - [`ErrorData`], [`error_object`]`(code, message, data) -> ErrorObjectOwned`, [`fleet_error`]
 //! - [`permission_denied`]`(uid)`, [`request_too_large`]`(limit)`, [`server_busy`]`(limit)`
-//! - the codes [`PERMISSION_DENIED`], [`REQUEST_TOO_LARGE`], [`SERVER_BUSY`]
+//! - the codes [`INVALID_PARAMS`], [`PERMISSION_DENIED`], [`REQUEST_TOO_LARGE`], [`SERVER_BUSY`]
 
 use jsonrpsee::types::ErrorObjectOwned;
-use serde_json::{json, Map, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
 
-use crate::fleet::FleetError;
+use crate::fleet::{FleetError, FleetState, ValidationIssue};
 
+/// Params the method cannot take (JSON-RPC's own code), with `data: {code: INVALID_PARAMS, message}`.
+pub const INVALID_PARAMS: i32 = -32602;
 /// A peer whose credentials are not allowed to talk to the daemon (SPEC §12).
 pub const PERMISSION_DENIED: i32 = -32001;
 /// A request line or body above the configured size limit. Same code as jsonrpsee's HTTP/WS limit.
@@ -21,168 +24,247 @@ pub const REQUEST_TOO_LARGE: i32 = -32007;
 /// The connection limit is reached. Same code as jsonrpsee's "Server is busy".
 pub const SERVER_BUSY: i32 = -32009;
 
-/// A domain error: `data` is `context` (a JSON object) with `"code": name` added, e.g.
-/// `domain_error(1002, "agent 'x' not found", "AGENT_NOT_FOUND", json!({"agentName": "x"}))`.
-///
-/// `context` should be an object; `null` gives `data: {code}`, any other value is kept under `"value"`
-/// so nothing the caller passed is lost.
-pub fn domain_error(
-    code: i32,
-    message: impl Into<String>,
-    name: &str,
-    context: Value,
-) -> ErrorObjectOwned {
-    let mut data = match context {
-        Value::Object(fields) => fields,
-        Value::Null => Map::new(),
-        other => {
-            let mut fields = Map::new();
-            fields.insert("value".to_owned(), other);
-            fields
+/// The `data` of an error: its name in `code` and its context beside it, camelCase.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(tag = "code", rename_all_fields = "camelCase")]
+pub enum ErrorData {
+    #[serde(rename = "CONFIGURATION_ERROR")]
+    Configuration {
+        config_path: String,
+        validation_errors: Vec<ValidationIssue>,
+    },
+    #[serde(rename = "AGENT_NOT_FOUND")]
+    AgentNotFound {
+        agent_name: String,
+        /// The qualified names of every agent (an ambiguous short name: the ones it could mean).
+        available_agents: Vec<String>,
+    },
+    #[serde(rename = "JOB_NOT_FOUND")]
+    JobNotFound { job_id: String },
+    #[serde(rename = "SCHEDULE_NOT_FOUND")]
+    ScheduleNotFound {
+        agent_name: String,
+        schedule_name: String,
+        available_schedules: Vec<String>,
+    },
+    #[serde(rename = "INVALID_STATE")]
+    InvalidState {
+        operation: String,
+        current_state: FleetState,
+        /// The states the operation is allowed in.
+        expected_state: Vec<FleetState>,
+    },
+    #[serde(rename = "CONCURRENCY_LIMIT")]
+    ConcurrencyLimit {
+        agent_name: String,
+        current_jobs: usize,
+        limit: usize,
+        /// What is at its limit (`queued jobs`, …).
+        scope: String,
+    },
+    #[serde(rename = "JOB_NOT_RUNNING")]
+    JobNotRunning { job_id: String, status: String },
+    #[serde(rename = "STATE_ERROR")]
+    State { path: String },
+    #[serde(rename = "BUDGET_EXCEEDED")]
+    BudgetExceeded {
+        agent_name: String,
+        spent_usd: f64,
+        budget_usd: f64,
+        /// The agent's current day, `YYYY-MM-DD` in `timezone`.
+        day: String,
+        timezone: String,
+        /// The param that runs the job anyway: `overBudget`.
+        r#override: String,
+    },
+    #[serde(rename = "OUTPUT_TOO_LARGE")]
+    OutputTooLarge {
+        job_id: String,
+        output_bytes: u64,
+        limit: u64,
+        /// The `getJob` params that read the output in pages.
+        paging: Vec<String>,
+        /// The method that reads any amount: `streamJobOutput`.
+        alternative: String,
+    },
+    #[serde(rename = "INVALID_PARAMS")]
+    InvalidParams { message: String },
+    #[serde(rename = "PERMISSION_DENIED")]
+    PermissionDenied { uid: u32 },
+    #[serde(rename = "REQUEST_TOO_LARGE")]
+    RequestTooLarge { limit: u32 },
+    #[serde(rename = "SERVER_BUSY")]
+    ServerBusy { limit: u32 },
+}
+
+impl ErrorData {
+    /// Every name `code` can have, with the JSON-RPC code its errors carry.
+    pub const CODES: &'static [(&'static str, i32)] = &[
+        ("CONFIGURATION_ERROR", 1001),
+        ("AGENT_NOT_FOUND", 1002),
+        ("JOB_NOT_FOUND", 1003),
+        ("SCHEDULE_NOT_FOUND", 1004),
+        ("INVALID_STATE", 1005),
+        ("CONCURRENCY_LIMIT", 1006),
+        ("JOB_NOT_RUNNING", 1007),
+        ("STATE_ERROR", 1008),
+        ("BUDGET_EXCEEDED", 1009),
+        ("OUTPUT_TOO_LARGE", 1010),
+        ("INVALID_PARAMS", INVALID_PARAMS),
+        ("PERMISSION_DENIED", PERMISSION_DENIED),
+        ("REQUEST_TOO_LARGE", REQUEST_TOO_LARGE),
+        ("SERVER_BUSY", SERVER_BUSY),
+    ];
+
+    /// The name in `code`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ErrorData::Configuration { .. } => "CONFIGURATION_ERROR",
+            ErrorData::AgentNotFound { .. } => "AGENT_NOT_FOUND",
+            ErrorData::JobNotFound { .. } => "JOB_NOT_FOUND",
+            ErrorData::ScheduleNotFound { .. } => "SCHEDULE_NOT_FOUND",
+            ErrorData::InvalidState { .. } => "INVALID_STATE",
+            ErrorData::ConcurrencyLimit { .. } => "CONCURRENCY_LIMIT",
+            ErrorData::JobNotRunning { .. } => "JOB_NOT_RUNNING",
+            ErrorData::State { .. } => "STATE_ERROR",
+            ErrorData::BudgetExceeded { .. } => "BUDGET_EXCEEDED",
+            ErrorData::OutputTooLarge { .. } => "OUTPUT_TOO_LARGE",
+            ErrorData::InvalidParams { .. } => "INVALID_PARAMS",
+            ErrorData::PermissionDenied { .. } => "PERMISSION_DENIED",
+            ErrorData::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
+            ErrorData::ServerBusy { .. } => "SERVER_BUSY",
         }
-    };
-    data.insert("code".to_owned(), Value::String(name.to_owned()));
-    ErrorObjectOwned::owned(code, message.into(), Some(Value::Object(data)))
+    }
+
+    /// The JSON-RPC error code of this kind of error.
+    pub fn code(&self) -> i32 {
+        let name = self.name();
+        ErrorData::CODES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map_or(-32603, |(_, code)| *code)
+    }
+}
+
+/// An error object with `data` (its code is the data's kind's).
+pub fn error_object(message: impl Into<String>, data: ErrorData) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(data.code(), message.into(), Some(data))
 }
 
 /// A FleetManager error on the wire: its kind's code and name, its message, and its context as `data`.
 pub fn fleet_error(error: &FleetError) -> ErrorObjectOwned {
-    domain_error(
-        fleet_code(error),
-        error.to_string(),
-        fleet_code_name(error),
-        fleet_context(error),
-    )
+    error_object(error.to_string(), fleet_data(error))
 }
 
-/// The application error code of SPEC §11.
-fn fleet_code(error: &FleetError) -> i32 {
-    match error {
-        FleetError::Configuration { .. } => 1001,
-        FleetError::AgentNotFound { .. } => 1002,
-        FleetError::JobNotFound { .. } => 1003,
-        FleetError::ScheduleNotFound { .. } => 1004,
-        FleetError::InvalidState { .. } => 1005,
-        FleetError::ConcurrencyLimit { .. } => 1006,
-        FleetError::JobNotRunning { .. } => 1007,
-        FleetError::State { .. } => 1008,
-        FleetError::BudgetExceeded { .. } => 1009,
-        FleetError::OutputTooLarge { .. } => 1010,
-        // A domain-level check of a parameter the wire format could not express (e.g. a range).
-        FleetError::InvalidParams { .. } => -32602,
-    }
-}
-
-/// The seed's code string, `data.code` on the wire.
-fn fleet_code_name(error: &FleetError) -> &'static str {
-    match error {
-        FleetError::Configuration { .. } => "CONFIGURATION_ERROR",
-        FleetError::AgentNotFound { .. } => "AGENT_NOT_FOUND",
-        FleetError::JobNotFound { .. } => "JOB_NOT_FOUND",
-        FleetError::ScheduleNotFound { .. } => "SCHEDULE_NOT_FOUND",
-        FleetError::InvalidState { .. } => "INVALID_STATE",
-        FleetError::ConcurrencyLimit { .. } => "CONCURRENCY_LIMIT",
-        FleetError::JobNotRunning { .. } => "JOB_NOT_RUNNING",
-        FleetError::State { .. } => "STATE_ERROR",
-        FleetError::BudgetExceeded { .. } => "BUDGET_EXCEEDED",
-        FleetError::OutputTooLarge { .. } => "OUTPUT_TOO_LARGE",
-        FleetError::InvalidParams { .. } => "INVALID_PARAMS",
-    }
-}
-
-/// The context of the error as `data` (camelCase, without `code`, which [`domain_error`] adds).
-fn fleet_context(error: &FleetError) -> Value {
-    match error {
+/// The context of a FleetError as `data`.
+fn fleet_data(error: &FleetError) -> ErrorData {
+    match error.clone() {
         FleetError::Configuration {
             config_path,
             validation_errors,
-        } => {
-            json!({"configPath": config_path, "validationErrors": validation_errors})
-        }
+        } => ErrorData::Configuration {
+            config_path,
+            validation_errors,
+        },
         FleetError::AgentNotFound {
             agent_name,
             available_agents,
-        } => {
-            json!({"agentName": agent_name, "availableAgents": available_agents})
-        }
-        FleetError::JobNotFound { job_id } => json!({"jobId": job_id}),
+        } => ErrorData::AgentNotFound {
+            agent_name,
+            available_agents,
+        },
+        FleetError::JobNotFound { job_id } => ErrorData::JobNotFound { job_id },
         FleetError::ScheduleNotFound {
             agent_name,
             schedule_name,
             available_schedules,
-        } => json!({"agentName": agent_name, "scheduleName": schedule_name,
-                    "availableSchedules": available_schedules}),
+        } => ErrorData::ScheduleNotFound {
+            agent_name,
+            schedule_name,
+            available_schedules,
+        },
         FleetError::InvalidState {
             operation,
             current_state,
             expected_state,
-        } => json!({"operation": operation, "currentState": current_state,
-                    "expectedState": expected_state}),
+        } => ErrorData::InvalidState {
+            operation,
+            current_state,
+            expected_state,
+        },
         FleetError::ConcurrencyLimit {
             agent_name,
             current_jobs,
             limit,
             scope,
             ..
-        } => json!({"agentName": agent_name, "currentJobs": current_jobs,
-                    "limit": limit, "scope": scope}),
+        } => ErrorData::ConcurrencyLimit {
+            agent_name,
+            current_jobs,
+            limit,
+            scope: scope.to_owned(),
+        },
         FleetError::JobNotRunning { job_id, status, .. } => {
-            json!({"jobId": job_id, "status": status})
+            ErrorData::JobNotRunning { job_id, status }
         }
-        FleetError::State { path, .. } => json!({"path": path}),
+        FleetError::State { path, .. } => ErrorData::State { path },
         FleetError::BudgetExceeded {
             agent_name,
             spent_usd,
             daily_usd,
             day,
             timezone,
-        } => json!({"agentName": agent_name, "spentUsd": spent_usd,
-                    "budgetUsd": daily_usd, "day": day, "timezone": timezone,
-                    "override": "overBudget"}),
-        FleetError::InvalidParams { message } => json!({"message": message}),
+        } => ErrorData::BudgetExceeded {
+            agent_name,
+            spent_usd,
+            budget_usd: daily_usd,
+            day,
+            timezone,
+            r#override: "overBudget".to_owned(),
+        },
+        FleetError::InvalidParams { message } => ErrorData::InvalidParams { message },
         FleetError::OutputTooLarge {
             job_id,
             output_bytes,
             limit,
-        } => json!({"jobId": job_id, "outputBytes": output_bytes, "limit": limit,
-                    "paging": ["outputFromSeq", "outputLimit"], "alternative": "streamJobOutput"}),
+        } => ErrorData::OutputTooLarge {
+            job_id,
+            output_bytes,
+            limit,
+            paging: vec!["outputFromSeq".to_owned(), "outputLimit".to_owned()],
+            alternative: "streamJobOutput".to_owned(),
+        },
     }
 }
 
 /// The error a refused peer receives before the connection is closed.
 pub fn permission_denied(uid: u32) -> ErrorObjectOwned {
-    domain_error(
-        PERMISSION_DENIED,
+    error_object(
         format!("Permission denied: uid {uid} may not use this socket"),
-        "PERMISSION_DENIED",
-        json!({ "uid": uid }),
+        ErrorData::PermissionDenied { uid },
     )
 }
 
 /// The error for a request above `limit` bytes.
 pub fn request_too_large(limit: u32) -> ErrorObjectOwned {
-    domain_error(
-        REQUEST_TOO_LARGE,
+    error_object(
         format!("Request is too big: the limit is {limit} bytes per request"),
-        "REQUEST_TOO_LARGE",
-        json!({ "limit": limit }),
+        ErrorData::RequestTooLarge { limit },
     )
 }
 
 /// The error a connection above the connection limit receives before it is closed.
 pub fn server_busy(limit: u32) -> ErrorObjectOwned {
-    domain_error(
-        SERVER_BUSY,
+    error_object(
         format!("Server is busy: {limit} connections are open, try again later"),
-        "SERVER_BUSY",
-        json!({ "limit": limit }),
+        ErrorData::ServerBusy { limit },
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::FleetState;
+    use serde_json::{json, Value};
 
     #[test]
     fn every_error_carries_its_code_in_data() {
@@ -237,7 +319,10 @@ mod tests {
             [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010]
         );
         for error in &errors {
-            assert_eq!(data_of(&fleet_error(error))["code"], fleet_code_name(error));
+            assert_eq!(
+                data_of(&fleet_error(error))["code"],
+                fleet_data(error).name()
+            );
         }
         assert_eq!(data_of(&fleet_error(&errors[4]))["currentState"], "running");
         assert_eq!(
@@ -252,30 +337,24 @@ mod tests {
     }
 
     #[test]
-    fn domain_error_adds_the_code_name_to_the_context() {
-        let err = domain_error(
-            1002,
-            "agent 'x' not found",
-            "AGENT_NOT_FOUND",
-            json!({"agentName": "x"}),
-        );
-        assert_eq!(err.code(), 1002);
-        assert_eq!(err.message(), "agent 'x' not found");
+    fn every_name_has_one_code_and_the_names_are_the_schemas() {
+        let schema = serde_json::to_value(schemars::schema_for!(ErrorData)).unwrap();
+        let mut in_schema: Vec<&str> = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|variant| variant["properties"]["code"]["const"].as_str().unwrap())
+            .collect();
+        in_schema.sort_unstable();
+        let mut named: Vec<&str> = ErrorData::CODES.iter().map(|(name, _)| *name).collect();
+        named.sort_unstable();
+        assert_eq!(in_schema, named);
         assert_eq!(
-            data_of(&err),
-            json!({"code": "AGENT_NOT_FOUND", "agentName": "x"})
-        );
-    }
-
-    #[test]
-    fn domain_error_keeps_non_object_context() {
-        assert_eq!(
-            data_of(&domain_error(1, "m", "X", Value::Null)),
-            json!({"code": "X"})
-        );
-        assert_eq!(
-            data_of(&domain_error(1, "m", "X", json!([1]))),
-            json!({"code": "X", "value": [1]})
+            ErrorData::InvalidParams {
+                message: "m".into()
+            }
+            .code(),
+            -32602
         );
     }
 

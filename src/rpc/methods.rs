@@ -6,20 +6,25 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use jsonrpsee::core::SubscriptionError;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use jsonrpsee::{PendingSubscriptionSink, RpcModule, SubscriptionMessage, SubscriptionSink};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::fleet::{
-    EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, ForkOptions,
-    JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription, OutputBatchItem,
-    OutputItem, OutputRequest, StopOptions, TriggerOptions,
+    EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, FleetState, FleetStatus,
+    ForkOptions, JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription,
+    OutputBatchItem, OutputItem, StopOptions, TriggerOptions,
 };
-use crate::job::JobStatus;
+use crate::job::{Job, OutputLine};
+
+use super::params::{
+    AgentLogsParams, CancelParams, EventsParams, ForkParams, JobOutputParams, JobParams,
+    JobsParams, LogsParams, NameParams, NoParams, RpcParams, ScheduleParams, StopParams,
+    TriggerParams,
+};
 
 /// The OpenRPC document served by `rpc.discover`, byte for byte the file in `proto-docs/`.
 pub const OPENRPC_DOCUMENT: &str = include_str!("../../proto-docs/openrpc.json");
@@ -47,16 +52,15 @@ fn domain_error(error: FleetError) -> ErrorObjectOwned {
 
 fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
     let message = message.into();
-    super::error::domain_error(
-        -32602,
+    super::error::error_object(
         format!("Invalid params: {message}"),
-        "INVALID_PARAMS",
-        json!({ "message": message }),
+        super::error::ErrorData::InvalidParams { message },
     )
 }
 
-/// Parses named params, or positional ones mapped onto `names` in order.
-fn parse<T: DeserializeOwned>(params: &Params, names: &[&str]) -> Result<T, ErrorObjectOwned> {
+/// Parses named params, or positional ones mapped onto the names of `T::POSITIONAL` in order.
+fn parse<T: RpcParams>(params: &Params) -> Result<T, ErrorObjectOwned> {
+    let names = T::POSITIONAL;
     let value: Value = match params.as_str() {
         None => Value::Object(Map::new()),
         Some(raw) => serde_json::from_str(raw).map_err(|e| invalid_params(e.to_string()))?,
@@ -94,140 +98,32 @@ fn to_value(result: impl Serialize) -> Result<Value, ErrorObjectOwned> {
         .map_err(|e| ErrorObjectOwned::owned(-32603, e.to_string(), None::<()>))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct NoParams {}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct StopParams {
-    #[serde(default = "yes")]
-    wait_for_jobs: bool,
-    #[serde(default = "default_stop_timeout")]
-    timeout: u64,
-    #[serde(default = "yes")]
-    cancel_on_timeout: bool,
+/// `getJob`'s result: the job, and its output when asked for (`null` otherwise).
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct JobDetail {
+    #[serde(flatten)]
+    job: Job,
+    /// The output lines asked for; null when none were.
+    output: Option<Vec<OutputLine>>,
+    /// The `outputFromSeq` of the next page; null at the end of the output or without output.
+    output_next_seq: Option<u64>,
 }
 
-fn yes() -> bool {
-    true
+/// The result of `initialize`, `start` and `stop`: the state the fleet is in afterwards.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct StateResult {
+    state: FleetState,
 }
 
-fn default_stop_timeout() -> u64 {
-    30_000
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct NameParams {
-    name: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct JobsParams {
-    agent_name: Option<String>,
-    status: Option<JobStatus>,
-    since: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-    limit: Option<usize>,
-    offset: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct JobParams {
-    id: String,
-    #[serde(default)]
-    include_output: bool,
-    /// Output paging: either one asks for a page (and implies `includeOutput`).
-    output_from_seq: Option<u64>,
-    output_limit: Option<usize>,
-}
-
-impl JobParams {
-    fn output(&self) -> OutputRequest {
-        match (self.output_from_seq, self.output_limit) {
-            (None, None) if self.include_output => OutputRequest::Whole,
-            (None, None) => OutputRequest::Omit,
-            (from_seq, limit) => OutputRequest::Page {
-                from_seq: from_seq.unwrap_or(0),
-                limit,
-            },
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ScheduleParams {
-    agent_name: String,
-    schedule_name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TriggerParams {
-    agent_name: String,
-    schedule_name: Option<String>,
-    prompt: Option<String>,
-    work_items: Option<Vec<Value>>,
-    priority: Option<u8>,
-    #[serde(default)]
-    fresh_session: bool,
-    #[serde(default)]
-    over_budget: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CancelParams {
-    id: String,
-    grace_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ForkParams {
-    id: String,
-    prompt: Option<String>,
-    schedule_name: Option<String>,
-    #[serde(default)]
-    over_budget: bool,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EventsParams {
-    types: Option<Vec<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LogsParams {
-    level: Option<String>,
-    agent_name: Option<String>,
-    job_id: Option<String>,
-    tail: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct JobOutputParams {
-    id: String,
-    #[serde(default)]
-    from_seq: u64,
-    /// Every line ready at once in one notification, `{lines: [...]}`, instead of one per line.
-    #[serde(default)]
-    batch: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct AgentLogsParams {
-    agent_name: String,
-    level: Option<String>,
-    tail: Option<usize>,
+/// `getStatus`'s result: the fleet's status and the protocol version the daemon speaks.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct StatusResult {
+    #[serde(flatten)]
+    status: FleetStatus,
+    /// The version of this protocol (`info.version` of `rpc.discover`).
+    protocol_version: &'static str,
 }
 
 /// Log entries replayed to a new log subscriber unless it asks for another `tail`.
@@ -249,17 +145,21 @@ fn register(
     module: &mut RpcModule<FleetManager>,
 ) -> Result<(), jsonrpsee::core::RegisterMethodError> {
     module.register_async_method("initialize", |params, fleet, _| async move {
-        parse::<NoParams>(&params, &[])?;
+        parse::<NoParams>(&params)?;
         fleet.initialize().await.map_err(domain_error)?;
-        to_value(json!({"state": fleet.state()}))
+        to_value(StateResult {
+            state: fleet.state(),
+        })
     })?;
     module.register_async_method("start", |params, fleet, _| async move {
-        parse::<NoParams>(&params, &[])?;
+        parse::<NoParams>(&params)?;
         fleet.start().await.map_err(domain_error)?;
-        to_value(json!({"state": fleet.state()}))
+        to_value(StateResult {
+            state: fleet.state(),
+        })
     })?;
     module.register_async_method("stop", |params, fleet, _| async move {
-        let p: StopParams = parse(&params, &["waitForJobs", "timeout", "cancelOnTimeout"])?;
+        let p: StopParams = parse(&params)?;
         fleet
             .stop(StopOptions {
                 wait_for_jobs: p.wait_for_jobs,
@@ -269,33 +169,35 @@ fn register(
             })
             .await
             .map_err(domain_error)?;
-        to_value(json!({"state": fleet.state()}))
+        to_value(StateResult {
+            state: fleet.state(),
+        })
     })?;
     module.register_async_method("reload", |params, fleet, _| async move {
-        parse::<NoParams>(&params, &[])?;
+        parse::<NoParams>(&params)?;
         to_value(fleet.reload().await.map_err(domain_error)?)
     })?;
     module.register_method("getState", |params, fleet, _| {
-        parse::<NoParams>(&params, &[])?;
+        parse::<NoParams>(&params)?;
         to_value(fleet.state())
     })?;
     module.register_async_method("getStatus", |params, fleet, _| async move {
-        parse::<NoParams>(&params, &[])?;
-        to_value(fleet.status().await)
+        parse::<NoParams>(&params)?;
+        to_value(StatusResult {
+            status: fleet.status().await,
+            protocol_version: super::openrpc::PROTOCOL_VERSION,
+        })
     })?;
     module.register_async_method("getAgents", |params, fleet, _| async move {
-        parse::<NoParams>(&params, &[])?;
+        parse::<NoParams>(&params)?;
         to_value(fleet.agents().await.map_err(domain_error)?)
     })?;
     module.register_async_method("getAgent", |params, fleet, _| async move {
-        let p: NameParams = parse(&params, &["name"])?;
+        let p: NameParams = parse(&params)?;
         to_value(fleet.agent(&p.name).await.map_err(domain_error)?)
     })?;
     module.register_method("getJobs", |params, fleet, _| {
-        let p: JobsParams = parse(
-            &params,
-            &["agentName", "status", "since", "until", "limit", "offset"],
-        )?;
+        let p: JobsParams = parse(&params)?;
         let query = JobQuery {
             agent: p.agent_name,
             status: p.status,
@@ -307,24 +209,24 @@ fn register(
         to_value(fleet.jobs(&query).map_err(domain_error)?)
     })?;
     module.register_method("getJob", |params, fleet, _| {
-        let p: JobParams = parse(
-            &params,
-            &["id", "includeOutput", "outputFromSeq", "outputLimit"],
-        )?;
-        let (job, output) = fleet.job(&p.id, p.output()).map_err(domain_error)?;
-        let mut value = to_value(job)?;
-        if let (Some(page), Value::Object(map)) = (output, &mut value) {
-            map.insert("output".into(), to_value(page.lines)?);
-            map.insert("outputNextSeq".into(), to_value(page.next_seq)?);
-        }
-        Ok::<Value, ErrorObjectOwned>(value)
+        let p: JobParams = parse(&params)?;
+        let (job, page) = fleet.job(&p.id, p.output()).map_err(domain_error)?;
+        let (output, output_next_seq) = match page {
+            Some(page) => (Some(page.lines), page.next_seq),
+            None => (None, None),
+        };
+        to_value(JobDetail {
+            job,
+            output,
+            output_next_seq,
+        })
     })?;
     module.register_async_method("getSchedules", |params, fleet, _| async move {
-        parse::<NoParams>(&params, &[])?;
+        parse::<NoParams>(&params)?;
         to_value(fleet.schedules().await.map_err(domain_error)?)
     })?;
     module.register_async_method("getSchedule", |params, fleet, _| async move {
-        let p: ScheduleParams = parse(&params, &["agentName", "scheduleName"])?;
+        let p: ScheduleParams = parse(&params)?;
         to_value(
             fleet
                 .schedule(&p.agent_name, &p.schedule_name)
@@ -333,22 +235,11 @@ fn register(
         )
     })?;
     module.register_method("getQueue", |params, fleet, _| {
-        parse::<NoParams>(&params, &[])?;
+        parse::<NoParams>(&params)?;
         to_value(fleet.queue().map_err(domain_error)?)
     })?;
     module.register_async_method("trigger", |params, fleet, _| async move {
-        let p: TriggerParams = parse(
-            &params,
-            &[
-                "agentName",
-                "scheduleName",
-                "prompt",
-                "workItems",
-                "priority",
-                "freshSession",
-                "overBudget",
-            ],
-        )?;
+        let p: TriggerParams = parse(&params)?;
         let job = fleet
             .trigger(
                 &p.agent_name,
@@ -366,7 +257,7 @@ fn register(
         to_value(job)
     })?;
     module.register_async_method("cancelJob", |params, fleet, _| async move {
-        let p: CancelParams = parse(&params, &["id", "graceMs"])?;
+        let p: CancelParams = parse(&params)?;
         let result = fleet
             .cancel_job(&p.id, p.grace_ms.map(Duration::from_millis))
             .await
@@ -374,7 +265,7 @@ fn register(
         to_value(result)
     })?;
     module.register_async_method("forkJob", |params, fleet, _| async move {
-        let p: ForkParams = parse(&params, &["id", "prompt", "scheduleName", "overBudget"])?;
+        let p: ForkParams = parse(&params)?;
         let job = fleet
             .fork_job(
                 &p.id,
@@ -389,7 +280,7 @@ fn register(
         to_value(job)
     })?;
     module.register_async_method("enableSchedule", |params, fleet, _| async move {
-        let p: ScheduleParams = parse(&params, &["agentName", "scheduleName"])?;
+        let p: ScheduleParams = parse(&params)?;
         to_value(
             fleet
                 .enable_schedule(&p.agent_name, &p.schedule_name)
@@ -398,7 +289,7 @@ fn register(
         )
     })?;
     module.register_async_method("disableSchedule", |params, fleet, _| async move {
-        let p: ScheduleParams = parse(&params, &["agentName", "scheduleName"])?;
+        let p: ScheduleParams = parse(&params)?;
         to_value(
             fleet
                 .disable_schedule(&p.agent_name, &p.schedule_name)
@@ -407,7 +298,7 @@ fn register(
         )
     })?;
     module.register_method("rpc.discover", |params, _, _| {
-        parse::<NoParams>(&params, &[])?;
+        parse::<NoParams>(&params)?;
         serde_json::value::RawValue::from_string(OPENRPC_DOCUMENT.to_string())
             .map_err(|e| ErrorObjectOwned::owned(-32603, e.to_string(), None::<()>))
     })?;
@@ -417,7 +308,7 @@ fn register(
         "event",
         "unsubscribeEvents",
         |params, pending, fleet, _| async move {
-            let p: EventsParams = match parse(&params, &["types"]) {
+            let p: EventsParams = match parse(&params) {
                 Ok(p) => p,
                 Err(e) => return reject(pending, e).await,
             };
@@ -441,7 +332,7 @@ fn register(
         "log",
         "unsubscribeLogs",
         |params, pending, fleet, _| async move {
-            let p: LogsParams = match parse(&params, &["level", "agentName", "jobId", "tail"]) {
+            let p: LogsParams = match parse(&params) {
                 Ok(p) => p,
                 Err(e) => return reject(pending, e).await,
             };
@@ -464,7 +355,7 @@ fn register(
         "agentLog",
         "unsubscribeAgentLogs",
         |params, pending, fleet, _| async move {
-            let p: AgentLogsParams = match parse(&params, &["agentName", "level", "tail"]) {
+            let p: AgentLogsParams = match parse(&params) {
                 Ok(p) => p,
                 Err(e) => return reject(pending, e).await,
             };
@@ -490,7 +381,7 @@ fn register(
         "jobOutput",
         "unsubscribeJobOutput",
         |params, pending, fleet, _| async move {
-            let p: JobOutputParams = match parse(&params, &["id", "fromSeq", "batch"]) {
+            let p: JobOutputParams = match parse(&params) {
                 Ok(p) => p,
                 Err(e) => return reject(pending, e).await,
             };

@@ -2,11 +2,14 @@
 //!
 //! Owns: the framings of SPEC §11 ([`transport`]: NDJSON, HTTP, WebSocket on one socket, limits, peer check,
 //! graceful shutdown), the error objects of the protocol ([`error`]), the method table ([`methods`]:
-//! every FleetManager operation as a method or subscription) and the client (`herdctl`'s, the tests' and
+//! every FleetManager operation as a method or subscription), the params of every method ([`params`]), the
+//! OpenRPC document generated from those types ([`openrpc`]) and the client (`herdctl`'s, the tests' and
 //! the bench's: [`client`]). The transport is generic over any `jsonrpsee::Methods`. This module never binds
 //! or removes the socket file (`daemon::socket` does).
 
 pub mod client;
 pub mod error;
 pub mod methods;
+pub mod openrpc;
+pub mod params;
 pub mod transport;

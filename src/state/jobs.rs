@@ -1129,7 +1129,7 @@ mod tests {
         changed.agent = "c".into();
         drop(store);
         for record in [changed, job(7, "b", 70, JobStatus::Completed)] {
-            let yaml = serde_yaml_ng::to_string(&record).unwrap();
+            let yaml = record::to_yaml(&record, Path::new("out.jsonl")).unwrap();
             atomic_write(
                 &dir.path().join(format!("{}.yaml", record.id)),
                 yaml.as_bytes(),
@@ -1171,7 +1171,11 @@ mod tests {
         let corrupt_path = dir.path().join(format!("{}.yaml", id(3)));
         atomic_write(&corrupt_path, b"id: [not a job").unwrap();
         let misnamed_path = dir.path().join(format!("{}.yaml", id(9)));
-        let yaml = serde_yaml_ng::to_string(&job(1, "a", 10, JobStatus::Completed)).unwrap();
+        let yaml = record::to_yaml(
+            &job(1, "a", 10, JobStatus::Completed),
+            Path::new("out.jsonl"),
+        )
+        .unwrap();
         fs::write(&misnamed_path, yaml).unwrap();
         fs::write(dir.path().join("notes.yaml"), "ignored: true").unwrap();
 
@@ -1522,8 +1526,11 @@ mod tests {
         let setup = Instant::now();
         let (mut store, _) = open(dir.path());
         let template_id = id(0);
-        let template =
-            serde_yaml_ng::to_string(&job(0, "agent-0", 0, JobStatus::Completed)).unwrap();
+        let template = record::to_yaml(
+            &job(0, "agent-0", 0, JobStatus::Completed),
+            Path::new("out.jsonl"),
+        )
+        .unwrap();
         // ext4 allows 65,000 links per inode.
         const LINKS_PER_TEMPLATE: u32 = 50_000;
         let mut templates = Vec::new();

@@ -6,7 +6,7 @@
 //! [`RawNdjson`] is not a client: it writes and reads lines as they are, for tests of what the daemon does
 //! with bytes no client would send.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -129,6 +129,8 @@ pub struct Client {
     pub framing: Framing,
     client: rpc::Client<Connection>,
     stash: VecDeque<Notification>,
+    /// What this client checked against `openrpc.json` (see `schema.rs`).
+    checked: BTreeSet<String>,
 }
 
 impl Client {
@@ -137,7 +139,14 @@ impl Client {
             framing,
             client: rpc::Client::new(Connection::connect(socket, framing).await),
             stash: VecDeque::new(),
+            checked: BTreeSet::new(),
         }
+    }
+
+    /// The methods, notifications (`notification:NAME`) and error data (`error:CODE`) this client received
+    /// and checked against `proto-docs/openrpc.json`.
+    pub fn checked(&self) -> &BTreeSet<String> {
+        &self.checked
     }
 
     /// The result, or the error object as the daemon sent it.
@@ -148,12 +157,17 @@ impl Client {
                 "no reply to {method}({params}) over {:?} within {REPLY_TIMEOUT:?}",
                 self.framing
             ),
-            Ok(Ok(result)) => Ok(result),
+            Ok(Ok(result)) => {
+                self.checked
+                    .insert(super::schema::check_result(method, &result));
+                Ok(result)
+            }
             Ok(Err(ClientError::Rpc(error))) => {
                 let mut object = json!({"code": error.code, "message": error.message});
                 if let Some(data) = error.data {
                     object["data"] = data;
                 }
+                self.checked.extend(super::schema::check_error(&object));
                 Err(object)
             }
             Ok(Err(e)) => panic!("{method}({params}) over {:?}: {e}", self.framing),
@@ -201,10 +215,17 @@ impl Client {
     /// The next notification not yet stashed, or `None` if none arrives within `timeout` (or the
     /// connection closed).
     async fn next_within(&mut self, timeout: Duration) -> Option<Notification> {
-        match tokio::time::timeout(timeout, self.client.next_notification()).await {
+        let next = match tokio::time::timeout(timeout, self.client.next_notification()).await {
             Err(_) => None,
             Ok(next) => next.unwrap_or_else(|e| panic!("reading notifications: {e}")),
+        };
+        if let Some(notification) = &next {
+            self.checked.insert(super::schema::check_notification(
+                &notification.method,
+                &notification.result,
+            ));
         }
+        next
     }
 
     /// The `result` of the next notification of `subscription`; other notifications stay stashed.

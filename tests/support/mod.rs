@@ -9,7 +9,8 @@
 //!   Either is stopped the way an operator stops it when dropped.
 //! - [`Client`] (`client.rs`): the library's `rpc::client` over any of the socket's framings (NDJSON,
 //!   WebSocket, HTTP), with test-friendly `call` / `call_err` / `subscribe` / `notification`; [`RawNdjson`]
-//!   for tests of bytes no client would send.
+//!   for tests of bytes no client would send. The client checks every result, notification and error
+//!   data it receives against `proto-docs/openrpc.json` (`schema.rs`).
 //! - `http.rs`: one raw HTTP/1.1 exchange (socket or any stream); `procs.rs`: what `/proc` says about
 //!   processes.
 //!
@@ -20,6 +21,7 @@ mod client;
 mod daemon;
 mod http;
 mod procs;
+pub mod schema;
 
 pub use client::*;
 pub use daemon::*;

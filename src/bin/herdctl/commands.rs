@@ -367,7 +367,7 @@ fn exit_code_for(status: &str) -> u8 {
 fn outcome_line(style: Style, job: &Value) -> String {
     let id = text(job, "id");
     let took = job
-        .get("duration_ms")
+        .get("durationMs")
         .and_then(Value::as_u64)
         .map(duration_ms)
         .unwrap_or_else(|| "-".to_owned());
@@ -375,7 +375,7 @@ fn outcome_line(style: Style, job: &Value) -> String {
         "completed" => format!("{} {id} completed in {took}", style.green("✓")),
         "cancelled" => format!("{} {id} cancelled after {took}", style.yellow("⊘")),
         status => {
-            let reason = text(job, "exit_reason");
+            let reason = text(job, "exitReason");
             let message = job
                 .pointer("/error/message")
                 .and_then(Value::as_str)
@@ -780,8 +780,8 @@ mod tests {
         assert_eq!(exit_code_for("completed"), 0);
         assert_eq!(exit_code_for("failed"), 1);
         assert_eq!(exit_code_for("cancelled"), 130);
-        let failed = json!({"id": "j", "status": "failed", "duration_ms": 1200,
-            "exit_reason": "error", "error": {"code": "exit", "message": "exit status 3"}});
+        let failed = json!({"id": "j", "status": "failed", "durationMs": 1200,
+            "exitReason": "error", "error": {"code": "exit", "message": "exit status 3"}});
         assert_eq!(
             outcome_line(Style { color: false }, &failed),
             "✗ j failed after 1.2s (error): exit status 3"

@@ -21,8 +21,9 @@ fn count(value: &Value, pointer: &str) -> u64 {
     value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
 }
 
-fn time(value: &Value, key: &str) -> Option<DateTime<Utc>> {
-    value.get(key)?.as_str()?.parse().ok()
+/// The timestamp at `path` (`key`, or `key/inner` for a field of an object).
+fn time(value: &Value, path: &str) -> Option<DateTime<Utc>> {
+    value.pointer(&format!("/{path}"))?.as_str()?.parse().ok()
 }
 
 fn when(value: &Value, key: &str, now: DateTime<Utc>) -> String {
@@ -197,7 +198,7 @@ fn last_job_cell(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
         Some(job) if job.is_object() => format!(
             "{} {}",
             style.status(text(job, "status")),
-            when(job, "created_at", now)
+            when(job, "createdAt", now)
         ),
         _ => "-".to_owned(),
     }
@@ -273,7 +274,7 @@ pub fn agent(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
             "{} {} {}",
             text(job, "id"),
             style.status(text(job, "status")),
-            when(job, "created_at", now)
+            when(job, "createdAt", now)
         ),
         _ => "-".to_owned(),
     };
@@ -310,17 +311,17 @@ pub fn agent(style: Style, agent: &Value, now: DateTime<Utc>) -> String {
 
 /// What created a job: its schedule, else how it was triggered.
 fn origin(job: &Value) -> String {
-    match job.get("schedule").and_then(Value::as_str) {
+    match job.get("scheduleName").and_then(Value::as_str) {
         Some(schedule) => schedule.to_owned(),
-        None => format!("({})", text(job, "trigger_type")),
+        None => format!("({})", text(job, "triggerType")),
     }
 }
 
 fn job_duration(job: &Value, now: DateTime<Utc>) -> String {
-    if let Some(ms) = job.get("duration_ms").and_then(Value::as_u64) {
+    if let Some(ms) = job.get("durationMs").and_then(Value::as_u64) {
         return duration_ms(ms);
     }
-    match (text(job, "status"), time(job, "started_at")) {
+    match (text(job, "status"), time(job, "startedAt")) {
         ("running", Some(started)) => {
             let ms = (now - started).num_milliseconds().max(0).unsigned_abs();
             format!("{}…", duration_ms(ms))
@@ -350,10 +351,10 @@ pub fn jobs(style: Style, page: &Value, now: DateTime<Utc>) -> String {
     for job in listed.into_iter().flatten() {
         table.row(vec![
             text(job, "id").to_owned(),
-            text(job, "agent").to_owned(),
+            text(job, "agentName").to_owned(),
             origin(job),
             style.status(text(job, "status")),
-            when(job, "created_at", now),
+            when(job, "createdAt", now),
             job_duration(job, now),
             gist(job),
         ]);
@@ -376,7 +377,7 @@ pub fn job(style: Style, job: &Value, now: DateTime<Utc>) -> String {
     let status_word = text(job, "status");
     let mut status_cell = style.status(status_word);
     // The exit reason only when it says more than the status ("failed (timeout)", not "cancelled (cancelled)").
-    if let Some(reason) = job.get("exit_reason").and_then(Value::as_str) {
+    if let Some(reason) = job.get("exitReason").and_then(Value::as_str) {
         if reason != status_word && reason != "success" {
             status_cell.push_str(&format!(" ({reason})"));
         }
@@ -391,16 +392,16 @@ pub fn job(style: Style, job: &Value, now: DateTime<Utc>) -> String {
     };
     let mut rows = vec![
         ("id", style.bold(text(job, "id"))),
-        ("agent", text(job, "agent").to_owned()),
-        ("schedule", or_dash(text(job, "schedule"))),
-        ("trigger", text(job, "trigger_type").to_owned()),
+        ("agent", text(job, "agentName").to_owned()),
+        ("schedule", or_dash(text(job, "scheduleName"))),
+        ("trigger", text(job, "triggerType").to_owned()),
         ("status", status_cell),
-        ("created", at("created_at")),
-        ("started", at("started_at")),
-        ("finished", at("finished_at")),
+        ("created", at("createdAt")),
+        ("started", at("startedAt")),
+        ("finished", at("finishedAt")),
         ("duration", job_duration(job, now)),
     ];
-    if let Some(code) = job.get("exit_code").and_then(Value::as_i64) {
+    if let Some(code) = job.get("exitCode").and_then(Value::as_i64) {
         rows.push(("exit code", code.to_string()));
     }
     if let Some(signal) = job.get("signal").and_then(Value::as_i64) {
@@ -409,7 +410,7 @@ pub fn job(style: Style, job: &Value, now: DateTime<Utc>) -> String {
     if let Some(pid) = job.get("pid").and_then(Value::as_u64) {
         rows.push(("pid", pid.to_string()));
     }
-    for (label, key) in [("forked from", "forked_from"), ("session", "session_id")] {
+    for (label, key) in [("forked from", "forkedFrom"), ("session", "sessionId")] {
         if let Some(value) = job.get(key).and_then(Value::as_str) {
             rows.push((label, value.to_owned()));
         }
@@ -472,7 +473,7 @@ pub fn schedules(style: Style, schedules: &Value, now: DateTime<Utc>) -> String 
             } else {
                 style.red("no")
             },
-            when(schedule, "nextTrigger", now),
+            when(schedule, "nextTrigger/at", now),
             when(schedule, "lastRunAt", now),
             last_status,
         ]);
@@ -487,7 +488,7 @@ pub fn schedules(style: Style, schedules: &Value, now: DateTime<Utc>) -> String 
 pub fn schedule_change(style: Style, schedule: &Value, now: DateTime<Utc>) -> String {
     let name = format!("{}/{}", text(schedule, "agentName"), text(schedule, "name"));
     if schedule.get("enabled").and_then(Value::as_bool) == Some(true) {
-        let next = match time(schedule, "nextTrigger") {
+        let next = match time(schedule, "nextTrigger/at") {
             Some(at) => format!("next run {}", relative(at, now)),
             None => "it has no upcoming run".to_owned(),
         };
@@ -741,8 +742,8 @@ mod tests {
     fn job_table_shows_gist_and_paging_hint() {
         let now: DateTime<Utc> = "2025-01-01T10:00:00Z".parse().unwrap();
         let page = json!({"total": 7, "jobs": [
-            {"id": "job-2025-01-01-aaaaaa", "agent": "a", "schedule": null, "trigger_type": "manual",
-             "status": "failed", "created_at": "2025-01-01T08:00:00Z", "duration_ms": 1500,
+            {"id": "job-2025-01-01-aaaaaa", "agentName": "a", "scheduleName": null, "triggerType": "manual",
+             "status": "failed", "createdAt": "2025-01-01T08:00:00Z", "durationMs": 1500,
              "summary": null, "error": {"code": "exit", "message": "exit status 3"}}]});
         let out = jobs(PLAIN, &page, now);
         let row = out.lines().nth(1).unwrap();

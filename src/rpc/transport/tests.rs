@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{serve, ServeReport, TransportConfig};
-use crate::rpc::error::domain_error;
+use crate::rpc::error::{error_object, ErrorData};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,11 +63,9 @@ fn test_module() -> (RpcModule<TestContext>, Arc<TestContext>) {
         .unwrap();
     module
         .register_method("fail", |_, _, _| {
-            Err::<(), _>(domain_error(
-                1003,
+            Err::<(), _>(error_object(
                 "job 'j' not found",
-                "JOB_NOT_FOUND",
-                json!({"jobId": "j"}),
+                ErrorData::JobNotFound { job_id: "j".into() },
             ))
         })
         .unwrap();
