@@ -129,12 +129,7 @@ fn diagnosis(outcome: &RunOutcome, events: &[OutputEvent], stub: &MessagesStub) 
     let stderr: Vec<String> = events
         .iter()
         .filter(|e| e.kind == "stderr")
-        .filter_map(|e| {
-            e.data
-                .get("text")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
+        .map(|e| e.chunk.clone())
         .collect();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     let requests: Vec<String> = stub
@@ -158,7 +153,13 @@ fn events_of<'a>(
 /// The content blocks of the messages of one output kind (`assistant`, `user`).
 fn content_blocks<'a>(events: &'a [OutputEvent], kind: &'a str) -> Vec<&'a Value> {
     events_of(events, kind)
-        .filter_map(|e| e.data.get("message")?.get("content")?.as_array())
+        .filter_map(|e| {
+            e.message
+                .as_ref()?
+                .get("message")?
+                .get("content")?
+                .as_array()
+        })
         .flatten()
         .collect()
 }
@@ -208,9 +209,16 @@ fn assert_completed_with(
     assert_eq!(outcome.exit_code, Some(0), "{why}");
     assert_eq!(outcome.summary.as_deref(), Some(answer), "{why}");
     let init = events_of(events, "system")
-        .find(|e| e.data.get("subtype").and_then(Value::as_str) == Some("init"))
+        .find(|e| {
+            let subtype = e.message.as_ref().and_then(|m| m.get("subtype"));
+            subtype.and_then(Value::as_str) == Some("init")
+        })
         .unwrap_or_else(|| panic!("no system init event\n{why}"));
-    let init_session = init.data.get("session_id").and_then(Value::as_str);
+    let init_session = init
+        .message
+        .as_ref()
+        .and_then(|m| m.get("session_id"))
+        .and_then(Value::as_str);
     assert!(init_session.is_some_and(|s| !s.is_empty()), "{why}");
     assert_eq!(outcome.session_id.as_deref(), init_session, "{why}");
     assert_eq!(events_of(events, "result").count(), 1, "{why}");

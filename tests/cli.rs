@@ -93,7 +93,7 @@ async fn queries_read_well_and_pass_json_through() {
     assert!(job.stdout.contains("quick says ping"), "{}", job.stdout);
     let job_json = daemon.json(&["job", &id, "--output"]);
     assert_eq!(job_json["id"], id.as_str());
-    assert_eq!(job_json["output"][0]["text"], "quick says ping");
+    assert_eq!(job_json["output"][0]["chunk"], "quick says ping");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

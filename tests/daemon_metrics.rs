@@ -379,7 +379,7 @@ async fn trigger(client: &mut Client, agent: &str) -> String {
 async fn wait_for_output(client: &mut Client, events: &Value, job: &str, text: &str) {
     loop {
         let event = wait_for_event(client, events, "job:output", Some(job)).await;
-        if event["chunk"].to_string().contains(text) {
+        if event["line"]["chunk"].to_string().contains(text) {
             return;
         }
     }

@@ -50,7 +50,7 @@ async fn job_events_arrive_in_order(client: &mut Client) -> String {
             continue;
         }
         if kind == "job:output" {
-            output_seqs.push(event["seq"].as_u64().unwrap());
+            output_seqs.push(event["line"]["seq"].as_u64().unwrap());
         }
         seen.push(kind.clone());
         if kind == "job:completed" {

@@ -176,7 +176,7 @@ async fn job_events_come_in_order_with_the_result() {
     let outputs: Vec<u64> = seen
         .iter()
         .filter_map(|e| match e {
-            FleetEvent::JobOutput { seq, .. } => Some(*seq),
+            FleetEvent::JobOutput { line, .. } => Some(line.seq),
             _ => None,
         })
         .collect();

@@ -22,8 +22,8 @@ async fn collect_output(
                 OutputItem::Line(line) => {
                     seqs.push(line.seq);
                     let line = line.parse().expect("an output line");
-                    if let Some(text) = line.data.get("text").and_then(|t| t.as_str()) {
-                        texts.push(text.to_string());
+                    if line.kind == "stdout" {
+                        texts.push(line.chunk);
                     }
                 }
                 OutputItem::Replayed { .. } => {}
@@ -73,13 +73,17 @@ async fn jobs_and_output_survive_a_restart() {
     assert_eq!(job.prompt.as_deref(), Some("persist me"));
     let output = output.unwrap().lines;
     assert_eq!(stdout_texts(&output), ["prompt: persist me"]);
-    // A stream-json line is stored as such, its own `type` not repeated (the file would be unreadable).
+    // A stream-json line keeps the message as the runtime printed it, its text as the chunk.
     let result = output
         .iter()
         .find(|l| l.kind == "result")
         .expect("no result line");
-    assert_eq!(result.data["result"], "done");
-    assert!(!result.data.contains_key("type"));
+    let message = result.message.as_ref().expect("the message");
+    assert_eq!(
+        (message["result"].as_str(), message["type"].as_str()),
+        (Some("done"), Some("result"))
+    );
+    assert_eq!(result.chunk, "done");
     let mut stream = manager.stream_job_output(&id, 0).unwrap();
     let (seqs, texts, status) = collect_output(&mut stream).await;
     assert_eq!(seqs, (0..output.len() as u64).collect::<Vec<_>>());
@@ -267,7 +271,7 @@ async fn streaming_a_running_job_from_the_middle_has_no_gap_and_no_duplicate() {
     next_event(
         &mut events,
         "line 299",
-        |e| matches!(e, FleetEvent::JobOutput { job_id, seq, .. } if *job_id == id && *seq == 299),
+        |e| matches!(e, FleetEvent::JobOutput { job_id, line } if *job_id == id && line.seq == 299),
     )
     .await;
     let mut from_middle = manager.stream_job_output(&id, 150).unwrap();

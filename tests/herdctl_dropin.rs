@@ -445,7 +445,7 @@ async fn a_herdctl_state_directory_is_read_in_place_kept_and_left_readable_by_he
     let seqs: Vec<u64> = output.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [0, 1, 2], "{completed}");
     assert_eq!(output[1]["type"], "assistant");
-    assert_eq!(output[1]["content"], "Done: tick");
+    assert_eq!(output[1]["chunk"], "Done: tick");
     assert_eq!(
         client.call("getJob", json!({"id": FAILED})).await["exitReason"],
         "error"
@@ -564,7 +564,7 @@ async fn a_session_past_its_timeout_is_not_resumed_and_the_run_says_so() {
     );
     let first = &with_output["output"][0];
     assert_eq!(first["type"], "system", "{with_output}");
-    assert!(first["content"]
+    assert!(first["chunk"]
         .as_str()
         .is_some_and(|c| c.starts_with("No valid session found")));
     // Pointers are written just after a job ends; a stopped daemon has written them.
@@ -589,7 +589,7 @@ async fn a_resumed_session_claude_no_longer_has_is_cleared_and_the_run_starts_fr
             .as_array()
             .unwrap()
             .iter()
-            .any(|line| line["content"] == "Session not found. Retrying with fresh session.");
+            .any(|line| line["chunk"] == "Session not found. Retrying with fresh session.");
         // Only the first run met the dead session; the second resumes the fresh one.
         assert_eq!(retried, round == 0, "round {round}: {output}");
     }
@@ -623,7 +623,7 @@ async fn values_from_the_fleets_dotenv_reach_jobs_without_overriding_the_environ
     let mut client = daemon.ndjson().await;
     let output = run_job(&mut client, json!({"agentName": "beta"})).await;
     assert_eq!(
-        output["output"][0]["text"], "dotenv=bar set=from-daemon agent=from-agent",
+        output["output"][0]["chunk"], "dotenv=bar set=from-daemon agent=from-agent",
         "{output}"
     );
 }

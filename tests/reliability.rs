@@ -158,7 +158,7 @@ async fn a_failing_state_directory_is_reported_and_the_daemon_recovers_when_it_r
     let output = client
         .call("getJob", json!({"id": id, "includeOutput": true}))
         .await;
-    assert_eq!(output["output"][0]["text"], "hello", "{output}");
+    assert_eq!(output["output"][0]["chunk"], "hello", "{output}");
     assert!(jobs_dir.join(format!("{id}.yaml")).is_file());
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::stream_end::{OpenStream, StreamEnd};
-use crate::job::{Job, TerminationType};
+use crate::job::{Job, OutputLine, TerminationType};
 
 /// Declares the events once: each variant with its wire name and the constant naming it (in
 /// [`event_names`]), from which the enum's serde tags, [`FleetEvent::type_name`] and
@@ -77,8 +77,9 @@ fleet_events! {
     "job:created" as JOB_CREATED => JobCreated { job: Box<Job> };
     "job:queued" as JOB_QUEUED => JobQueued { job: Box<Job>, position: usize };
     "job:started" as JOB_STARTED => JobStarted { job: Box<Job> };
-    /// `outputType` is the line's type (`assistant`, `stdout`, …); `type` is taken by the event name.
-    "job:output" as JOB_OUTPUT => JobOutput { job_id: String, seq: u64, output_type: String, chunk: Value };
+    /// The line in the shape of every output line (`jobOutput`, `getJob`): its `type` would clash with the
+    /// event's.
+    "job:output" as JOB_OUTPUT => JobOutput { job_id: String, line: Box<OutputLine> };
     "job:completed" as JOB_COMPLETED => JobCompleted { job_id: String, job: Box<Job>, result: Option<Value> };
     "job:failed" as JOB_FAILED => JobFailed { job_id: String, job: Box<Job>, error: Value };
     "job:cancelled" as JOB_CANCELLED => JobCancelled {
@@ -322,9 +323,14 @@ mod tests {
     fn output_event(seq: u64) -> FleetEvent {
         FleetEvent::JobOutput {
             job_id: "j".into(),
-            seq,
-            output_type: "stdout".into(),
-            chunk: Value::Null,
+            line: Box::new(OutputLine {
+                seq,
+                timestamp: Utc::now(),
+                kind: "stdout".into(),
+                chunk: String::new(),
+                message: None,
+                truncated: false,
+            }),
         }
     }
 

@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
@@ -38,18 +38,18 @@ impl SerializedLine {
         })
     }
 
-    /// A line of an output file, `None` when it is not a JSON object with a `seq`.
+    /// A line of an output file, `None` when it is not an output line with a `seq`. A line the pump wrote is
+    /// kept as the text it is; one of the earlier layout is read and written anew.
     fn from_file_line(text: &[u8]) -> Option<SerializedLine> {
-        let json: Box<RawValue> = serde_json::from_slice(text).ok()?;
-        let seq = seq_prefix(json.get()).or_else(|| {
-            serde_json::from_str::<SeqOnly>(json.get())
-                .ok()
-                .map(|s| s.seq)
-        })?;
-        Some(SerializedLine {
-            seq,
-            json: Arc::from(json),
-        })
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        if let Some(seq) = std::str::from_utf8(text).ok().and_then(seq_prefix) {
+            let json: Box<RawValue> = serde_json::from_slice(text).ok()?;
+            return Some(SerializedLine {
+                seq,
+                json: Arc::from(json),
+            });
+        }
+        SerializedLine::new(&crate::state::seq_output_line(text).ok()?).ok()
     }
 
     /// The JSON text, without a newline.
@@ -84,16 +84,12 @@ impl Serialize for SerializedLine {
     }
 }
 
-#[derive(Deserialize)]
-struct SeqOnly {
-    seq: u64,
-}
-
-/// The `seq` of a line the pump wrote (`seq` is its first key); `None` for any other layout.
+/// The `seq` of a line the pump wrote (`seq` and `timestamp` are its first keys); `None` for any other
+/// layout.
 fn seq_prefix(json: &str) -> Option<u64> {
     let rest = json.strip_prefix(r#"{"seq":"#)?;
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    if rest.as_bytes().get(digits) != Some(&b',') {
+    if !rest[digits..].starts_with(r#","timestamp":"#) {
         return None;
     }
     rest[..digits].parse().ok()
@@ -373,9 +369,11 @@ mod tests {
     fn line(seq: u64) -> OutputLine {
         OutputLine {
             seq,
-            ts: Utc::now(),
+            timestamp: Utc::now(),
             kind: "stdout".into(),
-            data: serde_json::Map::from_iter([("text".to_string(), format!("line {seq}").into())]),
+            chunk: format!("line {seq}"),
+            message: None,
+            truncated: false,
         }
     }
 
@@ -418,14 +416,25 @@ mod tests {
         let item = serde_json::to_string(&OutputItem::Line(serialized.clone())).unwrap();
         assert_eq!(item, serialized.json());
 
-        let from_file = SerializedLine::from_file_line(b"{\"seq\":42,\"x\":1}\n").unwrap();
+        // A line the pump wrote is kept as its text.
+        let written = format!("{}\n", serialized.json());
+        let from_file = SerializedLine::from_file_line(written.as_bytes()).unwrap();
+        assert_eq!((from_file.seq, from_file.json()), (42, serialized.json()));
+        // Another key order (not the pump's), or the layout before protocol 2, is read and written anew.
+        let reordered = SerializedLine::from_file_line(
+            br#"{"chunk":"c","type":"stdout","timestamp":"2025-01-01T00:00:00Z","seq":7}"#,
+        )
+        .unwrap();
         assert_eq!(
-            (from_file.seq, from_file.json()),
-            (42, "{\"seq\":42,\"x\":1}")
+            (reordered.seq, reordered.parse().unwrap().chunk.as_str()),
+            (7, "c")
         );
-        // Another key order (not the pump's) still finds the seq.
-        let reordered = SerializedLine::from_file_line(br#"{"ts":"t","seq":7}"#).unwrap();
-        assert_eq!(reordered.seq, 7);
+        let earlier = SerializedLine::from_file_line(
+            br#"{"seq":8,"ts":"2025-01-01T00:00:00Z","type":"stdout","text":"old"}"#,
+        )
+        .unwrap();
+        assert_eq!(earlier.parse().unwrap().chunk, "old");
+        assert!(earlier.json().starts_with(r#"{"seq":8,"timestamp":"#));
         assert!(SerializedLine::from_file_line(br#"{"seq":"7"}"#).is_none());
         assert!(SerializedLine::from_file_line(br#"{"seq":7,"#).is_none());
     }
@@ -467,14 +476,14 @@ mod tests {
         let mut seen = Vec::new();
         while let Some(OutputItem::Line(line)) = stream.next().await {
             let parsed = line.parse().unwrap();
-            seen.push((parsed.seq, parsed.data["content"].clone()));
+            seen.push((parsed.seq, parsed.chunk));
         }
         assert_eq!(
             seen,
             [
-                (1, "part 1".into()),
-                (2, "part 2".into()),
-                (3, "part 3".into())
+                (1, "part 1".to_owned()),
+                (2, "part 2".to_owned()),
+                (3, "part 3".to_owned())
             ]
         );
     }
@@ -623,7 +632,7 @@ mod tests {
         );
         let labelled = |seq: u64, copy: &str| {
             let mut l = line(seq);
-            l.data.insert("copy".into(), copy.into());
+            l.chunk = copy.into();
             l
         };
         append(&path, &[labelled(0, "file")]);
@@ -632,7 +641,7 @@ mod tests {
         let Some(OutputItem::Line(first)) = stream.next().await else {
             panic!("no line 0");
         };
-        assert_eq!(first.parse().unwrap().data["copy"], "file");
+        assert_eq!(first.parse().unwrap().chunk, "file");
         assert!(matches!(
             stream.next().await,
             Some(OutputItem::Replayed {
@@ -649,10 +658,7 @@ mod tests {
             let Some(OutputItem::Line(l)) = stream.next().await else {
                 panic!("no line {seq}");
             };
-            assert_eq!(
-                (l.seq, &l.parse().unwrap().data["copy"]),
-                (seq, &"hub".into())
-            );
+            assert_eq!((l.seq, l.parse().unwrap().chunk.as_str()), (seq, "hub"));
         }
     }
 }

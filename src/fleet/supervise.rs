@@ -306,9 +306,7 @@ impl Pump {
                 for line in lines {
                     self.events.emit(FleetEvent::JobOutput {
                         job_id: self.job_id.clone(),
-                        seq: line.seq,
-                        output_type: line.kind,
-                        chunk: Value::Object(line.data),
+                        line: Box::new(line),
                     });
                 }
             }
@@ -419,24 +417,15 @@ fn final_record(job: &Job, outcome: &RunOutcome) -> Job {
     job
 }
 
-/// The output line of a runner event. The line's own `seq`, `ts` and `type` come first in the file, so the
-/// same keys in the event's data (a stream-json message carries its `type`) must not repeat them: a repeated
-/// `type` equal to the line's is dropped, any other clash is kept under a `_`-prefixed key.
+/// The output line of a runner event, the `seq`-th of its job.
 fn output_line(seq: u64, event: OutputEvent) -> OutputLine {
-    let mut data = event.data;
-    if data.get("type").and_then(Value::as_str) == Some(event.kind.as_str()) {
-        data.remove("type");
-    }
-    for reserved in ["seq", "ts", "type"] {
-        if let Some(value) = data.remove(reserved) {
-            data.insert(format!("_{reserved}"), value);
-        }
-    }
     OutputLine {
         seq,
-        ts: Utc::now(),
+        timestamp: Utc::now(),
         kind: event.kind,
-        data,
+        chunk: event.chunk,
+        message: event.message,
+        truncated: event.truncated,
     }
 }
 
@@ -550,16 +539,13 @@ pub(super) fn finish_without_running(
     }
 }
 
-/// A line of herdctld's own in a job's output: `{"type": "system", "subtype": …, "content": …}`, as herdctl
-/// writes its notices.
+/// A line of herdctld's own in a job's output: a `system` line whose message is `{subtype, content}`, as
+/// herdctl writes its notices.
 fn system_notice(subtype: &str, content: String) -> OutputEvent {
     let mut data = serde_json::Map::new();
     data.insert("subtype".into(), subtype.into());
     data.insert("content".into(), content.into());
-    OutputEvent {
-        kind: "system".into(),
-        data,
-    }
+    OutputEvent::structured("system".into(), data)
 }
 
 /// Updates schedule state from a finished job; returns whether anything changed.
@@ -631,34 +617,6 @@ pub(super) fn dispatch_queue(manager: &FleetManager, core: &mut Core) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(kind: &str, data: Value) -> OutputEvent {
-        let Value::Object(data) = data else {
-            unreachable!("test data is an object")
-        };
-        OutputEvent {
-            kind: kind.into(),
-            data,
-        }
-    }
-
-    #[test]
-    fn output_lines_do_not_repeat_their_own_keys_and_read_back() {
-        let message = serde_json::json!({"type": "result", "result": "done", "seq": 9, "ts": "x"});
-        let line = output_line(3, event("result", message));
-        assert_eq!(line.kind, "result");
-        assert!(!line.data.contains_key("type"));
-        assert_eq!(line.data["_seq"], 9);
-        assert_eq!(line.data["_ts"], "x");
-        let text = serde_json::to_string(&line).unwrap();
-        let back: OutputLine = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, line);
-
-        // A `type` that is not the line's (not a string) is kept, renamed.
-        let line = output_line(0, event("stdout", serde_json::json!({"type": 5})));
-        assert_eq!(line.data["_type"], 5);
-        assert!(serde_json::from_str::<OutputLine>(&serde_json::to_string(&line).unwrap()).is_ok());
-    }
 
     fn dead_session_failure() -> RunOutcome {
         RunOutcome::without_process(

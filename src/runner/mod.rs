@@ -72,13 +72,40 @@ pub enum RuntimeSpec {
     },
 }
 
-/// One output line of a job, in order. `kind` is the stream-json `type` (and `data` the message as emitted), or
-/// `stdout`/`stderr` with `data = {text, truncated?}`, or `output_truncated` with
-/// `{dropped_lines, dropped_bytes}` where the middle of an over-long output was dropped.
+/// One output line of a job, in order: `stdout`/`stderr` text, a stream-json message (`kind` is its
+/// `type`), or `output_truncated` (`{dropped_lines, dropped_bytes}`) where the middle of an over-long output
+/// was dropped. The fields of [`crate::job::OutputLine`] but its position and time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputEvent {
     pub kind: String,
-    pub data: Map<String, Value>,
+    /// The line as text, or the readable text of `message`.
+    pub chunk: String,
+    /// A structured line's message, as emitted.
+    pub message: Option<Map<String, Value>>,
+    /// The line was cut to the line-length cap.
+    pub truncated: bool,
+}
+
+impl OutputEvent {
+    /// A line of text from `stdout` or `stderr`.
+    pub fn text(kind: &str, text: String, truncated: bool) -> OutputEvent {
+        OutputEvent {
+            kind: kind.to_owned(),
+            chunk: text,
+            message: None,
+            truncated,
+        }
+    }
+
+    /// A structured line: its chunk is the message's text.
+    pub fn structured(kind: String, message: Map<String, Value>) -> OutputEvent {
+        OutputEvent {
+            chunk: crate::job::message_text(&kind, &message),
+            kind,
+            message: Some(message),
+            truncated: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -539,30 +539,22 @@ struct Collected {
 /// The event of one line: a stream-json message as it is, else the line as text.
 fn output_event(stream: Stream, line: Line, message: Option<Map<String, Value>>) -> OutputEvent {
     match (message, stream) {
-        (Some(message), _) => OutputEvent {
-            kind: message
+        (Some(message), _) => {
+            let kind = message
                 .get("type")
                 .and_then(Value::as_str)
                 .unwrap_or("stdout")
-                .to_owned(),
-            data: message,
-        },
+                .to_owned();
+            OutputEvent::structured(kind, message)
+        }
         (None, Stream::Stdout) => text_event("stdout", line),
         (None, Stream::Stderr) => text_event("stderr", line),
     }
 }
 
 fn text_event(kind: &str, line: Line) -> OutputEvent {
-    let mut data = Map::new();
     let truncated = line.truncated;
-    data.insert("text".to_owned(), Value::String(line.into_text()));
-    if truncated {
-        data.insert("truncated".to_owned(), Value::Bool(true));
-    }
-    OutputEvent {
-        kind: kind.to_owned(),
-        data,
-    }
+    OutputEvent::text(kind, line.into_text(), truncated)
 }
 
 /// Whether a line is empty or only whitespace once read as text.
@@ -633,10 +625,7 @@ impl Collector {
             let mut data = Map::new();
             data.insert("dropped_lines".to_owned(), dropped.lines.into());
             data.insert("dropped_bytes".to_owned(), dropped.bytes.into());
-            let notice = OutputEvent {
-                kind: "output_truncated".to_owned(),
-                data,
-            };
+            let notice = OutputEvent::structured("output_truncated".to_owned(), data);
             deliver(&self.output, notice).await;
         }
         for (stream, line) in tail {

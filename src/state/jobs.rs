@@ -1261,9 +1261,11 @@ mod tests {
                 .unwrap()
                 .append(&OutputLine {
                     seq: 1,
-                    ts: at(0),
+                    timestamp: at(0),
                     kind: "system".into(),
-                    data: serde_json::Map::new(),
+                    chunk: String::new(),
+                    message: None,
+                    truncated: false,
                 })
                 .unwrap();
         }
@@ -1367,9 +1369,11 @@ mod tests {
         writer
             .append(&OutputLine {
                 seq: 1,
-                ts: at(0),
+                timestamp: at(0),
                 kind: "stdout".into(),
-                data: serde_json::Map::new(),
+                chunk: String::new(),
+                message: None,
+                truncated: false,
             })
             .unwrap();
         writer.flush().unwrap();

@@ -16,6 +16,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use super::StateError;
 use crate::job::OutputLine;
@@ -111,25 +112,66 @@ struct SeqOnly {
     seq: u64,
 }
 
+/// A line of an output file that carries its `seq`: herdctld's layout, or the one herdctld wrote before
+/// protocol 2 (`{"seq", "ts", "type", …the message's fields}`, text lines `{text, truncated?}`), read as
+/// today's line. `Err` says why the line is neither.
+pub fn seq_output_line(text: &[u8]) -> Result<OutputLine, String> {
+    let current = match serde_json::from_slice::<OutputLine>(text) {
+        Ok(line) => return Ok(line),
+        Err(error) => error.to_string(),
+    };
+    let Ok(Value::Object(data)) = serde_json::from_slice(text) else {
+        return Err(current);
+    };
+    earlier_layout_line(data).ok_or(current)
+}
+
+fn earlier_layout_line(mut data: Map<String, Value>) -> Option<OutputLine> {
+    let seq = data.remove("seq")?.as_u64()?;
+    let timestamp = data.remove("ts")?.as_str()?.parse().ok()?;
+    let Value::String(kind) = data.remove("type")? else {
+        return None;
+    };
+    if matches!(kind.as_str(), "stdout" | "stderr") {
+        if let Some(Value::String(text)) = data.get("text") {
+            return Some(OutputLine {
+                seq,
+                timestamp,
+                chunk: text.clone(),
+                message: None,
+                truncated: data.get("truncated") == Some(&Value::Bool(true)),
+                kind,
+            });
+        }
+    }
+    // The earlier writer moved a message's own `seq`, `ts` or `type` aside, and dropped a `type` equal
+    // to the line's: the message is put back as the runtime printed it.
+    for key in ["seq", "ts", "type"] {
+        if let Some(value) = data.remove(&format!("_{key}")) {
+            data.insert(key.to_owned(), value);
+        }
+    }
+    if kind != "output_truncated" {
+        data.entry("type")
+            .or_insert_with(|| Value::String(kind.clone()));
+    }
+    Some(OutputLine::structured(seq, timestamp, kind, data))
+}
+
 /// A line in herdctl's layout (`type` and `timestamp` beside the message's fields, no `seq`) as the line
 /// numbered `seq`; `None` when it is not such a line.
 pub fn herdctl_output_line(text: &[u8], seq: u64) -> Option<OutputLine> {
-    let serde_json::Value::Object(mut data) = serde_json::from_slice(text).ok()? else {
+    let Value::Object(mut data) = serde_json::from_slice(text).ok()? else {
         return None;
     };
     if data.contains_key("seq") {
         return None;
     }
-    let serde_json::Value::String(kind) = data.remove("type")? else {
+    let Value::String(kind) = data.remove("type")? else {
         return None;
     };
-    let ts = data.remove("timestamp")?.as_str()?.parse().ok()?;
-    Some(OutputLine {
-        seq,
-        ts,
-        kind,
-        data,
-    })
+    let timestamp = data.remove("timestamp")?.as_str()?.parse().ok()?;
+    Some(OutputLine::structured(seq, timestamp, kind, data))
 }
 
 /// Lines of `path` with `seq >= from_seq`, at most `limit`. A missing file is no output.
@@ -203,7 +245,7 @@ pub fn read_output_page(
         // Most skipped lines only need their seq, which is cheaper than the whole object.
         let parsed = match serde_json::from_slice::<SeqOnly>(&buffer) {
             Ok(SeqOnly { seq }) if seq < from_seq => continue,
-            Ok(_) => serde_json::from_slice::<OutputLine>(&buffer).map_err(|e| e.to_string()),
+            Ok(_) => seq_output_line(&buffer),
             Err(error) => match herdctl_output_line(&buffer, herdctl_lines) {
                 Some(line) => {
                     herdctl_lines += 1;
@@ -323,10 +365,13 @@ mod tests {
         let seqs: Vec<u64> = all.iter().map(|l| l.seq).collect();
         assert_eq!(seqs, [0, 1, 2]);
         assert_eq!(all[0].kind, "system");
-        assert_eq!(all[0].data["subtype"], "init");
-        assert!(!all[0].data.contains_key("timestamp"));
+        let init = all[0].message.as_ref().unwrap();
+        assert_eq!(init["subtype"], "init");
+        assert!(!init.contains_key("timestamp"));
+        assert_eq!(all[0].chunk, "CLI session initialized");
+        assert_eq!(all[2].chunk, "← Done");
         assert_eq!(
-            all[1].ts,
+            all[1].timestamp,
             "2026-12-02T20:48:11.042Z"
                 .parse::<chrono::DateTime<chrono::Utc>>()
                 .unwrap()
@@ -343,14 +388,45 @@ mod tests {
     }
 
     fn line(seq: u64, text: &str) -> OutputLine {
-        let mut data = serde_json::Map::new();
-        data.insert("content".into(), text.into());
         OutputLine {
             seq,
-            ts: "2025-01-01T00:00:00Z".parse().unwrap(),
-            kind: "assistant".into(),
-            data,
+            timestamp: "2025-01-01T00:00:00Z".parse().unwrap(),
+            kind: "stdout".into(),
+            chunk: text.into(),
+            message: None,
+            truncated: false,
         }
+    }
+
+    #[test]
+    fn lines_of_the_layout_before_protocol_2_read_as_todays() {
+        let stdout = seq_output_line(
+            br#"{"seq":0,"ts":"2026-12-01T10:00:00Z","type":"stdout","text":"hi","truncated":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (stdout.seq, stdout.kind.as_str(), stdout.chunk.as_str()),
+            (0, "stdout", "hi")
+        );
+        assert!(stdout.truncated && stdout.message.is_none());
+        let result = seq_output_line(
+            br#"{"seq":1,"ts":"2026-12-01T10:00:01Z","type":"result","result":"done","_seq":9}"#,
+        )
+        .unwrap();
+        assert_eq!(result.chunk, "done");
+        assert_eq!(
+            serde_json::Value::Object(result.message.unwrap()),
+            serde_json::json!({"type": "result", "result": "done", "seq": 9})
+        );
+        let notice = seq_output_line(
+            br#"{"seq":2,"ts":"2026-12-01T10:00:02Z","type":"output_truncated","dropped_lines":4,"dropped_bytes":80}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            notice.chunk,
+            "… 4 lines (80 bytes) of output were dropped here …"
+        );
+        assert!(seq_output_line(br#"{"seq":3}"#).is_err());
     }
 
     #[test]

@@ -174,12 +174,7 @@ pub fn stdout_texts(lines: &[herdctld::job::OutputLine]) -> Vec<String> {
     lines
         .iter()
         .filter(|l| l.kind == "stdout")
-        .filter_map(|l| {
-            l.data
-                .get("text")
-                .and_then(|t| t.as_str())
-                .map(String::from)
-        })
+        .map(|l| l.chunk.clone())
         .collect()
 }
 

@@ -606,20 +606,22 @@ fn event_details(event: &Value) -> String {
             job_id(),
             count(event, "/position")
         ),
-        JOB_OUTPUT => {
-            let chunk = event.get("chunk").cloned().unwrap_or(Value::Null);
-            let shown = match chunk.get("text").and_then(Value::as_str) {
-                Some(line) => line.to_owned(),
-                None => chunk.to_string(),
-            };
-            format!(
-                "{} #{} {}: {}",
-                job_id(),
-                count(event, "/seq"),
-                text(event, "outputType"),
-                abbreviate(&shown, 80)
+        JOB_OUTPUT => format!(
+            "{} #{} {}: {}",
+            job_id(),
+            count(event, "/line/seq"),
+            event
+                .pointer("/line/type")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            abbreviate(
+                event
+                    .pointer("/line/chunk")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                80
             )
-        }
+        ),
         JOB_FAILED => {
             let message = event
                 .pointer("/error/message")

@@ -8,6 +8,8 @@ use std::io::IsTerminal;
 
 use chrono::{DateTime, Utc};
 
+pub use herdctld::job::abbreviate;
+
 /// Whether to colour, decided once per stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Style {
@@ -106,17 +108,6 @@ pub fn uptime(ms: u64) -> String {
     }
 }
 
-/// The first line of `text`, cut to `max` characters with an ellipsis when anything was left out.
-pub fn abbreviate(text: &str, max: usize) -> String {
-    let first_line = text.trim().lines().next().unwrap_or_default();
-    let more_lines = text.trim().lines().nth(1).is_some();
-    let mut out: String = first_line.chars().take(max).collect();
-    if more_lines || first_line.chars().count() > max {
-        out.push('…');
-    }
-    out
-}
-
 /// Printable width of a string that may hold ANSI colour sequences.
 fn visible_width(text: &str) -> usize {
     let mut width = 0;
@@ -202,13 +193,6 @@ mod tests {
         assert_eq!(duration_ms(7_260_000), "2h 01m");
         assert_eq!(uptime(7_380_000), "2h 3m");
         assert_eq!(uptime(45_999), "45s");
-    }
-
-    #[test]
-    fn abbreviation_marks_what_was_cut() {
-        assert_eq!(abbreviate("short", 10), "short");
-        assert_eq!(abbreviate("a longer line", 6), "a long…");
-        assert_eq!(abbreviate("one\ntwo", 10), "one…");
     }
 
     #[test]

@@ -128,7 +128,7 @@ async fn claude_success_maps_result_session_and_events() {
     assert_eq!(outcome.error, None);
     assert_eq!(kinds(&events), ["system", "assistant", "result"]);
     assert_eq!(
-        events[1].data["message"]["content"][0]["text"],
+        events[1].message.as_ref().unwrap()["message"]["content"][0]["text"],
         json!("working")
     );
 }
@@ -156,11 +156,11 @@ async fn claude_tool_use_and_tool_result_are_kept_in_order() {
     assert_eq!(outcome.status, RunStatus::Completed);
     assert_eq!(kinds(&events), ["system", "assistant", "user", "result"]);
     assert_eq!(
-        events[1].data["message"]["content"][0]["name"],
+        events[1].message.as_ref().unwrap()["message"]["content"][0]["name"],
         json!("Bash")
     );
     assert_eq!(
-        events[2].data["message"]["content"][0]["tool_use_id"],
+        events[2].message.as_ref().unwrap()["message"]["content"][0]["tool_use_id"],
         json!("t1")
     );
 }
@@ -231,7 +231,7 @@ async fn claude_crash_mid_stream_fails_with_the_stderr_tail() {
     let stderr: Vec<_> = events
         .iter()
         .filter(|e| e.kind == "stderr")
-        .map(|e| e.data["text"].clone())
+        .map(|e| json!(e.chunk))
         .collect();
     assert_eq!(
         stderr,
@@ -277,8 +277,8 @@ async fn garbage_and_unknown_types_are_kept_not_dropped() {
             "result"
         ]
     );
-    assert_eq!(events[1].data["text"], json!("not json at all"));
-    assert_eq!(events[4].data["x"], json!(1));
+    assert_eq!(events[1].chunk, "not json at all");
+    assert_eq!(events[4].message.as_ref().unwrap()["x"], json!(1));
 }
 
 #[tokio::test]
@@ -308,8 +308,8 @@ async fn a_ten_megabyte_line_is_capped_and_marked() {
     assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
     assert_eq!(outcome.summary.as_deref(), Some("survived"));
     assert_eq!(kinds(&events), ["stdout", "result"]);
-    assert_eq!(events[0].data["truncated"], json!(true));
-    assert_eq!(events[0].data["text"].as_str().unwrap().len(), 64 * 1024);
+    assert!(events[0].truncated);
+    assert_eq!(events[0].chunk.len(), 64 * 1024);
 }
 
 #[tokio::test]
@@ -403,10 +403,7 @@ async fn command_gets_env_prompt_on_stdin_and_last_line_summary() {
     let job_id = spec.job_id.clone();
     let (outcome, events) = run(spec).await;
     assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
-    let texts: Vec<&str> = events
-        .iter()
-        .map(|e| e.data["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = events.iter().map(|e| e.chunk.as_str()).collect();
     let cwd = dir.path().canonicalize().unwrap();
     assert_eq!(
         texts,
@@ -711,8 +708,8 @@ async fn output_cap_keeps_head_and_tail_with_a_notice() {
     let shown: Vec<String> = events
         .iter()
         .map(|e| match e.kind.as_str() {
-            "stdout" => e.data["text"].as_str().unwrap().to_owned(),
-            other => format!("{other}:{}", e.data["dropped_lines"]),
+            "stdout" => e.chunk.as_str().to_owned(),
+            other => format!("{other}:{}", e.message.as_ref().unwrap()["dropped_lines"]),
         })
         .collect();
     assert_eq!(
@@ -763,10 +760,7 @@ async fn a_huge_prompt_goes_to_stdin_only() {
     spec.prompt = "p".repeat(300 * 1024);
     let (outcome, events) = run(spec).await;
     assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
-    let texts: Vec<&str> = events
-        .iter()
-        .map(|e| e.data["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> = events.iter().map(|e| e.chunk.as_str()).collect();
     assert_eq!(texts, ["env=", "307200"]);
 }
 

@@ -3,12 +3,15 @@
 //!
 //! Owns: [`JobId`] (format and validation: ids become file names, so parsing is also the path-traversal
 //! guard), [`JobStatus`], [`ExitReason`], [`TriggerType`], [`TerminationType`], [`JobError`], [`Job`],
-//! [`OutputLine`], and what a job's `usage` adds up to ([`UsageTotals`]). Must not: do I/O, know about
+//! [`OutputLine`] and the readable text of a structured one ([`message_text`], `output_text`), and what a
+//! job's `usage` adds up to ([`UsageTotals`]). Must not: do I/O, know about
 //! queues, processes or transports.
 //!
 //! Serde contract: [`Job`]'s `Serialize` is the wire shape (camelCase, every field present, `null` when
 //! known to be empty); the on-disk layout is `state::record`'s, in herdctl's snake_case. Fields another
 //! tool wrote into a record travel with it in [`Job::foreign`] and are never shown on the wire.
+
+mod output_text;
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use output_text::{abbreviate, message_text};
 
 /// Default priority of a job: 1 is the highest, 10 the lowest.
 pub const DEFAULT_PRIORITY: u8 = 5;
@@ -476,17 +481,49 @@ impl UsageTotals {
     }
 }
 
-/// One line of a job's output file: `{"seq": 0, "ts": "…", "type": "assistant", …rest}`; `seq` counts from 0.
+/// One line of a job's output, the same on the wire (`job:output`, `jobOutput`, `getJob`'s `output`) and in
+/// `jobs/<id>.jsonl`: `{"seq":0,"timestamp":"…","type":"stdout","chunk":"…"}`. `seq` counts from 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OutputLine {
-    /// Position in the job's output, strictly increasing from 1.
+    /// Position in the job's output, strictly increasing from 0.
     pub seq: u64,
-    pub ts: DateTime<Utc>,
+    pub timestamp: DateTime<Utc>,
+    /// `stdout`, `stderr`, a stream-json message's type (`assistant`, `user`, `system`, `result`, …), or
+    /// `output_truncated` where the output cap dropped lines.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Every other field of the line.
-    #[serde(flatten)]
-    pub data: serde_json::Map<String, serde_json::Value>,
+    /// The text a person reads: the line itself (stdout, stderr), or the text of the message.
+    pub chunk: String,
+    /// The line's structure, present only on structured lines: a stream-json message as Claude printed it,
+    /// or the fields of a notice (`output_truncated`: `dropped_lines`, `dropped_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Present (true) only when the line was cut to the line-length cap.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl OutputLine {
+    /// A structured line: `chunk` is the message's text ([`message_text`]).
+    pub fn structured(
+        seq: u64,
+        timestamp: DateTime<Utc>,
+        kind: String,
+        message: serde_json::Map<String, serde_json::Value>,
+    ) -> OutputLine {
+        OutputLine {
+            seq,
+            timestamp,
+            chunk: message_text(&kind, &message),
+            kind,
+            message: Some(message),
+            truncated: false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -690,16 +727,25 @@ mod tests {
     }
 
     #[test]
-    fn output_line_flattens_the_rest_of_the_object() {
-        let text = r#"{"seq":3,"ts":"2025-01-01T00:00:00Z","type":"assistant","content":"hi","partial":true}"#;
+    fn an_output_line_is_seq_timestamp_type_chunk_and_its_message_when_it_has_one() {
+        let text = r#"{"seq":3,"timestamp":"2025-01-01T00:00:00Z","type":"stdout","chunk":"hi"}"#;
         let line: OutputLine = serde_json::from_str(text).unwrap();
-        assert_eq!(line.seq, 3);
-        assert_eq!(line.kind, "assistant");
-        assert_eq!(line.data["content"], "hi");
-        let back: serde_json::Value = serde_json::to_value(&line).unwrap();
         assert_eq!(
-            back,
-            serde_json::from_str::<serde_json::Value>(text).unwrap()
+            (line.seq, line.kind.as_str(), line.chunk.as_str()),
+            (3, "stdout", "hi")
         );
+        assert_eq!(serde_json::to_string(&line).unwrap(), text);
+
+        let serde_json::Value::Object(message) =
+            serde_json::json!({"type": "result", "result": "done", "is_error": false})
+        else {
+            unreachable!("an object")
+        };
+        let line = OutputLine::structured(4, at(2025, 1, 1), "result".into(), message);
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["chunk"], "done");
+        assert_eq!(json["message"]["is_error"], false);
+        assert!(json.get("truncated").is_none());
+        assert_eq!(serde_json::from_value::<OutputLine>(json).unwrap(), line);
     }
 }
