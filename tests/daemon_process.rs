@@ -325,3 +325,60 @@ async fn sigterm_cancels_jobs_that_run_while_the_fleet_is_not_started() {
         "the job was cancelled, not left to be found interrupted:\n{record}"
     );
 }
+
+/// The answers `proto-docs/README.md` shows (the ones given whole, not shortened with `…`) are what the
+/// document's schemas say, as the daemon's own answers are in every test: the examples show the protocol
+/// as it is.
+#[test]
+fn the_protocol_readmes_examples_have_the_documented_shapes() {
+    let readme = std::fs::read_to_string(repo_file("proto-docs/README.md")).unwrap();
+    let mut methods_by_id: std::collections::HashMap<String, String> = Default::default();
+    let (mut checked, mut shortened) = (0, 0);
+    for line in readme.lines() {
+        // A request: the JSON between the quotes of `echo '…'` or `-d '…'`.
+        for request in line.split('\'').skip(1).step_by(2) {
+            if let Ok(request) = serde_json::from_str::<Value>(request) {
+                if let (Some(id), Some(method)) = (request.get("id"), request["method"].as_str()) {
+                    methods_by_id.insert(id.to_string(), method.to_owned());
+                }
+            }
+        }
+        let Some(shown) = line.strip_prefix("# ") else {
+            continue;
+        };
+        // `request  →  answer` shows both on one line.
+        for message in shown
+            .split("  →  ")
+            .filter(|m| m.starts_with("{\"jsonrpc\""))
+        {
+            let Ok(message) = serde_json::from_str::<Value>(message) else {
+                shortened += 1;
+                continue;
+            };
+            match (message.get("id"), message["method"].as_str()) {
+                (Some(id), Some(method)) => {
+                    methods_by_id.insert(id.to_string(), method.to_owned());
+                    continue;
+                }
+                (None, Some(notification)) => {
+                    schema::check_notification(notification, &message["params"]["result"]);
+                }
+                _ => match (message.get("result"), message.get("error")) {
+                    (Some(result), _) => {
+                        let method = &methods_by_id[&message["id"].to_string()];
+                        schema::check_result(method, result);
+                    }
+                    (None, Some(error)) => {
+                        schema::check_error(error);
+                    }
+                    (None, None) => panic!("neither an answer nor a notification: {message}"),
+                },
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 30,
+        "only {checked} whole answers checked ({shortened} shortened)"
+    );
+}
