@@ -6,8 +6,10 @@
 //!
 //! Public API:
 //! - [`ErrorData`], [`error_object`]`(code, message, data) -> ErrorObjectOwned`, [`fleet_error`]
-//! - [`permission_denied`]`(uid)`, [`request_too_large`]`(limit)`, [`server_busy`]`(limit)`
-//! - the codes [`INVALID_PARAMS`], [`PERMISSION_DENIED`], [`REQUEST_TOO_LARGE`], [`SERVER_BUSY`]
+//! - [`permission_denied`]`(uid)`, [`request_too_large`]`(limit)`, [`server_busy`]`(limit)`,
+//!   [`too_many_subscriptions`]`(limit)`, [`response_too_large`]`(limit)`
+//! - the codes [`INVALID_PARAMS`], [`PERMISSION_DENIED`], [`REQUEST_TOO_LARGE`], [`SERVER_BUSY`],
+//!   [`TOO_MANY_SUBSCRIPTIONS`], [`RESPONSE_TOO_LARGE`]
 
 use jsonrpsee::types::ErrorObjectOwned;
 use schemars::JsonSchema;
@@ -23,6 +25,10 @@ pub const PERMISSION_DENIED: i32 = -32001;
 pub const REQUEST_TOO_LARGE: i32 = -32007;
 /// The connection limit is reached. Same code as jsonrpsee's "Server is busy".
 pub const SERVER_BUSY: i32 = -32009;
+/// A subscribe call beyond the connection's subscription limit. jsonrpsee's code.
+pub const TOO_MANY_SUBSCRIPTIONS: i32 = -32006;
+/// A reply above the response size limit. jsonrpsee's code.
+pub const RESPONSE_TOO_LARGE: i32 = -32008;
 
 /// The `data` of an error: its name in `code` and its context beside it, camelCase.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -95,6 +101,10 @@ pub enum ErrorData {
     RequestTooLarge { limit: u32 },
     #[serde(rename = "SERVER_BUSY")]
     ServerBusy { limit: u32 },
+    #[serde(rename = "TOO_MANY_SUBSCRIPTIONS")]
+    TooManySubscriptions { limit: u32 },
+    #[serde(rename = "RESPONSE_TOO_LARGE")]
+    ResponseTooLarge { limit: u32 },
 }
 
 impl ErrorData {
@@ -114,6 +124,8 @@ impl ErrorData {
         ("PERMISSION_DENIED", PERMISSION_DENIED),
         ("REQUEST_TOO_LARGE", REQUEST_TOO_LARGE),
         ("SERVER_BUSY", SERVER_BUSY),
+        ("TOO_MANY_SUBSCRIPTIONS", TOO_MANY_SUBSCRIPTIONS),
+        ("RESPONSE_TOO_LARGE", RESPONSE_TOO_LARGE),
     ];
 
     /// The name in `code`.
@@ -133,6 +145,8 @@ impl ErrorData {
             ErrorData::PermissionDenied { .. } => "PERMISSION_DENIED",
             ErrorData::RequestTooLarge { .. } => "REQUEST_TOO_LARGE",
             ErrorData::ServerBusy { .. } => "SERVER_BUSY",
+            ErrorData::TooManySubscriptions { .. } => "TOO_MANY_SUBSCRIPTIONS",
+            ErrorData::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
         }
     }
 
@@ -250,6 +264,28 @@ pub fn request_too_large(limit: u32) -> ErrorObjectOwned {
     error_object(
         format!("Request is too big: the limit is {limit} bytes per request"),
         ErrorData::RequestTooLarge { limit },
+    )
+}
+
+/// The error of a subscribe call beyond the `limit` subscriptions of a connection.
+pub fn too_many_subscriptions(limit: u32) -> ErrorObjectOwned {
+    error_object(
+        format!(
+            "Too many subscriptions on this connection: the limit is {limit}; unsubscribe from one or \
+             open another connection"
+        ),
+        ErrorData::TooManySubscriptions { limit },
+    )
+}
+
+/// The error that replaces a reply above `limit` bytes.
+pub fn response_too_large(limit: u32) -> ErrorObjectOwned {
+    error_object(
+        format!(
+            "Response is too big: the limit is {limit} bytes per reply; ask for less (getJobs limit, \
+             getJob outputLimit) or stream it (streamJobOutput)"
+        ),
+        ErrorData::ResponseTooLarge { limit },
     )
 }
 

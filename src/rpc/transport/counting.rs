@@ -1,6 +1,7 @@
 //! `herdctld_rpc_calls_total{method,code}`: every answered call counted where it is dispatched — the NDJSON
 //! dispatcher calls [`CallCounter::count`], HTTP and WebSocket go through the [`CountLayer`] RPC middleware
-//! (which also gives named unsubscribe params their positional form, as the NDJSON dispatcher does).
+//! (which also gives named unsubscribe params their positional form and jsonrpsee's limit errors their
+//! typed data, as the NDJSON dispatcher does).
 //!
 //! The method label is a registered name or `unknown`, so a client cannot grow the label set; the code is
 //! the reply's JSON-RPC error code or `ok`.
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use jsonrpsee::server::middleware::rpc::{Batch, BatchEntry, Notification, Request, RpcServiceT};
 use jsonrpsee::server::{BatchResponseBuilder, MethodResponse, Methods};
 
+use super::{with_typed_limit_errors, ReplyLimits};
 use crate::metrics::Metrics;
 
 /// Counts answered calls into the metrics.
@@ -43,8 +45,9 @@ impl CallCounter {
 #[derive(Clone)]
 pub(super) struct CountLayer {
     pub(super) counter: Option<CallCounter>,
-    /// Limit of a batch's response, as jsonrpsee's own batch handling applies it.
-    pub(super) max_response_size: usize,
+    /// The response limit (of a batch's response too, as jsonrpsee's own batch handling applies it) and
+    /// the subscription limit, named in the errors that exceed them.
+    pub(super) limits: ReplyLimits,
 }
 
 impl<S> tower::Layer<S> for CountLayer {
@@ -54,7 +57,7 @@ impl<S> tower::Layer<S> for CountLayer {
         Counting {
             service,
             counter: self.counter.clone(),
-            max_response_size: self.max_response_size,
+            limits: self.limits,
         }
     }
 }
@@ -63,7 +66,7 @@ impl<S> tower::Layer<S> for CountLayer {
 pub(super) struct Counting<S> {
     service: S,
     counter: Option<CallCounter>,
-    max_response_size: usize,
+    limits: ReplyLimits,
 }
 
 impl<S> RpcServiceT for Counting<S>
@@ -84,6 +87,7 @@ where
     fn call<'a>(&self, request: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let service = self.service.clone();
         let counter = self.counter.clone();
+        let limits = self.limits;
         async move {
             let mut request = request;
             if let Some(positional) =
@@ -92,7 +96,8 @@ where
                 request.params = Some(std::borrow::Cow::Owned(positional));
             }
             let label = counter.as_ref().map(|c| c.label(request.method_name()));
-            let response = service.call(request).await;
+            let id = request.id.clone().into_owned();
+            let response = with_typed_limit_errors(id, service.call(request).await, limits);
             if let (Some(counter), Some(label)) = (counter, label) {
                 counter.count(label, &response);
             }
@@ -105,7 +110,8 @@ where
     fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let this = self.clone();
         async move {
-            let mut responses = BatchResponseBuilder::new_with_limit(this.max_response_size);
+            let mut responses =
+                BatchResponseBuilder::new_with_limit(this.limits.max_response_size as usize);
             let mut got_notification = false;
             for entry in batch {
                 let response = match entry {

@@ -37,6 +37,32 @@ fn unsubscribe_params(
     serde_json::value::RawValue::from_string(format!("[{}]", named.subscription.get())).ok()
 }
 
+/// A reply with the limit errors jsonrpsee makes itself (their `data` a bare string) made like every other
+/// error of the daemon, `data: {code, limit}`; any other reply as it is.
+fn with_typed_limit_errors(
+    id: jsonrpsee::types::Id<'static>,
+    response: jsonrpsee::server::MethodResponse,
+    limits: ReplyLimits,
+) -> jsonrpsee::server::MethodResponse {
+    let error = match response.as_error_code() {
+        Some(crate::rpc::error::RESPONSE_TOO_LARGE) => {
+            crate::rpc::error::response_too_large(limits.max_response_size)
+        }
+        Some(crate::rpc::error::TOO_MANY_SUBSCRIPTIONS) => {
+            crate::rpc::error::too_many_subscriptions(limits.max_subscriptions)
+        }
+        _ => return response,
+    };
+    jsonrpsee::server::MethodResponse::error(id, error)
+}
+
+/// The limits [`with_typed_limit_errors`] names.
+#[derive(Debug, Clone, Copy)]
+struct ReplyLimits {
+    max_response_size: u32,
+    max_subscriptions: u32,
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -193,7 +219,10 @@ pub async fn serve(
         .set_http_middleware(tower::ServiceBuilder::new().map_request(relabel))
         .set_rpc_middleware(RpcServiceBuilder::new().layer(CountLayer {
             counter: counter.clone(),
-            max_response_size: cfg.max_response_size as usize,
+            limits: ReplyLimits {
+                max_response_size: cfg.max_response_size,
+                max_subscriptions: cfg.max_subscriptions_per_connection,
+            },
         }))
         .to_service_builder();
     let shared = Arc::new(Shared {

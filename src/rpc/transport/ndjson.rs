@@ -25,7 +25,7 @@ use jsonrpsee::server::{
     BatchResponseBuilder, BoundedSubscriptions, ConnectionId, IdProvider, MethodCallback,
     MethodResponse, MethodSink, Methods, StopHandle, SubscriptionState,
 };
-use jsonrpsee::types::error::{reject_too_many_subscriptions, ErrorCode};
+use jsonrpsee::types::error::ErrorCode;
 use jsonrpsee::types::{
     ErrorObject, ErrorObjectOwned, Extensions, Id, InvalidRequest, Notification, Params, Request,
 };
@@ -523,7 +523,17 @@ impl Dispatcher {
         response
     }
 
+    /// Runs one call; the limit errors jsonrpsee makes get typed data.
     async fn run_call(&self, request: Request<'_>) -> MethodResponse {
+        let id = request.id.clone().into_owned();
+        let limits = super::ReplyLimits {
+            max_response_size: u32::try_from(self.max_response_size).unwrap_or(u32::MAX),
+            max_subscriptions: self.subscriptions.max(),
+        };
+        super::with_typed_limit_errors(id, self.dispatch_call(request).await, limits)
+    }
+
+    async fn dispatch_call(&self, request: Request<'_>) -> MethodResponse {
         let Request {
             id,
             method,
@@ -566,7 +576,7 @@ impl Dispatcher {
                 }
                 None => MethodResponse::error(
                     id,
-                    reject_too_many_subscriptions(self.subscriptions.max()),
+                    crate::rpc::error::too_many_subscriptions(self.subscriptions.max()),
                 ),
             },
             // Unsubscribing is never limited.

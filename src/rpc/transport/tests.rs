@@ -788,6 +788,69 @@ async fn subscriptions_per_connection_are_limited() {
     server.stop().await;
 }
 
+/// jsonrpsee's own limit errors carry a bare string as `data`; on every framing they carry the daemon's
+/// typed `{code, limit}` instead.
+#[tokio::test]
+async fn limit_errors_carry_typed_data_on_every_framing() {
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+
+    let cfg = TransportConfig {
+        max_response_size: 200,
+        max_subscriptions_per_connection: 1,
+        ..TransportConfig::default()
+    };
+    let server = TestServer::start(cfg).await;
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"echo","params":["{}"]}}"#,
+        "x".repeat(300)
+    );
+    let subscribe = r#"{"jsonrpc":"2.0","id":2,"method":"subscribeTicks","params":[100000]}"#;
+    let too_large = json!({"code": "RESPONSE_TOO_LARGE", "limit": 200});
+    let too_many = json!({"code": "TOO_MANY_SUBSCRIPTIONS", "limit": 1});
+
+    let mut client = server.ndjson().await;
+    let reply = client.call(&big).await;
+    assert_eq!(
+        (&reply["error"]["code"], &reply["error"]["data"]),
+        (&json!(-32008), &too_large)
+    );
+    assert!(client.call(subscribe).await["result"].is_u64());
+    let reply = client.call(subscribe).await;
+    assert_eq!(
+        (&reply["error"]["code"], &reply["error"]["data"]),
+        (&json!(-32006), &too_many)
+    );
+
+    let (_, reply) = http_exchange(&server.path, &http_post("application/json", &big)).await;
+    assert_eq!(
+        (&reply["error"]["code"], &reply["error"]["data"]),
+        (&json!(-32008), &too_large)
+    );
+
+    let stream = UnixStream::connect(&server.path).await.unwrap().compat();
+    let mut handshake = soketto::handshake::Client::new(stream, "localhost", "/");
+    match handshake.handshake().await.unwrap() {
+        soketto::handshake::ServerResponse::Accepted { .. } => {}
+        other => panic!("websocket handshake refused: {other:?}"),
+    }
+    let (mut sender, mut receiver) = handshake.into_builder().finish();
+    for expected in [None, Some(&too_many)] {
+        sender.send_text(subscribe).await.unwrap();
+        sender.flush().await.unwrap();
+        let reply = ws_receive(&mut receiver).await;
+        match expected {
+            None => assert!(reply["result"].is_u64(), "{reply}"),
+            Some(data) => assert_eq!(&reply["error"]["data"], data, "{reply}"),
+        }
+    }
+    sender.send_text(&big).await.unwrap();
+    sender.flush().await.unwrap();
+    let reply = ws_receive(&mut receiver).await;
+    assert_eq!(&reply["error"]["data"], &too_large, "{reply}");
+    drop((sender, receiver, client));
+    server.stop().await;
+}
+
 async fn connect_retrying(path: &Path) -> UnixStream {
     loop {
         match UnixStream::connect(path).await {
