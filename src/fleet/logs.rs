@@ -73,7 +73,7 @@ pub struct LogEntry {
     pub agent_name: Option<String>,
     pub job_id: Option<String>,
     pub message: String,
-    /// The entry's structured fields (`exit_code`, `pid`, …), as the code that logged named them.
+    /// The entry's structured fields (`exitCode`, `pid`, …): the logged fields, names in camelCase.
     pub fields: Map<String, Value>,
 }
 
@@ -270,10 +270,27 @@ impl FieldCollector {
             "agent" | "agent_name" => self.context.agent_name = value.as_str().map(str::to_string),
             "job_id" | "job" => self.context.job_id = value.as_str().map(str::to_string),
             name => {
-                self.fields.insert(name.to_string(), value);
+                self.fields.insert(camel_case(name), value);
             }
         }
     }
+}
+
+/// A field's name on the wire: `exit_code` → `exitCode`, as every other key of the protocol.
+fn camel_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        match c {
+            '_' if !out.is_empty() => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Visit for FieldCollector {
@@ -385,7 +402,8 @@ mod tests {
         assert_eq!(first.level, LogLevel::Warn);
         assert_eq!(first.agent_name.as_deref(), Some("alpha"));
         assert_eq!(first.job_id.as_deref(), Some("job-1"));
-        assert_eq!(first.fields["exit_code"], 3);
+        // Field names are camelCase on the wire, as every key is.
+        assert_eq!(first.fields["exitCode"], 3);
         assert!(first.source.contains("fleet::logs"));
         let Some(LogItem::Entry(second)) = sub.next().await else {
             panic!("expected an entry")
