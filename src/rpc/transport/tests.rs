@@ -534,9 +534,7 @@ async fn http_post_works_with_curl_default_content_type() {
     server.stop().await;
 }
 
-async fn ws_receive(
-    receiver: &mut soketto::connection::Receiver<tokio_util::compat::Compat<UnixStream>>,
-) -> Value {
+async fn ws_receive(receiver: &mut soketto::connection::Receiver<WsStream>) -> Value {
     let mut data = Vec::new();
     tokio::time::timeout(REPLY_TIMEOUT, receiver.receive_data(&mut data))
         .await
@@ -545,18 +543,30 @@ async fn ws_receive(
     serde_json::from_slice(&data).unwrap()
 }
 
-#[tokio::test]
-async fn websocket_calls_and_subscriptions_work() {
+type WsStream = tokio_util::compat::Compat<UnixStream>;
+
+/// A WebSocket connection to the socket, its handshake accepted.
+async fn ws_connect(
+    path: &Path,
+) -> (
+    soketto::connection::Sender<WsStream>,
+    soketto::connection::Receiver<WsStream>,
+) {
     use tokio_util::compat::TokioAsyncReadCompatExt;
 
-    let server = TestServer::start(TransportConfig::default()).await;
-    let stream = UnixStream::connect(&server.path).await.unwrap().compat();
+    let stream = UnixStream::connect(path).await.unwrap().compat();
     let mut handshake = soketto::handshake::Client::new(stream, "localhost", "/");
     match handshake.handshake().await.unwrap() {
         soketto::handshake::ServerResponse::Accepted { .. } => {}
         other => panic!("websocket handshake refused: {other:?}"),
     }
-    let (mut sender, mut receiver) = handshake.into_builder().finish();
+    handshake.into_builder().finish()
+}
+
+#[tokio::test]
+async fn websocket_calls_and_subscriptions_work() {
+    let server = TestServer::start(TransportConfig::default()).await;
+    let (mut sender, mut receiver) = ws_connect(&server.path).await;
     sender
         .send_text(r#"{"jsonrpc":"2.0","id":1,"method":"echo","params":["ws"]}"#)
         .await
@@ -792,8 +802,6 @@ async fn subscriptions_per_connection_are_limited() {
 /// typed `{code, limit}` instead.
 #[tokio::test]
 async fn limit_errors_carry_typed_data_on_every_framing() {
-    use tokio_util::compat::TokioAsyncReadCompatExt;
-
     let cfg = TransportConfig {
         max_response_size: 200,
         max_subscriptions_per_connection: 1,
@@ -827,13 +835,7 @@ async fn limit_errors_carry_typed_data_on_every_framing() {
         (&json!(-32008), &too_large)
     );
 
-    let stream = UnixStream::connect(&server.path).await.unwrap().compat();
-    let mut handshake = soketto::handshake::Client::new(stream, "localhost", "/");
-    match handshake.handshake().await.unwrap() {
-        soketto::handshake::ServerResponse::Accepted { .. } => {}
-        other => panic!("websocket handshake refused: {other:?}"),
-    }
-    let (mut sender, mut receiver) = handshake.into_builder().finish();
+    let (mut sender, mut receiver) = ws_connect(&server.path).await;
     for expected in [None, Some(&too_many)] {
         sender.send_text(subscribe).await.unwrap();
         sender.flush().await.unwrap();
