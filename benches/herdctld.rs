@@ -313,22 +313,33 @@ fn bare_spawn_rate(jobs: usize, parallelism: usize, records: Option<&Path>) -> f
     })
 }
 
-/// A durable record write the way the daemon makes one: staged and fsynced in the blocking pool, committed
-/// under the store's lock, the directory fsynced after (one fsync shared by writers committing together).
+/// A durable record write the way the daemon makes one: staged and fsynced in the blocking pool, noted in
+/// the index under the store's lock, renamed, journaled and the directory fsynced in the blocking pool,
+/// the file vouched for under the lock again.
 async fn write_record(dir: &Path, store: &std::sync::Mutex<JobStore>, job: &Job) {
     let (dir, job) = (dir.to_path_buf(), job.clone());
     let staged =
         tokio::task::spawn_blocking(move || JobStore::stage(&dir, &job).expect("stage record"))
             .await
             .expect("staging task");
-    let dir_sync = {
+    let id = staged.job().id.clone();
+    let (version, files) = {
         let mut store = store.lock().expect("store lock");
-        store.commit(staged).expect("commit record");
-        store.dir_sync()
+        (store.note(staged.job()), store.files())
     };
-    tokio::task::spawn_blocking(move || dir_sync.sync().expect("sync jobs dir"))
-        .await
-        .expect("sync task");
+    let inode = tokio::task::spawn_blocking(move || {
+        let job = staged.job().clone();
+        let inode = files.publish(staged).expect("publish record");
+        files.journal(&job, inode).expect("journal record");
+        files.sync_dir().expect("sync jobs dir");
+        inode
+    })
+    .await
+    .expect("publishing task");
+    store
+        .lock()
+        .expect("store lock")
+        .written(&id, version, inode);
 }
 
 /// SPEC §13 output: 100 MB of lines from one job to 1 and 10 `streamJobOutput` subscribers.

@@ -68,11 +68,11 @@
 //!    not pass `overBudget`, and creates a [`job::Job`] (its id drawn again while a stored, active or
 //!    still-being-written job has it) by the one route trigger, fork and schedule fires share
 //!    (`fleet::admission`'s `create_job`): its record is staged (written and fsynced,
-//!    `state::JobStore::stage`) outside the fleet lock, then committed (renamed and indexed) under it, and
-//!    `job:created` is emitted. If the agent and the fleet have a free slot it starts
-//!    the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call returns the
-//!    job, `running` or `queued`, once the jobs directory is fsynced (`state::DirSync`: one fsync shared by
-//!    every record committed meanwhile).
+//!    `state::JobStore::stage`) outside the fleet lock, then, under it, indexed and its rename queued for
+//!    `fleet::record_writer`, and `job:created` is emitted. If the agent and the fleet have a free slot it
+//!    starts the job now; otherwise it queues it (priority, then FIFO) and emits `job:queued`. The call
+//!    returns the job, `running` or `queued`, once the writer renamed the record and fsynced the jobs
+//!    directory (`state::DirSync`: one fsync shared by every record written meanwhile).
 //! 3. Starting decides the Claude session (the agent's pointer resumed while herdctl would still resume it,
 //!    `fleet::sessions`), fails the job `spawn_failed` if its agent asks for a container (no container engine
 //!    yet; never the host instead), maps the agent's configuration and the fleet's `.env` to a
@@ -118,9 +118,11 @@
 //!   aside, with an error event. History limits delete records herdctl wrote only when the operator set a
 //!   limit explicitly (herdctl never prunes).
 //! - Isolation fails closed: a job whose agent asks for a container never runs on the host.
-//! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`.
+//! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`, and no
+//!   file is read or written under it. Job records are indexed and queued under it and written, in order,
+//!   by `fleet::record_writer`; until a job's last write lands the job table answers for it from memory.
 //!   `state.yaml` and session pointers are only marked pending under it and written by
-//!   `fleet::state_writer` after it is released (`stop` and `FleetManager::flush` wait for them).
+//!   `fleet::state_writer` after it is released (`stop` and `FleetManager::flush` wait for both).
 //! - A job's output reaches its file before any subscriber, so history and live output join without gap or
 //!   duplicate; the final job event follows its last output event.
 //! - Nothing a job starts outlives it: cancel, timeout and normal exit all sweep the job's process group and

@@ -335,3 +335,86 @@ async fn a_session_id_kept_by_an_earlier_herdctld_survives_the_first_save_of_sta
     assert_eq!(pointer["session_id"], "kept-session");
     assert_eq!(pointer["agent_name"], "a");
 }
+
+/// Reading a job record can take as long as the disk does; the fleet is not held meanwhile. The record is
+/// made a FIFO (the journal vouching for it, so start-up does not read it): a listing that reaches it waits
+/// until the test writes the record into it, and while it waits the fleet answers other calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_waits_on_the_disk_does_not_hold_the_fleet() {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    let fx = Fixture::new("", &[("a", ECHO_PROMPT, "")]);
+    let id = {
+        let manager = fx.manager().await;
+        let job = manager
+            .trigger("a", TriggerOptions::default())
+            .await
+            .unwrap();
+        let id = job.id.to_string();
+        assert_eq!(wait_job(&manager, &id).await.status, JobStatus::Completed);
+        id
+    };
+    let jobs = fx.state.join("jobs");
+    let record = jobs.join(format!("{id}.yaml"));
+    let yaml = std::fs::read(&record).unwrap();
+    std::fs::remove_file(&record).unwrap();
+    nix::unistd::mkfifo(
+        &record,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    let fifo_inode = std::fs::metadata(&record).unwrap().ino().to_string();
+    let journal = std::fs::read_to_string(jobs.join("index.tsv")).unwrap();
+    let vouching: String = journal
+        .lines()
+        .map(|line| {
+            let mut fields: Vec<&str> = line.split('\t').collect();
+            if fields[0] == id {
+                fields[5] = &fifo_inode;
+            }
+            format!("{}\n", fields.join("\t"))
+        })
+        .collect();
+    std::fs::write(jobs.join("index.tsv"), vouching).unwrap();
+
+    let manager = fx.manager().await;
+    let lister = manager.clone();
+    let listing = tokio::task::spawn_blocking(move || lister.jobs(&Default::default()));
+    // Opening the FIFO for writing succeeds once the listing has opened it for reading; the listing then
+    // waits in its read until the writer closes.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&record)
+        {
+            Ok(file) => break file,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{e}");
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("the listing never read the record: {e}"),
+        }
+    };
+    let (answered, answer) = std::sync::mpsc::channel();
+    let asker = manager.clone();
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::spawn(move || {
+        let _ = answered.send(runtime.block_on(asker.status()).jobs.completed);
+    });
+    let completed = tokio::task::spawn_blocking(move || answer.recv_timeout(DEADLINE))
+        .await
+        .unwrap();
+    writer.write_all(&yaml).unwrap();
+    drop(writer);
+    assert_eq!(
+        completed,
+        Ok(1),
+        "getStatus waited for a listing reading the disk"
+    );
+    let listed = listing.await.unwrap().unwrap();
+    assert_eq!(listed.jobs.len(), 1);
+    assert_eq!(listed.jobs[0].id.as_str(), id);
+}

@@ -19,6 +19,7 @@ use super::manager::{
     find_agent, find_schedule, futures_join_all, parse_job_id, FleetManager, ForkOptions,
     TriggerOptions, FALLBACK_PROMPT,
 };
+use super::record_writer::{Landing, RecordWrite};
 use super::records;
 use super::spec;
 use super::supervise;
@@ -91,8 +92,10 @@ impl FleetManager {
     /// Creates a job, by the one route every creator takes (trigger, fork, a schedule fire): under the
     /// lock the fleet's state is checked against `allowed`, an id is reserved and `prepare` builds the job
     /// with it; outside the lock its record is written and fsynced; under the lock again it is admitted
-    /// (started now, queued, or refused at a limit, its staged record discarded); outside it the jobs
-    /// directory is synced, so the job returned is durable.
+    /// (started now, queued, or refused at a limit, its staged record discarded) and the record's rename
+    /// queued; outside it the rename lands and the jobs directory is synced, so the job returned is
+    /// durable. A rename that fails then (the staged file is written, so hardly ever) is reported, and the
+    /// job, admitted already, goes on: its next record write puts the file in place.
     pub(super) async fn create_job(
         &self,
         operation: &str,
@@ -120,7 +123,7 @@ impl FleetManager {
         } = new;
         let id = job.id.clone();
         let staged = records::stage_record(self, &jobs_dir, job).await;
-        let (job, dir_sync) = {
+        let (job, landing) = {
             let mut core = self.core();
             core.release_job_id(&id);
             let staged = staged?;
@@ -128,11 +131,10 @@ impl FleetManager {
             if let Some(event) = announce {
                 self.events().emit(event);
             }
-            let job = admit_staged(self, &mut core, staged, context, when_full)?;
-            (job, core.jobs_dir_sync())
+            admit_staged(self, &mut core, staged, context, when_full)?
         };
-        if let Some(dir_sync) = dir_sync {
-            records::sync_jobs_dir(self, dir_sync).await;
+        if let Some(landed) = landing.wait().await {
+            records::vouch(&mut self.core(), landed);
         }
         Ok(job)
     }
@@ -145,7 +147,8 @@ impl FleetManager {
         grace: Option<Duration>,
     ) -> Result<CancelResult, FleetError> {
         let job_id = parse_job_id(id)?;
-        let (canceller, mut finished, grace) = {
+        // What stops the job, if anything still has to; how it stopped otherwise; what tells its end.
+        let (canceller, termination, mut finished) = {
             let mut core = self.core();
             if core.lifecycle == FleetState::Uninitialized {
                 return Err(FleetError::invalid_state(
@@ -159,46 +162,46 @@ impl FleetManager {
                     ],
                 ));
             }
-            let Some(active) = core.jobs.get(&job_id) else {
-                // Not active: finished already, or unknown.
-                return if core.store()?.contains(&job_id) {
-                    Ok(CancelResult {
-                        job_id: id.to_string(),
-                        termination_type: TerminationType::AlreadyStopped,
-                    })
-                } else {
-                    Err(FleetError::JobNotFound {
-                        job_id: id.to_string(),
-                    })
-                };
+            let not_found = || FleetError::JobNotFound {
+                job_id: id.to_string(),
             };
-            if active.job.status == JobStatus::Queued {
-                supervise::finish_without_running(
-                    self,
-                    &mut core,
-                    &job_id,
-                    "cancelled while queued",
-                );
-                return Ok(CancelResult {
-                    job_id: id.to_string(),
-                    termination_type: TerminationType::Graceful,
-                });
+            match core.jobs.get(&job_id).map(|active| active.job.status) {
+                // Ended, its final record perhaps still being written: reply once it is.
+                None => match core.jobs.waiter(&job_id) {
+                    Some(ending) => (None, TerminationType::AlreadyStopped, ending),
+                    None if core.store()?.contains(&job_id) => {
+                        return Ok(CancelResult {
+                            job_id: id.to_string(),
+                            termination_type: TerminationType::AlreadyStopped,
+                        })
+                    }
+                    None => return Err(not_found()),
+                },
+                Some(JobStatus::Queued) => {
+                    supervise::finish_without_running(
+                        self,
+                        &mut core,
+                        &job_id,
+                        "cancelled while queued",
+                    );
+                    let ending = core.jobs.waiter(&job_id).ok_or_else(not_found)?;
+                    (None, TerminationType::Graceful, ending)
+                }
+                Some(_) => {
+                    let ticket = core.jobs.request_cancel(&job_id).ok_or_else(not_found)?;
+                    let grace = grace
+                        .or_else(|| ticket.agent.as_ref().map(|a| a.stop_grace))
+                        .unwrap_or(self.options().default_stop_grace);
+                    let canceller = ticket.canceller.map(|canceller| (canceller, grace));
+                    (canceller, TerminationType::AlreadyStopped, ticket.finished)
+                }
             }
-            let Some(ticket) = core.jobs.request_cancel(&job_id) else {
-                return Err(FleetError::JobNotFound {
-                    job_id: id.to_string(),
-                });
-            };
-            let grace = grace
-                .or_else(|| ticket.agent.as_ref().map(|a| a.stop_grace))
-                .unwrap_or(self.options().default_stop_grace);
-            (ticket.canceller, ticket.finished, grace)
         };
         let termination = match canceller {
-            Some(canceller) => canceller.cancel(grace).await,
-            None => TerminationType::AlreadyStopped,
+            Some((canceller, grace)) => canceller.cancel(grace).await,
+            None => termination,
         };
-        // The supervisor finalizes the record when the process is gone; reply after that.
+        // The supervisor finalizes the record when the process is gone; reply once it is written.
         let _ = finished.wait_for(Option::is_some).await;
         tracing::info!(job_id = %job_id, ?termination, "job cancelled");
         Ok(CancelResult {
@@ -312,15 +315,18 @@ pub(super) struct NewJob {
     pub(super) announce: Option<FleetEvent>,
 }
 
-/// Commits a job whose creation record was staged outside the lock ([`JobStore::stage`]) and starts it,
-/// or queues it; refused (a limit), the staged file is discarded. Returns the job as it is now.
+/// Admits a job whose creation record was staged outside the lock ([`JobStore::stage`]): queues its
+/// rename and starts it, or queues it; refused (a limit), the staged file is discarded. Returns the job as
+/// it is now, and the landing of its record.
+///
+/// [`JobStore::stage`]: crate::state::JobStore::stage
 pub(super) fn admit_staged(
     manager: &FleetManager,
     core: &mut Core,
     staged: StagedRecord,
     context: RunContext,
     when_full: WhenFull,
-) -> Result<Job, FleetError> {
+) -> Result<(Job, Landing), FleetError> {
     let job = staged.job().clone();
     let options = manager.options();
     let has_slot =
@@ -362,7 +368,7 @@ pub(super) fn admit_staged(
             WhenFull::Queue => {}
         }
     }
-    records::commit(manager, core, staged)?;
+    let landing = records::queue(core, RecordWrite::Publish(staged))?;
     let id = job.id.clone();
     core.jobs.insert(job.clone(), context);
     manager.events().emit(FleetEvent::JobCreated {
@@ -378,17 +384,13 @@ pub(super) fn admit_staged(
             position,
         });
     }
-    current_record(core, &id)
-}
-
-fn current_record(core: &Core, id: &JobId) -> Result<Job, FleetError> {
-    if let Some(active) = core.jobs.get(id) {
-        return Ok(active.job.clone());
-    }
-    core.store
-        .as_ref()
-        .and_then(|s| s.get(id).ok().flatten())
+    // Active, or ended already as it started (no container engine, its agent gone).
+    let job = core
+        .jobs
+        .current(&id)
+        .cloned()
         .ok_or_else(|| FleetError::JobNotFound {
             job_id: id.to_string(),
-        })
+        })?;
+    Ok((job, landing))
 }

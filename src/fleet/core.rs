@@ -14,12 +14,13 @@ use crate::config::FleetConfig;
 use crate::job::JobId;
 use crate::metrics::Metrics;
 use crate::scheduler::{ScheduleKey, SchedulerHandle};
-use crate::state::{DirSync, FleetState as PersistedState, JobStore, StateDir};
+use crate::state::{FleetState as PersistedState, JobStore, StateDir};
 
 use super::error::{FleetError, FleetState};
 use super::events::EventBus;
 use super::job_table::JobTable;
 use super::options::FleetManagerOptions;
+use super::record_writer::RecordWriter;
 use super::sessions::{SessionBook, SessionWrite};
 use super::state_writer::StateWriter;
 
@@ -52,6 +53,9 @@ pub(super) struct Core {
     /// Writes `state.yaml` and session pointers outside the lock; set with `state_dir`, and declared
     /// before it so that what it has pending is written before the directory's lock is released.
     pub(super) writer: Option<StateWriter>,
+    /// Writes job records outside the lock; set with `store`, and declared before `state_dir` for the
+    /// same reason as `writer`.
+    pub(super) records: Option<RecordWriter>,
     pub(super) state_dir: Option<StateDir>,
     pub(super) store: Option<JobStore>,
     pub(super) persisted: PersistedState,
@@ -101,11 +105,6 @@ impl Core {
             agent,
             when_full,
         )
-    }
-
-    /// The group commit of the jobs directory, for syncing committed records outside the lock.
-    pub(super) fn jobs_dir_sync(&self) -> Option<Arc<DirSync>> {
-        self.store.as_ref().map(JobStore::dir_sync)
     }
 
     /// A new job id used by no stored, active or reserved job (the suffix space is 36^6 a day, so at
@@ -225,6 +224,7 @@ impl Core {
             // Replaced at initialize, before anything is counted in it.
             host_timezone: chrono_tz::Tz::UTC,
             writer: None,
+            records: None,
             state_dir: None,
             store: None,
             persisted: PersistedState::default(),

@@ -70,8 +70,15 @@ pub(super) struct JobTable {
     /// The queue is being dispatched: a job that ends as it starts (no container engine, agent gone)
     /// frees its slot for that loop instead of dispatching again inside it, one stack frame per job.
     dispatching: bool,
-    /// Jobs that ended and whose end pruned history not yet deleted: their waiters are told after it.
-    pruning: HashMap<JobId, watch::Receiver<Option<Job>>>,
+    /// Jobs that ended whose final record is still being written, or whose end pruned history not yet
+    /// deleted: the fleet answers for them from here, and their waiters are told after both.
+    ending: HashMap<JobId, Ending>,
+}
+
+/// A job that has ended, as its waiters will be told.
+struct Ending {
+    job: Job,
+    finished: watch::Receiver<Option<Job>>,
 }
 
 impl JobTable {
@@ -83,13 +90,23 @@ impl JobTable {
         self.active.values()
     }
 
-    pub(super) fn is_active(&self, id: &JobId) -> bool {
-        self.active.contains_key(id)
-    }
-
     /// Whether `id` is an active job's or reserved: a new job must not get it.
     pub(super) fn is_taken(&self, id: &JobId) -> bool {
-        self.active.contains_key(id) || self.reserved.contains(id)
+        self.holds(id) || self.reserved.contains(id)
+    }
+
+    /// Whether the table answers for `id`: an active job, or one still ending. Its record file may be
+    /// older than the table's copy, so history must neither trust nor prune it.
+    pub(super) fn holds(&self, id: &JobId) -> bool {
+        self.active.contains_key(id) || self.ending.contains_key(id)
+    }
+
+    /// The record of a job the table [`holds`](Self::holds), as it is now.
+    pub(super) fn current(&self, id: &JobId) -> Option<&Job> {
+        match self.active.get(id) {
+            Some(active) => Some(&active.job),
+            None => self.ending.get(id).map(|ending| &ending.job),
+        }
     }
 
     pub(super) fn queue(&self) -> &JobQueue {
@@ -224,20 +241,22 @@ impl JobTable {
         Some(active)
     }
 
-    /// A job that ended, whose waiters are told once the history its end pruned is deleted.
-    pub(super) fn pruning(&mut self, id: &JobId, finished: watch::Receiver<Option<Job>>) {
-        self.pruning.insert(id.clone(), finished);
+    /// A job that ended ([`finish`](Self::finish)) with the final record `job`, held until
+    /// [`ended`](Self::ended): its waiters are told once that record is written and the history its end
+    /// pruned is deleted.
+    pub(super) fn ending(&mut self, job: Job, finished: watch::Receiver<Option<Job>>) {
+        self.ending.insert(job.id.clone(), Ending { job, finished });
     }
 
-    pub(super) fn finished_pruning(&mut self, id: &JobId) {
-        self.pruning.remove(id);
+    pub(super) fn ended(&mut self, id: &JobId) {
+        self.ending.remove(id);
     }
 
-    /// What waits for a job's end: an active job's, or one whose end is still pruning history.
+    /// What waits for a job's end: an active job's, or one still ending.
     pub(super) fn waiter(&self, id: &JobId) -> Option<watch::Receiver<Option<Job>>> {
         match self.active.get(id) {
             Some(active) => Some(active.finished.subscribe()),
-            None => self.pruning.get(id).cloned(),
+            None => self.ending.get(id).map(|ending| ending.finished.clone()),
         }
     }
 
@@ -305,21 +324,24 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_job_is_waited_for_until_its_pruning_is_done() {
+    fn an_ending_job_is_answered_for_and_waited_for_until_it_has_ended() {
         let mut table = JobTable::default();
         let ended = job("a", "cccccc");
         let id = ended.id.clone();
         table.insert(ended, RunContext::default());
-        let finished = table.get(&id).unwrap().finished.subscribe();
-        assert!(table.finish(&id).is_some());
-        assert!(
-            table.waiter(&id).is_none(),
-            "ended without pruning: nothing to wait for"
+        let active = table.finish(&id).unwrap();
+        assert!(table.waiter(&id).is_none() && !table.holds(&id));
+        let mut last = active.job.clone();
+        last.status = JobStatus::Completed;
+        table.ending(last, active.finished.subscribe());
+        assert!(table.waiter(&id).is_some() && table.holds(&id) && table.is_taken(&id));
+        assert_eq!(
+            table.current(&id).map(|j| j.status),
+            Some(JobStatus::Completed)
         );
-        table.pruning(&id, finished);
-        assert!(table.waiter(&id).is_some());
-        table.finished_pruning(&id);
-        assert!(table.waiter(&id).is_none());
+        assert!(table.get(&id).is_none(), "no longer active");
+        table.ended(&id);
+        assert!(table.waiter(&id).is_none() && table.current(&id).is_none());
     }
 
     #[test]
@@ -327,7 +349,7 @@ mod tests {
         let mut table = JobTable::default();
         let id = JobId::parse("job-2026-12-03-bbbbbb").unwrap();
         table.reserve(id.clone());
-        assert!(table.is_taken(&id) && !table.is_active(&id));
+        assert!(table.is_taken(&id) && !table.holds(&id));
         table.release(&id);
         assert!(!table.is_taken(&id));
     }

@@ -19,6 +19,7 @@ use super::events::{report_state_error, EventBus, FleetEvent};
 use super::followup;
 use super::info::ReloadResult;
 use super::manager::{FleetManager, StopOptions};
+use super::record_writer::RecordWriter;
 use super::schedules::{apply_plans, schedule_plans};
 use super::sessions::SessionBook;
 use super::state_writer::StateWriter;
@@ -212,6 +213,7 @@ impl FleetManager {
             core.config = Some(Arc::new(config));
             core.host_timezone = host_timezone;
             core.writer = Some(StateWriter::start(&state_dir, self.events().clone()));
+            core.records = Some(RecordWriter::start(store.files(), self.events().clone()));
             core.state_dir = Some(state_dir);
             core.store = Some(store);
             core.persisted = persisted;
@@ -330,13 +332,22 @@ impl FleetManager {
         Ok(())
     }
 
-    /// Waits until `state.yaml` and the session pointers hold every change made so far (they are
-    /// written shortly after each change, outside the fleet lock). `stop` does this; a host that ends
+    /// Waits until the job records, `state.yaml` and the session pointers hold every change made so far
+    /// (they are written shortly after each change, outside the fleet lock). `stop` does this; a host that ends
     /// without stopping the fleet calls it before it exits.
     pub async fn flush(&self) {
-        let flusher = self.core().writer.as_ref().map(StateWriter::flusher);
-        if let Some(flusher) = flusher {
-            flusher.flush().await;
+        let (records, state) = {
+            let core = self.core();
+            (
+                core.records.as_ref().map(RecordWriter::flusher),
+                core.writer.as_ref().map(StateWriter::flusher),
+            )
+        };
+        if let Some(records) = records {
+            records.flush().await;
+        }
+        if let Some(state) = state {
+            state.flush().await;
         }
     }
 

@@ -8,19 +8,23 @@
 //!   stop, flush, reload); `queries` (status, agents, jobs, schedules, queue, streams);
 //! - `admission` (trigger, fork, cancel; start now, queue or refuse), `schedules` (fires, enable/disable,
 //!   the scheduler's plans), `supervise` (a run: spawn, output pump, finalization, dispatching the queue);
-//! - `records` (a record's durable write split around the lock), `spec` (an agent's config as a run spec),
+//! - `records` (a record's write: indexed and queued under the lock) and `record_writer` (writes them,
+//!   in order, outside it), `spec` (an agent's config as a run spec),
 //!   `budget` (cost totals and daily budgets: an agent's day, its spend, the refusal of a run);
 //!   `stream_end` (event and log streams that, at a host's shutdown, deliver what they hold, then end).
 //!
 //! Imports flow one way: neither `core` nor `manager` imports an operation module (those above), and
 //! `supervise` never imports `admission` or `schedules`.
 //!
-//! Locking: one `std::sync::Mutex<Core>` guards all mutable fleet state; it is never held across `.await`.
-//! A job record's durable write is split: the slow half (temporary file, fsync) runs outside the lock, the
-//! rename and index update under it, so the in-memory view and the files change together while jobs that
-//! start or end at the same time share the disk.
+//! Locking: one `std::sync::Mutex<Core>` guards all mutable fleet state; it is never held across `.await`,
+//! and no file is read or written under it. A job record's write is indexed under the lock and queued; the
+//! record writer writes the queue in order and one directory fsync covers a batch. Until a job's last write
+//! has landed the job table holds it (active, or ending), and every query answers for it from there, so
+//! a record file older than the job is never taken for it; a creation record is staged (written and fsynced)
+//! before the lock is taken, so that a full disk refuses the job before it runs.
 
 mod admission;
+mod background_writer;
 mod budget;
 mod core;
 mod error;
@@ -35,6 +39,7 @@ mod options;
 mod output;
 mod queries;
 mod queue;
+mod record_writer;
 mod records;
 mod schedules;
 mod sessions;

@@ -169,11 +169,13 @@ impl FleetManager {
             .filter(|a| a.job.agent == agent.name && a.job.status == JobStatus::Running)
             .map(|a| a.job.id.to_string())
             .collect();
-        let last_job = store.page(&JobFilter {
-            agent: Some(agent.name.clone()),
-            limit: 1,
-            ..JobFilter::default()
-        });
+        let last_job = store
+            .page(&JobFilter {
+                agent: Some(agent.name.clone()),
+                limit: 1,
+                ..JobFilter::default()
+            })
+            .known(|id| core.jobs.current(id).cloned());
         let now = self.options().clock.now();
         let timezone = budget::agent_timezone(agent, core.host_timezone);
         let info = AgentInfo {
@@ -213,8 +215,14 @@ impl FleetManager {
             limit: query.limit.unwrap_or(50),
             offset: query.offset.unwrap_or(0),
         };
-        // Located under the lock, read after it.
-        let page = self.core().store()?.page(&filter).read();
+        // Located under the lock, read after it; the jobs the table holds are taken from it.
+        let plan = {
+            let core = self.core();
+            core.store()?
+                .page(&filter)
+                .known(|id| core.jobs.current(id).cloned())
+        };
+        let page = plan.read();
         for unreadable in &page.unreadable {
             tracing::warn!("job record unreadable, skipped in the listing: {unreadable}");
         }
@@ -259,16 +267,16 @@ impl FleetManager {
         Ok((job, Some(page)))
     }
 
-    /// A job's record: an active job's from memory, a finished one's read from its file after the lock
-    /// is released.
+    /// A job's record: one the job table holds (active, or ending) from memory, any other's read from its
+    /// file after the lock is released.
     pub(super) fn record(&self, id: &JobId) -> Result<Job, FleetError> {
         let not_found = || FleetError::JobNotFound {
             job_id: id.to_string(),
         };
         let path = {
             let core = self.core();
-            if let Some(active) = core.jobs.get(id) {
-                return Ok(active.job.clone());
+            if let Some(job) = core.jobs.current(id) {
+                return Ok(job.clone());
             }
             let store = core.store()?;
             if !store.contains(id) {

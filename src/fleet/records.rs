@@ -1,75 +1,58 @@
-//! A job record's durable write, split so the slow half stays outside the fleet lock: staged (written and
-//! fsynced) in the blocking pool, committed (renamed and indexed) under the lock, the directory synced after.
-
-use std::sync::Arc;
+//! A job record's write, kept outside the fleet lock: under it the index notes the job's new version and
+//! the write is queued ([`record_writer`](super::record_writer)); a creation record is staged (written
+//! and fsynced) before the lock is taken; whoever needs a write on disk awaits its landing, then lets the
+//! index vouch for the file that holds that version.
 
 use crate::job::Job;
-use crate::state::{DirSync, Durability, JobStore, StagedRecord};
+use crate::state::{Durability, JobStore, StagedRecord};
 
 use super::core::Core;
 use super::error::FleetError;
 use super::events::report_state_error;
 use super::manager::FleetManager;
+use super::record_writer::{Landed, Landing, RecordWrite};
 
-pub(super) fn commit(
-    manager: &FleetManager,
-    core: &mut Core,
-    staged: StagedRecord,
-) -> Result<(), FleetError> {
-    let path = format!("jobs/{}.yaml", staged.job().id);
-    let committed = match core.store.as_mut() {
-        Some(store) => store.commit(staged),
-        None => return Err(not_initialized_store()),
+/// Notes `write`'s record in the index and queues the write; no file I/O (the caller holds the lock).
+pub(super) fn queue(core: &mut Core, write: RecordWrite) -> Result<Landing, FleetError> {
+    let (Some(store), Some(writer)) = (core.store.as_mut(), core.records.as_ref()) else {
+        return Err(FleetError::State {
+            path: String::new(),
+            message: "the fleet is not initialized".into(),
+        });
     };
-    committed.map_err(|e| {
-        report_state_error(manager.events(), &e.to_string());
-        FleetError::State {
-            path,
-            message: e.to_string(),
-        }
-    })
+    let version = store.note(write.job());
+    Ok(writer.queue(write, version))
 }
 
-fn not_initialized_store() -> FleetError {
-    FleetError::State {
-        path: String::new(),
-        message: "the fleet is not initialized".into(),
-    }
-}
-
-pub(super) fn persist(
-    manager: &FleetManager,
-    core: &mut Core,
-    job: &Job,
-) -> Result<(), FleetError> {
-    persist_with(manager, core, job, Durability::Machine)
-}
-
-pub(super) fn persist_with(
-    manager: &FleetManager,
+/// Queues `job`'s record, written whole.
+pub(super) fn put(
     core: &mut Core,
     job: &Job,
     durability: Durability,
-) -> Result<(), FleetError> {
-    let Some(store) = core.store.as_mut() else {
-        return Err(not_initialized_store());
+) -> Result<Landing, FleetError> {
+    queue(core, RecordWrite::Put(job.clone(), durability))
+}
+
+/// A queued write landed ([`Landing::wait`], outside the lock): the index vouches for the file it wrote,
+/// and the journal is compacted when due. Under the lock; no file I/O. A failed write was reported where
+/// it happened, and the index vouches for no file of it.
+///
+/// [`Landing::wait`]: super::record_writer::Landing::wait
+pub(super) fn vouch(core: &mut Core, landed: Landed) {
+    let Ok(inode) = landed.inode else {
+        return;
     };
-    let written = match durability {
-        Durability::Machine => store.put(job),
-        Durability::Process => store.put_unsynced(job),
-    };
-    written.map_err(|e| {
-        report_state_error(manager.events(), &e.to_string());
-        FleetError::State {
-            path: format!("jobs/{}.yaml", job.id),
-            message: e.to_string(),
+    if let (Some(store), Some(writer)) = (core.store.as_mut(), core.records.as_ref()) {
+        store.written(&landed.id, landed.version, inode);
+        if store.journal_due() {
+            writer.replace_journal(store.journal_snapshot());
         }
-    })
+    }
 }
 
 /// Writes and fsyncs `job`'s record beside its final name in `dir`, in the blocking pool: the slow half
-/// of a durable write, kept outside the fleet lock so jobs starting or ending together share the disk.
-/// [`admit_staged`] or [`finalize_locked`] commits it under the lock; [`sync_jobs_dir`] follows.
+/// of a durable write, done before the lock is taken so that a full disk refuses the job before it runs.
+/// [`queue`] with [`RecordWrite::Publish`] renames it into place.
 pub(super) async fn stage_record(
     manager: &FleetManager,
     dir: &std::path::Path,
@@ -87,13 +70,4 @@ pub(super) async fn stage_record(
             message,
         }
     })
-}
-
-/// Makes the records committed so far durable (fsync of the jobs directory, shared with jobs committing
-/// at the same time), outside the fleet lock.
-pub(super) async fn sync_jobs_dir(manager: &FleetManager, dir_sync: Arc<DirSync>) {
-    let synced = tokio::task::spawn_blocking(move || dir_sync.sync()).await;
-    if let Ok(Err(e)) = synced {
-        report_state_error(manager.events(), &e.to_string());
-    }
 }

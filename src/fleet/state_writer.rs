@@ -1,19 +1,16 @@
 //! Writes `state.yaml` and the session pointers outside the fleet lock. Under the lock a change is only
 //! recorded as pending: the fleet does no file I/O there. A task writes what is pending soon after, so a
 //! burst of changes costs one write: the newest `state.yaml`, the newest change of each agent's pointer.
-//!
-//! Writes happen one batch at a time (`io`), and a batch is taken while holding it, so a newer state never
-//! lands before an older one. Dropping the writer (the fleet's last handle) writes what is still pending
-//! before the state directory's lock is released.
+//! Batches land in order, so a newer state never lands before an older one, and what is pending when the
+//! writer is dropped is written before the state directory's lock is released (`background_writer`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use tokio::sync::Notify;
+use std::sync::Mutex;
 
 use crate::state::{FleetState as PersistedState, SessionStore, StateDir};
 
+use super::background_writer::{lock, BackgroundWriter, Batches, Flusher};
 use super::events::report_state_error;
 use super::events::EventBus;
 use super::sessions::SessionWrite;
@@ -22,13 +19,11 @@ use super::sessions::SessionWrite;
 struct Pending {
     fleet_state: Option<Box<PersistedState>>,
     sessions: BTreeMap<String, SessionWrite>,
-    closed: bool,
 }
 
-struct Shared {
+/// What is pending and where it goes.
+pub(super) struct StateFiles {
     pending: Mutex<Pending>,
-    io: Mutex<()>,
-    wake: Notify,
     state_file: PathBuf,
     sessions: SessionStore,
     events: EventBus,
@@ -36,71 +31,45 @@ struct Shared {
 
 /// The fleet's writer of `state.yaml` and `sessions/`; one per open state directory.
 pub(super) struct StateWriter {
-    shared: Arc<Shared>,
-}
-
-/// A lock whose holder panicked still guards consistent data here: every update is one assignment.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    writer: BackgroundWriter<StateFiles>,
 }
 
 impl StateWriter {
     /// Starts the writing task for `dir`; errors are reported on `events`.
     pub(super) fn start(dir: &StateDir, events: EventBus) -> StateWriter {
-        let shared = Arc::new(Shared {
+        let files = StateFiles {
             pending: Mutex::new(Pending::default()),
-            io: Mutex::new(()),
-            wake: Notify::new(),
             state_file: dir.state_file(),
             sessions: dir.sessions().clone(),
-            events,
-        });
-        tokio::spawn(write_when_woken(shared.clone()));
-        StateWriter { shared }
+            events: events.clone(),
+        };
+        StateWriter {
+            writer: BackgroundWriter::start(files, events),
+        }
     }
 
     pub(super) fn fleet_state(&self, state: &PersistedState) {
-        lock(&self.shared.pending).fleet_state = Some(Box::new(state.clone()));
-        self.shared.wake.notify_one();
+        lock(&self.writer.batches().pending).fleet_state = Some(Box::new(state.clone()));
+        self.writer.wake();
     }
 
     pub(super) fn session(&self, write: SessionWrite) {
-        lock(&self.shared.pending)
+        lock(&self.writer.batches().pending)
             .sessions
             .insert(write.agent().to_owned(), write);
-        self.shared.wake.notify_one();
+        self.writer.wake();
     }
 
     /// A handle to write what is pending, usable without holding the fleet lock.
-    pub(super) fn flusher(&self) -> Flusher {
-        Flusher(self.shared.clone())
+    pub(super) fn flusher(&self) -> Flusher<StateFiles> {
+        self.writer.flusher()
     }
 }
 
-/// Writes what a [`StateWriter`] has pending.
-pub(super) struct Flusher(Arc<Shared>);
+impl Batches for StateFiles {
+    const WHAT: &'static str = "fleet state";
 
-impl Flusher {
-    /// Writes whatever is pending now, in the blocking pool; returns when it is on disk (or reported).
-    pub(super) async fn flush(self) {
-        let shared = self.0.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || shared.write_pending()).await {
-            report_state_error(&self.0.events, &format!("writing fleet state failed: {e}"));
-        }
-    }
-}
-
-impl Drop for StateWriter {
-    fn drop(&mut self) {
-        lock(&self.shared.pending).closed = true;
-        self.shared.wake.notify_one();
-        self.shared.write_pending();
-    }
-}
-
-impl Shared {
-    fn write_pending(&self) {
-        let _io = lock(&self.io);
+    fn write_batch(&self) {
         let (fleet_state, sessions) = {
             let mut pending = lock(&self.pending);
             (
@@ -117,19 +86,6 @@ impl Shared {
             if let Err(e) = write.apply(&self.sessions) {
                 report_state_error(&self.events, &e.to_string());
             }
-        }
-    }
-}
-
-async fn write_when_woken(shared: Arc<Shared>) {
-    loop {
-        shared.wake.notified().await;
-        if lock(&shared.pending).closed {
-            return;
-        }
-        let writing = shared.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || writing.write_pending()).await {
-            report_state_error(&shared.events, &format!("writing fleet state failed: {e}"));
         }
     }
 }

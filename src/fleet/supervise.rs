@@ -6,6 +6,7 @@
 //! `job:output`* → `agent:stopped` + `job:completed|failed|cancelled`. The pump finishes before the job is
 //! finalized, so no output event follows the final one.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
 use chrono::Utc;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome};
-use crate::state::{Durability, OutputWriter, PrunedFiles, StagedRecord};
+use crate::state::{Durability, OutputWriter, PrunedFiles};
 
 use super::core::{may_start, Core, Shared, WhenFull};
 use super::error::FleetState;
@@ -23,60 +24,77 @@ use super::followup;
 use super::job_table::RunContext;
 use super::manager::FleetManager;
 use super::output::{OutputHub, SerializedLine};
+use super::record_writer::Landing;
 use super::records;
 use super::sessions;
 use super::spec;
 
-/// Handed out by finalization: wakes whoever waits for the job, once the caller has let go of the fleet
-/// (so that a waiter that drops its FleetManager really releases the state directory).
+/// Handed out by finalization: wakes whoever waits for the job once its final record is written and the
+/// history its end pruned is deleted, and the caller has let go of the fleet (so that a waiter that drops
+/// its FleetManager really releases the state directory).
 pub(super) struct JobFinished {
     finished: watch::Sender<Option<Job>>,
     job: Job,
-    jobs_changed: Arc<tokio::sync::Notify>,
+    landing: Option<Landing>,
     pruned: Option<Pruned>,
+    fleet: Weak<Shared>,
+    jobs_changed: Arc<tokio::sync::Notify>,
 }
 
 impl JobFinished {
-    /// Tells the job's waiters it has ended, after the history its end pruned is deleted (a waiter then
-    /// never finds files of a pruned job). The deletion runs in the blocking pool, outside the fleet lock.
-    pub(super) fn signal(mut self) {
-        match self.pruned.take() {
-            None => self.tell(),
-            Some(pruned) => {
-                tokio::spawn(async move {
-                    pruned.delete().await;
-                    self.tell();
-                });
-            }
-        }
+    /// Waits, in a task of its own, for the final record to land and the pruned history to be deleted
+    /// (in the blocking pool, outside the fleet lock), then tells the job's waiters it has ended. Until
+    /// then the job table answers for the job (a waiter then never finds files of a pruned job, nor a
+    /// record older than the one it is told).
+    pub(super) fn signal(self) {
+        tokio::spawn(self.tell_when_written());
     }
 
-    fn tell(self) {
-        self.finished.send_replace(Some(self.job));
-        self.jobs_changed.notify_waiters();
+    async fn tell_when_written(self) {
+        let JobFinished {
+            finished,
+            job,
+            landing,
+            pruned,
+            fleet,
+            jobs_changed,
+        } = self;
+        let landed = match landing {
+            Some(landing) => landing.wait().await,
+            None => None,
+        };
+        let released = match pruned {
+            Some(pruned) => pruned.delete().await,
+            None => Vec::new(),
+        };
+        if let Some(shared) = fleet.upgrade() {
+            let manager = FleetManager { shared };
+            let mut core = manager.core();
+            if let Some(landed) = landed {
+                records::vouch(&mut core, landed);
+            }
+            for id in &released {
+                core.release_job_id(id);
+            }
+            core.jobs.ended(&job.id);
+        }
+        finished.send_replace(Some(job));
+        jobs_changed.notify_waiters();
     }
 }
 
 /// Jobs pruning took out of the index under the fleet lock; their files are still to be deleted.
 pub(super) struct Pruned {
-    /// The job whose end pruned them: its late waiters wait for the deletion too.
-    finishing: JobId,
     /// Reserved until their files are gone, so that no new job is given one of these ids meanwhile.
     ids: Vec<JobId>,
     files: PrunedFiles,
-    fleet: Weak<Shared>,
     events: EventBus,
 }
 
 impl Pruned {
-    async fn delete(self) {
-        let Pruned {
-            finishing,
-            ids,
-            files,
-            fleet,
-            events,
-        } = self;
+    /// Deletes the files; returns the ids to release.
+    async fn delete(self) -> Vec<JobId> {
+        let Pruned { ids, files, events } = self;
         let deleted = tokio::task::spawn_blocking(move || files.delete()).await;
         let problem = match deleted {
             Ok(Ok(())) => None,
@@ -86,14 +104,7 @@ impl Pruned {
         if let Some(problem) = problem {
             report_state_error(&events, &format!("pruning job history: {problem}"));
         }
-        if let Some(shared) = fleet.upgrade() {
-            let manager = FleetManager { shared };
-            let mut core = manager.core();
-            for id in &ids {
-                core.release_job_id(id);
-            }
-            core.jobs.finished_pruning(&finishing);
-        }
+        ids
     }
 }
 
@@ -120,7 +131,7 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
                 agent.name
             ),
         );
-        if let Some(finished) = finalize_locked(manager, core, id, outcome, None) {
+        if let Some(finished) = finalize_locked(manager, core, id, outcome) {
             finished.signal();
         }
         return;
@@ -150,20 +161,10 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     manager.metrics().job_started(&job.agent);
     // Not fsynced: the pid matters only if the daemon dies, and the page cache survives that; after a
     // machine crash the process is gone anyway. Creation and the final record are fsynced.
-    if let Err(e) = records::persist_with(manager, core, &job, Durability::Process) {
+    if let Err(e) = records::put(core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs but its record could not be saved: {e}");
     }
-    let writer = match core.store.as_ref().map(|s| s.output_writer(id)) {
-        Some(Ok(writer)) => Some(writer),
-        Some(Err(e)) => {
-            report_state_error(
-                manager.events(),
-                &format!("job {id}: output not persisted: {e}"),
-            );
-            None
-        }
-        None => None,
-    };
+    let output_path = core.store.as_ref().map(|s| s.output_path(id));
     // A root span: a queued job starts while another job is being finalized, and a child of that job's span
     // would chain every later job to it (each log line naming all of them, none ever freed).
     let span = tracing::info_span!(parent: None, "job", agent = %job.agent, job_id = %id);
@@ -179,7 +180,14 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         job_id: id.to_string(),
     });
     tokio::spawn(tracing::Instrument::instrument(
-        supervise(manager.clone(), id.clone(), handle, output_rx, writer, hub),
+        supervise(
+            manager.clone(),
+            id.clone(),
+            handle,
+            output_rx,
+            output_path,
+            hub,
+        ),
         span,
     ));
 }
@@ -191,9 +199,13 @@ async fn supervise(
     id: JobId,
     handle: RunHandle,
     output: mpsc::Receiver<OutputEvent>,
-    writer: Option<OutputWriter>,
+    output_path: Option<PathBuf>,
     hub: OutputHub,
 ) {
+    let writer = match output_path {
+        Some(path) => open_output(manager.events(), &id, path).await,
+        None => None,
+    };
     let mut pump = Pump {
         events: manager.events().clone(),
         metrics: manager.metrics().clone(),
@@ -213,32 +225,26 @@ async fn supervise(
         }
     };
     drop(pump);
-    // The final record is written and fsynced outside the fleet's lock, so that jobs ending together
-    // share the disk's time instead of queueing behind the lock for it.
-    let prepared = {
-        let core = manager.core();
-        match (core.jobs.get(&id), core.jobs_dir(), core.jobs_dir_sync()) {
-            (Some(active), Ok(dir), Some(dir_sync)) => {
-                Some((final_record(&active.job, &outcome), dir, dir_sync))
-            }
-            _ => None,
-        }
-    };
-    let (staged, dir_sync) = match prepared {
-        Some((job, dir, dir_sync)) => match records::stage_record(&manager, &dir, job).await {
-            Ok(staged) => (Some(staged), Some(dir_sync)),
-            // Reported; finalization writes the record under the lock instead.
-            Err(_) => (None, None),
-        },
-        None => (None, None),
-    };
-    let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome, staged);
-    if let Some(dir_sync) = dir_sync {
-        records::sync_jobs_dir(&manager, dir_sync).await;
-    }
+    let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome);
     drop(manager);
     if let Some(finished) = finished {
         finished.signal();
+    }
+}
+
+/// Opens the appender of a job's output file, in the blocking pool; a failure is reported and the job
+/// runs with its output delivered live but not kept.
+async fn open_output(events: &EventBus, id: &JobId, path: PathBuf) -> Option<OutputWriter> {
+    let opened = tokio::task::spawn_blocking(move || OutputWriter::open(path))
+        .await
+        .map_err(|e| format!("the opening task failed: {e}"))
+        .and_then(|opened| opened.map_err(|e| e.to_string()));
+    match opened {
+        Ok(writer) => Some(writer),
+        Err(e) => {
+            report_state_error(events, &format!("job {id}: output not persisted: {e}"));
+            None
+        }
     }
 }
 
@@ -382,7 +388,7 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
         .as_deref()
         .and_then(|session| core.sessions.forget(&agent.name, session));
     core.save_session(write);
-    if let Err(e) = records::persist_with(manager, core, &job, Durability::Process) {
+    if let Err(e) = records::put(core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs again but its record could not be saved: {e}");
     }
     AfterRun::Again((handle, output_rx))
@@ -430,28 +436,25 @@ fn output_line(seq: u64, event: OutputEvent) -> OutputLine {
 }
 
 /// Makes a job's record final from its run outcome, and does everything that follows a job's end. The
-/// record is `staged` already (written and fsynced outside the lock) or written here. The caller signals
-/// the returned [`JobFinished`] after releasing the lock (and syncing the jobs directory if it staged).
+/// record is queued for the writer; until it lands the job table answers for the job as ending. The
+/// caller signals the returned [`JobFinished`] after releasing the lock.
 #[must_use]
 fn finalize_locked(
     manager: &FleetManager,
     core: &mut Core,
     id: &JobId,
     outcome: RunOutcome,
-    staged: Option<StagedRecord>,
 ) -> Option<JobFinished> {
     let active = core.jobs.finish(id)?;
-    let (job, saved) = match staged {
-        Some(staged) => (staged.job().clone(), records::commit(manager, core, staged)),
-        None => {
-            let job = final_record(&active.job, &outcome);
-            let saved = records::persist(manager, core, &job);
-            (job, saved)
+    let job = final_record(&active.job, &outcome);
+    let landing = match records::put(core, &job, Durability::Machine) {
+        Ok(landing) => Some(landing),
+        Err(e) => {
+            tracing::error!(job_id = %id, "final record not saved: {e}");
+            None
         }
     };
-    if let Err(e) = saved {
-        tracing::error!(job_id = %id, "final record not saved: {e}");
-    }
+    core.jobs.ending(job.clone(), active.finished.subscribe());
     manager.metrics().job_finished(&job);
     if record_in_fleet_state(core, &job) {
         core.save_persisted();
@@ -501,11 +504,7 @@ fn finalize_locked(
     if let (Some(agent), Some(config)) = (active.agent.as_ref(), core.config.as_ref()) {
         followup::run_hooks(agent, config, &job);
     }
-    let pruned = prune(manager, core, id);
-    if pruned.is_some() {
-        // Until its pruning's files are gone, a waiter that comes now still waits for the end.
-        core.jobs.pruning(id, active.finished.subscribe());
-    }
+    let pruned = prune(manager, core);
     dispatch_queue(manager, core);
     // Readers of the output hub end when it is dropped; waiters of `finished` get the final record (which
     // pruning may already have deleted from the store).
@@ -513,8 +512,10 @@ fn finalize_locked(
     Some(JobFinished {
         finished: active.finished,
         job,
-        jobs_changed: manager.shared.jobs_changed.clone(),
+        landing,
         pruned,
+        fleet: Arc::downgrade(&manager.shared),
+        jobs_changed: manager.shared.jobs_changed.clone(),
     })
 }
 
@@ -534,7 +535,7 @@ pub(super) fn finish_without_running(
             reason.to_string(),
         )
     };
-    if let Some(finished) = finalize_locked(manager, core, id, outcome, None) {
+    if let Some(finished) = finalize_locked(manager, core, id, outcome) {
         finished.signal();
     }
 }
@@ -568,12 +569,13 @@ fn record_in_fleet_state(core: &mut Core, job: &Job) -> bool {
 }
 
 /// Applies the history limits after a job's end: what goes leaves the index now, and its files are
-/// deleted once the lock is released ([`JobFinished::signal`]).
-fn prune(manager: &FleetManager, core: &mut Core, finishing: &JobId) -> Option<Pruned> {
+/// deleted once the lock is released ([`JobFinished::signal`]). Jobs the table holds are kept: their
+/// records may still be being written.
+fn prune(manager: &FleetManager, core: &mut Core) -> Option<Pruned> {
     let retention = manager.options().history.retention(core.config.as_deref());
     let Core { store, jobs, .. } = core;
     let store = store.as_mut()?;
-    let plan = store.plan_prune(&retention, Utc::now(), &|id| jobs.is_active(id));
+    let plan = store.plan_prune(&retention, Utc::now(), &|id| jobs.holds(id));
     if plan.doomed.is_empty() {
         return None;
     }
@@ -583,10 +585,8 @@ fn prune(manager: &FleetManager, core: &mut Core, finishing: &JobId) -> Option<P
         jobs.reserve(id.clone());
     }
     Some(Pruned {
-        finishing: finishing.clone(),
         ids: plan.doomed,
         files,
-        fleet: Arc::downgrade(&manager.shared),
         events: manager.events().clone(),
     })
 }

@@ -105,7 +105,7 @@ pub fn stage_write(path: &Path, bytes: &[u8]) -> Result<StagedWrite, StateError>
     stage_with(path, bytes, Durability::Machine, &mut |_| Ok(()))
 }
 
-fn stage_with(
+pub(crate) fn stage_with(
     path: &Path,
     bytes: &[u8],
     durability: Durability,

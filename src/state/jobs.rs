@@ -17,33 +17,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::ops::Bound;
-use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::atomic::{
-    atomic_write, atomic_write_with, is_temp_file_name, remove_stale_temp_file, stage_write,
-    DirSync, Durability, StagedWrite,
-};
+use super::atomic::{is_temp_file_name, remove_stale_temp_file, Durability};
 use super::corrupt::{move_aside, CorruptFile};
 use super::journal;
 use super::output::{self, OutputWriter};
 use super::record;
+use super::record_files::{JournalSnapshot, RecordFiles, StagedRecord, JOURNAL_FILE};
 use super::StateError;
 use crate::job::{Job, JobId, JobStatus, OutputLine, UsageTotals};
 use rustc_hash::{FxHashMap, FxHashSet};
-
-/// File name of the index journal inside the jobs directory.
-pub const JOURNAL_FILE: &str = "index.tsv";
-
-/// The journal is compacted once it holds this many lines more than twice the live jobs.
-const JOURNAL_SLACK_LINES: usize = 4096;
 
 /// Default page size of [`JobFilter`].
 pub const DEFAULT_PAGE_LIMIT: usize = 50;
@@ -77,21 +69,44 @@ impl Default for JobFilter {
 /// The records of a page of jobs, located under the store's guard, to be read after it.
 #[derive(Debug)]
 pub struct PagePlan {
-    paths: Vec<PathBuf>,
+    entries: Vec<PageEntry>,
     /// Matching jobs in all (the page is a window of them).
     pub total: usize,
 }
 
+#[derive(Debug)]
+enum PageEntry {
+    File(JobId, PathBuf),
+    /// The record as the caller knows it, newer than its file may be.
+    Known(Box<Job>),
+}
+
 impl PagePlan {
+    /// Takes the records `current` knows (a job whose record is still being written) from it instead of
+    /// their files; called under the guard the plan was made under.
+    pub fn known(mut self, current: impl Fn(&JobId) -> Option<Job>) -> PagePlan {
+        for entry in &mut self.entries {
+            if let PageEntry::File(id, _) = entry {
+                if let Some(job) = current(id) {
+                    *entry = PageEntry::Known(Box::new(job));
+                }
+            }
+        }
+        self
+    }
+
     /// Reads the page's records; one that cannot be read (changed behind the index, or pruned since the
     /// page was located) is reported instead.
     pub fn read(self) -> JobPage {
-        let mut jobs = Vec::with_capacity(self.paths.len());
+        let mut jobs = Vec::with_capacity(self.entries.len());
         let mut unreadable = Vec::new();
-        for path in &self.paths {
-            match read_record(path) {
-                Ok(job) => jobs.push(job),
-                Err(error) => unreadable.push(error),
+        for entry in self.entries {
+            match entry {
+                PageEntry::Known(job) => jobs.push(*job),
+                PageEntry::File(_, path) => match read_record(&path) {
+                    Ok(job) => jobs.push(job),
+                    Err(error) => unreadable.push(error),
+                },
             }
         }
         JobPage {
@@ -114,32 +129,6 @@ pub struct JobPage {
 }
 
 /// Number of jobs per status.
-/// A job record staged by [`JobStore::stage`], waiting for [`JobStore::commit`].
-#[derive(Debug)]
-pub struct StagedRecord {
-    job: Job,
-    write: StagedWrite,
-}
-
-impl StagedRecord {
-    /// The record as it will be once committed.
-    pub fn job(&self) -> &Job {
-        &self.job
-    }
-}
-
-/// The text of `job`'s record at `path` (`<jobs>/<id>.yaml`), in the layout of [`super::record`].
-fn record_yaml(path: &Path, job: &Job) -> Result<String, StateError> {
-    let output_path = path.with_extension("jsonl");
-    // herdctl records the output file's absolute path; a relative state directory is relative to our cwd.
-    let output_path = std::path::absolute(&output_path).unwrap_or(output_path);
-    record::to_yaml(job, &output_path).map_err(|error| StateError::Serialize {
-        what: "job record",
-        path: path.to_path_buf(),
-        reason: error.to_string(),
-    })
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct JobCounts {
     pub queued: usize,
@@ -193,9 +182,16 @@ struct Summary {
     finished_at: Option<DateTime<Utc>>,
     /// herdctl wrote the record first ([`Job::herdctl_record`]).
     herdctl: bool,
-    /// Inode of the record version this summary describes.
+    /// Inode of the record version this summary describes; 0 while that version is still being
+    /// written (no file has inode 0, so the journal never vouches for a file it has not seen).
     inode: u64,
+    /// Counts the summaries this job had: a write's inode is taken only by the version it wrote.
+    version: RecordVersion,
 }
+
+/// Which of a job's indexed versions a record write wrote ([`JobStore::note`], [`JobStore::written`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordVersion(u32);
 
 type OrderKey = (DateTime<Utc>, JobId);
 
@@ -278,12 +274,8 @@ impl PrunedFiles {
 #[derive(Debug)]
 pub struct JobStore {
     dir: PathBuf,
-    journal_path: PathBuf,
-    /// Opened on the first append after open or compaction.
-    journal_appender: Option<File>,
-    journal_lines: usize,
-    /// An append failed, so the journal may miss a line: rewrite it on the next write.
-    journal_needs_rewrite: bool,
+    /// Record writes and the journal, shared with a writer outside the lock that guards this index.
+    files: Arc<RecordFiles>,
     by_order: BTreeMap<OrderKey, Summary>,
     created_at_by_id: FxHashMap<JobId, DateTime<Utc>>,
     /// Per agent, the usage of its finished jobs that have one; kept in step with `by_order`.
@@ -291,8 +283,6 @@ pub struct JobStore {
     counts: JobCounts,
     /// Agent names shared by every summary of the same agent.
     agent_names: FxHashSet<Arc<str>>,
-    /// Makes committed renames durable, shared with callers that sync outside their lock.
-    dir_sync: Arc<DirSync>,
 }
 
 impl JobStore {
@@ -303,26 +293,23 @@ impl JobStore {
             path: dir.to_path_buf(),
             source,
         })?;
+        let journal_path = dir.join(JOURNAL_FILE);
         let mut store = JobStore {
-            dir_sync: Arc::new(DirSync::new(dir.to_path_buf())),
+            files: Arc::new(RecordFiles::new(dir, 0)),
             dir: dir.to_path_buf(),
-            journal_path: dir.join(JOURNAL_FILE),
-            journal_appender: None,
-            journal_lines: 0,
-            journal_needs_rewrite: false,
             by_order: BTreeMap::new(),
             created_at_by_id: FxHashMap::default(),
             usage: FxHashMap::default(),
             counts: JobCounts::default(),
             agent_names: FxHashSet::default(),
         };
-        let journal_bytes = match fs::read(&store.journal_path) {
+        let journal_bytes = match fs::read(&journal_path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(source) => {
                 return Err(StateError::Io {
                     action: "read the job index",
-                    path: store.journal_path.clone(),
+                    path: journal_path.clone(),
                     source,
                 })
             }
@@ -361,6 +348,7 @@ impl JobStore {
                         finished_at: known.finished_at,
                         herdctl: known.herdctl,
                         inode: known.inode,
+                        version: RecordVersion(0),
                     };
                     covered.push(((known.created_at, id), summary, known.usage));
                 }
@@ -370,7 +358,7 @@ impl JobStore {
         // Damaged, or describing files that are gone or other versions of them.
         let journal_is_stale =
             journal.damaged || covered.len() < journaled.len() || !uncovered.is_empty();
-        store.journal_lines = journal.lines;
+        store.files = Arc::new(RecordFiles::new(dir, journal.lines));
         drop(journaled);
         drop(journal);
         drop(journal_bytes);
@@ -380,8 +368,8 @@ impl JobStore {
             .into_iter()
             .filter_map(|id| store.index_from_record(id))
             .collect();
-        if journal_is_stale || store.journal_is_bloated() {
-            store.rewrite_journal()?;
+        if journal_is_stale || store.journal_due() {
+            store.files.replace_journal(store.journal_snapshot())?;
         }
         Ok((store, issues))
     }
@@ -465,97 +453,52 @@ impl JobStore {
     }
 
     fn put_with(&mut self, job: &Job, durability: Durability) -> Result<(), StateError> {
-        let path = self.record_path(&job.id);
-        let yaml = record_yaml(&path, job)?;
-        let inode = atomic_write_with(&path, yaml.as_bytes(), durability, &mut |_| Ok(()))?;
-        self.indexed(job, inode)
-    }
-
-    /// The slow, durable half of [`put`](Self::put): `job`'s record written and fsynced beside its final
-    /// name in `jobs_dir`. It needs nothing of the store, so it can run outside the lock that guards it;
-    /// [`commit`](Self::commit) then makes it the job's record.
-    pub fn stage(jobs_dir: &Path, job: &Job) -> Result<StagedRecord, StateError> {
-        let path = jobs_dir.join(format!("{}.yaml", job.id));
-        let yaml = record_yaml(&path, job)?;
-        Ok(StagedRecord {
-            job: job.clone(),
-            write: stage_write(&path, yaml.as_bytes())?,
-        })
-    }
-
-    /// Renames a staged record into place and indexes it. The rename is durable once the directory is
-    /// synced ([`dir_sync`](Self::dir_sync)), which the caller may also do outside its lock.
-    pub fn commit(&mut self, staged: StagedRecord) -> Result<(), StateError> {
-        let inode = staged.write.publish()?;
-        self.dir_sync.renamed();
-        self.indexed(&staged.job, inode)
-    }
-
-    /// The group commit of this store's directory: [`DirSync::sync`] makes every record committed so
-    /// far durable, sharing one fsync among callers that sync at the same time.
-    pub fn dir_sync(&self) -> Arc<DirSync> {
-        self.dir_sync.clone()
-    }
-
-    fn indexed(&mut self, job: &Job, inode: u64) -> Result<(), StateError> {
+        let inode = self.files.write(job, durability)?;
+        if durability == Durability::Machine {
+            self.files.sync_dir()?;
+        }
         self.index(job, inode);
-        self.journal_record(&job.id)
+        self.journal_written(job, inode)
     }
 
-    /// Records the current summary of `id` in the journal.
-    fn journal_record(&mut self, id: &JobId) -> Result<(), StateError> {
-        if self.journal_needs_rewrite || self.journal_is_bloated() {
-            return self.rewrite_journal();
-        }
-        let Some(created_at) = self.created_at_by_id.get(id).copied() else {
-            return Ok(());
-        };
-        let key = (created_at, id.clone());
-        let Some(summary) = self.by_order.get(&key) else {
-            return Ok(());
-        };
-        let mut line = Vec::with_capacity(160);
-        let usage = self.usage_of(&key.1, summary);
-        if !journal::push_line(&mut line, &journal_entry(&key, summary, usage)) {
-            return Ok(());
-        }
-        let appended = self.append_to_journal(&line);
-        if appended.is_err() {
-            self.journal_appender = None;
-            self.journal_needs_rewrite = true;
-        }
-        appended
+    /// The slow, durable half of a record write, done without the store: see [`RecordFiles::stage`].
+    pub fn stage(jobs_dir: &Path, job: &Job) -> Result<StagedRecord, StateError> {
+        RecordFiles::stage(jobs_dir, job)
     }
 
-    fn append_to_journal(&mut self, line: &[u8]) -> Result<(), StateError> {
-        let io_error = |source| StateError::Io {
-            action: "append to the job index",
-            path: self.journal_path.clone(),
-            source,
+    /// The file side of this store, for a writer that works outside the lock guarding the index: it
+    /// writes what [`note`](Self::note) indexed and reports back with [`written`](Self::written).
+    pub fn files(&self) -> Arc<RecordFiles> {
+        self.files.clone()
+    }
+
+    /// Indexes `job` as it is now, before its record is written (by a writer using
+    /// [`files`](Self::files)); returns the version that write is to report to [`written`](Self::written).
+    /// Until then the index does not vouch for any file of the job in the journal.
+    pub fn note(&mut self, job: &Job) -> RecordVersion {
+        self.index(job, 0)
+    }
+
+    /// The write of `version` of `id`'s record landed as `inode`: the index vouches for that file, unless
+    /// a newer version was noted meanwhile.
+    pub fn written(&mut self, id: &JobId, version: RecordVersion, inode: u64) {
+        let Some(created_at) = self.created_at_by_id.get(id) else {
+            return;
         };
-        let appender = match &mut self.journal_appender {
-            Some(file) => file,
-            None => {
-                let file = OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o600)
-                    .open(&self.journal_path)
-                    .map_err(io_error)?;
-                self.journal_appender.insert(file)
+        if let Some(summary) = self.by_order.get_mut(&(*created_at, id.clone())) {
+            if summary.version == version {
+                summary.inode = inode;
             }
-        };
-        appender.write_all(line).map_err(io_error)?;
-        self.journal_lines += 1;
-        Ok(())
+        }
     }
 
-    fn journal_is_bloated(&self) -> bool {
-        self.journal_lines > 2 * self.by_order.len() + JOURNAL_SLACK_LINES
+    /// Whether the journal is to be rewritten from the index ([`journal_snapshot`](Self::journal_snapshot)).
+    pub fn journal_due(&self) -> bool {
+        self.files.journal_due(self.by_order.len())
     }
 
-    /// Replaces the journal with one line per indexed job.
-    fn rewrite_journal(&mut self) -> Result<(), StateError> {
+    /// The journal as the index describes it: one line per indexed job.
+    pub fn journal_snapshot(&self) -> JournalSnapshot {
         let mut bytes = Vec::with_capacity(journal::HEADER.len() + self.by_order.len() * 80);
         bytes.extend_from_slice(journal::HEADER.as_bytes());
         let mut lines = 0;
@@ -565,16 +508,21 @@ impl JobStore {
                 lines += 1;
             }
         }
-        atomic_write(&self.journal_path, &bytes)?;
-        // The old appender points at the replaced file.
-        self.journal_appender = None;
-        self.journal_lines = lines;
-        self.journal_needs_rewrite = false;
-        Ok(())
+        JournalSnapshot { bytes, lines }
     }
 
-    fn index(&mut self, job: &Job, inode: u64) {
-        self.unindex(&job.id);
+    /// Journals the write of `job`'s record as `inode`, or rewrites the journal when it is due.
+    fn journal_written(&mut self, job: &Job, inode: u64) -> Result<(), StateError> {
+        if self.journal_due() {
+            return self.files.replace_journal(self.journal_snapshot());
+        }
+        self.files.journal(job, inode)
+    }
+
+    /// Indexes `job`'s summary, described by the file with `inode`; returns the summary's version.
+    fn index(&mut self, job: &Job, inode: u64) -> RecordVersion {
+        let previous = self.unindex(&job.id);
+        let version = RecordVersion(previous.map_or(0, |v| v.0.wrapping_add(1)));
         let agent = self.shared_agent_name(&job.agent);
         *self.counts.slot(job.status) += 1;
         self.created_at_by_id.insert(job.id.clone(), job.created_at);
@@ -592,26 +540,25 @@ impl JobStore {
                 finished_at: job.finished_at,
                 herdctl: job.herdctl_record,
                 inode,
+                version,
             },
         );
+        version
     }
 
-    fn unindex(&mut self, id: &JobId) -> bool {
-        let Some(created_at) = self.created_at_by_id.remove(id) else {
-            return false;
-        };
-        if let Some(old) = self.by_order.remove(&(created_at, id.clone())) {
-            *self.counts.slot(old.status) -= 1;
-            if let (Some(finished_at), Some(usage)) =
-                (old.finished_at, self.usage.get_mut(&old.agent))
-            {
-                usage.remove(&(finished_at, id.clone()));
-                if usage.is_empty() {
-                    self.usage.remove(&old.agent);
-                }
+    /// Takes `id` out of the index; returns the version of the summary it had, if it had one.
+    fn unindex(&mut self, id: &JobId) -> Option<RecordVersion> {
+        let created_at = self.created_at_by_id.remove(id)?;
+        let old = self.by_order.remove(&(created_at, id.clone()))?;
+        *self.counts.slot(old.status) -= 1;
+        if let (Some(finished_at), Some(usage)) = (old.finished_at, self.usage.get_mut(&old.agent))
+        {
+            usage.remove(&(finished_at, id.clone()));
+            if usage.is_empty() {
+                self.usage.remove(&old.agent);
             }
         }
-        true
+        Some(old.version)
     }
 
     /// The usage indexed for job `id`, described by `summary`.
@@ -703,7 +650,7 @@ impl JobStore {
         };
         if matches!((&lower, &upper), (Bound::Included(l), Bound::Excluded(u)) if l >= u) {
             return PagePlan {
-                paths: Vec::new(),
+                entries: Vec::new(),
                 total: 0,
             };
         }
@@ -721,9 +668,9 @@ impl JobStore {
             total += 1;
         }
         PagePlan {
-            paths: page_ids
+            entries: page_ids
                 .into_iter()
-                .map(|id| self.record_path(id))
+                .map(|id| PageEntry::File(id.clone(), self.record_path(id)))
                 .collect(),
             total,
         }
@@ -790,7 +737,7 @@ impl JobStore {
     pub fn forget(&mut self, ids: &[JobId]) -> PrunedFiles {
         let mut paths = Vec::with_capacity(ids.len() * 2);
         for id in ids {
-            if self.unindex(id) {
+            if self.unindex(id).is_some() {
                 // Output first: a crash in between leaves a record without output, never orphaned output.
                 paths.push(self.output_path(id));
                 paths.push(self.record_path(id));
@@ -853,10 +800,14 @@ fn read_record_with_inode(path: &Path) -> Result<(Job, u64), StateError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::atomic::atomic_write;
+    use super::super::record_files::JOURNAL_SLACK_LINES;
     use super::*;
     use crate::job::{ExitReason, TriggerType};
     use chrono::TimeZone;
     use std::collections::HashSet;
+    use std::fs::OpenOptions;
+    use std::io::Write;
     use std::time::Instant;
 
     fn at(second: i64) -> DateTime<Utc> {
@@ -1074,7 +1025,7 @@ mod tests {
     }
 
     #[test]
-    fn a_staged_record_is_invisible_until_committed_and_vanishes_if_dropped() {
+    fn a_staged_record_is_invisible_until_published_and_vanishes_if_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = open(dir.path());
         let first = job(1, "a", 1, JobStatus::Queued);
@@ -1082,8 +1033,10 @@ mod tests {
         assert_eq!(staged.job(), &first);
         assert!(store.get(&first.id).unwrap().is_none());
         assert!(!dir.path().join(format!("{}.yaml", first.id)).exists());
-        store.commit(staged).unwrap();
-        store.dir_sync().sync().unwrap();
+        let version = store.note(staged.job());
+        let inode = store.files().publish(staged).unwrap();
+        store.files().sync_dir().unwrap();
+        store.written(&first.id, version, inode);
         assert_eq!(store.get(&first.id).unwrap().unwrap(), first);
 
         let second = job(2, "a", 2, JobStatus::Queued);
@@ -1500,7 +1453,7 @@ mod tests {
         let journal_path = dir.path().join(JOURNAL_FILE);
         // Make appends fail: the journal path becomes a directory.
         fs::remove_file(&journal_path).unwrap();
-        store.journal_appender = None;
+        store.files.close_journal_appender();
         fs::create_dir(&journal_path).unwrap();
         let error = store
             .put(&job(2, "a", 1, JobStatus::Completed))
@@ -1557,7 +1510,10 @@ mod tests {
             summary.id = job_id;
             store.index(&summary, *inode);
         }
-        store.rewrite_journal().unwrap();
+        store
+            .files
+            .replace_journal(store.journal_snapshot())
+            .unwrap();
         drop(store);
         let setup = setup.elapsed();
 

@@ -13,9 +13,10 @@
 //! `--log-file` says (or stderr), never here, so no `logs/` is created.
 //!
 //! Owns: the lock, atomic durable writes ([`atomic_write`]), quarantine of corrupt files
-//! ([`CorruptFile`]), [`FleetState`], the [`JobStore`] with its in-memory index, and job output files
-//! ([`OutputWriter`]). Every rewrite is temp file + fsync + rename + directory fsync (for job records the
-//! directory fsync is shared by writers committing together, [`DirSync`]); output is appended and a torn
+//! ([`CorruptFile`]), [`FleetState`], the [`JobStore`] with its in-memory index and its file side
+//! ([`RecordFiles`], usable without the index, so that a caller can write outside the lock guarding it),
+//! and job output files ([`OutputWriter`]). Every rewrite is temp file + fsync + rename + directory fsync
+//! (for job records the directory fsync is shared by writes made together, [`DirSync`]); output is appended and a torn
 //! last line is tolerated. Corrupt files are moved aside and returned to the caller, which
 //! reports them — they never silently reset state.
 //!
@@ -33,6 +34,7 @@ mod journal;
 mod lock;
 mod output;
 mod record;
+mod record_files;
 mod sessions;
 
 use std::fs::DirBuilder;
@@ -47,14 +49,15 @@ pub use atomic::{
 pub use corrupt::CorruptFile;
 pub use fleet_state::{AgentState, FleetState, OtherKeys, ScheduleState};
 pub use jobs::{
-    JobCounts, JobFilter, JobPage, JobStore, PagePlan, PrunePlan, PrunedFiles, Retention,
-    StagedRecord, StoreIssue, DEFAULT_PAGE_LIMIT,
+    JobCounts, JobFilter, JobPage, JobStore, PagePlan, PrunePlan, PrunedFiles, RecordVersion,
+    Retention, StoreIssue, DEFAULT_PAGE_LIMIT,
 };
 pub use lock::StateLock;
 pub use output::{
     herdctl_output_line, read_output, read_output_page, seq_output_line, OutputPage, OutputWriter,
     PageLimit,
 };
+pub use record_files::{JournalSnapshot, RecordFiles, StagedRecord};
 pub use sessions::{LoadedSessions, SessionPointer, SessionStore};
 
 /// A state I/O failure. Every variant names the file; messages say what to do.
