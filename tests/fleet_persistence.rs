@@ -26,8 +26,8 @@ async fn collect_output(
                         texts.push(line.chunk);
                     }
                 }
-                OutputItem::Replayed { .. } => {}
-                OutputItem::Eof { status, .. } => return Some(status),
+                OutputItem::Replayed(_) => {}
+                OutputItem::Eof(end) => return Some(end.status),
             }
         }
         None

@@ -61,6 +61,8 @@ pub use info::{
 pub use logs::{LogBus, LogEntry, LogFilter, LogItem, LogLayer, LogLevel, LogSubscription};
 pub use manager::{FleetManager, ForkOptions, JobQuery, StopOptions, TriggerOptions};
 pub use options::{FleetManagerOptions, HistoryOptions, DEFAULT_MAX_JOBS_PER_AGENT};
-pub use output::{JobOutputStream, OutputBatchItem, OutputItem, SerializedLine};
+pub use output::{
+    JobOutputStream, OutputBatchItem, OutputEnd, OutputItem, ReplayEnd, SerializedLine,
+};
 pub use queries::{OutputRequest, MAX_INLINE_OUTPUT_BYTES};
 pub use queue::{JobQueue, QueuedJob};

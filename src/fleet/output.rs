@@ -134,36 +134,33 @@ impl Default for OutputHub {
 #[serde(untagged)]
 pub enum OutputItem {
     Line(SerializedLine),
-    /// `{replayed: true, nextSeq}`, once: every line stored when the stream got to it was delivered; what
-    /// follows is live (or the `Eof` of a finished job). A reader that wants only what is there stops here.
-    #[serde(rename_all = "camelCase")]
-    Replayed {
-        replayed: bool,
-        next_seq: u64,
-    },
-    /// The job has finished and every line was delivered.
-    Eof {
-        eof: bool,
-        status: JobStatus,
-    },
+    Replayed(ReplayEnd),
+    Eof(OutputEnd),
+}
+
+/// `{replayed: true, nextSeq}`, once: every line stored when the stream got to it was delivered; what
+/// follows is live (or the end of a finished job). A reader that wants only what is there stops here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayEnd {
+    pub replayed: bool,
+    pub next_seq: u64,
+}
+
+/// `{eof: true, status}`, last: the job has finished and every line was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct OutputEnd {
+    pub eof: bool,
+    pub status: JobStatus,
 }
 
 /// What a batched job-output reader receives: `{"lines": [line, …]}`, and last `{eof: true, status}`.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OutputBatchItem {
-    Lines {
-        lines: Vec<SerializedLine>,
-    },
-    #[serde(rename_all = "camelCase")]
-    Replayed {
-        replayed: bool,
-        next_seq: u64,
-    },
-    Eof {
-        eof: bool,
-        status: JobStatus,
-    },
+    Lines { lines: Vec<SerializedLine> },
+    Replayed(ReplayEnd),
+    Eof(OutputEnd),
 }
 
 /// Reads a `.jsonl` output file incrementally from where it stopped; a last line without its newline (being
@@ -269,10 +266,10 @@ impl JobOutputStream {
             }
             if !self.replayed {
                 self.replayed = true;
-                return Some(OutputItem::Replayed {
+                return Some(OutputItem::Replayed(ReplayEnd {
                     replayed: true,
                     next_seq: self.cursor,
-                });
+                }));
             }
             if self.ended {
                 return None;
@@ -280,7 +277,7 @@ impl JobOutputStream {
             let Some(live) = self.live.as_mut() else {
                 self.ended = true;
                 let status = (self.final_status)().unwrap_or(JobStatus::Failed);
-                return Some(OutputItem::Eof { eof: true, status });
+                return Some(OutputItem::Eof(OutputEnd { eof: true, status }));
             };
             let received = live.recv().await.map_err(|e| match e {
                 broadcast::error::RecvError::Lagged(n) => broadcast::error::TryRecvError::Lagged(n),
@@ -295,10 +292,8 @@ impl JobOutputStream {
     pub async fn next_batch(&mut self, max_bytes: usize) -> Option<OutputBatchItem> {
         let first = match self.next().await? {
             OutputItem::Line(line) => line,
-            OutputItem::Replayed { replayed, next_seq } => {
-                return Some(OutputBatchItem::Replayed { replayed, next_seq })
-            }
-            OutputItem::Eof { eof, status } => return Some(OutputBatchItem::Eof { eof, status }),
+            OutputItem::Replayed(end) => return Some(OutputBatchItem::Replayed(end)),
+            OutputItem::Eof(end) => return Some(OutputBatchItem::Eof(end)),
         };
         let mut bytes = first.json().len();
         let mut lines = vec![first];
@@ -400,8 +395,8 @@ mod tests {
         while let Some(item) = stream.next().await {
             match item {
                 OutputItem::Line(l) => seqs.push(l.seq),
-                OutputItem::Replayed { .. } => {}
-                OutputItem::Eof { status, .. } => return (seqs, Some(status)),
+                OutputItem::Replayed(_) => {}
+                OutputItem::Eof(end) => return (seqs, Some(end.status)),
             }
         }
         (seqs, None)
@@ -555,10 +550,10 @@ mod tests {
         // Everything there was delivered: said once.
         assert!(matches!(
             stream.next_batch(1 << 20).await,
-            Some(OutputBatchItem::Replayed {
+            Some(OutputBatchItem::Replayed(ReplayEnd {
                 replayed: true,
                 next_seq: 9
-            })
+            }))
         ));
         // Nothing ready: the batch waits for the next line.
         let waiting = tokio::spawn(async move {
@@ -574,10 +569,10 @@ mod tests {
         assert_eq!(seqs_of(item), vec![9]);
         assert!(matches!(
             stream.next_batch(1 << 20).await,
-            Some(OutputBatchItem::Eof {
+            Some(OutputBatchItem::Eof(OutputEnd {
                 eof: true,
                 status: JobStatus::Completed
-            })
+            }))
         ));
         assert!(stream.next_batch(1 << 20).await.is_none());
         let zero = line(0);
@@ -644,10 +639,10 @@ mod tests {
         assert_eq!(first.parse().unwrap().chunk, "file");
         assert!(matches!(
             stream.next().await,
-            Some(OutputItem::Replayed {
+            Some(OutputItem::Replayed(ReplayEnd {
                 replayed: true,
                 next_seq: 1
-            })
+            }))
         ));
         let idle = tokio::time::timeout(std::time::Duration::from_millis(50), stream.next()).await;
         assert!(idle.is_err(), "nothing more to read yet");
