@@ -9,22 +9,21 @@ use std::time::Duration;
 use jsonrpsee::core::SubscriptionError;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use jsonrpsee::{PendingSubscriptionSink, RpcModule, SubscriptionMessage, SubscriptionSink};
-use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::fleet::{
-    EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, FleetState, FleetStatus,
-    ForkOptions, JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription,
-    OutputBatchItem, OutputItem, StopOptions, TriggerOptions,
+    EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, ForkOptions,
+    JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription, OutputBatchItem,
+    OutputItem, StopOptions, TriggerOptions,
 };
-use crate::job::{Job, OutputLine};
 
 use super::params::{
     AgentLogsParams, CancelParams, EventsParams, ForkParams, JobOutputParams, JobParams,
     JobsParams, LogsParams, NameParams, NoParams, RpcParams, ScheduleParams, StopParams,
     TriggerParams,
 };
+use super::results::{JobDetail, StateResult, StatusResult};
 
 /// The OpenRPC document served by `rpc.discover`, byte for byte the file in `proto-docs/`.
 pub const OPENRPC_DOCUMENT: &str = include_str!("../../proto-docs/openrpc.json");
@@ -96,34 +95,6 @@ fn parse<T: RpcParams>(params: &Params) -> Result<T, ErrorObjectOwned> {
 fn to_value(result: impl Serialize) -> Result<Value, ErrorObjectOwned> {
     serde_json::to_value(result)
         .map_err(|e| ErrorObjectOwned::owned(-32603, e.to_string(), None::<()>))
-}
-
-/// `getJob`'s result: the job, and its output when asked for (`null` otherwise).
-#[derive(Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct JobDetail {
-    #[serde(flatten)]
-    job: Job,
-    /// The output lines asked for; null when none were.
-    output: Option<Vec<OutputLine>>,
-    /// The `outputFromSeq` of the next page; null at the end of the output or without output.
-    output_next_seq: Option<u64>,
-}
-
-/// The result of `initialize`, `start` and `stop`: the state the fleet is in afterwards.
-#[derive(Serialize, JsonSchema)]
-pub(super) struct StateResult {
-    state: FleetState,
-}
-
-/// `getStatus`'s result: the fleet's status and the protocol version the daemon speaks.
-#[derive(Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct StatusResult {
-    #[serde(flatten)]
-    status: FleetStatus,
-    /// The version of this protocol (`info.version` of `rpc.discover`).
-    protocol_version: &'static str,
 }
 
 /// Log entries replayed to a new log subscriber unless it asks for another `tail`.

@@ -2,9 +2,9 @@
 //!
 //! Owns: the framings of SPEC §11 ([`transport`]: NDJSON, HTTP, WebSocket on one socket, limits, peer check,
 //! graceful shutdown), the error objects of the protocol ([`error`]), the method table ([`methods`]:
-//! every FleetManager operation as a method or subscription), the params of every method ([`params`]), the
-//! OpenRPC document generated from those types ([`openrpc`]) and the client (`herdctl`'s, the tests' and
-//! the bench's: [`client`]). The transport is generic over any `jsonrpsee::Methods`. This module never binds
+//! every FleetManager operation as a method or subscription), the params of every method ([`params`]) and
+//! the results that are the protocol's own (`results`), the OpenRPC document generated from those types
+//! ([`openrpc`]) and the client (`herdctl`'s, the tests' and the bench's: [`client`]). The transport is generic over any `jsonrpsee::Methods`. This module never binds
 //! or removes the socket file (`daemon::socket` does).
 
 pub mod client;
@@ -12,4 +12,5 @@ pub mod error;
 pub mod methods;
 pub mod openrpc;
 pub mod params;
+mod results;
 pub mod transport;

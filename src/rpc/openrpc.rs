@@ -14,8 +14,8 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use super::error::ErrorData;
-use super::methods::{JobDetail, StateResult, StatusResult};
 use super::params::*;
+use super::results::{JobDetail, StateResult, StatusResult};
 use crate::fleet::{
     AgentInfo, CancelResult, EventItem, FleetState, JobList, LogItem, OutputBatchItem, OutputItem,
     QueueInfo, ReloadResult, ScheduleInfo,
