@@ -12,6 +12,7 @@
 //! [`JobStore::written`]: crate::state::JobStore::written
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -72,6 +73,8 @@ enum Operation {
 /// What is queued and where it goes.
 pub(super) struct RecordQueue {
     queue: Mutex<VecDeque<Operation>>,
+    /// A journal rewrite is queued: another would only repeat it (the journal stays due until it ran).
+    rewrite_queued: AtomicBool,
     files: Arc<RecordFiles>,
     events: EventBus,
 }
@@ -86,6 +89,7 @@ impl RecordWriter {
     pub(super) fn start(files: Arc<RecordFiles>, events: EventBus) -> RecordWriter {
         let queue = RecordQueue {
             queue: Mutex::new(VecDeque::new()),
+            rewrite_queued: AtomicBool::new(false),
             files,
             events: events.clone(),
         };
@@ -105,9 +109,17 @@ impl RecordWriter {
         Landing(landing)
     }
 
-    /// Queues a rewrite of the journal with `snapshot`, after the writes queued before it.
-    pub(super) fn replace_journal(&self, snapshot: JournalSnapshot) {
-        self.push(Operation::ReplaceJournal(snapshot));
+    /// Queues a rewrite of the journal with the snapshot `take` makes, after the writes queued before
+    /// it, unless one is queued already.
+    pub(super) fn replace_journal(&self, take: impl FnOnce() -> JournalSnapshot) {
+        if !self
+            .writer
+            .batches()
+            .rewrite_queued
+            .swap(true, Ordering::SeqCst)
+        {
+            self.push(Operation::ReplaceJournal(take()));
+        }
     }
 
     fn push(&self, operation: Operation) {
@@ -163,6 +175,7 @@ impl Batches for RecordQueue {
                     if let Err(e) = self.files.replace_journal(snapshot) {
                         report_state_error(&self.events, &e.to_string());
                     }
+                    self.rewrite_queued.store(false, Ordering::SeqCst);
                 }
             }
         }

@@ -45,7 +45,7 @@ pub(super) fn vouch(core: &mut Core, landed: Landed) {
     if let (Some(store), Some(writer)) = (core.store.as_mut(), core.records.as_ref()) {
         store.written(&landed.id, landed.version, inode);
         if store.journal_due() {
-            writer.replace_journal(store.journal_snapshot());
+            writer.replace_journal(|| store.journal_snapshot());
         }
     }
 }

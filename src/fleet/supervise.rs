@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome};
-use crate::state::{Durability, OutputWriter, PrunedFiles};
+use crate::state::{Durability, OutputWriter, PrunedFiles, StagedRecord};
 
 use super::core::{may_start, Core, Shared, WhenFull};
 use super::error::FleetState;
@@ -24,7 +24,7 @@ use super::followup;
 use super::job_table::RunContext;
 use super::manager::FleetManager;
 use super::output::{OutputHub, SerializedLine};
-use super::record_writer::Landing;
+use super::record_writer::{Landing, RecordWrite};
 use super::records;
 use super::sessions;
 use super::spec;
@@ -131,7 +131,7 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
                 agent.name
             ),
         );
-        if let Some(finished) = finalize_locked(manager, core, id, outcome) {
+        if let Some(finished) = finalize_locked(manager, core, id, outcome, None) {
             finished.signal();
         }
         return;
@@ -225,7 +225,21 @@ async fn supervise(
         }
     };
     drop(pump);
-    let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome);
+    // The final record is staged (written and fsynced) in the blocking pool before the lock is taken, so
+    // that jobs ending together fsync in parallel; the record writer only renames it into place.
+    let prepared = {
+        let core = manager.core();
+        match (core.jobs.get(&id), core.jobs_dir()) {
+            (Some(active), Ok(dir)) => Some((final_record(&active.job, &outcome), dir)),
+            _ => None,
+        }
+    };
+    let staged = match prepared {
+        // A failure is reported; finalization queues the whole write instead.
+        Some((job, dir)) => records::stage_record(&manager, &dir, job).await.ok(),
+        None => None,
+    };
+    let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome, staged);
     drop(manager);
     if let Some(finished) = finished {
         finished.signal();
@@ -436,18 +450,26 @@ fn output_line(seq: u64, event: OutputEvent) -> OutputLine {
 }
 
 /// Makes a job's record final from its run outcome, and does everything that follows a job's end. The
-/// record is queued for the writer; until it lands the job table answers for the job as ending. The
-/// caller signals the returned [`JobFinished`] after releasing the lock.
+/// record is `staged` already (written and fsynced outside the lock) or written whole; either way the
+/// record writer lands it, and until then the job table answers for the job as ending. The caller
+/// signals the returned [`JobFinished`] after releasing the lock.
 #[must_use]
 fn finalize_locked(
     manager: &FleetManager,
     core: &mut Core,
     id: &JobId,
     outcome: RunOutcome,
+    staged: Option<StagedRecord>,
 ) -> Option<JobFinished> {
     let active = core.jobs.finish(id)?;
-    let job = final_record(&active.job, &outcome);
-    let landing = match records::put(core, &job, Durability::Machine) {
+    let (job, write) = match staged {
+        Some(staged) => (staged.job().clone(), RecordWrite::Publish(staged)),
+        None => {
+            let job = final_record(&active.job, &outcome);
+            (job.clone(), RecordWrite::Put(job, Durability::Machine))
+        }
+    };
+    let landing = match records::queue(core, write) {
         Ok(landing) => Some(landing),
         Err(e) => {
             tracing::error!(job_id = %id, "final record not saved: {e}");
@@ -535,7 +557,7 @@ pub(super) fn finish_without_running(
             reason.to_string(),
         )
     };
-    if let Some(finished) = finalize_locked(manager, core, id, outcome) {
+    if let Some(finished) = finalize_locked(manager, core, id, outcome, None) {
         finished.signal();
     }
 }
