@@ -69,6 +69,11 @@ async fn jobs_and_output_survive_a_restart() {
     let manager = fx.manager().await;
     let (job, output) = manager.job(&id, OutputRequest::Whole).unwrap();
     assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(
+        (job.pid, job.pgid, job.process_start_time),
+        (None, None, None)
+    );
+    assert!(job.started_at.is_some() && job.duration_ms.is_some());
     assert_eq!(job.summary.as_deref(), Some("done"));
     assert_eq!(job.prompt.as_deref(), Some("persist me"));
     let output = output.unwrap().lines;
@@ -140,7 +145,11 @@ async fn a_job_left_running_by_a_dead_daemon_is_interrupted_and_its_process_kill
     let job = manager.job(id.as_str(), OutputRequest::Omit).unwrap().0;
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.exit_reason, Some(ExitReason::Interrupted));
-    assert_eq!(job.pid, None);
+    // The process is gone, and so is every field that named it.
+    assert_eq!(
+        (job.pid, job.pgid, job.process_start_time),
+        (None, None, None)
+    );
     assert!(job.finished_at.is_some());
     eventually("the orphan dies", || !process_alive(pid)).await;
     let status = sleep.wait().unwrap();

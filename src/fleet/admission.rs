@@ -165,7 +165,7 @@ impl FleetManager {
             let not_found = || FleetError::JobNotFound {
                 job_id: id.to_string(),
             };
-            match core.jobs.get(&job_id).map(|active| active.job.status) {
+            match core.jobs.get(&job_id).map(|active| active.status()) {
                 // Ended, its final record perhaps still being written: reply once it is.
                 None => match core.jobs.waiter(&job_id) {
                     Some(ending) => (None, TerminationType::AlreadyStopped, ending),
@@ -218,7 +218,7 @@ impl FleetManager {
             .jobs
             .iter()
             .filter(|a| a.is_running())
-            .map(|a| a.job.id.clone())
+            .map(|a| a.id().clone())
             .collect();
         let cancels = running.into_iter().map(|id| {
             let manager = self.clone();
@@ -388,7 +388,6 @@ pub(super) fn admit_staged(
     let job = core
         .jobs
         .current(&id)
-        .cloned()
         .ok_or_else(|| FleetError::JobNotFound {
             job_id: id.to_string(),
         })?;

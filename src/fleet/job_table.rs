@@ -1,16 +1,18 @@
-//! The fleet's jobs that have not finished: each active job, the queue, the running count per agent and the
-//! ids reserved for records still being written. Every change of a job's state is a method here, so the
-//! counts, the queue and the jobs themselves cannot drift apart (the fields are private).
+//! The fleet's jobs that have not finished: each active job, the queue, the running count per agent, the
+//! jobs still ending (final record being written) and the ids reserved for records still being written.
+//! Every change of a job's state is a method here, so the counts, the queue and the jobs themselves cannot
+//! drift apart (the fields are private). An active job's life is a type (`Phase`: queued, or running
+//! with its start and process); its record is made from it, so no field is set or cleared by hand.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::config::{AgentConfig, ScheduleConfig};
 use crate::job::{Job, JobId, JobStatus};
-use crate::runner::{Canceller, RunHandle};
+use crate::runner::{Canceller, ProcessInfo, RunHandle, RunOutcome};
 
 use super::followup::ClaimedWork;
 use super::output::OutputHub;
@@ -32,12 +34,14 @@ pub(super) struct RunContext {
 
 /// A job that has not finished yet. Read through the table; changed only by the table's methods.
 pub(super) struct ActiveJob {
-    pub(super) job: Job,
+    /// The record as the job was created (queued, no process): its status, start and process come from
+    /// `phase` ([`record`](Self::record)), so no field of it is ever set or cleared by hand.
+    created: Job,
+    phase: Phase,
     /// The configuration the job runs with; fixed when it starts (reload does not change a running job).
     pub(super) agent: Option<Arc<AgentConfig>>,
     pub(super) context: RunContext,
     pub(super) hub: OutputHub,
-    pub(super) canceller: Option<Canceller>,
     /// A cancel was asked for: the job is not run again (a resumed session that was gone).
     pub(super) cancel_requested: bool,
     /// The final record, once there is one; `cancelJob` and `wait_for_job` wait on it so they reply after
@@ -45,9 +49,78 @@ pub(super) struct ActiveJob {
     pub(super) finished: watch::Sender<Option<Job>>,
 }
 
+/// Where an active job is in its life.
+enum Phase {
+    Queued,
+    Running(Run),
+}
+
+/// A started job's run.
+struct Run {
+    started_at: DateTime<Utc>,
+    /// None when the spawn failed: the supervisor finalizes that run from its outcome like any other.
+    process: Option<ProcessInfo>,
+    canceller: Canceller,
+}
+
 impl ActiveJob {
+    pub(super) fn id(&self) -> &JobId {
+        &self.created.id
+    }
+
+    pub(super) fn agent_name(&self) -> &str {
+        &self.created.agent
+    }
+
+    pub(super) fn schedule_name(&self) -> Option<&str> {
+        self.created.schedule.as_deref()
+    }
+
+    pub(super) fn status(&self) -> JobStatus {
+        match self.phase {
+            Phase::Queued => JobStatus::Queued,
+            Phase::Running(_) => JobStatus::Running,
+        }
+    }
+
     pub(super) fn is_running(&self) -> bool {
-        self.job.status == JobStatus::Running
+        matches!(self.phase, Phase::Running(_))
+    }
+
+    /// The job's record as it is now.
+    pub(super) fn record(&self) -> Job {
+        let mut job = self.created.clone();
+        if let Phase::Running(run) = &self.phase {
+            job.status = JobStatus::Running;
+            job.started_at = Some(run.started_at);
+            job.pid = run.process.map(|p| p.pid);
+            job.pgid = run.process.map(|p| p.pgid);
+            job.process_start_time = run.process.and_then(|p| p.start_time);
+        }
+        job
+    }
+
+    /// The job's final record as its run's `outcome` leaves it (a job that never ran has no start).
+    pub(super) fn final_record(&self, outcome: &RunOutcome) -> Job {
+        let mut job = self.created.clone();
+        if let Phase::Running(run) = &self.phase {
+            job.started_at = Some(run.started_at);
+        }
+        job.end(Utc::now(), outcome.status.into(), outcome.exit_reason);
+        job.exit_code = outcome.exit_code;
+        job.signal = outcome.signal;
+        job.summary = outcome.summary.clone();
+        job.result = outcome.result.clone();
+        job.usage = outcome
+            .result
+            .as_ref()
+            .and_then(crate::job::usage_from_result);
+        if outcome.session_id.is_some() {
+            job.session_id = outcome.session_id.clone();
+        }
+        job.error = outcome.error.clone();
+        job.output_truncated = outcome.output_truncated;
+        job
     }
 }
 
@@ -102,10 +175,10 @@ impl JobTable {
     }
 
     /// The record of a job the table [`holds`](Self::holds), as it is now.
-    pub(super) fn current(&self, id: &JobId) -> Option<&Job> {
+    pub(super) fn current(&self, id: &JobId) -> Option<Job> {
         match self.active.get(id) {
-            Some(active) => Some(&active.job),
-            None => self.ending.get(id).map(|ending| &ending.job),
+            Some(active) => Some(active.record()),
+            None => self.ending.get(id).map(|ending| ending.job.clone()),
         }
     }
 
@@ -134,11 +207,11 @@ impl JobTable {
         self.active.insert(
             job.id.clone(),
             ActiveJob {
-                job,
+                created: job,
+                phase: Phase::Queued,
                 agent: None,
                 context,
                 hub: OutputHub::new(),
-                canceller: None,
                 cancel_requested: false,
                 finished,
             },
@@ -147,7 +220,7 @@ impl JobTable {
 
     /// Queues an active job that has not started; returns its position.
     pub(super) fn enqueue(&mut self, id: &JobId) -> Option<usize> {
-        let job = &self.active.get(id)?.job;
+        let job = &self.active.get(id)?.created;
         Some(self.queue.push(&job.agent, id.clone(), job.priority))
     }
 
@@ -191,23 +264,31 @@ impl JobTable {
     ) -> Option<Job> {
         let active = self.active.get_mut(id)?;
         let was_running = active.is_running();
-        active.job.started_at = Some(Utc::now());
         active.agent = Some(agent);
-        active.job.status = JobStatus::Running;
-        set_process(active, handle);
-        let job = active.job.clone();
+        active.phase = Phase::Running(Run {
+            started_at: Utc::now(),
+            process: handle.process(),
+            canceller: handle.canceller(),
+        });
         if !was_running {
-            *self.running.entry(job.agent.clone()).or_default() += 1;
+            *self
+                .running
+                .entry(active.created.agent.clone())
+                .or_default() += 1;
         }
-        Some(job)
+        Some(active.record())
     }
 
     /// A running job's new run (fresh, after its resumed session was gone): the session it no longer
     /// resumes, and its record with the new process.
     pub(super) fn restart(&mut self, id: &JobId, handle: &RunHandle) -> Option<Job> {
         let active = self.active.get_mut(id)?;
-        set_process(active, handle);
-        Some(active.job.clone())
+        let Phase::Running(run) = &mut active.phase else {
+            return None;
+        };
+        run.process = handle.process();
+        run.canceller = handle.canceller();
+        Some(active.record())
     }
 
     /// The session a running job resumed, forgotten before it runs again fresh.
@@ -219,8 +300,12 @@ impl JobTable {
     pub(super) fn request_cancel(&mut self, id: &JobId) -> Option<CancelTicket> {
         let active = self.active.get_mut(id)?;
         active.cancel_requested = true;
+        let canceller = match &active.phase {
+            Phase::Running(run) => Some(run.canceller.clone()),
+            Phase::Queued => None,
+        };
         Some(CancelTicket {
-            canceller: active.canceller.clone(),
+            canceller,
             finished: active.finished.subscribe(),
             agent: active.agent.clone(),
         })
@@ -231,10 +316,11 @@ impl JobTable {
         let active = self.active.remove(id)?;
         self.queue.remove(id);
         if active.is_running() {
-            if let Some(count) = self.running.get_mut(&active.job.agent) {
+            let agent = active.agent_name();
+            if let Some(count) = self.running.get_mut(agent) {
                 *count -= 1;
                 if *count == 0 {
-                    self.running.remove(&active.job.agent);
+                    self.running.remove(agent);
                 }
             }
         }
@@ -284,15 +370,6 @@ impl JobTable {
     }
 }
 
-fn set_process(active: &mut ActiveJob, handle: &RunHandle) {
-    // A spawn failure has no process; the supervisor finalizes it from the outcome like any other run.
-    let process = handle.process();
-    active.job.pid = process.map(|p| p.pid);
-    active.job.pgid = process.map(|p| p.pgid);
-    active.job.process_start_time = process.and_then(|p| p.start_time);
-    active.canceller = Some(handle.canceller());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,7 +408,7 @@ mod tests {
         table.insert(ended, RunContext::default());
         let active = table.finish(&id).unwrap();
         assert!(table.waiter(&id).is_none() && !table.holds(&id));
-        let mut last = active.job.clone();
+        let mut last = active.record();
         last.status = JobStatus::Completed;
         table.ending(last, active.finished.subscribe());
         assert!(table.waiter(&id).is_some() && table.holds(&id) && table.is_taken(&id));

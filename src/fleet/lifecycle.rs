@@ -478,15 +478,7 @@ fn recover_interrupted(
             let outcome = crate::runner::kill_stale_job(id.as_str(), pid, pgid, start_time);
             tracing::warn!(job_id = %id, ?outcome, "ended processes of an interrupted job");
         }
-        let now = Utc::now();
-        job.status = JobStatus::Failed;
-        job.exit_reason = Some(ExitReason::Interrupted);
-        job.duration_ms = job
-            .started_at
-            .map(|s| (now - s).num_milliseconds().max(0) as u64);
-        job.finished_at = Some(now);
-        job.pid = None;
-        job.pgid = None;
+        job.end(Utc::now(), JobStatus::Failed, ExitReason::Interrupted);
         let message = if job.started_at.is_some() {
             "the daemon stopped before this job finished; it was not resumed"
         } else {

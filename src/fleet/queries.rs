@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::config::{AgentConfig, ScheduleConfig, ScheduleKind};
-use crate::job::{Job, JobId, JobStatus};
+use crate::job::{Job, JobId};
 use crate::scheduler::ScheduleKey;
 use crate::state::{read_output_page, JobFilter, JobStore, OutputPage, PageLimit, PagePlan};
 
@@ -166,8 +166,8 @@ impl FleetManager {
         let current_jobs: Vec<String> = core
             .jobs
             .iter()
-            .filter(|a| a.job.agent == agent.name && a.job.status == JobStatus::Running)
-            .map(|a| a.job.id.to_string())
+            .filter(|a| a.agent_name() == agent.name && a.is_running())
+            .map(|a| a.id().to_string())
             .collect();
         let last_job = store
             .page(&JobFilter {
@@ -175,7 +175,7 @@ impl FleetManager {
                 limit: 1,
                 ..JobFilter::default()
             })
-            .known(|id| core.jobs.current(id).cloned());
+            .known(|id| core.jobs.current(id));
         let now = self.options().clock.now();
         let timezone = budget::agent_timezone(agent, core.host_timezone);
         let info = AgentInfo {
@@ -220,7 +220,7 @@ impl FleetManager {
             let core = self.core();
             core.store()?
                 .page(&filter)
-                .known(|id| core.jobs.current(id).cloned())
+                .known(|id| core.jobs.current(id))
         };
         let page = plan.read();
         for unreadable in &page.unreadable {
@@ -276,7 +276,7 @@ impl FleetManager {
         let path = {
             let core = self.core();
             if let Some(job) = core.jobs.current(id) {
-                return Ok(job.clone());
+                return Ok(job);
             }
             let store = core.store()?;
             if !store.contains(id) {
@@ -375,9 +375,9 @@ impl FleetManager {
                 .jobs
                 .iter()
                 .filter(|a| {
-                    a.job.agent == agent.name
-                        && a.job.schedule.as_deref() == Some(&schedule.name)
-                        && a.job.status == JobStatus::Running
+                    a.agent_name() == agent.name
+                        && a.schedule_name() == Some(&schedule.name)
+                        && a.is_running()
                 })
                 .count(),
         }

@@ -175,7 +175,7 @@ impl FleetManager {
             return Err(SkipReason::Budget);
         }
         let previous_still_going = core.jobs.iter().any(|a| {
-            a.job.agent == key.agent && a.job.schedule.as_deref() == Some(key.schedule.as_str())
+            a.agent_name() == key.agent && a.schedule_name() == Some(key.schedule.as_str())
         });
         let when_full = match schedule.overlap {
             config::Overlap::Skip if previous_still_going => {

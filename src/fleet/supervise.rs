@@ -113,7 +113,7 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let agent = core
         .config
         .as_ref()
-        .and_then(|c| Some(c.agent(&core.jobs.get(id)?.job.agent)?.clone()));
+        .and_then(|c| Some(c.agent(core.jobs.get(id)?.agent_name())?.clone()));
     let Some(agent) = agent else {
         finish_without_running(manager, core, id, "its agent is no longer configured");
         return;
@@ -151,7 +151,7 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         return;
     };
     let dotenv = core.config.as_ref().map(|config| &config.dotenv);
-    let spec = spec::run_spec(&agent, &active.job, &active.context, dotenv);
+    let spec = spec::run_spec(&agent, &active.record(), &active.context, dotenv);
     let hub = active.hub.clone();
     // Spawned here, on a runtime worker thread: the child's parent-death signal is tied to this thread.
     let handle = runner::start(spec, output_tx);
@@ -230,7 +230,7 @@ async fn supervise(
     let prepared = {
         let core = manager.core();
         match (core.jobs.get(&id), core.jobs_dir()) {
-            (Some(active), Ok(dir)) => Some((final_record(&active.job, &outcome), dir)),
+            (Some(active), Ok(dir)) => Some((active.final_record(&outcome), dir)),
             _ => None,
         }
     };
@@ -385,7 +385,7 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
     };
     let spec = spec::run_spec(
         &agent,
-        &active.job,
+        &active.record(),
         &active.context,
         core.config.as_ref().map(|config| &config.dotenv),
     );
@@ -406,35 +406,6 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
         tracing::error!(job_id = %id, "job runs again but its record could not be saved: {e}");
     }
     AfterRun::Again((handle, output_rx))
-}
-
-/// The record of a job as its run outcome leaves it.
-fn final_record(job: &Job, outcome: &RunOutcome) -> Job {
-    let mut job = job.clone();
-    let now = Utc::now();
-    job.status = outcome.status.into();
-    job.exit_reason = Some(outcome.exit_reason);
-    job.exit_code = outcome.exit_code;
-    job.signal = outcome.signal;
-    job.summary = outcome.summary.clone();
-    job.result = outcome.result.clone();
-    job.usage = outcome
-        .result
-        .as_ref()
-        .and_then(crate::job::usage_from_result);
-    if outcome.session_id.is_some() {
-        job.session_id = outcome.session_id.clone();
-    }
-    job.error = outcome.error.clone();
-    job.output_truncated = outcome.output_truncated;
-    job.finished_at = Some(now);
-    job.duration_ms = job
-        .started_at
-        .map(|start| (now - start).num_milliseconds().max(0) as u64);
-    job.pid = None;
-    job.pgid = None;
-    job.process_start_time = None;
-    job
 }
 
 /// The output line of a runner event, the `seq`-th of its job.
@@ -465,7 +436,7 @@ fn finalize_locked(
     let (job, write) = match staged {
         Some(staged) => (staged.job().clone(), RecordWrite::Publish(staged)),
         None => {
-            let job = final_record(&active.job, &outcome);
+            let job = active.final_record(&outcome);
             (job.clone(), RecordWrite::Put(job, Durability::Machine))
         }
     };
@@ -495,7 +466,7 @@ fn finalize_locked(
         tracing::info!(agent = %job.agent, job_id = %id, status = %job.status, "job finished");
     }
     let events = manager.events();
-    if active.canceller.is_some() || job.started_at.is_some() {
+    if active.is_running() {
         events.emit(FleetEvent::AgentStopped {
             agent_name: job.agent.clone(),
             job_id: id.to_string(),

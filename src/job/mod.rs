@@ -342,6 +342,20 @@ impl Job {
             herdctl_record: false,
         }
     }
+
+    /// Ends the job at `now` with `status` and `exit_reason`: its duration is measured from its start (if
+    /// it started), and its process, gone now, leaves the record. The one place a job's end is written.
+    pub fn end(&mut self, now: DateTime<Utc>, status: JobStatus, exit_reason: ExitReason) {
+        self.status = status;
+        self.exit_reason = Some(exit_reason);
+        self.finished_at = Some(now);
+        self.duration_ms = self
+            .started_at
+            .map(|start| (now - start).num_milliseconds().max(0) as u64);
+        self.pid = None;
+        self.pgid = None;
+        self.process_start_time = None;
+    }
 }
 
 /// A job's `usage` in herdctl's shape from Claude's final `result` message (its `modelUsage`, `num_turns`,
