@@ -597,3 +597,57 @@ async fn a_long_queue_of_jobs_that_cannot_start_ends_without_deepening_the_stack
     let last = queued.last().unwrap().id.to_string();
     assert_eq!(wait_job(&manager, &last).await.status, JobStatus::Failed);
 }
+
+/// A fire that admission refuses (its `overlap: queue` finds the queue full) is a skip, never a
+/// `schedule:triggered` naming a job that does not exist, and does not count as a run.
+#[tokio::test]
+async fn a_queued_fire_refused_at_a_full_queue_is_skipped_and_never_announced() {
+    let fx = Fixture::new("", &[]);
+    let release = fx.path("release");
+    fx.write(
+        "",
+        &[(
+            "a",
+            &wait_for_file(&release),
+            "schedules:\n  hourly: {type: interval, interval: 1h, overlap: queue}",
+        )],
+    );
+    let clock = clock();
+    let manager = FleetManager::new(FleetManagerOptions {
+        max_queued: 0,
+        ..fx.options_with_clock(&clock)
+    });
+    manager.initialize().await.unwrap();
+    let mut events = manager.subscribe_events(None);
+    manager.start().await.unwrap();
+    next_event(&mut events, "the first job started", |e| {
+        matches!(e, FleetEvent::JobStarted { .. })
+    })
+    .await;
+    clock.advance(Duration::from_secs(3600));
+    let seen = events_until(&mut events, "the second fire skipped", |e| {
+        matches!(e, FleetEvent::ScheduleSkipped { .. })
+    })
+    .await;
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e,
+            FleetEvent::ScheduleTriggered { .. } | FleetEvent::JobCreated { .. }
+        )),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(
+            seen.last(),
+            Some(FleetEvent::ScheduleSkipped {
+                reason: SkipReason::ConcurrencyLimit,
+                ..
+            })
+        ),
+        "{seen:?}"
+    );
+    std::fs::write(&release, "").unwrap();
+    manager.stop(StopOptions::default()).await.unwrap();
+    let schedule = manager.schedule("a", "hourly").await.unwrap();
+    assert_eq!((schedule.runs, schedule.skipped), (1, 1));
+}

@@ -83,7 +83,7 @@ impl FleetManager {
                 job,
                 context,
                 when_full: WhenFull::Queue,
-                announce: None,
+                on_admit: None,
             })
         })
         .await
@@ -119,7 +119,7 @@ impl FleetManager {
             job,
             context,
             when_full,
-            announce,
+            on_admit,
         } = new;
         let id = job.id.clone();
         let staged = records::stage_record(self, &jobs_dir, job).await;
@@ -128,10 +128,7 @@ impl FleetManager {
             core.release_job_id(&id);
             let staged = staged?;
             self.require(&core, operation, allowed)?;
-            if let Some(event) = announce {
-                self.events().emit(event);
-            }
-            admit_staged(self, &mut core, staged, context, when_full)?
+            admit_staged(self, &mut core, staged, context, when_full, on_admit)?
         };
         if let Some(landed) = landing.wait().await {
             records::vouch(&mut self.core(), landed);
@@ -294,7 +291,7 @@ impl FleetManager {
                     job,
                     context,
                     when_full: WhenFull::Queue,
-                    announce: None,
+                    on_admit: None,
                 })
             })
             .await?;
@@ -311,9 +308,13 @@ pub(super) struct NewJob {
     pub(super) job: Job,
     pub(super) context: RunContext,
     pub(super) when_full: WhenFull,
-    /// Emitted right before the job is admitted (with its record in place, so a listener can look it up).
-    pub(super) announce: Option<FleetEvent>,
+    /// Done under the lock once the job is admitted, right before `job:created` (a fire counts its run
+    /// and announces it); never for a job refused at a limit.
+    pub(super) on_admit: Option<OnAdmit>,
 }
+
+/// See [`NewJob::on_admit`].
+pub(super) type OnAdmit = Box<dyn FnOnce(&FleetManager, &mut Core) + Send>;
 
 /// Admits a job whose creation record was staged outside the lock ([`JobStore::stage`]): queues its
 /// rename and starts it, or queues it; refused (a limit), the staged file is discarded. Returns the job as
@@ -326,6 +327,7 @@ pub(super) fn admit_staged(
     staged: StagedRecord,
     context: RunContext,
     when_full: WhenFull,
+    on_admit: Option<OnAdmit>,
 ) -> Result<(Job, Landing), FleetError> {
     let job = staged.job().clone();
     let options = manager.options();
@@ -367,6 +369,9 @@ pub(super) fn admit_staged(
             }
             WhenFull::Queue => {}
         }
+    }
+    if let Some(on_admit) = on_admit {
+        on_admit(manager, core);
     }
     let landing = records::queue(core, RecordWrite::Publish(staged))?;
     let id = job.id.clone();

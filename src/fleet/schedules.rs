@@ -10,7 +10,7 @@ use crate::config::{self, FleetConfig, ScheduleConfig};
 use crate::job::{Job, TriggerType};
 use crate::scheduler::{Fire, ScheduleKey, SchedulerHandle};
 
-use super::admission::NewJob;
+use super::admission::{NewJob, OnAdmit};
 use super::budget;
 use super::core::{Core, WhenFull};
 use super::error::{FleetError, FleetState};
@@ -208,7 +208,7 @@ impl FleetManager {
         // Whether the fire got as far as creating its job: a refusal before that is a stopped fleet.
         let counted = std::sync::atomic::AtomicBool::new(false);
         let created = self
-            .create_job("fire", &[FleetState::Running], |core, id| {
+            .create_job("fire", &[FleetState::Running], |_, id| {
                 counted.store(true, std::sync::atomic::Ordering::Relaxed);
                 let schedule = &prepared.schedule;
                 let (prompt, trigger_type, work_item) = match &work {
@@ -237,12 +237,6 @@ impl FleetManager {
                     Utc::now(),
                 );
                 job.work_item = work_item;
-                let state = core.persisted.schedule_mut(&key.agent, &key.schedule);
-                state.last_run_at = Some(fire.fired_at);
-                state.runs += 1;
-                core.save_persisted();
-                self.metrics().schedule_fired(&key.agent, &key.schedule);
-                tracing::info!(agent = %key.agent, schedule = %key.schedule, job_id = %job.id, "schedule fired");
                 let context = RunContext {
                     resume_latest: schedule.resume_session,
                     resume_session: None,
@@ -250,16 +244,25 @@ impl FleetManager {
                     schedule: Some(schedule.clone()),
                     work: work.clone(),
                 };
-                let announce = FleetEvent::ScheduleTriggered {
-                    agent_name: key.agent.clone(),
-                    schedule_name: key.schedule.clone(),
-                    job_id: job.id.to_string(),
-                };
+                let (fired, fired_at, job_id) = (key.clone(), fire.fired_at, job.id.to_string());
+                let count_the_run: OnAdmit = Box::new(move |manager, core| {
+                    let state = core.persisted.schedule_mut(&fired.agent, &fired.schedule);
+                    state.last_run_at = Some(fired_at);
+                    state.runs += 1;
+                    core.save_persisted();
+                    manager.metrics().schedule_fired(&fired.agent, &fired.schedule);
+                    tracing::info!(agent = %fired.agent, schedule = %fired.schedule, job_id, "schedule fired");
+                    manager.events().emit(FleetEvent::ScheduleTriggered {
+                        agent_name: fired.agent,
+                        schedule_name: fired.schedule,
+                        job_id,
+                    });
+                });
                 Ok(NewJob {
                     job,
                     context,
                     when_full: prepared.when_full,
-                    announce: Some(announce),
+                    on_admit: Some(count_the_run),
                 })
             })
             .await;
@@ -273,6 +276,14 @@ impl FleetManager {
                     followup::release_unused(work, "the fleet stopped before the run started");
                 }
                 self.skip_fire(key, SkipReason::Stopping);
+                false
+            }
+            // Refused at a limit reached since the fire was decided (the queue full, a slot taken): a skip.
+            Err(FleetError::ConcurrencyLimit { .. }) => {
+                if let Some(work) = work {
+                    followup::release_unused(work, "the run was skipped at a concurrency limit");
+                }
+                self.skip_fire(key, SkipReason::ConcurrencyLimit);
                 false
             }
             Err(e) => {
