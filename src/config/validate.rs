@@ -402,7 +402,7 @@ impl Reader<'_> {
                     None
                 }
             },
-            _ => self.duration(mapping, key, path),
+            _ => positive_duration(self, mapping, key, path),
         }
     }
 
@@ -704,7 +704,11 @@ fn build_working_directory(
         Some(Value::String(text)) => Some((text.clone(), "working_directory".to_string())),
         Some(value @ Value::Mapping(object)) => {
             reader.loose_section(value, "working_directory", WORKING_DIRECTORY_FIELDS);
-            let root = reader.required_string(object, "root", "working_directory");
+            let root = match get(object, "root") {
+                // Its type was checked, and a wrong one reported, with the section's fields.
+                Some(value) if !value.is_string() => None,
+                _ => reader.required_string(object, "root", "working_directory"),
+            };
             for extra in ["auto_clone", "clone_depth", "default_branch"] {
                 if get(object, extra).is_some() {
                     reader.unsupported(
@@ -1402,5 +1406,679 @@ fn is_docker_volume(text: &str) -> bool {
         [_, _] => true,
         [_, _, mode] => matches!(*mode, "ro" | "rw"),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::merge::Sourced;
+    use crate::config::raw::parse_mapping;
+
+    const FLEET_FILE: &str = "/fleet/herdctl.yaml";
+    const AGENT_FILE: &str = "/fleet/agents/a.yaml";
+
+    /// (file name, path, message) of each problem.
+    type Reports = Vec<(String, String, String)>;
+
+    /// What building one agent produced.
+    struct Built {
+        agent: Option<AgentConfig>,
+        errors: Reports,
+        warnings: Reports,
+    }
+
+    fn parse(text: &str, file: &Path) -> Mapping {
+        let mut errors = Errors::default();
+        let tree = parse_mapping(text, file, &mut errors);
+        assert!(errors.is_empty(), "{:#?}", errors.0);
+        tree.unwrap()
+    }
+
+    fn reports(list: impl IntoIterator<Item = (PathBuf, String, String)>) -> Reports {
+        list.into_iter()
+            .map(|(file, path, message)| {
+                let name = file.file_name().unwrap().to_string_lossy().into_owned();
+                (name, path, message)
+            })
+            .collect()
+    }
+
+    /// Builds the agent file `agent`, with the fleet file's `defaults` (YAML of the mapping) merged under it.
+    fn build_with(defaults: Option<&str>, agent: &str) -> Built {
+        let fleet_file = Path::new(FLEET_FILE);
+        let agent_file = Path::new(AGENT_FILE);
+        let mut merged = Sourced::empty(agent_file, "");
+        if let Some(defaults) = defaults {
+            merged.merge(&Sourced::from_file(
+                parse(defaults, fleet_file),
+                fleet_file,
+                "defaults",
+            ));
+        }
+        merged.merge(&Sourced::from_file(
+            parse(agent, agent_file),
+            agent_file,
+            "",
+        ));
+        let mut errors = Errors::default();
+        let mut warnings = Warnings::default();
+        let mut reader = Reader {
+            origins: &merged.origins,
+            errors: &mut errors,
+            warnings: &mut warnings,
+        };
+        let place = AgentPlace {
+            fleet_path: &[],
+            source_file: agent_file,
+        };
+        let agent = build_agent(&merged.tree, &place, &mut reader);
+        Built {
+            agent,
+            errors: reports(errors.0.into_iter().map(|e| (e.file, e.path, e.message))),
+            warnings: reports(
+                warnings
+                    .finish()
+                    .into_iter()
+                    .map(|w| (w.file, w.path, w.message)),
+            ),
+        }
+    }
+
+    fn build(agent: &str) -> Built {
+        build_with(None, agent)
+    }
+
+    /// The agent of a valid file; fails listing the errors otherwise.
+    fn accepted(agent: &str) -> AgentConfig {
+        let built = build(agent);
+        assert!(built.errors.is_empty(), "{:#?}", built.errors);
+        built.agent.expect("no errors, so an agent")
+    }
+
+    /// The errors of an invalid agent file; fails when it builds.
+    fn refused(agent: &str) -> Reports {
+        let built = build(agent);
+        assert!(built.agent.is_none(), "expected {agent:?} to be refused");
+        built.errors
+    }
+
+    /// The fleet file's top-level `docker` section, built as the fleet's own docker settings.
+    fn fleet_docker(fleet: &str) -> (Option<DockerConfig>, Reports) {
+        let file = Path::new(FLEET_FILE);
+        let tree = parse(fleet, file);
+        let origins = Origins::new(file, "");
+        let mut errors = Errors::default();
+        let mut warnings = Warnings::default();
+        let mut reader = Reader {
+            origins: &origins,
+            errors: &mut errors,
+            warnings: &mut warnings,
+        };
+        let docker = build_docker(get(&tree, "docker").unwrap(), "docker", None, &mut reader);
+        let errors = reports(errors.0.into_iter().map(|e| (e.file, e.path, e.message)));
+        (docker, errors)
+    }
+
+    fn has(reports: &Reports, file: &str, path: &str, text: &str) -> bool {
+        reports
+            .iter()
+            .any(|(f, p, m)| f == file && p == path && m.contains(text))
+    }
+
+    /// Every `(path, text)` is reported against the agent file, and nothing else is.
+    fn assert_exactly(reports: &Reports, expected: &[(&str, &str)]) {
+        for (path, text) in expected {
+            assert!(
+                has(reports, "a.yaml", path, text),
+                "missing a.yaml: {path}: {text} in {reports:#?}"
+            );
+        }
+        assert_eq!(reports.len(), expected.len(), "{reports:#?}");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_refused_naming_what_was_written() {
+        let errors = refused(
+            "name: a\nmodel: true\ndescription: [x]\nsystem_prompt: {a: b}\ndefault_prompt: !secret x\ntools: [Read, ~]\nallowed_tools: Read\nstop_grace: 10\nplugins: ./p\n1: one\n",
+        );
+        assert_exactly(
+            &errors,
+            &[
+                ("model", "expected a string, got true"),
+                ("description", "expected a string, got a list"),
+                ("system_prompt", "expected a string, got a mapping"),
+                (
+                    "default_prompt",
+                    "expected a string, got a value tagged !secret",
+                ),
+                ("tools[1]", "expected a string, got nothing"),
+                (
+                    "allowed_tools",
+                    "expected a list of strings, got the string \"Read\"",
+                ),
+                (
+                    "stop_grace",
+                    "expected a duration such as \"30s\", \"5m\", \"1h\" or \"2d\", got the number 10",
+                ),
+                ("plugins", "expected a list, got the string \"./p\""),
+                ("1", "keys must be strings"),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_missing_or_blank_name_is_refused_saying_so() {
+        assert_exactly(
+            &refused("model: m\n"),
+            &[("", "missing required key \"name\"")],
+        );
+        // Blank is reported as blank, not also as an invalid name.
+        assert_exactly(&refused("name: '  '\n"), &[("name", "must not be empty")]);
+    }
+
+    #[test]
+    fn setting_sources_must_be_user_project_or_local() {
+        let agent = accepted("name: a\nsetting_sources: [user, local]\n");
+        assert_eq!(
+            agent.setting_sources,
+            Some(vec!["user".to_string(), "local".to_string()])
+        );
+        assert_exactly(
+            &refused("name: a\nsetting_sources: [user, projct, everything]\n"),
+            &[
+                (
+                    "setting_sources[1]",
+                    "invalid setting source \"projct\"; did you mean \"project\"?",
+                ),
+                (
+                    "setting_sources[2]",
+                    "invalid setting source \"everything\"; expected one of: user, project, local",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn identity_is_a_mapping_of_name_role_and_personality() {
+        let agent =
+            accepted("name: a\nidentity: {name: Ada, role: reviewer, personality: terse}\n");
+        assert_eq!(
+            agent.identity,
+            Some(IdentityConfig {
+                name: Some("Ada".to_string()),
+                role: Some("reviewer".to_string()),
+                personality: Some("terse".to_string()),
+            })
+        );
+        assert_exactly(
+            &refused("name: a\nidentity: Ada\n"),
+            &[("identity", "expected a mapping, got the string \"Ada\"")],
+        );
+        assert_exactly(
+            &refused("name: a\nidentity: {nmae: Ada, role: 5}\n"),
+            &[
+                (
+                    "identity.nmae",
+                    "unknown key \"nmae\"; did you mean \"name\"?",
+                ),
+                ("identity.role", "expected a string, got the number 5"),
+            ],
+        );
+    }
+
+    #[test]
+    fn instances_accepts_only_max_concurrent() {
+        assert_exactly(
+            &refused("name: a\ninstances: {max_concurrency: 2}\n"),
+            &[(
+                "instances.max_concurrency",
+                "unknown key \"max_concurrency\"; did you mean \"max_concurrent\"?",
+            )],
+        );
+        assert_exactly(
+            &refused("name: a\ninstances: 2\n"),
+            &[("instances", "expected a mapping, got the number 2")],
+        );
+    }
+
+    #[test]
+    fn a_working_directory_must_be_a_path_or_a_mapping_with_a_root() {
+        assert_eq!(
+            accepted("name: a\nworking_directory: {root: ../work}\n").working_directory,
+            Path::new("/fleet/work")
+        );
+        assert_exactly(
+            &refused("name: a\nworking_directory: 5\n"),
+            &[(
+                "working_directory",
+                "expected a path or a mapping with root, got the number 5",
+            )],
+        );
+        let built = build("name: a\nworking_directory: {auto_clone: true}\n");
+        assert!(built.agent.is_none());
+        assert_exactly(
+            &built.errors,
+            &[("working_directory", "missing required key \"root\"")],
+        );
+        assert!(
+            has(
+                &built.warnings,
+                "a.yaml",
+                "working_directory.auto_clone",
+                "not supported by herdctld: working_directory.auto_clone"
+            ),
+            "{:#?}",
+            built.warnings
+        );
+        assert_exactly(
+            &refused("name: a\nworking_directory: {root: ''}\n"),
+            &[("working_directory.root", "must not be empty")],
+        );
+        // Reported once, by the section's field check.
+        assert_exactly(
+            &refused("name: a\nworking_directory: {root: 5}\n"),
+            &[(
+                "working_directory.root",
+                "expected a string, got the number 5",
+            )],
+        );
+    }
+
+    #[test]
+    fn a_command_runtime_needs_a_program_and_scalar_env_values() {
+        let agent = accepted(
+            "name: a\nruntime: command\ncommand: [run, --fast]\nenv: {A: true, B: 2, C: c}\n",
+        );
+        assert_eq!(
+            agent.runtime,
+            RuntimeConfig::Command {
+                command: vec!["run".to_string(), "--fast".to_string()],
+                env: [("A", "true"), ("B", "2"), ("C", "c")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+            }
+        );
+        for command in ["[]", "['']"] {
+            assert_exactly(
+                &refused(&format!("name: a\nruntime: command\ncommand: {command}\n")),
+                &[(
+                    "command",
+                    "must name a program: write command: [program, arg, ...]",
+                )],
+            );
+        }
+        assert_exactly(
+            &refused("name: a\nruntime: command\ncommand: [run]\nenv: {A: [x], B: {c: d}}\n"),
+            &[
+                ("env.A", "expected a string, got a list"),
+                ("env.B", "expected a string, got a mapping"),
+            ],
+        );
+        assert_exactly(
+            &refused("name: a\nruntime: command\ncommand: [run]\nenv: A=1\n"),
+            &[(
+                "env",
+                "expected a mapping of names to values, got the string \"A=1\"",
+            )],
+        );
+    }
+
+    #[test]
+    fn schedules_must_be_a_mapping_of_named_schedule_mappings() {
+        assert_exactly(
+            &refused("name: a\nschedules: [tick]\n"),
+            &[(
+                "schedules",
+                "expected a mapping of schedule names to schedules, got a list",
+            )],
+        );
+        assert_exactly(
+            &refused("name: a\nschedules: {tick: 5}\n"),
+            &[("schedules.tick", "expected a mapping, got the number 5")],
+        );
+    }
+
+    #[test]
+    fn a_schedule_without_its_type_or_trigger_is_refused_saying_what_to_add() {
+        let errors = refused(
+            "name: a\nschedules:\n  a: {interval: 5m}\n  b: {type: interval}\n  c: {type: cron}\n  d: {type: cron, cron: 5}\n  e: {type: daily}\n  f: {type: interval, interval: 5m, 7: x}\n",
+        );
+        assert_exactly(
+            &errors,
+            &[
+                (
+                    "schedules.a",
+                    "missing required key \"type\" (interval, cron, webhook or chat)",
+                ),
+                (
+                    "schedules.b",
+                    "an interval schedule needs interval: e.g. \"15m\"",
+                ),
+                (
+                    "schedules.c",
+                    "a cron schedule needs cron: e.g. \"0 9 * * 1-5\"",
+                ),
+                ("schedules.d.cron", "expected a string, got the number 5"),
+                (
+                    "schedules.e.type",
+                    "invalid value \"daily\"; expected one of: interval, cron, webhook, chat",
+                ),
+                ("schedules.f.7", "keys must be strings"),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_trigger_key_the_schedule_type_does_not_use_loads_with_a_warning() {
+        let built = build(
+            "name: a\ncatchup: none\nschedules:\n  daily: {type: cron, cron: '@daily', interval: 5m, catchup: latest}\n  talk: {type: chat, cron: '0 9 * * *'}\n",
+        );
+        assert!(built.errors.is_empty(), "{:#?}", built.errors);
+        let agent = built.agent.unwrap();
+        let daily = agent.schedule("daily").unwrap();
+        assert!(matches!(daily.kind, ScheduleKind::Cron(_)));
+        assert_eq!(daily.catchup, Catchup::Latest);
+        assert_eq!(agent.schedule("talk").unwrap().kind, ScheduleKind::Chat);
+        for (path, text) in [
+            (
+                "schedules.daily.interval",
+                "interval is ignored by a schedule of type cron",
+            ),
+            (
+                "schedules.talk.cron",
+                "cron is ignored by a schedule of type chat",
+            ),
+            (
+                "schedules.talk.type",
+                "accepted, not supported by herdctld: schedule type chat",
+            ),
+        ] {
+            assert!(
+                has(&built.warnings, "a.yaml", path, text),
+                "missing {path}: {text} in {:#?}",
+                built.warnings
+            );
+        }
+        assert_eq!(built.warnings.len(), 3, "{:#?}", built.warnings);
+    }
+
+    #[test]
+    fn a_schedule_work_source_replaces_the_agents_values_key_by_key() {
+        let agent = accepted(
+            "name: a\nwork_source: {type: github, repo: o/r, labels: {ready: todo}}\nschedules:\n  tick: {type: interval, interval: 1m, work_source: {repo: other/repo}}\n",
+        );
+        let source = agent.schedule("tick").unwrap().work_source.clone().unwrap();
+        assert_eq!(
+            (source.repo.as_str(), source.ready_label.as_str()),
+            ("other/repo", "todo")
+        );
+        assert_eq!(agent.work_source.unwrap().repo, "o/r");
+    }
+
+    #[test]
+    fn under_an_invalid_agent_work_source_a_schedules_own_keys_are_still_checked() {
+        // The agent's bad repo is reported once, not again for the schedule that inherits it.
+        assert_exactly(
+            &refused(
+                "name: a\nwork_source: {type: github, repo: not-a-repo}\nschedules:\n  tick: {type: interval, interval: 1m, work_source: {lables: {ready: go}}}\n",
+            ),
+            &[
+                ("work_source.repo", "must be in 'owner/repo' format"),
+                (
+                    "schedules.tick.work_source.lables",
+                    "unknown key \"lables\"; did you mean \"labels\"?",
+                ),
+            ],
+        );
+        assert_exactly(
+            &refused(
+                "name: a\nwork_source: {type: github, repo: not-a-repo}\nschedules:\n  tick: {type: interval, interval: 1m, work_source: o/r}\n",
+            ),
+            &[
+                ("work_source.repo", "must be in 'owner/repo' format"),
+                (
+                    "schedules.tick.work_source",
+                    "expected a mapping, got the string \"o/r\"",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_work_source_needs_a_type_and_a_repo_and_an_http_api_url() {
+        assert_exactly(
+            &refused("name: a\nwork_source: {api_base_url: 'ftp://git.example'}\n"),
+            &[
+                ("work_source", "missing required key \"type\" (github)"),
+                ("work_source", "missing required key \"repo\""),
+                (
+                    "work_source.api_base_url",
+                    "\"ftp://git.example\" is not an http(s) URL",
+                ),
+            ],
+        );
+        assert_exactly(
+            &refused("name: a\nwork_source: {type: github, repo: o/r, api_base_url: 'https://'}\n"),
+            &[(
+                "work_source.api_base_url",
+                "\"https://\" is not an http(s) URL",
+            )],
+        );
+        let agent = accepted(
+            "name: a\nwork_source: {type: github, repo: o/r, api_base_url: 'https://ghe.example/api/v3'}\n",
+        );
+        assert_eq!(
+            agent.work_source.unwrap().api_base_url.as_deref(),
+            Some("https://ghe.example/api/v3")
+        );
+    }
+
+    #[test]
+    fn hooks_must_be_a_mapping_of_hook_lists() {
+        assert_exactly(
+            &refused("name: a\nhooks: [{type: shell, command: x}]\n"),
+            &[("hooks", "expected a mapping, got a list")],
+        );
+        assert_exactly(
+            &refused("name: a\nhooks: {after_run: {type: shell, command: x}}\n"),
+            &[("hooks.after_run", "expected a list of hooks, got a mapping")],
+        );
+    }
+
+    #[test]
+    fn an_invalid_hook_is_refused_naming_its_position_and_field() {
+        let errors = refused(
+            "name: a\nhooks:\n  after_run:\n    - {command: x}\n    - {type: email, to: me}\n    - {type: shell, command: x, on_events: [completed, faild]}\n    - {type: webhook, url: 'ftp://example.com/hook'}\n    - {type: shell}\n",
+        );
+        assert_exactly(
+            &errors,
+            &[
+                (
+                    "hooks.after_run[0]",
+                    "missing required key \"type\" (shell, webhook, discord or slack)",
+                ),
+                // An unknown type is reported alone: its other keys cannot be judged.
+                (
+                    "hooks.after_run[1].type",
+                    "invalid value \"email\"; expected one of: shell, webhook, discord, slack",
+                ),
+                (
+                    "hooks.after_run[2].on_events[1]",
+                    "unknown event \"faild\"; did you mean \"failed\"?",
+                ),
+                (
+                    "hooks.after_run[3].url",
+                    "\"ftp://example.com/hook\" is not an http(s) URL",
+                ),
+                ("hooks.after_run[4]", "missing required key \"command\""),
+            ],
+        );
+    }
+
+    #[test]
+    fn hook_timeouts_are_milliseconds_or_durations() {
+        let agent = accepted(
+            "name: a\nhooks:\n  after_run:\n    - {type: shell, command: x, timeout: 1500}\n  on_error:\n    - {type: webhook, url: 'https://example.com/hook', method: PUT, timeout: 5s}\n",
+        );
+        assert_eq!(
+            agent.hooks.after_run[0].action,
+            HookAction::Shell {
+                command: "x".to_string(),
+                timeout: Duration::from_millis(1500),
+            }
+        );
+        assert_eq!(
+            agent.hooks.on_error[0].action,
+            HookAction::Webhook {
+                url: "https://example.com/hook".to_string(),
+                method: HttpMethod::Put,
+                headers: BTreeMap::new(),
+                timeout: Duration::from_secs(5),
+            }
+        );
+        assert_exactly(
+            &refused(
+                "name: a\nhooks:\n  after_run:\n    - {type: shell, command: x, timeout: 0}\n    - {type: shell, command: x, timeout: -5}\n    - {type: shell, command: x, timeout: 1.5}\n    - {type: shell, command: x, timeout: 5 minutes}\n",
+            ),
+            &[
+                (
+                    "hooks.after_run[0].timeout",
+                    "expected a positive number of milliseconds, got 0",
+                ),
+                (
+                    "hooks.after_run[1].timeout",
+                    "expected a positive number of milliseconds, got -5",
+                ),
+                (
+                    "hooks.after_run[2].timeout",
+                    "expected a positive number of milliseconds, got 1.5",
+                ),
+                ("hooks.after_run[3].timeout", "invalid duration \"5 minutes\""),
+            ],
+        );
+        // Zero is no timeout, written as milliseconds or as a duration.
+        assert_exactly(
+            &refused(
+                "name: a\nhooks:\n  after_run:\n    - {type: shell, command: x, timeout: 0s}\n",
+            ),
+            &[("hooks.after_run[0].timeout", "must be greater than zero")],
+        );
+    }
+
+    #[test]
+    fn mcp_servers_must_be_a_mapping_of_server_mappings() {
+        assert_exactly(
+            &refused("name: a\nmcp_servers: [github]\n"),
+            &[(
+                "mcp_servers",
+                "expected a mapping of server names to servers, got a list",
+            )],
+        );
+        assert_exactly(
+            &refused("name: a\nmcp_servers: {broken: 5, fine: {command: server}}\n"),
+            &[("mcp_servers.broken", "expected a mapping, got the number 5")],
+        );
+        assert_exactly(
+            &refused("name: a\nmcp_servers:\n  odd: {command: server, ? [x, y] : z}\n"),
+            &[
+                ("mcp_servers.odd.?", "keys must be strings"),
+                ("mcp_servers.odd", "cannot be expressed as JSON"),
+            ],
+        );
+    }
+
+    #[test]
+    fn chat_sections_are_type_checked_like_herdctl() {
+        let built = build("name: a\nchat: 5\n");
+        assert_exactly(
+            &built.errors,
+            &[("chat", "expected a mapping, got the number 5")],
+        );
+        // Not a section, so not reported as an unsupported one either.
+        assert!(built.warnings.is_empty(), "{:#?}", built.warnings);
+        assert_exactly(
+            &refused("name: a\nchat: {discord: {guilds: 5}}\n"),
+            &[("chat.discord.guilds", "expected a list, got the number 5")],
+        );
+        assert_exactly(
+            &refused("name: a\nchat: {1: x}\n"),
+            &[("chat.1", "keys must be strings")],
+        );
+        let built = build("name: a\nchat: {discord: null, slack: {bot_token_env: T}}\n");
+        assert!(built.errors.is_empty(), "{:#?}", built.errors);
+        assert!(
+            has(
+                &built.warnings,
+                "a.yaml",
+                "chat",
+                "not supported by herdctld: chat"
+            ),
+            "{:#?}",
+            built.warnings
+        );
+    }
+
+    #[test]
+    fn docker_keys_must_be_strings_and_host_config_must_be_json() {
+        let (docker, errors) =
+            fleet_docker("docker: {host_config: {NetworkMode: none, ShmSize: 64}}\n");
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert_eq!(
+            docker.unwrap().host_config,
+            Some(serde_json::json!({"NetworkMode": "none", "ShmSize": 64}))
+        );
+        let (docker, errors) = fleet_docker("docker:\n  7: x\n  host_config: {? [a, b] : c}\n");
+        assert!(docker.is_none());
+        assert!(
+            has(&errors, "herdctl.yaml", "docker.7", "keys must be strings"),
+            "{errors:#?}"
+        );
+        assert!(
+            has(
+                &errors,
+                "herdctl.yaml",
+                "docker.host_config",
+                "cannot be expressed as JSON"
+            ),
+            "{errors:#?}"
+        );
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+    }
+
+    #[test]
+    fn docker_memory_and_volumes_follow_herdctls_formats() {
+        let (docker, errors) =
+            fleet_docker("docker: {memory: 1.5g, volumes: ['/a:/b', '/c:/d:rw', '/e:/f:ro']}\n");
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert_eq!(docker.unwrap().memory, "1.5g");
+        for memory in ["1.g", ".5g", "1.5.g", "2gb"] {
+            let (docker, errors) = fleet_docker(&format!("docker: {{memory: '{memory}'}}\n"));
+            assert!(docker.is_none(), "{memory}");
+            assert!(
+                has(
+                    &errors,
+                    "herdctl.yaml",
+                    "docker.memory",
+                    &format!("invalid memory {memory:?}; use a size like \"2g\"")
+                ),
+                "{memory}: {errors:#?}"
+            );
+        }
+        let (docker, errors) =
+            fleet_docker("docker: {volumes: ['/data', '/a:/b:ro:z', '/c:/d:rx']}\n");
+        assert!(docker.is_none());
+        for position in 0..3 {
+            assert!(
+                has(
+                    &errors,
+                    "herdctl.yaml",
+                    &format!("docker.volumes[{position}]"),
+                    "use \"host:container\" or \"host:container:ro|rw\""
+                ),
+                "{position}: {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), 3, "{errors:#?}");
     }
 }
