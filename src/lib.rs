@@ -133,6 +133,9 @@
 //! - Cost totals and budget spend are summed from the job records (through the store's index), never kept
 //!   as counters of their own: a restart rebuilds them, and they cover exactly the records that exist.
 
+// A `pub` item no other crate can reach is `pub(crate)`, so that the compiler reports it once it is dead.
+#![warn(unreachable_pub)]
+
 pub mod config;
 pub mod daemon;
 pub mod fleet;

@@ -85,7 +85,7 @@ fn is_variable_name(name: &str) -> bool {
 /// Substitutes every `${VAR}` and `${VAR:-default}` in `text`. An empty value counts as set; the default is
 /// used only when the variable is unset. Text that does not have that exact form (`${1X}`, an unclosed `${`)
 /// is left as written, as herdctl does. Unset variables without a default are reported at `path`.
-pub fn interpolate_str(
+pub(crate) fn interpolate_str(
     text: &str,
     env: EnvLookup<'_>,
     file: &Path,
@@ -141,7 +141,7 @@ fn parse_reference(text: &str) -> Option<(&str, Option<&str>, usize)> {
 
 /// Interpolates every string value (not keys) in `value`, which sits at `path` in `file`. Subtrees whose
 /// path `skip` accepts are left untouched (sections herdctld does not use, so their variables need not be set).
-pub fn interpolate_tree(
+pub(crate) fn interpolate_tree(
     value: &mut Value,
     env: EnvLookup<'_>,
     file: &Path,

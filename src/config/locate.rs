@@ -14,7 +14,7 @@ pub const FLEET_FILE_NAMES: [&str; 2] = ["herdctl.yaml", "herdctl.yml"];
 
 /// What `--config` designates. Every path is absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Located {
+pub(crate) enum Located {
     FleetFile(PathBuf),
     /// A directory without a fleet file, holding agent files (sorted by name).
     AgentDirectory {
@@ -26,7 +26,7 @@ pub enum Located {
 
 impl Located {
     /// The path reported as the fleet's `config_path`.
-    pub fn config_path(&self) -> &Path {
+    pub(crate) fn config_path(&self) -> &Path {
         match self {
             Located::FleetFile(path) | Located::AgentFile(path) => path,
             Located::AgentDirectory { dir, .. } => dir,
@@ -35,7 +35,7 @@ impl Located {
 }
 
 /// Resolves `path` (relative to `cwd`) or searches upward from `cwd`.
-pub fn locate(path: Option<&Path>, cwd: &Path) -> Result<Located, ConfigError> {
+pub(crate) fn locate(path: Option<&Path>, cwd: &Path) -> Result<Located, ConfigError> {
     let Some(path) = path else {
         return search_upward(cwd);
     };
@@ -77,7 +77,7 @@ fn absolute(cwd: &Path, path: &Path) -> PathBuf {
 }
 
 /// Removes `.` and resolves `..` lexically (the path may not exist yet, so no canonicalisation).
-pub fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for component in path.components() {

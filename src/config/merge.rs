@@ -16,7 +16,7 @@ use super::interpolate::key_display;
 
 /// Where a value was written: a file and the dotted path inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub file: PathBuf,
     pub path: String,
 }
@@ -24,14 +24,14 @@ pub struct Origin {
 /// For a tree assembled from several sources: the origin of each subtree that was copied in, keyed by its
 /// path in the assembled tree. Paths without a recorded ancestor come from `fallback`.
 #[derive(Debug, Clone)]
-pub struct Origins {
+pub(crate) struct Origins {
     fallback: Origin,
     entries: BTreeMap<String, Origin>,
 }
 
 impl Origins {
     /// A tree that is entirely `file`'s subtree at `path`.
-    pub fn new(file: &Path, path: &str) -> Origins {
+    pub(crate) fn new(file: &Path, path: &str) -> Origins {
         Origins {
             fallback: Origin {
                 file: file.to_path_buf(),
@@ -42,7 +42,7 @@ impl Origins {
     }
 
     /// Where the value at `path` (in this tree) was written.
-    pub fn locate(&self, path: &str) -> Origin {
+    pub(crate) fn locate(&self, path: &str) -> Origin {
         let nearest = self
             .entries
             .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(path)))
@@ -99,14 +99,14 @@ fn append_path(base: &str, remainder: &str) -> String {
 
 /// A tree together with the origins of its parts.
 #[derive(Debug, Clone)]
-pub struct Sourced {
+pub(crate) struct Sourced {
     pub tree: Mapping,
     pub origins: Origins,
 }
 
 impl Sourced {
     /// An empty tree; values not merged in later are attributed to `fallback_file` at `fallback_path`.
-    pub fn empty(fallback_file: &Path, fallback_path: &str) -> Sourced {
+    pub(crate) fn empty(fallback_file: &Path, fallback_path: &str) -> Sourced {
         Sourced {
             tree: Mapping::new(),
             origins: Origins::new(fallback_file, fallback_path),
@@ -114,7 +114,7 @@ impl Sourced {
     }
 
     /// A tree that is `file`'s subtree at `path`.
-    pub fn from_file(tree: Mapping, file: &Path, path: &str) -> Sourced {
+    pub(crate) fn from_file(tree: Mapping, file: &Path, path: &str) -> Sourced {
         Sourced {
             tree,
             origins: Origins::new(file, path),
@@ -122,7 +122,7 @@ impl Sourced {
     }
 
     /// Merges `overlay` over this tree (the overlay wins).
-    pub fn merge(&mut self, overlay: &Sourced) {
+    pub(crate) fn merge(&mut self, overlay: &Sourced) {
         merge_mapping(
             &mut self.tree,
             &overlay.tree,

@@ -8,7 +8,7 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::error::{join, Errors};
 
-pub const FLEET_KEYS: &[&str] = &[
+pub(crate) const FLEET_KEYS: &[&str] = &[
     "version",
     "fleet",
     "defaults",
@@ -22,23 +22,23 @@ pub const FLEET_KEYS: &[&str] = &[
 ];
 
 /// herdctld extension: `max_concurrent` (the fleet-wide cap).
-pub const FLEET_META_KEYS: &[&str] = &["name", "description", "max_concurrent"];
+pub(crate) const FLEET_META_KEYS: &[&str] = &["name", "description", "max_concurrent"];
 
 /// `defaults` keys that configure the fleet rather than its agents (herdctld extensions, snake_case like
 /// herdctl's keys): read from the root fleet file, never merged into agents.
-pub const FLEET_WIDE_DEFAULTS_KEYS: &[&str] = &[
+pub(crate) const FLEET_WIDE_DEFAULTS_KEYS: &[&str] = &[
     "max_concurrent",
     "max_jobs_per_agent",
     "max_jobs_total",
     "max_job_age",
 ];
 
-pub const AGENT_REF_KEYS: &[&str] = &["path", "overrides"];
-pub const FLEET_REF_KEYS: &[&str] = &["path", "name", "overrides"];
+pub(crate) const AGENT_REF_KEYS: &[&str] = &["path", "overrides"];
+pub(crate) const FLEET_REF_KEYS: &[&str] = &["path", "name", "overrides"];
 
 /// herdctl's defaults keys, then herdctld's extensions (agent-level settings that make sense fleet-wide,
 /// and the fleet-wide settings [`FLEET_WIDE_DEFAULTS_KEYS`]).
-pub const DEFAULTS_KEYS: &[&str] = &[
+pub(crate) const DEFAULTS_KEYS: &[&str] = &[
     "docker",
     "work_source",
     "instances",
@@ -71,7 +71,7 @@ pub const DEFAULTS_KEYS: &[&str] = &[
 ];
 
 /// herdctl's agent keys (after `workspace` became `working_directory`), then herdctld's extensions.
-pub const AGENT_KEYS: &[&str] = &[
+pub(crate) const AGENT_KEYS: &[&str] = &[
     "name",
     "description",
     "working_directory",
@@ -113,7 +113,7 @@ pub const AGENT_KEYS: &[&str] = &[
 
 /// herdctl's schedule keys (after `expression` became `cron`), then herdctld's extensions. herdctl's schedule
 /// schema is not strict, so other keys load with a warning.
-pub const SCHEDULE_KEYS: &[&str] = &[
+pub(crate) const SCHEDULE_KEYS: &[&str] = &[
     "type",
     "interval",
     "cron",
@@ -130,12 +130,12 @@ pub const SCHEDULE_KEYS: &[&str] = &[
     "catchup",
 ];
 
-pub const IDENTITY_KEYS: &[&str] = &["name", "role", "personality"];
+pub(crate) const IDENTITY_KEYS: &[&str] = &["name", "role", "personality"];
 /// herdctld extension `budget`.
-pub const BUDGET_KEYS: &[&str] = &["daily_usd"];
-pub const SESSION_KEYS: &[&str] = &["max_turns", "timeout", "model"];
-pub const INSTANCES_KEYS: &[&str] = &["max_concurrent"];
-pub const MCP_SERVER_KEYS: &[&str] = &[
+pub(crate) const BUDGET_KEYS: &[&str] = &["daily_usd"];
+pub(crate) const SESSION_KEYS: &[&str] = &["max_turns", "timeout", "model"];
+pub(crate) const INSTANCES_KEYS: &[&str] = &["max_concurrent"];
+pub(crate) const MCP_SERVER_KEYS: &[&str] = &[
     "type",
     "command",
     "args",
@@ -145,7 +145,7 @@ pub const MCP_SERVER_KEYS: &[&str] = &[
     "timeout",
     "alwaysLoad",
 ];
-pub const WORK_SOURCE_KEYS: &[&str] = &[
+pub(crate) const WORK_SOURCE_KEYS: &[&str] = &[
     "type",
     "repo",
     "labels",
@@ -154,21 +154,23 @@ pub const WORK_SOURCE_KEYS: &[&str] = &[
     "auth",
     "api_base_url",
 ];
-pub const WORK_SOURCE_LABEL_KEYS: &[&str] = &["ready", "in_progress"];
-pub const WORK_SOURCE_AUTH_KEYS: &[&str] = &["token_env"];
-pub const HOOKS_KEYS: &[&str] = &["after_run", "on_error"];
-pub const HOOK_COMMON_KEYS: &[&str] = &["type", "name", "continue_on_error", "on_events", "when"];
-pub const SHELL_HOOK_KEYS: &[&str] = &["command", "timeout"];
-pub const WEBHOOK_HOOK_KEYS: &[&str] = &["url", "method", "headers", "timeout"];
-pub const CHAT_HOOK_KEYS: &[&str] = &["channel_id", "bot_token_env"];
+pub(crate) const WORK_SOURCE_LABEL_KEYS: &[&str] = &["ready", "in_progress"];
+pub(crate) const WORK_SOURCE_AUTH_KEYS: &[&str] = &["token_env"];
+pub(crate) const HOOKS_KEYS: &[&str] = &["after_run", "on_error"];
+pub(crate) const HOOK_COMMON_KEYS: &[&str] =
+    &["type", "name", "continue_on_error", "on_events", "when"];
+pub(crate) const SHELL_HOOK_KEYS: &[&str] = &["command", "timeout"];
+pub(crate) const WEBHOOK_HOOK_KEYS: &[&str] = &["url", "method", "headers", "timeout"];
+pub(crate) const CHAT_HOOK_KEYS: &[&str] = &["channel_id", "bot_token_env"];
 
 /// Agent-level sections that are accepted for compatibility and not implemented.
-pub const UNSUPPORTED_AGENT_SECTIONS: &[&str] = &["chat", "plugins"];
+pub(crate) const UNSUPPORTED_AGENT_SECTIONS: &[&str] = &["chat", "plugins"];
 /// Fleet-level sections that are accepted for compatibility and not implemented.
-pub const UNSUPPORTED_FLEET_SECTIONS: &[&str] = &["web", "webhooks", "chat", "working_directory"];
+pub(crate) const UNSUPPORTED_FLEET_SECTIONS: &[&str] =
+    &["web", "webhooks", "chat", "working_directory"];
 
 /// herdctl's `AgentDockerSchema` (strict): the docker options an agent file may set.
-pub const AGENT_DOCKER_KEYS: &[&str] = &[
+pub(crate) const AGENT_DOCKER_KEYS: &[&str] = &[
     "enabled",
     "ephemeral",
     "memory",
@@ -183,7 +185,7 @@ pub const AGENT_DOCKER_KEYS: &[&str] = &[
 ];
 /// herdctl's `FleetDockerSchema` (strict) adds these to the agent keys; herdctl keeps them out of agent files
 /// because an agent could edit its own file to widen its container.
-pub const FLEET_ONLY_DOCKER_KEYS: &[&str] = &[
+pub(crate) const FLEET_ONLY_DOCKER_KEYS: &[&str] = &[
     "image",
     "base_image",
     "network",
@@ -195,7 +197,7 @@ pub const FLEET_ONLY_DOCKER_KEYS: &[&str] = &[
 ];
 
 /// The value a key of a section herdctld does not implement must have (herdctl's zod type for it).
-pub enum FieldKind {
+pub(crate) enum FieldKind {
     Bool,
     /// An integer ≥ 1.
     Positive,
@@ -211,7 +213,7 @@ pub enum FieldKind {
 
 /// herdctl's non-strict sections: zod drops their unknown keys, so herdctld warns about them instead of
 /// rejecting them, and rejects only values of the wrong type.
-pub const WEB_FIELDS: &[(&str, FieldKind)] = &[
+pub(crate) const WEB_FIELDS: &[(&str, FieldKind)] = &[
     ("enabled", FieldKind::Bool),
     ("port", FieldKind::Positive),
     ("host", FieldKind::Text),
@@ -223,23 +225,23 @@ pub const WEB_FIELDS: &[(&str, FieldKind)] = &[
         FieldKind::Choice(&["separate", "grouped"]),
     ),
 ];
-pub const WEBHOOKS_FIELDS: &[(&str, FieldKind)] = &[
+pub(crate) const WEBHOOKS_FIELDS: &[(&str, FieldKind)] = &[
     ("enabled", FieldKind::Bool),
     ("port", FieldKind::Positive),
     ("secret_env", FieldKind::Text),
 ];
-pub const WORKING_DIRECTORY_FIELDS: &[(&str, FieldKind)] = &[
+pub(crate) const WORKING_DIRECTORY_FIELDS: &[(&str, FieldKind)] = &[
     ("root", FieldKind::Text),
     ("auto_clone", FieldKind::Bool),
     ("clone_depth", FieldKind::Positive),
     ("default_branch", FieldKind::Text),
 ];
-pub const FLEET_CHAT_FIELDS: &[(&str, FieldKind)] = &[(
+pub(crate) const FLEET_CHAT_FIELDS: &[(&str, FieldKind)] = &[(
     "discord",
     FieldKind::Section(&[("enabled", FieldKind::Bool), ("token_env", FieldKind::Text)]),
 )];
 const CHAT_LOG_LEVELS: &[&str] = &["minimal", "standard", "verbose"];
-pub const AGENT_CHAT_FIELDS: &[(&str, FieldKind)] = &[
+pub(crate) const AGENT_CHAT_FIELDS: &[(&str, FieldKind)] = &[
     (
         "discord",
         FieldKind::Section(&[
@@ -267,7 +269,7 @@ pub const AGENT_CHAT_FIELDS: &[(&str, FieldKind)] = &[
 
 /// Reads and parses one YAML file whose top level must be a mapping (an empty file is an empty mapping).
 /// YAML merge keys (`<<: *anchor`) are applied. Problems are reported against `file`.
-pub fn read_mapping(file: &Path, errors: &mut Errors) -> Option<Mapping> {
+pub(crate) fn read_mapping(file: &Path, errors: &mut Errors) -> Option<Mapping> {
     let text = match std::fs::read_to_string(file) {
         Ok(text) => text,
         Err(error) => {
@@ -278,7 +280,7 @@ pub fn read_mapping(file: &Path, errors: &mut Errors) -> Option<Mapping> {
     parse_mapping(&text, file, errors)
 }
 
-pub fn parse_mapping(text: &str, file: &Path, errors: &mut Errors) -> Option<Mapping> {
+pub(crate) fn parse_mapping(text: &str, file: &Path, errors: &mut Errors) -> Option<Mapping> {
     let mut value: Value = match serde_yaml_ng::from_str(text) {
         Ok(value) => value,
         Err(error) => {
@@ -316,7 +318,7 @@ pub fn parse_mapping(text: &str, file: &Path, errors: &mut Errors) -> Option<Map
 /// canonical keys, so that precedence between sources works on one key:
 /// `workspace` → `working_directory`, `instances.max_concurrent` → `concurrency`,
 /// schedule `expression` → `cron`. Both spellings with different values in one source is an error.
-pub fn normalize_aliases(tree: &mut Mapping, file: &Path, path: &str, errors: &mut Errors) {
+pub(crate) fn normalize_aliases(tree: &mut Mapping, file: &Path, path: &str, errors: &mut Errors) {
     rename_alias(tree, "workspace", "working_directory", file, path, errors);
     if let Some(Value::Mapping(instances)) = tree.get_mut("instances") {
         let max_concurrent = instances.remove("max_concurrent");

@@ -30,7 +30,7 @@ const NAME_RULE: &str =
     "must start with a letter or number and contain only letters, numbers, underscores and hyphens";
 
 /// Whether `name` is a valid agent or fleet name: `^[a-zA-Z0-9][a-zA-Z0-9_-]*$`.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -50,13 +50,13 @@ fn is_valid_repo(repo: &str) -> bool {
 /// Warnings gathered during a load. Each unsupported section is reported once, at its first occurrence,
 /// with a count of the other places it appears.
 #[derive(Debug, Default)]
-pub struct Warnings {
+pub(crate) struct Warnings {
     list: Vec<ConfigWarning>,
     unsupported: BTreeMap<String, (usize, usize)>,
 }
 
 impl Warnings {
-    pub fn push(&mut self, file: &Path, path: &str, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, file: &Path, path: &str, message: impl Into<String>) {
         self.list.push(ConfigWarning {
             file: file.to_path_buf(),
             path: path.to_string(),
@@ -64,7 +64,7 @@ impl Warnings {
         });
     }
 
-    pub fn unsupported(&mut self, file: &Path, path: &str, section: &str) {
+    pub(crate) fn unsupported(&mut self, file: &Path, path: &str, section: &str) {
         if let Some((_, others)) = self.unsupported.get_mut(section) {
             *others += 1;
             return;
@@ -78,7 +78,7 @@ impl Warnings {
         );
     }
 
-    pub fn finish(mut self) -> Vec<ConfigWarning> {
+    pub(crate) fn finish(mut self) -> Vec<ConfigWarning> {
         for (position, others) in self.unsupported.values() {
             if *others > 0 {
                 let plural = if *others == 1 { "" } else { "s" };
@@ -105,7 +105,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// "; did you mean \"x\"?" for the closest allowed value, or the list of allowed values.
-pub fn suggestion(unknown: &str, allowed: &[&str]) -> String {
+pub(crate) fn suggestion(unknown: &str, allowed: &[&str]) -> String {
     let closest = allowed
         .iter()
         .map(|candidate| (edit_distance(unknown, candidate), *candidate))
@@ -119,36 +119,36 @@ pub fn suggestion(unknown: &str, allowed: &[&str]) -> String {
 }
 
 /// Reads values from a tree, reporting problems at the origin of each path.
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     pub origins: &'a Origins,
     pub errors: &'a mut Errors,
     pub warnings: &'a mut Warnings,
 }
 
 /// The value of `key`, treating an explicit `null` as absent.
-pub fn get<'v>(mapping: &'v Mapping, key: &str) -> Option<&'v Value> {
+pub(crate) fn get<'v>(mapping: &'v Mapping, key: &str) -> Option<&'v Value> {
     mapping.get(key).filter(|value| !value.is_null())
 }
 
 impl Reader<'_> {
-    pub fn error(&mut self, path: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: &str, message: impl Into<String>) {
         let origin = self.origins.locate(path);
         self.errors.push(&origin.file, &origin.path, message);
     }
 
-    pub fn warn(&mut self, path: &str, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, path: &str, message: impl Into<String>) {
         let origin = self.origins.locate(path);
         self.warnings.push(&origin.file, &origin.path, message);
     }
 
-    pub fn unsupported(&mut self, path: &str, section: &str) {
+    pub(crate) fn unsupported(&mut self, path: &str, section: &str) {
         let origin = self.origins.locate(path);
         self.warnings
             .unsupported(&origin.file, &origin.path, section);
     }
 
     /// The directory of the file the value at `path` was written in.
-    pub fn base_dir(&self, path: &str) -> PathBuf {
+    pub(crate) fn base_dir(&self, path: &str) -> PathBuf {
         let origin = self.origins.locate(path);
         origin
             .file
@@ -158,7 +158,7 @@ impl Reader<'_> {
     }
 
     /// `value` as a mapping whose keys are all in `allowed`; unknown keys are reported with a suggestion.
-    pub fn mapping<'v>(
+    pub(crate) fn mapping<'v>(
         &mut self,
         value: &'v Value,
         path: &str,
@@ -173,7 +173,7 @@ impl Reader<'_> {
     }
 
     /// `value` as a mapping, keys unchecked.
-    pub fn any_mapping<'v>(&mut self, value: &'v Value, path: &str) -> Option<&'v Mapping> {
+    pub(crate) fn any_mapping<'v>(&mut self, value: &'v Value, path: &str) -> Option<&'v Mapping> {
         let Value::Mapping(mapping) = value else {
             self.error(path, format!("expected a mapping, got {}", describe(value)));
             return None;
@@ -181,7 +181,7 @@ impl Reader<'_> {
         Some(mapping)
     }
 
-    pub fn check_keys(&mut self, mapping: &Mapping, path: &str, allowed: &[&str]) {
+    pub(crate) fn check_keys(&mut self, mapping: &Mapping, path: &str, allowed: &[&str]) {
         for key in mapping.keys() {
             match key.as_str() {
                 Some(name) if allowed.contains(&name) => {}
@@ -196,7 +196,12 @@ impl Reader<'_> {
 
     /// A section herdctl does not make strict: each known field must have its type (herdctl rejects a wrong
     /// type), unknown keys are warned about with a did-you-mean (herdctl drops them without a word).
-    pub fn loose_section(&mut self, value: &Value, path: &str, fields: &[(&str, FieldKind)]) {
+    pub(crate) fn loose_section(
+        &mut self,
+        value: &Value,
+        path: &str,
+        fields: &[(&str, FieldKind)],
+    ) {
         let Some(mapping) = self.any_mapping(value, path) else {
             return;
         };
@@ -247,7 +252,7 @@ impl Reader<'_> {
         }
     }
 
-    pub fn string(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<String> {
         let value = get(mapping, key)?;
         let path = join(path, key);
         match value {
@@ -260,7 +265,12 @@ impl Reader<'_> {
     }
 
     /// A string that must be present and non-empty.
-    pub fn required_string(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<String> {
+    pub(crate) fn required_string(
+        &mut self,
+        mapping: &Mapping,
+        key: &str,
+        path: &str,
+    ) -> Option<String> {
         if get(mapping, key).is_none() {
             self.error(path, format!("missing required key {key:?}"));
             return None;
@@ -273,7 +283,7 @@ impl Reader<'_> {
         Some(text)
     }
 
-    pub fn boolean(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<bool> {
         match get(mapping, key)? {
             Value::Bool(flag) => Some(*flag),
             other => {
@@ -287,7 +297,7 @@ impl Reader<'_> {
     }
 
     /// An integer ≥ 1 that fits in u32.
-    pub fn positive(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<u32> {
+    pub(crate) fn positive(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<u32> {
         let value = get(mapping, key)?;
         match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
             Some(n) if n >= 1 => Some(n),
@@ -304,7 +314,12 @@ impl Reader<'_> {
         }
     }
 
-    pub fn string_list(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<Vec<String>> {
+    pub(crate) fn string_list(
+        &mut self,
+        mapping: &Mapping,
+        key: &str,
+        path: &str,
+    ) -> Option<Vec<String>> {
         let value = get(mapping, key)?;
         let path = join(path, key);
         let Value::Sequence(items) = value else {
@@ -328,7 +343,7 @@ impl Reader<'_> {
     }
 
     /// A map of strings to scalars (numbers and booleans are written as text).
-    pub fn string_map(
+    pub(crate) fn string_map(
         &mut self,
         mapping: &Mapping,
         key: &str,
@@ -367,7 +382,12 @@ impl Reader<'_> {
     }
 
     /// A duration string (`30s`, `5m`, `1h`, `2d`).
-    pub fn duration(&mut self, mapping: &Mapping, key: &str, path: &str) -> Option<Duration> {
+    pub(crate) fn duration(
+        &mut self,
+        mapping: &Mapping,
+        key: &str,
+        path: &str,
+    ) -> Option<Duration> {
         let value = get(mapping, key)?;
         let path = join(path, key);
         let Value::String(text) = value else {
@@ -407,7 +427,7 @@ impl Reader<'_> {
     }
 
     /// One of `allowed`, as written.
-    pub fn choice(
+    pub(crate) fn choice(
         &mut self,
         mapping: &Mapping,
         key: &str,
@@ -440,7 +460,7 @@ impl Reader<'_> {
 }
 
 /// A short description of a YAML value's type, for messages.
-pub fn describe(value: &Value) -> String {
+pub(crate) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "nothing".to_string(),
         Value::Bool(flag) => format!("{flag}"),
@@ -453,7 +473,7 @@ pub fn describe(value: &Value) -> String {
 }
 
 /// Where an agent sits in the fleet tree.
-pub struct AgentPlace<'a> {
+pub(crate) struct AgentPlace<'a> {
     pub fleet_path: &'a [String],
     pub source_file: &'a Path,
 }
@@ -472,7 +492,7 @@ struct ScheduleDefaults {
 
 /// Builds an agent from its merged tree (defaults, agent file, overrides). Returns `None` when any error was
 /// reported for it; all of them are in `reader.errors`.
-pub fn build_agent(
+pub(crate) fn build_agent(
     tree: &Mapping,
     place: &AgentPlace<'_>,
     reader: &mut Reader<'_>,
@@ -1234,7 +1254,7 @@ fn transform_mcp_server(server: &mut serde_json::Map<String, serde_json::Value>)
 /// format-checked. For an agent (`agent_file` set), the fleet-only options written in the agent file itself
 /// load with a warning (herdctl's `AgentDockerSchema` leaves them out); from `defaults.docker` or
 /// `overrides` in the fleet file they are accepted silently.
-pub fn build_docker(
+pub(crate) fn build_docker(
     value: &Value,
     path: &str,
     agent_file: Option<&Path>,

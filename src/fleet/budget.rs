@@ -90,7 +90,7 @@ pub(super) struct Spend {
 
 impl Spend {
     /// `agent`'s spend today; `None` when it has no budget.
-    pub fn of(
+    pub(crate) fn of(
         store: &JobStore,
         agent: &AgentConfig,
         host: Tz,
@@ -110,11 +110,11 @@ impl Spend {
     }
 
     /// The day's spend reached the budget: new runs wait for the next day unless told otherwise.
-    pub fn reached(&self) -> bool {
+    pub(crate) fn reached(&self) -> bool {
         self.spent_usd >= self.daily_usd
     }
 
-    pub fn info(&self) -> BudgetInfo {
+    pub(crate) fn info(&self) -> BudgetInfo {
         BudgetInfo {
             daily_usd: self.daily_usd,
             spent_today: self.spent_usd,
@@ -123,7 +123,7 @@ impl Spend {
     }
 
     /// Why a manual run of `agent` is refused.
-    pub fn refusal(&self, agent: &str) -> FleetError {
+    pub(crate) fn refusal(&self, agent: &str) -> FleetError {
         FleetError::BudgetExceeded {
             agent_name: agent.to_string(),
             spent_usd: self.spent_usd,

@@ -96,29 +96,29 @@ fn seq_prefix(json: &str) -> Option<u64> {
 }
 
 /// Lines published together, in seq order.
-pub type OutputBatch = Arc<[SerializedLine]>;
+pub(crate) type OutputBatch = Arc<[SerializedLine]>;
 
 /// Batches the hub keeps for readers that are behind; a reader further behind catches up from the file.
 const HUB_BATCHES: usize = 16;
 
 /// Lines of one job, published as they are persisted. Dropped when the job finishes, which ends readers.
 #[derive(Clone)]
-pub struct OutputHub {
+pub(crate) struct OutputHub {
     sender: broadcast::Sender<OutputBatch>,
 }
 
 impl OutputHub {
-    pub fn new() -> OutputHub {
+    pub(crate) fn new() -> OutputHub {
         let (sender, _) = broadcast::channel(HUB_BATCHES);
         OutputHub { sender }
     }
 
-    pub fn publish(&self, batch: OutputBatch) {
+    pub(crate) fn publish(&self, batch: OutputBatch) {
         // No reader is fine: the lines are already in the file.
         let _ = self.sender.send(batch);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<OutputBatch> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<OutputBatch> {
         self.sender.subscribe()
     }
 }
@@ -215,7 +215,7 @@ impl FileTail {
 }
 
 /// How the reader learns the job's final status once its hub is gone.
-pub type StatusLookup = Box<dyn Fn() -> Option<JobStatus> + Send + Sync>;
+pub(crate) type StatusLookup = Box<dyn Fn() -> Option<JobStatus> + Send + Sync>;
 
 /// Replay + live stream of one job's output (SPEC §11 `streamJobOutput`).
 pub struct JobOutputStream {

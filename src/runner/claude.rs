@@ -112,7 +112,7 @@ pub(crate) struct StreamState {
 
 impl StreamState {
     /// Takes note of one stream-json message.
-    pub fn observe(&mut self, message: &Map<String, Value>) {
+    pub(crate) fn observe(&mut self, message: &Map<String, Value>) {
         let kind = message.get("type").and_then(Value::as_str);
         let session = message.get("session_id").and_then(Value::as_str);
         // The init message names the session; a fork's result may name the new one, so later ids win too.

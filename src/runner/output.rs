@@ -34,12 +34,12 @@ pub(crate) struct Line {
 }
 
 impl Line {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
 
     /// The line as text, reusing its bytes when they are valid UTF-8.
-    pub fn into_text(self) -> String {
+    pub(crate) fn into_text(self) -> String {
         String::from_utf8(self.bytes)
             .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
     }
@@ -60,7 +60,7 @@ pub(crate) struct LineReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
-    pub fn new(reader: R, max_line_bytes: usize) -> Self {
+    pub(crate) fn new(reader: R, max_line_bytes: usize) -> Self {
         LineReader {
             reader,
             max_line_bytes: max_line_bytes.max(1),
@@ -73,7 +73,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
     /// The next line, or `None` at end of stream. A final line without a newline is returned too. Read errors end
     /// the stream (the pipe is gone; there is nothing more to read).
-    pub async fn next_line(&mut self) -> Option<Line> {
+    pub(crate) async fn next_line(&mut self) -> Option<Line> {
         let mut line = Vec::new();
         let mut truncated = false;
         loop {
@@ -192,7 +192,7 @@ impl<T> Iterator for PackedLines<T> {
 }
 
 impl<T> OutputCap<T> {
-    pub fn new(max_output_bytes: usize) -> Self {
+    pub(crate) fn new(max_output_bytes: usize) -> Self {
         let head_budget = max_output_bytes / 2;
         OutputCap {
             head_budget,
@@ -209,7 +209,7 @@ impl<T> OutputCap<T> {
     }
 
     /// Offers a line; returns it if it is to be delivered now.
-    pub fn admit(&mut self, tag: T, line: Line) -> Option<(T, Line)> {
+    pub(crate) fn admit(&mut self, tag: T, line: Line) -> Option<(T, Line)> {
         let size = line.bytes.len() + 1;
         if self.tail.lines.is_empty() && self.head_used + size <= self.head_budget {
             self.head_used += size;
@@ -243,7 +243,7 @@ impl<T> OutputCap<T> {
     }
 
     /// Ends the stream: what was dropped (if anything) and the held tail, in order.
-    pub fn finish(self) -> (Option<Dropped>, PackedLines<T>) {
+    pub(crate) fn finish(self) -> (Option<Dropped>, PackedLines<T>) {
         let dropped = (self.dropped_lines > 0).then_some(Dropped {
             lines: self.dropped_lines,
             bytes: self.dropped_bytes,

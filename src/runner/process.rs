@@ -95,7 +95,7 @@ pub(crate) struct ProcStat {
 }
 
 impl ProcStat {
-    pub fn is_zombie(&self) -> bool {
+    pub(crate) fn is_zombie(&self) -> bool {
         // X (dead) is transient and equally gone.
         matches!(self.state, 'Z' | 'X')
     }

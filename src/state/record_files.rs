@@ -16,7 +16,7 @@ use super::StateError;
 use crate::job::{Job, JobId, UsageTotals};
 
 /// File name of the index journal inside the jobs directory.
-pub const JOURNAL_FILE: &str = "index.tsv";
+pub(crate) const JOURNAL_FILE: &str = "index.tsv";
 
 /// The journal is compacted once it holds this many lines more than twice the live jobs.
 pub(crate) const JOURNAL_SLACK_LINES: usize = 4096;

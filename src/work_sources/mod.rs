@@ -19,7 +19,9 @@ mod github;
 mod retry;
 
 // A test fake, so it lives in the test tree; this module's and the fleet's unit tests drive the adapter against it.
+// Written for the integration tests too, where its items must be `pub`.
 #[cfg(test)]
+#[allow(unreachable_pub)]
 #[path = "../../tests/support/fake_github.rs"]
 pub(crate) mod fake_github;
 
