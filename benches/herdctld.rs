@@ -429,20 +429,25 @@ fn output(table: &mut Table) {
         let consistent = tallies.iter().all(|(t, _)| {
             t.gaps == 0 && t.lines == first.lines && t.payload_bytes == first.payload_bytes
         });
+        // Every line the program printed, each counted with its newline (the last has none).
+        let complete = first.payload_bytes as f64 == FLOOD_BYTES + 1.0;
         let eof_status = first.eof_status.clone();
         table.row(Row {
             metric: format!(
                 "output to {subscribers} subscriber(s), {mode}: MB/s of job output \
-                 ({:.0} MB delivered each, {} lines, eof {eof_status}{})",
+                 ({:.0} MB delivered each, {} lines, eof {eof_status}{}{})",
                 first.payload_bytes as f64 / 1e6,
                 first.lines,
-                if consistent { "" } else { ", GAPS or mismatch" }
+                if consistent { "" } else { ", GAPS or mismatch" },
+                if complete { "" } else { ", LINES MISSING" }
             ),
             value: format!("{:.1}", rate / 1e6),
             baseline: format!("{:.1}", pipe / 1e6),
             ratio: Some(rate / pipe),
             target: "ratio ≥ 0.5".into(),
-            verdict: Verdict::of(rate / pipe >= 0.5 && consistent && eof_status == "completed"),
+            verdict: Verdict::of(
+                rate / pipe >= 0.5 && consistent && complete && eof_status == "completed",
+            ),
         });
         table.row(Row {
             metric: format!(
@@ -486,7 +491,8 @@ struct OutputParams<'a> {
 #[derive(Deserialize)]
 struct OutputResult<'a> {
     seq: Option<u64>,
-    #[serde(borrow)]
+    /// What the line says (protocol 2.0's `chunk`).
+    #[serde(borrow, rename = "chunk")]
     text: Option<Cow<'a, str>>,
     /// Batched mode: the lines of one notification.
     #[serde(borrow)]
@@ -501,7 +507,7 @@ struct OutputResult<'a> {
 #[derive(Deserialize)]
 struct OutputLineFields<'a> {
     seq: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, rename = "chunk")]
     text: Option<Cow<'a, str>>,
 }
 
