@@ -288,7 +288,7 @@ fn bare_spawn_rate(jobs: usize, parallelism: usize, records: Option<&Path>) -> f
                             job.pid = child.id();
                             let mut store = store.lock().expect("store lock");
                             store.put_unsynced(&job).expect("running record");
-                            store.output_writer(&job.id).expect("output file");
+                            store.output_writer(&job.id, None).expect("output file");
                         }
                         child.wait_with_output().await.expect("wait true");
                         if let Some((dir, store)) = &store {

@@ -80,9 +80,14 @@
 //!    the child in its own process group with the prompt on stdin (vfork-style, without copying the daemon,
 //!    with a parent-death signal). The job becomes `running` (pid, pgid and process start time persisted
 //!    for crash recovery); `job:started` and `agent:started` are emitted.
-//! 4. A supervisor task pumps the runner's `OutputEvent`s: each gets a `seq` and is serialised once; that
-//!    text is appended to `jobs/<id>.jsonl` and flushed, then shared with every `streamJobOutput` reader
-//!    (`fleet::SerializedLine`); `job:output` events are built only while a subscriber's filter takes them.
+//! 4. The runner reads the child's pipes a chunk at a time and hands on each read's lines as one
+//!    `runner::OutputEvent` (stream-json messages parsed on the way). A supervisor task pumps them: each
+//!    batch gets its seqs and one timestamp and is serialised once into one buffer
+//!    (`job::SerializedLines`), which is appended to `jobs/<id>.jsonl` under the storage cap
+//!    (`state::OutputWriter`: the head, then two rotating tail segments, the middle dropped with a notice
+//!    when the job ends) and flushed, then shared with every `streamJobOutput` reader through the job's
+//!    hub (`fleet::output`), which holds the pump (and so the job's pipe) back while a reader that reads is
+//!    a window behind; `job:output` events are built only while a subscriber's filter takes them.
 //! 5. When the process tree is gone and its output drained, the runner's `RunOutcome` finalizes the record
 //!    (`completed`/`failed`/`cancelled` with exit reason and the result's usage, which the store's index
 //!    adds to the agent's totals; a resumed session Claude no longer has is cleared
@@ -123,8 +128,10 @@
 //!   by `fleet::record_writer`; until a job's last write lands the job table answers for it from memory.
 //!   `state.yaml` and session pointers are only marked pending under it and written by
 //!   `fleet::state_writer` after it is released (`stop` and `FleetManager::flush` wait for both).
-//! - A job's output reaches its file before any subscriber, so history and live output join without gap or
-//!   duplicate; the final job event follows its last output event.
+//! - A job's output reaches its file (or the file's tail segments) before any subscriber, so history and
+//!   live output join without gap or duplicate; a reader that fell behind into what the storage cap
+//!   dropped is told how many lines it missed (`{gap, missed, nextSeq}`). The final job event follows its
+//!   last output event. A job's output costs bounded memory whatever its size and whatever its readers do.
 //! - Nothing a job starts outlives it: cancel, timeout and normal exit all sweep the job's process group and
 //!   any process that carries its `HERDCTL_JOB_ID`.
 //! - No shell between a prompt and a process: prompts travel on stdin, arguments are argv entries.

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use claude_stub::{MessagesStub, Recorded, Reply};
+use herdctld::job::OutputLine;
 use herdctld::runner::{
-    self, become_subreaper, ClaudeSpec, ExitReason, OutputEvent, OutputLimits, RunOutcome, RunSpec,
-    RunStatus, RuntimeSpec, CLAUDE_BIN_ENV,
+    self, become_subreaper, ClaudeSpec, ExitReason, OutputLimits, RunOutcome, RunSpec, RunStatus,
+    RuntimeSpec, CLAUDE_BIN_ENV,
 };
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -108,24 +109,25 @@ fn run_spec(prompt: &str, claude: ClaudeSpec, sandbox: &Sandbox, stub: &Messages
     }
 }
 
-/// Runs to the end, collecting every output event.
-async fn run(spec: RunSpec) -> (RunOutcome, Vec<OutputEvent>) {
+/// Runs to the end, collecting every output line.
+async fn run(spec: RunSpec) -> (RunOutcome, Vec<OutputLine>) {
     // As in the daemon: escaped descendants of the CLI are ours to find and reap.
     become_subreaper().unwrap();
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = mpsc::channel::<runner::OutputEvent>(64);
     let collect = tokio::spawn(async move {
-        let mut events = Vec::new();
+        let mut lines: Vec<OutputLine> = Vec::new();
         while let Some(event) = rx.recv().await {
-            events.push(event);
+            let first = lines.len() as u64;
+            lines.extend(event.into_lines(first, chrono::Utc::now()));
         }
-        events
+        lines
     });
     let outcome = runner::start(spec, tx).wait().await;
     (outcome, collect.await.unwrap())
 }
 
 /// What to look at when an assertion fails: the outcome, the CLI's stderr and what the stub was asked.
-fn diagnosis(outcome: &RunOutcome, events: &[OutputEvent], stub: &MessagesStub) -> String {
+fn diagnosis(outcome: &RunOutcome, events: &[OutputLine], stub: &MessagesStub) -> String {
     let stderr: Vec<String> = events
         .iter()
         .filter(|e| e.kind == "stderr")
@@ -143,15 +145,12 @@ fn diagnosis(outcome: &RunOutcome, events: &[OutputEvent], stub: &MessagesStub) 
     )
 }
 
-fn events_of<'a>(
-    events: &'a [OutputEvent],
-    kind: &'a str,
-) -> impl Iterator<Item = &'a OutputEvent> {
+fn events_of<'a>(events: &'a [OutputLine], kind: &'a str) -> impl Iterator<Item = &'a OutputLine> {
     events.iter().filter(move |e| e.kind == kind)
 }
 
 /// The content blocks of the messages of one output kind (`assistant`, `user`).
-fn content_blocks<'a>(events: &'a [OutputEvent], kind: &'a str) -> Vec<&'a Value> {
+fn content_blocks<'a>(events: &'a [OutputLine], kind: &'a str) -> Vec<&'a Value> {
     events_of(events, kind)
         .filter_map(|e| {
             e.message
@@ -199,7 +198,7 @@ fn tool_result_text(block: &Value) -> String {
 
 fn assert_completed_with(
     outcome: &RunOutcome,
-    events: &[OutputEvent],
+    events: &[OutputLine],
     stub: &MessagesStub,
     answer: &str,
 ) {

@@ -100,8 +100,9 @@ impl ActiveJob {
         job
     }
 
-    /// The job's final record as its run's `outcome` leaves it (a job that never ran has no start).
-    pub(super) fn final_record(&self, outcome: &RunOutcome) -> Job {
+    /// The job's final record as its run's `outcome` leaves it (a job that never ran has no start);
+    /// `output_truncated` when the storage cap dropped lines.
+    pub(super) fn final_record(&self, outcome: &RunOutcome, output_truncated: bool) -> Job {
         let mut job = self.created.clone();
         if let Phase::Running(run) = &self.phase {
             job.started_at = Some(run.started_at);
@@ -119,7 +120,7 @@ impl ActiveJob {
             job.session_id = outcome.session_id.clone();
         }
         job.error = outcome.error.clone();
-        job.output_truncated = outcome.output_truncated;
+        job.output_truncated = output_truncated;
         job
     }
 }

@@ -478,6 +478,10 @@ fn recover_interrupted(
             let outcome = crate::runner::kill_stale_job(id.as_str(), pid, pgid, start_time);
             tracing::warn!(job_id = %id, ?outcome, "ended processes of an interrupted job");
         }
+        match store.join_output_tail(&id) {
+            Ok(missing) => job.output_truncated |= missing,
+            Err(e) => report_state_error(events, &e.to_string()),
+        }
         job.end(Utc::now(), JobStatus::Failed, ExitReason::Interrupted);
         let message = if job.started_at.is_some() {
             "the daemon stopped before this job finished; it was not resumed"

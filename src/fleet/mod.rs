@@ -62,7 +62,8 @@ pub use logs::{LogBus, LogEntry, LogFilter, LogItem, LogLayer, LogLevel, LogSubs
 pub use manager::{FleetManager, ForkOptions, JobQuery, StopOptions, TriggerOptions};
 pub use options::{FleetManagerOptions, HistoryOptions, DEFAULT_MAX_JOBS_PER_AGENT};
 pub use output::{
-    JobOutputStream, OutputBatchItem, OutputEnd, OutputItem, ReplayEnd, SerializedLine,
+    JobOutputStream, LineRun, OutputBatchItem, OutputEnd, OutputGap, OutputItem, OutputPiece,
+    ReplayEnd, SerializedLine,
 };
 pub use queries::{OutputRequest, MAX_INLINE_OUTPUT_BYTES};
 pub use queue::{JobQueue, QueuedJob};

@@ -1,65 +1,73 @@
-//! Live job output: one hub per job that fans lines out to `streamJobOutput` readers, and the reader that
-//! replays history and continues live from one cursor.
+//! Live job output: one hub per job that fans batches of lines out to `streamJobOutput` readers, and the
+//! reader that replays history and continues live from one cursor.
 //!
-//! Invariant that makes the stream gap-free: the job's pump writes and flushes each batch of lines to
-//! `jobs/<id>.jsonl` *before* it publishes them on the hub. A reader subscribes to the hub first and reads
-//! the file second, so every line is in the file, in the hub, or both; the cursor (next expected `seq`)
-//! drops duplicates, and whenever the hub skips ahead (a slow reader lagged) the file fills the gap.
+//! Invariant that makes the stream gap-free: the job's pump hands each batch of lines to the output file
+//! (`state::OutputWriter`) *before* it publishes them on the hub. A reader subscribes to the hub first and
+//! reads the file second, so every line is in the file, in the hub, or both; the cursor (next expected
+//! `seq`) drops duplicates, and whenever the hub skips ahead the file fills the gap. The file keeps only
+//! what the storage cap keeps, so a reader that fell behind into lines it dropped gets one
+//! [`OutputGap`] saying how many it lost, and goes on.
 //!
-//! A line is serialised once, by the pump: the same bytes go to the file and, shared, to every reader. A
-//! reader takes lines one at a time ([`JobOutputStream::next`]) or every line ready at once
-//! ([`JobOutputStream::next_batch`], `streamJobOutput` with `batch: true`).
+//! The hub holds back the job's pump (and through it the job's pipe) while a reader that reads is behind
+//! by more than [`HUB_WINDOW`] batches, for at most [`READER_WAIT`] per batch: a reader that keeps up
+//! sees every line whatever the cap, and one that stalls costs at most the window before it is let go
+//! (then it lags: it catches up from the file, or is told what it lost).
+//!
+//! A batch is serialised once, by the pump ([`SerializedLines`]): the same bytes go to the file and,
+//! shared, to every reader. A reader takes runs of lines ([`JobOutputStream::next_piece`], what the
+//! socket transport writes from), one line at a time ([`JobOutputStream::next`]) or every line ready at
+//! once ([`JobOutputStream::next_batch`], `streamJobOutput` with `batch: true`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
-use crate::job::{JobStatus, OutputLine};
+use crate::job::{JobStatus, OutputLine, SerializedLines};
 
-/// One output line as JSON text, `{"seq":…,"ts":…,"type":…,…}`: the line of the `.jsonl` file and the
-/// `result` of a `jobOutput` notification. Cheap to clone (the text is shared).
+/// Lines published together, in seq order, shared by every reader.
+pub(crate) type OutputBatch = Arc<SerializedLines>;
+
+/// Batches a hub keeps for readers that are behind before it holds the pump back.
+pub(crate) const HUB_WINDOW: usize = 32;
+/// How long the pump waits per batch for a reader that is a whole window behind before letting it go.
+pub(crate) const READER_WAIT: Duration = Duration::from_secs(1);
+
+/// One output line as JSON text, `{"seq":…,"timestamp":…,"type":…,"chunk":…}`: the line of the `.jsonl`
+/// file and the `result` of a `jobOutput` notification. Cheap to clone (the text is shared with its batch).
 #[derive(Debug, Clone)]
 pub struct SerializedLine {
     pub seq: u64,
-    json: Arc<RawValue>,
+    lines: Arc<SerializedLines>,
+    index: usize,
 }
 
 impl SerializedLine {
+    /// `line` serialised on its own.
     pub fn new(line: &OutputLine) -> serde_json::Result<SerializedLine> {
+        let mut lines = SerializedLines::default();
+        lines.push_line(line)?;
         Ok(SerializedLine {
             seq: line.seq,
-            json: Arc::from(serde_json::value::to_raw_value(line)?),
+            lines: Arc::new(lines),
+            index: 0,
         })
-    }
-
-    /// A line of an output file, `None` when it is not an output line with a `seq`. A line the pump wrote is
-    /// kept as the text it is; one of the earlier layout is read and written anew.
-    fn from_file_line(text: &[u8]) -> Option<SerializedLine> {
-        let text = text.strip_suffix(b"\n").unwrap_or(text);
-        if let Some(seq) = std::str::from_utf8(text).ok().and_then(seq_prefix) {
-            let json: Box<RawValue> = serde_json::from_slice(text).ok()?;
-            return Some(SerializedLine {
-                seq,
-                json: Arc::from(json),
-            });
-        }
-        SerializedLine::new(&crate::state::seq_output_line(text).ok()?).ok()
     }
 
     /// The JSON text, without a newline.
     pub fn json(&self) -> &str {
-        self.json.get()
+        self.lines.json_str(self.index)
     }
 
     /// The line as a structure.
     pub fn parse(&self) -> serde_json::Result<OutputLine> {
-        serde_json::from_str(self.json.get())
+        serde_json::from_str(self.json())
     }
 }
 
@@ -80,46 +88,268 @@ impl schemars::JsonSchema for SerializedLine {
 
 impl Serialize for SerializedLine {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.json.serialize(serializer)
+        let raw: &RawValue =
+            serde_json::from_str(self.json()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
     }
 }
 
-/// The `seq` of a line the pump wrote (`seq` and `timestamp` are its first keys); `None` for any other
-/// layout.
-fn seq_prefix(json: &str) -> Option<u64> {
-    let rest = json.strip_prefix(r#"{"seq":"#)?;
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    if !rest[digits..].starts_with(r#","timestamp":"#) {
-        return None;
-    }
-    rest[..digits].parse().ok()
+/// Consecutive lines of one batch, in seq order: what a reader is handed at once.
+#[derive(Debug, Clone)]
+pub struct LineRun {
+    lines: OutputBatch,
+    from: usize,
+    to: usize,
 }
 
-/// Lines published together, in seq order.
-pub(crate) type OutputBatch = Arc<[SerializedLine]>;
+impl LineRun {
+    fn whole(lines: OutputBatch) -> LineRun {
+        let to = lines.len();
+        LineRun { lines, from: 0, to }
+    }
 
-/// Batches the hub keeps for readers that are behind; a reader further behind catches up from the file.
-const HUB_BATCHES: usize = 16;
+    pub fn len(&self) -> usize {
+        self.to - self.from
+    }
 
-/// Lines of one job, published as they are persisted. Dropped when the job finishes, which ends readers.
+    pub fn is_empty(&self) -> bool {
+        self.from == self.to
+    }
+
+    /// The `n`-th line's seq.
+    pub fn seq(&self, n: usize) -> u64 {
+        self.lines.seq(self.from + n)
+    }
+
+    /// The `n`-th line's JSON, without a newline.
+    pub fn json(&self, n: usize) -> &[u8] {
+        self.lines.json(self.from + n)
+    }
+
+    /// The `n`-th line on its own.
+    pub fn line(&self, n: usize) -> SerializedLine {
+        SerializedLine {
+            seq: self.seq(n),
+            lines: self.lines.clone(),
+            index: self.from + n,
+        }
+    }
+
+    /// Every line's JSON text.
+    pub fn json_texts(&self) -> impl Iterator<Item = &str> {
+        (self.from..self.to).map(|index| self.lines.json_str(index))
+    }
+
+    /// Drops the lines before `seq`.
+    fn skip_before(&mut self, seq: u64) {
+        while self.from < self.to && self.lines.seq(self.from) < seq {
+            self.from += 1;
+        }
+    }
+
+    /// Takes up to `max` lines from the front whose seqs follow `cursor` without a hole; the rest stays.
+    fn take_contiguous(&mut self, cursor: u64, max: usize) -> LineRun {
+        let mut end = self.from;
+        while end < self.to
+            && end - self.from < max
+            && self.lines.seq(end) == cursor + (end - self.from) as u64
+        {
+            end += 1;
+        }
+        let taken = LineRun {
+            lines: self.lines.clone(),
+            from: self.from,
+            to: end,
+        };
+        self.from = end;
+        taken
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The hub
+// ---------------------------------------------------------------------------------------------------------
+
+/// Lines of one job, published as they are persisted. When the last handle is dropped (the job has
+/// finished, or ended before it ran) readers end once they have what was published.
 #[derive(Clone)]
 pub(crate) struct OutputHub {
-    sender: broadcast::Sender<OutputBatch>,
+    publisher: Arc<Publisher>,
+}
+
+/// Closes the hub when dropped.
+struct Publisher {
+    shared: Arc<HubShared>,
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.published.notify_waiters();
+    }
+}
+
+struct HubShared {
+    state: Mutex<HubState>,
+    /// A batch was published, or the hub closed.
+    published: Notify,
+    /// A reader took a batch or went away.
+    consumed: Notify,
+    reader_wait: Duration,
+}
+
+impl HubShared {
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // The state stays consistent whatever a panicking holder did: each update is one step.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Default)]
+struct HubState {
+    /// Batches some reader has yet to take; `ring[0]` is batch number `base`.
+    ring: VecDeque<OutputBatch>,
+    base: u64,
+    readers: HashMap<u64, ReaderPosition>,
+    next_reader: u64,
+    closed: bool,
+}
+
+#[derive(Clone, Copy)]
+struct ReaderPosition {
+    /// The number of the next batch this reader takes.
+    next: u64,
+    /// The pump waits for it: it has reached the newest batch (a reader replaying history, or one that
+    /// was let go, holds nothing back until it has caught up).
+    held_for: bool,
+}
+
+impl HubState {
+    fn end(&self) -> u64 {
+        self.base + self.ring.len() as u64
+    }
+
+    /// Drops the oldest batches no reader still needs.
+    fn trim(&mut self) {
+        let needed_from = self
+            .readers
+            .values()
+            .map(|reader| reader.next)
+            .min()
+            .unwrap_or(u64::MAX);
+        while self.base < needed_from && self.ring.pop_front().is_some() {
+            self.base += 1;
+        }
+    }
+
+    /// Whether a reader the pump waits for still needs the oldest batch.
+    fn held_back(&self) -> bool {
+        self.readers
+            .values()
+            .any(|reader| reader.held_for && reader.next <= self.base)
+    }
+
+    /// Makes the ring fit the window: readers still behind it are let go (they lag).
+    fn let_go(&mut self) {
+        while self.ring.len() > HUB_WINDOW {
+            self.ring.pop_front();
+            self.base += 1;
+        }
+        let base = self.base;
+        for reader in self.readers.values_mut() {
+            if reader.next < base {
+                reader.held_for = false;
+            }
+        }
+    }
+}
+
+/// Why a reader got no batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HubMiss {
+    /// Nothing new yet.
+    Empty,
+    /// This many batches were dropped before the reader took them.
+    Lagged(u64),
+    /// The hub closed and the reader took everything.
+    Closed,
 }
 
 impl OutputHub {
     pub(crate) fn new() -> OutputHub {
-        let (sender, _) = broadcast::channel(HUB_BATCHES);
-        OutputHub { sender }
+        OutputHub::with_reader_wait(READER_WAIT)
     }
 
-    pub(crate) fn publish(&self, batch: OutputBatch) {
-        // No reader is fine: the lines are already in the file.
-        let _ = self.sender.send(batch);
+    /// A hub whose pump waits at most `reader_wait` per batch for a reader a whole window behind.
+    pub(crate) fn with_reader_wait(reader_wait: Duration) -> OutputHub {
+        OutputHub {
+            publisher: Arc::new(Publisher {
+                shared: Arc::new(HubShared {
+                    state: Mutex::new(HubState::default()),
+                    published: Notify::new(),
+                    consumed: Notify::new(),
+                    reader_wait,
+                }),
+            }),
+        }
     }
 
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<OutputBatch> {
-        self.sender.subscribe()
+    /// Publishes a batch (already in the file). Returns once every reader that reads is within the
+    /// window, or after the reader wait, when those still behind are let go.
+    pub(crate) async fn publish(&self, batch: OutputBatch) {
+        let shared = &self.publisher.shared;
+        {
+            let mut state = shared.lock();
+            if state.readers.is_empty() {
+                // No reader: nothing to keep (the lines are in the file).
+                state.base += 1;
+                return;
+            }
+            state.ring.push_back(batch);
+        }
+        shared.published.notify_waiters();
+        let deadline = tokio::time::Instant::now() + shared.reader_wait;
+        loop {
+            let consumed = shared.consumed.notified();
+            tokio::pin!(consumed);
+            consumed.as_mut().enable();
+            {
+                let mut state = shared.lock();
+                state.trim();
+                if state.ring.len() <= HUB_WINDOW || !state.held_back() {
+                    state.let_go();
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    state.let_go();
+                    return;
+                }
+            }
+            tokio::select! {
+                () = &mut consumed => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// A reader of the batches published from now on.
+    pub(crate) fn subscribe(&self) -> HubReader {
+        let shared = self.publisher.shared.clone();
+        let id = {
+            let mut state = shared.lock();
+            let id = state.next_reader;
+            state.next_reader += 1;
+            let next = state.end();
+            state.readers.insert(
+                id,
+                ReaderPosition {
+                    next,
+                    held_for: false,
+                },
+            );
+            id
+        };
+        HubReader { shared, id }
     }
 }
 
@@ -129,13 +359,105 @@ impl Default for OutputHub {
     }
 }
 
-/// What a job-output reader receives.
+/// One reader's place in a hub.
+pub(crate) struct HubReader {
+    shared: Arc<HubShared>,
+    id: u64,
+}
+
+impl HubReader {
+    /// The next batch if there is one now.
+    pub(crate) fn try_recv(&mut self) -> Result<OutputBatch, HubMiss> {
+        let taken = {
+            let mut state = self.shared.lock();
+            let base = state.base;
+            let end = state.end();
+            let Some(reader) = state.readers.get_mut(&self.id) else {
+                return Err(HubMiss::Closed);
+            };
+            if reader.next < base {
+                let missed = base - reader.next;
+                reader.next = base;
+                return Err(HubMiss::Lagged(missed));
+            }
+            if reader.next >= end {
+                reader.held_for = true;
+                return Err(if state.closed {
+                    HubMiss::Closed
+                } else {
+                    HubMiss::Empty
+                });
+            }
+            let index = (reader.next - base) as usize;
+            reader.next += 1;
+            if reader.next == end {
+                reader.held_for = true;
+            }
+            let batch = state.ring[index].clone();
+            state.trim();
+            batch
+        };
+        self.shared.consumed.notify_waiters();
+        Ok(taken)
+    }
+
+    /// The next batch, waiting for it.
+    pub(crate) async fn recv(&mut self) -> Result<OutputBatch, HubMiss> {
+        let shared = self.shared.clone();
+        loop {
+            let published = shared.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            match self.try_recv() {
+                Err(HubMiss::Empty) => published.await,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Drop for HubReader {
+    fn drop(&mut self) {
+        {
+            let mut state = self.shared.lock();
+            state.readers.remove(&self.id);
+            state.trim();
+        }
+        self.shared.consumed.notify_waiters();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// What readers receive
+// ---------------------------------------------------------------------------------------------------------
+
+/// What a job-output reader receives, one at a time.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OutputItem {
     Line(SerializedLine),
+    Gap(OutputGap),
     Replayed(ReplayEnd),
     Eof(OutputEnd),
+}
+
+/// What [`JobOutputStream::next_piece`] hands out: a run of lines, or one of the marks.
+#[derive(Debug, Clone)]
+pub enum OutputPiece {
+    Lines(LineRun),
+    Gap(OutputGap),
+    Replayed(ReplayEnd),
+    Eof(OutputEnd),
+}
+
+/// `{gap: true, missed, nextSeq}`: the `missed` lines before `nextSeq` are not there for this reader (it
+/// fell behind into what the storage cap dropped); the stream goes on at `nextSeq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputGap {
+    pub gap: bool,
+    pub missed: u64,
+    pub next_seq: u64,
 }
 
 /// `{replayed: true, nextSeq}`, once: every line stored when the stream got to it was delivered; what
@@ -154,14 +476,20 @@ pub struct OutputEnd {
     pub status: JobStatus,
 }
 
-/// What a batched job-output reader receives: `{"lines": [line, …]}`, and last `{eof: true, status}`.
+/// What a batched job-output reader receives: `{"lines": [line, …]}`, the marks, and last `{eof: true,
+/// status}`.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OutputBatchItem {
     Lines { lines: Vec<SerializedLine> },
+    Gap(OutputGap),
     Replayed(ReplayEnd),
     Eof(OutputEnd),
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The reader
+// ---------------------------------------------------------------------------------------------------------
 
 /// Reads a `.jsonl` output file incrementally from where it stopped; a last line without its newline (being
 /// written, or torn by a crash) is left for the next read.
@@ -175,23 +503,28 @@ struct FileTail {
 }
 
 impl FileTail {
-    fn read_batch(&mut self, from_seq: u64, max: usize) -> std::io::Result<Vec<SerializedLine>> {
+    /// Up to `max` whole lines with `seq >= from_seq`, in file order; `None` at the end of the file.
+    fn read_batch(
+        &mut self,
+        from_seq: u64,
+        max: usize,
+    ) -> std::io::Result<Option<SerializedLines>> {
         if self.reader.is_none() {
             match File::open(&self.path) {
                 Ok(file) => self.reader = Some(BufReader::with_capacity(64 * 1024, file)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
         let Some(reader) = self.reader.as_mut() else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         if self.overread > 0 {
             // Within the buffer when possible: no system call.
             reader.seek_relative(-(self.overread as i64))?;
             self.overread = 0;
         }
-        let mut lines = Vec::new();
+        let mut lines = SerializedLines::default();
         let mut buf = Vec::new();
         while lines.len() < max {
             buf.clear();
@@ -200,18 +533,42 @@ impl FileTail {
                 self.overread = n;
                 break;
             }
-            // Unparsable lines (a crash mid-write followed by more output) are skipped, not fatal.
-            let line = SerializedLine::from_file_line(&buf).or_else(|| {
-                let line = crate::state::herdctl_output_line(&buf, self.herdctl_lines)?;
+            let text = &buf[..buf.len() - 1];
+            // A line the pump wrote is kept as the text it is (checked to be JSON); any other layout is
+            // read and written anew. Unparsable lines (a crash mid-write followed by more output) are
+            // skipped, not fatal.
+            if let Some(seq) = pump_line_seq(text) {
+                if seq >= from_seq && serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
+                {
+                    lines.push_json(seq, text);
+                }
+                continue;
+            }
+            let line = crate::state::seq_output_line(text).ok().or_else(|| {
+                let line = crate::state::herdctl_output_line(text, self.herdctl_lines)?;
                 self.herdctl_lines += 1;
-                SerializedLine::new(&line).ok()
+                Some(line)
             });
             if let Some(line) = line.filter(|line| line.seq >= from_seq) {
-                lines.push(line);
+                if let Err(e) = lines.push_line(&line) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot re-serialise an output line");
+                }
             }
         }
-        Ok(lines)
+        // Empty only at the end of the file: lines before `from_seq` are read past, not returned.
+        Ok((!lines.is_empty()).then_some(lines))
     }
+}
+
+/// The `seq` of a line the pump wrote (`seq` and `timestamp` are its first keys); `None` for any other
+/// layout.
+fn pump_line_seq(json: &[u8]) -> Option<u64> {
+    let rest = json.strip_prefix(br#"{"seq":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if !rest[digits..].starts_with(br#","timestamp":"#) {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// How the reader learns the job's final status once its hub is gone.
@@ -220,30 +577,37 @@ pub(crate) type StatusLookup = Box<dyn Fn() -> Option<JobStatus> + Send + Sync>;
 /// Replay + live stream of one job's output (SPEC §11 `streamJobOutput`).
 pub struct JobOutputStream {
     cursor: u64,
-    pending: VecDeque<SerializedLine>,
+    pending: VecDeque<LineRun>,
+    /// A batch from the hub that begins after the cursor: the file is read up to it first, and what
+    /// neither has is a gap.
+    held: Option<OutputBatch>,
     tail: FileTail,
     /// The file may hold lines the hub will not deliver: at the start (history) and after the hub skipped.
     from_file: bool,
-    live: Option<broadcast::Receiver<OutputBatch>>,
+    live: Option<HubReader>,
     final_status: StatusLookup,
-    /// The end of the replay was announced ([`OutputItem::Replayed`]).
+    /// The end of the replay was announced ([`OutputPiece::Replayed`]).
     replayed: bool,
     ended: bool,
+    /// A piece taken but not handed out yet (by the line and batch views).
+    peeked: Option<OutputPiece>,
 }
 
+/// Lines read from the file at a time.
 const REPLAY_BATCH: usize = 512;
 
 impl JobOutputStream {
     /// `live` is the job's hub subscription (taken before this call), `None` for a finished job.
-    pub fn new(
+    pub(crate) fn new(
         path: PathBuf,
         from_seq: u64,
-        live: Option<broadcast::Receiver<OutputBatch>>,
+        live: Option<HubReader>,
         final_status: StatusLookup,
     ) -> JobOutputStream {
         JobOutputStream {
             cursor: from_seq,
             pending: VecDeque::new(),
+            held: None,
             tail: FileTail {
                 path,
                 reader: None,
@@ -255,18 +619,22 @@ impl JobOutputStream {
             final_status,
             replayed: false,
             ended: false,
+            peeked: None,
         }
     }
 
-    /// The next line, then one `Eof`, then `None`.
-    pub async fn next(&mut self) -> Option<OutputItem> {
+    /// The next run of at most `max_lines` lines (at least one), or mark, then one `Eof`, then `None`.
+    pub async fn next_piece(&mut self, max_lines: usize) -> Option<OutputPiece> {
+        if let Some(piece) = self.peeked.take() {
+            return Some(piece);
+        }
         loop {
-            if let Some(line) = self.next_ready() {
-                return Some(OutputItem::Line(line));
+            if let Some(piece) = self.next_ready(max_lines.max(1)) {
+                return Some(piece);
             }
             if !self.replayed {
                 self.replayed = true;
-                return Some(OutputItem::Replayed(ReplayEnd {
+                return Some(OutputPiece::Replayed(ReplayEnd {
                     replayed: true,
                     next_seq: self.cursor,
                 }));
@@ -277,59 +645,107 @@ impl JobOutputStream {
             let Some(live) = self.live.as_mut() else {
                 self.ended = true;
                 let status = (self.final_status)().unwrap_or(JobStatus::Failed);
-                return Some(OutputItem::Eof(OutputEnd { eof: true, status }));
+                return Some(OutputPiece::Eof(OutputEnd { eof: true, status }));
             };
-            let received = live.recv().await.map_err(|e| match e {
-                broadcast::error::RecvError::Lagged(n) => broadcast::error::TryRecvError::Lagged(n),
-                broadcast::error::RecvError::Closed => broadcast::error::TryRecvError::Closed,
-            });
+            let received = live.recv().await;
             self.take(received);
         }
+    }
+
+    /// The next line, then one `Eof`, then `None`.
+    pub async fn next(&mut self) -> Option<OutputItem> {
+        Some(match self.next_piece(1).await? {
+            OutputPiece::Lines(run) => OutputItem::Line(run.line(0)),
+            OutputPiece::Gap(gap) => OutputItem::Gap(gap),
+            OutputPiece::Replayed(end) => OutputItem::Replayed(end),
+            OutputPiece::Eof(end) => OutputItem::Eof(end),
+        })
     }
 
     /// Every line ready now (at least one, waiting for it) up to about `max_bytes` of JSON, then one `Eof`,
     /// then `None`: what a batched reader gets per notification.
     pub async fn next_batch(&mut self, max_bytes: usize) -> Option<OutputBatchItem> {
-        let first = match self.next().await? {
-            OutputItem::Line(line) => line,
-            OutputItem::Replayed(end) => return Some(OutputBatchItem::Replayed(end)),
-            OutputItem::Eof(end) => return Some(OutputBatchItem::Eof(end)),
+        let first = match self.next_piece(usize::MAX).await? {
+            OutputPiece::Lines(run) => run,
+            OutputPiece::Gap(gap) => return Some(OutputBatchItem::Gap(gap)),
+            OutputPiece::Replayed(end) => return Some(OutputBatchItem::Replayed(end)),
+            OutputPiece::Eof(end) => return Some(OutputBatchItem::Eof(end)),
         };
-        let mut bytes = first.json().len();
-        let mut lines = vec![first];
-        while bytes < max_bytes {
-            let Some(line) = self.next_ready() else { break };
-            bytes += line.json().len();
-            lines.push(line);
+        let mut bytes = 0;
+        let mut lines = Vec::new();
+        let mut run = first;
+        loop {
+            let mut n = 0;
+            while n < run.len() && (lines.is_empty() || bytes < max_bytes) {
+                bytes += run.json(n).len();
+                lines.push(run.line(n));
+                n += 1;
+            }
+            if n < run.len() {
+                // The rest waits for the next batch.
+                run.from += n;
+                self.peeked = Some(OutputPiece::Lines(run));
+                break;
+            }
+            if bytes >= max_bytes {
+                break;
+            }
+            match self.next_ready(usize::MAX) {
+                Some(OutputPiece::Lines(next)) => run = next,
+                Some(mark) => {
+                    self.peeked = Some(mark);
+                    break;
+                }
+                None => break,
+            }
         }
         Some(OutputBatchItem::Lines { lines })
     }
 
-    /// The next line if one can be had without waiting: from what was received, the file, or the hub.
-    fn next_ready(&mut self) -> Option<SerializedLine> {
+    /// The next run of lines or gap that can be had without waiting: from what was received, the file,
+    /// or the hub.
+    fn next_ready(&mut self, max_lines: usize) -> Option<OutputPiece> {
         loop {
-            if let Some(line) = self.pending.pop_front() {
-                if line.seq < self.cursor {
+            if let Some(run) = self.pending.front_mut() {
+                run.skip_before(self.cursor);
+                if run.is_empty() {
+                    self.pending.pop_front();
                     continue;
                 }
-                self.cursor = line.seq + 1;
-                return Some(line);
+                let first = run.seq(0);
+                if first > self.cursor {
+                    let gap = OutputGap {
+                        gap: true,
+                        missed: first - self.cursor,
+                        next_seq: first,
+                    };
+                    self.cursor = first;
+                    return Some(OutputPiece::Gap(gap));
+                }
+                let taken = run.take_contiguous(self.cursor, max_lines);
+                self.cursor = taken.seq(taken.len() - 1) + 1;
+                return Some(OutputPiece::Lines(taken));
             }
             if self.from_file {
                 match self.tail.read_batch(self.cursor, REPLAY_BATCH) {
-                    Ok(lines) if !lines.is_empty() => {
-                        self.pending.extend(lines);
+                    Ok(Some(lines)) => {
+                        self.pending.push_back(LineRun::whole(Arc::new(lines)));
                         continue;
                     }
-                    Ok(_) => self.from_file = false,
+                    Ok(None) => self.from_file = false,
                     Err(e) => {
                         self.from_file = false;
                         tracing::warn!(path = %self.tail.path.display(), error = %e, "cannot read job output");
                     }
                 }
             }
+            // The file has nothing before the held batch: what lies between is a gap.
+            if let Some(batch) = self.held.take() {
+                self.pending.push_back(LineRun::whole(batch));
+                continue;
+            }
             let received = self.live.as_mut()?.try_recv();
-            if matches!(received, Err(broadcast::error::TryRecvError::Empty)) {
+            if received == Err(HubMiss::Empty) {
                 return None;
             }
             self.take(received);
@@ -337,20 +753,24 @@ impl JobOutputStream {
     }
 
     /// Files what the hub gave: contiguous lines to deliver, or a reason to read the file again.
-    fn take(&mut self, received: Result<OutputBatch, broadcast::error::TryRecvError>) {
+    fn take(&mut self, received: Result<OutputBatch, HubMiss>) {
         match received {
             // Contiguous with what was delivered: straight from the hub.
-            Ok(batch) if batch.first().is_none_or(|line| line.seq <= self.cursor) => {
-                self.pending.extend(batch.iter().cloned());
+            Ok(batch) if batch.first_seq().is_none_or(|seq| seq <= self.cursor) => {
+                self.pending.push_back(LineRun::whole(batch));
             }
-            // The hub skipped ahead of us: the file has everything up to what it published.
-            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => self.from_file = true,
+            // Beyond the cursor: the file may have what lies between.
+            Ok(batch) => {
+                self.held = Some(batch);
+                self.from_file = true;
+            }
+            Err(HubMiss::Lagged(_)) => self.from_file = true,
             // Every line reached the file before the hub closed; look there once more.
-            Err(broadcast::error::TryRecvError::Closed) => {
+            Err(HubMiss::Closed) => {
                 self.live = None;
                 self.from_file = true;
             }
-            Err(broadcast::error::TryRecvError::Empty) => {}
+            Err(HubMiss::Empty) => {}
         }
     }
 }
@@ -384,54 +804,88 @@ mod tests {
     }
 
     fn batch(lines: &[OutputLine]) -> OutputBatch {
-        lines
-            .iter()
-            .map(|l| SerializedLine::new(l).unwrap())
-            .collect()
+        let mut batch = SerializedLines::default();
+        for l in lines {
+            batch.push_line(l).unwrap();
+        }
+        Arc::new(batch)
     }
 
-    async fn collect(stream: &mut JobOutputStream) -> (Vec<u64>, Option<JobStatus>) {
-        let mut seqs = Vec::new();
+    fn stream(path: &std::path::Path, from: u64, hub: Option<&OutputHub>) -> JobOutputStream {
+        JobOutputStream::new(
+            path.to_path_buf(),
+            from,
+            hub.map(OutputHub::subscribe),
+            Box::new(|| Some(JobStatus::Completed)),
+        )
+    }
+
+    /// Every item until the end: line seqs, gaps as `(missed, next)`, and the final status.
+    async fn collect(
+        stream: &mut JobOutputStream,
+    ) -> (Vec<u64>, Vec<(u64, u64)>, Option<JobStatus>) {
+        let (mut seqs, mut gaps) = (Vec::new(), Vec::new());
         while let Some(item) = stream.next().await {
             match item {
                 OutputItem::Line(l) => seqs.push(l.seq),
+                OutputItem::Gap(gap) => gaps.push((gap.missed, gap.next_seq)),
                 OutputItem::Replayed(_) => {}
-                OutputItem::Eof(end) => return (seqs, Some(end.status)),
+                OutputItem::Eof(end) => return (seqs, gaps, Some(end.status)),
             }
         }
-        (seqs, None)
+        (seqs, gaps, None)
     }
 
     #[test]
-    fn a_serialized_line_is_the_line_as_json_and_reads_back_from_a_file() {
+    fn a_serialized_line_is_the_line_as_json() {
         let original = line(42);
         let serialized = SerializedLine::new(&original).unwrap();
         assert_eq!(serialized.json(), serde_json::to_string(&original).unwrap());
         assert_eq!(serialized.parse().unwrap(), original);
         let item = serde_json::to_string(&OutputItem::Line(serialized.clone())).unwrap();
         assert_eq!(item, serialized.json());
+    }
 
-        // A line the pump wrote is kept as its text.
-        let written = format!("{}\n", serialized.json());
-        let from_file = SerializedLine::from_file_line(written.as_bytes()).unwrap();
-        assert_eq!((from_file.seq, from_file.json()), (42, serialized.json()));
-        // Another key order (not the pump's), or the layout before protocol 2, is read and written anew.
-        let reordered = SerializedLine::from_file_line(
-            br#"{"chunk":"c","type":"stdout","timestamp":"2025-01-01T00:00:00Z","seq":7}"#,
+    #[tokio::test]
+    async fn file_lines_of_every_layout_read_as_todays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let written = serde_json::to_string(&line(6)).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n{}\n{}\n{}\n{}\n",
+                // Another key order than the pump's: read and written anew.
+                r#"{"chunk":"c","type":"stdout","timestamp":"2025-01-01T00:00:00Z","seq":5}"#,
+                // The pump's: kept as it is.
+                written,
+                // The layout before protocol 2.
+                r#"{"seq":7,"ts":"2025-01-01T00:00:00Z","type":"stdout","text":"old"}"#,
+                // Not lines: skipped.
+                r#"{"seq":"8"}"#,
+                r#"{"seq":8,"timestamp":"2025-01-01T00:00:00Z","type":"stdout","chunk":"#,
+            ),
         )
         .unwrap();
-        assert_eq!(
-            (reordered.seq, reordered.parse().unwrap().chunk.as_str()),
-            (7, "c")
-        );
-        let earlier = SerializedLine::from_file_line(
-            br#"{"seq":8,"ts":"2025-01-01T00:00:00Z","type":"stdout","text":"old"}"#,
-        )
-        .unwrap();
-        assert_eq!(earlier.parse().unwrap().chunk, "old");
-        assert!(earlier.json().starts_with(r#"{"seq":8,"timestamp":"#));
-        assert!(SerializedLine::from_file_line(br#"{"seq":"7"}"#).is_none());
-        assert!(SerializedLine::from_file_line(br#"{"seq":7,"#).is_none());
+        let mut stream = stream(&path, 0, None);
+        // Lines 0..5 are not in the file: the stream says so first.
+        assert!(matches!(
+            stream.next().await,
+            Some(OutputItem::Gap(OutputGap {
+                gap: true,
+                missed: 5,
+                next_seq: 5
+            }))
+        ));
+        let mut seen = Vec::new();
+        while let Some(OutputItem::Line(l)) = stream.next().await {
+            seen.push(l);
+        }
+        assert_eq!(seen.iter().map(|l| l.seq).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(seen[0].parse().unwrap().chunk, "c");
+        assert_eq!(seen[1].json(), written);
+        assert_eq!(seen[2].parse().unwrap().chunk, "old");
+        assert!(seen[2].json().starts_with(r#"{"seq":7,"timestamp":"#));
     }
 
     #[tokio::test]
@@ -446,13 +900,34 @@ mod tests {
             .unwrap()
             .write_all(b"{\"seq\":5,\"ts\"")
             .unwrap();
-        let mut stream =
-            JobOutputStream::new(path, 2, None, Box::new(|| Some(JobStatus::Completed)));
+        let mut stream = stream(&path, 2, None);
         assert_eq!(
             collect(&mut stream).await,
-            (vec![2, 3, 4], Some(JobStatus::Completed))
+            (vec![2, 3, 4], vec![], Some(JobStatus::Completed))
         );
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_capped_file_replays_with_one_gap_where_lines_were_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut lines: Vec<OutputLine> = (0..3).map(line).collect();
+        // The storage cap's notice takes the seq of the last dropped line (3..=7 dropped).
+        let mut notice = line(7);
+        notice.kind = "output_truncated".into();
+        lines.push(notice);
+        lines.extend((8..10).map(line));
+        append(&path, &lines);
+        let mut stream = stream(&path, 0, None);
+        assert_eq!(
+            collect(&mut stream).await,
+            (
+                vec![0, 1, 2, 7, 8, 9],
+                vec![(4, 7)],
+                Some(JobStatus::Completed)
+            )
+        );
     }
 
     #[tokio::test]
@@ -466,8 +941,7 @@ mod tests {
             ));
         }
         std::fs::write(&path, text).unwrap();
-        let mut stream =
-            JobOutputStream::new(path, 1, None, Box::new(|| Some(JobStatus::Completed)));
+        let mut stream = stream(&path, 1, None);
         let mut seen = Vec::new();
         while let Some(OutputItem::Line(line)) = stream.next().await {
             let parsed = line.parse().unwrap();
@@ -489,12 +963,7 @@ mod tests {
         let path = dir.path().join("job.jsonl");
         let hub = OutputHub::new();
         append(&path, &[line(0)]);
-        let mut stream = JobOutputStream::new(
-            path.clone(),
-            0,
-            Some(hub.subscribe()),
-            Box::new(|| Some(JobStatus::Completed)),
-        );
+        let mut stream = stream(&path, 0, Some(&hub));
         let whole = format!("{}\n", serde_json::to_string(&line(1)).unwrap());
         let (first, second) = whole.split_at(10);
         let mut file = std::fs::OpenOptions::new()
@@ -505,13 +974,34 @@ mod tests {
         assert!(matches!(stream.next().await, Some(OutputItem::Line(l)) if l.seq == 0));
         file.write_all(second.as_bytes()).unwrap();
         // Published ahead of the reader's cursor: the reader goes back to the file for line 1.
-        hub.publish(batch(&[line(2)]));
         append(&path, &[line(2)]);
+        hub.publish(batch(&[line(2)])).await;
         drop(hub);
         assert_eq!(
             collect(&mut stream).await,
-            (vec![1, 2], Some(JobStatus::Completed))
+            (vec![1, 2], vec![], Some(JobStatus::Completed))
         );
+    }
+
+    #[tokio::test]
+    async fn a_reader_behind_what_the_file_kept_is_told_the_gap_once_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let hub = OutputHub::with_reader_wait(Duration::ZERO);
+        // The file kept the head (0..2); lines 2..40 went to the tail, and the hub only has the newest.
+        append(&path, &[line(0), line(1)]);
+        let mut stream = stream(&path, 0, Some(&hub));
+        for seq in 2..40 {
+            hub.publish(batch(&[line(seq)])).await;
+        }
+        drop(hub);
+        let (seqs, gaps, status) = collect(&mut stream).await;
+        let kept_from = 40 - HUB_WINDOW as u64;
+        assert_eq!(gaps, vec![(kept_from - 2, kept_from)]);
+        let mut expected = vec![0, 1];
+        expected.extend(kept_from..40);
+        assert_eq!(seqs, expected);
+        assert_eq!(status, Some(JobStatus::Completed));
     }
 
     #[tokio::test]
@@ -521,15 +1011,10 @@ mod tests {
         let hub = OutputHub::new();
         let history: Vec<OutputLine> = (0..3).map(line).collect();
         append(&path, &history);
-        let mut stream = JobOutputStream::new(
-            path.clone(),
-            1,
-            Some(hub.subscribe()),
-            Box::new(|| Some(JobStatus::Completed)),
-        );
+        let mut stream = stream(&path, 1, Some(&hub));
         let live: Vec<OutputLine> = (3..6).map(line).collect();
         append(&path, &live);
-        hub.publish(batch(&live));
+        hub.publish(batch(&live)).await;
         let seqs_of = |item: Option<OutputBatchItem>| -> Vec<u64> {
             match item {
                 Some(OutputBatchItem::Lines { lines }) => lines.iter().map(|l| l.seq).collect(),
@@ -544,7 +1029,7 @@ mod tests {
         // A batch holds at least one line; beyond that it stops at its size.
         let more: Vec<OutputLine> = (6..9).map(line).collect();
         append(&path, &more);
-        hub.publish(batch(&more));
+        hub.publish(batch(&more)).await;
         assert_eq!(seqs_of(stream.next_batch(1).await), vec![6]);
         assert_eq!(seqs_of(stream.next_batch(1 << 20).await), vec![7, 8]);
         // Everything there was delivered: said once.
@@ -563,7 +1048,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         append(&path, &[line(9)]);
-        hub.publish(batch(&[line(9)]));
+        hub.publish(batch(&[line(9)])).await;
         drop(hub);
         let (item, mut stream) = waiting.await.unwrap();
         assert_eq!(seqs_of(item), vec![9]);
@@ -577,7 +1062,7 @@ mod tests {
         assert!(stream.next_batch(1 << 20).await.is_none());
         let zero = line(0);
         let text = serde_json::to_string(&OutputBatchItem::Lines {
-            lines: batch(std::slice::from_ref(&zero)).to_vec(),
+            lines: vec![SerializedLine::new(&zero).unwrap()],
         })
         .unwrap();
         assert_eq!(
@@ -590,11 +1075,11 @@ mod tests {
     async fn joins_history_and_live_without_gap_or_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.jsonl");
-        let hub = OutputHub::new();
+        let hub = OutputHub::with_reader_wait(Duration::ZERO);
         // Lines 0..3 written and published before the reader subscribes.
         let history: Vec<OutputLine> = (0..3).map(line).collect();
         append(&path, &history);
-        hub.publish(batch(&history));
+        hub.publish(batch(&history)).await;
         let mut stream = JobOutputStream::new(
             path.clone(),
             0,
@@ -606,11 +1091,12 @@ mod tests {
         for chunk in (3..2000).collect::<Vec<u64>>().chunks(10) {
             let lines: Vec<OutputLine> = chunk.iter().copied().map(line).collect();
             append(&path, &lines);
-            hub.publish(batch(&lines));
+            hub.publish(batch(&lines)).await;
         }
         drop(hub);
-        let (seqs, status) = collect(&mut stream).await;
+        let (seqs, gaps, status) = collect(&mut stream).await;
         assert_eq!(seqs, (0..2000).collect::<Vec<_>>());
+        assert!(gaps.is_empty());
         assert_eq!(status, Some(JobStatus::Failed));
     }
 
@@ -619,19 +1105,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.jsonl");
         let hub = OutputHub::new();
-        let mut stream = JobOutputStream::new(
-            path.clone(),
-            0,
-            Some(hub.subscribe()),
-            Box::new(|| Some(JobStatus::Completed)),
-        );
+        let mut stream = stream(&path, 0, Some(&hub));
         let labelled = |seq: u64, copy: &str| {
             let mut l = line(seq);
             l.chunk = copy.into();
             l
         };
         append(&path, &[labelled(0, "file")]);
-        hub.publish(batch(&[labelled(0, "hub")]));
+        hub.publish(batch(&[labelled(0, "hub")])).await;
         // History: what was in the file when the reader started comes from the file.
         let Some(OutputItem::Line(first)) = stream.next().await else {
             panic!("no line 0");
@@ -644,16 +1125,77 @@ mod tests {
                 next_seq: 1
             }))
         ));
-        let idle = tokio::time::timeout(std::time::Duration::from_millis(50), stream.next()).await;
-        assert!(idle.is_err(), "nothing more to read yet");
         // Caught up: live lines come from the hub without a read of the file per line.
         for seq in 1..3 {
             append(&path, &[labelled(seq, "file")]);
-            hub.publish(batch(&[labelled(seq, "hub")]));
+            hub.publish(batch(&[labelled(seq, "hub")])).await;
             let Some(OutputItem::Line(l)) = stream.next().await else {
                 panic!("no line {seq}");
             };
             assert_eq!((l.seq, l.parse().unwrap().chunk.as_str()), (seq, "hub"));
         }
+    }
+
+    #[tokio::test]
+    async fn the_pump_waits_for_a_reader_that_reads_so_it_misses_nothing_the_file_did_not_keep() {
+        // Nothing is in the file (all of it went past the cap): only the hub can give these lines.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let hub = OutputHub::with_reader_wait(Duration::from_secs(30));
+        let mut stream = stream(&path, 0, Some(&hub));
+        assert!(matches!(stream.next().await, Some(OutputItem::Replayed(_))));
+        let reader = tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            while let Some(item) = stream.next().await {
+                match item {
+                    OutputItem::Line(l) => seqs.push(l.seq),
+                    OutputItem::Eof(_) => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+                // A reader slower than the pump.
+                tokio::task::yield_now().await;
+            }
+            seqs
+        });
+        for seq in 0..(HUB_WINDOW as u64 * 20) {
+            hub.publish(batch(&[line(seq)])).await;
+        }
+        drop(hub);
+        let seqs = reader.await.unwrap();
+        assert_eq!(seqs, (0..HUB_WINDOW as u64 * 20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_does_not_read_holds_the_pump_one_wait_then_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let wait = Duration::from_millis(500);
+        let hub = OutputHub::with_reader_wait(wait);
+        let mut stream = stream(&path, 0, Some(&hub));
+        // At the live edge: from now on the pump waits for it.
+        assert!(matches!(stream.next().await, Some(OutputItem::Replayed(_))));
+        let started = tokio::time::Instant::now();
+        for seq in 0..(HUB_WINDOW as u64 * 4) {
+            hub.publish(batch(&[line(seq)])).await;
+        }
+        let took = started.elapsed();
+        assert!(took >= wait, "the pump waited for the reader ({took:?})");
+        assert!(
+            took < wait * 3,
+            "only once, then the reader was let go ({took:?})"
+        );
+        // Memory stays bounded: the hub keeps at most its window.
+        assert!(hub.publisher.shared.lock().ring.len() <= HUB_WINDOW);
+        drop(hub);
+        let (seqs, gaps, _) = collect(&mut stream).await;
+        let total = HUB_WINDOW as u64 * 4;
+        assert_eq!(
+            gaps,
+            vec![(total - HUB_WINDOW as u64, total - HUB_WINDOW as u64)]
+        );
+        assert_eq!(
+            seqs,
+            ((total - HUB_WINDOW as u64)..total).collect::<Vec<_>>()
+        );
     }
 }

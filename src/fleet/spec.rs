@@ -71,14 +71,16 @@ pub(super) fn run_spec(
             .schedule
             .as_ref()
             .map_or(agent.stop_grace, |s| s.stop_grace),
-        limits: runner::OutputLimits {
-            max_output_bytes: agent
-                .max_output_bytes
-                .and_then(|bytes| usize::try_from(bytes).ok())
-                .unwrap_or(runner::OutputLimits::default().max_output_bytes),
-            ..runner::OutputLimits::default()
-        },
+        limits: runner::OutputLimits::default(),
     }
+}
+
+/// Bytes of output a job keeps (`max_output_mb`) when its agent does not say.
+pub(super) const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bytes of output a job of `agent` keeps in its file: head and tail, the middle dropped beyond.
+pub(super) fn stored_output_cap(agent: &AgentConfig) -> u64 {
+    agent.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES)
 }
 
 /// When a schedule fires, for the scheduler; `None` for types herdctld does not fire (webhook, chat).

@@ -13,7 +13,9 @@ use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::job::{ExitReason, Job, JobId, JobStatus, OutputLine, TerminationType};
+use crate::job::{
+    timestamp_json, ExitReason, Job, JobId, JobStatus, OutputLine, SerializedLines, TerminationType,
+};
 use crate::runner::{self, OutputEvent, RunHandle, RunOutcome};
 use crate::state::{Durability, OutputWriter, PrunedFiles, StagedRecord};
 
@@ -23,7 +25,7 @@ use super::events::{report_state_error, EventBus, FleetEvent};
 use super::followup;
 use super::job_table::RunContext;
 use super::manager::FleetManager;
-use super::output::{OutputHub, SerializedLine};
+use super::output::OutputHub;
 use super::record_writer::{Landing, RecordWrite};
 use super::records;
 use super::sessions;
@@ -131,13 +133,14 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
                 agent.name
             ),
         );
-        if let Some(finished) = finalize_locked(manager, core, id, outcome, None) {
+        if let Some(finished) = finalize_locked(manager, core, id, outcome, false, None) {
             finished.signal();
         }
         return;
     }
     let agent = Arc::new(agent);
-    let (output_tx, output_rx) = mpsc::channel(1024);
+    let output_cap = spec::stored_output_cap(&agent);
+    let (output_tx, output_rx) = mpsc::channel(OUTPUT_QUEUE);
     if core.jobs.get(id).is_some_and(|a| a.context.resume_latest) {
         let resumption = core.sessions.resume(&agent, Utc::now());
         core.save_session(resumption.write);
@@ -185,12 +188,16 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
             id.clone(),
             handle,
             output_rx,
-            output_path,
+            output_path.map(|path| (path, output_cap)),
             hub,
         ),
         span,
     ));
 }
+
+/// Output events (each up to a pipe read of lines) queued between a run and its pump; small, so that a
+/// pump held back by its readers holds the job back instead of buffering its output.
+const OUTPUT_QUEUE: usize = 16;
 
 /// Pumps a running job's output and finalizes it when both the process and its output have ended. A run
 /// that resumed a session Claude no longer has is run again once, fresh, under the same job.
@@ -199,11 +206,11 @@ async fn supervise(
     id: JobId,
     handle: RunHandle,
     output: mpsc::Receiver<OutputEvent>,
-    output_path: Option<PathBuf>,
+    output_file: Option<(PathBuf, u64)>,
     hub: OutputHub,
 ) {
-    let writer = match output_path {
-        Some(path) => open_output(manager.events(), &id, path).await,
+    let writer = match output_file {
+        Some((path, cap)) => open_output(manager.events(), &id, path, cap).await,
         None => None,
     };
     let mut pump = Pump {
@@ -224,13 +231,13 @@ async fn supervise(
             AfterRun::Stands(outcome) => break outcome,
         }
     };
-    drop(pump);
+    let output_truncated = pump.finish().await;
     // The final record is staged (written and fsynced) in the blocking pool before the lock is taken, so
     // that jobs ending together fsync in parallel; the record writer only renames it into place.
     let prepared = {
         let core = manager.core();
         match (core.jobs.get(&id), core.jobs_dir()) {
-            (Some(active), Ok(dir)) => Some((active.final_record(&outcome), dir)),
+            (Some(active), Ok(dir)) => Some((active.final_record(&outcome, output_truncated), dir)),
             _ => None,
         }
     };
@@ -239,7 +246,14 @@ async fn supervise(
         Some((job, dir)) => records::stage_record(&manager, &dir, job).await.ok(),
         None => None,
     };
-    let finished = finalize_locked(&manager, &mut manager.core(), &id, outcome, staged);
+    let finished = finalize_locked(
+        &manager,
+        &mut manager.core(),
+        &id,
+        outcome,
+        output_truncated,
+        staged,
+    );
     drop(manager);
     if let Some(finished) = finished {
         finished.signal();
@@ -248,8 +262,13 @@ async fn supervise(
 
 /// Opens the appender of a job's output file, in the blocking pool; a failure is reported and the job
 /// runs with its output delivered live but not kept.
-async fn open_output(events: &EventBus, id: &JobId, path: PathBuf) -> Option<OutputWriter> {
-    let opened = tokio::task::spawn_blocking(move || OutputWriter::open(path))
+async fn open_output(
+    events: &EventBus,
+    id: &JobId,
+    path: PathBuf,
+    cap: u64,
+) -> Option<OutputWriter> {
+    let opened = tokio::task::spawn_blocking(move || OutputWriter::open(path, Some(cap)))
         .await
         .map_err(|e| format!("the opening task failed: {e}"))
         .and_then(|opened| opened.map_err(|e| e.to_string()));
@@ -273,62 +292,109 @@ struct Pump {
     hub: OutputHub,
 }
 
+/// Output events a pump takes at once: together they get one timestamp, one buffer, one write.
+const PUMP_BATCH: usize = 16;
+
 impl Pump {
     /// Takes every event of one run until its output ends.
     async fn drain(&mut self, output: &mut mpsc::Receiver<OutputEvent>) {
-        let mut batch = Vec::with_capacity(256);
+        let mut events = Vec::with_capacity(PUMP_BATCH);
         loop {
-            batch.clear();
-            if output.recv_many(&mut batch, 256).await == 0 {
+            events.clear();
+            if output.recv_many(&mut events, PUMP_BATCH).await == 0 {
                 break;
             }
-            let lines: Vec<OutputLine> = batch
-                .drain(..)
-                .map(|event| {
-                    let line = output_line(self.next_seq, event);
-                    self.next_seq += 1;
-                    line
-                })
-                .collect();
-            // Serialised once: the same text is the file's line and every reader's notification.
-            let serialized: Vec<SerializedLine> = lines
-                .iter()
-                .filter_map(|line| match SerializedLine::new(line) {
-                    Ok(serialized) => Some(serialized),
-                    Err(e) => {
-                        tracing::error!(seq = line.seq, "output line not serialisable: {e}");
-                        None
-                    }
-                })
-                .collect();
+            // Serialised once: the same bytes are the file's lines and every reader's notifications.
+            let lines = self.serialize(events.drain(..));
+            if lines.is_empty() {
+                continue;
+            }
             // Disk first, then subscribers: readers rely on it to join history and live without a gap.
             if let Some(w) = self.writer.as_mut() {
-                let written = serialized
-                    .iter()
-                    .try_for_each(|line| w.append_serialized(line.seq, line.json()))
-                    .and_then(|()| w.flush());
+                let written = w.append_lines(&lines).and_then(|()| w.flush());
                 if let Err(e) = written {
-                    if !self.write_failed {
-                        self.write_failed = true;
-                        report_state_error(
-                            &self.events,
-                            &format!("job {}: cannot write output: {e}", self.job_id),
-                        );
-                    }
+                    self.report_write_failure(&e);
                 }
             }
             // Counted per batch, not per line: two atomic additions whatever the batch's size.
-            let bytes: usize = serialized.iter().map(|line| line.json().len()).sum();
-            self.metrics.output(serialized.len() as u64, bytes as u64);
-            self.hub.publish(serialized.into());
-            // Building an event per line costs a copy of it: only when someone listens to them.
+            self.metrics
+                .output(lines.len() as u64, lines.as_bytes().len() as u64);
+            let lines = Arc::new(lines);
+            // Building an event per line costs a parse of it: only when someone listens to them.
             if self.events.wants_output() {
-                for line in lines {
-                    self.events.emit(FleetEvent::JobOutput {
-                        job_id: self.job_id.clone(),
-                        line: Box::new(line),
-                    });
+                for index in 0..lines.len() {
+                    match serde_json::from_slice::<OutputLine>(lines.json(index)) {
+                        Ok(line) => self.events.emit(FleetEvent::JobOutput {
+                            job_id: self.job_id.clone(),
+                            line: Box::new(line),
+                        }),
+                        Err(e) => {
+                            tracing::error!(seq = lines.seq(index), "output line unreadable: {e}")
+                        }
+                    }
                 }
+            }
+            self.hub.publish(lines).await;
+        }
+    }
+
+    /// The lines of `events`, numbered from the next seq, with one timestamp.
+    fn serialize(&mut self, events: impl Iterator<Item = OutputEvent>) -> SerializedLines {
+        let now = Utc::now();
+        let stamp = timestamp_json(&now);
+        let mut lines = SerializedLines::default();
+        for event in events {
+            match event {
+                OutputEvent::Text {
+                    stream,
+                    lines: text,
+                } => {
+                    for (line, truncated) in text.iter() {
+                        lines.push_text(self.next_seq, &stamp, stream.as_str(), line, truncated);
+                        self.next_seq += 1;
+                    }
+                }
+                OutputEvent::Message { kind, message } => {
+                    let line = OutputLine::structured(self.next_seq, now, kind, message);
+                    match lines.push_line(&line) {
+                        Ok(()) => self.next_seq += 1,
+                        Err(e) => {
+                            tracing::error!(seq = line.seq, "output line not serialisable: {e}")
+                        }
+                    }
+                }
+            }
+        }
+        lines
+    }
+
+    fn report_write_failure(&mut self, e: &crate::state::StateError) {
+        if !self.write_failed {
+            self.write_failed = true;
+            report_state_error(
+                &self.events,
+                &format!("job {}: cannot write output: {e}", self.job_id),
+            );
+        }
+    }
+
+    /// Ends the job's output: the storage cap's kept tail joins the file. True when lines were dropped.
+    async fn finish(mut self) -> bool {
+        let Some(writer) = self.writer.take() else {
+            return false;
+        };
+        let finished = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(|e| format!("the finishing task failed: {e}"))
+            .and_then(|finished| finished.map_err(|e| e.to_string()));
+        match finished {
+            Ok(dropped) => dropped.is_some(),
+            Err(e) => {
+                report_state_error(
+                    &self.events,
+                    &format!("job {}: cannot finish its output file: {e}", self.job_id),
+                );
+                false
             }
         }
     }
@@ -408,18 +474,6 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
     AfterRun::Again((handle, output_rx))
 }
 
-/// The output line of a runner event, the `seq`-th of its job.
-fn output_line(seq: u64, event: OutputEvent) -> OutputLine {
-    OutputLine {
-        seq,
-        timestamp: Utc::now(),
-        kind: event.kind,
-        chunk: event.chunk,
-        message: event.message,
-        truncated: event.truncated,
-    }
-}
-
 /// Makes a job's record final from its run outcome, and does everything that follows a job's end. The
 /// record is `staged` already (written and fsynced outside the lock) or written whole; either way the
 /// record writer lands it, and until then the job table answers for the job as ending. The caller
@@ -430,13 +484,14 @@ fn finalize_locked(
     core: &mut Core,
     id: &JobId,
     outcome: RunOutcome,
+    output_truncated: bool,
     staged: Option<StagedRecord>,
 ) -> Option<JobFinished> {
     let active = core.jobs.finish(id)?;
     let (job, write) = match staged {
         Some(staged) => (staged.job().clone(), RecordWrite::Publish(staged)),
         None => {
-            let job = active.final_record(&outcome);
+            let job = active.final_record(&outcome, output_truncated);
             (job.clone(), RecordWrite::Put(job, Durability::Machine))
         }
     };
@@ -528,7 +583,7 @@ pub(super) fn finish_without_running(
             reason.to_string(),
         )
     };
-    if let Some(finished) = finalize_locked(manager, core, id, outcome, None) {
+    if let Some(finished) = finalize_locked(manager, core, id, outcome, false, None) {
         finished.signal();
     }
 }
@@ -539,7 +594,10 @@ fn system_notice(subtype: &str, content: String) -> OutputEvent {
     let mut data = serde_json::Map::new();
     data.insert("subtype".into(), subtype.into());
     data.insert("content".into(), content.into());
-    OutputEvent::structured("system".into(), data)
+    OutputEvent::Message {
+        kind: "system".into(),
+        message: data,
+    }
 }
 
 /// Updates schedule state from a finished job; returns whether anything changed.

@@ -12,6 +12,7 @@
 //! tool wrote into a record travel with it in [`Job::foreign`] and are never shown on the wire.
 
 mod output_text;
+mod serialized;
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use output_text::{abbreviate, message_text};
+pub use serialized::{timestamp_json, SerializedLines};
 
 /// Default priority of a job: 1 is the highest, 10 the lowest.
 pub const DEFAULT_PRIORITY: u8 = 5;

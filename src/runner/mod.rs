@@ -1,12 +1,13 @@
 //! Runs one job as a child process and reports its output and outcome.
 //!
 //! Owns: building the command line of a runtime (Claude Code CLI, or any command), spawning it as its own process
-//! group with the prompt on stdin (`spawn`: clone-and-exec without copying the daemon's memory), reading its stdout/stderr line by line under size caps, parsing stream-json,
+//! group with the prompt on stdin (`spawn`: clone-and-exec without copying the daemon's memory), reading its
+//! stdout/stderr a chunk of lines at a time under the line-length cap, parsing stream-json,
 //! timeouts, cancellation (SIGTERM to the group, grace, SIGKILL, and descendants that escaped the group), sweeping
 //! what the leader leaves behind, reaping adopted orphans, and killing a dead daemon's leftovers.
 //!
 //! Must not: know about configuration files, the state directory, job records or the fleet. It takes a
-//! self-contained [`RunSpec`], streams [`OutputEvent`]s into a channel and returns a [`RunOutcome`]; the
+//! self-contained [`RunSpec`], streams [`OutputEvent`]s (batches of lines) into a channel and returns a [`RunOutcome`]; the
 //! FleetManager maps config → spec and outcome → job record. No shell anywhere: argv entries only.
 //!
 //! Public API:
@@ -30,12 +31,15 @@ mod spawn;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::job::OutputLine;
+
 pub use crate::job::{ExitReason, JobError, TerminationType};
 pub use claude::{claude_args, ClaudeSpec, CLAUDE_BIN_ENV, INSTALL_HINT};
-pub use output::OutputLimits;
+pub use output::{OutputLimits, TextLines};
 pub use process::{
     become_subreaper, kill_stale_job, process_start_time, reap_adopted_zombies, StaleKill,
     JOB_ID_ENV,
@@ -72,38 +76,67 @@ pub enum RuntimeSpec {
     },
 }
 
-/// One output line of a job, in order: `stdout`/`stderr` text, a stream-json message (`kind` is its
-/// `type`), or `output_truncated` (`{dropped_lines, dropped_bytes}`) where the middle of an over-long output
-/// was dropped. The fields of [`crate::job::OutputLine`] but its position and time.
+/// A job's output, in order: lines of text one stream printed, read together, or one structured line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutputEvent {
-    pub kind: String,
-    /// The line as text, or the readable text of `message`.
-    pub chunk: String,
-    /// A structured line's message, as emitted.
-    pub message: Option<Map<String, Value>>,
-    /// The line was cut to the line-length cap.
-    pub truncated: bool,
+pub enum OutputEvent {
+    /// Lines of text of `stream`, in order.
+    Text {
+        stream: OutputStream,
+        lines: TextLines,
+    },
+    /// A structured line: a stream-json message as printed (`kind` is its `type`), or a notice of
+    /// herdctld's (`kind` names it).
+    Message {
+        kind: String,
+        message: Map<String, Value>,
+    },
 }
 
 impl OutputEvent {
-    /// A line of text from `stdout` or `stderr`.
-    pub fn text(kind: &str, text: String, truncated: bool) -> OutputEvent {
-        OutputEvent {
-            kind: kind.to_owned(),
-            chunk: text,
-            message: None,
-            truncated,
+    /// How many output lines this is.
+    pub fn line_count(&self) -> usize {
+        match self {
+            OutputEvent::Text { lines, .. } => lines.len(),
+            OutputEvent::Message { .. } => 1,
         }
     }
 
-    /// A structured line: its chunk is the message's text.
-    pub fn structured(kind: String, message: Map<String, Value>) -> OutputEvent {
-        OutputEvent {
-            chunk: crate::job::message_text(&kind, &message),
-            kind,
-            message: Some(message),
-            truncated: false,
+    /// Its lines as output lines, numbered from `first_seq`, for a caller that wants them one by one
+    /// (the fleet's pump serialises batches without building these).
+    pub fn into_lines(self, first_seq: u64, timestamp: DateTime<Utc>) -> Vec<OutputLine> {
+        match self {
+            OutputEvent::Text { stream, lines } => lines
+                .iter()
+                .zip(first_seq..)
+                .map(|((line, truncated), seq)| OutputLine {
+                    seq,
+                    timestamp,
+                    kind: stream.as_str().to_owned(),
+                    chunk: String::from_utf8_lossy(line).into_owned(),
+                    message: None,
+                    truncated,
+                })
+                .collect(),
+            OutputEvent::Message { kind, message } => {
+                vec![OutputLine::structured(first_seq, timestamp, kind, message)]
+            }
+        }
+    }
+}
+
+/// Which pipe a line of text came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    /// The line type of its text lines (`stdout`, `stderr`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
         }
     }
 }
@@ -142,8 +175,6 @@ pub struct RunOutcome {
     pub error: Option<JobError>,
     /// Set when the run was ended by a cancel or a timeout.
     pub termination: Option<TerminationType>,
-    /// The middle of the output was dropped under `max_output_bytes`.
-    pub output_truncated: bool,
 }
 
 impl RunOutcome {
@@ -167,7 +198,6 @@ impl RunOutcome {
                 message,
             }),
             termination: None,
-            output_truncated: false,
         }
     }
 }

@@ -16,12 +16,12 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::claude::{self, judge_result, parse_message, result_text, StreamState, Verdict};
-use super::output::{Line, LineReader, OutputCap};
+use super::output::{ChunkReader, TextLines};
 use super::process::{self, JobScan};
 use super::spawn::{self, Child, JobCommand};
 use super::{
-    ExitReason, JobError, OutputEvent, ProcessInfo, RunOutcome, RunSpec, RunStatus, RuntimeSpec,
-    TerminationType,
+    ExitReason, JobError, OutputEvent, OutputStream, ProcessInfo, RunOutcome, RunSpec, RunStatus,
+    RuntimeSpec, TerminationType,
 };
 
 /// How often leftovers are re-checked while sweeping.
@@ -41,8 +41,8 @@ const STDERR_TAIL_LINES: usize = 20;
 const STDERR_TAIL_LINE_BYTES: usize = 1000;
 /// Longest prompt also passed in `HERDCTL_PROMPT` (the kernel's limit per environment string is 128 KiB).
 const MAX_ENV_PROMPT_BYTES: usize = 100 * 1024;
-/// Lines buffered between the pipe readers and the collector.
-const LINE_QUEUE: usize = 256;
+/// Batches of lines (each up to a read chunk) buffered between the pipe readers and the collector.
+const BATCH_QUEUE: usize = 16;
 
 /// A running (or already failed) job.
 pub struct RunHandle {
@@ -222,12 +222,6 @@ fn failed(exit_reason: ExitReason, code: &str, message: String) -> RunOutcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     Timeout(Duration),
     Cancelled,
@@ -312,13 +306,13 @@ async fn supervise(
             let _ = stdin.shutdown().await;
         })
     });
-    let (line_tx, mut lines) = mpsc::channel(LINE_QUEUE);
+    let (line_tx, mut lines) = mpsc::channel(BATCH_QUEUE);
     let max_line = spec.limits.max_line_bytes;
     let mut readers = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         readers.push(tokio::spawn(read_lines(
             stdout,
-            Stream::Stdout,
+            OutputStream::Stdout,
             max_line,
             line_tx.clone(),
         )));
@@ -326,14 +320,14 @@ async fn supervise(
     if let Some(stderr) = child.stderr.take() {
         readers.push(tokio::spawn(read_lines(
             stderr,
-            Stream::Stderr,
+            OutputStream::Stderr,
             max_line,
             line_tx.clone(),
         )));
     }
     drop(line_tx);
 
-    let mut collector = Collector::new(spec.limits.max_output_bytes, output);
+    let mut collector = Collector::new(output);
     let mut termination = Termination {
         job_id: spec.job_id.clone(),
         pgid: pid,
@@ -485,7 +479,7 @@ async fn supervise(
         RuntimeSpec::Claude(_) => Runtime::Claude,
         RuntimeSpec::Command { .. } => Runtime::Command,
     };
-    let collected = collector.finish().await;
+    let collected = collector.finish();
     let exit = match exit {
         Ok(status) => Exit::from(status),
         Err(err) => {
@@ -503,24 +497,21 @@ async fn supervise(
 
 async fn read_lines<R: AsyncRead + Unpin>(
     reader: R,
-    stream: Stream,
+    stream: OutputStream,
     max_line_bytes: usize,
-    lines: mpsc::Sender<(Stream, Line)>,
+    batches: mpsc::Sender<(OutputStream, TextLines)>,
 ) {
-    let mut reader = LineReader::new(reader, max_line_bytes);
-    while let Some(line) = reader.next_line().await {
-        if lines.send((stream, line)).await.is_err() {
+    let mut reader = ChunkReader::new(reader, max_line_bytes);
+    while let Some(lines) = reader.next_lines().await {
+        if batches.send((stream, lines)).await.is_err() {
             return;
         }
     }
 }
 
-/// Turns lines into output events, remembers what the outcome needs, and applies the output cap.
+/// Turns batches of lines into output events and remembers what the outcome needs.
 struct Collector {
     output: mpsc::Sender<OutputEvent>,
-    /// Holds the tail of an over-long output as raw lines: parsed JSON takes several times the bytes of its
-    /// text, and the tail may be tens of megabytes.
-    cap: OutputCap<Stream>,
     stream: StreamState,
     /// The last non-blank stdout line, raw: kept in one reused buffer, made text once at the end.
     last_stdout: Vec<u8>,
@@ -533,28 +524,11 @@ struct Collected {
     stream: StreamState,
     last_stdout: Option<String>,
     stderr_tail: VecDeque<String>,
-    output_truncated: bool,
 }
 
-/// The event of one line: a stream-json message as it is, else the line as text.
-fn output_event(stream: Stream, line: Line, message: Option<Map<String, Value>>) -> OutputEvent {
-    match (message, stream) {
-        (Some(message), _) => {
-            let kind = message
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("stdout")
-                .to_owned();
-            OutputEvent::structured(kind, message)
-        }
-        (None, Stream::Stdout) => text_event("stdout", line),
-        (None, Stream::Stderr) => text_event("stderr", line),
-    }
-}
-
-fn text_event(kind: &str, line: Line) -> OutputEvent {
-    let truncated = line.truncated;
-    OutputEvent::text(kind, line.into_text(), truncated)
+/// Whether a line may be a stream-json message: only a line whose first visible byte is `{` is parsed.
+fn may_be_message(line: &[u8], cut: bool) -> bool {
+    !cut && line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// Whether a line is empty or only whitespace once read as text.
@@ -582,59 +556,84 @@ fn clip(mut text: String, max: usize) -> String {
 }
 
 impl Collector {
-    fn new(max_output_bytes: usize, output: mpsc::Sender<OutputEvent>) -> Self {
+    fn new(output: mpsc::Sender<OutputEvent>) -> Self {
         Collector {
             output,
-            cap: OutputCap::new(max_output_bytes),
             stream: StreamState::default(),
             last_stdout: Vec::new(),
             stderr_tail: VecDeque::new(),
         }
     }
 
-    async fn push(&mut self, stream: Stream, line: Line) {
-        // Every stdout message is parsed here, delivered or held back, so the outcome sees all of them.
-        let message = match stream {
-            Stream::Stdout if !line.truncated => parse_message(&line.bytes),
-            _ => None,
-        };
-        match (&message, stream) {
-            (Some(message), _) => self.stream.observe(message),
-            (None, Stream::Stdout) => {
-                if !is_blank(&line.bytes) {
-                    self.last_stdout.clear();
-                    self.last_stdout.extend_from_slice(&line.bytes);
+    async fn push(&mut self, stream: OutputStream, lines: TextLines) {
+        match stream {
+            OutputStream::Stderr => {
+                let newest: Vec<&[u8]> = lines
+                    .iter()
+                    .rev()
+                    .take(STDERR_TAIL_LINES)
+                    .map(|(line, _)| line)
+                    .collect();
+                for line in newest.into_iter().rev() {
+                    if self.stderr_tail.len() == STDERR_TAIL_LINES {
+                        self.stderr_tail.pop_front();
+                    }
+                    let text = String::from_utf8_lossy(line).into_owned();
+                    self.stderr_tail
+                        .push_back(clip(text, STDERR_TAIL_LINE_BYTES));
+                }
+                deliver(&self.output, OutputEvent::Text { stream, lines }).await;
+            }
+            // Plain text is passed on as read, in one event; only where a line may be a message is the
+            // batch taken apart, every message parsed here so that the outcome sees all of them.
+            OutputStream::Stdout if !lines.iter().any(|(line, cut)| may_be_message(line, cut)) => {
+                self.remember_stdout(&lines);
+                deliver(&self.output, OutputEvent::Text { stream, lines }).await;
+            }
+            OutputStream::Stdout => {
+                let mut text = TextLines::default();
+                for (line, cut) in lines.iter() {
+                    let message = if may_be_message(line, cut) {
+                        parse_message(line)
+                    } else {
+                        None
+                    };
+                    let Some(message) = message else {
+                        text.push(line, cut);
+                        continue;
+                    };
+                    if !text.is_empty() {
+                        self.remember_stdout(&text);
+                        let lines = std::mem::take(&mut text);
+                        deliver(&self.output, OutputEvent::Text { stream, lines }).await;
+                    }
+                    self.stream.observe(&message);
+                    deliver(&self.output, message_event(message)).await;
+                }
+                if !text.is_empty() {
+                    self.remember_stdout(&text);
+                    deliver(
+                        &self.output,
+                        OutputEvent::Text {
+                            stream,
+                            lines: text,
+                        },
+                    )
+                    .await;
                 }
             }
-            (None, Stream::Stderr) => {
-                if self.stderr_tail.len() == STDERR_TAIL_LINES {
-                    self.stderr_tail.pop_front();
-                }
-                self.stderr_tail
-                    .push_back(clip(line.text(), STDERR_TAIL_LINE_BYTES));
-            }
-        }
-        if let Some((stream, line)) = self.cap.admit(stream, line) {
-            deliver(&self.output, output_event(stream, line, message)).await;
         }
     }
 
-    async fn finish(self) -> Collected {
-        let (dropped, tail) = self.cap.finish();
-        if let Some(dropped) = dropped {
-            let mut data = Map::new();
-            data.insert("dropped_lines".to_owned(), dropped.lines.into());
-            data.insert("dropped_bytes".to_owned(), dropped.bytes.into());
-            let notice = OutputEvent::structured("output_truncated".to_owned(), data);
-            deliver(&self.output, notice).await;
+    /// Keeps the last non-blank line of `lines` as the last stdout line.
+    fn remember_stdout(&mut self, lines: &TextLines) {
+        if let Some((line, _)) = lines.iter().rev().find(|(line, _)| !is_blank(line)) {
+            self.last_stdout.clear();
+            self.last_stdout.extend_from_slice(line);
         }
-        for (stream, line) in tail {
-            let message = match stream {
-                Stream::Stdout if !line.truncated => parse_message(&line.bytes),
-                _ => None,
-            };
-            deliver(&self.output, output_event(stream, line, message)).await;
-        }
+    }
+
+    fn finish(self) -> Collected {
         let last_stdout = (!self.last_stdout.is_empty()).then(|| {
             clip(
                 String::from_utf8_lossy(&self.last_stdout).into_owned(),
@@ -645,9 +644,18 @@ impl Collector {
             stream: self.stream,
             last_stdout,
             stderr_tail: self.stderr_tail,
-            output_truncated: dropped.is_some(),
         }
     }
+}
+
+/// The event of a stream-json message: its `type` is its kind.
+fn message_event(message: Map<String, Value>) -> OutputEvent {
+    let kind = message
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("stdout")
+        .to_owned();
+    OutputEvent::Message { kind, message }
 }
 
 async fn deliver(output: &mpsc::Sender<OutputEvent>, event: OutputEvent) {
@@ -691,7 +699,6 @@ fn decide(runtime: Runtime, exit: Exit, stop: Option<Stop>, collected: Collected
         stream,
         last_stdout,
         stderr_tail,
-        output_truncated,
     } = collected;
     let result_message = stream.result.as_ref();
     let summary = result_message.and_then(result_text).or_else(|| {
@@ -709,7 +716,6 @@ fn decide(runtime: Runtime, exit: Exit, stop: Option<Stop>, collected: Collected
         session_id: stream.session_id.clone(),
         error: None,
         termination: None,
-        output_truncated,
     };
     let program = match runtime {
         Runtime::Claude => "claude",

@@ -739,7 +739,9 @@ impl JobStore {
         for id in ids {
             if self.unindex(id).is_some() {
                 // Output first: a crash in between leaves a record without output, never orphaned output.
-                paths.push(self.output_path(id));
+                let output = self.output_path(id);
+                paths.extend(output::tail_segments(&output));
+                paths.push(output);
                 paths.push(self.record_path(id));
             }
         }
@@ -747,9 +749,20 @@ impl JobStore {
         PrunedFiles { paths }
     }
 
-    /// An appender for `id`'s output that continues after the last line already written.
-    pub fn output_writer(&self, id: &JobId) -> Result<OutputWriter, StateError> {
-        OutputWriter::open(self.output_path(id))
+    /// An appender for `id`'s output that continues after the last line already written, storing at most
+    /// `max_bytes` (`None`: everything).
+    pub fn output_writer(
+        &self,
+        id: &JobId,
+        max_bytes: Option<u64>,
+    ) -> Result<OutputWriter, StateError> {
+        OutputWriter::open(self.output_path(id), max_bytes)
+    }
+
+    /// Joins the output tail a daemon that died while `id` ran left beside its output file; true when
+    /// lines between were lost (the file says how many).
+    pub fn join_output_tail(&self, id: &JobId) -> Result<bool, StateError> {
+        output::join_tail(&self.output_path(id))
     }
 
     /// Output lines of `id` with `seq >= from_seq`, at most `limit`.
@@ -1210,7 +1223,7 @@ mod tests {
         let mut store = sample_store(dir.path());
         for n in 1..=6 {
             store
-                .output_writer(&id(n))
+                .output_writer(&id(n), None)
                 .unwrap()
                 .append(&OutputLine {
                     seq: 1,
@@ -1318,7 +1331,7 @@ mod tests {
     fn forgotten_jobs_leave_the_index_at_once_and_their_files_on_delete() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = sample_store(dir.path());
-        let mut writer = store.output_writer(&id(1)).unwrap();
+        let mut writer = store.output_writer(&id(1), None).unwrap();
         writer
             .append(&OutputLine {
                 seq: 1,

@@ -54,8 +54,8 @@ pub use jobs::{
 };
 pub use lock::StateLock;
 pub use output::{
-    herdctl_output_line, read_output, read_output_page, seq_output_line, OutputPage, OutputWriter,
-    PageLimit,
+    herdctl_output_line, read_output, read_output_page, seq_output_line, Dropped, OutputPage,
+    OutputWriter, PageLimit,
 };
 pub use record_files::{JournalSnapshot, RecordFiles, StagedRecord};
 pub use sessions::{LoadedSessions, SessionPointer, SessionStore};

@@ -10,7 +10,7 @@
 //! seq numbers come from the caller. One writer per job at a time: a second writer opened while the
 //! first has flushed half a line would cut that line off as torn.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -19,50 +19,233 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::StateError;
-use crate::job::OutputLine;
+use crate::job::{OutputLine, SerializedLines};
 
 /// How far back from the end the first look for the last line reaches; doubled until a line is found.
 const TAIL_WINDOW: u64 = 64 * 1024;
 
-/// Buffered appender of one job's output lines.
+/// Buffered appender of one job's output lines, under the job's storage cap.
+///
+/// The cap (`max_output_mb`) bounds what is *stored*, not what readers see: the pump hands every line to
+/// live readers whatever is kept. Within the cap, the first half of the bytes (the head) goes to the file;
+/// after that, lines go to two tail segments beside it (`<file>.tail-0`/`-1`, each a quarter of the cap),
+/// written in turn, the older one emptied when the newer is full. [`OutputWriter::finish`] appends the kept
+/// tail to the file after one `output_truncated` line that says how many lines were dropped between (it
+/// takes the seq of the last of them, so seqs in the file still increase). So the file ends up with the
+/// head and at least a quarter of the cap of tail (Claude's `result` is the last line), and a job's output
+/// never costs memory beyond one batch, whatever its size. A daemon that dies before `finish` leaves the
+/// segments; [`join_tail`] (run when the file is opened again, and at recovery) joins them then.
 #[derive(Debug)]
 pub struct OutputWriter {
     path: PathBuf,
     writer: BufWriter<File>,
     last_seq: Option<u64>,
+    cap: Option<StoredCap>,
+}
+
+/// The storage cap's bookkeeping.
+#[derive(Debug)]
+struct StoredCap {
+    head_budget: u64,
+    head_used: u64,
+    /// The seq of the first line that did not fit in the head; every later line goes to the tail too.
+    tail_from: Option<u64>,
+    segment_budget: u64,
+    /// The segment being written, and the one before it.
+    current: Option<Segment>,
+    previous: Option<Segment>,
+    dropped_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: BufWriter<File>,
+    first_seq: u64,
+    bytes: u64,
+}
+
+/// What the storage cap dropped from the middle of a job's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub lines: u64,
+    /// `None` when not known (segments lost with a crash).
+    pub bytes: Option<u64>,
+}
+
+/// The path of a job output file's `n`-th tail segment.
+fn segment_path(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tail-{n}"));
+    PathBuf::from(name)
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn create_segment(path: PathBuf, first_seq: u64) -> Result<Segment, StateError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_error("create output tail segment", &path))?;
+    Ok(Segment {
+        path,
+        file: BufWriter::with_capacity(64 * 1024, file),
+        first_seq,
+        bytes: 0,
+    })
+}
+
+impl StoredCap {
+    fn new(max_bytes: u64) -> StoredCap {
+        let head_budget = max_bytes / 2;
+        StoredCap {
+            head_budget,
+            head_used: 0,
+            tail_from: None,
+            segment_budget: (max_bytes - head_budget) / 2,
+            current: None,
+            previous: None,
+            dropped_bytes: 0,
+        }
+    }
+
+    /// Drops the previous segment's lines and makes room for a new current one, returning the path it
+    /// may reuse.
+    fn rotate(&mut self) -> Result<Option<PathBuf>, StateError> {
+        let freed = match self.previous.take() {
+            Some(previous) => {
+                self.dropped_bytes += previous.bytes;
+                Some(previous.path)
+            }
+            None => None,
+        };
+        if let Some(mut current) = self.current.take() {
+            current
+                .file
+                .flush()
+                .map_err(io_error("write output tail segment", &current.path))?;
+            self.previous = Some(current);
+        }
+        Ok(freed)
+    }
+
+    /// Writes lines `from..to` of `lines` (all bound for the tail).
+    fn append_tail(
+        &mut self,
+        output: &Path,
+        lines: &SerializedLines,
+        from: usize,
+        to: usize,
+    ) -> Result<(), StateError> {
+        let mut run_start = from;
+        // Bytes of lines `run_start..index`, not yet written to the current segment.
+        let mut run_bytes = 0;
+        for index in from..to {
+            let size = lines.json(index).len() as u64 + 1;
+            let fits = self
+                .current
+                .as_ref()
+                .is_some_and(|segment| segment.bytes + run_bytes + size <= self.segment_budget);
+            if fits {
+                run_bytes += size;
+                continue;
+            }
+            self.write_current(lines, run_start, index)?;
+            run_start = index;
+            run_bytes = size;
+            if size > self.segment_budget {
+                // Too large for any segment: it and every tail line before it are dropped, so that what is
+                // dropped stays one run in the middle.
+                for segment in [self.previous.take(), self.current.take()]
+                    .into_iter()
+                    .flatten()
+                {
+                    self.dropped_bytes += segment.bytes;
+                    drop(segment.file);
+                    remove_if_present(&segment.path)?;
+                }
+                self.dropped_bytes += size;
+                run_start = index + 1;
+                run_bytes = 0;
+                continue;
+            }
+            let reuse = self.rotate()?;
+            let used = self.previous.as_ref().map(|segment| segment.path.clone());
+            let path = reuse.unwrap_or_else(|| {
+                let first = segment_path(output, 0);
+                if used.as_ref() == Some(&first) {
+                    segment_path(output, 1)
+                } else {
+                    first
+                }
+            });
+            self.current = Some(create_segment(path, lines.seq(index))?);
+        }
+        self.write_current(lines, run_start, to)
+    }
+
+    fn write_current(
+        &mut self,
+        lines: &SerializedLines,
+        from: usize,
+        to: usize,
+    ) -> Result<(), StateError> {
+        let Some(segment) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let bytes = lines.stored(from, to);
+        segment
+            .file
+            .write_all(bytes)
+            .map_err(io_error("write output tail segment", &segment.path))?;
+        segment.bytes += bytes.len() as u64;
+        Ok(())
+    }
 }
 
 impl OutputWriter {
-    /// Opens (creating) `path` for appending, cutting off a torn last line.
-    pub(crate) fn open(path: PathBuf) -> Result<OutputWriter, StateError> {
-        let io_error = |action: &'static str, source: io::Error| StateError::Io {
-            action,
-            path: path.clone(),
-            source,
-        };
+    /// Opens (creating) `path` for appending, cutting off a torn last line and joining the tail a dead
+    /// daemon left. `max_bytes` is the storage cap; `None` keeps everything.
+    pub(crate) fn open(path: PathBuf, max_bytes: Option<u64>) -> Result<OutputWriter, StateError> {
+        join_tail(&path)?;
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| io_error("open output file", e))?;
+            .map_err(io_error("open output file", &path))?;
         let len = file
             .metadata()
-            .map_err(|e| io_error("stat output file", e))?
+            .map_err(io_error("stat output file", &path))?
             .len();
         let complete_len =
-            complete_prefix_len(&file, len).map_err(|e| io_error("read output file", e))?;
+            complete_prefix_len(&file, len).map_err(io_error("read output file", &path))?;
         if complete_len < len {
             file.set_len(complete_len)
-                .map_err(|e| io_error("cut the torn last line of", e))?;
+                .map_err(io_error("cut the torn last line of", &path))?;
         }
         let last_seq =
-            last_seq_before(&file, complete_len).map_err(|e| io_error("read output file", e))?;
+            last_seq_before(&file, complete_len).map_err(io_error("read output file", &path))?;
+        let mut cap = max_bytes.map(StoredCap::new);
+        if let Some(cap) = cap.as_mut() {
+            // A job that runs again continues its head where it stopped.
+            cap.head_used = complete_len;
+        }
         Ok(OutputWriter {
             writer: BufWriter::with_capacity(64 * 1024, file),
             path,
             last_seq,
+            cap,
         })
     }
 
@@ -73,38 +256,248 @@ impl OutputWriter {
 
     /// Appends one line (buffered; see [`OutputWriter::flush`]).
     pub fn append(&mut self, line: &OutputLine) -> Result<(), StateError> {
-        let json = serde_json::to_string(line).map_err(|e| StateError::Io {
+        let mut lines = SerializedLines::default();
+        lines.push_line(line).map_err(|e| StateError::Io {
             action: "serialise output line for",
             path: self.path.clone(),
             source: e.into(),
         })?;
-        self.append_serialized(line.seq, &json)
+        self.append_lines(&lines)
     }
 
-    /// Appends one line already serialised as one line of JSON (`json` holds no newline), for a caller
-    /// that also sends the same text elsewhere.
-    pub fn append_serialized(&mut self, seq: u64, json: &str) -> Result<(), StateError> {
-        let written = self
-            .writer
-            .write_all(json.as_bytes())
-            .and_then(|()| self.writer.write_all(b"\n"));
-        written.map_err(|source| StateError::Io {
-            action: "append to output file",
-            path: self.path.clone(),
-            source,
-        })?;
-        self.last_seq = Some(seq);
+    /// Appends lines serialised elsewhere (the pump also hands the same bytes to readers): one write for
+    /// the head's part and one for the tail's, whatever their number.
+    pub fn append_lines(&mut self, lines: &SerializedLines) -> Result<(), StateError> {
+        let Some(last) = lines.last_seq() else {
+            return Ok(());
+        };
+        let head_end = match self.cap.as_mut() {
+            None => lines.len(),
+            Some(cap) if cap.tail_from.is_some() => 0,
+            Some(cap) => {
+                let mut end = 0;
+                while end < lines.len() {
+                    let size = lines.json(end).len() as u64 + 1;
+                    if cap.head_used + size > cap.head_budget {
+                        cap.tail_from = Some(lines.seq(end));
+                        break;
+                    }
+                    cap.head_used += size;
+                    end += 1;
+                }
+                end
+            }
+        };
+        self.writer
+            .write_all(lines.stored(0, head_end))
+            .map_err(io_error("append to output file", &self.path))?;
+        if let Some(cap) = self.cap.as_mut() {
+            cap.append_tail(&self.path, lines, head_end, lines.len())?;
+        }
+        self.last_seq = Some(last);
         Ok(())
     }
 
     /// Hands buffered lines to the kernel, making them visible to readers.
     pub fn flush(&mut self) -> Result<(), StateError> {
-        self.writer.flush().map_err(|source| StateError::Io {
-            action: "flush output file",
-            path: self.path.clone(),
-            source,
-        })
+        self.writer
+            .flush()
+            .map_err(io_error("flush output file", &self.path))?;
+        if let Some(segment) = self.cap.as_mut().and_then(|cap| cap.current.as_mut()) {
+            segment
+                .file
+                .flush()
+                .map_err(io_error("write output tail segment", &segment.path))?;
+        }
+        Ok(())
     }
+
+    /// Ends the output: the kept tail joins the file, after the notice of what was dropped. Returns what
+    /// was dropped, if anything.
+    pub fn finish(mut self) -> Result<Option<Dropped>, StateError> {
+        self.flush()?;
+        let Some(cap) = self.cap.take() else {
+            return Ok(None);
+        };
+        let Some(tail_from) = cap.tail_from else {
+            return Ok(None);
+        };
+        let Some(last_seq) = self.last_seq else {
+            return Ok(None);
+        };
+        let segments: Vec<Segment> = [cap.previous, cap.current].into_iter().flatten().collect();
+        let kept_from = segments
+            .first()
+            .map_or(last_seq + 1, |segment| segment.first_seq);
+        let dropped = (kept_from > tail_from).then_some(Dropped {
+            lines: kept_from - tail_from,
+            bytes: Some(cap.dropped_bytes),
+        });
+        let paths: Vec<PathBuf> = segments.into_iter().map(|segment| segment.path).collect();
+        let mut writer = self.writer;
+        append_tail_to(&self.path, &mut writer, dropped, kept_from, &paths)?;
+        Ok(dropped)
+    }
+}
+
+/// Appends the notice of `dropped` (seq `kept_from - 1`) and the lines of the tail `segments` (oldest
+/// first) to `writer`, then deletes the segments.
+fn append_tail_to(
+    path: &Path,
+    writer: &mut BufWriter<File>,
+    dropped: Option<Dropped>,
+    kept_from: u64,
+    segments: &[PathBuf],
+) -> Result<(), StateError> {
+    if let Some(dropped) = dropped {
+        write_notice(path, writer, dropped, kept_from - 1)?;
+    }
+    for segment in segments {
+        let mut file =
+            File::open(segment).map_err(io_error("read output tail segment", segment))?;
+        io::copy(&mut file, writer).map_err(io_error("append to output file", path))?;
+    }
+    writer
+        .flush()
+        .map_err(io_error("flush output file", path))?;
+    for segment in segments {
+        remove_if_present(segment)?;
+    }
+    Ok(())
+}
+
+/// Writes the `output_truncated` line (seq `seq`) that stands for the `dropped` lines.
+fn write_notice(
+    path: &Path,
+    writer: &mut BufWriter<File>,
+    dropped: Dropped,
+    seq: u64,
+) -> Result<(), StateError> {
+    let mut data = Map::new();
+    data.insert("dropped_lines".to_owned(), dropped.lines.into());
+    if let Some(bytes) = dropped.bytes {
+        data.insert("dropped_bytes".to_owned(), bytes.into());
+    }
+    let notice =
+        OutputLine::structured(seq, chrono::Utc::now(), "output_truncated".to_owned(), data);
+    let mut line = SerializedLines::default();
+    line.push_line(&notice).map_err(|e| StateError::Io {
+        action: "serialise output line for",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    writer
+        .write_all(line.as_bytes())
+        .map_err(io_error("append to output file", path))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("remove output tail segment", path)(e)),
+    }
+}
+
+/// The tail segments of a job's output file (both names, whether or not they exist).
+pub(crate) fn tail_segments(path: &Path) -> [PathBuf; 2] {
+    [segment_path(path, 0), segment_path(path, 1)]
+}
+
+/// Joins the tail segments a daemon that died mid-job left beside `path`: their whole lines after the
+/// file's last one, in seq order, after a notice of the lines missing between (their bytes are not known
+/// any more); then deletes them. Nothing to do when there are none. True when lines were missing.
+pub(crate) fn join_tail(path: &Path) -> Result<bool, StateError> {
+    let mut segments: Vec<(u64, PathBuf)> = Vec::new();
+    for segment in tail_segments(path) {
+        match File::open(&segment) {
+            Ok(file) => {
+                let first =
+                    first_seq(file).map_err(io_error("read output tail segment", &segment))?;
+                segments.push((first.unwrap_or(u64::MAX), segment));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("read output tail segment", &segment)(e)),
+        }
+    }
+    if segments.is_empty() {
+        return Ok(false);
+    }
+    segments.sort();
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error("open output file", path))?;
+    let len = file
+        .metadata()
+        .map_err(io_error("stat output file", path))?
+        .len();
+    let complete_len =
+        complete_prefix_len(&file, len).map_err(io_error("read output file", path))?;
+    if complete_len < len {
+        file.set_len(complete_len)
+            .map_err(io_error("cut the torn last line of", path))?;
+    }
+    let last = last_seq_before(&file, complete_len).map_err(io_error("read output file", path))?;
+    let mut next = last.map_or(0, |seq| seq + 1);
+    let mut writer = BufWriter::with_capacity(64 * 1024, file);
+    let mut line = Vec::new();
+    let mut missing = false;
+    for (_, segment) in &segments {
+        let read_error = io_error("read output tail segment", segment);
+        let file = File::open(segment).map_err(read_error)?;
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        loop {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(io_error("read output tail segment", segment))?;
+            // A last line without its newline was torn by the crash.
+            if read == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            let Ok(SeqOnly { seq }) = serde_json::from_slice::<SeqOnly>(&line) else {
+                continue;
+            };
+            // Lines a join before the crash already copied are skipped.
+            if seq < next {
+                continue;
+            }
+            if seq > next {
+                let dropped = Dropped {
+                    lines: seq - next,
+                    bytes: None,
+                };
+                write_notice(path, &mut writer, dropped, seq - 1)?;
+                missing = true;
+            }
+            writer
+                .write_all(&line)
+                .map_err(io_error("append to output file", path))?;
+            next = seq + 1;
+        }
+    }
+    writer
+        .flush()
+        .map_err(io_error("flush output file", path))?;
+    for (_, segment) in &segments {
+        remove_if_present(segment)?;
+    }
+    Ok(missing)
+}
+
+/// The seq of the first line of a file, if it is a whole line with one.
+fn first_seq(file: File) -> io::Result<Option<u64>> {
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice::<SeqOnly>(&line).ok().map(|l| l.seq))
 }
 
 #[derive(Deserialize)]
@@ -433,7 +826,7 @@ mod tests {
     fn appended_lines_read_back_from_a_seq_with_a_limit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.jsonl");
-        let mut writer = OutputWriter::open(path.clone()).unwrap();
+        let mut writer = OutputWriter::open(path.clone(), None).unwrap();
         assert_eq!(writer.last_seq(), None);
         for seq in 1..=10 {
             writer.append(&line(seq, &format!("line {seq}"))).unwrap();
@@ -443,8 +836,9 @@ mod tests {
 
         // A line serialised by the caller reads back like any other.
         let eleventh = line(11, "line 11");
-        let json = serde_json::to_string(&eleventh).unwrap();
-        writer.append_serialized(11, &json).unwrap();
+        let mut serialized = SerializedLines::default();
+        serialized.push_line(&eleventh).unwrap();
+        writer.append_lines(&serialized).unwrap();
         writer.flush().unwrap();
         assert_eq!(writer.last_seq(), Some(11));
 
@@ -482,7 +876,7 @@ mod tests {
         assert_eq!(seqs(read_output(&path, 0, None).unwrap()), [1, 2, 3]);
         assert_eq!(last_seq(&path).unwrap(), Some(3));
 
-        let mut writer = OutputWriter::open(path.clone()).unwrap();
+        let mut writer = OutputWriter::open(path.clone(), None).unwrap();
         assert_eq!(writer.last_seq(), Some(3), "resume after the last seq");
         writer.append(&line(4, "again")).unwrap();
         writer.flush().unwrap();
@@ -505,7 +899,7 @@ mod tests {
     fn last_seq_finds_a_line_longer_than_the_tail_window() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.jsonl");
-        let mut writer = OutputWriter::open(path.clone()).unwrap();
+        let mut writer = OutputWriter::open(path.clone(), None).unwrap();
         writer.append(&line(1, "short")).unwrap();
         writer
             .append(&line(2, &"y".repeat(3 * TAIL_WINDOW as usize)))
@@ -517,6 +911,158 @@ mod tests {
         file.write_all(&vec![b'z'; 2 * TAIL_WINDOW as usize])
             .unwrap();
         assert_eq!(last_seq(&path).unwrap(), Some(2));
-        assert_eq!(OutputWriter::open(path).unwrap().last_seq(), Some(2));
+        assert_eq!(OutputWriter::open(path, None).unwrap().last_seq(), Some(2));
+    }
+
+    /// Seqs of the capped-output tests start here, so that every line has the same size.
+    const B: u64 = 1000;
+
+    fn numbered(seq: u64) -> OutputLine {
+        line(seq, &format!("line-{seq}"))
+    }
+
+    /// Writes lines `B + n` for `n` in `count` through a writer capped at `cap` bytes, `batch` lines per
+    /// append, finishes it, and reads the file back.
+    fn capped(cap: u64, count: u64, batch: usize) -> (Vec<OutputLine>, Option<Dropped>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut writer = OutputWriter::open(path.clone(), Some(cap)).unwrap();
+        let all: Vec<u64> = (B..B + count).collect();
+        for chunk in all.chunks(batch) {
+            let mut lines = SerializedLines::default();
+            for seq in chunk {
+                lines.push_line(&numbered(*seq)).unwrap();
+            }
+            writer.append_lines(&lines).unwrap();
+            writer.flush().unwrap();
+            // Never more than the head and two tail segments on disk.
+            let stored: u64 = std::iter::once(path.clone())
+                .chain(tail_segments(&path))
+                .filter_map(|p| fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            assert!(stored <= cap, "{stored} bytes stored under a cap of {cap}");
+        }
+        let dropped = writer.finish().unwrap();
+        assert!(tail_segments(&path).iter().all(|p| !p.exists()));
+        (read_output(&path, 0, None).unwrap(), dropped)
+    }
+
+    /// Bytes one numbered line takes in the file.
+    fn stored_size() -> u64 {
+        serde_json::to_string(&numbered(B)).unwrap().len() as u64 + 1
+    }
+
+    #[test]
+    fn the_storage_cap_keeps_the_head_and_the_tail_with_one_notice_between() {
+        let size = stored_size();
+        // Head: 10 lines; each tail segment: 5 lines.
+        let cap = 20 * size;
+        for batch in [1, 7, 1000] {
+            let (lines, dropped) = capped(cap, 100, batch);
+            let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+            let notice = lines.iter().find(|l| l.kind == "output_truncated").unwrap();
+            let kept_from = notice.seq + 1;
+            // The head, the notice in place of the last dropped line, then a tail of 5 to 10 lines.
+            assert_eq!(&seqs[..10], (B..B + 10).collect::<Vec<_>>());
+            assert_eq!(seqs[10], kept_from - 1);
+            assert_eq!(&seqs[11..], (kept_from..B + 100).collect::<Vec<_>>());
+            assert!(
+                (5..=10).contains(&(B + 100 - kept_from)),
+                "tail of {}",
+                B + 100 - kept_from
+            );
+            let dropped = dropped.unwrap();
+            assert_eq!(dropped.lines, kept_from - (B + 10));
+            assert_eq!(dropped.bytes, Some(dropped.lines * size));
+            let message = notice.message.as_ref().unwrap();
+            assert_eq!(message["dropped_lines"], dropped.lines);
+            assert_eq!(lines.last().unwrap().chunk, format!("line-{}", B + 99));
+        }
+    }
+
+    #[test]
+    fn under_the_storage_cap_everything_is_kept_without_a_notice() {
+        // Head and both segments just hold 20 lines.
+        let (lines, dropped) = capped(20 * stored_size(), 20, 3);
+        assert_eq!(dropped, None);
+        assert_eq!(
+            lines.iter().map(|l| l.seq).collect::<Vec<_>>(),
+            (B..B + 20).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_line_larger_than_a_tail_segment_is_dropped_with_the_tail_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let size = stored_size();
+        let mut writer = OutputWriter::open(path.clone(), Some(8 * size)).unwrap();
+        let mut lines = SerializedLines::default();
+        for seq in B..B + 6 {
+            lines.push_line(&numbered(seq)).unwrap();
+        }
+        lines
+            .push_line(&line(B + 6, &"x".repeat(10 * size as usize)))
+            .unwrap();
+        lines.push_line(&numbered(B + 7)).unwrap();
+        writer.append_lines(&lines).unwrap();
+        let dropped = writer.finish().unwrap().unwrap();
+        let seqs: Vec<u64> = read_output(&path, 0, None)
+            .unwrap()
+            .iter()
+            .map(|l| l.seq)
+            .collect();
+        // Head: 4 lines; 4 and 5 were in the tail when line 6 came: all three dropped, the notice
+        // takes 6's seq.
+        assert_eq!(seqs, [B, B + 1, B + 2, B + 3, B + 6, B + 7]);
+        assert_eq!(dropped.lines, 3);
+    }
+
+    #[test]
+    fn a_tail_left_by_a_crash_is_joined_when_the_file_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut writer = OutputWriter::open(path.clone(), Some(20 * stored_size())).unwrap();
+        let mut lines = SerializedLines::default();
+        for seq in B..B + 30 {
+            lines.push_line(&numbered(seq)).unwrap();
+        }
+        writer.append_lines(&lines).unwrap();
+        writer.flush().unwrap();
+        // The daemon dies: no finish. A torn line at the end of the newest segment.
+        drop(writer);
+        let newest = tail_segments(&path)
+            .into_iter()
+            .filter(|p| p.exists())
+            .max_by_key(|p| first_seq(File::open(p).unwrap()).unwrap())
+            .unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&newest)
+            .unwrap()
+            .write_all(br#"{"seq":1030,"ti"#)
+            .unwrap();
+        assert!(join_tail(&path).unwrap(), "lines between were lost");
+        assert!(tail_segments(&path).iter().all(|p| !p.exists()));
+        let read = read_output(&path, 0, None).unwrap();
+        let seqs: Vec<u64> = read.iter().map(|l| l.seq).collect();
+        // Head B..B+10, dropped B+10..B+20 (the notice takes B+19), tail B+20..B+30.
+        let mut expected: Vec<u64> = (B..B + 10).collect();
+        expected.extend(B + 19..B + 30);
+        assert_eq!(seqs, expected);
+        let notice = &read[10];
+        assert_eq!(notice.kind, "output_truncated");
+        // Bytes are not known after a crash: only lines.
+        let message = notice.message.as_ref().unwrap();
+        assert_eq!(message["dropped_lines"], 10);
+        assert!(message.get("dropped_bytes").is_none());
+        assert_eq!(
+            notice.chunk,
+            "… 10 lines (? bytes) of output were dropped here …"
+        );
+        // Joining again changes nothing.
+        assert!(!join_tail(&path).unwrap());
+        assert_eq!(read_output(&path, 0, None).unwrap(), read);
     }
 }
