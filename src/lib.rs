@@ -46,7 +46,8 @@
 //!   params of every method and the OpenRPC document generated from the params and result types
 //!   (`rpc::params`, `rpc::openrpc`; protocol version and changelog in `proto-docs/`), the one-socket
 //!   transport (NDJSON, WebSocket, HTTP; limits; peer credentials; RPC calls counted; `GET
-//!   /metrics` on the HTTP framing and on the TCP listener of `--metrics-listen`, which serves nothing else),
+//!   /metrics` on the HTTP framing and on the TCP listener of `--metrics-listen`, which serves nothing else;
+//!   `streamJobOutput` on NDJSON written from the pump's own bytes, `rpc::transport::raw`),
 //!   and the one client of the protocol (`rpc::client`: `herdctl`'s, the tests' and the bench's).
 //! - [`daemon`] — hosting a fleet on its socket. [`daemon::Daemon`] is the library part: it starts an
 //!   initialized FleetManager, serves it on a listener the caller bound (and `GET /metrics` on an optional TCP

@@ -118,6 +118,7 @@ impl Daemon {
         let server = tokio::spawn(transport::serve(
             listener,
             methods::fleet_module(fleet.clone()),
+            methods::fleet_raw_subscriptions(fleet.clone()),
             config,
             async move {
                 let _ = serving_stopped.await;

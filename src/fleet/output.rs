@@ -625,31 +625,43 @@ impl JobOutputStream {
 
     /// The next run of at most `max_lines` lines (at least one), or mark, then one `Eof`, then `None`.
     pub async fn next_piece(&mut self, max_lines: usize) -> Option<OutputPiece> {
-        if let Some(piece) = self.peeked.take() {
-            return Some(piece);
-        }
         loop {
-            if let Some(piece) = self.next_ready(max_lines.max(1)) {
+            if let Some(piece) = self.try_next_piece(max_lines) {
                 return Some(piece);
             }
-            if !self.replayed {
-                self.replayed = true;
-                return Some(OutputPiece::Replayed(ReplayEnd {
-                    replayed: true,
-                    next_seq: self.cursor,
-                }));
-            }
-            if self.ended {
-                return None;
-            }
-            let Some(live) = self.live.as_mut() else {
-                self.ended = true;
-                let status = (self.final_status)().unwrap_or(JobStatus::Failed);
-                return Some(OutputPiece::Eof(OutputEnd { eof: true, status }));
-            };
+            // Nothing ready and not ended: only the hub can give more.
+            let live = self.live.as_mut()?;
             let received = live.recv().await;
             self.take(received);
         }
+    }
+
+    /// What [`JobOutputStream::next_piece`] gives, if it can be had without waiting.
+    pub fn try_next_piece(&mut self, max_lines: usize) -> Option<OutputPiece> {
+        if let Some(piece) = self.peeked.take() {
+            return Some(piece);
+        }
+        if let Some(piece) = self.next_ready(max_lines.max(1)) {
+            return Some(piece);
+        }
+        if !self.replayed {
+            self.replayed = true;
+            return Some(OutputPiece::Replayed(ReplayEnd {
+                replayed: true,
+                next_seq: self.cursor,
+            }));
+        }
+        if self.ended || self.live.is_some() {
+            return None;
+        }
+        self.ended = true;
+        let status = (self.final_status)().unwrap_or(JobStatus::Failed);
+        Some(OutputPiece::Eof(OutputEnd { eof: true, status }))
+    }
+
+    /// Hands `piece` out again next (a caller that took it but cannot use it yet).
+    pub fn put_back(&mut self, piece: OutputPiece) {
+        self.peeked = Some(piece);
     }
 
     /// The next line, then one `Eof`, then `None`.

@@ -4,6 +4,7 @@
 //! -32602. Domain errors become application codes with `data: {code, ...context}`. This module only
 //! translates: every decision is the FleetManager's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonrpsee::core::SubscriptionError;
@@ -18,12 +19,14 @@ use crate::fleet::{
     OutputItem, StopOptions, TriggerOptions,
 };
 
+use super::job_output::OutputNotifications;
 use super::params::{
     AgentLogsParams, CancelParams, EventsParams, ForkParams, JobOutputParams, JobParams,
     JobsParams, LogsParams, NameParams, NoParams, RpcParams, ScheduleParams, StopParams,
     TriggerParams,
 };
 use super::results::{JobDetail, StateResult, StatusResult};
+use super::transport::raw::{RawSubscription, RawSubscriptions};
 
 /// The OpenRPC document served by `rpc.discover`, byte for byte the file in `proto-docs/`.
 pub const OPENRPC_DOCUMENT: &str = include_str!("../../proto-docs/openrpc.json");
@@ -36,6 +39,28 @@ pub fn fleet_module(fleet: FleetManager) -> RpcModule<FleetManager> {
         panic!("method table is inconsistent: {e}")
     });
     module
+}
+
+/// `streamJobOutput`, its notification and its unsubscribe method.
+const STREAM_JOB_OUTPUT: &str = "streamJobOutput";
+const JOB_OUTPUT: &str = "jobOutput";
+const UNSUBSCRIBE_JOB_OUTPUT: &str = "unsubscribeJobOutput";
+
+/// The subscriptions the NDJSON framing serves as bytes (`streamJobOutput`: a flooding job's lines are
+/// written straight from the text its pump made, see `rpc::job_output`); [`fleet_module`] keeps them for
+/// the other framings.
+pub fn fleet_raw_subscriptions(fleet: FleetManager) -> RawSubscriptions {
+    let mut raw = RawSubscriptions::default();
+    raw.register(
+        STREAM_JOB_OUTPUT,
+        JOB_OUTPUT,
+        UNSUBSCRIBE_JOB_OUTPUT,
+        Arc::new(move |params| {
+            OutputNotifications::open(&fleet, params)
+                .map(|notifications| Box::new(notifications) as Box<dyn RawSubscription>)
+        }),
+    );
+    raw
 }
 
 /// Names of every method the module registers, subscriptions and unsubscriptions included.
@@ -58,7 +83,7 @@ fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
 }
 
 /// Parses named params, or positional ones mapped onto the names of `T::POSITIONAL` in order.
-fn parse<T: RpcParams>(params: &Params) -> Result<T, ErrorObjectOwned> {
+pub(super) fn parse<T: RpcParams>(params: &Params) -> Result<T, ErrorObjectOwned> {
     let names = T::POSITIONAL;
     let value: Value = match params.as_str() {
         None => Value::Object(Map::new()),
@@ -348,9 +373,9 @@ fn register(
         },
     )?;
     module.register_subscription(
-        "streamJobOutput",
-        "jobOutput",
-        "unsubscribeJobOutput",
+        STREAM_JOB_OUTPUT,
+        JOB_OUTPUT,
+        UNSUBSCRIBE_JOB_OUTPUT,
         |params, pending, fleet, _| async move {
             let p: JobOutputParams = match parse(&params) {
                 Ok(p) => p,
@@ -362,9 +387,9 @@ fn register(
             };
             let sink = pending.accept().await?;
             if p.batch {
-                pump(&sink, &mut BatchedOutput(output), &fleet, "streamJobOutput").await
+                pump(&sink, &mut BatchedOutput(output), &fleet, STREAM_JOB_OUTPUT).await
             } else {
-                pump(&sink, &mut output, &fleet, "streamJobOutput").await
+                pump(&sink, &mut output, &fleet, STREAM_JOB_OUTPUT).await
             }
         },
     )?;

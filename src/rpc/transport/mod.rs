@@ -3,20 +3,21 @@
 //! Owns: accepting connections, the peer check (SO_PEERCRED), the connection limit, sniffing the framing
 //! from the first non-whitespace byte (`{`/`[` → NDJSON, `A`–`Z` → HTTP/WebSocket through jsonrpsee's tower
 //! service, anything else → one parse-error line), and graceful shutdown. It is generic over a
-//! `jsonrpsee::Methods`; it knows no method. It does not bind, chmod or remove the socket file
-//! (`daemon::socket` does).
+//! `jsonrpsee::Methods` and the subscriptions the NDJSON framing serves as bytes ([`raw`]); it knows no
+//! method. It does not bind, chmod or remove the socket file (`daemon::socket` does).
 //!
 //! Public API:
-//! - [`serve`]`(listener, methods, cfg, shutdown) -> ServeReport` — runs until `shutdown` resolves, then
-//!   stops accepting, stops every connection gracefully and waits up to `cfg.shutdown_timeout`.
+//! - [`serve`]`(listener, methods, raw, cfg, shutdown) -> ServeReport` — runs until `shutdown` resolves,
+//!   then stops accepting, stops every connection gracefully and waits up to `cfg.shutdown_timeout`.
 //! - [`TransportConfig`] (limits and timeouts, `Default` = production values), [`ServeReport`].
-//! - [`peer`]: the peer-credential policy.
+//! - [`peer`]: the peer-credential policy. [`raw`]: subscriptions written as ready bytes.
 
 mod counting;
 mod http_support;
 pub mod metrics_http;
 mod ndjson;
 pub mod peer;
+pub mod raw;
 /// `unsubscribe*` with named params (`{"subscription": id}`, the documented canonical form) as the
 /// positional `[id]` jsonrpsee's unsubscribe handlers parse; `None` when nothing is to change. Without it a
 /// named unsubscribe answered `false` and left the subscription live.
@@ -92,6 +93,7 @@ use self::counting::{CallCounter, CountLayer};
 use self::metrics_http::MetricsRoute;
 use self::ndjson::NdjsonLimits;
 use self::peer::{proc_supplementary_groups, PeerCredentials, PeerPolicy};
+use self::raw::RawSubscriptions;
 use crate::metrics::Metrics;
 use crate::rpc::error::{permission_denied, server_busy};
 
@@ -184,6 +186,8 @@ type HttpServiceBuilder =
 /// State shared by every connection task.
 struct Shared {
     methods: Methods,
+    /// Subscriptions the NDJSON framing serves as bytes (`raw`); the other framings use `methods`.
+    raw: RawSubscriptions,
     http: HttpServiceBuilder,
     ndjson: NdjsonLimits,
     id_provider: Arc<dyn IdProvider>,
@@ -197,6 +201,7 @@ struct Shared {
 pub async fn serve(
     listener: UnixListener,
     methods: impl Into<Methods>,
+    raw: RawSubscriptions,
     cfg: TransportConfig,
     shutdown: impl Future<Output = ()>,
 ) -> ServeReport {
@@ -227,6 +232,7 @@ pub async fn serve(
         .to_service_builder();
     let shared = Arc::new(Shared {
         methods,
+        raw,
         http,
         ndjson: NdjsonLimits {
             max_request_size: cfg.max_request_size,
@@ -358,16 +364,13 @@ async fn serve_connection(
     match first {
         Ok(Ok(Some(b'{' | b'['))) => {
             let conn_id = ConnectionId(shared.next_ndjson_id.fetch_add(1, Ordering::Relaxed));
-            ndjson::serve_connection(
-                stream,
-                shared.methods.clone(),
-                conn_id,
-                shared.ndjson,
-                shared.counter.clone(),
-                shared.id_provider.clone(),
-                stop,
-            )
-            .await;
+            let served = ndjson::Served {
+                methods: shared.methods.clone(),
+                raw: shared.raw.clone(),
+                counter: shared.counter.clone(),
+                id_provider: shared.id_provider.clone(),
+            };
+            ndjson::serve_connection(stream, served, conn_id, shared.ndjson, stop).await;
         }
         Ok(Ok(Some(b'A'..=b'Z'))) => {
             let service = MetricsRoute {

@@ -23,11 +23,13 @@ use std::time::Duration;
 
 use jsonrpsee::server::{
     BatchResponseBuilder, BoundedSubscriptions, ConnectionId, IdProvider, MethodCallback,
-    MethodResponse, MethodSink, Methods, StopHandle, SubscriptionState,
+    MethodResponse, MethodSink, Methods, ResponsePayload, StopHandle, SubscriptionPermit,
+    SubscriptionState,
 };
 use jsonrpsee::types::error::ErrorCode;
 use jsonrpsee::types::{
     ErrorObject, ErrorObjectOwned, Extensions, Id, InvalidRequest, Notification, Params, Request,
+    SubscriptionId,
 };
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::de::IgnoredAny;
@@ -35,9 +37,11 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
 
 use super::counting::CallCounter;
+use super::raw::{NotificationFrame, RawMethod, RawSubscription, RawSubscriptions};
 use crate::rpc::error::request_too_large;
 
 /// How often a half-closed connection checks whether its peer is gone for good.
@@ -48,6 +52,11 @@ pub(super) const PEER_GONE_CHECK: Duration = Duration::from_millis(250);
 const READ_CHUNK: usize = 8 * 1024;
 /// The writer gathers queued messages into one write up to about this many bytes.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Bytes of notifications a raw subscription writes per buffer it hands the writer.
+const RAW_BATCH: usize = 64 * 1024;
+/// Buffers of raw subscriptions queued per connection before they wait: their memory is bounded by this
+/// times [`RAW_BATCH`], and a reader that does not read holds them back.
+const RAW_QUEUE: usize = 4;
 
 /// The per-connection limits of the NDJSON framing.
 #[derive(Debug, Clone, Copy)]
@@ -61,22 +70,42 @@ pub(super) struct NdjsonLimits {
     pub stop_drain_timeout: Duration,
 }
 
+/// What every NDJSON connection is served: the methods, the subscriptions written as bytes, the call
+/// counter and the subscription ids.
+pub(super) struct Served {
+    pub methods: Methods,
+    pub raw: RawSubscriptions,
+    pub counter: Option<CallCounter>,
+    pub id_provider: Arc<dyn IdProvider>,
+}
+
 /// Serves one NDJSON connection until it closes. `stop` is held until the end, so the server's
 /// `stopped()` also waits for this connection.
 pub(super) async fn serve_connection(
     stream: UnixStream,
-    methods: Methods,
+    served: Served,
     conn_id: ConnectionId,
     limits: NdjsonLimits,
-    counter: Option<CallCounter>,
-    id_provider: Arc<dyn IdProvider>,
     stop: StopHandle,
 ) {
+    let Served {
+        methods,
+        raw,
+        counter,
+        id_provider,
+    } = served;
     let (input, output) = stream.into_split();
     let (tx, rx) = mpsc::channel(limits.message_buffer_capacity.max(1) as usize);
+    let (raw_tx, raw_rx) = mpsc::channel(RAW_QUEUE);
     let sink = MethodSink::new_with_limit(tx, limits.max_response_size);
     let (mode_tx, mode_rx) = watch::channel(WriterMode::Open);
-    let mut writer = tokio::spawn(write_loop(rx, output, mode_rx, limits.stop_drain_timeout));
+    let mut writer = tokio::spawn(write_loop(
+        rx,
+        raw_rx,
+        output,
+        mode_rx,
+        limits.stop_drain_timeout,
+    ));
     let dispatcher = Arc::new(Dispatcher {
         methods,
         conn_id,
@@ -85,6 +114,9 @@ pub(super) async fn serve_connection(
         id_provider,
         max_response_size: limits.max_response_size as usize,
         counter,
+        raw,
+        raw_tx,
+        raw_streams: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1) as usize));
 
@@ -133,6 +165,7 @@ enum WriterMode {
 
 async fn write_loop(
     mut rx: mpsc::Receiver<Box<RawValue>>,
+    mut raw_rx: mpsc::Receiver<Vec<u8>>,
     mut output: OwnedWriteHalf,
     mut mode: watch::Receiver<WriterMode>,
     close_drain_timeout: Duration,
@@ -141,13 +174,16 @@ async fn write_loop(
     let mut buf = Vec::new();
     let mut peer_check = tokio::time::interval(PEER_GONE_CHECK);
     peer_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut calls_open, mut raw_open) = (true, true);
     loop {
         let current = *mode.borrow_and_update();
-        if current == WriterMode::Close {
+        // Done once every sender of both queues is gone (reader finished, no call in flight, no
+        // subscription left).
+        if current == WriterMode::Close || !(calls_open || raw_open) {
             break;
         }
         tokio::select! {
-            message = rx.recv() => match message {
+            message = rx.recv(), if calls_open => match message {
                 Some(message) => {
                     append_line(&mut buf, &message);
                     while buf.len() < WRITE_BATCH {
@@ -157,15 +193,26 @@ async fn write_loop(
                         }
                     }
                     if output.write_all(&buf).await.is_err() {
-                        // The peer is gone: closing the channel ends every subscription of this connection.
+                        // The peer is gone: closing the queues ends every subscription of this connection.
                         rx.close();
+                        raw_rx.close();
                         return;
                     }
                     buf.clear();
                     buf.shrink_to(WRITE_BATCH);
                 }
-                // Every sender is gone (reader finished, no call in flight, no subscription left).
-                None => break,
+                None => calls_open = false,
+            },
+            // Whole notification lines, written as they are.
+            bytes = raw_rx.recv(), if raw_open => match bytes {
+                Some(bytes) => {
+                    if output.write_all(&bytes).await.is_err() {
+                        rx.close();
+                        raw_rx.close();
+                        return;
+                    }
+                }
+                None => raw_open = false,
             },
             changed = mode.changed() => {
                 if changed.is_err() {
@@ -175,17 +222,24 @@ async fn write_loop(
             _ = peer_check.tick(), if current == WriterMode::HalfClosed => {
                 if peer_hung_up(&output) {
                     rx.close();
+                    raw_rx.close();
                     return;
                 }
             }
         }
     }
     rx.close();
+    raw_rx.close();
     let flush_queued = async {
         while let Some(message) = rx.recv().await {
             buf.clear();
             append_line(&mut buf, &message);
             if output.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        while let Some(bytes) = raw_rx.recv().await {
+            if output.write_all(&bytes).await.is_err() {
                 return;
             }
         }
@@ -401,6 +455,18 @@ struct Dispatcher {
     id_provider: Arc<dyn IdProvider>,
     max_response_size: usize,
     counter: Option<CallCounter>,
+    /// Subscriptions served as bytes, and the writer's queue for them (their replies go there too, so
+    /// that no notification overtakes the reply that names its subscription).
+    raw: RawSubscriptions,
+    raw_tx: mpsc::Sender<Vec<u8>>,
+    /// This connection's raw subscriptions, by subscription id (as JSON).
+    raw_streams: std::sync::Mutex<std::collections::HashMap<String, RawStream>>,
+}
+
+/// A raw subscription being pumped.
+struct RawStream {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
 }
 
 type NotificationParams<'a> = Option<Cow<'a, RawValue>>;
@@ -434,7 +500,7 @@ impl Dispatcher {
     async fn handle_single(&self, body: &[u8]) -> MethodResponse {
         if let Ok(mut request) = serde_json::from_slice::<Request>(body) {
             request.extensions = self.extensions();
-            self.call(request).await
+            self.call_single(request).await
         } else if let Ok(notification) =
             serde_json::from_slice::<Notification<NotificationParams>>(body)
         {
@@ -512,6 +578,106 @@ impl Dispatcher {
         }
     }
 
+    /// Runs a call that is not part of a batch: a raw subscription is opened or ended here, every other
+    /// call as in a batch.
+    async fn call_single(&self, request: Request<'_>) -> MethodResponse {
+        let raw = self.raw.get(&request.method).cloned();
+        let ends_raw = self.raw.is_unsubscribe(&request.method);
+        if raw.is_none() && !ends_raw {
+            return self.call(request).await;
+        }
+        let label = self.counter.as_ref().map(|c| c.label(&request.method));
+        let response = match raw {
+            Some(raw) => self.raw_subscribe(request, raw).await,
+            None => match self.raw_unsubscribe(&request).await {
+                Some(response) => response,
+                // Not one of ours: jsonrpsee's own subscription, if it serves the method.
+                None if self.methods.method_with_name(&request.method).is_some() => {
+                    self.run_call(request).await
+                }
+                // A subscription that ended, or never was: false, as jsonrpsee answers.
+                None => MethodResponse::response(
+                    request.id.into_owned(),
+                    ResponsePayload::success(false),
+                    self.max_response_size,
+                ),
+            },
+        };
+        if let (Some(counter), Some(label)) = (self.counter.as_ref(), label) {
+            counter.count(label, &response);
+        }
+        response
+    }
+
+    /// Opens a raw subscription: its reply, then its notifications, on the raw queue. The returned
+    /// response is a subscription's (already sent, so `dispatch` sends nothing more).
+    async fn raw_subscribe(&self, request: Request<'_>, raw: RawMethod) -> MethodResponse {
+        let id = request.id.into_owned();
+        let Some(permit) = self.subscriptions.acquire() else {
+            return MethodResponse::error(
+                id,
+                crate::rpc::error::too_many_subscriptions(self.subscriptions.max()),
+            );
+        };
+        let params = Params::new(request.params.as_deref().map(RawValue::get));
+        let subscription = match (raw.open)(params) {
+            Ok(subscription) => subscription,
+            Err(error) => return MethodResponse::error(id, error),
+        };
+        let subscription_id = self.id_provider.next_id();
+        let response = MethodResponse::subscription_response(
+            id,
+            ResponsePayload::success(&subscription_id),
+            self.max_response_size,
+        );
+        if self.raw_tx.send(reply_line(&response)).await.is_err() {
+            return response;
+        }
+        let frame = NotificationFrame::new(raw.notification, &subscription_id);
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(pump_raw(
+            subscription,
+            frame,
+            self.raw_tx.clone(),
+            stopped,
+            permit,
+        ));
+        let key = serde_json::to_string(&subscription_id).unwrap_or_default();
+        let mut streams = self
+            .raw_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Ended streams leave their entry until the next subscribe: bounded by the subscription limit.
+        streams.retain(|_, stream| !stream.task.is_finished());
+        streams.insert(key, RawStream { stop, task });
+        response
+    }
+
+    /// Ends a raw subscription of this connection named by `request` (`[id]` or `{"subscription": id}`);
+    /// `None` when it names none. Answers once its last notification is queued, on the same queue: none
+    /// follows the reply.
+    async fn raw_unsubscribe(&self, request: &Request<'_>) -> Option<MethodResponse> {
+        let positional = super::unsubscribe_params(&request.method, request.params.as_deref());
+        let params = positional.as_deref().or(request.params.as_deref())?;
+        let ids: Vec<SubscriptionId> = serde_json::from_str(params.get()).ok()?;
+        let key = serde_json::to_string(ids.first()?).ok()?;
+        let stream = self
+            .raw_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key)?;
+        // False when the stream had already ended, as jsonrpsee answers for a subscription it no longer has.
+        let was_live = stream.stop.send(()).is_ok();
+        let _ = stream.task.await;
+        let response = MethodResponse::subscription_response(
+            request.id.clone().into_owned(),
+            ResponsePayload::success(was_live),
+            self.max_response_size,
+        );
+        let _ = self.raw_tx.send(reply_line(&response)).await;
+        Some(response)
+    }
+
     /// Runs one call and counts its answer.
     async fn call(&self, request: Request<'_>) -> MethodResponse {
         let Some(counter) = self.counter.as_ref() else {
@@ -583,6 +749,53 @@ impl Dispatcher {
             MethodCallback::Unsubscription(callback) => {
                 callback(id, params, self.conn_id, self.max_response_size, extensions)
             }
+        }
+    }
+}
+
+/// A reply as one line of the raw queue.
+fn reply_line(response: &MethodResponse) -> Vec<u8> {
+    let mut line = Vec::new();
+    append_line(&mut line, response.as_json());
+    line
+}
+
+/// Writes a raw subscription's notifications to the connection's raw queue until the stream ends, it is
+/// unsubscribed, or the writer is gone. Holds its slot of the connection's subscription limit meanwhile.
+async fn pump_raw(
+    mut subscription: Box<dyn RawSubscription>,
+    frame: NotificationFrame,
+    queue: mpsc::Sender<Vec<u8>>,
+    stop: oneshot::Receiver<()>,
+    _permit: SubscriptionPermit,
+) {
+    // Only an unsubscribe stops it: the connection's dispatcher (which holds the sender) goes away at the
+    // peer's end of input, and a half-closed connection still streams.
+    let stop = async move {
+        if stop.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        let mut buf = Vec::with_capacity(RAW_BATCH);
+        let more = tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            () = queue.closed() => return,
+            more = subscription.fill(&frame, &mut buf, RAW_BATCH) => more,
+        };
+        if !buf.is_empty() {
+            tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                sent = queue.send(buf) => if sent.is_err() {
+                    return;
+                },
+            }
+        }
+        if !more {
+            return;
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::raw::{NotificationFrame, RawSubscription, RawSubscriptions};
 use super::{serve, ServeReport, TransportConfig};
 use crate::rpc::error::{error_object, ErrorData};
 
@@ -22,6 +23,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct TestContext {
     active_subscriptions: AtomicUsize,
+    /// Raw (`countRaw`) subscriptions that exist.
+    raw_subscriptions: AtomicUsize,
     /// Calls of `sleep` that have begun sleeping: tells a test that a call is in flight.
     sleeping_calls: AtomicUsize,
 }
@@ -107,6 +110,78 @@ fn test_module() -> (RpcModule<TestContext>, Arc<TestContext>) {
     (module, context)
 }
 
+/// `countRaw {count?, hold?}`: the numbers from 0 (to `count`, else without end) as notifications written
+/// as bytes; `hold` writes none and never ends.
+struct Counting {
+    next: u64,
+    end: Option<u64>,
+    hold: bool,
+    context: Arc<TestContext>,
+}
+
+impl RawSubscription for Counting {
+    fn fill<'a>(
+        &'a mut self,
+        frame: &'a NotificationFrame,
+        out: &'a mut Vec<u8>,
+        max_bytes: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            if self.hold {
+                std::future::pending::<()>().await;
+            }
+            while out.len() < max_bytes {
+                if self.end.is_some_and(|end| self.next >= end) {
+                    return false;
+                }
+                frame.write(out, self.next.to_string().as_bytes());
+                self.next += 1;
+            }
+            // A fast stream still lets others run between its buffers.
+            tokio::task::yield_now().await;
+            true
+        })
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.context
+            .raw_subscriptions
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn raw_subscriptions(context: Arc<TestContext>) -> RawSubscriptions {
+    let mut raw = RawSubscriptions::default();
+    raw.register(
+        "countRaw",
+        "count",
+        "unsubscribeCount",
+        Arc::new(move |params: Params<'_>| {
+            #[derive(serde::Deserialize, Default)]
+            struct CountParams {
+                count: Option<u64>,
+                #[serde(default)]
+                hold: bool,
+            }
+            let p: CountParams = if params.as_str().is_some() {
+                params.parse()?
+            } else {
+                CountParams::default()
+            };
+            context.raw_subscriptions.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Counting {
+                next: 0,
+                end: p.count,
+                hold: p.hold,
+                context: context.clone(),
+            }) as Box<dyn RawSubscription>)
+        }),
+    );
+    raw
+}
+
 struct TestServer {
     path: PathBuf,
     context: Arc<TestContext>,
@@ -122,9 +197,15 @@ impl TestServer {
         let listener = UnixListener::bind(&path).unwrap();
         let (module, context) = test_module();
         let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, module, cfg, async move {
-            let _ = stop.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            module,
+            raw_subscriptions(context.clone()),
+            cfg,
+            async move {
+                let _ = stop.await;
+            },
+        ));
         TestServer {
             path,
             context,
@@ -151,6 +232,15 @@ impl TestServer {
             &self.context.active_subscriptions,
             expected,
             "active subscriptions",
+        )
+        .await;
+    }
+
+    async fn wait_for_raw_subscriptions(&self, expected: usize) {
+        Self::wait_for(
+            &self.context.raw_subscriptions,
+            expected,
+            "raw subscriptions",
         )
         .await;
     }
@@ -977,4 +1067,122 @@ async fn shutdown_answers_in_flight_calls_and_ends_subscriptions() {
         UnixStream::connect(&path).await.is_err(),
         "no longer accepting"
     );
+}
+
+#[tokio::test]
+async fn a_raw_subscription_is_answered_before_its_notifications_and_silent_after_its_unsubscribe()
+{
+    let server = TestServer::start(TransportConfig::default()).await;
+    let mut client = server.ndjson().await;
+    client
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"countRaw","params":{}}"#)
+        .await;
+    // The reply comes first, though the stream fills the connection as fast as it can.
+    let reply = client.recv().await;
+    assert_eq!(reply["id"], 1, "{reply}");
+    let subscription = reply["result"].clone();
+    for expected in 0..1000 {
+        let notification = client.recv().await;
+        assert_eq!(notification["method"], "count");
+        assert_eq!(notification["params"]["subscription"], subscription);
+        assert_eq!(notification["params"]["result"], expected);
+    }
+    // Named params, the documented form; then a call whose reply marks the end of what may arrive.
+    client
+        .send(&format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"unsubscribeCount","params":{{"subscription":{subscription}}}}}"#
+        ))
+        .await;
+    loop {
+        let message = client.recv().await;
+        if message["id"] == 2 {
+            assert_eq!(message["result"], true, "{message}");
+            break;
+        }
+        assert_eq!(message["method"], "count", "{message}");
+    }
+    client
+        .send(r#"{"jsonrpc":"2.0","id":3,"method":"echo","params":["after"]}"#)
+        .await;
+    assert_eq!(
+        client.recv().await["id"],
+        3,
+        "no notification follows the unsubscribe reply"
+    );
+    server.wait_for_raw_subscriptions(0).await;
+    // A subscription that is gone answers false, as jsonrpsee's do.
+    let again = client
+        .call(&format!(
+            r#"{{"jsonrpc":"2.0","id":4,"method":"unsubscribeCount","params":[{subscription}]}}"#
+        ))
+        .await;
+    assert_eq!(again["result"], false, "{again}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn raw_subscriptions_count_against_the_connection_limit() {
+    let cfg = TransportConfig {
+        max_subscriptions_per_connection: 2,
+        ..TransportConfig::default()
+    };
+    let server = TestServer::start(cfg).await;
+    let mut client = server.ndjson().await;
+    let subscribe = r#"{"jsonrpc":"2.0","id":1,"method":"countRaw","params":{"hold":true}}"#;
+    let first = client.call(subscribe).await["result"].clone();
+    assert!(client.call(subscribe).await["result"].is_u64());
+    let refused = client.call(subscribe).await;
+    assert_eq!(refused["error"]["code"], json!(-32006), "{refused}");
+    let ended = client
+        .call(&format!(
+            r#"{{"jsonrpc":"2.0","id":2,"method":"unsubscribeCount","params":[{first}]}}"#
+        ))
+        .await;
+    assert_eq!(ended["result"], true);
+    assert!(client.call(subscribe).await["result"].is_u64());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_raw_subscription_streams_to_its_end_after_the_peer_shuts_its_write_side() {
+    let server = TestServer::start(TransportConfig::default()).await;
+    // `echo '{…streamJobOutput…}' | socat - UNIX-CONNECT:sock`
+    let mut client = server.ndjson().await;
+    client
+        .send(r#"{"jsonrpc":"2.0","id":1,"method":"countRaw","params":{"count":20000}}"#)
+        .await;
+    client.writer.shutdown().await.unwrap();
+    assert_eq!(client.recv().await["id"], 1);
+    for expected in 0..20000 {
+        let Some(line) = client.recv_line().await else {
+            panic!("closed after {expected} notifications");
+        };
+        let notification: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(notification["params"]["result"], expected);
+    }
+    assert_eq!(
+        client.recv_line().await,
+        None,
+        "closed once the stream ended"
+    );
+    server.wait_for_raw_subscriptions(0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_raw_subscription_ends_when_its_reader_goes_away() {
+    let server = TestServer::start(TransportConfig::default()).await;
+    let mut client = server.ndjson().await;
+    // One that fills the connection and one that waits: both end with it.
+    for params in ["{}", r#"{"hold":true}"#] {
+        client
+            .send(&format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"countRaw","params":{params}}}"#
+            ))
+            .await;
+    }
+    server.wait_for_raw_subscriptions(2).await;
+    drop(client);
+    server.wait_for_raw_subscriptions(0).await;
+    server.stop().await;
 }
