@@ -342,29 +342,33 @@ async fn write_record(dir: &Path, store: &std::sync::Mutex<JobStore>, job: &Job)
         .written(&id, version, inode);
 }
 
-/// SPEC §13 output: 100 MB of lines from one job to 1 and 10 `streamJobOutput` subscribers.
-fn output(table: &mut Table) {
-    eprintln!("output: 100 MB of lines, baseline pipe");
-    let pipe = {
-        let started = Instant::now();
-        let mut child = Command::new("sh")
-            .args(["-c", FLOOD_COMMAND])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn sh");
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut total = 0usize;
-        loop {
-            match stdout.read(&mut buffer).expect("read pipe") {
-                0 => break,
-                n => total += n,
-            }
+/// The rate of the plain pipe the output rows are measured against: the job's program read by this
+/// process.
+fn pipe_rate() -> f64 {
+    let started = Instant::now();
+    let mut child = Command::new("sh")
+        .args(["-c", FLOOD_COMMAND])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        match stdout.read(&mut buffer).expect("read pipe") {
+            0 => break,
+            n => total += n,
         }
-        child.wait().expect("wait sh");
-        assert_eq!(total as f64, FLOOD_BYTES, "the flood program's output size");
-        FLOOD_BYTES / started.elapsed().as_secs_f64()
-    };
+    }
+    child.wait().expect("wait sh");
+    assert_eq!(total as f64, FLOOD_BYTES, "the flood program's output size");
+    FLOOD_BYTES / started.elapsed().as_secs_f64()
+}
+
+/// SPEC §13 output: 100 MB of lines from one job to 1 and 10 `streamJobOutput` subscribers. Each row's
+/// pipe is measured just before it, so that a machine whose load changes during the section compares
+/// like with like.
+fn output(table: &mut Table) {
     // The job keeps all of its output (every line reaches the readers), then, last, the default cap of
     // 64 MB, which drops the middle third and holds the tail in memory until the job ends.
     let runs = [
@@ -381,6 +385,7 @@ fn output(table: &mut Table) {
             (false, None) => "a notification per line, default output cap",
         };
         eprintln!("output: 100 MB of lines to {subscribers} subscriber(s), {mode}");
+        let pipe = pipe_rate();
         let cap = max_output_mb.map_or(String::new(), |mb| format!("max_output_mb: {mb}\n"));
         let agent = format!(
             "name: flood\nruntime: command\n{cap}command: [sh, -c, '{}']\n",
@@ -391,6 +396,7 @@ fn output(table: &mut Table) {
         let rss_before = daemon.proc_status_kb("VmRSS");
         let mut readers: Vec<RawStream> = (0..subscribers).map(|_| daemon.raw()).collect();
         let mut control = daemon.connect();
+        let cpu_before = daemon.cpu_time();
         let started = Instant::now();
         let job = control.call("trigger", json!({"agentName": "flood"}));
         let id = job["id"].as_str().expect("job id").to_string();
@@ -423,6 +429,7 @@ fn output(table: &mut Table) {
             .map(|t| t.join().expect("subscriber thread"))
             .collect();
         let slowest = tallies.iter().map(|(_, d)| *d).max().unwrap_or_default();
+        let cpu = daemon.cpu_time().saturating_sub(cpu_before);
         let peak_kb = daemon.proc_status_kb("VmHWM");
         let rate = FLOOD_BYTES / slowest.as_secs_f64();
         let first = &tallies[0].0;
@@ -432,21 +439,25 @@ fn output(table: &mut Table) {
         // Every line the program printed, each counted with its newline (the last has none).
         let complete = first.payload_bytes as f64 == FLOOD_BYTES + 1.0;
         let eof_status = first.eof_status.clone();
+        // The issue's targets: half a pipe to one reader, a quarter to each of ten.
+        let target = if subscribers == 1 { 0.5 } else { 0.25 };
+        let delivered_mb = first.payload_bytes as f64 / 1e6 * subscribers as f64;
         table.row(Row {
             metric: format!(
                 "output to {subscribers} subscriber(s), {mode}: MB/s of job output \
-                 ({:.0} MB delivered each, {} lines, eof {eof_status}{}{})",
+                 ({:.0} MB delivered each, {} lines, eof {eof_status}{}{}; daemon CPU {:.1} ms per MB delivered)",
                 first.payload_bytes as f64 / 1e6,
                 first.lines,
                 if consistent { "" } else { ", GAPS or mismatch" },
-                if complete { "" } else { ", LINES MISSING" }
+                if complete { "" } else { ", LINES MISSING" },
+                cpu.as_secs_f64() * 1000.0 / delivered_mb.max(1.0),
             ),
             value: format!("{:.1}", rate / 1e6),
             baseline: format!("{:.1}", pipe / 1e6),
             ratio: Some(rate / pipe),
-            target: "ratio ≥ 0.5".into(),
+            target: format!("ratio ≥ {target}"),
             verdict: Verdict::of(
-                rate / pipe >= 0.5 && consistent && complete && eof_status == "completed",
+                rate / pipe >= target && consistent && complete && eof_status == "completed",
             ),
         });
         table.row(Row {
@@ -514,6 +525,9 @@ struct OutputLineFields<'a> {
 impl StreamTally {
     /// Counts one notification (a whole JSON line); true at the end of the stream.
     fn add(&mut self, line: &[u8]) -> bool {
+        if self.scan_lines(line) {
+            return false;
+        }
         let message: OutputNotification = serde_json::from_slice(line).unwrap_or_else(|e| {
             panic!(
                 "not a jobOutput notification ({e}): {}",
@@ -537,15 +551,58 @@ impl StreamTally {
         false
     }
 
+    /// Counts the lines of a notification of lines whose texts have no escapes (every line of this
+    /// bench's job) by finding each `{"seq":N,…,"chunk":"…"` in place; false when the notification is
+    /// anything else, for the parse above. A parse of every notification took the ten reading threads more
+    /// CPU than the daemon spent making them, so on two cores the readers were measured, not the daemon.
+    fn scan_lines(&mut self, line: &[u8]) -> bool {
+        const SEQ: &[u8] = br#"{"seq":"#;
+        const CHUNK: &[u8] = br#","chunk":""#;
+        if memchr::memchr(b'\\', line).is_some() {
+            return false;
+        }
+        let Some(result) = memchr::memmem::find(line, br#""result":"#) else {
+            return false;
+        };
+        let mut rest = &line[result + 9..];
+        if !(rest.starts_with(SEQ) || rest.starts_with(br#"{"lines":[{"seq":"#)) {
+            return false;
+        }
+        let mut found = false;
+        while let Some(at) = memchr::memmem::find(rest, SEQ) {
+            rest = &rest[at + SEQ.len()..];
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let seq = std::str::from_utf8(&rest[..digits])
+                .ok()
+                .and_then(|d| d.parse().ok());
+            let Some(chunk) = memchr::memmem::find(rest, CHUNK) else {
+                return false;
+            };
+            rest = &rest[chunk + CHUNK.len()..];
+            let Some(end) = memchr::memchr(b'"', rest) else {
+                return false;
+            };
+            self.count_len(seq, Some(end));
+            rest = &rest[end..];
+            found = true;
+        }
+        found
+    }
+
     fn count(&mut self, seq: Option<u64>, text: Option<&str>) {
+        self.count_len(seq, text.map(str::len));
+    }
+
+    /// Counts a line of `len` text bytes (none: not a text line).
+    fn count_len(&mut self, seq: Option<u64>, len: Option<usize>) {
         let seq = seq.unwrap_or(0);
         if self.next_seq.is_some_and(|expected| expected != seq) {
             self.gaps += 1;
         }
         self.next_seq = Some(seq + 1);
         self.lines += 1;
-        if let Some(text) = text {
-            self.payload_bytes += text.len() + 1;
+        if let Some(len) = len {
+            self.payload_bytes += len + 1;
         }
     }
 }

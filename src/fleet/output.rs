@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
-use crate::job::{JobStatus, OutputLine, SerializedLines};
+use crate::job::{stored_line_seq, JobStatus, OutputLine, SerializedLines};
 
 /// Lines published together, in seq order, shared by every reader.
 pub(crate) type OutputBatch = Arc<SerializedLines>;
@@ -142,19 +142,29 @@ impl LineRun {
 
     /// Drops the lines before `seq`.
     fn skip_before(&mut self, seq: u64) {
-        while self.from < self.to && self.lines.seq(self.from) < seq {
-            self.from += 1;
+        if self.from < self.to && self.lines.seq(self.from) < seq {
+            self.from = self.lines.index_from_seq(seq).clamp(self.from, self.to);
         }
     }
 
     /// Takes up to `max` lines from the front whose seqs follow `cursor` without a hole; the rest stays.
+    /// Seqs only increase, so a run is whole exactly when its last seq is where a whole run's would be.
     fn take_contiguous(&mut self, cursor: u64, max: usize) -> LineRun {
-        let mut end = self.from;
-        while end < self.to
-            && end - self.from < max
-            && self.lines.seq(end) == cursor + (end - self.from) as u64
-        {
-            end += 1;
+        let from = self.from;
+        let whole = |end: usize| self.lines.seq(end - 1) == cursor + (end - 1 - from) as u64;
+        let mut end = self.to.min(from.saturating_add(max));
+        if end > from && !whole(end) {
+            // A hole within: the longest whole prefix, found by bisection.
+            let (mut low, mut high) = (from + 1, end);
+            while low < high {
+                let middle = (low + high).div_ceil(2);
+                if whole(middle) {
+                    low = middle;
+                } else {
+                    high = middle - 1;
+                }
+            }
+            end = low;
         }
         let taken = LineRun {
             lines: self.lines.clone(),
@@ -491,55 +501,63 @@ pub enum OutputBatchItem {
 // The reader
 // ---------------------------------------------------------------------------------------------------------
 
-/// Reads a `.jsonl` output file incrementally from where it stopped; a last line without its newline (being
-/// written, or torn by a crash) is left for the next read.
+/// Reads a `.jsonl` output file incrementally from where it stopped, a block at a time; a last line
+/// without its newline (being written, or torn by a crash) waits for the next read.
 struct FileTail {
     path: PathBuf,
-    reader: Option<BufReader<File>>,
-    /// Bytes of an unfinished last line the reader consumed on the previous read: re-read next time.
-    overread: usize,
+    file: Option<File>,
+    /// The start of a line the previous read did not finish.
+    unfinished: Vec<u8>,
     /// Lines in herdctl's layout read so far: the next one's seq (`state::herdctl_output_line`).
     herdctl_lines: u64,
 }
 
+/// Bytes a replay reads from an output file at a time.
+const REPLAY_BLOCK: usize = 64 * 1024;
+
 impl FileTail {
-    /// Up to `max` whole lines with `seq >= from_seq`, in file order; `None` at the end of the file.
-    fn read_batch(
-        &mut self,
-        from_seq: u64,
-        max: usize,
-    ) -> std::io::Result<Option<SerializedLines>> {
-        if self.reader.is_none() {
+    /// The whole lines of the next block (possibly none, when all were unreadable); `None` at the end of
+    /// what the file has. The reader drops lines before its cursor.
+    fn read_batch(&mut self) -> std::io::Result<Option<SerializedLines>> {
+        if self.file.is_none() {
             match File::open(&self.path) {
-                Ok(file) => self.reader = Some(BufReader::with_capacity(64 * 1024, file)),
+                Ok(file) => self.file = Some(file),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
-        let Some(reader) = self.reader.as_mut() else {
+        let Some(file) = self.file.as_mut() else {
             return Ok(None);
         };
-        if self.overread > 0 {
-            // Within the buffer when possible: no system call.
-            reader.seek_relative(-(self.overread as i64))?;
-            self.overread = 0;
-        }
+        let mut block = std::mem::take(&mut self.unfinished);
+        let kept = block.len();
+        block.resize(kept + REPLAY_BLOCK, 0);
+        let read = file.read(&mut block[kept..]);
+        block.truncate(kept + *read.as_ref().unwrap_or(&0));
+        let Some(last_newline) = memchr::memrchr(b'\n', &block) else {
+            self.unfinished = block;
+            return read.map(|_| None);
+        };
+        self.unfinished = block.split_off(last_newline + 1);
+        read?;
+        // Lines the pump wrote are taken as they are, without a copy; any other layout line by line.
+        Ok(Some(match SerializedLines::from_stored(block) {
+            Ok(lines) => lines,
+            Err(block) => self.convert(&block),
+        }))
+    }
+
+    /// The whole lines of `block` read one by one: kept as they are when the pump wrote them (checked to
+    /// be JSON), other layouts read and written anew, unparsable ones skipped (a crash mid-write followed
+    /// by more output).
+    fn convert(&mut self, block: &[u8]) -> SerializedLines {
         let mut lines = SerializedLines::default();
-        let mut buf = Vec::new();
-        while lines.len() < max {
-            buf.clear();
-            let n = reader.read_until(b'\n', &mut buf)?;
-            if n == 0 || buf.last() != Some(&b'\n') {
-                self.overread = n;
-                break;
+        for text in block.split(|b| *b == b'\n') {
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
             }
-            let text = &buf[..buf.len() - 1];
-            // A line the pump wrote is kept as the text it is (checked to be JSON); any other layout is
-            // read and written anew. Unparsable lines (a crash mid-write followed by more output) are
-            // skipped, not fatal.
-            if let Some(seq) = pump_line_seq(text) {
-                if seq >= from_seq && serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
-                {
+            if let Some(seq) = stored_line_seq(text) {
+                if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok() {
                     lines.push_json(seq, text);
                 }
                 continue;
@@ -549,26 +567,14 @@ impl FileTail {
                 self.herdctl_lines += 1;
                 Some(line)
             });
-            if let Some(line) = line.filter(|line| line.seq >= from_seq) {
+            if let Some(line) = line {
                 if let Err(e) = lines.push_line(&line) {
                     tracing::warn!(path = %self.path.display(), error = %e, "cannot re-serialise an output line");
                 }
             }
         }
-        // Empty only at the end of the file: lines before `from_seq` are read past, not returned.
-        Ok((!lines.is_empty()).then_some(lines))
+        lines
     }
-}
-
-/// The `seq` of a line the pump wrote (`seq` and `timestamp` are its first keys); `None` for any other
-/// layout.
-fn pump_line_seq(json: &[u8]) -> Option<u64> {
-    let rest = json.strip_prefix(br#"{"seq":"#)?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if !rest[digits..].starts_with(br#","timestamp":"#) {
-        return None;
-    }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// How the reader learns the job's final status once its hub is gone.
@@ -593,9 +599,6 @@ pub struct JobOutputStream {
     peeked: Option<OutputPiece>,
 }
 
-/// Lines read from the file at a time.
-const REPLAY_BATCH: usize = 512;
-
 impl JobOutputStream {
     /// `live` is the job's hub subscription (taken before this call), `None` for a finished job.
     pub(crate) fn new(
@@ -610,8 +613,8 @@ impl JobOutputStream {
             held: None,
             tail: FileTail {
                 path,
-                reader: None,
-                overread: 0,
+                file: None,
+                unfinished: Vec::new(),
                 herdctl_lines: 0,
             },
             from_file: true,
@@ -739,9 +742,11 @@ impl JobOutputStream {
                 return Some(OutputPiece::Lines(taken));
             }
             if self.from_file {
-                match self.tail.read_batch(self.cursor, REPLAY_BATCH) {
+                match self.tail.read_batch() {
                     Ok(Some(lines)) => {
-                        self.pending.push_back(LineRun::whole(Arc::new(lines)));
+                        if !lines.is_empty() {
+                            self.pending.push_back(LineRun::whole(Arc::new(lines)));
+                        }
                         continue;
                     }
                     Ok(None) => self.from_file = false,

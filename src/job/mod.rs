@@ -22,7 +22,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use output_text::{abbreviate, message_text};
-pub use serialized::{timestamp_json, SerializedLines};
+pub use serialized::{stored_line_seq, timestamp_json, SerializedLines};
 
 /// Default priority of a job: 1 is the highest, 10 the lowest.
 pub const DEFAULT_PRIORITY: u8 = 5;

@@ -93,6 +93,34 @@ impl SerializedLines {
         self.json.push(b'\n');
     }
 
+    /// Lines as a job's pump stored them: `json` holds whole lines, each `{"seq":N,"timestamp":…}` followed
+    /// by `\n`, seqs increasing. `Err` gives the bytes back when any line is not such a line (another
+    /// layout, a blank line), for the caller to read line by line. Nothing is copied or parsed again: a
+    /// replay reads the file's bytes as they are (the writer only ever appends whole lines, cutting a torn
+    /// tail before it does).
+    pub fn from_stored(json: Vec<u8>) -> Result<SerializedLines, Vec<u8>> {
+        let mut lines = Vec::with_capacity(json.len() / 128);
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', &json) {
+            let line = &json[start..end];
+            let seq = match stored_line_seq(line) {
+                Some(seq)
+                    if line.ends_with(b"}")
+                        && lines.last().is_none_or(|l: &LineAt| l.seq < seq) =>
+                {
+                    seq
+                }
+                _ => return Err(json),
+            };
+            lines.push(LineAt { seq, end });
+            start = end + 1;
+        }
+        if start != json.len() {
+            return Err(json);
+        }
+        Ok(SerializedLines { json, lines })
+    }
+
     /// Appends a line serialised elsewhere (a file's line): `json` is one whole JSON text without a newline.
     pub fn push_json(&mut self, seq: u64, json: &[u8]) {
         self.json.extend_from_slice(json);
@@ -130,15 +158,41 @@ impl SerializedLines {
         self.json.extend_from_slice(br#","type":""#);
         self.json.extend_from_slice(kind.as_bytes());
         self.json.extend_from_slice(br#"","chunk":"#);
-        let text = String::from_utf8_lossy(text);
-        // Writing a string into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.json, text.as_ref());
+        if needs_no_escape(text) {
+            self.json.push(b'"');
+            self.json.extend_from_slice(text);
+            self.json.push(b'"');
+        } else {
+            let text = String::from_utf8_lossy(text);
+            // Writing a string into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut self.json, text.as_ref());
+        }
         if truncated {
             self.json.extend_from_slice(br#","truncated":true"#);
         }
         self.json.push(b'}');
         self.end_line(seq);
     }
+}
+
+/// Whether `text` is printable ASCII without `"` or `\\`: valid UTF-8 that JSON takes as it is, the
+/// common line, copied without a pass through the escaper. Checked without an early exit, so that it
+/// compiles to a vector loop.
+fn needs_no_escape(text: &[u8]) -> bool {
+    text.iter().fold(true, |plain, &b| {
+        plain & (b' '..=b'~').contains(&b) & (b != b'"') & (b != b'\\')
+    })
+}
+
+/// The `seq` of a line as the pump writes it (`{"seq":N,"timestamp":…`: `seq` and `timestamp` its first
+/// keys); `None` for any other layout.
+pub fn stored_line_seq(json: &[u8]) -> Option<u64> {
+    let rest = json.strip_prefix(br#"{"seq":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || !rest[digits..].starts_with(br#","timestamp":"#) {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// The JSON of a line's `timestamp`, as `serde_json` writes it in an [`OutputLine`].
@@ -196,6 +250,34 @@ mod tests {
         lines.push_text(7, b"\"t\"", "stdout", b"a\xffb", false);
         let line: serde_json::Value = serde_json::from_slice(lines.json(0)).unwrap();
         assert_eq!(line["chunk"], json!("a\u{fffd}b"));
+    }
+
+    #[test]
+    fn stored_lines_are_read_in_place_and_any_other_layout_is_given_back() {
+        let mut written = SerializedLines::default();
+        for seq in 4..7 {
+            written
+                .push_line(&text_line(seq, "stdout", "x", false))
+                .unwrap();
+        }
+        let read = SerializedLines::from_stored(written.as_bytes().to_vec()).unwrap();
+        assert_eq!(read, written);
+        for other in [
+            // herdctl's layout
+            &b"{\"type\":\"assistant\",\"timestamp\":\"t\"}\n"[..],
+            b"\n",
+            // not newline-terminated, decreasing seqs, not a whole object
+            br#"{"seq":1,"timestamp":"t"}"#,
+            b"{\"seq\":2,\"timestamp\":\"t\"}\n{\"seq\":1,\"timestamp\":\"t\"}\n",
+            b"{\"seq\":2,\"timestamp\":\"t\"\n",
+        ] {
+            assert_eq!(
+                SerializedLines::from_stored(other.to_vec()),
+                Err(other.to_vec())
+            );
+        }
+        assert_eq!(stored_line_seq(br#"{"seq":12,"timestamp":"t"}"#), Some(12));
+        assert_eq!(stored_line_seq(br#"{"seq":"12"}"#), None);
     }
 
     #[test]
