@@ -577,6 +577,13 @@ impl FileTail {
     }
 }
 
+/// Whether a stored line is the storage cap's `output_truncated` notice (its `type` follows its `seq` and
+/// `timestamp`).
+fn is_truncation_notice(json: &[u8]) -> bool {
+    let head = &json[..json.len().min(96)];
+    memchr::memmem::find(head, br#","type":"output_truncated","#).is_some()
+}
+
 /// How the reader learns the job's final status once its hub is gone.
 pub(crate) type StatusLookup = Box<dyn Fn() -> Option<JobStatus> + Send + Sync>;
 
@@ -735,7 +742,10 @@ impl JobOutputStream {
                         next_seq: first,
                     };
                     self.cursor = first;
-                    return Some(OutputPiece::Gap(gap));
+                    // Where the storage cap dropped lines, the file's own notice says so.
+                    if !is_truncation_notice(run.json(0)) {
+                        return Some(OutputPiece::Gap(gap));
+                    }
                 }
                 let taken = run.take_contiguous(self.cursor, max_lines);
                 self.cursor = taken.seq(taken.len() - 1) + 1;
@@ -926,7 +936,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_capped_file_replays_with_one_gap_where_lines_were_dropped() {
+    async fn a_capped_file_replays_with_its_notice_where_lines_were_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.jsonl");
         let mut lines: Vec<OutputLine> = (0..3).map(line).collect();
@@ -937,13 +947,10 @@ mod tests {
         lines.extend((8..10).map(line));
         append(&path, &lines);
         let mut stream = stream(&path, 0, None);
+        // The notice says what was dropped: no gap item besides.
         assert_eq!(
             collect(&mut stream).await,
-            (
-                vec![0, 1, 2, 7, 8, 9],
-                vec![(4, 7)],
-                Some(JobStatus::Completed)
-            )
+            (vec![0, 1, 2, 7, 8, 9], vec![], Some(JobStatus::Completed))
         );
     }
 
