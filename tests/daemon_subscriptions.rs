@@ -342,3 +342,57 @@ async fn a_sub_fleet_agent_is_found_by_its_local_name() {
     assert_eq!(listed["total"], 1, "{listed}");
     assert_eq!(listed["jobs"][0]["id"], id.as_str());
 }
+
+/// A reader of a flooding job that stops reading holds the job back for a bounded time only, costs the
+/// daemon a bounded buffer, and finds every line again when it reads on (from the file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_neither_stalls_a_job_nor_grows_the_daemon() {
+    let dir = TestDir::new();
+    let release = dir.path().join("release");
+    // 16 MiB of 99-byte lines once released (far beyond what the hub and the socket hold); kept whole.
+    let flood = format!(
+        "name: flood\nruntime: command\nmax_output_mb: 256\ncommand: [sh, -c, 'while [ ! -e {} ]; do sleep 0.02; done; head -c 16777216 /dev/zero | tr \"\\\\0\" x | fold -w 99']\n",
+        release.display()
+    );
+    write_agents(dir.path(), "stalled", &[("flood", &flood)]);
+    let options = DaemonOptions {
+        keep_existing_fleet: true,
+        ..DaemonOptions::default()
+    };
+    let daemon = Daemon::start_in(dir, options).await;
+    let mut control = daemon.ndjson().await;
+    let job = control.call("trigger", json!({"agentName": "flood"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let mut stalled = RawNdjson::connect(&daemon.socket).await;
+    let reply = stalled
+        .exchange(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "streamJobOutput", "params": {"id": id}})
+                .to_string(),
+        )
+        .await;
+    assert!(reply["result"].is_u64(), "{reply}");
+    // At the live edge (nothing printed yet), so the pump waits for it; then it reads no more.
+    assert_eq!(stalled.recv().await["params"]["result"]["replayed"], true);
+    let rss_before = daemon.rss_kib();
+    std::fs::write(&release, "").unwrap();
+    let done = wait_for_job_status(&mut control, &id, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let grown = daemon.rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 48 * 1024,
+        "the daemon grew by {grown} KiB for a reader that reads nothing"
+    );
+    // Reading on, it gets every line, in order, and the end.
+    let lines = 16777216u64.div_ceil(99);
+    let mut next = 0u64;
+    loop {
+        let item = stalled.recv().await["params"]["result"].clone();
+        if item["eof"] == true {
+            break;
+        }
+        assert!(item["gap"].is_null(), "nothing was dropped: {item}");
+        assert_eq!(item["seq"], next, "{item}");
+        next += 1;
+    }
+    assert_eq!(next, lines);
+}
