@@ -882,7 +882,8 @@ fn scheduler(table: &mut Table) {
                 "getSchedule",
                 json!({"agentName": "tick", "scheduleName": "every-second"}),
             );
-            let next: Option<DateTime<Utc>> = schedule["nextTrigger"]
+            // Protocol 2: `{agentName, scheduleName, at}` (the bench read a bare string and waited forever).
+            let next: Option<DateTime<Utc>> = schedule["nextTrigger"]["at"]
                 .as_str()
                 .and_then(|t| t.parse().ok());
             match next {
