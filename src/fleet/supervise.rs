@@ -317,8 +317,9 @@ impl Pump {
                 }
             }
             // Counted per batch, not per line: two atomic additions whatever the batch's size.
-            self.metrics
-                .output(lines.len() as u64, lines.as_bytes().len() as u64);
+            // Without the newlines, as the metric is documented.
+            let json_bytes = lines.as_bytes().len() - lines.len();
+            self.metrics.output(lines.len() as u64, json_bytes as u64);
             let lines = Arc::new(lines);
             // Building an event per line costs a parse of it: only when someone listens to them.
             if self.events.wants_output() {
