@@ -335,7 +335,7 @@ fn methods(g: &mut Generators) -> Vec<Method> {
             "log",
             g.result::<LogItem>(),
             "unsubscribeLogs",
-            &["AGENT_NOT_FOUND", "INVALID_PARAMS"][..],
+            &["AGENT_NOT_FOUND", "INVALID_STATE", "INVALID_PARAMS"][..],
         ),
         (
             "streamJobOutput",
@@ -353,7 +353,7 @@ fn methods(g: &mut Generators) -> Vec<Method> {
             "agentLog",
             g.result::<LogItem>(),
             "unsubscribeAgentLogs",
-            &["AGENT_NOT_FOUND", "INVALID_PARAMS"][..],
+            &["AGENT_NOT_FOUND", "INVALID_STATE", "INVALID_PARAMS"][..],
         ),
     ];
     for (name, summary, params, notification, item, unsubscribe, errors) in subscriptions {
