@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::fanout::{Fanout, Received, Receiver};
-use crate::job::{Job, OutputLine, TerminationType};
+use crate::job::{Job, JobError, OutputLine, TerminationType};
 
 /// Declares the events once: each variant with its wire name and the constant naming it (in
 /// [`event_names`]), from which the enum's serde tags, [`FleetEvent::type_name`] and
@@ -83,7 +83,7 @@ fleet_events! {
     /// event's.
     "job:output" as JOB_OUTPUT => JobOutput { job_id: String, line: Box<OutputLine> };
     "job:completed" as JOB_COMPLETED => JobCompleted { job_id: String, job: Box<Job>, result: Option<Value> };
-    "job:failed" as JOB_FAILED => JobFailed { job_id: String, job: Box<Job>, error: Value };
+    "job:failed" as JOB_FAILED => JobFailed { job_id: String, job: Box<Job>, error: Option<JobError> };
     "job:cancelled" as JOB_CANCELLED => JobCancelled {
         job_id: String,
         job: Box<Job>,
