@@ -369,12 +369,6 @@ async fn metrics_address(daemon: &Daemon) -> SocketAddr {
     addr
 }
 
-/// Triggers a manual job of `agent`; its id.
-async fn trigger(client: &mut Client, agent: &str) -> String {
-    let job = client.call("trigger", json!({"agentName": agent})).await;
-    job["id"].as_str().unwrap().to_owned()
-}
-
 /// Waits for the `job:output` event of `job` whose chunk mentions `text`.
 async fn wait_for_output(client: &mut Client, events: &Value, job: &str, text: &str) {
     loop {
