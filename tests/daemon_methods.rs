@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use herdctld::fleet::{LogEntry, LogLevel};
 use serde_json::{json, Value};
 use support::*;
 
@@ -675,17 +674,7 @@ async fn loud_job(client: &mut Client, daemon: &Daemon) -> (String, BTreeSet<Str
     let mut reader = daemon.connect(framing).await;
     let logs = reader.subscribe("streamLogs", json!({"tail": 0})).await;
     assert_eq!(reader.notification(&logs).await["type"], "replayed");
-    for n in 0..20_000 {
-        daemon.log_bus().push(LogEntry {
-            timestamp: chrono::Utc::now(),
-            level: LogLevel::Info,
-            source: "test".into(),
-            agent_name: None,
-            job_id: None,
-            message: format!("entry {n}"),
-            fields: serde_json::Map::new(),
-        });
-    }
+    daemon.push_log_entries(20_000);
     while reader.notification(&logs).await["type"] != "lagged" {}
 
     let mut checked = slow.checked().clone();

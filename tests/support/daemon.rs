@@ -7,7 +7,7 @@
 //! - [`Mode::InProcess`]: the library's `herdctld::daemon::Daemon` on the test's own runtime, set up from the
 //!   same command line as the binary would be (`DaemonArgs`): ready when its start returns. For what the
 //!   protocol does; no process, so no logs of its own (the tracing subscriber is process-wide; a test can
-//!   push entries into its log bus, [`Daemon::log_bus`]), signals or stdio. It can also serve a fleet not
+//!   push entries into its log bus, [`Daemon::push_log_entries`]), signals or stdio. It can also serve a fleet not
 //!   yet initialized ([`DaemonOptions::uninitialized`]), for `initialize` over the socket.
 //!
 //! Either way a temp dir holds the fleet (`herdctl.yaml`, `agents/`), `state/` and `run/herdctld.sock`, and
@@ -25,7 +25,7 @@ use herdctld::daemon::run::DaemonArgs;
 use herdctld::daemon::{
     self as library, socket, DaemonError, DaemonOptions as ServeOptions, Request,
 };
-use herdctld::fleet::{FleetManager, LogBus};
+use herdctld::fleet::{FleetManager, LogBus, LogEntry, LogLevel};
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -361,10 +361,26 @@ impl Daemon {
     }
 
     /// The in-process daemon's log bus: entries pushed here are what its log streams deliver.
-    pub fn log_bus(&self) -> &LogBus {
+    fn log_bus(&self) -> &LogBus {
         match &self.running {
             Running::InProcess { logs, .. } => logs,
             _ => panic!("only an in-process daemon's log bus is the test's"),
+        }
+    }
+
+    /// Pushes `count` info entries (`entry N`, about no agent) into the in-process daemon's log bus, as
+    /// its tracing layer would: more than a reader that does not read can be kept.
+    pub fn push_log_entries(&self, count: usize) {
+        for n in 0..count {
+            self.log_bus().push(LogEntry {
+                timestamp: chrono::Utc::now(),
+                level: LogLevel::Info,
+                source: "test".into(),
+                agent_name: None,
+                job_id: None,
+                message: format!("entry {n}"),
+                fields: serde_json::Map::new(),
+            });
         }
     }
 
