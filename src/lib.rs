@@ -136,7 +136,8 @@
 //! - Nothing a job starts outlives it: cancel, timeout and normal exit all sweep the job's process group and
 //!   any process that carries its `HERDCTL_JOB_ID`.
 //! - No shell between a prompt and a process: prompts travel on stdin, arguments are argv entries.
-//! - Event and log emission never blocks the fleet: bounded rings; slow readers are told they lagged.
+//! - Event and log emission never blocks the fleet: a bounded queue per subscriber, filled only with what
+//!   its filter takes; a slow reader loses its oldest items and is told how many (`lagged`).
 //! - Configuration is validated completely at load; nothing is validated lazily at fire time.
 //! - Cost totals and budget spend are summed from the job records (through the store's index), never kept
 //!   as counters of their own: a restart rebuilds them, and they cover exactly the records that exist.

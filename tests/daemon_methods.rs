@@ -1,14 +1,57 @@
 //! Every method of the method table over every framing (NDJSON, WebSocket, HTTP) against the daemon (the
-//! library's, in-process, on the same command line as the binary), with the error codes and `data.code`
-//! of SPEC §11.
+//! library's, in-process, on the same command line as the binary, served before `initialize`), with the
+//! error codes and `data.code` of SPEC §11; and, over NDJSON and WebSocket, every kind of event, log notice
+//! and output line the document defines, each checked against its schema.
 
 mod support;
+
+use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 use support::*;
 
 /// A job id that is well formed but names no job.
 const UNKNOWN_JOB: &str = "job-2000-01-01-zzzzzz";
+
+/// The id of a record in the state directory that neither tool can read: `initialize` moves it aside and
+/// says so in an `error` event.
+const UNREADABLE_JOB: &str = "job-2000-01-01-broken";
+
+/// Held at its gate (as `gated`), one job at a time, with two hourly schedules that, never having run, are
+/// both due once a reload adds the agent: one fire runs, the other is skipped.
+const EXTRA_AGENT: &str = r#"name: extra
+runtime: command
+command:
+  - sh
+  - -c
+  - |
+    while [ ! -e "gate-$HERDCTL_JOB_ID" ]; do sleep 0.02; done
+concurrency: 1
+schedules:
+  first:
+    type: interval
+    interval: 1h
+  second:
+    type: interval
+    interval: 1h
+"#;
+
+/// Short lines of the `loud` agent's output before its long ones.
+const LOUD_SHORT_LINES: u64 = 30_000;
+
+/// [`LOUD_SHORT_LINES`] short lines, then eight lines longer than the line cap (1 MiB), then exit 3: more
+/// events than a reader that does not read can be kept, lines cut with `truncated`, more output than one
+/// reply carries, and a failure.
+const LOUD_AGENT: &str = r#"name: loud
+runtime: command
+command:
+  - sh
+  - -c
+  - |
+    seq 1 30000
+    for i in 1 2 3 4 5 6 7 8; do head -c 1100000 /dev/zero | tr '\0' x; echo; done
+    exit 3
+"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_over_ndjson() {
@@ -26,57 +69,96 @@ async fn every_method_over_http() {
 }
 
 async fn every_method(framing: Framing) {
-    // A queue of one makes the third blocker trigger hit CONCURRENCY_LIMIT.
-    let daemon = Daemon::start_with(DaemonOptions {
-        args: vec!["--max-queued".into(), "1".into()],
-        ..DaemonOptions::in_process()
-    })
+    let dir = TestDir::new();
+    let jobs_dir = dir.path().join("state").join("jobs");
+    std::fs::create_dir_all(&jobs_dir).unwrap();
+    std::fs::write(
+        jobs_dir.join(format!("{UNREADABLE_JOB}.yaml")),
+        "{ not: [a record",
+    )
+    .unwrap();
+    // Served before `initialize`, which the client calls; a queue of one makes the third blocker
+    // trigger hit CONCURRENCY_LIMIT.
+    let daemon = Daemon::start_in(
+        dir,
+        DaemonOptions {
+            args: vec!["--max-queued".into(), "1".into()],
+            uninitialized: true,
+            ..DaemonOptions::in_process()
+        },
+    )
     .await;
     let mut client = daemon.connect(framing).await;
+    // Every event of the run, from before `initialize` (HTTP has no subscriptions).
+    let events = match framing {
+        Framing::Http => None,
+        _ => Some(client.subscribe("subscribeEvents", json!({})).await),
+    };
 
+    initialize_and_start(&mut client).await;
     lifecycle(&mut client).await;
     queries(&mut client).await;
     schedules(&mut client).await;
     let finished = jobs(&mut client, &daemon).await;
     queue_cancel_and_limits(&mut client, &finished).await;
     reload(&mut client, &daemon).await;
+    if let Some(events) = &events {
+        scheduled_fires(&mut client, &daemon, events).await;
+    }
     invalid_params(&mut client).await;
     subscriptions(&mut client).await;
-    if framing != Framing::Http {
-        notifications(&mut client, &finished).await;
+    if let Some(events) = &events {
+        notifications(&mut client, &finished, events).await;
+        // Its last event was delivered: everything it had is in.
+        client.unsubscribe("unsubscribeEvents", events).await;
+        client.received().await;
     }
+    let (loud, checked_elsewhere) = loud_job(&mut client, &daemon).await;
+    output_too_large(&mut client, &loud).await;
 
+    let status = client.call("getStatus", Value::Null).await;
     let discovered = client.call("rpc.discover", Value::Null).await;
-    // Every answer above was checked against openrpc.json's schemas by the client; all of them were met,
-    // but for what a framing cannot carry: HTTP has no subscriptions, and `initialize` succeeds only
-    // before the daemon is up (its result is checked in `initialize_answers_what_the_document_says`).
-    let mut unchecked: Vec<String> = schema::documented()
-        .difference(client.checked())
-        .filter(|name| *name != "initialize")
-        .cloned()
-        .collect();
+    assert_eq!(status["protocolVersion"], discovered["info"]["version"]);
+    let document: Value =
+        serde_json::from_str(&std::fs::read_to_string(openrpc_path()).unwrap()).unwrap();
+    assert_eq!(discovered, document);
+    // Every answer above was checked against openrpc.json's schemas by the clients; all of them were
+    // met, with every kind of event, log notice and output line, but for what HTTP cannot carry: it has
+    // no subscriptions.
+    let mut checked = client.checked().clone();
+    checked.extend(checked_elsewhere);
+    let mut unchecked: Vec<String> = schema::documented().difference(&checked).cloned().collect();
     if framing == Framing::Http {
-        unchecked.retain(|name| !name.starts_with("notification:") && !is_subscription(name));
+        unchecked.retain(|name| {
+            !name.starts_with("notification:") && !is_subscription(name) && !name.contains('/')
+        });
     }
     assert!(
         unchecked.is_empty(),
         "never received over {framing:?}: {unchecked:?}"
     );
-    let document: Value =
-        serde_json::from_str(&std::fs::read_to_string(openrpc_path()).unwrap()).unwrap();
-    assert_eq!(discovered, document);
 }
 
 fn openrpc_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto-docs/openrpc.json")
 }
 
-async fn lifecycle(client: &mut Client) {
-    assert_eq!(client.call("getState", Value::Null).await, "running");
+/// `initialize` and `start` over the socket, as a client that found the daemon not yet initialized.
+async fn initialize_and_start(client: &mut Client) {
+    assert_eq!(client.call("getState", Value::Null).await, "uninitialized");
+    assert_eq!(
+        client.call("initialize", Value::Null).await,
+        json!({"state": "initialized"})
+    );
     let error = client.call_err("initialize", Value::Null).await;
     assert_error(&error, 1005, "INVALID_STATE");
-    assert_eq!(error["data"]["currentState"], "running");
+    assert_eq!(error["data"]["currentState"], "initialized");
     assert_eq!(error["data"]["operation"], "initialize");
+    assert_eq!(client.call("start", json!([])).await["state"], "running");
+}
+
+async fn lifecycle(client: &mut Client) {
+    assert_eq!(client.call("getState", Value::Null).await, "running");
     assert_error(
         &client.call_err("start", Value::Null).await,
         1005,
@@ -409,16 +491,14 @@ async fn reload(client: &mut Client, daemon: &Daemon) {
         json!([])
     );
 
-    std::fs::write(
-        daemon.agents_dir().join("extra.yaml"),
-        "name: extra\nruntime: command\ncommand: [\"true\"]\n",
-    )
-    .unwrap();
+    std::fs::write(daemon.agents_dir().join("extra.yaml"), EXTRA_AGENT).unwrap();
+    std::fs::write(daemon.agents_dir().join("loud.yaml"), LOUD_AGENT).unwrap();
     daemon.write_fleet_file(&fleet_yaml(&[
         "echo.yaml",
         "gated.yaml",
         "blocker.yaml",
         "extra.yaml",
+        "loud.yaml",
     ]));
     let result = client.call("reload", json!({})).await;
     let changes = result["changes"].as_array().unwrap();
@@ -491,38 +571,14 @@ fn is_subscription(method: &str) -> bool {
         || method.starts_with("stream")
 }
 
-/// The fleet (embedded, no socket) answers `initialize` with what the document says.
-#[tokio::test]
-async fn initialize_answers_what_the_document_says() {
-    let dir = TestDir::new();
-    let fleet = herdctld::fleet::FleetManager::new(herdctld::fleet::FleetManagerOptions {
-        config_path: Some(write_fleet(dir.path())),
-        ..Default::default()
-    });
-    let module = herdctld::rpc::methods::fleet_module(fleet);
-    let (response, _) = module
-        .raw_json_request(r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#, 1)
-        .await
-        .unwrap();
-    let result = serde_json::from_str::<Value>(response.get()).unwrap()["result"].take();
-    schema::check_result("initialize", &result);
-    assert_eq!(result, json!({"state": "initialized"}));
-}
-
-/// One of every notification, each checked against its schema by the client: events of a job, log
-/// replays, and a finished job's output one line at a time and batched.
-async fn notifications(client: &mut Client, finished: &str) {
-    let events = client.subscribe("subscribeEvents", Value::Null).await;
+/// One of every notification, each checked against its schema by the client: events of a job (on the
+/// run's subscription to every event, `events`), log replays, and a finished job's output one line at a
+/// time and batched.
+async fn notifications(client: &mut Client, finished: &str, events: &Value) {
     let job = client
         .call("trigger", json!({"agentName": "echo", "prompt": "notify"}))
         .await;
-    loop {
-        let event = client.notification(&events).await;
-        if event["type"] == "job:completed" && event["jobId"] == job["id"] {
-            break;
-        }
-    }
-    client.unsubscribe("unsubscribeEvents", &events).await;
+    wait_for_event(client, events, "job:completed", job["id"].as_str()).await;
     for (subscribe, params) in [
         ("streamLogs", json!({"tail": 3})),
         ("streamAgentLogs", json!({"agentName": "echo", "tail": 3})),
@@ -543,6 +599,104 @@ async fn notifications(client: &mut Client, finished: &str) {
             false
         );
     }
+}
+
+/// `extra`'s two schedules fire as the reload plans them: one runs a job (held at its gate), the other is
+/// skipped, the agent being at its limit.
+async fn scheduled_fires(client: &mut Client, daemon: &Daemon, events: &Value) {
+    let (mut triggered, mut skipped) = (None, None);
+    while triggered.is_none() || skipped.is_none() {
+        let event = client.notification(events).await;
+        match event["type"].as_str() {
+            Some("schedule:triggered") => triggered = Some(event),
+            Some("schedule:skipped") => skipped = Some(event),
+            _ => {}
+        }
+    }
+    let (triggered, skipped) = (triggered.unwrap(), skipped.unwrap());
+    assert_eq!(triggered["agentName"], "extra", "{triggered}");
+    assert_eq!(skipped["agentName"], "extra", "{skipped}");
+    assert_ne!(triggered["scheduleName"], skipped["scheduleName"]);
+    let job = triggered["jobId"].as_str().unwrap();
+    open_gate(&daemon.agents_dir(), job);
+    wait_for_event(client, events, "job:completed", Some(job)).await;
+}
+
+/// Runs the `loud` agent's job; returns its id and what clients other than `client` checked. Over NDJSON
+/// and WebSocket: a reader of every event that does not read while it runs is told it lagged; a reader of
+/// `job:failed` alone gets its failure; its long lines stream with `truncated`; and a log reader that does
+/// not read is told it lagged too.
+async fn loud_job(client: &mut Client, daemon: &Daemon) -> (String, BTreeSet<String>) {
+    let framing = client.framing;
+    if framing == Framing::Http {
+        let job = client.call("trigger", json!({"agentName": "loud"})).await;
+        let id = job["id"].as_str().unwrap().to_owned();
+        wait_for_job_status(client, &id, &["failed"]).await;
+        return (id, BTreeSet::new());
+    }
+    let failed = client
+        .subscribe("subscribeEvents", json!({"types": ["job:failed"]}))
+        .await;
+    let mut slow = daemon.connect(framing).await;
+    let everything = slow.subscribe("subscribeEvents", json!({})).await;
+    let job = client.call("trigger", json!({"agentName": "loud"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let event = wait_for_event(client, &failed, "job:failed", Some(&id)).await;
+    assert_eq!(event["error"], event["job"]["error"], "{event}");
+    assert!(event["error"]["message"].is_string(), "{event}");
+    // Only now does `slow` read: it is told how many events it missed.
+    loop {
+        let event = slow.notification(&everything).await;
+        if event["type"] == "lagged" {
+            assert!(event["missed"].as_u64().unwrap() > 0, "{event}");
+            break;
+        }
+    }
+
+    let output = client
+        .subscribe(
+            "streamJobOutput",
+            json!({"id": id, "fromSeq": LOUD_SHORT_LINES}),
+        )
+        .await;
+    let mut long_lines = 0;
+    loop {
+        let item = client.notification(&output).await;
+        if item["eof"] == true {
+            break;
+        }
+        if item["truncated"] == true {
+            long_lines += 1;
+        }
+    }
+    assert_eq!(long_lines, 8);
+
+    let mut reader = daemon.connect(framing).await;
+    let logs = reader.subscribe("streamLogs", json!({"tail": 0})).await;
+    assert_eq!(reader.notification(&logs).await["type"], "replayed");
+    daemon.push_log_entries(20_000);
+    while reader.notification(&logs).await["type"] != "lagged" {}
+
+    let mut checked = slow.checked().clone();
+    checked.extend(reader.checked().iter().cloned());
+    (id, checked)
+}
+
+/// `getJob` with the whole output of a job whose output is more than one reply carries: refused, with
+/// where to read it instead.
+async fn output_too_large(client: &mut Client, id: &str) {
+    let error = client
+        .call_err("getJob", json!({"id": id, "includeOutput": true}))
+        .await;
+    assert_error(&error, 1010, "OUTPUT_TOO_LARGE");
+    let data = &error["data"];
+    assert_eq!(data["jobId"], id, "{error}");
+    assert!(
+        data["outputBytes"].as_u64() > data["limit"].as_u64(),
+        "{error}"
+    );
+    assert_eq!(data["paging"], json!(["outputFromSeq", "outputLimit"]));
+    assert_eq!(data["alternative"], "streamJobOutput");
 }
 
 async fn subscriptions(client: &mut Client) {

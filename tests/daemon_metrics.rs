@@ -1,7 +1,8 @@
-//! `GET /metrics` of the real daemon (issue 19): after a success, a failure, a schedule skip, a running and
-//! a queued job, the scrape — over the socket's HTTP framing and over `--metrics-listen` — parsed as
+//! `GET /metrics` of the real daemon (issue 19): after a success, a failure, a schedule fire and a skip, a
+//! running and a queued job, the scrape — over the socket's HTTP framing and over `--metrics-listen` — parsed as
 //! Prometheus parses it, has the series with the values the daemon's own records and our calls imply. And
-//! `--metrics-listen` on an address in use fails the start, naming the flag and the address.
+//! `--metrics-listen` on an address in use fails the start, naming the flag and the address. A reader that
+//! falls behind is counted in `herdctld_lagged_notices_total`.
 
 mod support;
 
@@ -31,6 +32,16 @@ runtime: command
 command: [sh, -c, 'echo "something broke" >&2; exit 3']
 "#;
 
+/// Prints a line, on an hourly schedule that, never having run, fires as soon as the fleet starts.
+const TICKER_AGENT: &str = r#"name: ticker
+runtime: command
+command: [sh, -c, 'echo tick']
+schedules:
+  every:
+    type: interval
+    interval: 1h
+"#;
+
 /// The harness's `gated` agent (held until [`open_gate`]), one job at a time, with an hourly schedule that,
 /// never having run, is due as soon as the fleet starts.
 fn gated_agent() -> String {
@@ -48,6 +59,7 @@ fn metrics_fleet() -> TestDir {
         ("ok.yaml", OK_AGENT.to_owned()),
         ("fails.yaml", FAILS_AGENT.to_owned()),
         ("gated.yaml", gated_agent()),
+        ("ticker.yaml", TICKER_AGENT.to_owned()),
     ];
     for (file, yaml) in &files {
         std::fs::write(agents.join(file), yaml).unwrap();
@@ -78,7 +90,19 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
     let held = trigger(&mut client, "gated").await;
     wait_for_output(&mut client, &events, &held, "before gate").await;
     client.call("start", Value::Null).await;
-    let skipped = wait_for_event(&mut client, &events, "schedule:skipped", None).await;
+    // At the start both schedules are due: ticker's fires (and its job runs), gated's is skipped.
+    let (mut skipped, mut ticked) = (None, None);
+    while skipped.is_none() || ticked.is_none() {
+        let event = client.notification(&events).await;
+        match event["type"].as_str() {
+            Some("schedule:skipped") => skipped = Some(event),
+            Some("job:completed") if event["job"]["agentName"] == "ticker" => {
+                ticked = event_job_id(&event).map(str::to_owned);
+            }
+            _ => {}
+        }
+    }
+    let (skipped, ticked) = (skipped.unwrap(), ticked.unwrap());
     assert_eq!(
         (
             &skipped["agentName"],
@@ -146,13 +170,14 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
         ("getJob", "1003", 1.0),
         ("getQueue", "ok", 1.0),
     ];
-    let (lines, bytes) = output_on_disk(&daemon.state, &[&held, &ok, &fails]);
+    let (lines, bytes) = output_on_disk(&daemon.state, &[&held, &ok, &fails, &ticked]);
     let over_socket = scrape_socket(&daemon.socket).await;
     let over_tcp = scrape_tcp(tcp).await;
     for scrape in [&over_socket, &over_tcp] {
         let started = |agent| scrape.get("herdctld_jobs_started_total", &[("agent", agent)]);
         assert_eq!(started("ok"), Some(1.0));
         assert_eq!(started("fails"), Some(1.0));
+        assert_eq!(started("ticker"), Some(1.0));
         // The queued job has not started.
         assert_eq!(started("gated"), Some(1.0));
         let finished = |agent, outcome| {
@@ -161,7 +186,8 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
         };
         assert_eq!(finished("ok", "success"), Some(1.0));
         assert_eq!(finished("fails", "error"), Some(1.0));
-        assert_eq!(scrape.family("herdctld_jobs_finished_total").len(), 2);
+        assert_eq!(finished("ticker", "success"), Some(1.0));
+        assert_eq!(scrape.family("herdctld_jobs_finished_total").len(), 3);
         assert_eq!(scrape.get("herdctld_queue_depth", &[]), Some(1.0));
         assert_eq!(scrape.get("herdctld_jobs_running", &[]), Some(1.0));
         let skip = [
@@ -173,7 +199,12 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
             scrape.get("herdctld_schedule_skips_total", &skip),
             Some(1.0)
         );
-        assert!(scrape.family("herdctld_schedule_fires_total").is_empty());
+        let fire = [("agent", "ticker"), ("schedule", "every")];
+        assert_eq!(
+            scrape.get("herdctld_schedule_fires_total", &fire),
+            Some(1.0)
+        );
+        assert_eq!(scrape.family("herdctld_schedule_fires_total").len(), 1);
         for (method, code, count) in calls {
             let labels = [("method", method), ("code", code)];
             assert_eq!(
@@ -190,6 +221,25 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
         let ok_duration = [("agent", "ok")];
         let count = scrape.get("herdctld_job_duration_seconds_count", &ok_duration);
         assert_eq!(count, Some(1.0));
+        // The one run of `ok`: its seconds in the sum, and in every bucket at or above them.
+        let seconds = ok_job["durationMs"].as_f64().unwrap() / 1000.0;
+        let sum = scrape.get("herdctld_job_duration_seconds_sum", &ok_duration);
+        assert!(
+            sum.is_some_and(|sum| (sum - seconds).abs() < 1e-9),
+            "{sum:?} for {seconds}"
+        );
+        let buckets = scrape.histogram("herdctld_job_duration_seconds", &ok_duration);
+        assert!(
+            buckets.len() > 1 && buckets.last().unwrap().0.is_infinite(),
+            "{buckets:?}"
+        );
+        for (le, count) in buckets {
+            assert_eq!(
+                count,
+                f64::from(u8::from(seconds <= le)),
+                "le {le}, {seconds} s"
+            );
+        }
         let model = [("agent", "ok"), ("model", "claude-test")];
         assert_eq!(scrape.get("herdctld_cost_usd_total", &model), Some(0.25));
         let tokens = |kind| {
@@ -205,6 +255,11 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
         assert!(rss.is_some_and(|bytes| bytes > 1e6), "rss {rss:?}");
         let started_at = scrape.get("process_start_time_seconds", &[]);
         assert!(started_at.is_some_and(|t| t > 1.0e9), "{started_at:?}");
+        let cpu = scrape.get("process_cpu_seconds_total", &[]);
+        assert!(cpu.is_some_and(|seconds| seconds > 0.0), "cpu {cpu:?}");
+        // At least the standard streams, the socket and this scrape's connection.
+        let fds = scrape.get("process_open_fds", &[]);
+        assert!(fds.is_some_and(|fds| fds >= 5.0), "open fds {fds:?}");
     }
 
     // Both held jobs finish: nothing queued or running any more.
@@ -225,7 +280,7 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
         after.get("herdctld_jobs_finished_total", &gated_success),
         Some(2.0)
     );
-    let (lines, bytes) = output_on_disk(&daemon.state, &[&held, &queued, &ok, &fails]);
+    let (lines, bytes) = output_on_disk(&daemon.state, &[&held, &queued, &ok, &fails, &ticked]);
     assert_eq!(after.get("herdctld_output_lines_total", &[]), Some(lines));
     assert_eq!(after.get("herdctld_output_bytes_total", &[]), Some(bytes));
 
@@ -246,6 +301,36 @@ async fn a_scrape_counts_jobs_schedules_output_and_calls() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Every `lagged` notice a reader that falls behind gets is counted under its subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagged_notices_are_counted() {
+    // In-process: the test feeds its log bus, more entries than a reader that does not read can be kept.
+    let daemon = Daemon::in_process().await;
+    let mut reader = daemon.ndjson().await;
+    let logs = reader.subscribe("streamLogs", json!({"tail": 0})).await;
+    assert_eq!(reader.notification(&logs).await["type"], "replayed");
+    const ENTRIES: usize = 20_000;
+    daemon.push_log_entries(ENTRIES);
+    // The newest entry is never dropped: up to it, every notice was sent.
+    let mut notices = 0.0;
+    loop {
+        let item = reader.notification(&logs).await;
+        if item["type"] == "lagged" {
+            notices += 1.0;
+        } else if item["message"] == format!("entry {}", ENTRIES - 1) {
+            break;
+        }
+    }
+    assert!(notices >= 1.0, "the reader never lagged");
+    let scrape = scrape_socket(&daemon.socket).await;
+    let lagged = [("subscription", "streamLogs")];
+    assert_eq!(
+        scrape.get("herdctld_lagged_notices_total", &lagged),
+        Some(notices)
+    );
+    assert_eq!(scrape.family("herdctld_lagged_notices_total").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,12 +454,6 @@ async fn metrics_address(daemon: &Daemon) -> SocketAddr {
     addr
 }
 
-/// Triggers a manual job of `agent`; its id.
-async fn trigger(client: &mut Client, agent: &str) -> String {
-    let job = client.call("trigger", json!({"agentName": agent})).await;
-    job["id"].as_str().unwrap().to_owned()
-}
-
 /// Waits for the `job:output` event of `job` whose chunk mentions `text`.
 async fn wait_for_output(client: &mut Client, events: &Value, job: &str, text: &str) {
     loop {
@@ -415,6 +494,23 @@ impl Scrape {
             .filter(|sample| sample.metric == metric)
             .map(|sample| (sample.labels.to_string(), value(&sample.value)))
             .collect()
+    }
+
+    /// The buckets `(le, count)` of the histogram `metric` with (at least) `labels`, in order.
+    fn histogram(&self, metric: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+        let sample = self.0.samples.iter().find(|sample| {
+            sample.metric == metric
+                && labels
+                    .iter()
+                    .all(|(name, want)| sample.labels.get(name) == Some(*want))
+        });
+        match sample.map(|sample| &sample.value) {
+            Some(prometheus_parse::Value::Histogram(buckets)) => buckets
+                .iter()
+                .map(|bucket| (bucket.less_than, bucket.count))
+                .collect(),
+            other => panic!("no histogram {metric} with {labels:?}: {other:?}"),
+        }
     }
 
     /// The value of the one sample of `metric` that has (at least) `labels`; `None` if there is none.

@@ -295,35 +295,61 @@ async fn unsubscribe_stops_notifications(client: &mut Client) {
     }
 }
 
-/// A sub-fleet agent answers to its local name in listings and log streams, as it does in `trigger`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sub_fleet_agent_is_found_by_its_local_name() {
-    let dir = TestDir::new();
-    let team = dir.path().join("team");
-    std::fs::create_dir_all(&team).unwrap();
+/// Writes a fleet of sub-fleets into `dir`: each `(fleet, agent)` a sub-fleet `fleet` whose one agent
+/// `agent` echoes a line (qualified `fleet.agent`). Returns the root fleet file, whose `fleets` are
+/// rewritten by [`sub_fleets_file`].
+fn write_sub_fleets(dir: &std::path::Path, fleets: &[(&str, &str)]) -> std::path::PathBuf {
+    for (fleet, agent) in fleets {
+        let fleet_dir = dir.join(fleet);
+        std::fs::create_dir_all(&fleet_dir).unwrap();
+        std::fs::write(
+            fleet_dir.join("herdctl.yaml"),
+            format!("version: 1\nagents:\n  - path: {agent}.yaml\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            fleet_dir.join(format!("{agent}.yaml")),
+            format!("name: {agent}\nruntime: command\ncommand: [sh, -c, 'echo working']\n"),
+        )
+        .unwrap();
+    }
+    let root = dir.join("herdctl.yaml");
     std::fs::write(
-        dir.path().join("herdctl.yaml"),
-        "version: 1\nfleets:\n  - path: team/herdctl.yaml\n    name: team\nagents: []\n",
+        &root,
+        sub_fleets_file(&fleets.iter().map(|(f, _)| *f).collect::<Vec<_>>()),
     )
     .unwrap();
-    std::fs::write(
-        team.join("herdctl.yaml"),
-        "version: 1\nagents:\n  - path: w.yaml\n",
-    )
-    .unwrap();
-    std::fs::write(
-        team.join("w.yaml"),
-        "name: w\nruntime: command\ncommand: [sh, -c, 'echo working']\n",
-    )
-    .unwrap();
-    let daemon = Daemon::start_in(
+    root
+}
+
+/// The root fleet file listing the sub-fleets `fleets` (each in the directory of its name).
+fn sub_fleets_file(fleets: &[&str]) -> String {
+    let mut yaml = "version: 1\nfleets:\n".to_owned();
+    for fleet in fleets {
+        yaml.push_str(&format!(
+            "  - path: {fleet}/herdctl.yaml\n    name: {fleet}\n"
+        ));
+    }
+    yaml + "agents: []\n"
+}
+
+async fn start_on_own_fleet(dir: TestDir) -> Daemon {
+    Daemon::start_in(
         dir,
         DaemonOptions {
             keep_existing_fleet: true,
             ..DaemonOptions::default()
         },
     )
-    .await;
+    .await
+}
+
+/// A sub-fleet agent answers to its local name in listings and log streams, as it does in `trigger`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_fleet_agent_is_found_by_its_local_name() {
+    let dir = TestDir::new();
+    write_sub_fleets(dir.path(), &[("team", "w")]);
+    let daemon = start_on_own_fleet(dir).await;
     let mut client = daemon.ndjson().await;
     let logs = client
         .subscribe("streamLogs", json!({"agentName": "w", "tail": 0}))
@@ -395,4 +421,92 @@ async fn a_reader_that_stops_reading_neither_stalls_a_job_nor_grows_the_daemon()
         next += 1;
     }
     assert_eq!(next, lines);
+}
+
+/// Every method that takes an agent name resolves it the same way: a local name two sub-fleets share is
+/// AGENT_NOT_FOUND listing the two agents it could mean, an unknown name AGENT_NOT_FOUND; only getJobs and
+/// streamLogs also take the exact name of a removed agent that still has job records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_names_resolve_alike_in_every_method() {
+    let dir = TestDir::new();
+    let root = write_sub_fleets(dir.path(), &[("one", "w"), ("two", "w"), ("team", "solo")]);
+    let daemon = start_on_own_fleet(dir).await;
+    let mut client = daemon.ndjson().await;
+
+    let named = |name: &str| {
+        [
+            ("getAgent", json!({"name": name})),
+            ("getJobs", json!({"agentName": name})),
+            (
+                "getSchedule",
+                json!({"agentName": name, "scheduleName": "s"}),
+            ),
+            (
+                "enableSchedule",
+                json!({"agentName": name, "scheduleName": "s"}),
+            ),
+            (
+                "disableSchedule",
+                json!({"agentName": name, "scheduleName": "s"}),
+            ),
+            ("trigger", json!({"agentName": name})),
+            ("streamLogs", json!({"agentName": name})),
+            ("streamAgentLogs", json!({"agentName": name})),
+        ]
+    };
+    for (method, params) in named("w") {
+        let error = client.call_err(method, params).await;
+        assert_error(&error, 1002, "AGENT_NOT_FOUND");
+        assert_eq!(error["data"]["agentName"], "w", "{method}: {error}");
+        assert_eq!(
+            error["data"]["availableAgents"],
+            json!(["one.w", "two.w"]),
+            "{method}: only the agents it could mean: {error}"
+        );
+        assert!(
+            error["message"].as_str().unwrap().contains("ambiguous"),
+            "{method}: {error}"
+        );
+    }
+    for (method, params) in named("nobody") {
+        let error = client.call_err(method, params).await;
+        assert_error(&error, 1002, "AGENT_NOT_FOUND");
+        assert_eq!(
+            error["data"]["availableAgents"],
+            json!(["one.w", "two.w", "team.solo"]),
+            "{method}: every agent: {error}"
+        );
+    }
+    assert_eq!(
+        client.call("getAgent", json!({"name": "solo"})).await["name"],
+        "team.solo"
+    );
+
+    // Sub-fleet `one` goes; its agent's job stays in the store, listable by its exact name.
+    let events = client
+        .subscribe("subscribeEvents", json!({"types": ["job:completed"]}))
+        .await;
+    let job = client.call("trigger", json!({"agentName": "one.w"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for_event(&mut client, &events, "job:completed", Some(&id)).await;
+    std::fs::write(&root, sub_fleets_file(&["two", "team"])).unwrap();
+    client.call("reload", json!({})).await;
+    let listed = client.call("getJobs", json!({"agentName": "one.w"})).await;
+    assert_eq!(listed["total"], 1, "{listed}");
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    let logs = client
+        .subscribe("streamLogs", json!({"agentName": "one.w", "tail": 0}))
+        .await;
+    assert_eq!(client.notification(&logs).await["type"], "replayed");
+    // Nothing else takes a removed agent; and `w` now means two.w alone.
+    let error = client.call_err("getAgent", json!({"name": "one.w"})).await;
+    assert_error(&error, 1002, "AGENT_NOT_FOUND");
+    let error = client
+        .call_err("streamAgentLogs", json!({"agentName": "one.w"}))
+        .await;
+    assert_error(&error, 1002, "AGENT_NOT_FOUND");
+    assert_eq!(
+        client.call("getJobs", json!({"agentName": "w"})).await["total"],
+        0
+    );
 }

@@ -209,10 +209,8 @@ async fn a_failing_job_emits_job_failed_with_its_error() {
     let Some(FleetEvent::JobFailed { error, job, .. }) = seen.last() else {
         panic!("expected job:failed, got {:?}", seen.last())
     };
-    assert!(
-        error["message"].as_str().unwrap().contains("oops"),
-        "{error}"
-    );
+    let error = error.as_ref().expect("job:failed carries the job's error");
+    assert!(error.message.contains("oops"), "{error:?}");
     assert_eq!(job.exit_code, Some(3));
     assert_eq!(job.exit_reason, Some(ExitReason::Error));
 

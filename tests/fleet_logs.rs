@@ -60,13 +60,15 @@ async fn logs_of_an_agent_carry_its_jobs() {
     );
 
     // Replay by job id, from the ring.
-    let mut by_job = manager.stream_logs(
-        LogFilter {
-            job_id: Some(b.id.to_string()),
-            ..LogFilter::default()
-        },
-        100,
-    );
+    let mut by_job = manager
+        .stream_logs(
+            LogFilter {
+                job_id: Some(b.id.to_string()),
+                ..LogFilter::default()
+            },
+            100,
+        )
+        .unwrap();
     let Some(LogItem::Entry(first)) = by_job.next().await else {
         panic!("no replayed entry for job b")
     };

@@ -1,6 +1,6 @@
-//! Job history retention in the daemon (issue 19): limits by count and by age from the fleet file's
-//! `defaults` and the command line (which wins), applied when a job ends and at start, and reported by
-//! `getStatus`.
+//! Job history retention in the daemon (issue 19): limits by count (per agent, in total) and by age from
+//! the fleet file's `defaults` and the command line (which wins), applied when a job ends and at start,
+//! and reported by `getStatus`.
 
 mod support;
 
@@ -80,6 +80,77 @@ async fn by_count_the_command_line_wins_over_the_fleet_file_and_both_are_reporte
     )
     .await;
     assert!(record_exists(&daemon.state, &ids[1]) && record_exists(&daemon.state, &ids[2]));
+}
+
+/// `maxJobsTotal` counts every agent's jobs: a job's end removes the finished ones beyond the newest
+/// `maxJobsTotal`, whatever their agent; a running job is never removed, however old.
+#[tokio::test]
+async fn by_total_the_oldest_finished_jobs_of_any_agent_go() {
+    let daemon = Daemon::start_with(DaemonOptions {
+        args: vec!["--max-jobs-total".into(), "3".into()],
+        ..DaemonOptions::default()
+    })
+    .await;
+    let agents = daemon.agents_dir();
+    let state = daemon.state.clone();
+    let mut client = daemon.ndjson().await;
+    assert_eq!(
+        client.call("getStatus", json!({})).await["limits"]["maxJobsTotal"],
+        3
+    );
+    let held = trigger(&mut client, "gated").await;
+    wait_for_job_status(&mut client, &held, &["running"]).await;
+    let mut echoes = Vec::new();
+    for _ in 0..4 {
+        let id = trigger(&mut client, "echo").await;
+        wait_for_job_status(&mut client, &id, &["completed"]).await;
+        echoes.push(id);
+    }
+    // The three newest stay, and the running job, older than all of them; the oldest echo goes.
+    let newest: Vec<String> = echoes[1..].iter().rev().cloned().collect();
+    let mut expected = newest.clone();
+    expected.push(held.clone());
+    assert_eq!(listed(&mut client).await, expected);
+    let oldest = echoes[0].clone();
+    wait_until(
+        "the oldest echo's record to go",
+        Duration::from_secs(10),
+        || !record_exists(&state, &oldest),
+    )
+    .await;
+
+    // Finished, the held job is beyond the limit, but its own end keeps it (its record is still being
+    // written); the next end removes it with every other finished job beyond the newest three.
+    open_gate(&agents, &held);
+    wait_for_job_status(&mut client, &held, &["completed"]).await;
+    assert_eq!(listed(&mut client).await, expected);
+    let last = trigger(&mut client, "echo").await;
+    wait_for_job_status(&mut client, &last, &["completed"]).await;
+    assert_eq!(
+        listed(&mut client).await,
+        [last, echoes[3].clone(), echoes[2].clone()]
+    );
+    for gone in [&held, &echoes[1]] {
+        wait_until(
+            "a pruned job's record to go",
+            Duration::from_secs(10),
+            || !record_exists(&state, gone),
+        )
+        .await;
+    }
+}
+
+/// The ids `getJobs` lists, newest first (all of them: `total` says so).
+async fn listed(client: &mut Client) -> Vec<String> {
+    let listed = client.call("getJobs", json!({})).await;
+    let ids: Vec<String> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed["total"], ids.len(), "{listed}");
+    ids
 }
 
 /// A record in herdctld's layout (it has `created_at`), finished `age` ago.

@@ -57,6 +57,17 @@ pub enum FleetError {
         available_agents: Vec<String>,
     },
 
+    /// A local name that more than one sub-fleet's agent has.
+    #[error(
+        "agent {agent_name:?} is ambiguous: it could be {}; use the qualified name",
+        .candidates.join(" or ")
+    )]
+    AmbiguousAgent {
+        agent_name: String,
+        /// The qualified names of the agents it could mean.
+        candidates: Vec<String>,
+    },
+
     #[error("job {job_id:?} not found; list jobs with getJobs (herdctl jobs)")]
     JobNotFound { job_id: String },
 
@@ -216,6 +227,14 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "agent \"nope\" not found; available agents: a, b"
+        );
+        let e = FleetError::AmbiguousAgent {
+            agent_name: "w".into(),
+            candidates: vec!["one.w".into(), "two.w".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "agent \"w\" is ambiguous: it could be one.w or two.w; use the qualified name"
         );
         let e = FleetError::invalid_state(
             "start",

@@ -1,17 +1,19 @@
 //! Fleet events (SPEC §10) and the bus that delivers them.
 //!
-//! Emission never blocks the fleet: the bus is a bounded broadcast ring. A subscriber that falls behind
-//! loses the oldest events and is told how many with a `lagged {missed}` item; it never slows jobs or
-//! other subscribers, and memory stays bounded by the ring size.
+//! Emission never blocks the fleet: every subscriber has a bounded queue of its own, filled only with the
+//! events its type filter takes (`fleet::fanout`). A subscriber that falls behind loses its oldest events
+//! and is told how many with a `lagged {missed}` item; it never slows jobs or other subscribers, never lags
+//! because of events it did not ask for, and its memory stays bounded by its queue's size.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use super::stream_end::{OpenStream, StreamEnd};
-use crate::job::{Job, OutputLine, TerminationType};
+use super::fanout::{Fanout, Received, Receiver};
+use crate::job::{Job, JobError, OutputLine, TerminationType};
 
 /// Declares the events once: each variant with its wire name and the constant naming it (in
 /// [`event_names`]), from which the enum's serde tags, [`FleetEvent::type_name`] and
@@ -81,7 +83,7 @@ fleet_events! {
     /// event's.
     "job:output" as JOB_OUTPUT => JobOutput { job_id: String, line: Box<OutputLine> };
     "job:completed" as JOB_COMPLETED => JobCompleted { job_id: String, job: Box<Job>, result: Option<Value> };
-    "job:failed" as JOB_FAILED => JobFailed { job_id: String, job: Box<Job>, error: Value };
+    "job:failed" as JOB_FAILED => JobFailed { job_id: String, job: Box<Job>, error: Option<JobError> };
     "job:cancelled" as JOB_CANCELLED => JobCancelled {
         job_id: String,
         job: Box<Job>,
@@ -160,103 +162,94 @@ impl EventItem {
     }
 }
 
-/// The broadcast bus. Cloning shares the bus.
-///
-/// Two rings: every event goes to `all`; every event but `job:output` also to `control`. A subscriber
-/// whose filter leaves out `job:output` reads `control`, so a job printing a million lines neither costs
-/// it a filtered-out copy per line nor makes it lag; per-line events are built only while someone reads
-/// `all`.
+/// The bus. Cloning shares it.
 #[derive(Clone)]
 pub struct EventBus {
-    all: broadcast::Sender<TimedEvent>,
-    control: broadcast::Sender<TimedEvent>,
-    end: StreamEnd,
+    fanout: Fanout<TimedEvent>,
+    /// Events a subscriber's queue holds before it loses the oldest.
+    capacity: usize,
+    /// Subscriptions whose filter takes `job:output`: per-line events are built only while there is one.
+    output_readers: Arc<AtomicUsize>,
 }
 
 impl EventBus {
     pub fn new(capacity: usize) -> EventBus {
-        let (all, _) = broadcast::channel(capacity.max(16));
-        let (control, _) = broadcast::channel(capacity.max(16));
         EventBus {
-            all,
-            control,
-            end: StreamEnd::new(),
+            fanout: Fanout::new(),
+            capacity: capacity.max(16),
+            output_readers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Emits an event; returns at once whether or not anyone listens.
     pub fn emit(&self, event: FleetEvent) {
-        let timed = TimedEvent {
+        self.fanout.send(TimedEvent {
             timestamp: Utc::now(),
             event,
-        };
-        // An error only means there is no subscriber right now, which is fine.
-        if !matches!(timed.event, FleetEvent::JobOutput { .. }) && self.control.receiver_count() > 0
-        {
-            let _ = self.control.send(timed.clone());
-        }
-        let _ = self.all.send(timed);
+        });
     }
 
     /// Whether anyone listens to `job:output` (to skip building per-line events nobody would receive).
     pub fn wants_output(&self) -> bool {
-        self.all.receiver_count() > 0
+        self.output_readers.load(Ordering::Relaxed) > 0
     }
 
     /// A subscription to events whose type is in `types` (all when `None`).
     pub fn subscribe(&self, types: Option<Vec<String>>) -> EventSubscription {
-        let wants_output = types
+        let output_reader = types
             .as_ref()
-            .is_none_or(|t| t.iter().any(|name| name == event_names::JOB_OUTPUT));
-        let ring = if wants_output {
-            &self.all
-        } else {
-            &self.control
+            .is_none_or(|t| t.iter().any(|name| name == event_names::JOB_OUTPUT))
+            .then(|| OutputReader::new(&self.output_readers));
+        let filter = move |timed: &TimedEvent| {
+            types
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|name| name == timed.event.type_name()))
         };
         EventSubscription {
-            receiver: ring.subscribe(),
-            types,
-            open: self.end.open(),
+            receiver: self.fanout.subscribe(self.capacity, Box::new(filter)),
+            _output_reader: output_reader,
         }
     }
 
     /// Ends every subscription, present and future, once it has delivered what was emitted before.
     pub fn end_subscriptions(&self) {
-        self.end.end();
+        self.fanout.end();
     }
 
     /// Resolves when no subscription is left.
     pub async fn subscriptions_ended(&self) {
-        self.end.ended().await;
+        self.fanout.ended().await;
+    }
+}
+
+/// Counts a subscription that takes `job:output` for as long as it lives.
+struct OutputReader(Arc<AtomicUsize>);
+
+impl OutputReader {
+    fn new(count: &Arc<AtomicUsize>) -> OutputReader {
+        count.fetch_add(1, Ordering::Relaxed);
+        OutputReader(count.clone())
+    }
+}
+
+impl Drop for OutputReader {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 pub struct EventSubscription {
-    receiver: broadcast::Receiver<TimedEvent>,
-    types: Option<Vec<String>>,
-    open: OpenStream,
+    receiver: Receiver<TimedEvent>,
+    _output_reader: Option<OutputReader>,
 }
 
 impl EventSubscription {
     /// The next matching event or lag notice; `None` when the bus is gone or its subscriptions ended.
     pub async fn next(&mut self) -> Option<EventItem> {
-        loop {
-            match self.open.recv(&mut self.receiver).await {
-                Ok(timed) => {
-                    let wanted = self
-                        .types
-                        .as_ref()
-                        .is_none_or(|t| t.iter().any(|name| name == timed.event.type_name()));
-                    if wanted {
-                        return Some(EventItem::Event(timed));
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    return Some(EventItem::lagged(missed))
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        Some(match self.receiver.recv().await? {
+            Received::Item(timed) => EventItem::Event(timed),
+            Received::Lagged(missed) => EventItem::lagged(missed),
+        })
     }
 }
 
@@ -349,7 +342,7 @@ mod tests {
         bus.emit(FleetEvent::Stopped {
             reason: "test".into(),
         });
-        // Filtered out, but read from the ring without output: no lag notice, nothing else.
+        // Filtered out before its queue: no lag notice, nothing else.
         drop(bus);
         assert!(
             completed.next().await.is_none(),
@@ -359,6 +352,42 @@ mod tests {
             panic!("the unfiltered subscriber lagged behind the output")
         };
         assert!(missed > 900, "{missed}");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_never_lags_behind_events_it_did_not_ask_for() {
+        let bus = EventBus::new(16);
+        let mut completed = bus.subscribe(Some(vec!["job:completed".into()]));
+        // Thousands of events of other types (not output), far more than a queue holds.
+        for _ in 0..5000 {
+            bus.emit(FleetEvent::ScheduleSkipped {
+                agent_name: "busy".into(),
+                schedule_name: "often".into(),
+                reason: SkipReason::AlreadyRunning,
+            });
+            bus.emit(FleetEvent::Error {
+                message: "m".into(),
+                source: "s".into(),
+            });
+        }
+        let job = Job::new(
+            crate::job::JobId::parse("job-2026-12-03-aaaaaa").unwrap(),
+            "quiet".into(),
+            None,
+            crate::job::TriggerType::Manual,
+            None,
+            5,
+            Utc::now(),
+        );
+        bus.emit(FleetEvent::JobCompleted {
+            job_id: job.id.to_string(),
+            job: Box::new(job),
+            result: None,
+        });
+        match completed.next().await {
+            Some(EventItem::Event(e)) => assert_eq!(e.event.type_name(), "job:completed"),
+            other => panic!("expected job:completed, got {other:?}"),
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! `LogBus::layer()` is a `tracing_subscriber::Layer`; whoever installs the process's subscriber (the daemon,
 //! or an embedding program) adds it. Entries carry the agent and job they concern, taken from the event's own
 //! fields or from the enclosing spans (`agent`, `job_id`), so `streamAgentLogs` can filter without parsing
-//! messages. Emission never blocks: the ring drops its oldest entry, the live channel lags slow readers.
+//! messages. Emission never blocks: the ring drops its oldest entry, and a live reader has a bounded queue
+//! of its own, filled only with the entries its filter (agent, job, level) takes, so that it lags only
+//! behind what it asked for (`fleet::fanout`).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -13,12 +15,10 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::broadcast;
 use tracing::field::{Field, Visit};
 
 use super::events::{event_names, lagged_type, replayed_type};
-
-use super::stream_end::{OpenStream, StreamEnd};
+use super::fanout::{Fanout, Received, Receiver};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::Context;
@@ -104,24 +104,24 @@ struct Ring {
     capacity: usize,
 }
 
-/// The ring plus the live channel. Cloning shares the bus.
+/// Live entries a reader's queue holds before it loses the oldest.
+const LIVE_QUEUE: usize = 4096;
+
+/// The ring plus the live readers. Cloning shares the bus.
 #[derive(Clone)]
 pub struct LogBus {
     ring: Arc<Mutex<Ring>>,
-    live: broadcast::Sender<LogEntry>,
-    end: StreamEnd,
+    live: Fanout<LogEntry>,
 }
 
 impl LogBus {
     pub fn new(capacity: usize) -> LogBus {
-        let (live, _) = broadcast::channel(4096);
         LogBus {
             ring: Arc::new(Mutex::new(Ring {
                 entries: VecDeque::with_capacity(capacity.min(4096)),
                 capacity: capacity.max(1),
             })),
-            live,
-            end: StreamEnd::new(),
+            live: Fanout::new(),
         }
     }
 
@@ -137,7 +137,7 @@ impl LogBus {
         }
         ring.entries.push_back(entry.clone());
         // Sent under the ring lock so a subscriber's replay and live stream meet without gap or duplicate.
-        let _ = self.live.send(entry);
+        self.live.send(entry);
     }
 
     /// The newest `tail` matching entries (oldest first), then everything that follows, live.
@@ -152,25 +152,25 @@ impl LogBus {
             .cloned()
             .collect();
         replay.reverse();
-        let receiver = self.live.subscribe();
+        let receiver = self
+            .live
+            .subscribe(LIVE_QUEUE, Box::new(move |entry| filter.matches(entry)));
         drop(ring);
         LogSubscription {
             replay_end: Some(replay.len()),
             replay: replay.into(),
             receiver,
-            filter,
-            open: self.end.open(),
         }
     }
 
     /// Ends every subscription, present and future, once it has delivered what was pushed before.
     pub fn end_subscriptions(&self) {
-        self.end.end();
+        self.live.end();
     }
 
     /// Resolves when no subscription is left.
     pub async fn subscriptions_ended(&self) {
-        self.end.ended().await;
+        self.live.ended().await;
     }
 }
 
@@ -205,9 +205,7 @@ pub struct LogSubscription {
     replay: VecDeque<LogEntry>,
     /// How many entries the replay has, until its end was announced.
     replay_end: Option<usize>,
-    receiver: broadcast::Receiver<LogEntry>,
-    filter: LogFilter,
-    open: OpenStream,
+    receiver: Receiver<LogEntry>,
 }
 
 impl LogSubscription {
@@ -222,20 +220,14 @@ impl LogSubscription {
                 count,
             });
         }
-        loop {
-            match self.open.recv(&mut self.receiver).await {
-                Ok(entry) if self.filter.matches(&entry) => return Some(LogItem::Entry(entry)),
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    return Some(LogItem::Lagged {
-                        r#type: event_names::LAGGED,
-                        timestamp: Utc::now(),
-                        missed,
-                    })
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        Some(match self.receiver.recv().await? {
+            Received::Item(entry) => LogItem::Entry(entry),
+            Received::Lagged(missed) => LogItem::Lagged {
+                r#type: event_names::LAGGED,
+                timestamp: Utc::now(),
+                missed,
+            },
+        })
     }
 }
 
@@ -440,5 +432,54 @@ mod tests {
         }
         // The ring holds 3 entries: "old 3", "old 4" and the debug one, which the level filter drops.
         assert_eq!(messages, ["old 3", "old 4", "replayed 2", "live"]);
+    }
+
+    fn entry(agent: &str, level: LogLevel, message: &str) -> LogEntry {
+        LogEntry {
+            timestamp: Utc::now(),
+            level,
+            source: "test".into(),
+            agent_name: Some(agent.into()),
+            job_id: None,
+            message: message.into(),
+            fields: Map::new(),
+        }
+    }
+
+    /// A reader with `filter` gets `wanted` as its first live item, without a lag notice, although
+    /// three queues' worth of info entries of agent `loud`, which the filter does not take, came first.
+    async fn never_lags_behind_loud_info(filter: LogFilter, wanted: LogEntry) {
+        let bus = LogBus::new(100);
+        let mut reader = bus.subscribe(filter, 0);
+        for i in 0..3 * LIVE_QUEUE {
+            bus.push(entry("loud", LogLevel::Info, &format!("noise {i}")));
+        }
+        bus.push(wanted.clone());
+        assert!(matches!(
+            reader.next().await,
+            Some(LogItem::Replayed { count: 0, .. })
+        ));
+        match reader.next().await {
+            Some(LogItem::Entry(e)) => assert_eq!(e.message, wanted.message),
+            other => panic!("expected {wanted:?}, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_of_a_quiet_agent_never_lags_behind_a_loud_one() {
+        let filter = LogFilter {
+            agent_name: Some("quiet".into()),
+            ..LogFilter::default()
+        };
+        never_lags_behind_loud_info(filter, entry("quiet", LogLevel::Info, "the one")).await;
+    }
+
+    #[tokio::test]
+    async fn an_error_reader_never_lags_behind_info_entries() {
+        let filter = LogFilter {
+            min_level: Some(LogLevel::Error),
+            ..LogFilter::default()
+        };
+        never_lags_behind_loud_info(filter, entry("loud", LogLevel::Error, "broken")).await;
     }
 }

@@ -174,24 +174,32 @@ pub(super) fn parse_job_id(id: &str) -> Result<JobId, FleetError> {
     })
 }
 
+/// The agent `name` means, as every method that takes an agent name resolves it: the agent with that
+/// qualified name, else the one agent whose local name it is. A local name several sub-fleets share is
+/// [`FleetError::AmbiguousAgent`]; a name no agent answers to, [`FleetError::AgentNotFound`].
 pub(super) fn find_agent<'a>(
     config: &'a FleetConfig,
     name: &str,
 ) -> Result<&'a AgentConfig, FleetError> {
-    config
-        .agent(name)
-        .or_else(|| {
-            // A local name is accepted when it is unambiguous across sub-fleets.
-            let mut matches = config.agents.iter().filter(|a| a.local_name == name);
-            match (matches.next(), matches.next()) {
-                (Some(agent), None) => Some(agent),
-                _ => None,
-            }
-        })
-        .ok_or_else(|| FleetError::AgentNotFound {
+    if let Some(agent) = config.agent(name) {
+        return Ok(agent);
+    }
+    let candidates: Vec<&AgentConfig> = config
+        .agents
+        .iter()
+        .filter(|a| a.local_name == name)
+        .collect();
+    match candidates[..] {
+        [agent] => Ok(agent),
+        [] => Err(FleetError::AgentNotFound {
             agent_name: name.to_string(),
             available_agents: config.agents.iter().map(|a| a.name.clone()).collect(),
-        })
+        }),
+        _ => Err(FleetError::AmbiguousAgent {
+            agent_name: name.to_string(),
+            candidates: candidates.iter().map(|a| a.name.clone()).collect(),
+        }),
+    }
 }
 
 pub(super) fn find_schedule<'a>(

@@ -11,7 +11,8 @@
 //! - `records` (a record's write: indexed and queued under the lock) and `record_writer` (writes them,
 //!   in order, outside it), `spec` (an agent's config as a run spec),
 //!   `budget` (cost totals and daily budgets: an agent's day, its spend, the refusal of a run);
-//!   `stream_end` (event and log streams that, at a host's shutdown, deliver what they hold, then end).
+//!   `fanout` (event and log delivery: a bounded queue per subscriber, filled only with what its filter
+//!   takes; at a host's shutdown the streams deliver what they hold, then end).
 //!
 //! Imports flow one way: neither `core` nor `manager` imports an operation module (those above), and
 //! `supervise` never imports `admission` or `schedules`.
@@ -29,6 +30,7 @@ mod budget;
 mod core;
 mod error;
 mod events;
+mod fanout;
 mod followup;
 mod info;
 mod job_table;
@@ -45,7 +47,6 @@ mod schedules;
 mod sessions;
 mod spec;
 mod state_writer;
-mod stream_end;
 mod supervise;
 
 pub use crate::state::OutputPage;

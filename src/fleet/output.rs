@@ -530,16 +530,26 @@ impl FileTail {
             return Ok(None);
         };
         let mut block = std::mem::take(&mut self.unfinished);
-        let kept = block.len();
-        block.resize(kept + REPLAY_BLOCK, 0);
-        let read = file.read(&mut block[kept..]);
-        block.truncate(kept + *read.as_ref().unwrap_or(&0));
-        let Some(last_newline) = memchr::memrchr(b'\n', &block) else {
-            self.unfinished = block;
-            return read.map(|_| None);
+        // A line longer than a block takes several reads; the end of what the file has ends the batch.
+        let last_newline = loop {
+            let kept = block.len();
+            block.resize(kept + REPLAY_BLOCK, 0);
+            let read = file.read(&mut block[kept..]);
+            block.truncate(kept + *read.as_ref().unwrap_or(&0));
+            match read {
+                // What was kept has no newline: only the new bytes can end a line.
+                Ok(read) if read > 0 => {
+                    if let Some(found) = memchr::memrchr(b'\n', &block[kept..]) {
+                        break kept + found;
+                    }
+                }
+                _ => {
+                    self.unfinished = block;
+                    return read.map(|_| None);
+                }
+            }
         };
         self.unfinished = block.split_off(last_newline + 1);
-        read?;
         // Lines the pump wrote are taken as they are, without a copy; any other layout line by line.
         Ok(Some(match SerializedLines::from_stored(block) {
             Ok(lines) => lines,
@@ -913,6 +923,23 @@ mod tests {
         assert_eq!(seen[1].json(), written);
         assert_eq!(seen[2].parse().unwrap().chunk, "old");
         assert!(seen[2].json().starts_with(r#"{"seq":7,"timestamp":"#));
+    }
+
+    #[tokio::test]
+    async fn lines_longer_than_a_read_block_replay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut long = line(1);
+        long.chunk = "y".repeat(3 * REPLAY_BLOCK + 5);
+        append(&path, &[line(0), long.clone(), line(2)]);
+        let mut stream = stream(&path, 0, None);
+        let mut seen = Vec::new();
+        while let Some(OutputItem::Line(l)) = stream.next().await {
+            seen.push(l.parse().unwrap());
+        }
+        let seqs: Vec<u64> = seen.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(seen[1].chunk, long.chunk);
     }
 
     #[tokio::test]

@@ -204,20 +204,21 @@ impl FleetManager {
     }
 
     pub fn jobs(&self, query: &JobQuery) -> Result<JobList, FleetError> {
-        let filter = JobFilter {
-            agent: query
-                .agent
-                .as_deref()
-                .map(|name| self.qualified_agent_name(name)),
-            status: query.status,
-            since: query.since,
-            until: query.until,
-            limit: query.limit.unwrap_or(50),
-            offset: query.offset.unwrap_or(0),
-        };
         // Located under the lock, read after it; the jobs the table holds are taken from it.
         let plan = {
             let core = self.core();
+            let filter = JobFilter {
+                agent: query
+                    .agent
+                    .as_deref()
+                    .map(|name| history_agent_name(&core, name))
+                    .transpose()?,
+                status: query.status,
+                since: query.since,
+                until: query.until,
+                limit: query.limit.unwrap_or(50),
+                offset: query.offset.unwrap_or(0),
+            };
             core.store()?
                 .page(&filter)
                 .known(|id| core.jobs.current(id))
@@ -456,21 +457,15 @@ impl FleetManager {
     }
 
     /// Fleet log entries: the newest `tail` matching ones, then live.
-    pub fn stream_logs(&self, mut filter: LogFilter, tail: usize) -> LogSubscription {
-        filter.agent_name = filter
-            .agent_name
-            .map(|name| self.qualified_agent_name(&name));
-        self.log_bus().subscribe(filter, tail)
-    }
-
-    /// The configured agent's qualified name for `name` (a sub-fleet agent's local name, as `trigger`
-    /// accepts it); `name` itself when no agent answers to it (a removed agent keeps its history).
-    fn qualified_agent_name(&self, name: &str) -> String {
-        let config = self.core().config.clone();
-        config
-            .as_deref()
-            .and_then(|config| find_agent(config, name).ok())
-            .map_or_else(|| name.to_owned(), |agent| agent.name.clone())
+    pub fn stream_logs(
+        &self,
+        mut filter: LogFilter,
+        tail: usize,
+    ) -> Result<LogSubscription, FleetError> {
+        if let Some(name) = filter.agent_name {
+            filter.agent_name = Some(history_agent_name(&self.core(), &name)?);
+        }
+        Ok(self.log_bus().subscribe(filter, tail))
     }
 
     /// Log entries of one agent (which must exist).
@@ -522,5 +517,18 @@ impl FleetManager {
                 .job(job_id.as_str(), OutputRequest::Omit)
                 .map(|(job, _)| job)
         }
+    }
+}
+
+/// The agent `name` means in a query of history (`getJobs`, `streamLogs`): a configured agent's qualified
+/// name, resolved as every method resolves it, or else `name` itself when it is exactly the name of an
+/// agent no longer configured that still has job records (a removed agent's history stays listable).
+fn history_agent_name(core: &Core, name: &str) -> Result<String, FleetError> {
+    match find_agent(core.config()?, name) {
+        Ok(agent) => Ok(agent.name.clone()),
+        Err(FleetError::AgentNotFound { .. }) if core.store()?.has_records_of(name) => {
+            Ok(name.to_owned())
+        }
+        Err(e) => Err(e),
     }
 }

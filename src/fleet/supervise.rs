@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
 use chrono::Utc;
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::job::{
@@ -543,7 +542,7 @@ fn finalize_locked(
         }),
         _ => events.emit(FleetEvent::JobFailed {
             job_id: id.to_string(),
-            error: serde_json::to_value(&job.error).unwrap_or(Value::Null),
+            error: job.error.clone(),
             job: boxed,
         }),
     }

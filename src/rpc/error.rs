@@ -187,6 +187,14 @@ fn fleet_data(error: &FleetError) -> ErrorData {
             agent_name,
             available_agents,
         },
+        // One code for "no agent answers to this name": an ambiguous name lists only what it could mean.
+        FleetError::AmbiguousAgent {
+            agent_name,
+            candidates,
+        } => ErrorData::AgentNotFound {
+            agent_name,
+            available_agents: candidates,
+        },
         FleetError::JobNotFound { job_id } => ErrorData::JobNotFound { job_id },
         FleetError::ScheduleNotFound {
             agent_name,
@@ -313,6 +321,10 @@ mod tests {
                 agent_name: "x".into(),
                 available_agents: vec!["a".into()],
             },
+            FleetError::AmbiguousAgent {
+                agent_name: "w".into(),
+                candidates: vec!["one.w".into(), "two.w".into()],
+            },
             FleetError::JobNotFound { job_id: "j".into() },
             FleetError::ScheduleNotFound {
                 agent_name: "a".into(),
@@ -352,7 +364,7 @@ mod tests {
         let codes: Vec<i32> = errors.iter().map(|e| fleet_error(e).code()).collect();
         assert_eq!(
             codes,
-            [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010]
+            [1001, 1002, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010]
         );
         for error in &errors {
             assert_eq!(
@@ -360,9 +372,13 @@ mod tests {
                 fleet_data(error).name()
             );
         }
-        assert_eq!(data_of(&fleet_error(&errors[4]))["currentState"], "running");
         assert_eq!(
-            data_of(&fleet_error(&errors[8])),
+            data_of(&fleet_error(&errors[2])),
+            json!({"code": "AGENT_NOT_FOUND", "agentName": "w", "availableAgents": ["one.w", "two.w"]})
+        );
+        assert_eq!(data_of(&fleet_error(&errors[5]))["currentState"], "running");
+        assert_eq!(
+            data_of(&fleet_error(&errors[9])),
             json!({"code": "BUDGET_EXCEEDED", "agentName": "a", "spentUsd": 5.5, "budgetUsd": 5.0,
                    "day": "2026-03-02", "timezone": "UTC", "override": "overBudget"})
         );

@@ -341,7 +341,10 @@ fn register(
                 agent_name: p.agent_name,
                 job_id: p.job_id,
             };
-            let mut logs = fleet.stream_logs(filter, p.tail.unwrap_or(DEFAULT_LOG_TAIL));
+            let mut logs = match fleet.stream_logs(filter, p.tail.unwrap_or(DEFAULT_LOG_TAIL)) {
+                Ok(logs) => logs,
+                Err(e) => return reject(pending, domain_error(e)).await,
+            };
             let sink = pending.accept().await?;
             pump(&sink, &mut logs, &fleet, "streamLogs").await
         },

@@ -10,7 +10,8 @@
 //! method name and the schema of its `params.result`) and `x-unsubscribe` (the method that ends it).
 
 use schemars::generate::SchemaSettings;
-use schemars::{JsonSchema, SchemaGenerator};
+use schemars::transform::{transform_subschemas, Transform};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use super::error::ErrorData;
@@ -52,7 +53,10 @@ impl Generators {
         };
         Generators {
             params: settings().for_deserialize().into_generator(),
-            results: settings().for_serialize().into_generator(),
+            results: settings()
+                .for_serialize()
+                .with_transform(ClosedObjects)
+                .into_generator(),
         }
     }
 
@@ -96,6 +100,60 @@ impl Generators {
         let mut schemas = self.params.take_definitions(true);
         schemas.extend(self.results.take_definitions(true));
         schemas
+    }
+}
+
+/// Closes every object the daemon writes: `additionalProperties: false` on each object schema that names
+/// its properties, so that a field the document does not name (a snake_case key, an undocumented one)
+/// fails validation. Payloads passed through as their source wrote them (stream-json messages, work
+/// items) are `Value`s, whose schemas name no properties and stay open. A flattened enum (an event's
+/// payload beside its `timestamp`) first gets the object's own properties copied into each variant:
+/// `additionalProperties` does not see the properties of a sibling `oneOf`.
+#[derive(Clone)]
+struct ClosedObjects;
+
+impl Transform for ClosedObjects {
+    fn transform(&mut self, schema: &mut Schema) {
+        if let Some(object) = schema.as_object_mut() {
+            if object.contains_key("properties") && !object.contains_key("additionalProperties") {
+                close(object);
+            }
+        }
+        transform_subschemas(self, schema);
+    }
+}
+
+fn close(object: &mut Map<String, Value>) {
+    let Some(Value::Array(variants)) = object.get("oneOf") else {
+        object.insert("additionalProperties".into(), Value::Bool(false));
+        return;
+    };
+    if !variants
+        .iter()
+        .all(|variant| variant.get("properties").is_some_and(Value::is_object))
+    {
+        // Variants by reference cannot take the object's properties: left open rather than wrong.
+        return;
+    }
+    let properties = object.remove("properties");
+    let required = object.remove("required");
+    let Some(Value::Array(variants)) = object.get_mut("oneOf") else {
+        return;
+    };
+    for variant in variants.iter_mut().filter_map(Value::as_object_mut) {
+        if let (Some(Value::Object(own)), Some(Value::Object(shared))) =
+            (variant.get_mut("properties"), &properties)
+        {
+            own.extend(shared.clone());
+        }
+        if let Some(Value::Array(shared)) = &required {
+            let own = variant
+                .entry("required")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(own) = own {
+                own.extend(shared.iter().cloned());
+            }
+        }
     }
 }
 
@@ -335,7 +393,7 @@ fn methods(g: &mut Generators) -> Vec<Method> {
             "log",
             g.result::<LogItem>(),
             "unsubscribeLogs",
-            &["AGENT_NOT_FOUND", "INVALID_PARAMS"][..],
+            &["AGENT_NOT_FOUND", "INVALID_STATE", "INVALID_PARAMS"][..],
         ),
         (
             "streamJobOutput",
@@ -353,7 +411,7 @@ fn methods(g: &mut Generators) -> Vec<Method> {
             "agentLog",
             g.result::<LogItem>(),
             "unsubscribeAgentLogs",
-            &["AGENT_NOT_FOUND", "INVALID_PARAMS"][..],
+            &["AGENT_NOT_FOUND", "INVALID_STATE", "INVALID_PARAMS"][..],
         ),
     ];
     for (name, summary, params, notification, item, unsubscribe, errors) in subscriptions {
@@ -490,5 +548,67 @@ mod tests {
             trigger["params"][4]["description"],
             "1 highest … 10 lowest, default 5."
         );
+    }
+
+    /// Every object schema under `value` that names properties, with where it is.
+    fn objects_with_properties<'a>(
+        value: &'a Value,
+        at: String,
+        found: &mut Vec<(String, &'a Value)>,
+    ) {
+        match value {
+            Value::Object(fields) => {
+                if fields.get("properties").is_some_and(Value::is_object) {
+                    found.push((at.clone(), value));
+                }
+                for (key, child) in fields {
+                    objects_with_properties(child, format!("{at}/{key}"), found);
+                }
+            }
+            Value::Array(items) => {
+                for (index, child) in items.iter().enumerate() {
+                    objects_with_properties(child, format!("{at}/{index}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_object_of_the_document_is_closed() {
+        let document = document();
+        let mut objects = Vec::new();
+        objects_with_properties(&document["methods"], "methods".into(), &mut objects);
+        objects_with_properties(&document["components"], "components".into(), &mut objects);
+        let open: Vec<&String> = objects
+            .iter()
+            .filter(|(_, schema)| schema["additionalProperties"] != false)
+            .map(|(at, _)| at)
+            .collect();
+        assert!(
+            open.is_empty(),
+            "objects without additionalProperties: false: {open:?}"
+        );
+    }
+
+    #[test]
+    fn an_event_with_a_field_the_document_does_not_name_is_invalid() {
+        let document = document();
+        let validator = jsonschema::validator_for(&json!({
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "components": document["components"],
+            "$ref": "#/components/schemas/EventItem",
+        }))
+        .unwrap();
+        let event =
+            json!({"timestamp": "2026-12-03T10:00:00Z", "type": "stop:progress", "pendingJobs": 1});
+        assert!(validator.is_valid(&event));
+        let mut snake = event.clone();
+        snake["pending_jobs"] = json!(1);
+        assert!(!validator.is_valid(&snake), "{snake}");
+        // The event's own payload, not another event's.
+        let mut other = event;
+        other["reason"] = json!("x");
+        assert!(!validator.is_valid(&other), "{other}");
     }
 }

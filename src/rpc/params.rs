@@ -67,7 +67,8 @@ positional!(NameParams: "name");
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobsParams {
-    /// Only this agent's jobs (qualified name, or an unambiguous local one).
+    /// Only this agent's jobs: qualified name, or an unambiguous local one; also the exact name of an
+    /// agent no longer configured that still has job records.
     pub agent_name: Option<String>,
     pub status: Option<JobStatus>,
     /// Created at or after this instant.
@@ -111,6 +112,7 @@ impl JobParams {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScheduleParams {
+    /// Qualified agent name, or an unambiguous local one.
     pub agent_name: String,
     pub schedule_name: String,
 }
@@ -119,6 +121,7 @@ positional!(ScheduleParams: "agentName", "scheduleName");
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerParams {
+    /// Qualified agent name, or an unambiguous local one.
     pub agent_name: String,
     /// Run with this schedule's prompt and settings.
     pub schedule_name: Option<String>,
@@ -173,6 +176,7 @@ positional!(EventsParams: "types");
 pub struct LogsParams {
     /// The lowest level delivered: trace, debug, info, warn or error.
     pub level: Option<String>,
+    /// Only this agent's entries: as getJobs's agentName.
     pub agent_name: Option<String>,
     pub job_id: Option<String>,
     /// How many of the newest matching entries to replay first (default 100).
@@ -197,6 +201,7 @@ positional!(JobOutputParams: "id", "fromSeq", "batch");
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentLogsParams {
+    /// Qualified agent name, or an unambiguous local one.
     pub agent_name: String,
     /// The lowest level delivered: trace, debug, info, warn or error.
     pub level: Option<String>,

@@ -35,7 +35,7 @@ use super::record;
 use super::record_files::{JournalSnapshot, RecordFiles, StagedRecord, JOURNAL_FILE};
 use super::StateError;
 use crate::job::{Job, JobId, JobStatus, OutputLine, UsageTotals};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 /// Default page size of [`JobFilter`].
 pub const DEFAULT_PAGE_LIMIT: usize = 50;
@@ -281,8 +281,9 @@ pub struct JobStore {
     /// Per agent, the usage of its finished jobs that have one; kept in step with `by_order`.
     usage: FxHashMap<Arc<str>, UsageByEnd>,
     counts: JobCounts,
-    /// Agent names shared by every summary of the same agent.
-    agent_names: FxHashSet<Arc<str>>,
+    /// Agent names, shared by every summary of the same agent, with how many records each has: an
+    /// agent no longer configured is known by its history while it has one.
+    agent_names: FxHashMap<Arc<str>, usize>,
 }
 
 impl JobStore {
@@ -301,7 +302,7 @@ impl JobStore {
             created_at_by_id: FxHashMap::default(),
             usage: FxHashMap::default(),
             counts: JobCounts::default(),
-            agent_names: FxHashSet::default(),
+            agent_names: FxHashMap::default(),
         };
         let journal_bytes = match fs::read(&journal_path) {
             Ok(bytes) => bytes,
@@ -379,6 +380,7 @@ impl JobStore {
         self.created_at_by_id.reserve(summaries.len());
         for ((created_at, id), summary, usage) in &summaries {
             self.created_at_by_id.insert(id.clone(), *created_at);
+            self.count_record_of(&summary.agent, 1);
             *self.counts.slot(summary.status) += 1;
             if let (Some(finished_at), Some(usage)) = (summary.finished_at, usage) {
                 self.usage
@@ -394,14 +396,31 @@ impl JobStore {
     }
 
     fn shared_agent_name(&mut self, agent: &str) -> Arc<str> {
-        match self.agent_names.get(agent) {
-            Some(shared) => Arc::clone(shared),
+        match self.agent_names.get_key_value(agent) {
+            Some((shared, _)) => Arc::clone(shared),
             None => {
                 let shared: Arc<str> = Arc::from(agent);
-                self.agent_names.insert(Arc::clone(&shared));
+                self.agent_names.insert(Arc::clone(&shared), 0);
                 shared
             }
         }
+    }
+
+    /// Adds `change` (±1) to the records of `agent`, whose name is interned; forgets a name left without any.
+    fn count_record_of(&mut self, agent: &str, change: isize) {
+        if let Some(records) = self.agent_names.get_mut(agent) {
+            *records = records.saturating_add_signed(change);
+            if *records == 0 {
+                self.agent_names.remove(agent);
+            }
+        }
+    }
+
+    /// Whether the index holds a record of a job of `agent` (its exact name).
+    pub fn has_records_of(&self, agent: &str) -> bool {
+        self.agent_names
+            .get(agent)
+            .is_some_and(|records| *records > 0)
     }
 
     /// Reads one record into the index; a problem becomes an issue.
@@ -524,6 +543,7 @@ impl JobStore {
         let previous = self.unindex(&job.id);
         let version = RecordVersion(previous.map_or(0, |v| v.0.wrapping_add(1)));
         let agent = self.shared_agent_name(&job.agent);
+        self.count_record_of(&agent, 1);
         *self.counts.slot(job.status) += 1;
         self.created_at_by_id.insert(job.id.clone(), job.created_at);
         if let (Some(finished_at), Some(usage)) = (job.finished_at, job.usage.as_ref()) {
@@ -550,6 +570,7 @@ impl JobStore {
     fn unindex(&mut self, id: &JobId) -> Option<RecordVersion> {
         let created_at = self.created_at_by_id.remove(id)?;
         let old = self.by_order.remove(&(created_at, id.clone()))?;
+        self.count_record_of(&old.agent, -1);
         *self.counts.slot(old.status) -= 1;
         if let (Some(finished_at), Some(usage)) = (old.finished_at, self.usage.get_mut(&old.agent))
         {
@@ -883,6 +904,28 @@ mod tests {
             store.put(&job).unwrap();
         }
         store
+    }
+
+    #[test]
+    fn knows_which_agents_have_records_across_rewrites_pruning_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = sample_store(dir.path());
+        assert!(store.has_records_of("a") && store.has_records_of("b"));
+        assert!(!store.has_records_of("c"));
+        // A rewrite of b's running job is still one record.
+        store.put(&job(4, "b", 40, JobStatus::Completed)).unwrap();
+        store.forget(&[id(2)]).delete().unwrap();
+        assert!(store.has_records_of("b"), "job 4 is left");
+        store.forget(&[id(4)]).delete().unwrap();
+        assert!(!store.has_records_of("b"), "b's last record is gone");
+        drop(store);
+        // From the journal, and from the records themselves.
+        let (reopened, _) = open(dir.path());
+        assert!(reopened.has_records_of("a") && !reopened.has_records_of("b"));
+        drop(reopened);
+        std::fs::remove_file(dir.path().join(JOURNAL_FILE)).unwrap();
+        let (reopened, _) = open(dir.path());
+        assert!(reopened.has_records_of("a") && !reopened.has_records_of("b"));
     }
 
     #[test]

@@ -35,10 +35,11 @@ type WsReceiver = soketto::connection::Receiver<Compat<UnixStream>>;
 pub enum Connection {
     Ndjson(rpc::Ndjson),
     /// A task reads messages into `incoming`: soketto's `receive_data` is not cancel-safe, and the
-    /// client's reads must be. A receive error ends the channel after being printed.
+    /// client's reads must be. A receive error ends the channel after being printed. The channel is
+    /// small, so that a test that does not read stops reading the socket, as over NDJSON (a slow reader).
     WebSocket {
         sender: WsSender,
-        incoming: tokio::sync::mpsc::UnboundedReceiver<String>,
+        incoming: tokio::sync::mpsc::Receiver<String>,
     },
     /// HTTP answers each message on a connection of its own (`Connection: close`); the replies wait here
     /// to be received. A notification has none.
@@ -62,7 +63,7 @@ impl Connection {
                     other => panic!("websocket handshake refused: {other:?}"),
                 }
                 let (sender, receiver) = handshake.into_builder().finish();
-                let (forward, incoming) = tokio::sync::mpsc::unbounded_channel();
+                let (forward, incoming) = tokio::sync::mpsc::channel(WEBSOCKET_READ_AHEAD);
                 tokio::spawn(read_websocket(receiver, forward));
                 Connection::WebSocket { sender, incoming }
             }
@@ -102,15 +103,19 @@ impl rpc::Framing for Connection {
     }
 }
 
-async fn read_websocket(
-    mut receiver: WsReceiver,
-    forward: tokio::sync::mpsc::UnboundedSender<String>,
-) {
+/// Messages a WebSocket connection reads ahead of the test.
+const WEBSOCKET_READ_AHEAD: usize = 16;
+
+async fn read_websocket(mut receiver: WsReceiver, forward: tokio::sync::mpsc::Sender<String>) {
     loop {
         let mut data = Vec::new();
         match receiver.receive_data(&mut data).await {
             Ok(_) => {
-                if forward.send(String::from_utf8(data).unwrap()).is_err() {
+                if forward
+                    .send(String::from_utf8(data).unwrap())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -143,8 +148,8 @@ impl Client {
         }
     }
 
-    /// The methods, notifications (`notification:NAME`) and error data (`error:CODE`) this client received
-    /// and checked against `proto-docs/openrpc.json`.
+    /// The methods, notifications (`notification:NAME`, with the kinds of item: `event/TYPE`, …) and error
+    /// data (`error:CODE`) this client received and checked against `proto-docs/openrpc.json`.
     pub fn checked(&self) -> &BTreeSet<String> {
         &self.checked
     }
@@ -220,12 +225,23 @@ impl Client {
             Ok(next) => next.unwrap_or_else(|e| panic!("reading notifications: {e}")),
         };
         if let Some(notification) = &next {
-            self.checked.insert(super::schema::check_notification(
+            self.checked.extend(super::schema::check_notification(
                 &notification.method,
                 &notification.result,
             ));
         }
         next
+    }
+
+    /// Every notification already received (stashed, or held while a call waited), checked, without
+    /// waiting for more. After an unsubscribe reply, that is every notification the subscription had.
+    pub async fn received(&mut self) -> Vec<Notification> {
+        let mut notifications: Vec<Notification> = self.stash.drain(..).collect();
+        // A zero timeout still polls once: what is held or already readable comes, nothing is awaited.
+        while let Some(next) = self.next_within(Duration::ZERO).await {
+            notifications.push(next);
+        }
+        notifications
     }
 
     /// The `result` of the next notification of `subscription`; other notifications stay stashed.

@@ -6,7 +6,9 @@
 //!   signals, logs, sd_notify, memory, `kill -9`.
 //! - [`Mode::InProcess`]: the library's `herdctld::daemon::Daemon` on the test's own runtime, set up from the
 //!   same command line as the binary would be (`DaemonArgs`): ready when its start returns. For what the
-//!   protocol does; no process, so no logs (the tracing subscriber is process-wide), signals or stdio.
+//!   protocol does; no process, so no logs of its own (the tracing subscriber is process-wide; a test can
+//!   push entries into its log bus, [`Daemon::push_log_entries`]), signals or stdio. It can also serve a fleet not
+//!   yet initialized ([`DaemonOptions::uninitialized`]), for `initialize` over the socket.
 //!
 //! Either way a temp dir holds the fleet (`herdctl.yaml`, `agents/`), `state/` and `run/herdctld.sock`, and
 //! the daemon is stopped when dropped as an operator stops it — a shutdown request and a second one, which
@@ -23,7 +25,7 @@ use herdctld::daemon::run::DaemonArgs;
 use herdctld::daemon::{
     self as library, socket, DaemonError, DaemonOptions as ServeOptions, Request,
 };
-use herdctld::fleet::{FleetManager, LogBus};
+use herdctld::fleet::{FleetManager, LogBus, LogEntry, LogLevel};
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -65,6 +67,9 @@ pub struct DaemonOptions {
     /// How long the binary may take to be ready, if not [`START_TIMEOUT`] (the bench's first start on a
     /// history of 100,000 jobs takes longer).
     pub start_timeout: Option<Duration>,
+    /// Serve the fleet before it is initialized (the test calls `initialize` and `start`); in-process
+    /// only, as the binary initializes before it binds its socket.
+    pub uninitialized: bool,
 }
 
 impl DaemonOptions {
@@ -86,6 +91,7 @@ enum Running {
     InProcess {
         requests: mpsc::Sender<Request>,
         task: JoinHandle<Result<(), DaemonError>>,
+        logs: LogBus,
     },
     /// Exited, killed or stopped.
     Gone,
@@ -162,6 +168,10 @@ impl Daemon {
     /// Starts the binary without waiting for anything (for tests of what happens during startup).
     pub fn spawn_in(dir: TestDir, options: DaemonOptions) -> Daemon {
         assert_eq!(options.mode, Mode::Binary, "only the binary can be spawned");
+        assert!(
+            !options.uninitialized,
+            "the binary initializes before it serves"
+        );
         if !options.keep_existing_fleet {
             write_fleet(dir.path());
         }
@@ -218,11 +228,14 @@ impl Daemon {
         let mut daemon = Daemon::layout(dir, &options, std::process::id());
         let argv = std::iter::once(OsString::from("herdctld")).chain(daemon.args(&options));
         let args = DaemonArgs::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
-        let fleet = FleetManager::new(args.fleet_options(LogBus::new(10_000)));
-        fleet
-            .initialize()
-            .await
-            .unwrap_or_else(|e| panic!("the fleet did not initialize: {e}"));
+        let logs = LogBus::new(10_000);
+        let fleet = FleetManager::new(args.fleet_options(logs.clone()));
+        if !options.uninitialized {
+            fleet
+                .initialize()
+                .await
+                .unwrap_or_else(|e| panic!("the fleet did not initialize: {e}"));
+        }
         let mode = socket::parse_socket_mode(&args.socket_mode).unwrap_or_else(|e| panic!("{e}"));
         // A plain bind: the temp dir is private, and the binary's bind under a restrictive umask would
         // change the mode of files other tests of this process create meanwhile.
@@ -233,7 +246,7 @@ impl Daemon {
             None => None,
         };
         let serve = ServeOptions {
-            start_fleet: !args.no_start,
+            start_fleet: !args.no_start && !options.uninitialized,
             allowed_gid: socket::admitted_group(mode),
             metrics_listener,
             ..ServeOptions::default()
@@ -245,6 +258,7 @@ impl Daemon {
         daemon.running = Running::InProcess {
             requests,
             task: tokio::spawn(served.run(received)),
+            logs,
         };
         daemon
     }
@@ -346,6 +360,30 @@ impl Daemon {
         vm_rss_kib(self.pid)
     }
 
+    /// The in-process daemon's log bus: entries pushed here are what its log streams deliver.
+    fn log_bus(&self) -> &LogBus {
+        match &self.running {
+            Running::InProcess { logs, .. } => logs,
+            _ => panic!("only an in-process daemon's log bus is the test's"),
+        }
+    }
+
+    /// Pushes `count` info entries (`entry N`, about no agent) into the in-process daemon's log bus, as
+    /// its tracing layer would: more than a reader that does not read can be kept.
+    pub fn push_log_entries(&self, count: usize) {
+        for n in 0..count {
+            self.log_bus().push(LogEntry {
+                timestamp: chrono::Utc::now(),
+                level: LogLevel::Info,
+                source: "test".into(),
+                agent_name: None,
+                job_id: None,
+                message: format!("entry {n}"),
+                fields: serde_json::Map::new(),
+            });
+        }
+    }
+
     pub async fn connect(&self, framing: Framing) -> Client {
         Client::connect(&self.socket, framing).await
     }
@@ -367,7 +405,7 @@ impl Daemon {
     fn stop(&mut self) {
         match std::mem::replace(&mut self.running, Running::Gone) {
             Running::Binary { child, .. } => stop_binary(*child),
-            Running::InProcess { requests, task } => stop_in_process(requests, task),
+            Running::InProcess { requests, task, .. } => stop_in_process(requests, task),
             Running::Gone => {}
         }
     }

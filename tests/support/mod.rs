@@ -243,6 +243,12 @@ pub async fn wait_for_event(
     }
 }
 
+/// Triggers a manual job of `agent`; its id.
+pub async fn trigger(client: &mut Client, agent: &str) -> String {
+    let job = client.call("trigger", json!({"agentName": agent})).await;
+    job["id"].as_str().unwrap().to_owned()
+}
+
 /// The job id an event is about (`job.id` or `jobId`).
 pub fn event_job_id(event: &Value) -> Option<&str> {
     event["jobId"]

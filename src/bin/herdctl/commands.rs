@@ -55,16 +55,6 @@ impl CliError {
 
     fn report(&self) {
         eprintln!("herdctl: {self}");
-        if let CliError::Client(ClientError::Rpc(e)) = self {
-            if let Some(hint) = e
-                .data
-                .as_ref()
-                .and_then(|d| d.get("hint"))
-                .and_then(Value::as_str)
-            {
-                eprintln!("hint: {hint}");
-            }
-        }
     }
 }
 

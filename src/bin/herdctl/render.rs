@@ -567,7 +567,7 @@ fn event_details(event: &Value) -> String {
         let name = text(event, "agentName");
         if name.is_empty() {
             event
-                .pointer("/job/agent")
+                .pointer("/job/agentName")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned()
@@ -763,7 +763,29 @@ mod tests {
             "agentName": "a", "scheduleName": "s", "reason": "concurrency_limit"});
         assert!(event(PLAIN, &e).ends_with("schedule:skipped a/s (concurrency_limit)"));
         let log = json!({"timestamp": "2025-01-01T10:00:00Z", "level": "warn", "source": "fleet::run",
-            "agentName": "a", "message": "job failed", "fields": {"exit_code": 3}});
-        assert!(log_entry(PLAIN, &log).ends_with("WARN  fleet::run a: job failed exit_code=3"));
+            "agentName": "a", "message": "job failed", "fields": {"exitCode": 3}});
+        assert!(log_entry(PLAIN, &log).ends_with("WARN  fleet::run a: job failed exitCode=3"));
+    }
+
+    #[test]
+    fn job_events_name_the_agent_of_their_job() {
+        // Job events carry the agent only inside the job (`job.agentName`, protocol 2).
+        let job =
+            json!({"id": "job-2025-01-01-aaaaaa", "agentName": "team.w", "status": "completed"});
+        let completed = json!({"type": "job:completed", "timestamp": "2025-01-01T10:00:00Z",
+            "jobId": "job-2025-01-01-aaaaaa", "job": job, "result": null});
+        assert!(
+            event(PLAIN, &completed).ends_with("job:completed team.w job-2025-01-01-aaaaaa"),
+            "{}",
+            event(PLAIN, &completed)
+        );
+        let queued = json!({"type": "job:queued", "timestamp": "2025-01-01T10:00:00Z", "job": job,
+            "position": 2});
+        assert!(
+            event(PLAIN, &queued)
+                .ends_with("job:queued team.w job-2025-01-01-aaaaaa at position 2"),
+            "{}",
+            event(PLAIN, &queued)
+        );
     }
 }
