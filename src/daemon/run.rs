@@ -177,7 +177,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
             "cannot become a child subreaper; escaped job processes may outlive their job: {e}"
         );
     }
-    let reaper = spawn_orphan_reaper();
+    let reaper = crate::runner::spawn_orphan_reaper();
 
     let fleet = FleetManager::new(args.fleet_options(logs));
     if let Err(e) = fleet.initialize().await {
@@ -305,29 +305,4 @@ async fn run(args: DaemonArgs) -> ExitCode {
     }
     tracing::info!("herdctld exiting");
     exit
-}
-
-/// The shortest time between two scans for adopted zombies.
-const ORPHAN_SCAN_SPACING: Duration = Duration::from_millis(100);
-
-/// As a subreaper the daemon inherits job descendants that escaped their process group; reap them as they
-/// die so none stays a zombie. Returns `None` (and logs) if SIGCHLD cannot be watched.
-fn spawn_orphan_reaper() -> Option<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::child()) {
-        Ok(mut children) => Some(tokio::spawn(async move {
-            while children.recv().await.is_some() {
-                crate::runner::reap_adopted_zombies();
-                // A scan reads all of /proc; one per burst of exits is enough (signals coalesce while
-                // we wait), and an orphan stays a zombie at most this long.
-                tokio::time::sleep(ORPHAN_SCAN_SPACING).await;
-            }
-        })),
-        Err(e) => {
-            tracing::warn!(
-                "cannot watch SIGCHLD; adopted orphans are reaped only when jobs end: {e}"
-            );
-            None
-        }
-    }
 }
