@@ -92,6 +92,9 @@ pub enum OutputEvent {
         kind: String,
         message: Map<String, Value>,
     },
+    /// Lines an exec-shim already numbered and stamped where a cluster engine ran the job, relayed: they
+    /// keep their seq and time (a seq the job's output already has is a duplicate of a relay before).
+    Relayed(Vec<OutputLine>),
 }
 
 impl OutputEvent {
@@ -100,6 +103,7 @@ impl OutputEvent {
         match self {
             OutputEvent::Text { lines, .. } => lines.len(),
             OutputEvent::Message { .. } => 1,
+            OutputEvent::Relayed(lines) => lines.len(),
         }
     }
 
@@ -122,6 +126,11 @@ impl OutputEvent {
             OutputEvent::Message { kind, message } => {
                 vec![OutputLine::structured(first_seq, timestamp, kind, message)]
             }
+            OutputEvent::Relayed(lines) => lines
+                .into_iter()
+                .zip(first_seq..)
+                .map(|(line, seq)| OutputLine { seq, ..line })
+                .collect(),
         }
     }
 }
