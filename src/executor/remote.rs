@@ -515,6 +515,106 @@ fn exit_description(end: &EngineEnd) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::{EngineError, OwnedRun};
+    use crate::job::OutputLine;
+
+    /// An engine that has forgotten its run (Slurm after `MinJobAge`), whose shim left `output`.
+    struct Forgetful {
+        output: Vec<u8>,
+    }
+
+    #[async_trait::async_trait]
+    impl Engine for Forgetful {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn submit(&self, _: &JobId, _: &[u8]) -> Result<String, EngineError> {
+            Ok("1".into())
+        }
+        async fn state(&self, _: &str) -> Result<EngineState, EngineError> {
+            Ok(EngineState::Unknown)
+        }
+        async fn stop(&self, _: &str) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn kill(&self, _: &str) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn read_output(&self, _: &JobId, offset: u64) -> Result<Vec<u8>, EngineError> {
+            Ok(self.output[offset as usize..].to_vec())
+        }
+        async fn diagnostics(&self, _: &JobId) -> String {
+            String::new()
+        }
+        async fn clean_up(&self, _: &JobId) {}
+        async fn owned(&self) -> Result<Vec<OwnedRun>, EngineError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn frames(lines: u64, outcome: Option<&RunOutcome>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for seq in 0..lines {
+            let line = OutputLine {
+                seq,
+                timestamp: chrono::Utc::now(),
+                kind: "stdout".into(),
+                chunk: format!("line {seq}"),
+                message: None,
+                truncated: false,
+            };
+            bytes.extend(serde_json::to_vec(&frame::Frame::line(line)).unwrap());
+            bytes.push(b'\n');
+        }
+        bytes.extend(b"slurmstepd: error: not the shim's\n");
+        if let Some(outcome) = outcome {
+            bytes.extend(serde_json::to_vec(&frame::Frame::outcome(outcome.clone())).unwrap());
+            bytes.push(b'\n');
+        }
+        bytes
+    }
+
+    async fn reattached(output: Vec<u8>) -> (RunOutcome, Vec<u64>) {
+        let (tx, mut rx) = mpsc::channel(16);
+        let progress: ProgressFn = Arc::new(|_| {});
+        let run = reattach(
+            Arc::new(Forgetful { output }),
+            JobId::parse("job-2026-12-07-abc123").unwrap(),
+            "1".into(),
+            Duration::from_secs(1),
+            tx,
+            progress,
+        );
+        let outcome = run.wait().await;
+        let mut seqs = Vec::new();
+        while let Ok(OutputEvent::Relayed(lines)) = rx.try_recv() {
+            seqs.extend(lines.iter().map(|line| line.seq));
+        }
+        (outcome, seqs)
+    }
+
+    #[tokio::test]
+    async fn a_run_the_engine_forgot_is_finalized_from_its_shims_outcome_or_interrupted() {
+        let completed = completed();
+        let (outcome, seqs) = reattached(frames(3, Some(&completed))).await;
+        assert_eq!((outcome, seqs), (completed, vec![0, 1, 2]));
+
+        let (outcome, seqs) = reattached(frames(2, None)).await;
+        assert_eq!(outcome.exit_reason, ExitReason::Interrupted);
+        assert_eq!(seqs, vec![0, 1], "its output is still relayed");
+    }
+
+    fn completed() -> RunOutcome {
+        RunOutcome {
+            exit_code: Some(0),
+            ..RunOutcome::without_process(
+                RunStatus::Completed,
+                ExitReason::Success,
+                "",
+                String::new(),
+            )
+        }
+    }
 
     fn end(kind: EndKind, state: &str, code: i32, signal: Option<i32>) -> EngineEnd {
         EngineEnd {
@@ -539,15 +639,7 @@ mod tests {
 
     #[test]
     fn the_shims_outcome_stands_unless_the_engines_time_limit_or_a_forced_stop_says_more() {
-        let completed = RunOutcome {
-            exit_code: Some(0),
-            ..RunOutcome::without_process(
-                RunStatus::Completed,
-                ExitReason::Success,
-                "",
-                String::new(),
-            )
-        };
+        let completed = completed();
         let quiet = Stop::default();
         let done = end(EndKind::Exited, "COMPLETED", 0, None);
         assert_eq!(

@@ -31,7 +31,7 @@ pub(crate) struct ShimSpec {
 const WRITE_BATCH: usize = 16;
 
 /// The exit status of the shim: 0 when the job completed, its exit code when it failed with one (so the
-/// engine's own accounting reads like the job's), 1 otherwise; 2 when there was no job to run.
+/// engine's own accounting reads like the job's), 1 otherwise (also when there was no job to run).
 pub fn exit_status(outcome: &RunOutcome) -> u8 {
     match (outcome.status, outcome.exit_code) {
         (RunStatus::Completed, _) => 0,
