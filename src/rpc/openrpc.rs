@@ -24,7 +24,7 @@ use crate::job::Job;
 
 /// The protocol's version: its major part changes when a shape changes incompatibly (proto-docs/README.md
 /// has the changelog). In `rpc.discover` (`info.version`) and `getStatus` (`protocolVersion`).
-pub const PROTOCOL_VERSION: &str = "2.0.0";
+pub const PROTOCOL_VERSION: &str = "2.1.0";
 
 /// The OpenRPC version the document follows.
 const OPENRPC_VERSION: &str = "1.3.2";
