@@ -8,7 +8,8 @@
 //! descendant; the agent's timeout; the daemon killed with `kill -9` mid-job and restarted, with no line lost
 //! or repeated. A local job dies with its daemon (`interrupted`, its output kept); a cluster job is taken up
 //! again, and one that ended while the daemon was down is finalized with its output and outcome. Slurm only:
-//! a job Slurm holds in its queue is `queued` with Slurm's reason and still holds its fleet slot.
+//! a job Slurm holds in its queue is `queued` with Slurm's reason, still holds its fleet slot, and is taken
+//! up again, still held, by the daemon after a `kill -9`.
 //!
 //! The Slurm cases say `SKIPPED` and pass when no cluster answers (`sinfo`), except under CI (`CI` set),
 //! which starts one, so there its absence fails them. They wait on events and on files the jobs write, never
@@ -497,7 +498,26 @@ async fn a_job_slurm_holds_is_queued_with_its_reason_and_keeps_its_slot(target: 
     let job = &queued.last().expect("job:queued")["job"];
     assert_eq!(job["status"], "queued", "{job}");
     assert_eq!(job["executorRun"]["pendingReason"], "JobHeldUser", "{job}");
-    assert!(job["executorRun"]["id"].is_string(), "{job}");
+    let engine_id = job["executorRun"]["id"].clone();
+    assert!(engine_id.is_string(), "{job}");
+
+    // A daemon killed while Slurm holds the job: the next one takes the held run up again.
+    drop((events, client));
+    let daemon = start(daemon.into_dir()).await;
+    let mut events = Events::of(&daemon).await;
+    let mut client = daemon.ndjson().await;
+    let queued = events
+        .until(&first, |e| e["type"] == "job:queued" && e["position"] == 0)
+        .await;
+    let job = &queued.last().expect("job:queued")["job"];
+    assert_eq!(
+        (
+            &job["executorRun"]["id"],
+            &job["executorRun"]["pendingReason"]
+        ),
+        (&engine_id, &json!("JobHeldUser")),
+        "{job}"
+    );
 
     // The held job has the agent's one slot: the next waits in the fleet's queue.
     let second = client.call("trigger", json!({"agentName": "held"})).await;
@@ -518,11 +538,11 @@ async fn a_job_slurm_holds_is_queued_with_its_reason_and_keeps_its_slot(target: 
         (&json!("cancelled"), &Value::Null),
         "{job}"
     );
-    let engine_id = job["executorRun"]["id"]
-        .as_str()
-        .expect("its Slurm job")
-        .to_owned();
-    assert_eq!(slurm_state(&engine_id), "CANCELLED");
+    assert_eq!(job["executorRun"]["id"], engine_id, "{job}");
+    assert_eq!(
+        slurm_state(engine_id.as_str().unwrap_or_default()),
+        "CANCELLED"
+    );
     let second = second["id"].as_str().expect("an id").to_owned();
     client.call("cancelJob", json!({"id": second})).await;
 }
