@@ -565,6 +565,37 @@ fn the_exec_shim_without_a_readable_spec_writes_a_failed_outcome_and_nothing_els
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
 }
 
+async fn a_job_slurm_refuses_fails_to_spawn_saying_why(target: Target) {
+    assert_eq!(target, Target::Slurm);
+    let dir = TestDir::new();
+    let agent = shell_agent(
+        "refused",
+        "echo never",
+        "executor: {type: slurm, partition: herdctld-no-such-partition}\n",
+    );
+    write_agents(dir.path(), "conformance", &[("refused", &agent)]);
+    let daemon = start(dir).await;
+    let mut events = Events::of(&daemon).await;
+    let mut client = daemon.ndjson().await;
+    let id = trigger(&mut client, "refused").await;
+    let job = events.final_job(&id).await;
+    assert_eq!(
+        (&job["status"], &job["exitReason"], &job["error"]["code"]),
+        (
+            &json!("failed"),
+            &json!("spawn_failed"),
+            &json!("SUBMIT_FAILED")
+        ),
+        "{job}"
+    );
+    let message = job["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("sbatch") && message.contains("herdctld-no-such-partition"),
+        "{message}"
+    );
+    assert!(job["startedAt"].is_null(), "{job}");
+}
+
 // -------------------------------------------------------------------------------------------------
 // The suite, per executor
 // -------------------------------------------------------------------------------------------------
@@ -613,4 +644,5 @@ slurm_cases!(
     the_daemon_killed_mid_job_loses_and_repeats_no_line,
     a_job_that_ended_while_the_daemon_was_down_is_finalized_with_its_output,
     a_job_slurm_holds_is_queued_with_its_reason_and_keeps_its_slot,
+    a_job_slurm_refuses_fails_to_spawn_saying_why,
 );

@@ -289,20 +289,18 @@ impl Driver {
 
     /// Reads what the shim wrote since the last read and delivers its lines (the run is running, if it was
     /// not said yet, before its first line).
-    async fn relay(&self, relay: &mut Relay, told: &mut Told) -> bool {
-        let mut any = false;
+    async fn relay(&self, relay: &mut Relay, told: &mut Told) {
         loop {
             let bytes = match self.engine.read_output(&self.job, relay.offset).await {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     tracing::debug!(job_id = %self.job, "cannot read the run's output yet: {e}");
-                    return any;
+                    return;
                 }
             };
             if bytes.is_empty() {
-                return any;
+                return;
             }
-            any = true;
             self.tell_running(told);
             relay.offset += bytes.len() as u64;
             relay.pending.extend_from_slice(&bytes);
