@@ -14,7 +14,10 @@
 //! | history   | `getJobs {limit: 50}` with 100,000 jobs; start-up to socket-ready | the same with 100 jobs / none      |
 //! | idle      | RSS with 100 agents; CPU time over 10 s of idling      | RSS with one agent                        |
 //! | scheduler | `schedule:triggered` timestamp minus the planned `nextTrigger` | a tokio `sleep_until` overshoot here |
+//! | slurm     | a job of `true` on a Slurm cluster (`executor: {type: slurm}`): trigger → `job:completed`, one at a time | `srun true`; and `sbatch --wrap true` polled with `squeue` until COMPLETED |
 //!
+//! The slurm scenario needs a cluster that answers `sinfo` (`.ci/slurm-up` starts one); without one it says
+//! so and is skipped.
 //! Arguments that do not start with `-` select scenarios by name (`cargo bench --bench herdctld -- rpc idle`).
 //! `HERDCTL_BENCH_JOBS` changes the number of dispatch jobs (default 2000); `HERDCTL_BENCH_WRAPPER=eatmydata`
 //! runs the daemon under a wrapper program (to see, for instance, what fsync costs). Every daemon gets its
@@ -91,6 +94,9 @@ fn main() {
     }
     if wants("scheduler") {
         scheduler(&mut table);
+    }
+    if wants("slurm") {
+        slurm_dispatch(&mut table);
     }
     println!();
     println!("{}", table.render());
@@ -900,6 +906,130 @@ fn scheduler(table: &mut Table) {
         &baseline,
         10.0,
     );
+}
+
+/// Issue 18: a trivial job on a Slurm cluster, trigger to `job:completed`, against Slurm's own ways of running
+/// `true` in the same run: `srun` (an interactive step, no batch scheduling) and a batch job polled until it
+/// completes (what any client of the batch queue waits for).
+fn slurm_dispatch(table: &mut Table) {
+    const RUNS: usize = 10;
+    let cluster = Command::new("sinfo")
+        .args(["--noheader", "--format=%T"])
+        .output()
+        .is_ok_and(|out| out.status.success() && !out.stdout.is_empty());
+    if !cluster {
+        eprintln!("slurm: SKIPPED: no Slurm cluster answers `sinfo` (start one with .ci/slurm-up)");
+        table.row(Row {
+            metric: "slurm dispatch of `true`: skipped, no cluster answers `sinfo`".into(),
+            value: String::new(),
+            baseline: String::new(),
+            ratio: None,
+            target: String::new(),
+            verdict: Verdict::Info,
+        });
+        return;
+    }
+    eprintln!(
+        "slurm: {RUNS} jobs of `true`, one at a time, and as many `srun true` and batch jobs"
+    );
+    let srun: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            timed(|| {
+                let status = Command::new("srun")
+                    .args(["--quiet", "--job-name=herdctld-bench", "true"])
+                    .stdout(Stdio::null())
+                    .status()
+                    .expect("run srun");
+                assert!(status.success(), "srun true failed: {status}");
+            })
+        })
+        .collect();
+    let batch: Vec<Duration> = (0..RUNS).map(|_| timed(sbatch_until_completed)).collect();
+
+    let fleet = Fleet::new(&[(
+        "s".into(),
+        "name: s\nruntime: command\ncommand: [\"true\"]\nexecutor: {type: slurm}\n".into(),
+    )]);
+    let daemon = fleet.start_daemon();
+    let mut events = daemon.connect();
+    events.subscribe(
+        "subscribeEvents",
+        json!({"types": ["job:completed", "job:failed", "job:cancelled"]}),
+    );
+    let mut control = daemon.connect();
+    let mut samples = Vec::new();
+    let mut failed = 0;
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        control.call("trigger", json!({"agentName": "s"}));
+        let ended = loop {
+            let notification = events.next_notification();
+            match notification.result["type"].as_str() {
+                Some("job:completed") => break true,
+                Some("job:failed" | "job:cancelled") => break false,
+                _ => continue,
+            }
+        };
+        samples.push(started.elapsed());
+        failed += usize::from(!ended);
+    }
+    let value = percentile(&samples, 0.5);
+    let note = if failed > 0 {
+        format!(" ({failed} failed)")
+    } else {
+        String::new()
+    };
+    for (name, baseline, target, limit) in [
+        ("`srun true`", &srun, "", None),
+        (
+            "a batch job of `true` polled until COMPLETED",
+            &batch,
+            "ratio ≤ 1.5",
+            Some(1.5),
+        ),
+    ] {
+        let base = percentile(baseline, 0.5);
+        let ratio = value.as_secs_f64() / base.as_secs_f64().max(1e-9);
+        table.row(Row {
+            metric: format!("slurm dispatch of `true`, trigger → completed: p50 (n={RUNS}){note}"),
+            value: ms(value),
+            baseline: format!("{} ({name})", ms(base)),
+            ratio: Some(ratio),
+            target: target.into(),
+            verdict: match limit {
+                Some(limit) => Verdict::of(ratio <= limit && failed == 0),
+                None => Verdict::Info,
+            },
+        });
+    }
+}
+
+/// Submits `true` as a batch job and polls `squeue` every 50 ms until Slurm reports it COMPLETED.
+fn sbatch_until_completed() {
+    let out = Command::new("sbatch")
+        .args([
+            "--parsable",
+            "--job-name=herdctld-bench",
+            "--output=/dev/null",
+            "--wrap",
+            "true",
+        ])
+        .output()
+        .expect("run sbatch");
+    assert!(out.status.success(), "sbatch failed: {out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = Command::new("squeue")
+            .args(["--noheader", "--states=all", "--format=%T", "--jobs", &id])
+            .output()
+            .expect("run squeue");
+        if String::from_utf8_lossy(&state.stdout).trim() == "COMPLETED" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "batch job {id} did not complete");
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 // -------------------------------------------------------------------------------------------------

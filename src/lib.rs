@@ -33,6 +33,12 @@
 //! - [`runner`] — *how* a job runs: spawns `claude` or a command in its own process group, parses
 //!   stream-json output, enforces timeouts, cancels the whole process tree. Knows nothing of config files,
 //!   the store or the fleet.
+//! - [`executor`] — *where* a job runs: as the daemon's child (the local executor: the runner, unchanged) or
+//!   on a cluster engine (Slurm, through its client tools), behind one interface (start, output, cancel
+//!   graceful then forced, outcome, list the runs a state directory owns, re-attach). On a cluster the job
+//!   runs `herdctld exec-shim`, which runs the same runner there and writes framed, numbered output lines
+//!   and a final outcome; a driver shared by every engine relays them and follows the engine's state.
+//!   Knows nothing of the fleet or the store.
 //! - [`hooks`] — `after_run`/`on_error` hooks: which run for a job's end, and running them with a timeout.
 //! - [`work_sources`] — where scheduled agents get work: GitHub issues fetched, claimed by label, completed
 //!   or released over the REST API with retries. Knows nothing of the fleet.
@@ -77,12 +83,16 @@
 //! 3. Starting decides the Claude session (the agent's pointer resumed while herdctl would still resume it,
 //!    `fleet::sessions`), fails the job `spawn_failed` if its agent asks for a container (no container engine
 //!    yet; never the host instead), maps the agent's configuration and the fleet's `.env` to a
-//!    `runner::RunSpec` and calls `runner::start`, which spawns
-//!    the child in its own process group with the prompt on stdin (vfork-style, without copying the daemon,
-//!    with a parent-death signal). The job becomes `running` (pid, pgid and process start time persisted
-//!    for crash recovery); `job:started` and `agent:started` are emitted.
+//!    `runner::RunSpec` and hands it to the agent's executor. The local one calls `runner::start`, which
+//!    spawns the child in its own process group with the prompt on stdin (vfork-style, without copying the
+//!    daemon, with a parent-death signal); the job becomes `running` (pid, pgid and process start time
+//!    persisted for crash recovery) and `job:started` and `agent:started` are emitted. A cluster executor
+//!    submits the job (the spec in `<state>/executor/`, the engine's id persisted once known); the job holds
+//!    its slot and stays `queued` (with the engine's pending reason, told as `job:queued` with position 0)
+//!    until the engine starts it, which emits `job:started` before its first output line.
 //! 4. The runner reads the child's pipes a chunk at a time and hands on each read's lines as one
-//!    `runner::OutputEvent` (stream-json messages parsed on the way). A supervisor task pumps them: each
+//!    `runner::OutputEvent` (stream-json messages parsed on the way); on a cluster the shim's runner does,
+//!    and the executor relays the lines the shim numbered and stamped. A supervisor task pumps them: each
 //!    batch gets its seqs and one timestamp and is serialised once into one buffer
 //!    (`job::SerializedLines`), which is appended to `jobs/<id>.jsonl` under the storage cap
 //!    (`state::OutputWriter`: the head, then two rotating tail segments, the middle dropped with a notice
@@ -117,6 +127,8 @@
 //! - Only `state` writes under the state directory, and every rewrite is atomic (temp file, rename) and
 //!   durable (fsync of the file and the directory) — except a job's "running" record, which need only survive
 //!   the daemon's death (`state::Durability::Process`). Output is append-only; a torn last line is tolerated.
+//!   The one writer from outside is a cluster job's exec-shim (and its engine), through `executor/<id>.out`
+//!   and `.err`, files the daemon only reads until it removes them after the job's final record.
 //! - One daemon per state directory (an `flock` held for the process's life, and none while the herdctl named
 //!   in `herdctl.pid` runs).
 //! - Nothing herdctl wrote is lost: records, output, `state.yaml` and session pointers of either tool are
@@ -134,7 +146,11 @@
 //!   dropped is told how many lines it missed (`{gap, missed, nextSeq}`). The final job event follows its
 //!   last output event. A job's output costs bounded memory whatever its size and whatever its readers do.
 //! - Nothing a job starts outlives it: cancel, timeout and normal exit all sweep the job's process group and
-//!   any process that carries its `HERDCTL_JOB_ID`.
+//!   any process that carries its `HERDCTL_JOB_ID` (on a cluster the shim's runner does, on the node).
+//! - A daemon's death loses no cluster job: the engine's id is in the job's record while it runs, the run
+//!   is named by the job id, and the shim numbers its lines, so a restarted daemon re-attaches to every run
+//!   its state directory owns (or finalizes it from the shim's outcome) without losing or repeating a line,
+//!   and stops the runs whose job is no longer active.
 //! - No shell between a prompt and a process: prompts travel on stdin, arguments are argv entries.
 //! - Event and log emission never blocks the fleet: a bounded queue per subscriber, filled only with what
 //!   its filter takes; a slow reader loses its oldest items and is told how many (`lagged`).
@@ -147,6 +163,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod executor;
 pub mod fleet;
 pub mod hooks;
 pub mod job;

@@ -272,6 +272,7 @@ fn diff_agent(old: &AgentConfig, new: &AgentConfig, changes: &mut Vec<ConfigChan
         &old.max_output_bytes,
         &new.max_output_bytes,
     );
+    fields.opaque("executor", &old.executor, &new.executor);
     fields.opaque("work_source", &old.work_source, &new.work_source);
     fields.opaque("hooks", &old.hooks, &new.hooks);
     fields.opaque("identity", &old.identity, &new.identity);

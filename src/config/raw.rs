@@ -68,6 +68,7 @@ pub(crate) const DEFAULTS_KEYS: &[&str] = &[
     "catchup",
     "hooks",
     "budget",
+    "executor",
 ];
 
 /// herdctl's agent keys (after `workspace` became `working_directory`), then herdctld's extensions.
@@ -109,6 +110,7 @@ pub(crate) const AGENT_KEYS: &[&str] = &[
     "overlap",
     "catchup",
     "budget",
+    "executor",
 ];
 
 /// herdctl's schedule keys (after `expression` became `cron`), then herdctld's extensions. herdctl's schedule
@@ -131,6 +133,19 @@ pub(crate) const SCHEDULE_KEYS: &[&str] = &[
 ];
 
 pub(crate) const IDENTITY_KEYS: &[&str] = &["name", "role", "personality"];
+/// herdctld extension `executor`: `type` and the keys of `type: slurm`.
+pub(crate) const EXECUTOR_KEYS: &[&str] = &[
+    "type",
+    "partition",
+    "cpus",
+    "mem",
+    "time",
+    "gres",
+    "account",
+    "qos",
+    "extra_args",
+    "herdctld_bin",
+];
 /// herdctld extension `budget`.
 pub(crate) const BUDGET_KEYS: &[&str] = &["daily_usd"];
 pub(crate) const SESSION_KEYS: &[&str] = &["max_turns", "timeout", "model"];

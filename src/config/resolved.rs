@@ -138,6 +138,8 @@ pub struct AgentConfig {
     /// herdctld extension `max_output_mb`: output a job keeps (head and tail) before the middle is
     /// dropped; `None` = the runner's default (64 MiB).
     pub max_output_bytes: Option<u64>,
+    /// herdctld extension `executor`: where the agent's jobs run (default: as the daemon's children).
+    pub executor: ExecutorConfig,
     pub work_source: Option<WorkSourceConfig>,
     pub hooks: HooksConfig,
     pub identity: Option<IdentityConfig>,
@@ -458,4 +460,49 @@ pub enum WorkspaceMode {
     #[default]
     ReadWrite,
     ReadOnly,
+}
+
+/// herdctld extension `executor` (agent or `defaults`): which engine runs an agent's jobs. The fleet stays the
+/// one control plane (queue, limits, records, output, events); only where the job's processes run changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ExecutorConfig {
+    /// `type: local` (the default): the daemon runs the job as its own child.
+    #[default]
+    Local,
+    /// `type: slurm`: the job is a Slurm batch job running `herdctld exec-shim`.
+    Slurm(SlurmConfig),
+}
+
+impl ExecutorConfig {
+    /// The `type` as written: `local`, `slurm`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ExecutorConfig::Local => "local",
+            ExecutorConfig::Slurm(_) => "slurm",
+        }
+    }
+}
+
+/// `executor: {type: slurm, …}`: what the job asks Slurm for; `None` leaves Slurm's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlurmConfig {
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--cpus-per-task`.
+    pub cpus: Option<u32>,
+    /// `--mem`, as written (`4G`, `512M`, `2048`).
+    pub mem: Option<String>,
+    /// `--time`: Slurm ends the job after this long (herdctld's own `timeout` is enforced by the shim).
+    pub time: Option<Duration>,
+    /// `--gres` (`gpu:1`).
+    pub gres: Option<String>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// `--qos`.
+    pub qos: Option<String>,
+    /// Further `sbatch` arguments, one argv entry each (never those herdctld sets itself).
+    pub extra_args: Vec<String>,
+    /// The `herdctld` executable on the nodes; `None` = this daemon's own path (the same on a shared
+    /// filesystem).
+    pub herdctld_bin: Option<PathBuf>,
 }

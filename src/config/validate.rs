@@ -599,6 +599,9 @@ pub(crate) fn build_agent(
     let schedules = build_schedules(tree, &schedule_defaults, reader);
     let hooks = build_hooks(tree, reader);
     let mcp_servers = build_mcp_servers(tree, reader);
+    let executor = get(tree, "executor")
+        .and_then(|value| build_executor(value, reader))
+        .unwrap_or_default();
 
     let agent = AgentConfig {
         name: String::new(),
@@ -628,6 +631,7 @@ pub(crate) fn build_agent(
         max_output_bytes: reader
             .positive(tree, "max_output_mb", "")
             .map(|mib| u64::from(mib) * 1024 * 1024),
+        executor,
         work_source,
         hooks,
         identity,
@@ -1250,6 +1254,147 @@ fn transform_mcp_server(server: &mut serde_json::Map<String, serde_json::Value>)
     }
 }
 
+/// Executor types herdctld runs jobs on.
+const EXECUTOR_TYPES: &[&str] = &["local", "slurm"];
+/// Executor types planned and not built: a fleet written for one fails at load saying so.
+const PLANNED_EXECUTORS: &[&str] = &["kubernetes"];
+/// `sbatch` options herdctld sets for every job (its name, files, script and owner): `extra_args` must not
+/// change them, or the daemon would lose track of the job.
+const SBATCH_OWN_OPTIONS: &[&str] = &[
+    "-J",
+    "--job-name",
+    "-o",
+    "--output",
+    "-e",
+    "--error",
+    "-i",
+    "--input",
+    "-D",
+    "--chdir",
+    "--comment",
+    "--wrap",
+    "--parsable",
+    "--open-mode",
+    "-W",
+    "--wait",
+];
+
+/// herdctld extension `executor: {type, …}`: strict keys; the keys of `type: slurm` are ignored (with a
+/// warning) when the type is `local`, so that an agent can run locally under `defaults` that say slurm.
+fn build_executor(value: &Value, reader: &mut Reader<'_>) -> Option<ExecutorConfig> {
+    let path = "executor";
+    let executor = reader.mapping(value, path, EXECUTOR_KEYS)?;
+    let kind = reader.required_string(executor, "type", path)?;
+    match kind.as_str() {
+        "local" => {
+            for key in EXECUTOR_KEYS.iter().filter(|key| **key != "type") {
+                if get(executor, key).is_some() {
+                    reader.warn(
+                        &join(path, key),
+                        format!("ignored: executor.{key} applies to type slurm, and the executor type here is local"),
+                    );
+                }
+            }
+            Some(ExecutorConfig::Local)
+        }
+        "slurm" => build_slurm(executor, path, reader).map(ExecutorConfig::Slurm),
+        planned if PLANNED_EXECUTORS.contains(&planned) => {
+            reader.error(
+                &join(path, "type"),
+                format!(
+                    "executor type {planned:?} is planned, not built yet; use one of: {}",
+                    EXECUTOR_TYPES.join(", ")
+                ),
+            );
+            None
+        }
+        other => {
+            let hint = suggestion(other, EXECUTOR_TYPES);
+            reader.error(
+                &join(path, "type"),
+                format!("invalid executor type {other:?}; {hint}"),
+            );
+            None
+        }
+    }
+}
+
+fn build_slurm(executor: &Mapping, path: &str, reader: &mut Reader<'_>) -> Option<SlurmConfig> {
+    let errors_before = reader.errors.0.len();
+    let mut text = |key: &str| {
+        let value = reader.string(executor, key, path)?;
+        if value.trim().is_empty() {
+            reader.error(&join(path, key), "must not be empty");
+            return None;
+        }
+        Some(value)
+    };
+    let partition = text("partition");
+    let mem = text("mem");
+    let gres = text("gres");
+    let account = text("account");
+    let qos = text("qos");
+    let herdctld_bin = text("herdctld_bin").map(PathBuf::from);
+    if let Some(mem) = &mem {
+        if !is_slurm_memory(mem) {
+            reader.error(
+                &join(path, "mem"),
+                format!(
+                    "invalid mem {mem:?}; use megabytes or a size with K, M, G or T, e.g. \"4G\""
+                ),
+            );
+        }
+    }
+    if herdctld_bin.as_ref().is_some_and(|bin| !bin.is_absolute()) {
+        reader.error(
+            &join(path, "herdctld_bin"),
+            "must be an absolute path: the herdctld executable as the cluster's nodes see it",
+        );
+    }
+    let extra_args = reader
+        .string_list(executor, "extra_args", path)
+        .unwrap_or_default();
+    for (position, arg) in extra_args.iter().enumerate() {
+        let option = arg.split('=').next().unwrap_or_default();
+        let problem = if !arg.starts_with('-') {
+            Some("each entry is one sbatch option, written --option=value".to_string())
+        } else if SBATCH_OWN_OPTIONS.contains(&option) {
+            Some(format!(
+                "{option} is set by herdctld for every job and cannot be changed"
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            reader.error(
+                &index(&join(path, "extra_args"), position),
+                format!("invalid sbatch argument {arg:?}: {problem}"),
+            );
+        }
+    }
+    let config = SlurmConfig {
+        partition,
+        cpus: reader.positive(executor, "cpus", path),
+        mem,
+        time: positive_duration(reader, executor, "time", path),
+        gres,
+        account,
+        qos,
+        extra_args,
+        herdctld_bin,
+    };
+    (reader.errors.0.len() == errors_before).then_some(config)
+}
+
+/// Slurm's `--mem`: whole megabytes, or a whole number with a unit K, M, G or T.
+fn is_slurm_memory(text: &str) -> bool {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    !digits.is_empty() && ["", "K", "M", "G", "T"].contains(&unit.to_ascii_uppercase().as_str())
+}
+
 /// herdctl's strict docker schemas: unknown keys are errors with a did-you-mean, values are type- and
 /// format-checked. For an agent (`agent_file` set), the fleet-only options written in the agent file itself
 /// load with a warning (herdctl's `AgentDockerSchema` leaves them out); from `defaults.docker` or
@@ -1584,6 +1729,76 @@ mod tests {
                 ("plugins", "expected a list, got the string \"./p\""),
                 ("1", "keys must be strings"),
             ],
+        );
+    }
+
+    #[test]
+    fn a_slurm_executor_is_typed_and_defaults_give_it_to_every_agent() {
+        let agent = build_with(
+            Some("executor: {type: slurm, partition: gpu, cpus: 4, mem: 16G, time: 2h, gres: 'gpu:1', extra_args: ['--nice=10']}\n"),
+            "name: a\nexecutor: {qos: high}\n",
+        );
+        assert!(agent.errors.is_empty(), "{:#?}", agent.errors);
+        assert_eq!(
+            agent.agent.unwrap().executor,
+            ExecutorConfig::Slurm(SlurmConfig {
+                partition: Some("gpu".into()),
+                cpus: Some(4),
+                mem: Some("16G".into()),
+                time: Some(Duration::from_secs(7200)),
+                gres: Some("gpu:1".into()),
+                qos: Some("high".into()),
+                extra_args: vec!["--nice=10".into()],
+                ..SlurmConfig::default()
+            })
+        );
+        assert_eq!(accepted("name: a\n").executor, ExecutorConfig::Local);
+        // An agent that runs locally under defaults that say slurm: the slurm keys are ignored, with a word.
+        let local = build_with(
+            Some("executor: {type: slurm, partition: gpu}\n"),
+            "name: a\nexecutor: {type: local}\n",
+        );
+        assert_eq!(local.agent.unwrap().executor, ExecutorConfig::Local);
+        assert!(
+            has(
+                &local.warnings,
+                "herdctl.yaml",
+                "defaults.executor.partition",
+                "ignored"
+            ),
+            "{:#?}",
+            local.warnings
+        );
+    }
+
+    #[test]
+    fn executor_settings_are_strict_and_a_planned_type_says_it_is_not_built() {
+        assert_exactly(
+            &refused("name: a\nexecutor: {type: slurm, partiton: x, cpus: 0, mem: lots, time: soon, herdctld_bin: bin/herdctld, extra_args: [--job-name=x, debug]}\n"),
+            &[
+                ("executor.partiton", "did you mean \"partition\"?"),
+                ("executor.cpus", "at least 1"),
+                ("executor.mem", "invalid mem \"lots\""),
+                ("executor.time", "invalid duration \"soon\""),
+                ("executor.herdctld_bin", "must be an absolute path"),
+                ("executor.extra_args[0]", "--job-name is set by herdctld"),
+                ("executor.extra_args[1]", "--option=value"),
+            ],
+        );
+        assert_exactly(
+            &refused("name: a\nexecutor: {type: kubernetes}\n"),
+            &[(
+                "executor.type",
+                "executor type \"kubernetes\" is planned, not built yet",
+            )],
+        );
+        assert_exactly(
+            &refused("name: a\nexecutor: {type: slrum}\n"),
+            &[("executor.type", "did you mean \"slurm\"?")],
+        );
+        assert_exactly(
+            &refused("name: a\nexecutor: {partition: x}\n"),
+            &[("executor", "missing required key \"type\"")],
         );
     }
 

@@ -32,9 +32,12 @@ const EXIT_CONFIG: u8 = 78;
     name = "herdctld",
     version,
     about = "Runs a fleet of coding agents on schedules and on demand; serves JSON-RPC on a Unix socket",
-    after_help = "Examples:\n  herdctld --config examples/demo\n  herdctld --config /etc/herdctl/herdctl.yaml --state /var/lib/herdctld --log-format json"
+    after_help = "Examples:\n  herdctld --config examples/demo\n  herdctld --config /etc/herdctl/herdctl.yaml --state /var/lib/herdctld --log-format json",
+    args_conflicts_with_subcommands = true
 )]
 pub struct DaemonArgs {
+    #[command(subcommand)]
+    pub command: Option<DaemonCommand>,
     /// Fleet file, directory with herdctl.yaml, directory of agent files, or one agent file.
     /// Default: herdctl.yaml in the working directory or a parent.
     #[arg(long, short = 'c')]
@@ -95,6 +98,18 @@ pub struct DaemonArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// What the binary does instead of serving a fleet.
+#[derive(Debug, clap::Subcommand)]
+pub enum DaemonCommand {
+    /// Runs one job where a cluster engine placed it, writing its output as framed lines on stdout. The
+    /// daemon submits this for agents whose `executor` is a cluster; it is not for interactive use.
+    ExecShim {
+        /// The run spec the daemon wrote (`<state>/executor/<job-id>.spec.json`).
+        #[arg(long)]
+        spec: PathBuf,
+    },
+}
+
 impl DaemonArgs {
     /// The fleet these arguments describe, logging to `logs`. `--state` defaults to systemd's
     /// `$STATE_DIRECTORY`; what is not given keeps the FleetManager's defaults.
@@ -141,6 +156,9 @@ fn saturating_usize(n: u64) -> usize {
 /// Runs the daemon to completion; the binary's `main`.
 pub fn main() -> ExitCode {
     let args = DaemonArgs::parse();
+    if let Some(DaemonCommand::ExecShim { spec }) = &args.command {
+        return crate::executor::shim::main(spec);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -177,7 +195,7 @@ async fn run(args: DaemonArgs) -> ExitCode {
             "cannot become a child subreaper; escaped job processes may outlive their job: {e}"
         );
     }
-    let reaper = spawn_orphan_reaper();
+    let reaper = crate::runner::spawn_orphan_reaper();
 
     let fleet = FleetManager::new(args.fleet_options(logs));
     if let Err(e) = fleet.initialize().await {
@@ -305,29 +323,4 @@ async fn run(args: DaemonArgs) -> ExitCode {
     }
     tracing::info!("herdctld exiting");
     exit
-}
-
-/// The shortest time between two scans for adopted zombies.
-const ORPHAN_SCAN_SPACING: Duration = Duration::from_millis(100);
-
-/// As a subreaper the daemon inherits job descendants that escaped their process group; reap them as they
-/// die so none stays a zombie. Returns `None` (and logs) if SIGCHLD cannot be watched.
-fn spawn_orphan_reaper() -> Option<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::child()) {
-        Ok(mut children) => Some(tokio::spawn(async move {
-            while children.recv().await.is_some() {
-                crate::runner::reap_adopted_zombies();
-                // A scan reads all of /proc; one per burst of exits is enough (signals coalesce while
-                // we wait), and an orphan stays a zombie at most this long.
-                tokio::time::sleep(ORPHAN_SCAN_SPACING).await;
-            }
-        })),
-        Err(e) => {
-            tracing::warn!(
-                "cannot watch SIGCHLD; adopted orphans are reaped only when jobs end: {e}"
-            );
-            None
-        }
-    }
 }

@@ -162,7 +162,7 @@ impl FleetManager {
             let not_found = || FleetError::JobNotFound {
                 job_id: id.to_string(),
             };
-            match core.jobs.get(&job_id).map(|active| active.status()) {
+            match core.jobs.get(&job_id).map(|active| active.holds_slot()) {
                 // Ended, its final record perhaps still being written: reply once it is.
                 None => match core.jobs.waiter(&job_id) {
                     Some(ending) => (None, TerminationType::AlreadyStopped, ending),
@@ -174,7 +174,8 @@ impl FleetManager {
                     }
                     None => return Err(not_found()),
                 },
-                Some(JobStatus::Queued) => {
+                // In the fleet's queue: it never ran.
+                Some(false) => {
                     supervise::finish_without_running(
                         self,
                         &mut core,
@@ -184,7 +185,8 @@ impl FleetManager {
                     let ending = core.jobs.waiter(&job_id).ok_or_else(not_found)?;
                     (None, TerminationType::Graceful, ending)
                 }
-                Some(_) => {
+                // Placed: its executor stops it (a cluster engine also drops it from its own queue).
+                Some(true) => {
                     let ticket = core.jobs.request_cancel(&job_id).ok_or_else(not_found)?;
                     let grace = grace
                         .or_else(|| ticket.agent.as_ref().map(|a| a.stop_grace))
@@ -214,7 +216,7 @@ impl FleetManager {
             .core()
             .jobs
             .iter()
-            .filter(|a| a.is_running())
+            .filter(|a| a.holds_slot())
             .map(|a| a.id().clone())
             .collect();
         let cancels = running.into_iter().map(|id| {

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::FleetConfig;
+use crate::executor::ExecutorContext;
 use crate::job::JobId;
 use crate::metrics::Metrics;
 use crate::scheduler::{ScheduleKey, SchedulerHandle};
@@ -57,6 +58,9 @@ pub(super) struct Core {
     /// same reason as `writer`.
     pub(super) records: Option<RecordWriter>,
     pub(super) state_dir: Option<StateDir>,
+    /// What every executor shares (the state directory's exchange files, the owner tag); set with
+    /// `state_dir`.
+    pub(super) executors: Option<ExecutorContext>,
     pub(super) store: Option<JobStore>,
     pub(super) persisted: PersistedState,
     /// The agents' session pointers (`sessions/`).
@@ -226,6 +230,7 @@ impl Core {
             writer: None,
             records: None,
             state_dir: None,
+            executors: None,
             store: None,
             persisted: PersistedState::default(),
             sessions: SessionBook::default(),

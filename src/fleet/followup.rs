@@ -22,6 +22,17 @@ use super::error::ValidationIssue;
 /// A claimed work item and the source it must be reported back to.
 pub(super) type ClaimedWork = (Arc<dyn WorkSource>, WorkItem);
 
+/// The work item a job claimed from its schedule's source, as its record says, with that source: to report
+/// back when a job a previous daemon left ends.
+pub(super) fn claimed_work(
+    sources: &HashMap<ScheduleKey, Arc<dyn WorkSource>>,
+    job: &Job,
+) -> Option<ClaimedWork> {
+    let source = sources.get(&ScheduleKey::new(&job.agent, job.schedule.as_ref()?))?;
+    let item = serde_json::from_value(job.work_item.clone()?).ok()?;
+    Some((source.clone(), item))
+}
+
 /// Looks a secret up in the environment first, then in the fleet's `.env` (which never overrides it).
 fn secret_lookup(config: &FleetConfig) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
     let dotenv = config.dotenv.clone();

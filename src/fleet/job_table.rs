@@ -1,8 +1,9 @@
 //! The fleet's jobs that have not finished: each active job, the queue, the running count per agent, the
 //! jobs still ending (final record being written) and the ids reserved for records still being written.
 //! Every change of a job's state is a method here, so the counts, the queue and the jobs themselves cannot
-//! drift apart (the fields are private). An active job's life is a type (`Phase`: queued, or running
-//! with its start and process); its record is made from it, so no field is set or cleared by hand.
+//! drift apart (the fields are private). An active job's life is a type (`Phase`: queued, or placed with
+//! its run: running, or held in a cluster engine's queue); its record is made from it, so no field is set
+//! or cleared by hand.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,8 +12,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::config::{AgentConfig, ScheduleConfig};
-use crate::job::{Job, JobId, JobStatus};
-use crate::runner::{Canceller, ProcessInfo, RunHandle, RunOutcome};
+use crate::executor::{Progress, Run, RunCanceller};
+use crate::job::{ExecutorRun, Job, JobId, JobStatus};
+use crate::runner::{ProcessInfo, RunOutcome};
 
 use super::followup::ClaimedWork;
 use super::output::OutputHub;
@@ -51,16 +53,42 @@ pub(super) struct ActiveJob {
 
 /// Where an active job is in its life.
 enum Phase {
+    /// In the fleet's queue.
     Queued,
-    Running(Run),
+    /// Given a slot and handed to its executor.
+    Placed(Placement),
 }
 
-/// A started job's run.
-struct Run {
-    started_at: DateTime<Utc>,
-    /// None when the spawn failed: the supervisor finalizes that run from its outcome like any other.
+/// A job's run, as its executor placed it.
+struct Placement {
+    /// When its processes started; `None` while a cluster engine holds it in its queue (the job is `queued`
+    /// then, and holds its slot).
+    started_at: Option<DateTime<Utc>>,
+    /// The local leader; `None` on a cluster, or when the spawn failed (the supervisor finalizes that run
+    /// from its outcome like any other).
     process: Option<ProcessInfo>,
-    canceller: Canceller,
+    /// Where a cluster engine runs it.
+    cluster: Option<ExecutorRun>,
+    canceller: RunCanceller,
+}
+
+impl Placement {
+    /// The placement of `run`: a local run has started; a cluster run starts when its engine says so.
+    fn of(run: &Run, started_at: Option<DateTime<Utc>>) -> Placement {
+        Placement {
+            started_at: match run.cluster() {
+                None => Some(started_at.unwrap_or_else(Utc::now)),
+                Some(_) => started_at,
+            },
+            process: run.process(),
+            cluster: run.cluster().map(|executor| ExecutorRun {
+                executor: executor.to_owned(),
+                id: None,
+                pending_reason: None,
+            }),
+            canceller: run.canceller(),
+        }
+    }
 }
 
 impl ActiveJob {
@@ -76,26 +104,30 @@ impl ActiveJob {
         self.created.schedule.as_deref()
     }
 
-    pub(super) fn status(&self) -> JobStatus {
-        match self.phase {
-            Phase::Queued => JobStatus::Queued,
-            Phase::Running(_) => JobStatus::Running,
-        }
+    /// Whether the job holds a slot of its agent and of the fleet: running, or handed to a cluster engine
+    /// that holds it in its queue.
+    pub(super) fn holds_slot(&self) -> bool {
+        matches!(self.phase, Phase::Placed(_))
     }
 
-    pub(super) fn is_running(&self) -> bool {
-        matches!(self.phase, Phase::Running(_))
+    /// Whether its processes have started (`job:started` was told).
+    pub(super) fn has_started(&self) -> bool {
+        matches!(&self.phase, Phase::Placed(placed) if placed.started_at.is_some())
     }
 
     /// The job's record as it is now.
     pub(super) fn record(&self) -> Job {
         let mut job = self.created.clone();
-        if let Phase::Running(run) = &self.phase {
-            job.status = JobStatus::Running;
-            job.started_at = Some(run.started_at);
-            job.pid = run.process.map(|p| p.pid);
-            job.pgid = run.process.map(|p| p.pgid);
-            job.process_start_time = run.process.and_then(|p| p.start_time);
+        if let Phase::Placed(placed) = &self.phase {
+            job.status = match placed.started_at {
+                Some(_) => JobStatus::Running,
+                None => JobStatus::Queued,
+            };
+            job.started_at = placed.started_at;
+            job.pid = placed.process.map(|p| p.pid);
+            job.pgid = placed.process.map(|p| p.pgid);
+            job.process_start_time = placed.process.and_then(|p| p.start_time);
+            job.executor_run = placed.cluster.clone();
         }
         job
     }
@@ -104,8 +136,9 @@ impl ActiveJob {
     /// `output_truncated` when the storage cap dropped lines.
     pub(super) fn final_record(&self, outcome: &RunOutcome, output_truncated: bool) -> Job {
         let mut job = self.created.clone();
-        if let Phase::Running(run) = &self.phase {
-            job.started_at = Some(run.started_at);
+        if let Phase::Placed(placed) = &self.phase {
+            job.started_at = placed.started_at;
+            job.executor_run = placed.cluster.clone();
         }
         job.end(Utc::now(), outcome.status.into(), outcome.exit_reason);
         job.exit_code = outcome.exit_code;
@@ -127,7 +160,7 @@ impl ActiveJob {
 
 /// What a cancel of a running job needs once the lock is released.
 pub(super) struct CancelTicket {
-    pub(super) canceller: Option<Canceller>,
+    pub(super) canceller: Option<RunCanceller>,
     pub(super) finished: watch::Receiver<Option<Job>>,
     pub(super) agent: Option<Arc<AgentConfig>>,
 }
@@ -255,23 +288,39 @@ impl JobTable {
         }
     }
 
-    /// Marks an active job running with the process `handle` runs for it, and counts it; returns the
-    /// record as it is now.
-    pub(super) fn start(
-        &mut self,
-        id: &JobId,
-        agent: Arc<AgentConfig>,
-        handle: &RunHandle,
-    ) -> Option<Job> {
+    /// Places an active job with the `run` its executor started for it, and counts it; returns the record
+    /// as it is now.
+    pub(super) fn start(&mut self, id: &JobId, agent: Arc<AgentConfig>, run: &Run) -> Option<Job> {
         let active = self.active.get_mut(id)?;
-        let was_running = active.is_running();
         active.agent = Some(agent);
-        active.phase = Phase::Running(Run {
-            started_at: Utc::now(),
-            process: handle.process(),
-            canceller: handle.canceller(),
-        });
-        if !was_running {
+        let placement = Placement::of(run, None);
+        self.place(id, placement)
+    }
+
+    /// Takes up a cluster run a previous daemon left: its record as read (`queued` or `running`, its
+    /// engine's id), its agent if still configured, and the `run` re-attached to it; counted like any run.
+    pub(super) fn adopt(
+        &mut self,
+        job: Job,
+        agent: Option<Arc<AgentConfig>>,
+        context: RunContext,
+        run: &Run,
+    ) -> Option<Job> {
+        let id = job.id.clone();
+        let mut placement = Placement::of(run, job.started_at);
+        placement.cluster = job.executor_run.clone();
+        self.insert(job, context);
+        if let Some(active) = self.active.get_mut(&id) {
+            active.agent = agent;
+        }
+        self.place(&id, placement)
+    }
+
+    fn place(&mut self, id: &JobId, placement: Placement) -> Option<Job> {
+        let active = self.active.get_mut(id)?;
+        let was_placed = active.holds_slot();
+        active.phase = Phase::Placed(placement);
+        if !was_placed {
             *self
                 .running
                 .entry(active.created.agent.clone())
@@ -280,16 +329,37 @@ impl JobTable {
         Some(active.record())
     }
 
-    /// A running job's new run (fresh, after its resumed session was gone): the session it no longer
-    /// resumes, and its record with the new process.
-    pub(super) fn restart(&mut self, id: &JobId, handle: &RunHandle) -> Option<Job> {
+    /// A placed job's new run (fresh, after its resumed session was gone): its record with the new run.
+    pub(super) fn restart(&mut self, id: &JobId, run: &Run) -> Option<Job> {
         let active = self.active.get_mut(id)?;
-        let Phase::Running(run) = &mut active.phase else {
+        let Phase::Placed(placed) = &mut active.phase else {
             return None;
         };
-        run.process = handle.process();
-        run.canceller = handle.canceller();
+        let started_at = placed.started_at;
+        *placed = Placement::of(run, started_at);
         Some(active.record())
+    }
+
+    /// A cluster run moved: its record as it is now, and whether its processes started just now.
+    pub(super) fn progress(&mut self, id: &JobId, progress: &Progress) -> Option<(Job, bool)> {
+        let active = self.active.get_mut(id)?;
+        let Phase::Placed(placed) = &mut active.phase else {
+            return None;
+        };
+        let cluster = placed.cluster.as_mut()?;
+        let mut started_now = false;
+        match progress {
+            Progress::Submitted(engine_id) => cluster.id = Some(engine_id.clone()),
+            Progress::Pending(reason) => cluster.pending_reason = Some(reason.clone()),
+            Progress::Running => {
+                cluster.pending_reason = None;
+                if placed.started_at.is_none() {
+                    placed.started_at = Some(Utc::now());
+                    started_now = true;
+                }
+            }
+        }
+        Some((active.record(), started_now))
     }
 
     /// The session a running job resumed, forgotten before it runs again fresh.
@@ -302,7 +372,7 @@ impl JobTable {
         let active = self.active.get_mut(id)?;
         active.cancel_requested = true;
         let canceller = match &active.phase {
-            Phase::Running(run) => Some(run.canceller.clone()),
+            Phase::Placed(placed) => Some(placed.canceller.clone()),
             Phase::Queued => None,
         };
         Some(CancelTicket {
@@ -316,7 +386,7 @@ impl JobTable {
     pub(super) fn finish(&mut self, id: &JobId) -> Option<ActiveJob> {
         let active = self.active.remove(id)?;
         self.queue.remove(id);
-        if active.is_running() {
+        if active.holds_slot() {
             let agent = active.agent_name();
             if let Some(count) = self.running.get_mut(agent) {
                 *count -= 1;

@@ -1,5 +1,5 @@
-//! The fleet's lifecycle: initialize (load, open the state, recover interrupted jobs), start, stop, flush
-//! and reload.
+//! The fleet's lifecycle: initialize (load, open the state, recover interrupted jobs, take up the cluster
+//! runs a previous daemon left), start, stop, flush and reload.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::config::{self, FleetConfig};
+use crate::executor::ExecutorContext;
 use crate::job::{ExitReason, JobError, JobStatus};
 use crate::metrics::Metrics;
 use crate::scheduler::{ScheduleKey, Scheduler};
@@ -19,6 +20,7 @@ use super::events::{report_state_error, EventBus, FleetEvent};
 use super::followup;
 use super::info::ReloadResult;
 use super::manager::{FleetManager, StopOptions};
+use super::reattach::{Adoption, Listings};
 use super::record_writer::RecordWriter;
 use super::schedules::{apply_plans, schedule_plans};
 use super::sessions::SessionBook;
@@ -38,6 +40,9 @@ struct Loaded {
     state_issues: Vec<String>,
     retained: Retained,
     work_sources: HashMap<ScheduleKey, Arc<dyn WorkSource>>,
+    executors: ExecutorContext,
+    adoptions: Vec<Adoption>,
+    listings: Listings,
 }
 
 /// What retention did to the history at initialization.
@@ -107,6 +112,7 @@ impl FleetManager {
         let history = self.options().history.clone();
         let events = self.events().clone();
         let metrics = self.metrics().clone();
+        let runtime = tokio::runtime::Handle::current();
         let loaded = tokio::task::spawn_blocking(move || {
             let config = config::load(requested.as_deref()).map_err(config_error)?;
             let host_timezone = crate::scheduler::host_timezone();
@@ -127,8 +133,18 @@ impl FleetManager {
             let pruning = store.plan_prune(&retention, Utc::now(), &|_| false);
             let pruned_at_start = pruning.doomed.len();
             let deleted = store.forget(&pruning.doomed).delete();
-            // Here, before the fleet's lock guards the store: recovery rewrites records.
-            recover_interrupted(&mut store, &work_sources, &events, &metrics);
+            // Here, before the fleet's lock guards the store: recovery rewrites records. Cluster engines
+            // are asked first which runs they have: those jobs are taken up again, not interrupted.
+            let executors = ExecutorContext::new(state_dir.exchange(), state_dir.root());
+            let cluster_records: Vec<_> = store
+                .non_terminal()
+                .into_iter()
+                .filter_map(|id| store.get(&id).ok().flatten())
+                .filter(|job| job.executor_run.is_some())
+                .collect();
+            let listings = Listings::gather(&runtime, &config, &cluster_records, &executors);
+            let adoptions =
+                recover_interrupted(&mut store, &work_sources, &listings, &events, &metrics);
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;
@@ -171,6 +187,9 @@ impl FleetManager {
                 state_issues,
                 retained,
                 work_sources,
+                executors,
+                adoptions,
+                listings,
             })
         })
         .await
@@ -190,6 +209,9 @@ impl FleetManager {
             state_issues: session_issues,
             retained,
             work_sources,
+            executors,
+            adoptions,
+            listings,
         } = loaded;
 
         for warning in &config.warnings {
@@ -214,6 +236,7 @@ impl FleetManager {
             core.host_timezone = host_timezone;
             core.writer = Some(StateWriter::start(&state_dir, self.events().clone()));
             core.records = Some(RecordWriter::start(store.files(), self.events().clone()));
+            core.executors = Some(executors);
             core.state_dir = Some(state_dir);
             core.store = Some(store);
             core.persisted = persisted;
@@ -221,6 +244,7 @@ impl FleetManager {
             core.work_sources = work_sources;
             core.lifecycle = FleetState::Initialized;
         }
+        self.reattach(adoptions, &listings);
         tracing::info!("fleet initialized");
         self.events().emit(FleetEvent::Initialized);
         if self.options().auto_start {
@@ -461,17 +485,24 @@ impl FleetManager {
 }
 
 /// Jobs a dead daemon left queued or running: end any process still alive (guarding against pid
-/// reuse) and mark the record failed with exit reason `interrupted`.
+/// reuse) and mark the record failed with exit reason `interrupted`; except a job on a cluster engine whose
+/// run the engine has (`listings`): it is returned, to be taken up again.
 fn recover_interrupted(
     store: &mut JobStore,
     sources: &HashMap<ScheduleKey, Arc<dyn WorkSource>>,
+    listings: &Listings,
     events: &EventBus,
     metrics: &Metrics,
-) {
+) -> Vec<Adoption> {
+    let mut adoptions = Vec::new();
     for id in store.non_terminal() {
         let Ok(Some(mut job)) = store.get(&id) else {
             continue;
         };
+        if let Some(engine_id) = listings.engine_id(&job) {
+            adoptions.push(Adoption { job, engine_id });
+            continue;
+        }
         if let (Some(pid), Some(pgid), Some(start_time)) =
             (job.pid, job.pgid, job.process_start_time)
         {
@@ -500,15 +531,11 @@ fn recover_interrupted(
         metrics.job_finished(&job);
         tracing::warn!(job_id = %id, agent = %job.agent, "job marked interrupted after a daemon restart");
         // Its work item is still labelled in progress: give it back.
-        let claimed = job.schedule.as_ref().and_then(|schedule| {
-            let source = sources.get(&ScheduleKey::new(&job.agent, schedule))?;
-            let item = serde_json::from_value(job.work_item.clone()?).ok()?;
-            Some((source.clone(), item))
-        });
-        if let Some(work) = claimed {
+        if let Some(work) = followup::claimed_work(sources, &job) {
             followup::report_work(work, &job);
         }
     }
+    adoptions
 }
 
 /// Claude refuses `bypassPermissions` when run as root (its jobs would all fail at once): say so at load.

@@ -5,9 +5,11 @@
 //! Cut by concern, each over the shared state in `core` (whose jobs not yet finished are a `job_table`,
 //! changed only through its methods):
 //! - `manager` — the cheap handle (`FleetManager`) and the call options; `lifecycle` (initialize, start,
-//!   stop, flush, reload); `queries` (status, agents, jobs, schedules, queue, streams);
+//!   stop, flush, reload), with `reattach` (cluster runs a previous daemon left, taken up again at
+//!   initialization); `queries` (status, agents, jobs, schedules, queue, streams);
 //! - `admission` (trigger, fork, cancel; start now, queue or refuse), `schedules` (fires, enable/disable,
-//!   the scheduler's plans), `supervise` (a run: spawn, output pump, finalization, dispatching the queue);
+//!   the scheduler's plans), `supervise` (a run: handed to the agent's executor, output pump, a cluster
+//!   run's progress, finalization, dispatching the queue);
 //! - `records` (a record's write: indexed and queued under the lock) and `record_writer` (writes them,
 //!   in order, outside it), `spec` (an agent's config as a run spec),
 //!   `budget` (cost totals and daily budgets: an agent's day, its spend, the refusal of a run);
@@ -41,6 +43,7 @@ mod options;
 mod output;
 mod queries;
 mod queue;
+mod reattach;
 mod record_writer;
 mod records;
 mod schedules;

@@ -166,7 +166,7 @@ impl FleetManager {
         let current_jobs: Vec<String> = core
             .jobs
             .iter()
-            .filter(|a| a.agent_name() == agent.name && a.is_running())
+            .filter(|a| a.agent_name() == agent.name && a.holds_slot())
             .map(|a| a.id().to_string())
             .collect();
         let last_job = store
@@ -378,7 +378,7 @@ impl FleetManager {
                 .filter(|a| {
                     a.agent_name() == agent.name
                         && a.schedule_name() == Some(&schedule.name)
-                        && a.is_running()
+                        && a.holds_slot()
                 })
                 .count(),
         }

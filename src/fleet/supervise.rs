@@ -12,10 +12,11 @@ use std::sync::{Arc, Weak};
 use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
+use crate::executor::{Executor, Progress, ProgressFn, Run, RunFiles};
 use crate::job::{
     timestamp_json, ExitReason, Job, JobId, JobStatus, OutputLine, SerializedLines, TerminationType,
 };
-use crate::runner::{self, OutputEvent, RunHandle, RunOutcome};
+use crate::runner::{self, OutputEvent, RunOutcome};
 use crate::state::{Durability, OutputWriter, PrunedFiles, StagedRecord};
 
 use super::core::{may_start, Core, Shared, WhenFull};
@@ -38,11 +39,19 @@ pub(super) struct JobFinished {
     job: Job,
     landing: Option<Landing>,
     pruned: Option<Pruned>,
+    /// A cluster run's exchange files, removed once the final record is written (until then they are the
+    /// run's record).
+    run_files: Option<RunFiles>,
     fleet: Weak<Shared>,
     jobs_changed: Arc<tokio::sync::Notify>,
 }
 
 impl JobFinished {
+    /// Also removes a cluster run's exchange files once the final record is written.
+    fn with_run_files(self, run_files: Option<RunFiles>) -> JobFinished {
+        JobFinished { run_files, ..self }
+    }
+
     /// Waits, in a task of its own, for the final record to land and the pruned history to be deleted
     /// (in the blocking pool, outside the fleet lock), then tells the job's waiters it has ended. Until
     /// then the job table answers for the job (a waiter then never finds files of a pruned job, nor a
@@ -57,6 +66,7 @@ impl JobFinished {
             job,
             landing,
             pruned,
+            run_files,
             fleet,
             jobs_changed,
         } = self;
@@ -64,6 +74,9 @@ impl JobFinished {
             Some(landing) => landing.wait().await,
             None => None,
         };
+        if let Some(files) = run_files {
+            files.remove().await;
+        }
         let released = match pruned {
             Some(pruned) => pruned.delete().await,
             None => Vec::new(),
@@ -137,15 +150,22 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         }
         return;
     }
+    let Some(executors) = core.executors.clone() else {
+        finish_without_running(manager, core, id, "the fleet is not initialized");
+        return;
+    };
+    let executor = Executor::for_config(&agent.executor, &executors);
     let agent = Arc::new(agent);
     let output_cap = spec::stored_output_cap(&agent);
     let (output_tx, output_rx) = mpsc::channel(OUTPUT_QUEUE);
+    let mut first_seq = 0;
     if core.jobs.get(id).is_some_and(|a| a.context.resume_latest) {
         let resumption = core.sessions.resume(&agent, Utc::now());
         core.save_session(resumption.write);
         if let Some(notice) = resumption.notice {
             // The channel is new and empty: the notice is the job's first line.
             let _ = output_tx.try_send(system_notice("session_reset", notice));
+            first_seq = 1;
         }
         core.jobs.set_resume_session(id, resumption.session_id);
     }
@@ -155,12 +175,11 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let dotenv = core.config.as_ref().map(|config| &config.dotenv);
     let spec = spec::run_spec(&agent, &active.record(), &active.context, dotenv);
     let hub = active.hub.clone();
-    // Spawned here, on a runtime worker thread: the child's parent-death signal is tied to this thread.
-    let handle = runner::start(spec, output_tx);
-    let Some(job) = core.jobs.start(id, agent, &handle) else {
+    // Started here, on a runtime worker thread: a local child's parent-death signal is tied to this thread.
+    let run = executor.start(spec, first_seq, output_tx, progress_of(manager, id));
+    let Some(job) = core.jobs.start(id, agent, &run) else {
         return;
     };
-    manager.metrics().job_started(&job.agent);
     // Not fsynced: the pid matters only if the daemon dies, and the page cache survives that; after a
     // machine crash the process is gone anyway. Creation and the final record are fsynced.
     if let Err(e) = records::put(core, &job, Durability::Process) {
@@ -170,22 +189,20 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     // A root span: a queued job starts while another job is being finalized, and a child of that job's span
     // would chain every later job to it (each log line naming all of them, none ever freed).
     let span = tracing::info_span!(parent: None, "job", agent = %job.agent, job_id = %id);
-    span.in_scope(|| match job.pid {
-        Some(pid) => tracing::info!(pid, "job started"),
-        None => tracing::debug!("job did not spawn"),
+    span.in_scope(|| match (job.pid, run.cluster()) {
+        (Some(pid), _) => tracing::info!(pid, "job started"),
+        (None, Some(executor)) => tracing::info!(executor, "job submitted"),
+        (None, None) => tracing::debug!("job did not spawn"),
     });
-    manager.events().emit(FleetEvent::JobStarted {
-        job: Box::new(job.clone()),
-    });
-    manager.events().emit(FleetEvent::AgentStarted {
-        agent_name: job.agent.clone(),
-        job_id: id.to_string(),
-    });
+    // A cluster run starts when its engine says so (`progress_of`).
+    if run.cluster().is_none() {
+        announce_start(manager, &job);
+    }
     tokio::spawn(tracing::Instrument::instrument(
         supervise(
             manager.clone(),
             id.clone(),
-            handle,
+            run,
             output_rx,
             output_path.map(|path| (path, output_cap)),
             hub,
@@ -194,16 +211,69 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     ));
 }
 
+/// `job:started` and `agent:started` for a job whose processes just started.
+fn announce_start(manager: &FleetManager, job: &Job) {
+    manager.metrics().job_started(&job.agent);
+    manager.events().emit(FleetEvent::JobStarted {
+        job: Box::new(job.clone()),
+    });
+    manager.events().emit(FleetEvent::AgentStarted {
+        agent_name: job.agent.clone(),
+        job_id: job.id.to_string(),
+    });
+}
+
+/// What a cluster run's moves do to its job: the engine's id is recorded (so a restarted daemon re-attaches
+/// to it), a reason to wait in the engine's queue is told as `job:queued` (position 0: not the fleet's
+/// queue), and the start of its processes as `job:started` (before its first output line, which the run
+/// delivers only after this returns).
+pub(super) fn progress_of(manager: &FleetManager, id: &JobId) -> ProgressFn {
+    let fleet = Arc::downgrade(&manager.shared);
+    let id = id.clone();
+    Arc::new(move |progress: Progress| {
+        let Some(shared) = fleet.upgrade() else {
+            return;
+        };
+        let manager = FleetManager { shared };
+        let mut core = manager.core();
+        let Some((job, started_now)) = core.jobs.progress(&id, &progress) else {
+            return;
+        };
+        match progress {
+            Progress::Submitted(_) => {
+                if let Err(e) = records::put(&mut core, &job, Durability::Process) {
+                    tracing::error!(job_id = %id, "the cluster run's id could not be saved: {e}");
+                }
+            }
+            Progress::Pending(reason) => {
+                tracing::info!(job_id = %id, reason, "job waits in its cluster engine's queue");
+                manager.events().emit(FleetEvent::JobQueued {
+                    job: Box::new(job),
+                    position: 0,
+                });
+            }
+            Progress::Running if started_now => {
+                if let Err(e) = records::put(&mut core, &job, Durability::Process) {
+                    tracing::error!(job_id = %id, "job runs but its record could not be saved: {e}");
+                }
+                tracing::info!(job_id = %id, "job started on its cluster engine");
+                announce_start(&manager, &job);
+            }
+            Progress::Running => {}
+        }
+    })
+}
+
 /// Output events (each up to a pipe read of lines) queued between a run and its pump; small, so that a
 /// pump held back by its readers holds the job back instead of buffering its output.
-const OUTPUT_QUEUE: usize = 16;
+pub(super) const OUTPUT_QUEUE: usize = 16;
 
 /// Pumps a running job's output and finalizes it when both the process and its output have ended. A run
 /// that resumed a session Claude no longer has is run again once, fresh, under the same job.
-async fn supervise(
+pub(super) async fn supervise(
     manager: FleetManager,
     id: JobId,
-    handle: RunHandle,
+    run: Run,
     output: mpsc::Receiver<OutputEvent>,
     output_file: Option<(PathBuf, u64)>,
     hub: OutputHub,
@@ -212,21 +282,30 @@ async fn supervise(
         Some((path, cap)) => open_output(manager.events(), &id, path, cap).await,
         None => None,
     };
+    // A run taken up after a daemon restart continues the job's output after what the file has.
+    let next_seq = writer
+        .as_ref()
+        .and_then(OutputWriter::last_seq)
+        .map_or(0, |last| last + 1);
     let mut pump = Pump {
         events: manager.events().clone(),
         metrics: manager.metrics().clone(),
         job_id: id.to_string(),
-        next_seq: 0,
+        next_seq,
         writer,
         write_failed: false,
         hub,
     };
-    let mut run = (handle, output);
+    let mut run_files = run.files();
+    let mut run = (run, output);
     let outcome = loop {
         let (handle, mut output) = run;
         let (outcome, ()) = tokio::join!(handle.wait(), pump.drain(&mut output));
-        match restart_fresh(&manager, &id, outcome) {
-            AfterRun::Again(next) => run = next,
+        match restart_fresh(&manager, &id, outcome, pump.next_seq) {
+            AfterRun::Again(next) => {
+                run_files = run_files.or_else(|| next.0.files());
+                run = *next;
+            }
             AfterRun::Stands(outcome) => break outcome,
         }
     };
@@ -252,7 +331,8 @@ async fn supervise(
         outcome,
         output_truncated,
         staged,
-    );
+    )
+    .map(|finished| finished.with_run_files(run_files));
     drop(manager);
     if let Some(finished) = finished {
         finished.signal();
@@ -363,6 +443,20 @@ impl Pump {
                         }
                     }
                 }
+                // Numbered by the exec-shim: a seq the output already has was relayed before a restart.
+                OutputEvent::Relayed(relayed) => {
+                    for line in &relayed {
+                        if line.seq < self.next_seq {
+                            continue;
+                        }
+                        match lines.push_line(line) {
+                            Ok(()) => self.next_seq = line.seq + 1,
+                            Err(e) => {
+                                tracing::error!(seq = line.seq, "output line not serialisable: {e}")
+                            }
+                        }
+                    }
+                }
             }
         }
         lines
@@ -408,7 +502,7 @@ enum AfterRun {
     /// The job ends with this outcome.
     Stands(RunOutcome),
     /// The job runs again: its new run.
-    Again((RunHandle, mpsc::Receiver<OutputEvent>)),
+    Again(Box<(Run, mpsc::Receiver<OutputEvent>)>),
 }
 
 /// Whether a run that ended with `outcome` is run again, fresh: it resumed a session (not as a fork)
@@ -431,8 +525,14 @@ fn run_again_fresh(context: &RunContext, cancel_requested: bool, outcome: &mut R
 }
 
 /// After a run that resumed a session Claude did not find (and was not cancelled): the agent's pointer
-/// is cleared and the job runs again, fresh, once.
-fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) -> AfterRun {
+/// is cleared and the job runs again, fresh, once, on the same executor; its output follows the run
+/// before's, whose next seq is `next_seq`.
+fn restart_fresh(
+    manager: &FleetManager,
+    id: &JobId,
+    mut outcome: RunOutcome,
+    next_seq: u64,
+) -> AfterRun {
     let mut core = manager.core();
     let core = &mut *core;
     let Some(active) = core.jobs.get(id) else {
@@ -446,7 +546,7 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
     }
     let gone = core.jobs.take_resume_session(id);
     tracing::warn!(job_id = %id, session = gone.as_deref().unwrap_or(""), "resumed session not found; running again with a fresh session");
-    let Some(active) = core.jobs.get(id) else {
+    let (Some(active), Some(executors)) = (core.jobs.get(id), core.executors.as_ref()) else {
         return AfterRun::Stands(outcome);
     };
     let spec = spec::run_spec(
@@ -460,8 +560,9 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
         "session_reset",
         SESSION_GONE_NOTICE.to_owned(),
     ));
-    let handle = runner::start(spec, output_tx);
-    let Some(job) = core.jobs.restart(id, &handle) else {
+    let executor = Executor::for_config(&agent.executor, executors);
+    let run = executor.start(spec, next_seq + 1, output_tx, progress_of(manager, id));
+    let Some(job) = core.jobs.restart(id, &run) else {
         return AfterRun::Stands(outcome);
     };
     let write = gone
@@ -471,7 +572,7 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
     if let Err(e) = records::put(core, &job, Durability::Process) {
         tracing::error!(job_id = %id, "job runs again but its record could not be saved: {e}");
     }
-    AfterRun::Again((handle, output_rx))
+    AfterRun::Again(Box::new((run, output_rx)))
 }
 
 /// Makes a job's record final from its run outcome, and does everything that follows a job's end. The
@@ -521,7 +622,7 @@ fn finalize_locked(
         tracing::info!(agent = %job.agent, job_id = %id, status = %job.status, "job finished");
     }
     let events = manager.events();
-    if active.is_running() {
+    if active.has_started() {
         events.emit(FleetEvent::AgentStopped {
             agent_name: job.agent.clone(),
             job_id: id.to_string(),
@@ -562,6 +663,7 @@ fn finalize_locked(
         job,
         landing,
         pruned,
+        run_files: None,
         fleet: Arc::downgrade(&manager.shared),
         jobs_changed: manager.shared.jobs_changed.clone(),
     })

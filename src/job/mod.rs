@@ -281,6 +281,9 @@ pub struct Job {
     /// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22): crash recovery
     /// kills a leftover process only if pid and start time both match, so a reused pid is spared.
     pub process_start_time: Option<u64>,
+    /// Where a cluster engine runs the job (its agent's `executor` is not `local`); `null` for a job the
+    /// daemon runs as its own child.
+    pub executor_run: Option<ExecutorRun>,
     /// The `max_output_mb` cap dropped output lines (the file says how many, in `output_truncated` lines).
     pub output_truncated: bool,
     /// Token usage, kept in herdctl's shape: `{per_model: {MODEL: {input_tokens, output_tokens,
@@ -338,6 +341,7 @@ impl Job {
             pid: None,
             pgid: None,
             process_start_time: None,
+            executor_run: None,
             output_truncated: false,
             usage: None,
             foreign: ForeignFields::default(),
@@ -357,7 +361,24 @@ impl Job {
         self.pid = None;
         self.pgid = None;
         self.process_start_time = None;
+        if let Some(run) = self.executor_run.as_mut() {
+            run.pending_reason = None;
+        }
     }
+}
+
+/// A job's run on a cluster engine: which engine, the run's id there (kept in the final record, for the
+/// operator to look it up), and why the engine holds it when it has not started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutorRun {
+    /// The agent's executor type: `slurm`.
+    pub executor: String,
+    /// The engine's id of the run (Slurm's job id); `null` until it is submitted.
+    pub id: Option<String>,
+    /// While the engine holds the run in its queue (the job is `queued`, holding its fleet slot): the reason
+    /// the engine gives (Slurm's `Resources`, `Priority`, `BeginTime`, …). `null` otherwise.
+    pub pending_reason: Option<String>,
 }
 
 /// A job's `usage` in herdctl's shape from Claude's final `result` message (its `modelUsage`, `num_turns`,
@@ -663,6 +684,7 @@ mod tests {
                 "error",
                 "workItems",
                 "priority",
+                "executorRun",
                 "pid",
                 "pgid",
                 "processStartTime",

@@ -13,7 +13,7 @@ pub const INSTALL_HINT: &str =
     "install Claude Code with `npm install -g @anthropic-ai/claude-code`, or set HERDCTL_CLAUDE_BIN to the path of the `claude` executable";
 
 /// Everything the Claude runtime needs from the agent's configuration.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClaudeSpec {
     /// The executable; else `$HERDCTL_CLAUDE_BIN`, else `claude` on PATH.
     pub bin: Option<PathBuf>,

@@ -16,7 +16,8 @@
 //! - [`RunHandle`]: [`RunHandle::process`] (pid, pgid, start time), [`RunHandle::canceller`],
 //!   [`RunHandle::wait`] → [`RunOutcome`].
 //! - [`Canceller::cancel`]`(grace) -> TerminationType`.
-//! - [`claude_args`], [`become_subreaper`], [`reap_adopted_zombies`], [`process_start_time`], [`kill_stale_job`].
+//! - [`claude_args`], [`become_subreaper`], [`reap_adopted_zombies`], [`spawn_orphan_reaper`],
+//!   [`process_start_time`], [`kill_stale_job`].
 //!
 //! Every job process gets the daemon's environment plus `HERDCTL_JOB_ID`, `HERDCTL_AGENT`, `HERDCTL_SCHEDULE`
 //! (and `HERDCTL_PROMPT` for the command runtime); the job id in the environment is how escaped descendants are
@@ -41,13 +42,13 @@ pub use crate::job::{ExitReason, JobError, TerminationType};
 pub use claude::{claude_args, ClaudeSpec, CLAUDE_BIN_ENV, INSTALL_HINT};
 pub use output::{OutputLimits, TextLines};
 pub use process::{
-    become_subreaper, kill_stale_job, process_start_time, reap_adopted_zombies, StaleKill,
-    JOB_ID_ENV,
+    become_subreaper, kill_stale_job, process_start_time, reap_adopted_zombies,
+    spawn_orphan_reaper, StaleKill, JOB_ID_ENV,
 };
 pub use run::{start, Canceller, RunHandle};
 
-/// Everything needed to run one job.
-#[derive(Debug, Clone)]
+/// Everything needed to run one job. Serialisable: an exec-shim reads it where a cluster engine runs the job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSpec {
     pub job_id: String,
     pub agent: String,
@@ -66,7 +67,8 @@ pub struct RunSpec {
 }
 
 /// Which program runs the job.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RuntimeSpec {
     Claude(Box<ClaudeSpec>),
     /// Any program: `argv[0]` is looked up on PATH; the prompt is on stdin and in `HERDCTL_PROMPT`.
@@ -90,6 +92,9 @@ pub enum OutputEvent {
         kind: String,
         message: Map<String, Value>,
     },
+    /// Lines an exec-shim already numbered and stamped where a cluster engine ran the job, relayed: they
+    /// keep their seq and time (a seq the job's output already has is a duplicate of a relay before).
+    Relayed(Vec<OutputLine>),
 }
 
 impl OutputEvent {
@@ -98,6 +103,7 @@ impl OutputEvent {
         match self {
             OutputEvent::Text { lines, .. } => lines.len(),
             OutputEvent::Message { .. } => 1,
+            OutputEvent::Relayed(lines) => lines.len(),
         }
     }
 
@@ -120,6 +126,11 @@ impl OutputEvent {
             OutputEvent::Message { kind, message } => {
                 vec![OutputLine::structured(first_seq, timestamp, kind, message)]
             }
+            OutputEvent::Relayed(lines) => lines
+                .into_iter()
+                .zip(first_seq..)
+                .map(|(line, seq)| OutputLine { seq, ..line })
+                .collect(),
         }
     }
 }

@@ -7,7 +7,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Size limits for one job's output lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutputLimits {
     /// Longest line kept; the rest of a longer line is dropped and the line is marked `truncated`.
     pub max_line_bytes: usize,

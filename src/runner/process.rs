@@ -401,6 +401,32 @@ pub(crate) fn unregister_job(pgid: u32, seen: &[(u32, u64)]) {
     });
 }
 
+/// The shortest time between two scans for adopted zombies.
+const ORPHAN_SCAN_SPACING: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// As a subreaper the process (the daemon, or an exec-shim) inherits job descendants that escaped their process
+/// group; this task reaps them as they die so none stays a zombie. Returns `None` (and logs) if SIGCHLD cannot
+/// be watched. Needs a tokio runtime.
+pub fn spawn_orphan_reaper() -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::child()) {
+        Ok(mut children) => Some(tokio::spawn(async move {
+            while children.recv().await.is_some() {
+                reap_adopted_zombies();
+                // A scan reads all of /proc; one per burst of exits is enough (signals coalesce while
+                // we wait), and an orphan stays a zombie at most this long.
+                tokio::time::sleep(ORPHAN_SCAN_SPACING).await;
+            }
+        })),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch SIGCHLD; adopted orphans are reaped only when jobs end: {e}"
+            );
+            None
+        }
+    }
+}
+
 /// Reaps zombies that were re-parented to this (subreaper) process, and only those, so that children someone
 /// waits for (runs their leaders, tokio the processes of hooks) are never waited for behind their back. A zombie
 /// child is reaped when it is not a runner leader still awaited by its run, and one of:

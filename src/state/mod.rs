@@ -5,6 +5,7 @@
 //! <state>/state.yaml      FleetState: schedule overrides, run times, counters (herdctl's layout)
 //! <state>/jobs/<id>.yaml  job records;  <id>.jsonl  job output;  index.tsv  the index journal
 //! <state>/sessions/<agent>.json   the Claude session each agent resumes (herdctl's SessionInfo)
+//! <state>/executor/<id>.*  what a job a cluster engine runs shares with its exec-shim (`ExchangeDir`)
 //! <state>/herdctl.pid     written by a running herdctl: opening refuses while that process lives
 //! ```
 //!
@@ -28,6 +29,7 @@
 
 mod atomic;
 mod corrupt;
+mod exchange;
 mod fleet_state;
 mod jobs;
 mod journal;
@@ -47,6 +49,7 @@ pub use atomic::{
     StagedWrite, WriteStep,
 };
 pub use corrupt::CorruptFile;
+pub use exchange::ExchangeDir;
 pub use fleet_state::{AgentState, FleetState, OtherKeys, ScheduleState};
 pub use jobs::{
     JobCounts, JobFilter, JobPage, JobStore, PagePlan, PrunePlan, PrunedFiles, RecordVersion,
@@ -161,6 +164,11 @@ impl StateDir {
 
     pub fn sessions(&self) -> &SessionStore {
         &self.sessions
+    }
+
+    /// Where jobs a cluster engine runs exchange files with their exec-shims.
+    pub fn exchange(&self) -> ExchangeDir {
+        ExchangeDir::new(&self.root)
     }
 
     pub fn lock_file(&self) -> &Path {

@@ -15,6 +15,8 @@
 //!   `herdctld_trigger_type`.
 //! - `duration_seconds` (herdctl, rounded) beside `duration_ms`; `output_file` is the absolute path of the
 //!   output file once the job is final, as herdctl writes it.
+//! - a job a cluster engine runs has `executor` (its agent's executor type) and `executor_job_id` (the
+//!   engine's id of the run, once submitted), so that a restarted daemon re-attaches to it.
 //! - a record herdctl wrote first ([`Job::herdctl_record`]: read without `created_at`) keeps saying so
 //!   after herdctld rewrites it, in `herdctld_from_herdctl: true` (retention treats such records apart).
 
@@ -26,7 +28,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{
-    ExitReason, ForeignFields, Job, JobError, JobId, JobStatus, TriggerType, DEFAULT_PRIORITY,
+    ExecutorRun, ExitReason, ForeignFields, Job, JobError, JobId, JobStatus, TriggerType,
+    DEFAULT_PRIORITY,
 };
 
 /// A record as read from disk, in either tool's layout.
@@ -87,6 +90,10 @@ struct StoredRecord {
     #[serde(default)]
     process_start_time: Option<u64>,
     #[serde(default)]
+    executor: Option<String>,
+    #[serde(default)]
+    executor_job_id: Option<String>,
+    #[serde(default)]
     output_truncated: bool,
     #[serde(default)]
     herdctld_from_herdctl: bool,
@@ -127,6 +134,10 @@ struct RecordOut<'a> {
     pid: Option<u32>,
     pgid: Option<u32>,
     process_start_time: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executor: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executor_job_id: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     output_truncated: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -197,6 +208,8 @@ pub(super) fn to_yaml(job: &Job, output_path: &Path) -> Result<String, serde_yam
         pid: job.pid,
         pgid: job.pgid,
         process_start_time: job.process_start_time,
+        executor: job.executor_run.as_ref().map(|run| run.executor.as_str()),
+        executor_job_id: job.executor_run.as_ref().and_then(|run| run.id.as_deref()),
         output_truncated: job.output_truncated,
         herdctld_from_herdctl: job.herdctl_record,
         foreign: job.foreign.0.as_deref(),
@@ -265,6 +278,11 @@ pub(super) fn from_yaml(text: &str) -> Result<Job, RecordError> {
         pid: stored.pid,
         pgid: stored.pgid,
         process_start_time: stored.process_start_time,
+        executor_run: stored.executor.map(|executor| ExecutorRun {
+            executor,
+            id: stored.executor_job_id,
+            pending_reason: None,
+        }),
         output_truncated: stored.output_truncated,
         usage: stored.usage,
         foreign: ForeignFields(foreign),
@@ -427,6 +445,29 @@ discord_thread: '991'
         let mut running = sample(JobStatus::Running);
         running.started_at = Some("2026-11-30T10:00:09Z".parse().unwrap());
         assert_eq!(round_trip(&running), running);
+    }
+
+    #[test]
+    fn a_cluster_run_keeps_its_executor_and_engine_id_but_not_its_pending_reason() {
+        let mut job = sample(JobStatus::Queued);
+        job.executor_run = Some(ExecutorRun {
+            executor: "slurm".into(),
+            id: Some("42".into()),
+            pending_reason: Some("Resources".into()),
+        });
+        let yaml = to_yaml(&job, Path::new("/x")).unwrap();
+        assert!(
+            yaml.contains("executor: slurm\nexecutor_job_id: '42'\n"),
+            "{yaml}"
+        );
+        let read = round_trip(&job).executor_run.unwrap();
+        assert_eq!(
+            (read.id.as_deref(), read.pending_reason),
+            (Some("42"), None)
+        );
+        assert!(!to_yaml(&sample(JobStatus::Queued), Path::new("/x"))
+            .unwrap()
+            .contains("executor"));
     }
 
     #[test]
