@@ -72,6 +72,7 @@ pub(super) fn run_spec(
             .as_ref()
             .map_or(agent.stop_grace, |s| s.stop_grace),
         limits: runner::OutputLimits::default(),
+        container: None,
     }
 }
 
