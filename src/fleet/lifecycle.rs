@@ -206,6 +206,7 @@ impl FleetManager {
             report_state_error(self.events(), &issue);
         }
         retained.log();
+        remove_leftover_containers(&config, state_dir.root()).await;
 
         {
             let mut core = self.core();
@@ -508,6 +509,43 @@ fn recover_interrupted(
         if let Some(work) = claimed {
             followup::report_work(work, &job);
         }
+    }
+}
+
+/// How long a daemon starting up waits for the container engine to list and remove what a dead one left.
+const LEFTOVER_CONTAINERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the containers a previous daemon of this state directory left: its jobs are marked interrupted
+/// and none of this daemon's runs yet, so every container labelled with the directory is a leftover, and
+/// nothing of it may keep running. An engine that cannot be reached matters only to a fleet that uses one.
+async fn remove_leftover_containers(config: &FleetConfig, state_root: &std::path::Path) {
+    let uses_containers = config
+        .agents
+        .iter()
+        .any(|agent| agent.docker.as_ref().is_some_and(|docker| docker.enabled));
+    if !uses_containers && !crate::runner::engine_configured() {
+        return;
+    }
+    let owner = state_root.display().to_string();
+    let removal = tokio::time::timeout(
+        LEFTOVER_CONTAINERS_TIMEOUT,
+        crate::runner::remove_owned_containers(&owner),
+    )
+    .await;
+    match removal {
+        Ok(Ok(removed)) => {
+            for name in removed {
+                tracing::warn!(container = %name, "removed a container a stopped daemon left behind");
+            }
+        }
+        Ok(Err(e)) if uses_containers => {
+            tracing::warn!("could not look for containers a stopped daemon left behind: {e}")
+        }
+        Ok(Err(e)) => tracing::debug!("no container engine to look for leftovers in: {e}"),
+        Err(_) => tracing::warn!(
+            "the container engine did not list and remove leftover containers within {}s; some may still run",
+            LEFTOVER_CONTAINERS_TIMEOUT.as_secs()
+        ),
     }
 }
 

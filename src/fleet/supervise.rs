@@ -120,24 +120,6 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         finish_without_running(manager, core, id, "its agent is no longer configured");
         return;
     };
-    if agent.docker.as_ref().is_some_and(|docker| docker.enabled) {
-        // Isolation was asked for and cannot be given: fail closed, never fall back to the host.
-        let outcome = RunOutcome::without_process(
-            runner::RunStatus::Failed,
-            ExitReason::SpawnFailed,
-            "CONTAINER_UNAVAILABLE",
-            format!(
-                "agent {} has docker.enabled: true, and this herdctld has no container engine to run it \
-                 in; it never runs such an agent on the host. Run this agent with herdctl, or set \
-                 docker.enabled: false in its configuration to accept running it on the host",
-                agent.name
-            ),
-        );
-        if let Some(finished) = finalize_locked(manager, core, id, outcome, false, None) {
-            finished.signal();
-        }
-        return;
-    }
     let agent = Arc::new(agent);
     let output_cap = spec::stored_output_cap(&agent);
     let (output_tx, output_rx) = mpsc::channel(OUTPUT_QUEUE);
@@ -154,7 +136,14 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         return;
     };
     let dotenv = core.config.as_ref().map(|config| &config.dotenv);
-    let spec = spec::run_spec(&agent, &active.record(), &active.context, dotenv);
+    let spec = spec::run_spec(
+        &agent,
+        &active.record(),
+        &active.context,
+        dotenv,
+        &state_root(core),
+    );
+    let in_container = spec.container.is_some();
     let hub = active.hub.clone();
     // Spawned here, on a runtime worker thread: the child's parent-death signal is tied to this thread.
     let handle = runner::start(spec, output_tx);
@@ -173,6 +162,7 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     let span = tracing::info_span!(parent: None, "job", agent = %job.agent, job_id = %id);
     span.in_scope(|| match job.pid {
         Some(pid) => tracing::info!(pid, "job started"),
+        None if in_container => tracing::info!("job starting in a container"),
         None => tracing::debug!("job did not spawn"),
     });
     manager.events().emit(FleetEvent::JobStarted {
@@ -193,6 +183,14 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         ),
         span,
     ));
+}
+
+/// The state directory, which owns the fleet's containers (empty before the fleet is initialized).
+fn state_root(core: &Core) -> PathBuf {
+    core.state_dir
+        .as_ref()
+        .map(|dir| dir.root().to_path_buf())
+        .unwrap_or_default()
 }
 
 /// Output events (each up to a pipe read of lines) queued between a run and its pump; small, so that a
@@ -454,6 +452,7 @@ fn restart_fresh(manager: &FleetManager, id: &JobId, mut outcome: RunOutcome) ->
         &active.record(),
         &active.context,
         core.config.as_ref().map(|config| &config.dotenv),
+        &state_root(core),
     );
     let (output_tx, output_rx) = mpsc::channel(1024);
     let _ = output_tx.try_send(system_notice(

@@ -116,6 +116,8 @@ pub struct BindMount {
     pub host: PathBuf,
     pub container: String,
     pub read_only: bool,
+    /// A directory of the daemon's own, created (0700) when missing; any other host path must exist.
+    pub create: bool,
 }
 
 /// A container port published on the host; `host: None` lets the engine choose the host port.
@@ -180,6 +182,10 @@ impl Engine {
             .ok()
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"));
+        Engine::connect_to(host).await
+    }
+
+    async fn connect_to(host: String) -> Result<Engine, ContainerError> {
         let Some(socket) = host.strip_prefix("unix://") else {
             return Err(ContainerError::UnsupportedHost { host });
         };
@@ -338,7 +344,12 @@ fn classify(socket: &str, action: &'static str, err: EngineError) -> ContainerEr
             ContainerError::Engine { action, message }
         }
         other => {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&other);
+            // The client's own I/O error is transparent (its `source` skips the I/O error itself); a
+            // connection's is in the chain of the HTTP client's error.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = match &other {
+                EngineError::IOError { err } => Some(err),
+                _ => Some(&other),
+            };
             while let Some(error) = source {
                 if let Some(io) = error.downcast_ref::<std::io::Error>() {
                     match io.kind() {
@@ -460,6 +471,7 @@ async fn start(spec: &RunSpec) -> Result<Started, ContainerError> {
     };
     let invocation = invocation(spec).map_err(ContainerError::Settings)?;
     let body = create_body(spec, container, invocation)?;
+    create_own_directories(&container.mounts).await?;
     let engine = Engine::connect().await?;
     let id = engine
         .create(&container_name(spec), body, &container.image)
@@ -476,6 +488,32 @@ async fn start(spec: &RunSpec) -> Result<Started, ContainerError> {
         id,
         attached,
     })
+}
+
+/// Creates the host directories of `mounts` that are the daemon's own, in the blocking pool.
+async fn create_own_directories(mounts: &[BindMount]) -> Result<(), ContainerError> {
+    let dirs: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|mount| mount.create)
+        .map(|mount| mount.host.clone())
+        .collect();
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    let created = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in &dirs {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+        }
+        Ok::<(), String>(())
+    })
+    .await
+    .map_err(|err| ContainerError::Settings(format!("creating mount directories: {err}")))?;
+    created.map_err(ContainerError::Settings)
 }
 
 /// Removes a container that could not be started; `err` is why.

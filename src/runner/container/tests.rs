@@ -252,3 +252,83 @@ fn a_later_environment_entry_shadows_an_earlier_one() {
         env(&[("B", "2"), ("A", "3")])
     );
 }
+
+#[tokio::test]
+async fn a_limit_the_engine_refuses_and_a_missing_program_fail_the_job_before_it_runs() {
+    if !engine_answers(
+        "a_limit_the_engine_refuses_and_a_missing_program_fail_the_job_before_it_runs",
+    )
+    .await
+    {
+        return;
+    }
+    let workspace = tempfile::tempdir().unwrap();
+    let owner = owner();
+    let mut tiny = spec(&["true"], workspace.path(), &owner);
+    if let Some(container) = tiny.container.as_mut() {
+        container.memory_bytes = 1024;
+    }
+    let (outcome, _) = run(tiny).await;
+    assert_eq!(outcome.exit_reason, ExitReason::SpawnFailed, "{outcome:?}");
+    let error = outcome.error.unwrap();
+    assert_eq!(error.code, "CONTAINER_REJECTED", "{}", error.message);
+    assert!(error.message.contains("memory"), "{}", error.message);
+
+    let (outcome, _) = run(spec(
+        &["herdctld-no-such-program"],
+        workspace.path(),
+        &owner,
+    ))
+    .await;
+    assert_eq!(outcome.exit_reason, ExitReason::SpawnFailed, "{outcome:?}");
+    let error = outcome.error.unwrap();
+    assert_eq!(error.code, "CONTAINER_REJECTED", "{}", error.message);
+    assert!(
+        error.message.contains("herdctld-no-such-program"),
+        "{}",
+        error.message
+    );
+    assert!(
+        containers_of(&owner).await.is_empty(),
+        "a container that did not start stays"
+    );
+}
+
+#[test]
+fn a_socket_the_daemon_may_not_use_is_permission_denied_naming_the_socket() {
+    let denied = EngineError::IOError {
+        err: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    };
+    let error = classify("/var/run/docker.sock", "reach", denied);
+    assert_eq!(error.code(), "ENGINE_PERMISSION_DENIED");
+    assert!(
+        error.to_string().contains("/var/run/docker.sock"),
+        "{error}"
+    );
+    let refused = EngineError::IOError {
+        err: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+    };
+    assert_eq!(
+        classify("/s", "reach", refused).code(),
+        "ENGINE_UNREACHABLE"
+    );
+}
+
+#[tokio::test]
+async fn a_socket_nobody_listens_on_and_a_tcp_host_are_unreachable_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dead.sock");
+    // Bound and closed: the file stays, and connecting to it is refused.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let Err(error) = Engine::connect_to(format!("unix://{}", socket.display())).await else {
+        panic!("connected to a dead socket");
+    };
+    assert_eq!(error.code(), "ENGINE_UNREACHABLE", "{error}");
+    let message = error.to_string();
+    assert!(message.contains(&socket.display().to_string()) && message.contains("DOCKER_HOST"));
+    let Err(error) = Engine::connect_to("tcp://127.0.0.1:2375".to_owned()).await else {
+        panic!("connected over TCP");
+    };
+    assert_eq!(error.code(), "ENGINE_UNREACHABLE", "{error}");
+    assert!(error.to_string().contains("unix://"), "{error}");
+}
