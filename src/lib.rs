@@ -30,9 +30,11 @@
 //!   only.
 //! - [`scheduler`] — *when* schedules are due: a timer task behind a handle, an injectable clock. Sends
 //!   `Fire`s; never decides what a fire does.
-//! - [`runner`] — *how* a job runs: spawns `claude` or a command in its own process group, parses
-//!   stream-json output, enforces timeouts, cancels the whole process tree. Knows nothing of config files,
-//!   the store or the fleet.
+//! - [`runner`] — *how* a job runs: spawns `claude` or a command in its own process group, or runs it in a
+//!   container through the Docker Engine API on `DOCKER_HOST`'s socket (`runner::container`, bollard); parses
+//!   stream-json output, enforces timeouts, cancels the whole process tree (or stops the container). Both
+//!   places share one supervision, output pipeline and outcome rules. Knows nothing of config files, the
+//!   store or the fleet.
 //! - [`hooks`] — `after_run`/`on_error` hooks: which run for a job's end, and running them with a timeout.
 //! - [`work_sources`] — where scheduled agents get work: GitHub issues fetched, claimed by label, completed
 //!   or released over the REST API with retries. Knows nothing of the fleet.
@@ -74,13 +76,13 @@
 //!    returns the job, `running` or `queued`, once the writer renamed the record and fsynced the jobs
 //!    directory (`state::DirSync`: one fsync shared by every record written meanwhile).
 //! 3. Starting decides the Claude session (the agent's pointer resumed while herdctl would still resume it,
-//!    `fleet::sessions`), fails the job `spawn_failed` if its agent asks for a container (no container engine
-//!    yet; never the host instead), maps the agent's configuration and the fleet's `.env` to a
-//!    `runner::RunSpec` and calls `runner::start`, which spawns
-//!    the child in its own process group with the prompt on stdin (vfork-style, without copying the daemon,
-//!    with a parent-death signal). The job becomes `running` (pid, pgid and process start time persisted
-//!    for crash recovery); `job:started` and `agent:started` are emitted.
-//! 4. The runner reads the child's pipes a chunk at a time and hands on each read's lines as one
+//!    `fleet::sessions`), maps the agent's configuration and the fleet's `.env` to a `runner::RunSpec` (with
+//!    a `ContainerSpec` when its `docker.enabled`) and calls `runner::start`, which spawns the child in its
+//!    own process group with the prompt on stdin (vfork-style, without copying the daemon, with a
+//!    parent-death signal), or creates, attaches to and starts the job's container (labelled with the job
+//!    id and the state directory). The job becomes `running` (for a host job pid, pgid and process start
+//!    time persisted for crash recovery); `job:started` and `agent:started` are emitted.
+//! 4. The runner reads the child's pipes (or the container's demultiplexed attach stream) a chunk at a time and hands on each read's lines as one
 //!    `runner::OutputEvent` (stream-json messages parsed on the way). A supervisor task pumps them: each
 //!    batch gets its seqs and one timestamp and is serialised once into one buffer
 //!    (`job::SerializedLines`), which is appended to `jobs/<id>.jsonl` under the storage cap
@@ -108,7 +110,8 @@
 //! ## Invariants
 //!
 //! - Only `rpc` and `daemon` know about sockets and JSON-RPC (wire error codes included); the FleetManager
-//!   works embedded without them. Every event name is spelled once, where `fleet::events` declares it.
+//!   works embedded without them. (The container engine's socket is the Docker client's business, inside
+//!   `runner::container`.) Every event name is spelled once, where `fleet::events` declares it.
 //!   `tests/architecture.rs` checks both on the source.
 //! - The wire is camelCase, one shape per concept, and `proto-docs/openrpc.json` is generated from the types
 //!   that make it (a unit test keeps the file equal; the tests' client checks every answer against it);
@@ -122,7 +125,11 @@
 //!   read, and rewrites keep every field herdctld does not know; only a file neither tool can read is moved
 //!   aside, with an error event. History limits delete records herdctl wrote only when the operator set a
 //!   limit explicitly (herdctl never prunes).
-//! - Isolation fails closed: a job whose agent asks for a container never runs on the host.
+//! - Isolation fails closed: a job whose agent asks for a container never runs on the host; if its
+//!   container cannot be run the job fails `spawn_failed` with the engine's reason. The engine's socket is
+//!   never mounted into a container (refused at load).
+//! - Nothing a container job starts outlives it: its container is removed when it ends, and a daemon
+//!   starting up removes every container labelled with its state directory (a dead daemon's).
 //! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`, and no
 //!   file is read or written under it. Job records are indexed and queued under it and written, in order,
 //!   by `fleet::record_writer`; until a job's last write lands the job table answers for it from memory.

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::pending;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bollard::container::{AttachContainerResults, LogOutput};
@@ -25,7 +26,7 @@ use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
     ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
 };
-use bollard::Docker;
+use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value};
@@ -190,13 +191,18 @@ impl Engine {
             return Err(ContainerError::UnsupportedHost { host });
         };
         let socket = socket.to_owned();
-        let docker =
-            Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-                .map_err(|err| classify(&socket, "reach", err))?;
+        let known = agreed_version(&host);
+        let version = known.as_ref().unwrap_or(bollard::API_DEFAULT_VERSION);
+        let docker = Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, version)
+            .map_err(|err| classify(&socket, "reach", err))?;
+        if known.is_some() {
+            return Ok(Engine { docker, socket });
+        }
         let docker = docker
             .negotiate_version()
             .await
             .map_err(|err| classify(&socket, "reach", err))?;
+        remember_version(host, docker.client_version());
         Ok(Engine { docker, socket })
     }
 
@@ -257,19 +263,28 @@ impl Engine {
         }
     }
 
-    /// The exit status once the engine says the container has exited; `None` while it does not (yet).
+    /// The exit status once the engine says the container's first process has exited; `None` while it does
+    /// not (yet).
     async fn exit_status(&self, id: &str) -> Option<i64> {
-        // podman reports a container whose process has just exited as "stopped", a state the Docker API does
-        // not have and this client cannot read: that is answered `None`, and the next ask sees "exited".
-        let inspected = self
+        match self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
-            .ok()?;
-        let state = inspected.state?;
-        match state.running {
-            Some(false) => state.exit_code,
-            _ => None,
+        {
+            Ok(inspected) => {
+                let state = inspected.state?;
+                (state.running == Some(false)).then_some(state.exit_code?)
+            }
+            // podman reports a container whose process has exited as "stopped" until its cleanup is done
+            // (for a third of a second), a state the Docker API does not have and this client's types cannot
+            // read: the exit code is read from the answer as sent.
+            Err(EngineError::JsonDataError { contents, .. }) => {
+                let answer: Value = serde_json::from_str(&contents).ok()?;
+                let state = answer.get("State")?;
+                (state.get("Running")? == &Value::Bool(false))
+                    .then_some(state.get("ExitCode")?.as_i64()?)
+            }
+            Err(_) => None,
         }
     }
 
@@ -321,6 +336,28 @@ impl Engine {
             Err(err) => Err(self.error("remove", err)),
         }
     }
+}
+
+/// The API version agreed with the engine at each `DOCKER_HOST` this process has used: agreeing costs a
+/// `/version` request, which podman answers in a third of a second (it asks its runtimes for theirs).
+static AGREED_VERSIONS: Mutex<Vec<(String, ClientVersion)>> = Mutex::new(Vec::new());
+
+fn agreed_version(host: &str) -> Option<ClientVersion> {
+    let agreed = AGREED_VERSIONS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    agreed
+        .iter()
+        .find(|(known, _)| known == host)
+        .map(|(_, version)| *version)
+}
+
+fn remember_version(host: String, version: ClientVersion) {
+    let mut agreed = AGREED_VERSIONS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    agreed.retain(|(known, _)| *known != host);
+    agreed.push((host, version));
 }
 
 /// A [`ContainerError`] for an engine request that failed: why, in the user's terms.
@@ -710,7 +747,7 @@ async fn demultiplex<S>(
 }
 
 /// The exit of a started container. Its wait is asked from the start; once the output has ended, its state is
-/// asked for too, because podman answers the wait up to a second after the container has exited.
+/// asked for too, because podman answers the wait only after its cleanup, up to a second after the exit.
 async fn exited(engine: Engine, id: String, output_ended: oneshot::Receiver<()>) -> Exit {
     let wait = engine.wait(&id);
     let after_output = async {
