@@ -129,7 +129,8 @@
 //!   container cannot be run the job fails `spawn_failed` with the engine's reason. The engine's socket is
 //!   never mounted into a container (refused at load).
 //! - Nothing a container job starts outlives it: its container is removed when it ends, and a daemon
-//!   starting up removes every container labelled with its state directory (a dead daemon's).
+//!   starting up removes every container labelled with its state directory that no job of its own runs in
+//!   (a dead daemon's): before its first job when its fleet uses containers, in the background otherwise.
 //! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`, and no
 //!   file is read or written under it. Job records are indexed and queued under it and written, in order,
 //!   by `fleet::record_writer`; until a job's last write lands the job table answers for it from memory.

@@ -90,13 +90,17 @@ async fn labelled(docker: &Docker, label: String) -> Vec<String> {
         filters: Some(HashMap::from([("label".to_owned(), vec![label])])),
         ..ListContainersOptions::default()
     };
-    docker
-        .list_containers(Some(options))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|container| container.id)
-        .collect()
+    loop {
+        match docker.list_containers(Some(options.clone())).await {
+            Ok(found) => return found.into_iter().filter_map(|c| c.id).collect(),
+            // podman lists a container whose process has just exited as "stopped", a state the client's
+            // types cannot read; it lasts a moment (until podman's cleanup), so ask again.
+            Err(bollard::errors::Error::JsonDataError { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(err) => panic!("listing containers: {err}"),
+        }
+    }
 }
 
 /// The containers the daemon of `state` owns, running or not.
@@ -370,6 +374,126 @@ async fn a_daemon_killed_during_a_container_job_leaves_no_container_after_the_ne
     let mut client = daemon.ndjson().await;
     let job = client.call("getJob", json!({"id": id})).await;
     assert_eq!(job["exitReason"], "interrupted", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_fleet_no_longer_uses_containers_still_removes_a_dead_ones() {
+    let Some(Boxed {
+        engine: docker,
+        mut daemon,
+        mut client,
+        events,
+        id,
+    }) = trigger_boxed(
+        "a_daemon_whose_fleet_no_longer_uses_containers_still_removes_a_dead_ones",
+        "echo ready; while :; do sleep 0.1; done",
+        "",
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    wait_for_output(&mut client, &events, &id, "ready").await;
+    drop(client);
+    daemon.kill9();
+    let state = daemon.state.clone();
+    let dir = daemon.into_dir();
+    std::fs::write(
+        dir.path().join("agents/boxed.yaml"),
+        "name: boxed\nruntime: command\ncommand: [\"true\"]\n",
+    )
+    .unwrap();
+    let _daemon = start_daemon(dir).await;
+    // Removed in the background: a fleet without containers does not wait for the engine to start.
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while !containers_of(&docker, &state).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead daemon's container stays"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_containers_holds_further_jobs_of_the_agent_in_the_queue() {
+    let Some(Boxed {
+        engine: docker,
+        daemon,
+        mut client,
+        events,
+        id,
+    }) = trigger_boxed(
+        "max_containers_holds_further_jobs_of_the_agent_in_the_queue",
+        "echo ready; while [ ! -e /workspace/gate ]; do sleep 0.05; done",
+        "  max_containers: 1\n",
+        "concurrency: 2",
+    )
+    .await
+    else {
+        return;
+    };
+    wait_for_output(&mut client, &events, &id, "ready").await;
+    // The agent may run two jobs, but only one container.
+    let second = client.call("trigger", json!({"agentName": "boxed"})).await;
+    assert_eq!(second["status"], "queued", "{second}");
+    assert_eq!(containers_of(&docker, &daemon.state).await.len(), 1);
+    std::fs::write(daemon.agents_dir().join("gate"), "").unwrap();
+    let second = second["id"].as_str().unwrap();
+    wait_for_event(&mut client, &events, "job:completed", Some(second)).await;
+}
+
+/// A stand-in for Claude Code inside the image: it reads the prompt, leaves a transcript where Claude keeps
+/// them, prints stream-json, and says in its result what it was given.
+const FAKE_CLAUDE: &str = r#"#!/bin/sh
+prompt=$(cat)
+touch /home/claude/.claude/projects/-workspace/sess-boxed.jsonl
+echo '{"type":"system","subtype":"init","session_id":"sess-boxed"}'
+printf '{"type":"result","subtype":"success","is_error":false,"result":"args: %s; prompt: %s; home: %s","session_id":"sess-boxed","num_turns":1,"total_cost_usd":0.01}\n' "$*" "$prompt" "$HOME"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_runs_in_the_container_with_its_arguments_prompt_and_session_directory() {
+    let test = "claude_runs_in_the_container_with_its_arguments_prompt_and_session_directory";
+    if engine(test).await.is_none() {
+        return;
+    }
+    let dir = TestDir::new();
+    write_boxed_fleet(dir.path(), "", "", "");
+    let agents = dir.path().join("agents");
+    std::fs::write(
+        agents.join("boxed.yaml"),
+        "name: boxed\nruntime: cli\nclaude_bin: /workspace/fake-claude\nmodel: some-model\ndefault_prompt: the prompt\ndocker: {enabled: true}\n",
+    )
+    .unwrap();
+    std::fs::write(agents.join("fake-claude"), FAKE_CLAUDE).unwrap();
+    std::fs::set_permissions(
+        agents.join("fake-claude"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let daemon = start_daemon(dir).await;
+    let mut client = daemon.ndjson().await;
+    let job = client.call("trigger", json!({"agentName": "boxed"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = wait_for_job_status(&mut client, &id, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["sessionId"], "sess-boxed", "{done}");
+    let summary = done["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("args: -p --output-format stream-json --verbose --permission-mode acceptEdits --model some-model"),
+        "{summary}"
+    );
+    assert!(
+        summary.ends_with("prompt: the prompt; home: /home/claude"),
+        "{summary}"
+    );
+    // The transcript landed in the state directory, where the next container's Claude finds it.
+    assert!(daemon
+        .state
+        .join("docker-sessions/sess-boxed.jsonl")
+        .exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

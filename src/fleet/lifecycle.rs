@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::config::{self, FleetConfig};
-use crate::job::{ExitReason, JobError, JobStatus};
+use crate::job::{ExitReason, JobError, JobId, JobStatus};
 use crate::metrics::Metrics;
 use crate::scheduler::{ScheduleKey, Scheduler};
 use crate::state::{FleetState as PersistedState, JobStore, StateDir};
@@ -206,7 +206,18 @@ impl FleetManager {
             report_state_error(self.events(), &issue);
         }
         retained.log();
-        remove_leftover_containers(&config, state_dir.root()).await;
+        let leftovers = LeftoverContainers {
+            owner: state_dir.root().display().to_string(),
+            manager: self.clone(),
+        };
+        if uses_containers(&config) {
+            // Before any job of this daemon runs: once it is ready, nothing of a dead one runs.
+            leftovers.remove(true).await;
+        } else if crate::runner::engine_configured() {
+            // A fleet without containers does not wait for an engine (podman takes a third of a second to
+            // answer a first request), but a dead daemon's containers from an earlier configuration still go.
+            tokio::spawn(leftovers.remove(false));
+        }
 
         {
             let mut core = self.core();
@@ -515,37 +526,47 @@ fn recover_interrupted(
 /// How long a daemon starting up waits for the container engine to list and remove what a dead one left.
 const LEFTOVER_CONTAINERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Removes the containers a previous daemon of this state directory left: its jobs are marked interrupted
-/// and none of this daemon's runs yet, so every container labelled with the directory is a leftover, and
-/// nothing of it may keep running. An engine that cannot be reached matters only to a fleet that uses one.
-async fn remove_leftover_containers(config: &FleetConfig, state_root: &std::path::Path) {
-    let uses_containers = config
+fn uses_containers(config: &FleetConfig) -> bool {
+    config
         .agents
         .iter()
-        .any(|agent| agent.docker.as_ref().is_some_and(|docker| docker.enabled));
-    if !uses_containers && !crate::runner::engine_configured() {
-        return;
-    }
-    let owner = state_root.display().to_string();
-    let removal = tokio::time::timeout(
-        LEFTOVER_CONTAINERS_TIMEOUT,
-        crate::runner::remove_owned_containers(&owner),
-    )
-    .await;
-    match removal {
-        Ok(Ok(removed)) => {
-            for name in removed {
-                tracing::warn!(container = %name, "removed a container a stopped daemon left behind");
+        .any(|agent| agent.docker.as_ref().is_some_and(|docker| docker.enabled))
+}
+
+/// The containers a previous daemon of this state directory left: labelled with the directory, of jobs that
+/// are not running (they were marked interrupted at start). None of them may keep running.
+struct LeftoverContainers {
+    owner: String,
+    manager: FleetManager,
+}
+
+impl LeftoverContainers {
+    /// Removes them; `needed` says the fleet uses containers, so that an engine it cannot reach is worth a
+    /// warning.
+    async fn remove(self, needed: bool) {
+        let LeftoverContainers { owner, manager } = self;
+        let running =
+            |job: &str| JobId::parse(job).is_ok_and(|id| manager.core().jobs.get(&id).is_some());
+        let removal = tokio::time::timeout(
+            LEFTOVER_CONTAINERS_TIMEOUT,
+            crate::runner::remove_owned_containers(&owner, running),
+        )
+        .await;
+        match removal {
+            Ok(Ok(removed)) => {
+                for name in removed {
+                    tracing::warn!(container = %name, "removed a container a stopped daemon left behind");
+                }
             }
+            Ok(Err(e)) if needed => {
+                tracing::warn!("could not look for containers a stopped daemon left behind: {e}")
+            }
+            Ok(Err(e)) => tracing::debug!("no container engine to look for leftovers in: {e}"),
+            Err(_) => tracing::warn!(
+                "the container engine did not list and remove leftover containers within {}s; some may still run",
+                LEFTOVER_CONTAINERS_TIMEOUT.as_secs()
+            ),
         }
-        Ok(Err(e)) if uses_containers => {
-            tracing::warn!("could not look for containers a stopped daemon left behind: {e}")
-        }
-        Ok(Err(e)) => tracing::debug!("no container engine to look for leftovers in: {e}"),
-        Err(_) => tracing::warn!(
-            "the container engine did not list and remove leftover containers within {}s; some may still run",
-            LEFTOVER_CONTAINERS_TIMEOUT.as_secs()
-        ),
     }
 }
 

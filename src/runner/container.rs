@@ -19,9 +19,7 @@ use std::time::Duration;
 
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as EngineError;
-use bollard::models::{
-    ContainerCreateBody, ContainerSummary, HostConfig, PortBinding as EnginePortBinding,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding as EnginePortBinding};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
     ListContainersOptions, RemoveContainerOptions, WaitContainerOptions,
@@ -306,7 +304,7 @@ impl Engine {
     }
 
     /// Every container labelled with `owner`, running or not.
-    async fn owned_by(&self, owner: &str) -> Result<Vec<ContainerSummary>, ContainerError> {
+    async fn owned_by(&self, owner: &str) -> Result<Vec<Listed>, ContainerError> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
@@ -315,10 +313,26 @@ impl Engine {
             )])),
             ..ListContainersOptions::default()
         };
-        self.docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|err| self.error("list", err))
+        match self.docker.list_containers(Some(options)).await {
+            Ok(found) => Ok(found
+                .into_iter()
+                .filter_map(|summary| {
+                    Some(Listed {
+                        id: summary.id?,
+                        names: summary.names,
+                        labels: summary.labels,
+                    })
+                })
+                .collect()),
+            // podman lists a container whose process has just exited as "stopped" (see `exit_status`): the
+            // list is read as sent.
+            Err(EngineError::JsonDataError { contents, .. }) => serde_json::from_str(&contents)
+                .map_err(|err| ContainerError::Engine {
+                    action: "list",
+                    message: err.to_string(),
+                }),
+            Err(err) => Err(self.error("list", err)),
+        }
     }
 
     /// Removes the container, running or not; one that is already gone is no error.
@@ -358,6 +372,17 @@ fn remember_version(host: String, version: ClientVersion) {
         .unwrap_or_else(PoisonError::into_inner);
     agreed.retain(|(known, _)| *known != host);
     agreed.push((host, version));
+}
+
+/// A container as the engine lists it: what finding a dead daemon's containers needs.
+#[derive(Debug, serde::Deserialize)]
+struct Listed {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "Names")]
+    names: Option<Vec<String>>,
+    #[serde(rename = "Labels")]
+    labels: Option<HashMap<String, String>>,
 }
 
 /// A [`ContainerError`] for an engine request that failed: why, in the user's terms.
@@ -795,22 +820,29 @@ impl Target for Container {
     }
 }
 
-/// Removes every container labelled with `owner` (running or not), and returns their names. For a daemon
-/// starting up: no job of its runs yet, so every such container is a dead daemon's leftover. An engine that
-/// cannot be reached is an error.
-pub async fn remove_owned_containers(owner: &str) -> Result<Vec<String>, ContainerError> {
+/// Removes every container labelled with `owner` (running or not) except those of the jobs `keep` names, and
+/// returns their names. For a daemon starting up: the containers of its own running jobs are kept, and every
+/// other one is a dead daemon's leftover. An engine that cannot be reached is an error.
+pub async fn remove_owned_containers(
+    owner: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, ContainerError> {
     let engine = Engine::connect().await?;
     let found = engine.owned_by(owner).await?;
     let mut removed = Vec::new();
-    for summary in found {
-        let Some(id) = summary.id else {
+    for listed in found {
+        let job = listed
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(JOB_ID_LABEL));
+        if job.is_some_and(|job| keep(job)) {
             continue;
-        };
-        engine.remove(&id).await?;
-        let name = summary
+        }
+        engine.remove(&listed.id).await?;
+        let name = listed
             .names
             .and_then(|names| names.into_iter().next())
-            .unwrap_or(id);
+            .unwrap_or(listed.id);
         removed.push(name.trim_start_matches('/').to_owned());
     }
     Ok(removed)

@@ -96,7 +96,7 @@ async fn run(spec: RunSpec) -> (RunOutcome, Vec<String>) {
 async fn containers_of(owner: &str) -> Vec<String> {
     let engine = Engine::connect().await.unwrap();
     let owned = engine.owned_by(owner).await.unwrap();
-    owned.into_iter().filter_map(|summary| summary.id).collect()
+    owned.into_iter().map(|listed| listed.id).collect()
 }
 
 #[tokio::test]
@@ -331,4 +331,14 @@ async fn a_socket_nobody_listens_on_and_a_tcp_host_are_unreachable_saying_what_t
     };
     assert_eq!(error.code(), "ENGINE_UNREACHABLE", "{error}");
     assert!(error.to_string().contains("unix://"), "{error}");
+}
+
+#[test]
+fn a_list_in_podmans_stopped_state_is_read_as_sent() {
+    let sent = r#"[{"Id":"c1","Names":["/herdctl-a-job-1"],"Labels":{"herdctld.job-id":"job-1"},"State":"stopped"},
+                  {"Id":"c2","Names":null,"Labels":null,"State":"exited"}]"#;
+    let listed: Vec<Listed> = serde_json::from_str(sent).unwrap();
+    assert_eq!(listed[0].id, "c1");
+    assert_eq!(listed[0].labels.as_ref().unwrap()[JOB_ID_LABEL], "job-1");
+    assert!(listed[1].names.is_none() && listed[1].labels.is_none());
 }
