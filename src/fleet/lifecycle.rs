@@ -2,7 +2,7 @@
 //! and reload.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use chrono::Utc;
 
@@ -13,7 +13,7 @@ use crate::scheduler::{ScheduleKey, Scheduler};
 use crate::state::{FleetState as PersistedState, JobStore, StateDir};
 use crate::work_sources::WorkSource;
 
-use super::core::state_error;
+use super::core::{state_error, Shared};
 use super::error::{FleetError, FleetState, ValidationIssue};
 use super::events::{report_state_error, EventBus, FleetEvent};
 use super::followup;
@@ -208,7 +208,7 @@ impl FleetManager {
         retained.log();
         let leftovers = LeftoverContainers {
             owner: state_dir.root().display().to_string(),
-            manager: self.clone(),
+            fleet: Arc::downgrade(&self.shared),
         };
         if uses_containers(&config) {
             // Before any job of this daemon runs: once it is ready, nothing of a dead one runs.
@@ -537,16 +537,26 @@ fn uses_containers(config: &FleetConfig) -> bool {
 /// are not running (they were marked interrupted at start). None of them may keep running.
 struct LeftoverContainers {
     owner: String,
-    manager: FleetManager,
+    /// Weak: a sweep still waiting for the engine must not keep a dropped fleet (and its state directory's
+    /// lock) alive.
+    fleet: Weak<Shared>,
 }
 
 impl LeftoverContainers {
     /// Removes them; `needed` says the fleet uses containers, so that an engine it cannot reach is worth a
     /// warning.
     async fn remove(self, needed: bool) {
-        let LeftoverContainers { owner, manager } = self;
-        let running =
-            |job: &str| JobId::parse(job).is_ok_and(|id| manager.core().jobs.get(&id).is_some());
+        let LeftoverContainers { owner, fleet } = self;
+        let running = |job: &str| {
+            // A fleet dropped meanwhile knows no longer which jobs run (a new one may, on the same
+            // directory): keep everything, for the next start to sweep.
+            let Some(shared) = fleet.upgrade() else {
+                return true;
+            };
+            let manager = FleetManager { shared };
+            let active = JobId::parse(job).is_ok_and(|id| manager.core().jobs.get(&id).is_some());
+            active
+        };
         let removal = tokio::time::timeout(
             LEFTOVER_CONTAINERS_TIMEOUT,
             crate::runner::remove_owned_containers(&owner, running),
