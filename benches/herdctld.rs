@@ -14,13 +14,16 @@
 //! | history   | `getJobs {limit: 50}` with 100,000 jobs; start-up to socket-ready | the same with 100 jobs / none      |
 //! | idle      | RSS with 100 agents; CPU time over 10 s of idling      | RSS with one agent                        |
 //! | scheduler | `schedule:triggered` timestamp minus the planned `nextTrigger` | a tokio `sleep_until` overshoot here |
+//! | container | trigger → `job:completed` of a `docker.enabled` job running `true`, one at a time | `podman run --rm IMAGE true` |
 //! | slurm     | a job of `true` on a Slurm cluster (`executor: {type: slurm}`): trigger → `job:completed`, one at a time | `srun true`; and `sbatch --wrap true` polled with `squeue` until COMPLETED |
 //!
 //! The slurm scenario needs a cluster that answers `sinfo` (`.ci/slurm-up` starts one); without one it says
 //! so and is skipped.
 //! Arguments that do not start with `-` select scenarios by name (`cargo bench --bench herdctld -- rpc idle`).
 //! `HERDCTL_BENCH_JOBS` changes the number of dispatch jobs (default 2000); `HERDCTL_BENCH_WRAPPER=eatmydata`
-//! runs the daemon under a wrapper program (to see, for instance, what fsync costs). Every daemon gets its
+//! runs the daemon under a wrapper program (to see, for instance, what fsync costs). The container scenario
+//! uses the engine of `DOCKER_HOST` and the image `HERDCTLD_TEST_IMAGE` (`.ci/podman-up` sets both up), and
+//! is skipped, saying why, without them. Every daemon gets its
 //! own temporary fleet, state directory and socket; its log goes to a file there.
 
 #[path = "../tests/support/mod.rs"]
@@ -94,6 +97,9 @@ fn main() {
     }
     if wants("scheduler") {
         scheduler(&mut table);
+    }
+    if wants("container") {
+        container_dispatch(&mut table);
     }
     if wants("slurm") {
         slurm_dispatch(&mut table);
@@ -906,6 +912,96 @@ fn scheduler(table: &mut Table) {
         &baseline,
         10.0,
     );
+}
+
+/// Container job dispatch: trigger → `job:completed` of a trivial job in a container, one at a time, against
+/// the engine's own `podman run --rm IMAGE true` in the same run.
+fn container_dispatch(table: &mut Table) {
+    const RUNS: usize = 10;
+    let image = std::env::var("HERDCTLD_TEST_IMAGE")
+        .unwrap_or_else(|_| "localhost/herdctld-test-busybox:latest".to_owned());
+    let skip = |why: &str| eprintln!("container: skipped: {why}");
+    let Some(host) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) else {
+        return skip(
+            "DOCKER_HOST is not set (.ci/podman-up starts an engine and says what to export)",
+        );
+    };
+    let answers = current_thread_runtime().block_on(async {
+        let docker = bollard::Docker::connect_with_unix(&host, 30, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| e.to_string())?;
+        docker.ping().await.map_err(|e| e.to_string())
+    });
+    if let Err(why) = answers {
+        return skip(&format!("no engine answers at {host}: {why}"));
+    }
+    eprintln!(
+        "container: {RUNS} jobs of `true` in {image}, one at a time, and {RUNS} `podman run --rm`"
+    );
+    let podman_run = || {
+        let status = Command::new("podman")
+            .args(["run", "--rm", "--network", "none", &image, "true"])
+            .stdout(Stdio::null())
+            .status();
+        matches!(status, Ok(status) if status.success())
+    };
+    let mut baseline = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        if !podman_run() {
+            return skip(
+                "`podman run --rm IMAGE true` failed (is podman installed, the image imported?)",
+            );
+        }
+        baseline.push(started.elapsed());
+    }
+    let agent = format!(
+        "name: boxed\nruntime: command\ncommand: [\"true\"]\ndocker: {{enabled: true, image: '{image}', network: none}}\n"
+    );
+    let fleet = Fleet::new(&[("boxed".into(), agent)]);
+    let daemon = fleet.start_daemon();
+    let mut events = daemon.connect();
+    events.subscribe(
+        "subscribeEvents",
+        json!({"types": ["job:completed", "job:failed"]}),
+    );
+    let mut control = daemon.connect();
+    let mut samples = Vec::new();
+    let mut failed = 0;
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        control.call("trigger", json!({"agentName": "boxed"}));
+        loop {
+            let notification = events.next_notification();
+            match notification.result["type"].as_str() {
+                Some("job:completed") => break,
+                Some("job:failed") => {
+                    failed += 1;
+                    eprintln!("container: a job failed: {}", notification.result["error"]);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    let median = |samples: &[Duration]| percentile(samples, 0.5);
+    let (value, base) = (median(&samples), median(&baseline));
+    let ratio = value.as_secs_f64() / base.as_secs_f64();
+    let note = if failed > 0 {
+        format!(" ({failed} failed)")
+    } else {
+        String::new()
+    };
+    table.row(Row {
+        metric: format!(
+            "container job dispatch: trigger → completed of `true`, median of {RUNS}{note}"
+        ),
+        value: ms(value),
+        baseline: format!("{} (podman run --rm)", ms(base)),
+        ratio: Some(ratio),
+        target: "ratio ≤ 1.5".into(),
+        verdict: Verdict::of(ratio <= 1.5 && failed == 0),
+    });
 }
 
 /// Issue 18: a trivial job on a Slurm cluster, trigger to `job:completed`, against Slurm's own ways of running

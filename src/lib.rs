@@ -30,9 +30,11 @@
 //!   only.
 //! - [`scheduler`] — *when* schedules are due: a timer task behind a handle, an injectable clock. Sends
 //!   `Fire`s; never decides what a fire does.
-//! - [`runner`] — *how* a job runs: spawns `claude` or a command in its own process group, parses
-//!   stream-json output, enforces timeouts, cancels the whole process tree. Knows nothing of config files,
-//!   the store or the fleet.
+//! - [`runner`] — *how* a job runs: spawns `claude` or a command in its own process group, or runs it in a
+//!   container through the Docker Engine API on `DOCKER_HOST`'s socket (`runner::container`, bollard); parses
+//!   stream-json output, enforces timeouts, cancels the whole process tree (or stops the container). Both
+//!   places share one supervision, output pipeline and outcome rules. Knows nothing of config files, the
+//!   store or the fleet.
 //! - [`executor`] — *where* a job runs: as the daemon's child (the local executor: the runner, unchanged) or
 //!   on a cluster engine (Slurm, through its client tools), behind one interface (start, output, cancel
 //!   graceful then forced, outcome, list the runs a state directory owns, re-attach). On a cluster the job
@@ -81,18 +83,20 @@
 //!    returns the job, `running` or `queued`, once the writer renamed the record and fsynced the jobs
 //!    directory (`state::DirSync`: one fsync shared by every record written meanwhile).
 //! 3. Starting decides the Claude session (the agent's pointer resumed while herdctl would still resume it,
-//!    `fleet::sessions`), fails the job `spawn_failed` if its agent asks for a container (no container engine
-//!    yet; never the host instead), maps the agent's configuration and the fleet's `.env` to a
-//!    `runner::RunSpec` and hands it to the agent's executor. The local one calls `runner::start`, which
-//!    spawns the child in its own process group with the prompt on stdin (vfork-style, without copying the
-//!    daemon, with a parent-death signal); the job becomes `running` (pid, pgid and process start time
-//!    persisted for crash recovery) and `job:started` and `agent:started` are emitted. A cluster executor
-//!    submits the job (the spec in `<state>/executor/`, the engine's id persisted once known); the job holds
-//!    its slot and stays `queued` (with the engine's pending reason, told as `job:queued` with position 0)
-//!    until the engine starts it, which emits `job:started` before its first output line.
-//! 4. The runner reads the child's pipes a chunk at a time and hands on each read's lines as one
-//!    `runner::OutputEvent` (stream-json messages parsed on the way); on a cluster the shim's runner does,
-//!    and the executor relays the lines the shim numbered and stamped. A supervisor task pumps them: each
+//!    `fleet::sessions`), maps the agent's configuration and the fleet's `.env` to a `runner::RunSpec` (with
+//!    a `ContainerSpec` when its `docker.enabled`) and hands it to the agent's executor. The local one calls
+//!    `runner::start`, which spawns the child in its own process group with the prompt on stdin
+//!    (vfork-style, without copying the daemon, with a parent-death signal), or creates, attaches to and
+//!    starts the job's container (labelled with the job id and the state directory); the job becomes
+//!    `running` (for a host job pid, pgid and process start time persisted for crash recovery) and
+//!    `job:started` and `agent:started` are emitted. A cluster executor submits the job (the spec in
+//!    `<state>/executor/`, the engine's id persisted once known); the job holds its slot and stays `queued`
+//!    (with the engine's pending reason, told as `job:queued` with position 0) until the engine starts it,
+//!    which emits `job:started` before its first output line.
+//! 4. The runner reads the child's pipes (or the container's demultiplexed attach stream) a chunk at a time
+//!    and hands on each read's lines as one `runner::OutputEvent` (stream-json messages parsed on the way);
+//!    on a cluster the shim's runner does, and the executor relays the lines the shim numbered and stamped.
+//!    A supervisor task pumps them: each
 //!    batch gets its seqs and one timestamp and is serialised once into one buffer
 //!    (`job::SerializedLines`), which is appended to `jobs/<id>.jsonl` under the storage cap
 //!    (`state::OutputWriter`: the head, then two rotating tail segments, the middle dropped with a notice
@@ -119,7 +123,8 @@
 //! ## Invariants
 //!
 //! - Only `rpc` and `daemon` know about sockets and JSON-RPC (wire error codes included); the FleetManager
-//!   works embedded without them. Every event name is spelled once, where `fleet::events` declares it.
+//!   works embedded without them. (The container engine's socket is the Docker client's business, inside
+//!   `runner::container`.) Every event name is spelled once, where `fleet::events` declares it.
 //!   `tests/architecture.rs` checks both on the source.
 //! - The wire is camelCase, one shape per concept, and `proto-docs/openrpc.json` is generated from the types
 //!   that make it (a unit test keeps the file equal; the tests' client checks every answer against it);
@@ -135,7 +140,12 @@
 //!   read, and rewrites keep every field herdctld does not know; only a file neither tool can read is moved
 //!   aside, with an error event. History limits delete records herdctl wrote only when the operator set a
 //!   limit explicitly (herdctl never prunes).
-//! - Isolation fails closed: a job whose agent asks for a container never runs on the host.
+//! - Isolation fails closed: a job whose agent asks for a container never runs on the host; if its
+//!   container cannot be run the job fails `spawn_failed` with the engine's reason. The engine's socket is
+//!   never mounted into a container (refused at load).
+//! - Nothing a container job starts outlives it: its container is removed when it ends, and a daemon
+//!   starting up removes every container labelled with its state directory that no job of its own runs in
+//!   (a dead daemon's): before its first job when its fleet uses containers, in the background otherwise.
 //! - The FleetManager's mutable state sits behind one mutex that is never held across `.await`, and no
 //!   file is read or written under it. Job records are indexed and queued under it and written, in order,
 //!   by `fleet::record_writer`; until a job's last write lands the job table answers for it from memory.

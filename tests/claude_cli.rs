@@ -106,6 +106,7 @@ fn run_spec(prompt: &str, claude: ClaudeSpec, sandbox: &Sandbox, stub: &Messages
         timeout: Some(RUN_TIMEOUT),
         stop_grace: Duration::from_secs(2),
         limits: OutputLimits::default(),
+        container: None,
     }
 }
 

@@ -484,7 +484,7 @@ fn the_projects_herdctl_fixture_fleet_loads_as_herdctl_would() {
         "schedules.nightly.concurrency: unknown schedule key",
         "schedules.on-push.path: unknown schedule key",
         "schedules.on-push.secret: unknown schedule key",
-        "docker.enabled: jobs of agent reviewer need a container engine",
+        "the fleet's top-level docker section applies to no agent",
         "fleet-level web",
         "fleet-level webhooks",
         "chat",

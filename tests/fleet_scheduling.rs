@@ -578,7 +578,7 @@ async fn a_stopped_fleet_fires_nothing_and_resumes_on_start() {
     assert_eq!((info.runs, info.skipped), (2, 0));
 }
 
-/// Jobs that end as they start (an agent asking for a container) free their slot inside the queue's own
+/// Jobs that end as they start (their working directory does not exist) free their slot inside the queue's own
 /// dispatch: a long queue of them ends one after another, not each inside the previous one's stack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_queue_of_jobs_that_cannot_start_ends_without_deepening_the_stack() {
@@ -588,7 +588,11 @@ async fn a_long_queue_of_jobs_that_cannot_start_ends_without_deepening_the_stack
         "",
         &[
             ("host", &wait_for_file(&release), ""),
-            ("boxed", "true", "docker:\n  enabled: true"),
+            (
+                "boxed",
+                "true",
+                "working_directory: /herdctld-no-such-directory",
+            ),
         ],
     );
     let manager = FleetManager::new(FleetManagerOptions {

@@ -751,10 +751,17 @@ async fn an_agent_that_asks_for_docker_never_runs_on_the_host() {
     let done = run_job(&mut client, json!({"agentName": "beta"})).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["exitReason"], "spawn_failed");
-    let message = done["error"]["message"].as_str().unwrap_or_default();
+    // Its container could not run: no engine here, or (under CI) herdctl's default image is not on the
+    // machine. Either way the job failed rather than run on the host.
+    let code = done["error"]["code"].as_str().unwrap_or_default();
     assert!(
-        message.contains("docker.enabled") && message.contains("never runs"),
-        "{message}"
+        [
+            "ENGINE_UNREACHABLE",
+            "ENGINE_PERMISSION_DENIED",
+            "IMAGE_MISSING"
+        ]
+        .contains(&code),
+        "{done}"
     );
     assert!(!marker.exists(), "the job ran on the host");
 }

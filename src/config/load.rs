@@ -63,6 +63,7 @@ pub fn load_with(
     }
     let agents = std::mem::take(&mut loader.agents);
     check_unique_names(&agents, &mut errors);
+    check_engine_socket_not_mounted(&agents, &lookup, &mut errors);
 
     if !errors.is_empty() {
         return Err(ConfigError::Invalid {
@@ -119,6 +120,107 @@ fn check_unique_names(agents: &[AgentConfig], errors: &mut Errors) {
                     first.display()
                 ),
             );
+        }
+    }
+}
+
+/// Where container engines listen: `DOCKER_HOST`'s socket, Docker's and podman's usual ones.
+fn engine_sockets(env: EnvLookup<'_>) -> Vec<PathBuf> {
+    let mut sockets: Vec<PathBuf> = [
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        "/run/podman/podman.sock",
+        "/run/containerd/containerd.sock",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    if let Some(host) = env("DOCKER_HOST") {
+        if let Some(socket) = host.strip_prefix("unix://") {
+            sockets.push(socket.into());
+        }
+    }
+    if let Some(runtime_dir) = env("XDG_RUNTIME_DIR") {
+        sockets.push(Path::new(&runtime_dir).join("podman/podman.sock"));
+        sockets.push(Path::new(&runtime_dir).join("docker.sock"));
+    }
+    // Also where a symlink (/var/run → /run) makes one really is.
+    let resolved: Vec<PathBuf> = sockets
+        .iter()
+        .filter_map(|socket| socket.canonicalize().ok())
+        .collect();
+    sockets.extend(resolved);
+    sockets
+}
+
+/// Whether mounting `host` would put one of `sockets` into a container: it is one, or a directory above one.
+fn exposes_a_socket(host: &Path, sockets: &[PathBuf]) -> bool {
+    if !host.is_absolute() {
+        // A named volume, not a host path.
+        return false;
+    }
+    let resolved = host.canonicalize().unwrap_or_else(|_| normalize(host));
+    sockets
+        .iter()
+        .any(|socket| socket.starts_with(host) || socket.starts_with(&resolved))
+}
+
+/// The container engine's socket is never mounted into an agent's container: a job that can talk to the engine
+/// can start a container of its own, without limits and as the host's root. Refuses a `docker.volumes` entry, a
+/// `host_config` bind or mount, or a working directory (mounted at /workspace) whose host path is an engine's
+/// socket or a directory holding one.
+fn check_engine_socket_not_mounted(
+    agents: &[AgentConfig],
+    env: EnvLookup<'_>,
+    errors: &mut Errors,
+) {
+    let containerized: Vec<(&AgentConfig, &DockerConfig)> = agents
+        .iter()
+        .filter_map(|agent| Some((agent, agent.docker.as_ref().filter(|d| d.enabled)?)))
+        .collect();
+    if containerized.is_empty() {
+        return;
+    }
+    let sockets = engine_sockets(env);
+    let refuse = |errors: &mut Errors, agent: &AgentConfig, path: &str, host: &str| {
+        errors.push(
+            &agent.source_file,
+            path,
+            format!("mounts {host}, which is or holds a container engine's socket: a job that can reach the engine can escape its container; mount something narrower"),
+        );
+    };
+    for (agent, docker) in containerized {
+        if exposes_a_socket(&agent.working_directory, &sockets) {
+            refuse(
+                errors,
+                agent,
+                "working_directory",
+                &agent.working_directory.display().to_string(),
+            );
+        }
+        // Every host path the container would get, with where it is configured.
+        let raw = docker.host_config.as_ref();
+        let entries = |key: &str| {
+            raw.and_then(|config| config.get(key)?.as_array())
+                .into_iter()
+                .flatten()
+                .enumerate()
+        };
+        let volumes = docker.volumes.iter().enumerate().map(|(position, volume)| {
+            (index("docker.volumes", position), volume.split(':').next())
+        });
+        let binds = entries("Binds").map(|(position, bind)| {
+            let host = bind.as_str().and_then(|bind| bind.split(':').next());
+            (index("docker.host_config.Binds", position), host)
+        });
+        let mounts = entries("Mounts").map(|(position, mount)| {
+            let host = mount.get("Source").and_then(serde_json::Value::as_str);
+            (index("docker.host_config.Mounts", position), host)
+        });
+        for (path, host) in volumes.chain(binds).chain(mounts) {
+            if let Some(host) = host.filter(|host| exposes_a_socket(Path::new(host), &sockets)) {
+                refuse(errors, agent, &path, host);
+            }
         }
     }
 }
@@ -204,6 +306,14 @@ impl Loader<'_> {
         }
         let docker =
             get(&tree, "docker").and_then(|value| build_docker(value, "docker", None, &mut reader));
+        if docker.is_some() {
+            reader.warn(
+                "docker",
+                "the fleet's top-level docker section applies to no agent: as in herdctl, an agent's \
+                 containers take their settings from its own docker section, with defaults.docker under \
+                 it; move these settings to defaults.docker",
+            );
+        }
         let mut meta = FleetMeta {
             docker,
             ..FleetMeta::default()
@@ -1250,19 +1360,18 @@ mod tests {
             (fleet_docker.image.as_deref(), fleet_docker.network),
             (Some("fleet-image"), DockerNetwork::None)
         );
+        assert_eq!(docker.memory_bytes(), 512 * 1024 * 1024);
         let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
-        let container_warnings: Vec<&String> = messages
-            .iter()
-            .filter(|m| {
-                m.contains("need a container engine; herdctld will not run them on the host")
-            })
-            .collect();
-        assert_eq!(container_warnings.len(), 1, "{messages:#?}");
-        // enabled came from defaults, so the warning points there and names the agent.
+        // Containers run now: enabling them is no longer a warning; the fleet's own section, which herdctl
+        // applies to no agent, is.
         assert!(
-            container_warnings[0].contains(
-                "herdctl.yaml: defaults.docker.enabled: docker.enabled: jobs of agent a need"
-            ),
+            !messages.iter().any(|m| m.contains("docker.enabled")),
+            "{messages:#?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains(
+                "herdctl.yaml: docker: the fleet's top-level docker section applies to no agent"
+            )),
             "{messages:#?}"
         );
         assert!(
@@ -1271,6 +1380,86 @@ mod tests {
                 .any(|m| m.contains("docker") && m.contains("(ignored)")),
             "{messages:#?}"
         );
+    }
+
+    #[test]
+    fn docker_settings_that_cannot_be_honoured_are_refused_at_load() {
+        let dir = tree(&[(
+            "a.yaml",
+            "name: a\ndocker: {enabled: true, ephemeral: false, ports: ['70000:80', '0'], labels: {herdctld.job-id: x}, host_config: {ShmSize: 64, NoSuchField: 1}}\n",
+        )]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        for (path, needle) in [
+            ("docker.ephemeral", "not supported by herdctld"),
+            ("docker.ports[0]", "port numbers 1 to 65535"),
+            ("docker.ports[1]", "port numbers 1 to 65535"),
+            ("docker.labels.herdctld.job-id", "prefix is herdctld's own"),
+            (
+                "docker.host_config",
+                "[\"NoSuchField\"] are not Docker HostConfig fields",
+            ),
+        ] {
+            assert!(
+                errors.iter().any(|e| e.1 == path && e.2.contains(needle)),
+                "{path}: {errors:#?}"
+            );
+        }
+        let dir = tree(&[(
+            "a.yaml",
+            "name: a\ndocker: {enabled: true, host_config: {Memory: lots}}\n",
+        )]);
+        let errors = errors_of(load_dir(dir.path(), &no_env));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.1 == "docker.host_config" && e.2.contains("not a Docker HostConfig")),
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn the_engine_socket_is_never_mounted_into_a_container() {
+        let socket_dir = tempfile::tempdir().unwrap();
+        let socket = socket_dir.path().join("engine.sock");
+        let host = format!("unix://{}", socket.display());
+        let env = |name: &str| (name == "DOCKER_HOST").then(|| host.clone());
+        let fleet = format!(
+            "defaults:\n  docker:\n    volumes: ['{dir}:/engine', '/data:/data']\n    host_config: {{Binds: ['{sock}:/s'], Mounts: [{{Type: bind, Source: /var/run/docker.sock, Target: /d}}]}}\nagents: [{{path: a.yaml}}, {{path: b.yaml}}]\n",
+            dir = socket_dir.path().display(),
+            sock = socket.display(),
+        );
+        let dir = tree(&[
+            ("herdctl.yaml", fleet.as_str()),
+            ("a.yaml", "name: a\ndocker: {enabled: true}\n"),
+            ("b.yaml", "name: b\nworking_directory: /\n"),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &env));
+        let refused: Vec<&str> = errors
+            .iter()
+            .filter(|e| e.2.contains("container engine's socket"))
+            .map(|e| e.1.as_str())
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                "docker.volumes[0]",
+                "docker.host_config.Binds[0]",
+                "docker.host_config.Mounts[0]"
+            ],
+            "{errors:#?}"
+        );
+        // The same mounts in an agent that runs on the host mount nothing; a container of the root directory
+        // would hold every socket.
+        let dir = tree(&[
+            ("herdctl.yaml", "agents: [{path: b.yaml}]\n"),
+            (
+                "b.yaml",
+                "name: b\nworking_directory: /\ndocker: {enabled: true}\n",
+            ),
+        ]);
+        let errors = errors_of(load_dir(dir.path(), &env));
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].1, "working_directory");
     }
 
     #[test]

@@ -145,8 +145,8 @@ pub struct AgentConfig {
     pub identity: Option<IdentityConfig>,
     pub repo: Option<String>,
     pub metadata_file: Option<String>,
-    /// `docker`: `defaults.docker` deep-merged under the agent's own. herdctld has no container runtime; an
-    /// agent with `enabled: true` must not run on the host.
+    /// `docker`: `defaults.docker` deep-merged under the agent's own. With `enabled: true` the agent's jobs
+    /// run in containers, never on the host.
     pub docker: Option<DockerConfig>,
 }
 
@@ -417,7 +417,7 @@ pub enum HttpMethod {
 pub struct DockerConfig {
     /// Run this agent's jobs in a container (default false).
     pub enabled: bool,
-    /// A fresh container per job (default true) rather than one reused across jobs.
+    /// A fresh container per job (default true); `false` (one reused across jobs) is refused at load.
     pub ephemeral: bool,
     /// `image`, or its deprecated alias `base_image`; `None` = herdctl's default image.
     pub image: Option<String>,
@@ -431,19 +431,39 @@ pub struct DockerConfig {
     pub pids_limit: Option<u32>,
     /// `UID` or `UID:GID`; `None` = the host user.
     pub user: Option<String>,
-    /// Containers kept per agent before cleanup (default 5).
+    /// At most this many of the agent's containers at once (default 5): its jobs beyond wait in the queue.
     pub max_containers: u32,
     /// Extra mounts, `host:container[:ro|rw]`.
     pub volumes: Vec<String>,
     pub workspace_mode: WorkspaceMode,
     pub env: BTreeMap<String, String>,
-    /// `hostPort:containerPort` or `containerPort`.
+    /// `hostPort:containerPort` or `containerPort`, each a port number (checked at load).
     pub ports: Vec<String>,
     /// `/path` or `/path:options`.
     pub tmpfs: Vec<String>,
     pub labels: BTreeMap<String, String>,
     /// Raw Docker `HostConfig` passthrough, as written.
     pub host_config: Option<serde_json::Value>,
+}
+
+impl DockerConfig {
+    /// The memory limit in bytes, as herdctl reads `memory`: a number (decimals allowed) times 1024 per unit
+    /// step (`k`, `m`, `g`, `t`; none or `b` for bytes), rounded down. The format was checked at load.
+    pub fn memory_bytes(&self) -> i64 {
+        let text = self.memory.trim().to_ascii_lowercase();
+        let number_end = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(number_end);
+        let scale: f64 = match unit.trim() {
+            "k" => 1024.0,
+            "m" => 1024.0 * 1024.0,
+            "g" => 1024.0 * 1024.0 * 1024.0,
+            "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+            _ => 1.0,
+        };
+        (number.parse::<f64>().unwrap_or(0.0) * scale).floor() as i64
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -527,14 +527,6 @@ pub(crate) fn build_agent(
     }
     let docker = get(tree, "docker")
         .and_then(|value| build_docker(value, "docker", Some(place.source_file), reader));
-    if docker.as_ref().is_some_and(|docker| docker.enabled) {
-        // Named, because `defaults.docker` gives every agent the same origin for this warning.
-        let name = local_name.as_deref().unwrap_or("?");
-        reader.warn(
-            "docker.enabled",
-            format!("docker.enabled: jobs of agent {name} need a container engine; herdctld will not run them on the host"),
-        );
-    }
 
     let working_directory = build_working_directory(tree, place, reader);
     let identity = get(tree, "identity")
@@ -602,6 +594,14 @@ pub(crate) fn build_agent(
     let executor = get(tree, "executor")
         .and_then(|value| build_executor(value, reader))
         .unwrap_or_default();
+    if executor != ExecutorConfig::Local && docker.as_ref().is_some_and(|docker| docker.enabled) {
+        // A cluster job runs the shim on the node's host: the container would be lost on the way.
+        reader.error(
+            "executor",
+            "docker.enabled and a cluster executor cannot be combined: herdctld runs containers only with \
+             the local executor; remove `executor` (or set `type: local`), or set docker.enabled: false",
+        );
+    }
 
     let agent = AgentConfig {
         name: String::new(),
@@ -1474,8 +1474,8 @@ pub(crate) fn build_docker(
     );
     let ports = list(
         "ports",
-        is_number_or_pair,
-        "\"hostPort:containerPort\" or \"containerPort\"",
+        is_port_mapping,
+        "\"hostPort:containerPort\" or \"containerPort\" with port numbers 1 to 65535",
     );
     let tmpfs = list(
         "tmpfs",
@@ -1502,7 +1502,12 @@ pub(crate) fn build_docker(
     let host_config = match get(docker, "host_config") {
         None => None,
         Some(raw) => match serde_json::to_value(raw) {
-            Ok(json) => Some(json),
+            Ok(json) => {
+                if let Err(problem) = check_host_config(&json) {
+                    reader.error(&join(path, "host_config"), problem);
+                }
+                Some(json)
+            }
             Err(error) => {
                 reader.error(
                     &join(path, "host_config"),
@@ -1512,9 +1517,28 @@ pub(crate) fn build_docker(
             }
         },
     };
+    let ephemeral = reader.boolean(docker, "ephemeral", path).unwrap_or(true);
+    if !ephemeral {
+        reader.error(
+            &join(path, "ephemeral"),
+            "ephemeral: false (one container reused across jobs) is not supported by herdctld: a job's \
+             processes could outlive it in a shared container, and a cancel could not stop them with the \
+             job's grace period; remove the setting (each job then gets a fresh container, removed when \
+             it ends)",
+        );
+    }
+    let labels = reader
+        .string_map(docker, "labels", path)
+        .unwrap_or_default();
+    for key in labels.keys().filter(|key| key.starts_with("herdctld.")) {
+        reader.error(
+            &join(&join(path, "labels"), key),
+            format!("label {key:?}: the herdctld. prefix is herdctld's own (it labels every container with its job and state directory); choose another name"),
+        );
+    }
     let config = DockerConfig {
         enabled,
-        ephemeral: reader.boolean(docker, "ephemeral", path).unwrap_or(true),
+        ephemeral,
         image: image.or(base_image),
         network,
         memory: memory.unwrap_or_else(|| "2g".to_string()),
@@ -1529,9 +1553,7 @@ pub(crate) fn build_docker(
         env: reader.string_map(docker, "env", path).unwrap_or_default(),
         ports,
         tmpfs,
-        labels: reader
-            .string_map(docker, "labels", path)
-            .unwrap_or_default(),
+        labels,
         host_config,
     };
     if reader.errors.0.len() > errors_before {
@@ -1561,6 +1583,40 @@ fn is_number_or_pair(text: &str) -> bool {
     match text.split_once(':') {
         Some((first, second)) => digits(first) && digits(second),
         None => digits(text),
+    }
+}
+
+/// `hostPort:containerPort` or `containerPort`, each a port number.
+fn is_port_mapping(text: &str) -> bool {
+    let port = |part: &str| is_number_or_pair(part) && part.parse::<u16>().is_ok_and(|p| p > 0);
+    match text.split_once(':') {
+        Some((host, container)) => port(host) && port(container),
+        None => port(text),
+    }
+}
+
+/// herdctl passes `host_config` to Docker as its `HostConfig`: every field must be one of the Docker API's,
+/// with a value of its type, or it would be dropped on the way and do nothing.
+fn check_host_config(json: &serde_json::Value) -> Result<(), String> {
+    let Some(fields) = json.as_object() else {
+        return Err(
+            "must be a mapping of Docker HostConfig fields (e.g. {ShmSize: 67108864})".into(),
+        );
+    };
+    let parsed: bollard::models::HostConfig = serde_json::from_value(json.clone())
+        .map_err(|error| format!("not a Docker HostConfig: {error}"))?;
+    let known = serde_json::to_value(&parsed).map_err(|error| error.to_string())?;
+    let unknown: Vec<&String> = fields
+        .iter()
+        .filter(|(key, value)| !value.is_null() && known.get(key.as_str()).is_none())
+        .map(|(key, _)| key)
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{unknown:?} are not Docker HostConfig fields (names are Docker's, e.g. ShmSize, Init, ReadonlyRootfs)"
+        ))
     }
 }
 
@@ -1729,6 +1785,20 @@ mod tests {
                 ("plugins", "expected a list, got the string \"./p\""),
                 ("1", "keys must be strings"),
             ],
+        );
+    }
+
+    #[test]
+    fn a_container_agent_on_a_cluster_executor_is_refused() {
+        let built = build_with(
+            Some("executor: {type: slurm}\n"),
+            "name: a\ndocker: {enabled: true, image: 'img'}\n",
+        );
+        assert!(built.agent.is_none());
+        let text = format!("{:?}", built.errors);
+        assert!(
+            text.contains("executor") && text.contains("docker.enabled and a cluster executor"),
+            "{text}"
         );
     }
 

@@ -120,6 +120,19 @@ impl Executor {
     ) -> Run {
         match self {
             Executor::Local => Run::local(runner::start(spec, output)),
+            // The shim would run it on the node's host: isolation fails closed instead.
+            Executor::Cluster(engine) if spec.container.is_some() => {
+                Run::local(RunHandle::ended(RunOutcome::without_process(
+                    RunStatus::Failed,
+                    ExitReason::SpawnFailed,
+                    "CONTAINER_UNAVAILABLE",
+                    format!(
+                        "the job asks for a container, and the {} executor does not run containers; \
+                         give the agent the local executor, or docker.enabled: false",
+                        engine.name()
+                    ),
+                )))
+            }
             Executor::Cluster(engine) => remote::start(
                 engine.clone(),
                 shim::ShimSpec {

@@ -174,8 +174,8 @@ fn agent_limit(config: Option<&FleetConfig>, options: &FleetManagerOptions, agen
         .unwrap_or(options.per_agent)
 }
 
-/// Whether a new job of `agent` may start now under the fleet-wide limit and, unless `when_full` says
-/// to go beyond it, the agent's own. A function of its parts, so the queue's dispatch can ask it while
+/// Whether a new job of `agent` may start now under the fleet-wide limit, its container limit and, unless
+/// `when_full` says to go beyond it, the agent's own. A function of its parts, so the queue's dispatch can ask it while
 /// it holds the job table.
 pub(super) fn may_start(
     config: Option<&FleetConfig>,
@@ -184,11 +184,20 @@ pub(super) fn may_start(
     agent: &str,
     when_full: WhenFull,
 ) -> bool {
+    let running = jobs.running_count(Some(agent));
     let agent_ok = when_full == WhenFull::SkipAtFleetLimit
-        || jobs.running_count(Some(agent)) < agent_limit(config, options, agent) as usize;
+        || running < agent_limit(config, options, agent) as usize;
     let fleet_ok =
         fleet_limit(config, options).is_none_or(|limit| jobs.running_count(None) < limit as usize);
-    agent_ok && fleet_ok
+    let container_ok = container_limit(config, agent).is_none_or(|limit| running < limit as usize);
+    agent_ok && fleet_ok && container_ok
+}
+
+/// Containers `agent` may have at once (`docker.max_containers`), when its jobs run in containers: a hard
+/// limit, whatever a schedule's overlap says.
+fn container_limit(config: Option<&FleetConfig>, agent: &str) -> Option<u32> {
+    let docker = config?.agent(agent)?.docker.as_ref()?;
+    docker.enabled.then_some(docker.max_containers)
 }
 
 /// The first id `draw` gives that is not `taken`: a collision is drawn again, never overwritten.

@@ -2,19 +2,19 @@
 //! runs a previous daemon left), start, stop, flush and reload.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use chrono::Utc;
 
 use crate::config::{self, FleetConfig};
 use crate::executor::ExecutorContext;
-use crate::job::{ExitReason, JobError, JobStatus};
+use crate::job::{ExitReason, JobError, JobId, JobStatus};
 use crate::metrics::Metrics;
 use crate::scheduler::{ScheduleKey, Scheduler};
 use crate::state::{FleetState as PersistedState, JobStore, StateDir};
 use crate::work_sources::WorkSource;
 
-use super::core::state_error;
+use super::core::{state_error, Shared};
 use super::error::{FleetError, FleetState, ValidationIssue};
 use super::events::{report_state_error, EventBus, FleetEvent};
 use super::followup;
@@ -228,6 +228,18 @@ impl FleetManager {
             report_state_error(self.events(), &issue);
         }
         retained.log();
+        let leftovers = LeftoverContainers {
+            owner: state_dir.root().display().to_string(),
+            fleet: Arc::downgrade(&self.shared),
+        };
+        if uses_containers(&config) {
+            // Before any job of this daemon runs: once it is ready, nothing of a dead one runs.
+            leftovers.remove(true).await;
+        } else if crate::runner::engine_configured() {
+            // A fleet without containers does not wait for an engine (podman takes a third of a second to
+            // answer a first request), but a dead daemon's containers from an earlier configuration still go.
+            tokio::spawn(leftovers.remove(false));
+        }
 
         {
             let mut core = self.core();
@@ -536,6 +548,63 @@ fn recover_interrupted(
         }
     }
     adoptions
+}
+
+/// How long a daemon starting up waits for the container engine to list and remove what a dead one left.
+const LEFTOVER_CONTAINERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn uses_containers(config: &FleetConfig) -> bool {
+    config
+        .agents
+        .iter()
+        .any(|agent| agent.docker.as_ref().is_some_and(|docker| docker.enabled))
+}
+
+/// The containers a previous daemon of this state directory left: labelled with the directory, of jobs that
+/// are not running (they were marked interrupted at start). None of them may keep running.
+struct LeftoverContainers {
+    owner: String,
+    /// Weak: a sweep still waiting for the engine must not keep a dropped fleet (and its state directory's
+    /// lock) alive.
+    fleet: Weak<Shared>,
+}
+
+impl LeftoverContainers {
+    /// Removes them; `needed` says the fleet uses containers, so that an engine it cannot reach is worth a
+    /// warning.
+    async fn remove(self, needed: bool) {
+        let LeftoverContainers { owner, fleet } = self;
+        let running = |job: &str| {
+            // A fleet dropped meanwhile knows no longer which jobs run (a new one may, on the same
+            // directory): keep everything, for the next start to sweep.
+            let Some(shared) = fleet.upgrade() else {
+                return true;
+            };
+            let manager = FleetManager { shared };
+            let active = JobId::parse(job).is_ok_and(|id| manager.core().jobs.get(&id).is_some());
+            active
+        };
+        let removal = tokio::time::timeout(
+            LEFTOVER_CONTAINERS_TIMEOUT,
+            crate::runner::remove_owned_containers(&owner, running),
+        )
+        .await;
+        match removal {
+            Ok(Ok(removed)) => {
+                for name in removed {
+                    tracing::warn!(container = %name, "removed a container a stopped daemon left behind");
+                }
+            }
+            Ok(Err(e)) if needed => {
+                tracing::warn!("could not look for containers a stopped daemon left behind: {e}")
+            }
+            Ok(Err(e)) => tracing::debug!("no container engine to look for leftovers in: {e}"),
+            Err(_) => tracing::warn!(
+                "the container engine did not list and remove leftover containers within {}s; some may still run",
+                LEFTOVER_CONTAINERS_TIMEOUT.as_secs()
+            ),
+        }
+    }
 }
 
 /// Claude refuses `bypassPermissions` when run as root (its jobs would all fail at once): say so at load.

@@ -1,24 +1,32 @@
 //! What a job runs: an agent's configuration (and the fleet's `.env`) as the runner's spec, and when its
 //! schedules fire, for the scheduler.
 
+use std::path::Path;
+
 use serde_json::Value;
 
-use crate::config::{AgentConfig, Catchup, DotEnv, RuntimeConfig, ScheduleConfig, ScheduleKind};
+use crate::config::{
+    AgentConfig, Catchup, DockerConfig, DockerNetwork, DotEnv, RuntimeConfig, ScheduleConfig,
+    ScheduleKind, WorkspaceMode,
+};
 use crate::job::Job;
-use crate::runner::{self, RunSpec};
+use crate::runner::{self, BindMount, ContainerNetwork, ContainerSpec, PortBinding, RunSpec};
 use crate::scheduler::{self, Timing, TimingKind};
 
 use super::job_table::RunContext;
 
 /// The runner's spec for one job of `agent`. The fleet's `.env` reaches the job's environment as herdctl's
 /// dotenv puts it in the process environment Claude inherits: under every variable already set (it holds
-/// only those the daemon's environment lacks) and under the agent's own `env`.
+/// only those the daemon's environment lacks) and under the agent's own `env` (and, in a container, its
+/// `docker.env`). An agent with `docker.enabled` runs in a container owned by `state_dir`.
 pub(super) fn run_spec(
     agent: &AgentConfig,
     job: &Job,
     context: &RunContext,
     dotenv: Option<&DotEnv>,
+    state_dir: &Path,
 ) -> RunSpec {
+    let docker = agent.docker.as_ref().filter(|docker| docker.enabled);
     let runtime = match &agent.runtime {
         RuntimeConfig::Claude { bin, .. } => {
             runner::RuntimeSpec::Claude(Box::new(runner::ClaudeSpec {
@@ -58,6 +66,7 @@ pub(super) fn run_spec(
                         RuntimeConfig::Command { env, .. } => !env.contains_key(*key),
                         RuntimeConfig::Claude { .. } => true,
                     })
+                    .filter(|(key, _)| docker.is_none_or(|docker| !docker.env.contains_key(*key)))
                     .map(|(key, value)| (key.clone(), value.clone()))
                     .collect()
             })
@@ -72,6 +81,96 @@ pub(super) fn run_spec(
             .as_ref()
             .map_or(agent.stop_grace, |s| s.stop_grace),
         limits: runner::OutputLimits::default(),
+        container: docker.map(|docker| Box::new(container_spec(agent, docker, state_dir))),
+    }
+}
+
+/// Where Claude keeps the transcripts of a container's sessions: herdctl mounts its state directory's
+/// `docker-sessions` there, so that a job in a new container can resume the session of an earlier one.
+const CLAUDE_SESSIONS_IN_CONTAINER: &str = "/home/claude/.claude/projects/-workspace";
+/// The home of herdctl's Claude image's user, which `CLAUDE_SESSIONS_IN_CONTAINER` is under.
+const CLAUDE_HOME_IN_CONTAINER: &str = "/home/claude";
+/// herdctl's image when `docker.image` is not set.
+pub(super) const DEFAULT_IMAGE: &str = "anthropic/claude-code:latest";
+
+/// The container a job of `agent` runs in, from its `docker` settings (formats checked at load).
+fn container_spec(agent: &AgentConfig, docker: &DockerConfig, state_dir: &Path) -> ContainerSpec {
+    let claude = matches!(agent.runtime, RuntimeConfig::Claude { .. });
+    let mut mounts: Vec<BindMount> = docker
+        .volumes
+        .iter()
+        .map(|volume| {
+            let mut parts = volume.splitn(3, ':');
+            let host = parts.next().unwrap_or_default();
+            let container = parts.next().unwrap_or_default();
+            BindMount {
+                host: host.into(),
+                container: container.to_owned(),
+                read_only: parts.next() == Some("ro"),
+                create: false,
+            }
+        })
+        .collect();
+    let mut env = Vec::new();
+    if claude {
+        mounts.push(BindMount {
+            host: state_dir.join("docker-sessions"),
+            container: CLAUDE_SESSIONS_IN_CONTAINER.to_owned(),
+            read_only: false,
+            create: true,
+        });
+        env.push(("HOME".to_owned(), CLAUDE_HOME_IN_CONTAINER.to_owned()));
+    }
+    env.extend(docker.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let ports = docker
+        .ports
+        .iter()
+        .filter_map(|port| match port.split_once(':') {
+            Some((host, container)) => Some(PortBinding {
+                host: Some(host.parse().ok()?),
+                container: container.parse().ok()?,
+            }),
+            None => Some(PortBinding {
+                host: None,
+                container: port.parse().ok()?,
+            }),
+        })
+        .collect();
+    ContainerSpec {
+        image: docker
+            .image
+            .clone()
+            .unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+        user: docker.user.clone(),
+        network: match docker.network {
+            DockerNetwork::None => ContainerNetwork::None,
+            DockerNetwork::Bridge => ContainerNetwork::Bridge,
+            DockerNetwork::Host => ContainerNetwork::Host,
+        },
+        memory_bytes: docker.memory_bytes(),
+        cpu_shares: docker.cpu_shares.map(i64::from),
+        cpu_period: docker.cpu_period.map(i64::from),
+        cpu_quota: docker.cpu_quota.map(i64::from),
+        pids_limit: docker.pids_limit.map(i64::from),
+        workspace_read_only: docker.workspace_mode == WorkspaceMode::ReadOnly,
+        mounts,
+        tmpfs: docker
+            .tmpfs
+            .iter()
+            .map(|mount| match mount.split_once(':') {
+                Some((path, options)) => (path.to_owned(), options.to_owned()),
+                None => (mount.clone(), String::new()),
+            })
+            .collect(),
+        ports,
+        env,
+        labels: docker.labels.clone(),
+        host_config: docker
+            .host_config
+            .as_ref()
+            .and_then(Value::as_object)
+            .cloned(),
+        owner: state_dir.display().to_string(),
     }
 }
 

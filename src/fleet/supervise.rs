@@ -132,24 +132,6 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         finish_without_running(manager, core, id, "its agent is no longer configured");
         return;
     };
-    if agent.docker.as_ref().is_some_and(|docker| docker.enabled) {
-        // Isolation was asked for and cannot be given: fail closed, never fall back to the host.
-        let outcome = RunOutcome::without_process(
-            runner::RunStatus::Failed,
-            ExitReason::SpawnFailed,
-            "CONTAINER_UNAVAILABLE",
-            format!(
-                "agent {} has docker.enabled: true, and this herdctld has no container engine to run it \
-                 in; it never runs such an agent on the host. Run this agent with herdctl, or set \
-                 docker.enabled: false in its configuration to accept running it on the host",
-                agent.name
-            ),
-        );
-        if let Some(finished) = finalize_locked(manager, core, id, outcome, false, None) {
-            finished.signal();
-        }
-        return;
-    }
     let Some(executors) = core.executors.clone() else {
         finish_without_running(manager, core, id, "the fleet is not initialized");
         return;
@@ -173,7 +155,14 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
         return;
     };
     let dotenv = core.config.as_ref().map(|config| &config.dotenv);
-    let spec = spec::run_spec(&agent, &active.record(), &active.context, dotenv);
+    let spec = spec::run_spec(
+        &agent,
+        &active.record(),
+        &active.context,
+        dotenv,
+        &state_root(core),
+    );
+    let in_container = spec.container.is_some();
     let hub = active.hub.clone();
     // Started here, on a runtime worker thread: a local child's parent-death signal is tied to this thread.
     let run = executor.start(spec, first_seq, output_tx, progress_of(manager, id));
@@ -192,6 +181,7 @@ pub(super) fn start_job(manager: &FleetManager, core: &mut Core, id: &JobId) {
     span.in_scope(|| match (job.pid, run.cluster()) {
         (Some(pid), _) => tracing::info!(pid, "job started"),
         (None, Some(executor)) => tracing::info!(executor, "job submitted"),
+        (None, None) if in_container => tracing::info!("job starting in a container"),
         (None, None) => tracing::debug!("job did not spawn"),
     });
     // A cluster run starts when its engine says so (`progress_of`).
@@ -262,6 +252,14 @@ pub(super) fn progress_of(manager: &FleetManager, id: &JobId) -> ProgressFn {
             Progress::Running => {}
         }
     })
+}
+
+/// The state directory, which owns the fleet's containers (empty before the fleet is initialized).
+fn state_root(core: &Core) -> PathBuf {
+    core.state_dir
+        .as_ref()
+        .map(|dir| dir.root().to_path_buf())
+        .unwrap_or_default()
 }
 
 /// Output events (each up to a pipe read of lines) queued between a run and its pump; small, so that a
@@ -554,6 +552,7 @@ fn restart_fresh(
         &active.record(),
         &active.context,
         core.config.as_ref().map(|config| &config.dotenv),
+        &state_root(core),
     );
     let (output_tx, output_rx) = mpsc::channel(1024);
     let _ = output_tx.try_send(system_notice(

@@ -1,29 +1,35 @@
-//! Runs one job as a child process and reports its output and outcome.
+//! Runs one job, on the host as a child process or in a container, and reports its output and outcome.
 //!
 //! Owns: building the command line of a runtime (Claude Code CLI, or any command), spawning it as its own process
 //! group with the prompt on stdin (`spawn`: clone-and-exec without copying the daemon's memory), reading its
-//! stdout/stderr a chunk of lines at a time under the line-length cap, parsing stream-json,
-//! timeouts, cancellation (SIGTERM to the group, grace, SIGKILL, and descendants that escaped the group), sweeping
-//! what the leader leaves behind, reaping adopted orphans, and killing a dead daemon's leftovers.
+//! stdout/stderr a chunk of lines at a time under the line-length cap, parsing stream-json and deciding the
+//! outcome (`collect`), timeouts, cancellation (SIGTERM to the group, grace, SIGKILL, and descendants that
+//! escaped the group), sweeping what the leader leaves behind, reaping adopted orphans, and killing a dead
+//! daemon's leftovers. `container` runs the same job in a container through the Docker Engine API (the
+//! spec's [`ContainerSpec`]), with the same output pipeline, outcome rules and termination sequence; `run` holds
+//! what both share and a `Target` (process group or container) is what differs.
 //!
 //! Must not: know about configuration files, the state directory, job records or the fleet. It takes a
 //! self-contained [`RunSpec`], streams [`OutputEvent`]s (batches of lines) into a channel and returns a [`RunOutcome`]; the
 //! FleetManager maps config → spec and outcome → job record. No shell anywhere: argv entries only.
 //!
 //! Public API:
-//! - [`start`]`(RunSpec, Sender<OutputEvent>) -> RunHandle`; spawn failures come back as an outcome with exit
-//!   reason `spawn_failed`.
-//! - [`RunHandle`]: [`RunHandle::process`] (pid, pgid, start time), [`RunHandle::canceller`],
-//!   [`RunHandle::wait`] → [`RunOutcome`].
+//! - [`start`]`(RunSpec, Sender<OutputEvent>) -> RunHandle`; spawn failures (and a container that cannot be
+//!   created or started) come back as an outcome with exit reason `spawn_failed`.
+//! - [`RunHandle`]: [`RunHandle::process`] (pid, pgid, start time; `None` in a container),
+//!   [`RunHandle::canceller`], [`RunHandle::wait`] → [`RunOutcome`].
 //! - [`Canceller::cancel`]`(grace) -> TerminationType`.
 //! - [`claude_args`], [`become_subreaper`], [`reap_adopted_zombies`], [`spawn_orphan_reaper`],
 //!   [`process_start_time`], [`kill_stale_job`].
+//! - [`remove_owned_containers`] (a dead daemon's containers, by their owner label), [`engine_configured`].
 //!
-//! Every job process gets the daemon's environment plus `HERDCTL_JOB_ID`, `HERDCTL_AGENT`, `HERDCTL_SCHEDULE`
-//! (and `HERDCTL_PROMPT` for the command runtime); the job id in the environment is how escaped descendants are
-//! found, so nothing else may carry a running job's id.
+//! Every job process gets `HERDCTL_JOB_ID`, `HERDCTL_AGENT`, `HERDCTL_SCHEDULE` (and `HERDCTL_PROMPT` for the
+//! command runtime) on top of the daemon's environment on the host, or of the container's own environment; the
+//! job id in the environment is how escaped descendants are found, so nothing else may carry a running job's id.
 
 mod claude;
+mod collect;
+mod container;
 mod output;
 mod process;
 mod run;
@@ -40,6 +46,10 @@ use crate::job::OutputLine;
 
 pub use crate::job::{ExitReason, JobError, TerminationType};
 pub use claude::{claude_args, ClaudeSpec, CLAUDE_BIN_ENV, INSTALL_HINT};
+pub use container::{
+    engine_configured, remove_owned_containers, BindMount, ContainerError, ContainerNetwork,
+    ContainerSpec, PortBinding, AGENT_LABEL, DEFAULT_SOCKET, JOB_ID_LABEL, OWNER_LABEL, WORKSPACE,
+};
 pub use output::{OutputLimits, TextLines};
 pub use process::{
     become_subreaper, kill_stale_job, process_start_time, reap_adopted_zombies,
@@ -64,6 +74,11 @@ pub struct RunSpec {
     /// Time between SIGTERM and SIGKILL on timeout and when sweeping leftovers after the leader exits.
     pub stop_grace: Duration,
     pub limits: OutputLimits,
+    /// Run the job in this container instead of on the host (`cwd` is mounted at [`WORKSPACE`]). Never
+    /// sent to an exec-shim: a cluster executor refuses a spec that has one (isolation is not dropped on
+    /// the way), and the configuration refuses `docker` with a cluster `executor` at load.
+    #[serde(skip)]
+    pub container: Option<Box<ContainerSpec>>,
 }
 
 /// Which program runs the job.

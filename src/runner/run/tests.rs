@@ -33,6 +33,7 @@ fn spec(runtime: RuntimeSpec, cwd: &Path) -> RunSpec {
         timeout: None,
         stop_grace: Duration::from_millis(300),
         limits: OutputLimits::default(),
+        container: None,
     }
 }
 
