@@ -142,7 +142,8 @@
 //!   limit explicitly (herdctl never prunes).
 //! - Isolation fails closed: a job whose agent asks for a container never runs on the host; if its
 //!   container cannot be run the job fails `spawn_failed` with the engine's reason. The engine's socket is
-//!   never mounted into a container (refused at load).
+//!   never mounted into a container, and a container agent on a cluster executor is refused (both at load);
+//!   a run spec never carries a container to an exec-shim.
 //! - Nothing a container job starts outlives it: its container is removed when it ends, and a daemon
 //!   starting up removes every container labelled with its state directory that no job of its own runs in
 //!   (a dead daemon's): before its first job when its fleet uses containers, in the background otherwise.
