@@ -33,7 +33,7 @@ impl OutputNotifications {
         fleet: &FleetManager,
         params: Params<'_>,
     ) -> Result<OutputNotifications, ErrorObjectOwned> {
-        let p: JobOutputParams = super::methods::parse(&params)?;
+        let p: JobOutputParams = super::params::parse(&params)?;
         let stream = fleet
             .stream_job_output(&p.id, p.from_seq)
             .map_err(|e| super::error::fleet_error(&e))?;

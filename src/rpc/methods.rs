@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonrpsee::core::SubscriptionError;
-use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::{PendingSubscriptionSink, RpcModule, SubscriptionMessage, SubscriptionSink};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::fleet::{
     EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, ForkOptions,
@@ -21,9 +21,9 @@ use crate::fleet::{
 
 use super::job_output::OutputNotifications;
 use super::params::{
-    AgentLogsParams, CancelParams, EventsParams, ForkParams, JobOutputParams, JobParams,
-    JobsParams, LogsParams, NameParams, NoParams, RpcParams, ScheduleParams, StopParams,
-    TriggerParams,
+    invalid_params, parse, AgentLogsParams, CancelParams, EventsParams, ForkParams,
+    JobOutputParams, JobParams, JobsParams, LogsParams, NameParams, NoParams, ScheduleParams,
+    StopParams, TriggerParams,
 };
 use super::results::{JobDetail, StateResult, StatusResult};
 use super::transport::raw::{RawSubscription, RawSubscriptions};
@@ -72,49 +72,6 @@ pub fn registered_method_names(module: &RpcModule<FleetManager>) -> Vec<String> 
 
 fn domain_error(error: FleetError) -> ErrorObjectOwned {
     super::error::fleet_error(&error)
-}
-
-fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
-    let message = message.into();
-    super::error::error_object(
-        format!("Invalid params: {message}"),
-        super::error::ErrorData::InvalidParams { message },
-    )
-}
-
-/// Parses named params, or positional ones mapped onto the names of `T::POSITIONAL` in order.
-pub(super) fn parse<T: RpcParams>(params: &Params) -> Result<T, ErrorObjectOwned> {
-    let names = T::POSITIONAL;
-    let value: Value = match params.as_str() {
-        None => Value::Object(Map::new()),
-        Some(raw) => serde_json::from_str(raw).map_err(|e| invalid_params(e.to_string()))?,
-    };
-    let object = match value {
-        Value::Object(map) => map,
-        Value::Null => Map::new(),
-        Value::Array(items) => {
-            if items.len() > names.len() {
-                return Err(invalid_params(format!(
-                    "expected at most {} positional params ({}), got {}",
-                    names.len(),
-                    names.join(", "),
-                    items.len()
-                )));
-            }
-            names
-                .iter()
-                .zip(items)
-                .filter(|(_, v)| !v.is_null())
-                .map(|(name, v)| (name.to_string(), v))
-                .collect()
-        }
-        other => {
-            return Err(invalid_params(format!(
-                "params must be an object or an array, got {other}"
-            )))
-        }
-    };
-    serde_json::from_value(Value::Object(object)).map_err(|e| invalid_params(e.to_string()))
 }
 
 fn to_value(result: impl Serialize) -> Result<Value, ErrorObjectOwned> {

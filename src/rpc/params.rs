@@ -5,13 +5,58 @@
 //! comments), so what the document says and what the daemon accepts cannot drift apart.
 
 use chrono::{DateTime, Utc};
+use jsonrpsee::types::{ErrorObjectOwned, Params};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::fleet::OutputRequest;
 use crate::job::JobStatus;
+
+/// An INVALID_PARAMS error saying `message`.
+pub(super) fn invalid_params(message: impl Into<String>) -> ErrorObjectOwned {
+    let message = message.into();
+    super::error::error_object(
+        format!("Invalid params: {message}"),
+        super::error::ErrorData::InvalidParams { message },
+    )
+}
+
+/// Parses named params, or positional ones mapped onto the names of `T::POSITIONAL` in order.
+pub(super) fn parse<T: RpcParams>(params: &Params) -> Result<T, ErrorObjectOwned> {
+    let names = T::POSITIONAL;
+    let value: Value = match params.as_str() {
+        None => Value::Object(Map::new()),
+        Some(raw) => serde_json::from_str(raw).map_err(|e| invalid_params(e.to_string()))?,
+    };
+    let object = match value {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        Value::Array(items) => {
+            if items.len() > names.len() {
+                return Err(invalid_params(format!(
+                    "expected at most {} positional params ({}), got {}",
+                    names.len(),
+                    names.join(", "),
+                    items.len()
+                )));
+            }
+            names
+                .iter()
+                .zip(items)
+                .filter(|(_, v)| !v.is_null())
+                .map(|(name, v)| (name.to_string(), v))
+                .collect()
+        }
+        other => {
+            return Err(invalid_params(format!(
+                "params must be an object or an array, got {other}"
+            )))
+        }
+    };
+    serde_json::from_value(Value::Object(object)).map_err(|e| invalid_params(e.to_string()))
+}
 
 /// A method's params type.
 pub trait RpcParams: DeserializeOwned + JsonSchema {

@@ -30,6 +30,7 @@
 mod claude;
 mod collect;
 mod container;
+mod handle;
 mod output;
 mod process;
 mod run;
@@ -50,12 +51,12 @@ pub use container::{
     engine_configured, remove_owned_containers, BindMount, ContainerError, ContainerNetwork,
     ContainerSpec, PortBinding, AGENT_LABEL, DEFAULT_SOCKET, JOB_ID_LABEL, OWNER_LABEL, WORKSPACE,
 };
+pub use handle::{start, Canceller, RunHandle};
 pub use output::{OutputLimits, TextLines};
 pub use process::{
     become_subreaper, kill_stale_job, process_start_time, reap_adopted_zombies,
     spawn_orphan_reaper, StaleKill, JOB_ID_ENV,
 };
-pub use run::{start, Canceller, RunHandle};
 
 /// Everything needed to run one job. Serialisable: an exec-shim reads it where a cluster engine runs the job.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::job::OutputLine;
-use crate::runner::{become_subreaper, claude_args, ClaudeSpec, OutputLimits};
+use crate::runner::{become_subreaper, claude_args, start, ClaudeSpec, OutputLimits};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
