@@ -691,6 +691,11 @@ fn history(table: &mut Table) {
         eprintln!("history: {label}");
         let (small_total, _, small_samples) = page(small.path(), params.clone());
         let (big_total, big_page, big_samples) = page(big.path(), params);
+        // A history the daemon cannot read would be measured as an empty one.
+        assert!(
+            big_total > 0 && big_page == 50 && small_total > 0,
+            "{label}: the laid-out history was not read ({big_total} and {small_total} jobs found)"
+        );
         latency_rows(
             table,
             &format!("{label}, {HISTORY_JOBS} jobs ({big_total} match, {big_page} returned)"),
@@ -760,13 +765,19 @@ fn build_history(state: &Path, count: usize, agents: usize) {
         job.duration_ms = Some(38);
         job.exit_code = Some(0);
         job.summary = Some("done".into());
-        serde_yaml_ng::to_string(&job).expect("serialize job")
+        // In the layout on disk, as the store writes it (a job's `Serialize` is its wire shape, which the
+        // store does not read: protocol 2 made every record of this bench unreadable, and it measured an
+        // empty history).
+        let scratch = tempfile::tempdir().expect("temp dir");
+        let (mut store, _) = JobStore::open(scratch.path()).expect("job store");
+        store.put_unsynced(&job).expect("write record");
+        fs::read_to_string(store.record_path(&job.id)).expect("read record")
     };
     // ext4 allows 65,000 links per inode.
     const LINKS_PER_TEMPLATE: usize = 50_000;
     const REAL_RECORDS: usize = 1000;
     let mut templates: Vec<(PathBuf, PathBuf, u64)> = Vec::new();
-    let mut journal = String::from("herdctld job index v1\n");
+    let mut journal = String::from("herdctld job index v3\n");
     for n in 0..count {
         let record_path = jobs_dir.join(format!("{}.yaml", id(n)));
         let output_path = jobs_dir.join(format!("{}.jsonl", id(n)));
@@ -790,9 +801,11 @@ fn build_history(state: &Path, count: usize, agents: usize) {
             *inode
         };
         let nanos = created(n).timestamp_nanos_opt().expect("in range");
+        // `state::journal`'s v3 line: id, status, created, finished (ns), origin, inode, usage, agent.
+        let finished = nanos + 40_000_000;
         let _ = writeln!(
             journal,
-            "{}\tcompleted\t{nanos}\t{inode}\tagent-{}",
+            "{}\tcompleted\t{nanos}\t{finished}\td\t{inode}\t-\tagent-{}",
             id(n),
             n % agents
         );
@@ -1166,9 +1179,12 @@ impl Fleet {
             state: state.map(Path::to_owned),
             // A diagnostic wrapper (e.g. `eatmydata`, to see what fsync costs) runs the daemon when set.
             wrapper: std::env::var_os("HERDCTL_BENCH_WRAPPER").filter(|w| !w.is_empty()),
-            // `build_history` writes a v1 journal, which the first start on it rebuilds from all 100,000
-            // records: minutes on a loaded machine. The starts the bench measures come after.
+            // A first start on a history it cannot vouch for rebuilds its journal from all 100,000 records:
+            // minutes on a loaded machine. The starts the bench measures come after.
             start_timeout: Some(Duration::from_secs(600)),
+            // The histories laid out here are kept whole: the default retention (100 per agent) would
+            // delete nine in ten of them at the first start, and the bench would measure 10,000 jobs.
+            args: vec!["--max-jobs-per-agent".into(), "1000000".into()],
             ..support::DaemonOptions::default()
         };
         let runtime = current_thread_runtime();
