@@ -652,10 +652,13 @@ fn rpc_latency(table: &mut Table) {
 /// SPEC §13 history: `getJobs` and start-up with 100,000 jobs, against a history of 100 jobs / none.
 fn history(table: &mut Table) {
     eprintln!("history: building 100 and {HISTORY_JOBS} job histories");
-    let fleet = Fleet::new(&[(
+    let mut fleet = Fleet::new(&[(
         "agent-0".into(),
         "name: agent-0\nruntime: command\ncommand: [\"true\"]\n".into(),
     )]);
+    // The histories are kept whole: the default retention (100 per agent) would delete nine in ten of
+    // them at the first start, and the rows would measure 10,000 jobs.
+    fleet.args = vec!["--max-jobs-per-agent".into(), "1000000".into()];
     let small = tempfile::tempdir().expect("temp dir");
     let big = tempfile::tempdir().expect("temp dir");
     let empty = tempfile::tempdir().expect("temp dir");
@@ -1148,12 +1151,15 @@ fn sbatch_until_completed() {
 /// The agents of a fleet; each daemon gets a new directory with `herdctl.yaml` listing one file per agent.
 struct Fleet {
     agents: Vec<(String, String)>,
+    /// More of the daemon's command line.
+    args: Vec<String>,
 }
 
 impl Fleet {
     fn new(agents: &[(String, String)]) -> Fleet {
         Fleet {
             agents: agents.to_vec(),
+            args: Vec::new(),
         }
     }
 
@@ -1182,9 +1188,7 @@ impl Fleet {
             // A first start on a history it cannot vouch for rebuilds its journal from all 100,000 records:
             // minutes on a loaded machine. The starts the bench measures come after.
             start_timeout: Some(Duration::from_secs(600)),
-            // The histories laid out here are kept whole: the default retention (100 per agent) would
-            // delete nine in ten of them at the first start, and the bench would measure 10,000 jobs.
-            args: vec!["--max-jobs-per-agent".into(), "1000000".into()],
+            args: self.args.clone(),
             ..support::DaemonOptions::default()
         };
         let runtime = current_thread_runtime();
