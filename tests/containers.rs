@@ -338,34 +338,37 @@ async fn a_timeout_stops_the_container_job_and_leaves_no_container() {
     assert!(containers_of(&docker, &daemon.state).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_killed_during_a_container_job_leaves_no_container_after_the_next_start() {
-    let Some(Boxed {
-        engine: docker,
+/// A container job running when its daemon is killed with `kill -9`: the engine, the dead daemon and the
+/// job's id; `None` (the test is skipped) without an engine.
+async fn container_left_by_a_killed_daemon(test: &str) -> Option<(Docker, Daemon, String)> {
+    let Boxed {
+        engine,
         mut daemon,
         mut client,
         events,
         id,
-    }) = trigger_boxed(
+    } = trigger_boxed(test, "echo ready; while :; do sleep 0.1; done", "", "").await?;
+    wait_for_output(&mut client, &events, &id, "ready").await;
+    drop(client);
+    daemon.kill9();
+    assert_eq!(
+        containers_of(&engine, &daemon.state).await.len(),
+        1,
+        "the container outlives the daemon that was killed"
+    );
+    Some((engine, daemon, id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_during_a_container_job_leaves_no_container_after_the_next_start() {
+    let Some((docker, daemon, id)) = container_left_by_a_killed_daemon(
         "a_daemon_killed_during_a_container_job_leaves_no_container_after_the_next_start",
-        "echo ready; while :; do sleep 0.1; done",
-        "",
-        "",
     )
     .await
     else {
         return;
     };
-    wait_for_output(&mut client, &events, &id, "ready").await;
-    drop(client);
-
-    daemon.kill9();
     let state = daemon.state.clone();
-    assert_eq!(
-        containers_of(&docker, &state).await.len(),
-        1,
-        "the container outlives the daemon that was killed"
-    );
     let daemon = start_daemon(daemon.into_dir()).await;
     assert!(
         containers_of(&docker, &state).await.is_empty(),
@@ -378,25 +381,13 @@ async fn a_daemon_killed_during_a_container_job_leaves_no_container_after_the_ne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_whose_fleet_no_longer_uses_containers_still_removes_a_dead_ones() {
-    let Some(Boxed {
-        engine: docker,
-        mut daemon,
-        mut client,
-        events,
-        id,
-    }) = trigger_boxed(
+    let Some((docker, daemon, _)) = container_left_by_a_killed_daemon(
         "a_daemon_whose_fleet_no_longer_uses_containers_still_removes_a_dead_ones",
-        "echo ready; while :; do sleep 0.1; done",
-        "",
-        "",
     )
     .await
     else {
         return;
     };
-    wait_for_output(&mut client, &events, &id, "ready").await;
-    drop(client);
-    daemon.kill9();
     let state = daemon.state.clone();
     let dir = daemon.into_dir();
     std::fs::write(
