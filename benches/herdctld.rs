@@ -381,8 +381,8 @@ fn pipe_rate() -> f64 {
 /// pipe is measured just before it, so that a machine whose load changes during the section compares
 /// like with like.
 fn output(table: &mut Table) {
-    // The job keeps all of its output (every line reaches the readers), then, last, the default cap of
-    // 64 MB, which drops the middle third and holds the tail in memory until the job ends.
+    // The job keeps all of its output, then, last, the default cap of 64 MB, which bounds the file only:
+    // every line still reaches the reader.
     let runs = [
         (1, false, Some(256)),
         (10, false, Some(256)),

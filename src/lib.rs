@@ -132,8 +132,9 @@
 //! - Only `state` writes under the state directory, and every rewrite is atomic (temp file, rename) and
 //!   durable (fsync of the file and the directory) — except a job's "running" record, which need only survive
 //!   the daemon's death (`state::Durability::Process`). Output is append-only; a torn last line is tolerated.
-//!   The one writer from outside is a cluster job's exec-shim (and its engine), through `executor/<id>.out`
-//!   and `.err`, files the daemon only reads until it removes them after the job's final record.
+//!   The writers from outside: a cluster job's exec-shim (and its engine), through `executor/<id>.out` and
+//!   `.err`, files the daemon only reads until it removes them after the job's final record; and a container
+//!   agent's Claude, in its `docker-sessions/<agent>/` (created by `runner::container`, mounted as its home).
 //! - One daemon per state directory (an `flock` held for the process's life, and none while the herdctl named
 //!   in `herdctl.pid` runs).
 //! - Nothing herdctl wrote is lost: records, output, `state.yaml` and session pointers of either tool are
@@ -153,8 +154,9 @@
 //!   `state.yaml` and session pointers are only marked pending under it and written by
 //!   `fleet::state_writer` after it is released (`stop` and `FleetManager::flush` wait for both).
 //! - A job's output reaches its file (or the file's tail segments) before any subscriber, so history and
-//!   live output join without gap or duplicate; a reader that fell behind into what the storage cap
-//!   dropped is told how many lines it missed (`{gap, missed, nextSeq}`). The final job event follows its
+//!   live output join without gap or duplicate; while a capped job runs only its head is readable from
+//!   the file, so a reader that fell behind past it, and out of the hub, is told how many lines it missed
+//!   (`{gap, missed, nextSeq}`). The final job event follows its
 //!   last output event. A job's output costs bounded memory whatever its size and whatever its readers do.
 //! - Nothing a job starts outlives it: cancel, timeout and normal exit all sweep the job's process group and
 //!   any process that carries its `HERDCTL_JOB_ID` (on a cluster the shim's runner does, on the node).

@@ -172,11 +172,6 @@ fn wait_for(gate: &str) -> String {
     format!("while [ ! -e {gate}-$HERDCTL_JOB_ID ]; do sleep 0.05; done")
 }
 
-async fn trigger(client: &mut Client, agent: &str) -> String {
-    let job = client.call("trigger", json!({"agentName": agent})).await;
-    job["id"].as_str().expect("a job id").to_owned()
-}
-
 fn is_line(event: &Value, chunk: &str) -> bool {
     event["type"] == "job:output" && event["line"]["chunk"] == chunk
 }

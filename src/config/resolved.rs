@@ -135,8 +135,8 @@ pub struct AgentConfig {
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a job is stopped (default 10 s).
     pub stop_grace: Duration,
-    /// herdctld extension `max_output_mb`: output a job keeps (head and tail) before the middle is
-    /// dropped; `None` = the runner's default (64 MiB).
+    /// herdctld extension `max_output_mb`: bytes of a job's output file (head and tail) before the middle
+    /// is dropped; `None` = `fleet::spec`'s default (64 MiB). Live readers see every line whatever it is.
     pub max_output_bytes: Option<u64>,
     /// herdctld extension `executor`: where the agent's jobs run (default: as the daemon's children).
     pub executor: ExecutorConfig,

@@ -89,8 +89,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `fleet` (initialized by the caller, so a bad configuration fails before any socket exists)
-    /// unless `options.start_fleet` is false, then serves `listener`. Connections that arrived before are
+    /// Starts `fleet` (initialized by the caller, so a bad configuration fails before any socket exists;
+    /// with `options.start_fleet` false it may also be left for a client to initialize), then serves
+    /// `listener`. Connections that arrived before are
     /// served too: they wait in the listen backlog. Call from within a tokio runtime.
     pub async fn start(
         fleet: FleetManager,

@@ -16,8 +16,9 @@
 //!   `fanout` (event and log delivery: a bounded queue per subscriber, filled only with what its filter
 //!   takes; at a host's shutdown the streams deliver what they hold, then end).
 //!
-//! Imports flow one way: neither `core` nor `manager` imports an operation module (those above), and
-//! `supervise` never imports `admission` or `schedules`.
+//! Imports flow one way: neither `core` nor `manager` imports an operation module (those above; the core
+//! holds the record writer's handle, the one exception), and `supervise` never imports `admission` or
+//! `schedules`.
 //!
 //! Locking: one `std::sync::Mutex<Core>` guards all mutable fleet state; it is never held across `.await`,
 //! and no file is read or written under it. A job record's write is indexed under the lock and queued; the

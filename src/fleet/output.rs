@@ -135,11 +135,6 @@ impl LineRun {
         }
     }
 
-    /// Every line's JSON text.
-    pub fn json_texts(&self) -> impl Iterator<Item = &str> {
-        (self.from..self.to).map(|index| self.lines.json_str(index))
-    }
-
     /// Drops the lines before `seq`.
     fn skip_before(&mut self, seq: u64) {
         if self.from < self.to && self.lines.seq(self.from) < seq {

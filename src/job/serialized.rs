@@ -21,13 +21,6 @@ struct LineAt {
 }
 
 impl SerializedLines {
-    pub fn with_capacity(bytes: usize, lines: usize) -> SerializedLines {
-        SerializedLines {
-            json: Vec::with_capacity(bytes),
-            lines: Vec::with_capacity(lines),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.lines.len()
     }

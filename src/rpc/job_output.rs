@@ -16,6 +16,9 @@ use crate::metrics::SubscriberGuard;
 use super::params::JobOutputParams;
 use super::transport::raw::{NotificationFrame, RawSubscription};
 
+/// The method's name.
+pub(super) const STREAM_JOB_OUTPUT: &str = "streamJobOutput";
+
 /// Lines taken from the stream at a time (each one notification, or a part of a batched one).
 const LINES_PER_TAKE: usize = 256;
 
@@ -40,7 +43,7 @@ impl OutputNotifications {
         Ok(OutputNotifications {
             stream,
             batch: p.batch,
-            _counted: fleet.metrics().subscriber("streamJobOutput"),
+            _counted: fleet.metrics().subscriber(STREAM_JOB_OUTPUT),
         })
     }
 

@@ -19,7 +19,7 @@ use crate::fleet::{
     OutputItem, StopOptions, TriggerOptions,
 };
 
-use super::job_output::OutputNotifications;
+use super::job_output::{OutputNotifications, STREAM_JOB_OUTPUT};
 use super::params::{
     invalid_params, parse, AgentLogsParams, CancelParams, EventsParams, ForkParams,
     JobOutputParams, JobParams, JobsParams, LogsParams, NameParams, NoParams, ScheduleParams,
@@ -41,8 +41,7 @@ pub fn fleet_module(fleet: FleetManager) -> RpcModule<FleetManager> {
     module
 }
 
-/// `streamJobOutput`, its notification and its unsubscribe method.
-const STREAM_JOB_OUTPUT: &str = "streamJobOutput";
+/// `streamJobOutput`'s notification and its unsubscribe method (the method's name is `job_output`'s).
 const JOB_OUTPUT: &str = "jobOutput";
 const UNSUBSCRIBE_JOB_OUTPUT: &str = "unsubscribeJobOutput";
 

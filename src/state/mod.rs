@@ -3,9 +3,11 @@
 //! ```text
 //! <state>/herdctld.lock   flock held for the StateDir's life (one daemon per state dir)
 //! <state>/state.yaml      FleetState: schedule overrides, run times, counters (herdctl's layout)
-//! <state>/jobs/<id>.yaml  job records;  <id>.jsonl  job output;  index.tsv  the index journal
+//! <state>/jobs/<id>.yaml  job records;  <id>.jsonl  job output (<id>.jsonl.tail-0/-1 its capped tail while
+//!                         the job runs);  index.tsv  the index journal
 //! <state>/sessions/<agent>.json   the Claude session each agent resumes (herdctl's SessionInfo)
 //! <state>/executor/<id>.*  what a job a cluster engine runs shares with its exec-shim (`ExchangeDir`)
+//! <state>/docker-sessions/<agent>/   a container agent's Claude home (created and mounted by `runner::container`)
 //! <state>/herdctl.pid     written by a running herdctl: opening refuses while that process lives
 //! ```
 //!

@@ -746,7 +746,9 @@ impl Session {
 fn gap_line(missed: u64) -> Value {
     serde_json::json!({
         "type": "output_truncated",
-        "chunk": format!("… {missed} lines are not kept (max_output_mb) and were skipped here …"),
+        "chunk": format!(
+            "… {missed} lines were skipped here: not available while the job runs (max_output_mb) …"
+        ),
     })
 }
 
@@ -816,7 +818,7 @@ mod tests {
             crate::job_output::render_line(crate::style::Style { color: false }, &gap_line(1200));
         assert_eq!(
             printed,
-            ["… 1200 lines are not kept (max_output_mb) and were skipped here …"]
+            ["… 1200 lines were skipped here: not available while the job runs (max_output_mb) …"]
         );
     }
 }
