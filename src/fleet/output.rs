@@ -9,7 +9,7 @@
 //! [`OutputGap`] saying how many it lost, and goes on.
 //!
 //! The hub holds back the job's pump (and through it the job's pipe) while a reader that reads is behind
-//! by more than [`HUB_WINDOW`] batches, for at most [`READER_WAIT`] per batch: a reader that keeps up
+//! by more than [`HUB_WINDOW`] batches (or [`HUB_WINDOW_BYTES`]), for at most [`READER_WAIT`] per batch: a reader that keeps up
 //! sees every line whatever the cap, and one that stalls costs at most the window before it is let go
 //! (then it lags: it catches up from the file, or is told what it lost).
 //!
@@ -34,8 +34,11 @@ use crate::job::{stored_line_seq, JobStatus, OutputLine, SerializedLines};
 /// Lines published together, in seq order, shared by every reader.
 pub(crate) type OutputBatch = Arc<SerializedLines>;
 
-/// Batches a hub keeps for readers that are behind before it holds the pump back.
+/// Batches a hub keeps for readers that are behind before it holds the pump back …
 pub(crate) const HUB_WINDOW: usize = 32;
+/// … and bytes: a pump batch of a flooding job holds up to 16 pipe reads, so a count alone let one
+/// stalled reader pin tens of megabytes per job.
+pub(crate) const HUB_WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// How long the pump waits per batch for a reader that is a whole window behind before letting it go.
 pub(crate) const READER_WAIT: Duration = Duration::from_secs(1);
 
@@ -214,7 +217,11 @@ impl HubShared {
 struct HubState {
     /// Batches some reader has yet to take; `ring[0]` is batch number `base`.
     ring: VecDeque<OutputBatch>,
+    /// The bytes of the batches in `ring`.
+    ring_bytes: usize,
     base: u64,
+    /// The seq of the last line published, kept or not: a reader past it has everything.
+    published_through: Option<u64>,
     readers: HashMap<u64, ReaderPosition>,
     next_reader: u64,
     closed: bool,
@@ -234,6 +241,23 @@ impl HubState {
         self.base + self.ring.len() as u64
     }
 
+    fn push(&mut self, batch: OutputBatch) {
+        self.ring_bytes += batch.as_bytes().len();
+        self.ring.push_back(batch);
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(batch) = self.ring.pop_front() {
+            self.ring_bytes -= batch.as_bytes().len();
+            self.base += 1;
+        }
+    }
+
+    /// More than the window holds (a single batch always fits).
+    fn over_window(&self) -> bool {
+        self.ring.len() > HUB_WINDOW || (self.ring.len() > 1 && self.ring_bytes > HUB_WINDOW_BYTES)
+    }
+
     /// Drops the oldest batches no reader still needs.
     fn trim(&mut self) {
         let needed_from = self
@@ -242,8 +266,8 @@ impl HubState {
             .map(|reader| reader.next)
             .min()
             .unwrap_or(u64::MAX);
-        while self.base < needed_from && self.ring.pop_front().is_some() {
-            self.base += 1;
+        while self.base < needed_from && !self.ring.is_empty() {
+            self.pop_oldest();
         }
     }
 
@@ -256,9 +280,8 @@ impl HubState {
 
     /// Makes the ring fit the window: readers still behind it are let go (they lag).
     fn let_go(&mut self) {
-        while self.ring.len() > HUB_WINDOW {
-            self.ring.pop_front();
-            self.base += 1;
+        while self.over_window() {
+            self.pop_oldest();
         }
         let base = self.base;
         for reader in self.readers.values_mut() {
@@ -305,12 +328,15 @@ impl OutputHub {
         let shared = &self.publisher.shared;
         {
             let mut state = shared.lock();
+            if let Some(last) = batch.last_seq() {
+                state.published_through = Some(last);
+            }
             if state.readers.is_empty() {
                 // No reader: nothing to keep (the lines are in the file).
                 state.base += 1;
                 return;
             }
-            state.ring.push_back(batch);
+            state.push(batch);
         }
         shared.published.notify_waiters();
         let deadline = tokio::time::Instant::now() + shared.reader_wait;
@@ -321,7 +347,7 @@ impl OutputHub {
             {
                 let mut state = shared.lock();
                 state.trim();
-                if state.ring.len() <= HUB_WINDOW || !state.held_back() {
+                if !state.over_window() || !state.held_back() {
                     state.let_go();
                     return;
                 }
@@ -371,6 +397,11 @@ pub(crate) struct HubReader {
 }
 
 impl HubReader {
+    /// The seq of the last line the hub published; `None` before the first.
+    pub(crate) fn published_through(&self) -> Option<u64> {
+        self.shared.lock().published_through
+    }
+
     /// The next batch if there is one now.
     pub(crate) fn try_recv(&mut self) -> Result<OutputBatch, HubMiss> {
         let taken = {
@@ -797,10 +828,12 @@ impl JobOutputStream {
                 self.from_file = true;
             }
             Err(HubMiss::Lagged(_)) => self.from_file = true,
-            // Every line reached the file before the hub closed; look there once more.
+            // Every line reached the file before the hub closed: a reader that has not had them all looks
+            // there once more (one that has would only scan the file it already got from the hub).
             Err(HubMiss::Closed) => {
+                let through = self.live.as_ref().and_then(HubReader::published_through);
                 self.live = None;
-                self.from_file = true;
+                self.from_file = through.is_none_or(|last| self.cursor <= last);
             }
             Err(HubMiss::Empty) => {}
         }
@@ -1242,6 +1275,50 @@ mod tests {
         assert_eq!(
             seqs,
             ((total - HUB_WINDOW as u64)..total).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_reader_pins_at_most_the_windows_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let hub = OutputHub::with_reader_wait(Duration::from_millis(10));
+        let mut stream = stream(&path, 0, Some(&hub));
+        // At the live edge: held for, then it reads no more.
+        assert!(matches!(stream.next().await, Some(OutputItem::Replayed(_))));
+        let mut big = line(0);
+        big.chunk = "z".repeat(1024 * 1024);
+        for seq in 0..32 {
+            big.seq = seq;
+            hub.publish(batch(std::slice::from_ref(&big))).await;
+        }
+        let state = hub.publisher.shared.lock();
+        assert!(state.ring.len() < 32, "{} batches kept", state.ring.len());
+        assert!(
+            state.ring_bytes <= HUB_WINDOW_BYTES + 2 * 1024 * 1024,
+            "{} bytes kept",
+            state.ring_bytes
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_had_every_line_from_the_hub_does_not_read_the_file_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let hub = OutputHub::new();
+        let mut stream = stream(&path, 0, Some(&hub));
+        assert!(matches!(stream.next().await, Some(OutputItem::Replayed(_))));
+        hub.publish(batch(&[line(0), line(1), line(2)])).await;
+        for seq in 0..3 {
+            assert!(matches!(stream.next().await, Some(OutputItem::Line(l)) if l.seq == seq));
+        }
+        // A line only the file has, after everything published: a reader that scanned the file at the
+        // end would deliver it.
+        append(&path, &[line(0), line(1), line(2), line(9)]);
+        drop(hub);
+        assert_eq!(
+            collect(&mut stream).await,
+            (vec![], vec![], Some(JobStatus::Completed))
         );
     }
 }

@@ -554,7 +554,7 @@ fn restart_fresh(
         core.config.as_ref().map(|config| &config.dotenv),
         &state_root(core),
     );
-    let (output_tx, output_rx) = mpsc::channel(1024);
+    let (output_tx, output_rx) = mpsc::channel(OUTPUT_QUEUE);
     let _ = output_tx.try_send(system_notice(
         "session_reset",
         SESSION_GONE_NOTICE.to_owned(),
