@@ -135,6 +135,8 @@
 //!   The writers from outside: a cluster job's exec-shim (and its engine), through `executor/<id>.out` and
 //!   `.err`, files the daemon only reads until it removes them after the job's final record; and a container
 //!   agent's Claude, in its `docker-sessions/<agent>/` (created by `runner::container`, mounted as its home).
+//!   A container never sees the state directory itself: where its workspace or a volume holds it, an empty
+//!   read-only directory (`container-mask/`) is mounted over it.
 //! - One daemon per state directory (an `flock` held for the process's life, and none while the herdctl named
 //!   in `herdctl.pid` runs).
 //! - Nothing herdctl wrote is lost: records, output, `state.yaml` and session pointers of either tool are

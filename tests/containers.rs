@@ -280,6 +280,34 @@ async fn a_read_only_workspace_is_unwritable_from_inside() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_holding_the_state_directory_shows_it_empty() {
+    // The fleet's root as the workspace: the state directory (`state/`) is inside it.
+    let Some(Boxed {
+        daemon: _daemon,
+        mut client,
+        id,
+        ..
+    }) = trigger_boxed(
+        "a_workspace_holding_the_state_directory_shows_it_empty",
+        "if ls /workspace/state/jobs >/dev/null 2>&1; then echo sees-the-records; else echo state-hidden; fi; \
+         if touch /workspace/state/x 2>/dev/null; then echo wrote-state; fi; \
+         if [ -e /workspace/herdctl.yaml ]; then echo workspace-there; fi",
+        "",
+        "working_directory: ..",
+    )
+    .await
+    else {
+        return;
+    };
+    let done = wait_for_job_status(&mut client, &id, &["completed", "failed"]).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let output = output_text(&mut client, &id).await;
+    assert!(output.contains("state-hidden"), "{output}");
+    assert!(!output.contains("wrote-state"), "{output}");
+    assert!(output.contains("workspace-there"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_of_a_term_ignoring_job_ends_it_after_the_grace_and_leaves_no_container() {
     let Some(Boxed {
         engine: docker,

@@ -124,6 +124,18 @@ impl FleetManager {
                 }
             })?;
             let root = state_override.unwrap_or_else(|| config.root_dir.join(".herdctl"));
+            // Absolute: it labels the containers this directory owns (two daemons on `.herdctl` of two
+            // directories must not take each other's) and is mounted into containers.
+            let root = std::path::absolute(&root).map_err(|e| {
+                state_error(
+                    &root,
+                    crate::state::StateError::Io {
+                        action: "resolve the path of",
+                        path: root.clone(),
+                        source: e,
+                    },
+                )
+            })?;
             let state_dir = StateDir::open(&root).map_err(|e| state_error(&root, e))?;
             let (mut store, issues) =
                 JobStore::open(state_dir.jobs_dir()).map_err(|e| state_error(&root, e))?;

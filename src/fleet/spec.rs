@@ -81,8 +81,36 @@ pub(super) fn run_spec(
             .as_ref()
             .map_or(agent.stop_grace, |s| s.stop_grace),
         limits: runner::OutputLimits::default(),
-        container: docker.map(|docker| Box::new(container_spec(agent, docker, state_dir))),
+        container: docker.map(|docker| {
+            Box::new(container_spec(
+                agent,
+                docker,
+                &agent.working_directory,
+                state_dir,
+            ))
+        }),
     }
+}
+
+/// The empty directory mounted over the state directory where it would show inside a container.
+const EMPTY_DIRECTORY: &str = "container-mask";
+
+/// Where the state directory would show inside a container: under the workspace, or under a volume. Each
+/// gets an empty read-only directory over it, so that a job never sees the records and output of other jobs,
+/// nor the daemon's socket when it lies there (whose owner check a container running as the daemon's own
+/// uid would pass: the job could then drive the fleet, host agents included).
+fn state_dir_in_container(state_dir: &Path, cwd: &Path, mounts: &[BindMount]) -> Vec<String> {
+    let places = std::iter::once((cwd, runner::WORKSPACE)).chain(
+        mounts
+            .iter()
+            .map(|m| (m.host.as_path(), m.container.as_str())),
+    );
+    places
+        .filter_map(|(host, inside)| {
+            let below = state_dir.strip_prefix(host).ok()?;
+            Some(Path::new(inside).join(below).display().to_string())
+        })
+        .collect()
 }
 
 /// Where Claude keeps the transcripts of a container's sessions: herdctl mounts its state directory's
@@ -93,8 +121,14 @@ const CLAUDE_HOME_IN_CONTAINER: &str = "/home/claude";
 /// herdctl's image when `docker.image` is not set.
 pub(super) const DEFAULT_IMAGE: &str = "anthropic/claude-code:latest";
 
-/// The container a job of `agent` runs in, from its `docker` settings (formats checked at load).
-fn container_spec(agent: &AgentConfig, docker: &DockerConfig, state_dir: &Path) -> ContainerSpec {
+/// The container a job of `agent` runs in, from its `docker` settings (formats checked at load). `cwd` is
+/// mounted as the workspace.
+fn container_spec(
+    agent: &AgentConfig,
+    docker: &DockerConfig,
+    cwd: &Path,
+    state_dir: &Path,
+) -> ContainerSpec {
     let claude = matches!(agent.runtime, RuntimeConfig::Claude { .. });
     let mut mounts: Vec<BindMount> = docker
         .volumes
@@ -136,6 +170,18 @@ fn container_spec(agent: &AgentConfig, docker: &DockerConfig, state_dir: &Path) 
             }),
         })
         .collect();
+    // An empty directory of the daemon's own over each place (a tmpfs would do, but podman copies what it
+    // covers into it).
+    let masks: Vec<BindMount> = state_dir_in_container(state_dir, cwd, &mounts)
+        .into_iter()
+        .map(|inside| BindMount {
+            host: state_dir.join(EMPTY_DIRECTORY),
+            container: inside,
+            read_only: true,
+            create: true,
+        })
+        .collect();
+    mounts.extend(masks);
     ContainerSpec {
         image: docker
             .image

@@ -8,6 +8,7 @@
 //! <state>/sessions/<agent>.json   the Claude session each agent resumes (herdctl's SessionInfo)
 //! <state>/executor/<id>.*  what a job a cluster engine runs shares with its exec-shim (`ExchangeDir`)
 //! <state>/docker-sessions/<agent>/   a container agent's Claude home (created and mounted by `runner::container`)
+//! <state>/container-mask/ an empty directory mounted over the state directory where a container would see it
 //! <state>/herdctl.pid     written by a running herdctl: opening refuses while that process lives
 //! ```
 //!
