@@ -99,15 +99,10 @@ impl Slurm {
         args
     }
 
-    /// The id of the run named `job` of this state directory, if Slurm has one.
+    /// The id of a run named `job` of this state directory that has not ended, if Slurm has one.
     async fn find(&self, job: &JobId) -> Result<Option<String>, EngineError> {
         let runs = self.list(&["--name".into(), job.as_str().into()]).await?;
-        // A name is used once; should there be several, the newest is the one a retry would have made.
-        Ok(runs
-            .into_iter()
-            .filter(|run| run.job_id == job.as_str())
-            .max_by_key(|run| run.engine_id.parse::<u64>().unwrap_or(0))
-            .map(|run| run.engine_id))
+        Ok(live_run_of(runs, job))
     }
 
     /// This state directory's runs among the jobs `squeue` lists with `filter`.
@@ -349,6 +344,16 @@ fn parse_squeue(text: &str, owner: &str) -> Vec<OwnedRun> {
         .collect()
 }
 
+/// The run of `job` a submit takes instead of making another: one that has not ended (should there be
+/// several, the newest). An ended one is not: a job runs again (fresh, after a dead session) under its
+/// id, and taking the ended run would hand it the outcome it just had.
+fn live_run_of(runs: Vec<OwnedRun>, job: &JobId) -> Option<String> {
+    runs.into_iter()
+        .filter(|run| run.job_id == job.as_str() && run.active)
+        .max_by_key(|run| run.engine_id.parse::<u64>().unwrap_or(0))
+        .map(|run| run.engine_id)
+}
+
 fn parse_state_name(state: &str) -> EngineState {
     parse_scontrol(&format!("JobState={state}"))
 }
@@ -356,6 +361,21 @@ fn parse_state_name(state: &str) -> EngineState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_submit_takes_a_live_run_of_its_job_never_an_ended_one() {
+        let job = JobId::parse("job-2026-12-07-abc123").unwrap();
+        let run = |engine_id: &str, active: bool| OwnedRun {
+            job_id: job.to_string(),
+            engine_id: engine_id.into(),
+            active,
+        };
+        assert_eq!(live_run_of(vec![run("7", false)], &job), None);
+        assert_eq!(
+            live_run_of(vec![run("7", false), run("9", true), run("8", true)], &job),
+            Some("9".into())
+        );
+    }
 
     #[test]
     fn scontrol_states_map_to_where_the_run_is() {

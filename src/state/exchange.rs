@@ -49,7 +49,10 @@ impl ExchangeDir {
     }
 
     /// Writes a run's spec (mode 0600: it holds the prompt and the fleet's `.env`), creating the directory.
+    /// A run before it under the same job (one that resumed a session Claude no longer had) leaves its
+    /// output and outcome behind: they are removed, so that the new run's relay reads only its own.
     pub fn write_spec(&self, id: &JobId, spec: &[u8]) -> Result<PathBuf, StateError> {
+        self.remove(id)?;
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -110,5 +113,22 @@ mod tests {
         exchange
             .remove(&id)
             .expect("nothing left to remove is fine");
+    }
+
+    #[test]
+    fn a_new_run_of_a_job_starts_without_the_files_of_the_one_before() {
+        let root = tempfile::tempdir().unwrap();
+        let exchange = ExchangeDir::new(root.path());
+        let id = JobId::parse("job-2026-12-07-abc123").unwrap();
+        exchange.write_spec(&id, b"{}").unwrap();
+        std::fs::write(exchange.output_path(&id), "the first run's outcome").unwrap();
+        std::fs::write(exchange.stderr_path(&id), "its stderr").unwrap();
+        exchange.write_spec(&id, b"{\"again\":true}").unwrap();
+        assert!(!exchange.output_path(&id).exists());
+        assert!(!exchange.stderr_path(&id).exists());
+        assert_eq!(
+            std::fs::read(exchange.spec_path(&id)).unwrap(),
+            b"{\"again\":true}"
+        );
     }
 }
