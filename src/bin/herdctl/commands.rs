@@ -538,13 +538,12 @@ impl Session {
                 }
                 continue;
             }
-            // Lines this reader cannot have (the output cap dropped them): said where they were.
+            // Lines this reader cannot have: handed on as the daemon sent it, shown where they were.
             if item.get("gap").and_then(Value::as_bool) == Some(true) {
-                let missed = item.get("missed").and_then(Value::as_u64).unwrap_or(0);
                 if let Some(next) = item.get("nextSeq").and_then(Value::as_u64) {
                     *cursor = next;
                 }
-                on_line(&gap_line(missed));
+                on_line(&item);
                 continue;
             }
             // Subscribed with `batch: true`: every line that was ready arrives in one notification.
@@ -741,17 +740,6 @@ impl Session {
     }
 }
 
-/// The line printed where a stream skipped `missed` lines it could not deliver: an `output_truncated`
-/// line, as the file has where the cap dropped lines.
-fn gap_line(missed: u64) -> Value {
-    serde_json::json!({
-        "type": "output_truncated",
-        "chunk": format!(
-            "… {missed} lines were skipped here: not available while the job runs (max_output_mb) …"
-        ),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,15 +798,5 @@ mod tests {
         assert_eq!(rpc(-32602).exit_code(), EXIT_USAGE);
         assert_eq!(rpc(1002).exit_code(), EXIT_FAILURE);
         assert_eq!(CliError::Usage(String::new()).exit_code(), EXIT_USAGE);
-    }
-
-    #[test]
-    fn a_gap_in_a_stream_prints_where_lines_were_skipped() {
-        let printed =
-            crate::job_output::render_line(crate::style::Style { color: false }, &gap_line(1200));
-        assert_eq!(
-            printed,
-            ["… 1200 lines were skipped here: not available while the job runs (max_output_mb) …"]
-        );
     }
 }

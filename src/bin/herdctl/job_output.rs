@@ -2,7 +2,8 @@
 //! `job:output` event) as a person reads them: the daemon's `chunk` (the text of the line), styled by its
 //! type: tool calls in cyan, tool results and stderr dimmed, the final result with its cost and turns.
 //!
-//! API: [`render_line`]`(style, line) -> Vec<String>` (zero or more printable lines), [`result_note`].
+//! API: [`render_line`]`(style, line) -> Vec<String>` (zero or more printable lines; also a stream's gap item),
+//! [`result_note`].
 
 use serde_json::{Map, Value};
 
@@ -10,6 +11,13 @@ use crate::style::{duration_ms, Style};
 
 /// The printable lines for one output line.
 pub fn render_line(style: Style, line: &Value) -> Vec<String> {
+    // Not a line: a stream's `{gap, missed, nextSeq}`, said where the lines would have been.
+    if line.get("gap").and_then(Value::as_bool) == Some(true) {
+        let missed = line.get("missed").and_then(Value::as_u64).unwrap_or(0);
+        return vec![style.yellow(&format!(
+            "… {missed} lines were skipped here: not available while the job runs (max_output_mb) …"
+        ))];
+    }
     let kind = line.get("type").and_then(Value::as_str).unwrap_or("");
     let chunk = line.get("chunk").and_then(Value::as_str).unwrap_or("");
     let message = line.get("message").unwrap_or(&Value::Null);
@@ -69,6 +77,14 @@ mod tests {
     use serde_json::json;
 
     const PLAIN: Style = Style { color: false };
+
+    #[test]
+    fn a_gap_in_a_stream_prints_where_lines_were_skipped() {
+        assert_eq!(
+            render_line(PLAIN, &json!({"gap": true, "missed": 1200, "nextSeq": 1300})),
+            ["… 1200 lines were skipped here: not available while the job runs (max_output_mb) …"]
+        );
+    }
 
     #[test]
     fn text_and_stderr_pass_through() {
