@@ -511,3 +511,28 @@ async fn agent_names_resolve_alike_in_every_method() {
         0
     );
 }
+
+/// A fork runs the agent its job ran, by its qualified name: once that agent is gone, a sub-fleet's agent
+/// of the same local name is not taken for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_of_a_removed_agents_job_never_runs_another_agent_of_that_name() {
+    let dir = TestDir::new();
+    let root = write_sub_fleets(dir.path(), &[("team", "w")]);
+    let with_own_w =
+        sub_fleets_file(&["team"]).replace("agents: []\n", "agents:\n  - path: w.yaml\n");
+    std::fs::write(&root, &with_own_w).unwrap();
+    std::fs::write(
+        dir.path().join("w.yaml"),
+        "name: w\nruntime: command\ncommand: [sh, -c, 'echo root w']\n",
+    )
+    .unwrap();
+    let daemon = start_on_own_fleet(dir).await;
+    let mut client = daemon.ndjson().await;
+    let id = trigger(&mut client, "w").await;
+    let done = wait_for_job_status(&mut client, &id, &["completed"]).await;
+    assert_eq!(done["agentName"], "w", "{done}");
+    std::fs::write(&root, sub_fleets_file(&["team"])).unwrap();
+    client.call("reload", json!({})).await;
+    let error = client.call_err("forkJob", json!({"id": id})).await;
+    assert_error(&error, 1002, "AGENT_NOT_FOUND");
+}

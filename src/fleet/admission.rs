@@ -253,7 +253,19 @@ impl FleetManager {
         let job = self
             .create_job("forkJob", &FORKABLE, |core, new_id| {
                 let config = core.config()?.clone();
-                let agent = find_agent(&config, &original.agent)?;
+                // The stored name is qualified: exactly it, never another sub-fleet's agent of that
+                // local name once it is gone.
+                let agent =
+                    config
+                        .agent(&original.agent)
+                        .ok_or_else(|| FleetError::AgentNotFound {
+                            agent_name: original.agent.clone(),
+                            available_agents: config
+                                .agents
+                                .iter()
+                                .map(|a| a.name.clone())
+                                .collect(),
+                        })?;
                 let schedule_name = options.schedule.clone().or(original.schedule.clone());
                 let schedule = match schedule_name.as_deref() {
                     Some(name) => Some(find_schedule(agent, name)?),

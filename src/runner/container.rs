@@ -838,7 +838,11 @@ pub async fn remove_owned_containers(
         if job.is_some_and(|job| keep(job)) {
             continue;
         }
-        engine.remove(&listed.id).await?;
+        // One that cannot be removed does not keep the others running: they are removed, and it is said.
+        if let Err(e) = engine.remove(&listed.id).await {
+            tracing::warn!(container = %listed.id, "could not remove a container a stopped daemon left: {e}");
+            continue;
+        }
         let name = listed
             .names
             .and_then(|names| names.into_iter().next())
