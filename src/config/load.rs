@@ -1313,6 +1313,16 @@ mod tests {
             fleet.agent("a").unwrap().docker.as_ref().unwrap().network,
             DockerNetwork::Host
         );
+        // All but host_config, with which a job that can edit its own file could widen its container.
+        let dir = tree(&[(
+            "a.yaml",
+            "name: a\ndocker: {enabled: true, host_config: {Privileged: true}}\n",
+        )]);
+        let refused = load_dir(dir.path(), &no_env).unwrap_err().to_string();
+        assert!(
+            refused.contains("docker.host_config belongs in the fleet file"),
+            "{refused}"
+        );
     }
 
     #[test]

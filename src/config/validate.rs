@@ -1397,8 +1397,9 @@ fn is_slurm_memory(text: &str) -> bool {
 
 /// herdctl's strict docker schemas: unknown keys are errors with a did-you-mean, values are type- and
 /// format-checked. For an agent (`agent_file` set), the fleet-only options written in the agent file itself
-/// load with a warning (herdctl's `AgentDockerSchema` leaves them out); from `defaults.docker` or
-/// `overrides` in the fleet file they are accepted silently.
+/// load with a warning (herdctl's `AgentDockerSchema` leaves them out; its examples write them), except
+/// `host_config`, which is refused there; from `defaults.docker` or `overrides` in the fleet file they are
+/// accepted silently.
 pub(crate) fn build_docker(
     value: &Value,
     path: &str,
@@ -1423,6 +1424,12 @@ pub(crate) fn build_docker(
     for key in docker.keys() {
         match key.as_str() {
             Some(name) if allowed_here.contains(&name) => {}
+            // Any HostConfig field (Privileged, Binds, …): an agent whose file lies in its own workspace
+            // could widen its container without limit. No herdctl example writes it in an agent file.
+            Some("host_config") => reader.error(
+                &join(path, "host_config"),
+                "docker.host_config belongs in the fleet file (defaults.docker): an agent must not be able to widen its own container",
+            ),
             // herdctl's own examples set these in agent files (examples/runtime-showcase), which its
             // current AgentDockerSchema rejects; loading them keeps those files working.
             Some(name) if all_keys.contains(&name) => reader.warn(
