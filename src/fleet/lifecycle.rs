@@ -157,6 +157,14 @@ impl FleetManager {
             let listings = Listings::gather(&runtime, &config, &cluster_records, &executors);
             let adoptions =
                 recover_interrupted(&mut store, &work_sources, &listings, &events, &metrics);
+            // The exchange files of runs nobody takes up again go (a spec holds the prompt and the
+            // `.env`); while an engine did not answer they stay, its runs unknown.
+            if listings.complete() {
+                let taken_up: Vec<JobId> = adoptions.iter().map(|a| a.job.id.clone()).collect();
+                if let Err(e) = executors.exchange.retain(&taken_up) {
+                    report_state_error(&events, &e.to_string());
+                }
+            }
             let state_file = state_dir.state_file();
             let (persisted, corrupt) =
                 PersistedState::load(&state_file).map_err(|e| state_error(&state_file, e))?;

@@ -22,6 +22,8 @@ use super::supervise;
 /// ones never submitted).
 pub(super) struct Listings {
     owned: HashMap<&'static str, Vec<OwnedRun>>,
+    /// Every engine asked answered.
+    complete: bool,
 }
 
 impl Listings {
@@ -44,6 +46,7 @@ impl Listings {
             )
             .collect();
         let mut owned = HashMap::new();
+        let mut complete = true;
         for name in names {
             let Some(executor) = Executor::cluster_named(&name, context) else {
                 continue;
@@ -52,13 +55,21 @@ impl Listings {
                 Ok(runs) => {
                     owned.insert(executor.name(), runs);
                 }
-                Err(e) => tracing::error!(
-                    executor = executor.name(),
-                    "cannot list this state directory's cluster runs, so jobs the previous daemon had just submitted are marked interrupted: {e}"
-                ),
+                Err(e) => {
+                    complete = false;
+                    tracing::error!(
+                        executor = executor.name(),
+                        "cannot list this state directory's cluster runs, so jobs the previous daemon had just submitted are marked interrupted: {e}"
+                    )
+                }
             }
         }
-        Listings { owned }
+        Listings { owned, complete }
+    }
+
+    /// Every engine asked answered: what is not taken up again has no run to watch.
+    pub(super) fn complete(&self) -> bool {
+        self.complete
     }
 
     /// The engine's id of the run of `job`: the recorded one, else the newest run named by the job (the

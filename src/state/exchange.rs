@@ -67,6 +67,44 @@ impl ExchangeDir {
         Ok(path)
     }
 
+    /// Deletes the files of every run but those of `keep` (the runs taken up again at start): a daemon that
+    /// died leaves them for jobs it will never watch again, and a spec holds the prompt and the fleet's
+    /// `.env`. Returns how many files went.
+    pub fn retain(&self, keep: &[JobId]) -> Result<usize, StateError> {
+        let list_error = |source| StateError::Io {
+            action: "list the executor directory",
+            path: self.dir.clone(),
+            source,
+        };
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(list_error(e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let name = entry.map_err(list_error)?.file_name();
+            let name = name.to_string_lossy();
+            let id = name.split('.').next().unwrap_or_default();
+            if keep.iter().any(|kept| kept.as_str() == id) {
+                continue;
+            }
+            let path = self.dir.join(name.as_ref());
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StateError::Io {
+                        action: "remove executor file",
+                        path,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes a finished run's files; those already gone are fine.
     pub fn remove(&self, id: &JobId) -> Result<(), StateError> {
         for path in [
@@ -113,6 +151,22 @@ mod tests {
         exchange
             .remove(&id)
             .expect("nothing left to remove is fine");
+    }
+
+    #[test]
+    fn only_the_runs_taken_up_again_keep_their_files() {
+        let root = tempfile::tempdir().unwrap();
+        let exchange = ExchangeDir::new(root.path());
+        assert_eq!(exchange.retain(&[]).unwrap(), 0, "no directory yet");
+        let kept = JobId::parse("job-2026-12-07-aaaaaa").unwrap();
+        let dead = JobId::parse("job-2026-12-07-bbbbbb").unwrap();
+        for id in [&kept, &dead] {
+            exchange.write_spec(id, b"{}").unwrap();
+            std::fs::write(exchange.output_path(id), "lines").unwrap();
+        }
+        assert_eq!(exchange.retain(std::slice::from_ref(&kept)).unwrap(), 2);
+        assert!(exchange.spec_path(&kept).exists() && exchange.output_path(&kept).exists());
+        assert!(!exchange.spec_path(&dead).exists() && !exchange.output_path(&dead).exists());
     }
 
     #[test]
