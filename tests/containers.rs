@@ -280,6 +280,51 @@ async fn a_read_only_workspace_is_unwritable_from_inside() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_exits_without_reading_its_prompt_keeps_all_its_output() {
+    // podman ends an attach whose stdin cannot be written any more (the job exited without reading it) at
+    // once, before the rest of the output is copied, and writes its error into the stream. A prompt larger
+    // than a pipe's buffer makes that certain here; a small one makes it a race (seen in CI).
+    let test = "a_job_that_exits_without_reading_its_prompt_keeps_all_its_output";
+    let Some(_engine) = engine(test).await else {
+        return;
+    };
+    let dir = TestDir::new();
+    write_boxed_fleet(
+        dir.path(),
+        "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; echo to-stderr >&2; echo last-line",
+        "",
+        "",
+    );
+    let daemon = start_daemon(dir).await;
+    let mut client = daemon.ndjson().await;
+    for round in 0..3 {
+        let prompt = "p".repeat(256 * 1024);
+        let job = client
+            .call("trigger", json!({"agentName": "boxed", "prompt": prompt}))
+            .await;
+        let id = job["id"].as_str().unwrap().to_owned();
+        let done = wait_for_job_status(&mut client, &id, &["completed", "failed"]).await;
+        assert_eq!(done["status"], "completed", "round {round}: {done}");
+        let job = client
+            .call("getJob", json!({"id": id, "includeOutput": true}))
+            .await;
+        let of_stream = |stream: &str| -> Vec<String> {
+            job["output"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|line| line["type"] == stream)
+                .map(|line| line["chunk"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let mut expected: Vec<String> = (0..3000).map(|i| format!("line-{i}")).collect();
+        expected.push("last-line".to_owned());
+        assert_eq!(of_stream("stdout"), expected, "round {round}: {job}");
+        assert_eq!(of_stream("stderr"), ["to-stderr"], "round {round}: {job}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_holding_the_state_directory_shows_it_empty() {
     // The fleet's root as the workspace: the state directory (`state/`) is inside it.
     let Some(Boxed {

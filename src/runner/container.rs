@@ -5,7 +5,7 @@
 //! working directory mounted at [`WORKSPACE`], every limit in its `HostConfig`, and labels naming the job and
 //! its owner (the state directory) so that a later daemon can remove what a dead one left. The job's output
 //! comes from an attach made before the start (stdout and stderr demultiplexed into the same line readers as a
-//! host job's pipes), its prompt goes to the attach's stdin, and it is stopped like a host job: SIGTERM to the
+//! host job's pipes), its prompt goes to a second attach's stdin, and it is stopped like a host job: SIGTERM to the
 //! container's first process, SIGKILL after the grace period. The container is removed when the job ends.
 //!
 //! Failures before the job runs (engine unreachable, permission denied on the socket, image missing, a setting
@@ -167,6 +167,13 @@ impl ContainerError {
 }
 
 /// The engine `DOCKER_HOST` names: its client, and its socket for messages.
+/// What an attach connects to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attach {
+    Input,
+    Output,
+}
+
 #[derive(Clone)]
 struct Engine {
     docker: Docker,
@@ -229,11 +236,12 @@ impl Engine {
         }
     }
 
-    async fn attach(&self, id: &str) -> Result<AttachContainerResults, ContainerError> {
+    /// An attach to the container's stdin alone (`Input`) or to its stdout and stderr (`Output`).
+    async fn attach(&self, id: &str, to: Attach) -> Result<AttachContainerResults, ContainerError> {
         let options = AttachContainerOptions {
-            stdin: true,
-            stdout: true,
-            stderr: true,
+            stdin: to == Attach::Input,
+            stdout: to == Attach::Output,
+            stderr: to == Attach::Output,
             stream: true,
             logs: false,
             detach_keys: None,
@@ -490,22 +498,19 @@ pub(super) async fn run(
     let Started {
         engine,
         id,
-        attached,
+        output: attached_output,
+        input,
     } = started;
     let (output_ended_tx, output_ended) = oneshot::channel();
     let (stdout_reader, stdout) = tokio::io::simplex(DEMUX_BUFFER);
     let (stderr_reader, stderr) = tokio::io::simplex(DEMUX_BUFFER);
-    let AttachContainerResults {
-        output: attached_output,
-        input,
-    } = attached;
     let demux = tokio::spawn(async move {
-        demultiplex(attached_output, stdout, stderr).await;
+        demultiplex(attached_output.output, stdout, stderr).await;
         let _ = output_ended_tx.send(());
     });
     let io = JobIo::new(
         &spec,
-        Some(input),
+        Some(input.input),
         [
             Some((OutputStream::Stdout, stdout_reader)),
             Some((OutputStream::Stderr, stderr_reader)),
@@ -518,11 +523,14 @@ pub(super) async fn run(
     supervise(spec, program, target, exit, io, cancels, output).await
 }
 
-/// A started container: attached before it started, so that no output is missed.
+/// A started container, attached before it started, so that no output is missed: its output and its stdin
+/// through two attaches, because podman ends an attach whose stdin it cannot write to (the job exited without
+/// reading its prompt) at once, dropping the output not yet copied and writing its error amid it.
 struct Started {
     engine: Engine,
     id: String,
-    attached: AttachContainerResults,
+    output: AttachContainerResults,
+    input: AttachContainerResults,
 }
 
 async fn start(spec: &RunSpec) -> Result<Started, ContainerError> {
@@ -538,7 +546,11 @@ async fn start(spec: &RunSpec) -> Result<Started, ContainerError> {
     let id = engine
         .create(&container_name(spec), body, &container.image)
         .await?;
-    let attached = match engine.attach(&id).await {
+    let output = match engine.attach(&id, Attach::Output).await {
+        Ok(attached) => attached,
+        Err(err) => return Err(removed_after(&engine, &id, err).await),
+    };
+    let input = match engine.attach(&id, Attach::Input).await {
         Ok(attached) => attached,
         Err(err) => return Err(removed_after(&engine, &id, err).await),
     };
@@ -548,7 +560,8 @@ async fn start(spec: &RunSpec) -> Result<Started, ContainerError> {
     Ok(Started {
         engine,
         id,
-        attached,
+        output,
+        input,
     })
 }
 
