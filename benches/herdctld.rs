@@ -59,10 +59,32 @@ const RETENTION: Retention = Retention {
     max_age: None,
 };
 
-/// A job printing 100 MB: 1,000,000 lines of 100 `x`.
-const FLOOD_COMMAND: &str = "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 100";
-/// 100 MB plus 999,999 newlines (`fold` adds none after the last line).
-const FLOOD_BYTES: f64 = 100_999_999.0;
+/// A job printing 100 MB of `x` in lines of `width` (the last one shorter, without a newline).
+#[derive(Clone, Copy)]
+struct Flood {
+    width: usize,
+}
+
+impl Flood {
+    const TEXT_BYTES: usize = 100_000_000;
+
+    fn command(self) -> String {
+        format!(
+            "head -c {} /dev/zero | tr '\\0' x | fold -w {}",
+            Flood::TEXT_BYTES,
+            self.width
+        )
+    }
+
+    fn lines(self) -> usize {
+        Flood::TEXT_BYTES.div_ceil(self.width)
+    }
+
+    /// The text and its newlines (`fold` adds none after the last line).
+    fn bytes(self) -> f64 {
+        (Flood::TEXT_BYTES + self.lines() - 1) as f64
+    }
+}
 const HISTORY_JOBS: usize = 100_000;
 
 fn main() {
@@ -356,10 +378,10 @@ async fn write_record(dir: &Path, store: &std::sync::Mutex<JobStore>, job: &Job)
 
 /// The rate of the plain pipe the output rows are measured against: the job's program read by this
 /// process.
-fn pipe_rate() -> f64 {
+fn pipe_rate(flood: Flood) -> f64 {
     let started = Instant::now();
     let mut child = Command::new("sh")
-        .args(["-c", FLOOD_COMMAND])
+        .args(["-c", &flood.command()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn sh");
@@ -373,8 +395,12 @@ fn pipe_rate() -> f64 {
         }
     }
     child.wait().expect("wait sh");
-    assert_eq!(total as f64, FLOOD_BYTES, "the flood program's output size");
-    FLOOD_BYTES / started.elapsed().as_secs_f64()
+    assert_eq!(
+        total as f64,
+        flood.bytes(),
+        "the flood program's output size"
+    );
+    flood.bytes() / started.elapsed().as_secs_f64()
 }
 
 /// SPEC §13 output: 100 MB of lines from one job to 1 and 10 `streamJobOutput` subscribers. Each row's
@@ -382,26 +408,30 @@ fn pipe_rate() -> f64 {
 /// like with like.
 fn output(table: &mut Table) {
     // The job keeps all of its output, then, last, the default cap of 64 MB, which bounds the file only:
-    // every line still reaches the reader.
+    // every line still reaches the reader, also the 1.6 million of 62 bytes the issue asks for.
+    let wide = Flood { width: 100 };
     let runs = [
-        (1, false, Some(256)),
-        (10, false, Some(256)),
-        (1, true, Some(256)),
-        (10, true, Some(256)),
-        (1, false, None),
+        (1, false, Some(256), wide),
+        (10, false, Some(256), wide),
+        (1, true, Some(256), wide),
+        (10, true, Some(256), wide),
+        (1, false, None, Flood { width: 62 }),
     ];
-    for (subscribers, batch, max_output_mb) in runs {
+    for (subscribers, batch, max_output_mb, flood) in runs {
         let mode = match (batch, max_output_mb) {
             (false, Some(_)) => "a notification per line",
             (true, _) => "batched",
             (false, None) => "a notification per line, default output cap",
         };
-        eprintln!("output: 100 MB of lines to {subscribers} subscriber(s), {mode}");
-        let pipe = pipe_rate();
+        eprintln!(
+            "output: 100 MB in lines of {} bytes to {subscribers} subscriber(s), {mode}",
+            flood.width
+        );
+        let pipe = pipe_rate(flood);
         let cap = max_output_mb.map_or(String::new(), |mb| format!("max_output_mb: {mb}\n"));
         let agent = format!(
             "name: flood\nruntime: command\n{cap}command: [sh, -c, '{}']\n",
-            FLOOD_COMMAND.replace('\'', "''")
+            flood.command().replace('\'', "''")
         );
         let fleet = Fleet::new(&[("flood".into(), agent)]);
         let daemon = fleet.start_daemon();
@@ -439,16 +469,18 @@ fn output(table: &mut Table) {
         let slowest = tallies.iter().map(|(_, d)| *d).max().unwrap_or_default();
         let cpu = daemon.cpu_time().saturating_sub(cpu_before);
         let peak_kb = daemon.proc_status_kb("VmHWM");
-        let rate = FLOOD_BYTES / slowest.as_secs_f64();
+        let rate = flood.bytes() / slowest.as_secs_f64();
         let first = &tallies[0].0;
         let consistent = tallies.iter().all(|(t, _)| {
             t.gaps == 0 && t.lines == first.lines && t.payload_bytes == first.payload_bytes
         });
         // Every line the program printed, each counted with its newline (the last has none).
-        let complete = first.payload_bytes as f64 == FLOOD_BYTES + 1.0;
+        let complete =
+            first.payload_bytes as f64 == flood.bytes() + 1.0 && first.lines == flood.lines();
         let eof_status = first.eof_status.clone();
-        // The issue's targets: half a pipe to one reader, a quarter to each of ten.
+        // The issue's targets: half a pipe to one reader, a quarter to each of ten; under the cap, every line.
         let target = if subscribers == 1 { 0.5 } else { 0.25 };
+        let fast_enough = max_output_mb.is_none() || rate / pipe >= target;
         let delivered_mb = first.payload_bytes as f64 / 1e6 * subscribers as f64;
         table.row(Row {
             metric: format!(
@@ -463,9 +495,13 @@ fn output(table: &mut Table) {
             value: format!("{:.1}", rate / 1e6),
             baseline: format!("{:.1}", pipe / 1e6),
             ratio: Some(rate / pipe),
-            target: format!("ratio ≥ {target}"),
+            target: if max_output_mb.is_some() {
+                format!("ratio ≥ {target}")
+            } else {
+                format!("all {} lines, in order", flood.lines())
+            },
             verdict: Verdict::of(
-                rate / pipe >= target && consistent && complete && eof_status == "completed",
+                fast_enough && consistent && complete && eof_status == "completed",
             ),
         });
         table.row(Row {
