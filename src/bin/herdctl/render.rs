@@ -788,4 +788,376 @@ mod tests {
             event(PLAIN, &queued)
         );
     }
+
+    const COLOR: Style = Style { color: true };
+
+    fn now() -> DateTime<Utc> {
+        "2025-01-01T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_stopped_fleet_shows_no_uptime_no_next_fire_and_its_open_limits() {
+        let value = json!({"state": "stopped", "uptime": 5_000, "startedAt": null,
+            "configPath": null, "stateDir": "/var/lib/herdctld",
+            "agents": {"total": 2, "running": 0, "idle": 2},
+            "jobs": {"active": 0, "queued": 0, "completed": 0, "failed": 0, "cancelled": 0},
+            "scheduler": {"running": false, "nextTrigger": null, "activeSchedules": 0},
+            "limits": {"perAgent": 2, "maxConcurrent": 8, "maxQueued": 100,
+                "maxJobsPerAgent": 50, "maxJobsTotal": null, "maxJobAge": null},
+            "usage": null, "protocolVersion": "2"});
+        let out = status(PLAIN, &value, now());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "fleet      stopped", "{out}");
+        assert_eq!(lines[1], "config     -", "{out}");
+        assert_eq!(lines[2], "state dir  /var/lib/herdctld", "{out}");
+        assert_eq!(lines[5], "schedules  0 active, next: -", "{out}");
+        assert_eq!(
+            lines[6],
+            "limits     2 running per agent, 8 in the fleet, 100 queued; history: 50 per agent, no cap in all, any age",
+        );
+        assert_eq!(lines.len(), 7, "no cost rows without usage: {out}");
+    }
+
+    #[test]
+    fn an_agent_shows_its_current_and_last_job_budget_and_schedules() {
+        let value = json!({"name": "team.w", "localName": "w", "fleetPath": ["team"],
+            "description": null, "model": null, "runtime": "claude", "workingDirectory": "/srv/w",
+            "state": "running", "concurrency": 2,
+            "currentJobs": ["job-2025-01-01-bbbbbb"], "queuedJobs": 1,
+            "lastJob": {"id": "job-2025-01-01-aaaaaa", "agentName": "team.w", "status": "failed",
+                "createdAt": "2025-01-01T08:00:00Z"},
+            "lastSessionId": "3f2c9a",
+            "schedules": [{"agentName": "team.w", "name": "weekdays", "type": "cron",
+                "enabled": true, "interval": null, "cron": "0 9 * * 1-5", "timezone": "Europe/Berlin",
+                "nextTrigger": {"agentName": "team.w", "scheduleName": "weekdays",
+                    "at": "2025-01-02T08:00:00Z"},
+                "lastRunAt": null, "lastStatus": null, "lastError": null,
+                "runs": 0, "skipped": 0, "failed": 0, "runningJobs": 0}],
+            "budget": {"dailyUsd": 5.0, "spentToday": 1.2, "reached": false}});
+        let out = agent(PLAIN, &value, now());
+        assert!(out.contains("description   -\n"), "{out}");
+        assert!(out.contains("model         -\n"), "{out}");
+        assert!(
+            out.contains("concurrency   1 running of 2, 1 queued\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("current jobs  job-2025-01-01-bbbbbb\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("last job      job-2025-01-01-aaaaaa failed 2h ago\n"),
+            "{out}"
+        );
+        assert!(out.contains("session       3f2c9a\n"), "{out}");
+        assert!(
+            out.contains("budget        $1.20 of $5.00\n"),
+            "not reached: {out}"
+        );
+        assert!(!out.contains("cost today"), "{out}");
+        let row = out.lines().last().unwrap();
+        assert!(
+            row.starts_with("team.w  weekdays  cron  0 9 * * 1-5 (Europe/Berlin)  yes      in 22h"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn agents_table_counts_running_jobs_and_names_schedules() {
+        let value = json!([{"name": "team.w", "state": "running", "runtime": "command",
+            "concurrency": 2, "currentJobs": ["job-2025-01-01-bbbbbb"], "queuedJobs": 3,
+            "schedules": [{"name": "hourly"}, {"name": "nightly"}],
+            "lastJob": {"id": "job-2025-01-01-aaaaaa", "status": "completed",
+                "createdAt": "2025-01-01T09:30:00Z"},
+            "budget": {"dailyUsd": 2.0, "spentToday": 0.5, "reached": false}}]);
+        let out = agents(PLAIN, &value, now());
+        let row = out.lines().nth(1).unwrap();
+        assert_eq!(
+            row,
+            "team.w  running  command  1/2      3       hourly,nightly  completed 30m ago  -           -        $0.50 of $2.00",
+            "{out}"
+        );
+        assert_eq!(agents(PLAIN, &json!([]), now()), "no agents configured\n");
+    }
+
+    #[test]
+    fn schedules_table_describes_each_kind_and_its_last_run() {
+        let value = json!([
+            {"agentName": "a", "name": "often", "type": "interval", "enabled": true,
+             "interval": "30s", "cron": null, "timezone": null,
+             "nextTrigger": {"agentName": "a", "scheduleName": "often", "at": "2025-01-01T10:00:20Z"},
+             "lastRunAt": "2025-01-01T09:50:00Z", "lastStatus": "failed", "lastError": "exit 3",
+             "runs": 4, "skipped": 0, "failed": 1, "runningJobs": 0},
+            {"agentName": "a", "name": "hook", "type": "webhook", "enabled": false,
+             "interval": null, "cron": null, "timezone": null, "nextTrigger": null,
+             "lastRunAt": null, "lastStatus": null, "lastError": null,
+             "runs": 0, "skipped": 0, "failed": 0, "runningJobs": 0}]);
+        let out = schedules(PLAIN, &value, now());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[1], "a      often     interval  every 30s  yes      in 20s  10m ago   failed",
+            "{out}"
+        );
+        assert_eq!(
+            lines[2], "a      hook      webhook   webhook    no       -       -         -",
+            "{out}"
+        );
+        assert_eq!(
+            schedules(PLAIN, &json!([]), now()),
+            "no schedules configured\n"
+        );
+    }
+
+    #[test]
+    fn enabling_a_schedule_says_when_it_runs_next() {
+        let mut value = json!({"agentName": "quick", "name": "yearly", "type": "cron",
+            "enabled": true, "interval": null, "cron": "0 0 1 1 *", "timezone": "UTC",
+            "nextTrigger": {"agentName": "quick", "scheduleName": "yearly", "at": "2025-01-01T10:04:00Z"}});
+        assert_eq!(
+            schedule_change(PLAIN, &value, now()),
+            "enabled quick/yearly; next run in 4m\n"
+        );
+        value["nextTrigger"] = Value::Null;
+        assert_eq!(
+            schedule_change(PLAIN, &value, now()),
+            "enabled quick/yearly; it has no upcoming run\n"
+        );
+        value["enabled"] = json!(false);
+        assert_eq!(
+            schedule_change(PLAIN, &value, now()),
+            "disabled quick/yearly; it will not fire\n"
+        );
+    }
+
+    #[test]
+    fn a_failed_job_shows_its_exit_reason_error_code_and_message() {
+        let value = json!({"id": "job-2025-01-01-aaaaaa", "agentName": "team.w",
+            "scheduleName": "nightly", "triggerType": "schedule", "status": "failed",
+            "exitReason": "timeout", "prompt": "Summarise the open issues ".repeat(5),
+            "forkedFrom": null, "sessionId": null,
+            "createdAt": "2025-01-01T09:00:00Z", "startedAt": "2025-01-01T09:00:01Z",
+            "finishedAt": "2025-01-01T09:05:01Z", "durationMs": 300_000,
+            "exitCode": null, "signal": 15, "summary": null, "result": null,
+            "error": {"code": "TIMEOUT", "message": "timed out after 5m; the job was stopped"},
+            "workItems": null, "priority": 5, "pid": 4242, "pgid": 4242,
+            "executorRun": null, "outputTruncated": false, "usage": null});
+        let out = job(PLAIN, &value, now());
+        assert!(out.contains("schedule  nightly\n"), "{out}");
+        assert!(out.contains("status    failed (timeout)\n"), "{out}");
+        assert!(
+            out.contains("created   2025-01-01 09:00:00 UTC (1h ago)\n"),
+            "{out}"
+        );
+        assert!(out.contains("duration  5m 00s\n"), "{out}");
+        assert!(out.contains("signal    15\n"), "{out}");
+        assert!(out.contains("pid       4242\n"), "{out}");
+        assert!(
+            out.contains("error     TIMEOUT: timed out after 5m; the job was stopped\n"),
+            "{out}"
+        );
+        let prompt = out.lines().find(|l| l.starts_with("prompt")).unwrap();
+        assert_eq!(prompt.chars().count(), "prompt    ".len() + 101, "{out}");
+        assert!(prompt.ends_with('…'), "{out}");
+        for absent in ["exit code", "forked from", "session", "result", "summary"] {
+            assert!(!out.contains(absent), "no {absent}: {out}");
+        }
+    }
+
+    #[test]
+    fn a_completed_job_shows_its_result_fork_session_and_summary() {
+        let value = json!({"id": "job-2025-01-01-cccccc", "agentName": "team.w",
+            "scheduleName": null, "triggerType": "fork", "status": "completed",
+            "exitReason": "success", "forkedFrom": "job-2025-01-01-aaaaaa", "sessionId": "3f2c9a",
+            "createdAt": "2025-01-01T09:58:00Z", "startedAt": "2025-01-01T09:58:00Z",
+            "finishedAt": "2025-01-01T09:58:04Z", "durationMs": 4_200, "exitCode": 0,
+            "signal": null, "pid": null, "summary": "Three issues need a reply.",
+            "result": {"type": "result", "subtype": "success", "total_cost_usd": 0.0123,
+                "num_turns": 3, "duration_ms": 4_200},
+            "error": null});
+        let out = job(PLAIN, &value, now());
+        assert!(out.contains("schedule     -\n"), "{out}");
+        assert!(out.contains("status       completed\n"), "{out}");
+        assert!(out.contains("exit code    0\n"), "{out}");
+        assert!(
+            out.contains("forked from  job-2025-01-01-aaaaaa\n"),
+            "{out}"
+        );
+        assert!(out.contains("session      3f2c9a\n"), "{out}");
+        assert!(
+            out.contains("result       $0.0123 · 3 turns · 4.2s\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("\nsummary\nThree issues need a reply.\n"),
+            "{out}"
+        );
+        let cancelled = json!({"id": "job-2025-01-01-dddddd", "status": "cancelled",
+            "exitReason": "cancelled", "createdAt": "2025-01-01T09:58:00Z"});
+        let out = job(PLAIN, &cancelled, now());
+        assert!(out.contains("status    cancelled\n"), "{out}");
+        assert!(out.contains("finished  -\n"), "{out}");
+    }
+
+    #[test]
+    fn job_table_shows_schedule_elapsed_time_and_abbreviated_summary() {
+        let page = json!({"total": 2, "jobs": [
+            {"id": "job-2025-01-01-aaaaaa", "agentName": "a", "scheduleName": "hourly",
+             "triggerType": "schedule", "status": "running", "createdAt": "2025-01-01T09:58:00Z",
+             "startedAt": "2025-01-01T09:58:30Z", "durationMs": null, "summary": null, "error": null},
+            {"id": "job-2025-01-01-bbbbbb", "agentName": "a", "scheduleName": null,
+             "triggerType": "manual", "status": "completed", "createdAt": "2025-01-01T09:00:00Z",
+             "durationMs": 900, "error": null,
+             "summary": "Reviewed all twelve pull requests and left comments on three of them."}]});
+        let out = jobs(PLAIN, &page, now());
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[1].ends_with("hourly    running    2m ago   1m 30s…"),
+            "{out}"
+        );
+        assert!(
+            lines[2].ends_with(
+                "(manual)  completed  1h ago   900ms     Reviewed all twelve pull requests and left comment…"
+            ),
+            "{out}"
+        );
+        assert_eq!(lines.len(), 3, "all jobs shown, no paging hint: {out}");
+    }
+
+    #[test]
+    fn log_entries_show_their_job_fields_and_lag_notices() {
+        let entry = json!({"timestamp": "2025-01-01T10:00:00Z", "level": "error", "source": "runner",
+            "agentName": "team.w", "jobId": "job-2025-01-01-aaaaaa", "message": "job failed",
+            "fields": {"exitCode": 3, "reason": "exit status"}});
+        assert!(
+            log_entry(PLAIN, &entry).ends_with(
+                "ERROR runner team.w job-2025-01-01-aaaaaa: job failed exitCode=3 reason=exit status"
+            ),
+            "{}",
+            log_entry(PLAIN, &entry)
+        );
+        let quiet = json!({"timestamp": "2025-01-01T10:00:00Z", "level": "info", "source": "fleet",
+            "agentName": null, "jobId": null, "message": "fleet started", "fields": {}});
+        assert!(log_entry(PLAIN, &quiet).ends_with(" INFO  fleet: fleet started"));
+        let lagged = json!({"type": "lagged", "timestamp": "2025-01-01T10:00:00Z", "missed": 12});
+        assert_eq!(
+            log_entry(PLAIN, &lagged),
+            "… 12 log entries were dropped (this reader fell behind) …"
+        );
+    }
+
+    #[test]
+    fn colour_marks_levels_event_kinds_and_a_reached_budget() {
+        let entry = |level: &str| {
+            json!({"timestamp": "2025-01-01T10:00:00Z", "level": level, "source": "fleet",
+                "agentName": "a", "jobId": null, "message": "m", "fields": {}})
+        };
+        assert!(log_entry(COLOR, &entry("error")).contains(" \x1b[31mERROR\x1b[0m "));
+        assert!(log_entry(COLOR, &entry("info")).contains(" \x1b[32mINFO \x1b[0m "));
+        assert!(log_entry(COLOR, &entry("debug")).contains(" \x1b[2mDEBUG\x1b[0m "));
+        assert!(log_entry(COLOR, &entry("info")).contains(" \x1b[36ma\x1b[0m: m"));
+        let kind = |kind: &str| {
+            event(
+                COLOR,
+                &json!({"type": kind, "timestamp": "2025-01-01T10:00:00Z"}),
+            )
+        };
+        assert!(kind("error").contains(" \x1b[31merror\x1b[0m"));
+        assert!(kind("started").contains(" \x1b[32mstarted\x1b[0m"));
+        assert!(kind("lagged").contains(" \x1b[33mlagged\x1b[0m"));
+        assert!(kind("initialized").contains(" \x1b[36minitialized\x1b[0m"));
+        let agent_value =
+            json!({"name": "a", "budget": {"dailyUsd": 1.0, "spentToday": 1.0, "reached": true}});
+        assert_eq!(
+            budget_cell(COLOR, &agent_value),
+            "\x1b[31m$1.00 of $1.00, reached\x1b[0m"
+        );
+    }
+
+    #[test]
+    fn fleet_events_name_what_happened() {
+        let job =
+            json!({"id": "job-2025-01-01-aaaaaa", "agentName": "team.w", "status": "running"});
+        let cases = [
+            (json!({"type": "started"}), "started"),
+            (
+                json!({"type": "stopped", "reason": "SIGTERM"}),
+                "stopped reason: SIGTERM",
+            ),
+            (
+                json!({"type": "stop:progress", "pendingJobs": 2}),
+                "stop:progress 2 jobs pending",
+            ),
+            (
+                json!({"type": "config:reloaded", "agentCount": 2,
+                    "changes": ["agent:team.w:model changed", "agent:team.x added"]}),
+                "config:reloaded agent:team.w:model changed; agent:team.x added",
+            ),
+            (
+                json!({"type": "config:reloaded", "changes": [], "agentCount": 2}),
+                "config:reloaded no changes",
+            ),
+            (
+                json!({"type": "schedule:triggered", "agentName": "team.w",
+                    "scheduleName": "hourly", "jobId": "job-2025-01-01-aaaaaa"}),
+                "schedule:triggered team.w/hourly → job-2025-01-01-aaaaaa",
+            ),
+            (
+                json!({"type": "agent:started", "agentName": "team.w", "jobId": "job-2025-01-01-aaaaaa"}),
+                "agent:started team.w job-2025-01-01-aaaaaa",
+            ),
+            (
+                json!({"type": "agent:stopped", "agentName": "team.w",
+                    "jobId": "job-2025-01-01-aaaaaa", "reason": "completed"}),
+                "agent:stopped team.w job-2025-01-01-aaaaaa (completed)",
+            ),
+            (
+                json!({"type": "job:output", "jobId": "job-2025-01-01-aaaaaa",
+                    "line": {"seq": 7, "timestamp": "2025-01-01T10:00:00Z", "type": "stderr",
+                        "chunk": "warning: retrying\nsecond line"}}),
+                "job:output job-2025-01-01-aaaaaa #7 stderr: warning: retrying…",
+            ),
+            (
+                json!({"type": "job:cancelled", "jobId": "job-2025-01-01-aaaaaa", "job": job,
+                    "terminationType": "forced"}),
+                "job:cancelled team.w job-2025-01-01-aaaaaa (forced)",
+            ),
+            (
+                json!({"type": "job:forked", "job": job, "forkedFrom": "job-2025-01-01-zzzzzz"}),
+                "job:forked job-2025-01-01-aaaaaa from job-2025-01-01-zzzzzz",
+            ),
+            (
+                json!({"type": "error", "source": "state", "message": "cannot write jobs/x.yaml"}),
+                "error state: cannot write jobs/x.yaml",
+            ),
+            (
+                json!({"type": "lagged", "missed": 40}),
+                "lagged 40 events were dropped (this reader fell behind)",
+            ),
+        ];
+        for (mut value, expected) in cases {
+            value["timestamp"] = json!("2025-01-01T10:00:00Z");
+            let line = event(PLAIN, &value);
+            assert!(
+                line.ends_with(expected),
+                "{line:?} should end with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_job_event_shows_the_first_line_of_its_error() {
+        let e = json!({"type": "job:failed", "timestamp": "2025-01-01T10:00:00Z",
+            "jobId": "job-2025-01-01-aaaaaa",
+            "job": {"id": "job-2025-01-01-aaaaaa", "agentName": "team.w", "status": "failed"},
+            "error": {"code": "EXIT_CODE",
+                "message": "claude exited with code 3; stderr:\nboom\nmore"}});
+        let line = event(PLAIN, &e);
+        assert!(
+            line.ends_with(
+                "job:failed team.w job-2025-01-01-aaaaaa claude exited with code 3; stderr:…"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
 }
