@@ -18,6 +18,7 @@
 mod support;
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -461,6 +462,103 @@ async fn a_job_that_ended_while_the_daemon_was_down_is_finalized_with_its_output
     .await;
 }
 
+/// Submits a run that this state directory's daemon would own (the owner tag as its comment) for a job no
+/// record names: what a daemon leaves behind when it dies between Slurm's answer and its own record, or when
+/// the job's record was lost. Its Slurm id.
+fn submit_orphan(state: &std::path::Path) -> String {
+    let out = std::process::Command::new("sbatch")
+        .args([
+            "--parsable",
+            "--job-name=job-2026-01-01-orphan",
+            &format!("--comment=herdctld:{}", state.display()),
+            "--output=/dev/null",
+            "--wrap=sleep 600",
+        ])
+        .output()
+        .expect("sbatch runs");
+    assert!(out.status.success(), "sbatch: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Waits until Slurm has stopped run `engine_id` (or forgotten it).
+async fn wait_until_stopped(what: &str, engine_id: &str) {
+    wait_until(what, JOB_TIMEOUT, || {
+        matches!(slurm_state(engine_id).as_str(), "" | "CANCELLED")
+    })
+    .await;
+}
+
+async fn a_run_of_this_state_directory_without_an_active_job_is_stopped_at_start(target: Target) {
+    let dir = TestDir::new();
+    write_agents(
+        dir.path(),
+        "conformance",
+        &[("idle", &target.agent(&shell_agent("idle", "true", "")))],
+    );
+    let orphan = submit_orphan(&dir.path().join("state"));
+    let _daemon = start(dir).await;
+    wait_until_stopped("the orphaned run stopped by the starting daemon", &orphan).await;
+}
+
+async fn an_orphaned_run_is_stopped_once_the_cluster_answers_after_a_failed_start_up_listing(
+    target: Target,
+) {
+    let dir = TestDir::new();
+    write_agents(
+        dir.path(),
+        "conformance",
+        &[("idle", &target.agent(&shell_agent("idle", "true", "")))],
+    );
+    let orphan = submit_orphan(&dir.path().join("state"));
+    // An `squeue` that fails like one whose controller does not answer, while `down` exists.
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v squeue"])
+        .output()
+        .expect("sh runs");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
+    let bin = dir.path().join("bin");
+    let down = dir.path().join("down");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(&down, "").unwrap();
+    let squeue = bin.join("squeue");
+    std::fs::write(
+        &squeue,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then echo 'squeue: error: Unable to contact slurm controller' >&2; exit 1; fi\nexec '{real}' \"$@\"\n",
+            down.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&squeue, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = Daemon::start_in(
+        dir,
+        DaemonOptions {
+            keep_existing_fleet: true,
+            env: vec![("PATH".to_owned(), path)],
+            ..DaemonOptions::default()
+        },
+    )
+    .await;
+    // Ready, yet the listing failed: the run still goes on.
+    assert!(
+        matches!(slurm_state(&orphan).as_str(), "PENDING" | "RUNNING"),
+        "{}",
+        slurm_state(&orphan)
+    );
+    std::fs::remove_file(daemon.dir.path().join("down")).unwrap();
+    wait_until_stopped("the orphaned run stopped once the cluster answers", &orphan).await;
+}
+
 /// Slurm's state of job `engine_id` (empty when it does not know it).
 fn slurm_state(engine_id: &str) -> String {
     std::process::Command::new("squeue")
@@ -638,6 +736,8 @@ slurm_cases!(
     the_agents_timeout_ends_the_job,
     the_daemon_killed_mid_job_loses_and_repeats_no_line,
     a_job_that_ended_while_the_daemon_was_down_is_finalized_with_its_output,
+    a_run_of_this_state_directory_without_an_active_job_is_stopped_at_start,
+    an_orphaned_run_is_stopped_once_the_cluster_answers_after_a_failed_start_up_listing,
     a_job_slurm_holds_is_queued_with_its_reason_and_keeps_its_slot,
     a_job_slurm_refuses_fails_to_spawn_saying_why,
 );

@@ -5,7 +5,8 @@
 //! before the submit) is `interrupted`, like a local one.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -13,17 +14,23 @@ use crate::config::FleetConfig;
 use crate::executor::{Executor, ExecutorContext, OwnedRun};
 use crate::job::{Job, JobId};
 
+use super::core::Shared;
 use super::job_table::RunContext;
 use super::manager::FleetManager;
 use super::supervise;
+
+/// After a start-up listing an engine did not answer, how long until it is asked again; doubled after each
+/// further failure, up to [`RELIST_MAX`].
+const RELIST_FIRST: Duration = Duration::from_secs(1);
+const RELIST_MAX: Duration = Duration::from_secs(60);
 
 /// What each cluster engine named by the configuration or by a record knows of this state directory's runs;
 /// an engine that could not be asked is missing (its jobs without a recorded id cannot be told apart from
 /// ones never submitted).
 pub(super) struct Listings {
     owned: HashMap<&'static str, Vec<OwnedRun>>,
-    /// Every engine asked answered.
-    complete: bool,
+    /// The engines asked that did not answer.
+    unanswered: Vec<&'static str>,
 }
 
 impl Listings {
@@ -46,7 +53,7 @@ impl Listings {
             )
             .collect();
         let mut owned = HashMap::new();
-        let mut complete = true;
+        let mut unanswered = Vec::new();
         for name in names {
             let Some(executor) = Executor::cluster_named(&name, context) else {
                 continue;
@@ -56,20 +63,20 @@ impl Listings {
                     owned.insert(executor.name(), runs);
                 }
                 Err(e) => {
-                    complete = false;
+                    unanswered.push(executor.name());
                     tracing::error!(
                         executor = executor.name(),
-                        "cannot list this state directory's cluster runs, so jobs the previous daemon had just submitted are marked interrupted: {e}"
+                        "cannot list this state directory's cluster runs, so jobs the previous daemon had just submitted are marked interrupted (their runs are stopped once it answers): {e}"
                     )
                 }
             }
         }
-        Listings { owned, complete }
+        Listings { owned, unanswered }
     }
 
     /// Every engine asked answered: what is not taken up again has no run to watch.
     pub(super) fn complete(&self) -> bool {
-        self.complete
+        self.unanswered.is_empty()
     }
 
     /// The engine's id of the run of `job`: the recorded one, else the newest run named by the job (the
@@ -104,8 +111,9 @@ pub(super) struct Adoption {
 }
 
 impl FleetManager {
-    /// Supervises `adoptions` again and stops the orphans in `listings`. Called once the fleet is
-    /// initialized; returns at once (stopping orphans goes on in the background).
+    /// Supervises `adoptions` again and stops the orphans in `listings`, and those of each engine that did
+    /// not answer once it does. Called once the fleet is initialized; returns at once (stopping orphans goes
+    /// on in the background).
     pub(super) fn reattach(&self, adoptions: Vec<Adoption>, listings: &Listings) {
         let adopted: Vec<JobId> = adoptions.iter().map(|a| a.job.id.clone()).collect();
         for adoption in adoptions {
@@ -121,6 +129,14 @@ impl FleetManager {
             tracing::warn!(executor = name, engine_id = %orphan.engine_id, job_id = %orphan.job_id,
                 "stopping a cluster run of this state directory whose job is no longer active");
             tokio::spawn(async move { executor.kill(&orphan.engine_id).await });
+        }
+        for name in &listings.unanswered {
+            if let Some(executor) = Executor::cluster_named(name, &context) {
+                tokio::spawn(stop_orphans_once_listed(
+                    Arc::downgrade(&self.shared),
+                    executor,
+                ));
+            }
         }
     }
 
@@ -187,6 +203,45 @@ impl FleetManager {
                 supervise::supervise(self.clone(), id, run, output_rx, output_file, hub),
                 span,
             ));
+        }
+    }
+}
+
+/// Asks `executor` for this state directory's runs until it answers, then stops the active ones whose job is
+/// not: the sweep its failed start-up listing could not make. Without it, the run of a job the dead daemon
+/// submitted but had not recorded (marked interrupted) would go on unwatched. Ends when the fleet is dropped.
+async fn stop_orphans_once_listed(fleet: Weak<Shared>, executor: Executor) {
+    let mut wait = RELIST_FIRST;
+    let runs = loop {
+        tokio::time::sleep(wait).await;
+        if fleet.strong_count() == 0 {
+            return;
+        }
+        match executor.list_owned().await {
+            Ok(runs) => break runs,
+            Err(e) => {
+                tracing::debug!(
+                    executor = executor.name(),
+                    "still cannot list this state directory's cluster runs: {e}"
+                );
+                wait = (wait * 2).min(RELIST_MAX);
+            }
+        }
+    };
+    let Some(shared) = fleet.upgrade() else {
+        return;
+    };
+    let active: BTreeSet<String> = FleetManager { shared }
+        .core()
+        .jobs
+        .iter()
+        .map(|job| job.id().as_str().to_owned())
+        .collect();
+    for run in runs {
+        if run.active && !active.contains(&run.job_id) {
+            tracing::warn!(executor = executor.name(), engine_id = %run.engine_id, job_id = %run.job_id,
+                "stopping a cluster run of this state directory whose job is not active, now that the engine answers");
+            executor.kill(&run.engine_id).await;
         }
     }
 }
