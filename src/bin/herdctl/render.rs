@@ -410,6 +410,9 @@ pub fn job(style: Style, job: &Value, now: DateTime<Utc>) -> String {
     if let Some(pid) = job.get("pid").and_then(Value::as_u64) {
         rows.push(("pid", pid.to_string()));
     }
+    if let Some(run) = job.get("executorRun").filter(|run| run.is_object()) {
+        rows.push(("runs on", placement(run)));
+    }
     for (label, key) in [("forked from", "forkedFrom"), ("session", "sessionId")] {
         if let Some(value) = job.get(key).and_then(Value::as_str) {
             rows.push((label, value.to_owned()));
@@ -417,6 +420,11 @@ pub fn job(style: Style, job: &Value, now: DateTime<Utc>) -> String {
     }
     if let Some(note) = job.get("result").and_then(crate::job_output::result_note) {
         rows.push(("result", note));
+    }
+    if let Some(models) = job.pointer("/usage/perModel").and_then(Value::as_object) {
+        for (model, used) in models {
+            rows.push(("tokens", format!("{model}: {}", model_tokens(used))));
+        }
     }
     if let Some(error) = job.get("error").filter(|e| e.is_object()) {
         rows.push((
@@ -436,6 +444,37 @@ pub fn job(style: Style, job: &Value, now: DateTime<Utc>) -> String {
         out.push_str(&format!("\n{}\n{summary}\n", style.bold("summary")));
     }
     out
+}
+
+/// Where a cluster job runs: `slurm job 4711`, and why the engine still holds it.
+fn placement(run: &Value) -> String {
+    let mut text = match run.get("id").and_then(Value::as_str) {
+        Some(id) => format!("{} job {id}", text(run, "executor")),
+        None => format!("{} (not submitted yet)", text(run, "executor")),
+    };
+    if let Some(reason) = run.get("pendingReason").and_then(Value::as_str) {
+        text.push_str(&format!(", held: {reason}"));
+    }
+    text
+}
+
+/// One model's tokens of a job: `1.2k in · 340 out · 15.0k cache read · 2.0k cache write`, the cache
+/// kinds only when used.
+fn model_tokens(used: &Value) -> String {
+    let count = |key: &str| used.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut parts = vec![
+        format!("{} in", tokens(count("inputTokens"))),
+        format!("{} out", tokens(count("outputTokens"))),
+    ];
+    for (key, label) in [
+        ("cacheReadInputTokens", "cache read"),
+        ("cacheCreationInputTokens", "cache write"),
+    ] {
+        if count(key) > 0 {
+            parts.push(format!("{} {label}", tokens(count(key))));
+        }
+    }
+    parts.join(" · ")
 }
 
 fn schedule_spec(schedule: &Value) -> String {
@@ -996,6 +1035,46 @@ mod tests {
         let out = job(PLAIN, &cancelled, now());
         assert!(out.contains("status    cancelled\n"), "{out}");
         assert!(out.contains("finished  -\n"), "{out}");
+    }
+
+    #[test]
+    fn a_cluster_job_shows_where_it_runs_and_a_claude_job_its_tokens() {
+        let held = json!({"id": "job-2025-01-01-eeeeee", "status": "queued",
+            "createdAt": "2025-01-01T09:58:00Z",
+            "executorRun": {"executor": "slurm", "id": "4711", "pendingReason": "Resources"}});
+        let out = job(PLAIN, &held, now());
+        assert!(
+            out.contains("runs on   slurm job 4711, held: Resources\n"),
+            "{out}"
+        );
+        let unsubmitted = json!({"id": "job-2025-01-01-eeeeee", "status": "queued",
+            "executorRun": {"executor": "slurm", "id": null, "pendingReason": null}});
+        let out = job(PLAIN, &unsubmitted, now());
+        assert!(
+            out.contains("runs on   slurm (not submitted yet)\n"),
+            "{out}"
+        );
+        let local =
+            json!({"id": "job-2025-01-01-eeeeee", "status": "running", "executorRun": null});
+        assert!(!job(PLAIN, &local, now()).contains("runs on"));
+
+        let claude = json!({"id": "job-2025-01-01-ffffff", "status": "completed",
+            "usage": {"numTurns": 3, "totalCostUsd": 0.02, "perModel": {
+                "claude-haiku": {"inputTokens": 950, "outputTokens": 12, "cacheCreationInputTokens": 0,
+                    "cacheReadInputTokens": 0},
+                "claude-sonnet": {"inputTokens": 1_234, "outputTokens": 340,
+                    "cacheCreationInputTokens": 2_000, "cacheReadInputTokens": 15_000}}}});
+        let out = job(PLAIN, &claude, now());
+        assert!(
+            out.contains("tokens    claude-haiku: 950 in · 12 out\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "tokens    claude-sonnet: 1.2k in · 340 out · 15.0k cache read · 2.0k cache write\n"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
