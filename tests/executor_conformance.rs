@@ -493,6 +493,105 @@ async fn wait_until_stopped(what: &str, engine_id: &str) {
     .await;
 }
 
+/// Puts a `bin/` into `dir` whose `squeue` and `scontrol` append each call (`squeue ARGS…`) to `dir/calls`
+/// and run the real tools, except that `squeue` fails like one whose controller does not answer while
+/// `dir/down` exists. Returns the `PATH` that puts it first.
+fn logged_slurm_tools(dir: &std::path::Path) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["squeue", "scontrol"] {
+        let real = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .expect("sh runs");
+        let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
+        assert!(!real.is_empty(), "{tool} is on PATH");
+        let fail = if tool == "squeue" {
+            format!(
+                "if [ -e '{}' ]; then echo 'squeue: error: Unable to contact slurm controller' >&2; exit 1; fi\n",
+                dir.join("down").display()
+            )
+        } else {
+            String::new()
+        };
+        let wrapper = bin.join(tool);
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"{tool} $*\" >> '{}'\n{fail}exec '{real}' \"$@\"\n",
+                dir.join("calls").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// The calls of `tool` in a log of [`logged_slurm_tools`].
+fn calls_of(log: &str, tool: &str) -> usize {
+    log.lines()
+        .filter(|line| line.split(' ').next() == Some(tool))
+        .count()
+}
+
+async fn the_runs_of_several_jobs_are_watched_with_one_listing_not_a_call_each(target: Target) {
+    let dir = TestDir::new();
+    let script = format!("echo started; {}", wait_for("gate"));
+    write_agents(
+        dir.path(),
+        "conformance",
+        &[(
+            "pair",
+            &target.agent(&shell_agent("pair", &script, "concurrency: 2\n")),
+        )],
+    );
+    let path = logged_slurm_tools(dir.path());
+    let daemon = Daemon::start_in(
+        dir,
+        DaemonOptions {
+            keep_existing_fleet: true,
+            env: vec![("PATH".to_owned(), path)],
+            ..DaemonOptions::default()
+        },
+    )
+    .await;
+    let mut events = Events::of(&daemon).await;
+    let mut client = daemon.ndjson().await;
+    let first = trigger(&mut client, "pair").await;
+    let second = trigger(&mut client, "pair").await;
+    events.until(&first, |e| is_line(e, "started")).await;
+    events.until(&second, |e| is_line(e, "started")).await;
+    // From now on, while both run: every two seconds each driver asks for its run's state.
+    let calls = daemon.dir.path().join("calls");
+    std::fs::write(&calls, "").unwrap();
+    wait_until("four listings of the running runs", JOB_TIMEOUT, || {
+        calls_of(
+            &std::fs::read_to_string(&calls).unwrap_or_default(),
+            "squeue",
+        ) >= 4
+    })
+    .await;
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert_eq!(calls_of(&log, "scontrol"), 0, "{log}");
+    assert!(
+        log.lines()
+            .filter(|line| line.starts_with("squeue"))
+            .all(|line| line.contains("--jobs=") && line.contains(',')),
+        "each listing asks for both runs: {log}"
+    );
+    for id in [&first, &second] {
+        touch(daemon.dir.path(), &format!("gate-{id}"));
+    }
+    for id in [&first, &second] {
+        assert_eq!(events.final_job(id).await["status"], "completed");
+    }
+}
+
 async fn a_run_of_this_state_directory_without_an_active_job_is_stopped_at_start(target: Target) {
     let dir = TestDir::new();
     write_agents(
@@ -515,31 +614,8 @@ async fn an_orphaned_run_is_stopped_once_the_cluster_answers_after_a_failed_star
         &[("idle", &target.agent(&shell_agent("idle", "true", "")))],
     );
     let orphan = submit_orphan(&dir.path().join("state"));
-    // An `squeue` that fails like one whose controller does not answer, while `down` exists.
-    let real = std::process::Command::new("sh")
-        .args(["-c", "command -v squeue"])
-        .output()
-        .expect("sh runs");
-    let real = String::from_utf8_lossy(&real.stdout).trim().to_owned();
-    let bin = dir.path().join("bin");
-    let down = dir.path().join("down");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::write(&down, "").unwrap();
-    let squeue = bin.join("squeue");
-    std::fs::write(
-        &squeue,
-        format!(
-            "#!/bin/sh\nif [ -e '{}' ]; then echo 'squeue: error: Unable to contact slurm controller' >&2; exit 1; fi\nexec '{real}' \"$@\"\n",
-            down.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&squeue, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = logged_slurm_tools(dir.path());
+    std::fs::write(dir.path().join("down"), "").unwrap();
     let daemon = Daemon::start_in(
         dir,
         DaemonOptions {
@@ -738,6 +814,7 @@ slurm_cases!(
     a_job_that_ended_while_the_daemon_was_down_is_finalized_with_its_output,
     a_run_of_this_state_directory_without_an_active_job_is_stopped_at_start,
     an_orphaned_run_is_stopped_once_the_cluster_answers_after_a_failed_start_up_listing,
+    the_runs_of_several_jobs_are_watched_with_one_listing_not_a_call_each,
     a_job_slurm_holds_is_queued_with_its_reason_and_keeps_its_slot,
     a_job_slurm_refuses_fails_to_spawn_saying_why,
 );

@@ -50,6 +50,9 @@ pub struct ExecutorContext {
     pub owner: String,
     /// This daemon's executable: the shim a job runs unless its executor names another.
     pub own_binary: PathBuf,
+    /// The states of the daemon's Slurm runs, listed for all of them at once (each agent has its own
+    /// engine value; the listing is the daemon's).
+    slurm_states: Arc<slurm::StateListing>,
 }
 
 impl ExecutorContext {
@@ -59,6 +62,7 @@ impl ExecutorContext {
             exchange,
             owner: format!("herdctld:{}", root.display()),
             own_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("herdctld")),
+            slurm_states: Arc::default(),
         }
     }
 }
@@ -258,7 +262,10 @@ pub trait Engine: Send + Sync + 'static {
     /// unless a run by that name exists already (then its id is returned: a retried submit never
     /// duplicates a job). Returns the engine's id of the run.
     async fn submit(&self, job: &JobId, spec: &[u8]) -> Result<String, EngineError>;
-    async fn state(&self, id: &str) -> Result<EngineState, EngineError>;
+    /// The run's state. A `current` answer is asked for now (the driver waits for the end the shim has
+    /// written); otherwise the engine may answer from a listing of every run being watched made up to a
+    /// moment ago, so that a daemon with many runs asks the engine once for all of them.
+    async fn state(&self, id: &str, current: bool) -> Result<EngineState, EngineError>;
     /// Asks the shim to stop: it cancels the job with the job's grace and writes its outcome.
     async fn stop(&self, id: &str) -> Result<(), EngineError>;
     /// Ends the run by force (also a run still in the engine's queue).

@@ -188,7 +188,7 @@ impl Driver {
                 settle_until = Some(now + SETTLE_MAX);
             }
             if now >= next_poll || relay.outcome.is_some() {
-                match self.engine.state(&id).await {
+                match self.engine.state(&id, relay.outcome.is_some()).await {
                     Ok(EngineState::Pending(reason)) => {
                         if reason != "None" && told != Told::Pending(reason.clone()) {
                             (self.progress)(Progress::Pending(reason.clone()));
@@ -529,7 +529,7 @@ mod tests {
         async fn submit(&self, _: &JobId, _: &[u8]) -> Result<String, EngineError> {
             Ok("1".into())
         }
-        async fn state(&self, _: &str) -> Result<EngineState, EngineError> {
+        async fn state(&self, _: &str, _: bool) -> Result<EngineState, EngineError> {
             Ok(EngineState::Unknown)
         }
         async fn stop(&self, _: &str) -> Result<(), EngineError> {

@@ -11,11 +11,14 @@
 //! Ended jobs are known to `scontrol` for `MinJobAge` only; the shim's outcome in the output file outlives
 //! that.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 
@@ -35,6 +38,73 @@ const DIAGNOSTIC_BYTES: u64 = 4096;
 const DIAGNOSTIC_LINES: usize = 20;
 /// `scontrol`'s answer for an id it does not know (never did, or forgot after `MinJobAge`).
 const UNKNOWN_JOB: &str = "Invalid job id specified";
+/// How old a listing of the watched runs may be to answer a routine question about one of them.
+const LISTING_MAX_AGE: Duration = Duration::from_secs(1);
+/// A run nobody asked about for this long is no longer listed (its job ended).
+const WATCH_EXPIRY: Duration = Duration::from_secs(30);
+
+/// The daemon's Slurm runs being watched and their states from the last `squeue` of all of them: a daemon
+/// with a hundred running jobs asks Slurm about once a second, not fifty times (each job's driver asks every
+/// two seconds). Only pending and running states are answered from it; whatever it does not show as such
+/// (ended, forgotten, not listed yet) is asked of `scontrol` for that run, which also gives the exit code.
+#[derive(Debug, Default)]
+pub(super) struct StateListing {
+    inner: tokio::sync::Mutex<Listed>,
+}
+
+#[derive(Debug, Default)]
+struct Listed {
+    /// Runs asked about, and when they last were.
+    watched: HashMap<String, Instant>,
+    /// When the last listing was made, and what it showed of each run it asked about (`None`: not pending
+    /// or running).
+    states: Option<(Instant, HashMap<String, Option<EngineState>>)>,
+}
+
+impl StateListing {
+    /// Run `id`'s state from a listing of every watched run no older than [`LISTING_MAX_AGE`] (made now when
+    /// there is none, or `id` is not in it): `None` when the listing does not show it pending or running, or
+    /// could not be made.
+    async fn state(&self, id: &str) -> Option<EngineState> {
+        let mut listed = self.inner.lock().await;
+        let now = Instant::now();
+        listed.watched.insert(id.to_owned(), now);
+        listed
+            .watched
+            .retain(|_, asked| now.duration_since(*asked) < WATCH_EXPIRY);
+        if let Some((at, states)) = &listed.states {
+            if now.duration_since(*at) < LISTING_MAX_AGE {
+                if let Some(state) = states.get(id) {
+                    return state.clone();
+                }
+            }
+        }
+        let ids: Vec<String> = listed.watched.keys().cloned().collect();
+        let args: Vec<OsString> = vec![
+            "--noheader".into(),
+            "--format=%i|%T|%r".into(),
+            format!("--jobs={}", ids.join(",")).into(),
+        ];
+        let shown = match run("squeue", &args).await {
+            Ok(output) if output.status.success() => {
+                parse_squeue_states(&String::from_utf8_lossy(&output.stdout))
+            }
+            // One id Slurm does not know makes `squeue` fail; so does a controller that does not answer.
+            // `scontrol` answers for the run instead, and says which.
+            _ => return None,
+        };
+        let states: HashMap<String, Option<EngineState>> = ids
+            .into_iter()
+            .map(|id| {
+                let state = shown.get(&id).cloned();
+                (id, state)
+            })
+            .collect();
+        let answer = states.get(id).cloned().flatten();
+        listed.states = Some((Instant::now(), states));
+        answer
+    }
+}
 
 pub(super) struct Slurm {
     config: SlurmConfig,
@@ -154,7 +224,12 @@ impl Engine for Slurm {
         Ok(id)
     }
 
-    async fn state(&self, id: &str) -> Result<EngineState, EngineError> {
+    async fn state(&self, id: &str, current: bool) -> Result<EngineState, EngineError> {
+        if !current {
+            if let Some(state) = self.context.slurm_states.state(id).await {
+                return Ok(state);
+            }
+        }
         let args: Vec<OsString> = vec!["show".into(), "job".into(), "-o".into(), id.into()];
         let output = run("scontrol", &args).await?;
         if !output.status.success() {
@@ -321,6 +396,22 @@ fn parse_scontrol(text: &str) -> EngineState {
     }
 }
 
+/// `squeue --format=%i|%T|%r` lines: the runs shown pending (with the reason) or running.
+fn parse_squeue_states(text: &str) -> HashMap<String, EngineState> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.trim().splitn(3, '|');
+            let (id, state, reason) = (fields.next()?, fields.next()?, fields.next()?);
+            let state = match parse_state_name(state) {
+                EngineState::Pending(_) => EngineState::Pending(reason.to_owned()),
+                EngineState::Running => EngineState::Running,
+                EngineState::Ended(_) | EngineState::Unknown => return None,
+            };
+            Some((id.to_owned(), state))
+        })
+        .collect()
+}
+
 /// `squeue --format=%i|%j|%T|%k` lines whose comment is `owner`.
 fn parse_squeue(text: &str, owner: &str) -> Vec<OwnedRun> {
     text.lines()
@@ -439,11 +530,28 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_answers_for_pending_and_running_runs_only() {
+        let listed =
+            "18|RUNNING|None\n19|PENDING|Resources\n20|COMPLETING|None\n21|COMPLETED|None\n\
+                      22|CANCELLED|None\nnot a line\n";
+        let states = parse_squeue_states(listed);
+        assert_eq!(
+            states,
+            HashMap::from([
+                ("18".to_owned(), EngineState::Running),
+                ("19".to_owned(), EngineState::Pending("Resources".into())),
+                ("20".to_owned(), EngineState::Running),
+            ])
+        );
+    }
+
+    #[test]
     fn the_batch_script_only_execs_the_shim_on_quoted_paths() {
         let context = ExecutorContext {
             exchange: crate::state::ExchangeDir::new(Path::new("/st")),
             owner: "herdctld:/st".into(),
             own_binary: "/opt/herd ctl/herdctld".into(),
+            slurm_states: Default::default(),
         };
         let slurm = Slurm::new(
             SlurmConfig {
