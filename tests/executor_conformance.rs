@@ -532,6 +532,17 @@ fn logged_slurm_tools(dir: &std::path::Path) -> String {
     )
 }
 
+/// Starts the binary on the fleet already in `dir`, with the Slurm tools of [`logged_slurm_tools`].
+async fn start_with_logged_slurm_tools(dir: TestDir) -> Daemon {
+    let path = logged_slurm_tools(dir.path());
+    let options = DaemonOptions {
+        keep_existing_fleet: true,
+        env: vec![("PATH".to_owned(), path)],
+        ..DaemonOptions::default()
+    };
+    Daemon::start_in(dir, options).await
+}
+
 /// The calls of `tool` in a log of [`logged_slurm_tools`].
 fn calls_of(log: &str, tool: &str) -> usize {
     log.lines()
@@ -550,16 +561,7 @@ async fn the_runs_of_several_jobs_are_watched_with_one_listing_not_a_call_each(t
             &target.agent(&shell_agent("pair", &script, "concurrency: 2\n")),
         )],
     );
-    let path = logged_slurm_tools(dir.path());
-    let daemon = Daemon::start_in(
-        dir,
-        DaemonOptions {
-            keep_existing_fleet: true,
-            env: vec![("PATH".to_owned(), path)],
-            ..DaemonOptions::default()
-        },
-    )
-    .await;
+    let daemon = start_with_logged_slurm_tools(dir).await;
     let mut events = Events::of(&daemon).await;
     let mut client = daemon.ndjson().await;
     let first = trigger(&mut client, "pair").await;
@@ -614,17 +616,8 @@ async fn an_orphaned_run_is_stopped_once_the_cluster_answers_after_a_failed_star
         &[("idle", &target.agent(&shell_agent("idle", "true", "")))],
     );
     let orphan = submit_orphan(&dir.path().join("state"));
-    let path = logged_slurm_tools(dir.path());
     std::fs::write(dir.path().join("down"), "").unwrap();
-    let daemon = Daemon::start_in(
-        dir,
-        DaemonOptions {
-            keep_existing_fleet: true,
-            env: vec![("PATH".to_owned(), path)],
-            ..DaemonOptions::default()
-        },
-    )
-    .await;
+    let daemon = start_with_logged_slurm_tools(dir).await;
     // Ready, yet the listing failed: the run still goes on.
     assert!(
         matches!(slurm_state(&orphan).as_str(), "PENDING" | "RUNNING"),
