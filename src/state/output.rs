@@ -38,9 +38,50 @@ const TAIL_WINDOW: u64 = 64 * 1024;
 #[derive(Debug)]
 pub struct OutputWriter {
     path: PathBuf,
-    writer: BufWriter<File>,
+    writer: LineFile,
     last_seq: Option<u64>,
     cap: Option<StoredCap>,
+}
+
+/// A file of whole lines, written through a buffer. A write that fails can leave part of a line in the file
+/// (a write larger than the buffer goes to the file at once, and stops where the disk filled up): the next
+/// write ends that line first, so that the fragment stays a line of its own, which readers skip, rather than
+/// spoiling the next line by joining it.
+#[derive(Debug)]
+struct LineFile {
+    file: BufWriter<File>,
+    torn: bool,
+}
+
+impl LineFile {
+    fn new(file: File) -> LineFile {
+        LineFile {
+            file: BufWriter::with_capacity(64 * 1024, file),
+            torn: false,
+        }
+    }
+
+    /// Appends `bytes`, whole lines.
+    fn write_lines(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.untorn()?;
+        self.file.write_all(bytes).inspect_err(|_| self.torn = true)
+    }
+
+    /// The buffered file, a line a failed write left unfinished ended.
+    fn untorn(&mut self) -> io::Result<&mut BufWriter<File>> {
+        if self.torn {
+            self.file.write_all(b"\n")?;
+            self.torn = false;
+        }
+        Ok(&mut self.file)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// The storage cap's bookkeeping.
@@ -60,7 +101,7 @@ struct StoredCap {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: LineFile,
     first_seq: u64,
     bytes: u64,
 }
@@ -98,7 +139,7 @@ fn create_segment(path: PathBuf, first_seq: u64) -> Result<Segment, StateError> 
         .map_err(io_error("create output tail segment", &path))?;
     Ok(Segment {
         path,
-        file: BufWriter::with_capacity(64 * 1024, file),
+        file: LineFile::new(file),
         first_seq,
         bytes: 0,
     })
@@ -205,7 +246,7 @@ impl StoredCap {
         let bytes = lines.stored(from, to);
         segment
             .file
-            .write_all(bytes)
+            .write_lines(bytes)
             .map_err(io_error("write output tail segment", &segment.path))?;
         segment.bytes += bytes.len() as u64;
         Ok(())
@@ -242,7 +283,7 @@ impl OutputWriter {
             cap.head_used = complete_len;
         }
         Ok(OutputWriter {
-            writer: BufWriter::with_capacity(64 * 1024, file),
+            writer: LineFile::new(file),
             path,
             last_seq,
             cap,
@@ -289,7 +330,7 @@ impl OutputWriter {
             }
         };
         self.writer
-            .write_all(lines.stored(0, head_end))
+            .write_lines(lines.stored(0, head_end))
             .map_err(io_error("append to output file", &self.path))?;
         if let Some(cap) = self.cap.as_mut() {
             cap.append_tail(&self.path, lines, head_end, lines.len())?;
@@ -334,8 +375,11 @@ impl OutputWriter {
             bytes: Some(cap.dropped_bytes),
         });
         let paths: Vec<PathBuf> = segments.into_iter().map(|segment| segment.path).collect();
-        let mut writer = self.writer;
-        append_tail_to(&self.path, &mut writer, dropped, kept_from, &paths)?;
+        let writer = self
+            .writer
+            .untorn()
+            .map_err(io_error("append to output file", &self.path))?;
+        append_tail_to(&self.path, writer, dropped, kept_from, &paths)?;
         Ok(dropped)
     }
 }
@@ -883,6 +927,41 @@ mod tests {
         let lines = read_output(&path, 0, None).unwrap();
         assert_eq!(seqs(lines.clone()), [1, 2, 3, 4]);
         assert_eq!(lines[3], line(4, "again"), "not glued to the torn tail");
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_does_not_spoil_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut writer = OutputWriter::open(path.clone(), None).unwrap();
+        writer.append(&numbered(0)).unwrap();
+        writer.flush().unwrap();
+        // A batch larger than the buffer goes to the file at once; this handle refuses it, as a full disk
+        // would, and a full disk would have taken its start first.
+        let mut batch = SerializedLines::default();
+        for seq in 1..=5000 {
+            batch.push_line(&numbered(seq)).unwrap();
+        }
+        let refusing = BufWriter::new(File::open(&path).unwrap());
+        let writable = std::mem::replace(&mut writer.writer.file, refusing);
+        assert!(writer.append_lines(&batch).is_err());
+        writer.writer.file = writable;
+        writer
+            .writer
+            .file
+            .get_mut()
+            .write_all(&batch.as_bytes()[..100])
+            .unwrap();
+
+        writer.append(&numbered(5001)).unwrap();
+        writer.finish().unwrap();
+        let seqs: Vec<u64> = read_output(&path, 0, None)
+            .unwrap()
+            .iter()
+            .map(|l| l.seq)
+            .collect();
+        // The whole line the failed write got into the file stays; the fragment after it is skipped.
+        assert_eq!(seqs, [0, 1, 5001]);
     }
 
     #[test]
