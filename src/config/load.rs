@@ -176,7 +176,7 @@ fn check_engine_socket_not_mounted(
 ) {
     let containerized: Vec<(&AgentConfig, &DockerConfig)> = agents
         .iter()
-        .filter_map(|agent| Some((agent, agent.docker.as_ref().filter(|d| d.enabled)?)))
+        .filter_map(|agent| Some((agent, agent.container()?)))
         .collect();
     if containerized.is_empty() {
         return;

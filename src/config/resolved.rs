@@ -154,6 +154,12 @@ impl AgentConfig {
     pub fn schedule(&self, name: &str) -> Option<&ScheduleConfig> {
         self.schedules.iter().find(|schedule| schedule.name == name)
     }
+
+    /// The container settings its jobs run with: `None` when they run on the host (no `docker`, or
+    /// `enabled: false`).
+    pub fn container(&self) -> Option<&DockerConfig> {
+        self.docker.as_ref().filter(|docker| docker.enabled)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -577,7 +577,7 @@ fn uses_containers(config: &FleetConfig) -> bool {
     config
         .agents
         .iter()
-        .any(|agent| agent.docker.as_ref().is_some_and(|docker| docker.enabled))
+        .any(|agent| agent.container().is_some())
 }
 
 /// The containers a previous daemon of this state directory left: labelled with the directory, of jobs that

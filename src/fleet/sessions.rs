@@ -83,7 +83,7 @@ fn origin(agent: &AgentConfig) -> Option<Origin> {
         RuntimeConfig::Claude { runtime_type, .. } => Some(Origin {
             working_directory: agent.working_directory.display().to_string(),
             runtime_type: runtime_type.as_str(),
-            docker_enabled: agent.docker.as_ref().is_some_and(|docker| docker.enabled),
+            docker_enabled: agent.container().is_some(),
         }),
         RuntimeConfig::Command { .. } => None,
     }

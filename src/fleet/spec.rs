@@ -26,7 +26,7 @@ pub(super) fn run_spec(
     dotenv: Option<&DotEnv>,
     state_dir: &Path,
 ) -> RunSpec {
-    let docker = agent.docker.as_ref().filter(|docker| docker.enabled);
+    let docker = agent.container();
     let runtime = match &agent.runtime {
         RuntimeConfig::Claude { bin, .. } => {
             runner::RuntimeSpec::Claude(Box::new(runner::ClaudeSpec {
