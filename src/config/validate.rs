@@ -1279,6 +1279,10 @@ const SBATCH_OWN_OPTIONS: &[&str] = &[
     "--wait",
 ];
 
+/// `sbatch` options that make Slurm run one submission more than once: herdctld runs each job once, and
+/// runs it again only as a new run of its own.
+const SBATCH_REPEATING_OPTIONS: &[&str] = &["-a", "--array", "--requeue"];
+
 /// herdctld extension `executor: {type, …}`: strict keys; the keys of `type: slurm` are ignored (with a
 /// warning) when the type is `local`, so that an agent can run locally under `defaults` that say slurm.
 fn build_executor(value: &Value, reader: &mut Reader<'_>) -> Option<ExecutorConfig> {
@@ -1355,12 +1359,22 @@ fn build_slurm(executor: &Mapping, path: &str, reader: &mut Reader<'_>) -> Optio
         .string_list(executor, "extra_args", path)
         .unwrap_or_default();
     for (position, arg) in extra_args.iter().enumerate() {
-        let option = arg.split('=').next().unwrap_or_default();
+        // A short option's value may follow it at once (`-Jname`).
+        let option = if arg.starts_with("--") {
+            arg.split('=').next().unwrap_or_default()
+        } else {
+            arg.get(..2).unwrap_or(arg)
+        };
         let problem = if !arg.starts_with('-') {
             Some("each entry is one sbatch option, written --option=value".to_string())
         } else if SBATCH_OWN_OPTIONS.contains(&option) {
             Some(format!(
                 "{option} is set by herdctld for every job and cannot be changed"
+            ))
+        } else if SBATCH_REPEATING_OPTIONS.contains(&option) {
+            Some(format!(
+                "{option} would make Slurm run the job more than once; herdctld runs each job once (trigger it \
+                 again for another run)"
             ))
         } else {
             None
@@ -1851,7 +1865,7 @@ mod tests {
     #[test]
     fn executor_settings_are_strict_and_a_planned_type_says_it_is_not_built() {
         assert_exactly(
-            &refused("name: a\nexecutor: {type: slurm, partiton: x, cpus: 0, mem: lots, time: soon, herdctld_bin: bin/herdctld, extra_args: [--job-name=x, debug]}\n"),
+            &refused("name: a\nexecutor: {type: slurm, partiton: x, cpus: 0, mem: lots, time: soon, herdctld_bin: bin/herdctld, extra_args: [--job-name=x, debug, -Jother, --array=1-4, --requeue, --no-requeue]}\n"),
             &[
                 ("executor.partiton", "did you mean \"partition\"?"),
                 ("executor.cpus", "at least 1"),
@@ -1860,6 +1874,15 @@ mod tests {
                 ("executor.herdctld_bin", "must be an absolute path"),
                 ("executor.extra_args[0]", "--job-name is set by herdctld"),
                 ("executor.extra_args[1]", "--option=value"),
+                ("executor.extra_args[2]", "-J is set by herdctld"),
+                (
+                    "executor.extra_args[3]",
+                    "--array would make Slurm run the job more than once",
+                ),
+                (
+                    "executor.extra_args[4]",
+                    "--requeue would make Slurm run the job more than once",
+                ),
             ],
         );
         assert_exactly(
