@@ -340,6 +340,29 @@ async fn a_job_ignoring_sigterm_is_forced_after_its_grace_and_nothing_it_started
     .await;
 }
 
+async fn a_cancel_gives_the_job_the_grace_it_asks_for_also_beyond_its_own(target: Target) {
+    let script = "trap \"echo got TERM\" TERM; echo started; while :; do sleep 0.1; done";
+    let (_daemon, mut events, mut client, id) =
+        one_job(target, "patient", script, "stop_grace: 1s\n").await;
+    events.until(&id, |e| is_line(e, "started")).await;
+
+    let asked = Instant::now();
+    let cancelled = client
+        .call("cancelJob", json!({"id": id, "graceMs": 4000}))
+        .await;
+    let waited = asked.elapsed();
+    assert_eq!(cancelled["terminationType"], "forced", "{cancelled}");
+    assert!(
+        waited >= Duration::from_millis(3500),
+        "forced after the 4 s asked for, not the agent's 1 s: {waited:?}"
+    );
+    let lines = output(&mut client, &id).await;
+    assert!(
+        chunks(&lines, "stdout").contains(&"got TERM".to_owned()),
+        "SIGTERM first: {lines:?}"
+    );
+}
+
 async fn the_agents_timeout_ends_the_job(target: Target) {
     let (_daemon, mut events, mut client, id) = one_job(
         target,
@@ -794,6 +817,7 @@ local_cases!(
     output_is_streamed_live_and_complete,
     exit_codes_and_failures_are_reported,
     a_job_ignoring_sigterm_is_forced_after_its_grace_and_nothing_it_started_survives,
+    a_cancel_gives_the_job_the_grace_it_asks_for_also_beyond_its_own,
     the_agents_timeout_ends_the_job,
     the_daemon_killed_mid_job_loses_and_repeats_no_line,
 );
@@ -802,6 +826,7 @@ slurm_cases!(
     output_is_streamed_live_and_complete,
     exit_codes_and_failures_are_reported,
     a_job_ignoring_sigterm_is_forced_after_its_grace_and_nothing_it_started_survives,
+    a_cancel_gives_the_job_the_grace_it_asks_for_also_beyond_its_own,
     the_agents_timeout_ends_the_job,
     the_daemon_killed_mid_job_loses_and_repeats_no_line,
     a_job_that_ended_while_the_daemon_was_down_is_finalized_with_its_output,

@@ -171,13 +171,12 @@ impl Executor {
     }
 
     /// Takes up a cluster run a previous daemon started: its output is relayed again from the start of the
-    /// shim's file (the pump skips the seqs the job's output already has), its outcome awaited. `grace` is
-    /// the job's, for a cancel. `None` for the local executor, whose runs die with their daemon.
+    /// shim's file (the pump skips the seqs the job's output already has), its outcome awaited. `None` for
+    /// the local executor, whose runs die with their daemon.
     pub fn reattach(
         &self,
         job_id: JobId,
         engine_id: String,
-        grace: Duration,
         output: mpsc::Sender<OutputEvent>,
         progress: ProgressFn,
     ) -> Option<Run> {
@@ -187,7 +186,6 @@ impl Executor {
                 engine.clone(),
                 job_id,
                 engine_id,
-                grace,
                 output,
                 progress,
             )),
@@ -266,8 +264,8 @@ pub trait Engine: Send + Sync + 'static {
     /// written); otherwise the engine may answer from a listing of every run being watched made up to a
     /// moment ago, so that a daemon with many runs asks the engine once for all of them.
     async fn state(&self, id: &str, current: bool) -> Result<EngineState, EngineError>;
-    /// Asks the shim to stop: it cancels the job with the job's grace and writes its outcome.
-    async fn stop(&self, id: &str) -> Result<(), EngineError>;
+    /// Asks the shim of `job`'s run `id` to stop: it cancels the job with `grace` and writes its outcome.
+    async fn stop(&self, id: &str, job: &JobId, grace: Duration) -> Result<(), EngineError>;
     /// Ends the run by force (also a run still in the engine's queue).
     async fn kill(&self, id: &str) -> Result<(), EngineError>;
     /// The shim's output from byte `offset` on: what was written since the last read (empty when nothing).

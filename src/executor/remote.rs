@@ -56,34 +56,18 @@ pub(super) fn start(
     output: mpsc::Sender<OutputEvent>,
     progress: ProgressFn,
 ) -> Run {
-    let grace = spec.run.stop_grace;
     let job = JobId::parse(&spec.run.job_id);
-    spawn_driver(
-        engine,
-        job,
-        Start::Submit(Box::new(spec)),
-        grace,
-        output,
-        progress,
-    )
+    spawn_driver(engine, job, Start::Submit(Box::new(spec)), output, progress)
 }
 
 pub(super) fn reattach(
     engine: Arc<dyn Engine>,
     job: JobId,
     engine_id: String,
-    grace: Duration,
     output: mpsc::Sender<OutputEvent>,
     progress: ProgressFn,
 ) -> Run {
-    spawn_driver(
-        engine,
-        Ok(job),
-        Start::Attach(engine_id),
-        grace,
-        output,
-        progress,
-    )
+    spawn_driver(engine, Ok(job), Start::Attach(engine_id), output, progress)
 }
 
 enum Start {
@@ -95,7 +79,6 @@ fn spawn_driver(
     engine: Arc<dyn Engine>,
     job: Result<JobId, crate::job::InvalidJobId>,
     start: Start,
-    grace: Duration,
     output: mpsc::Sender<OutputEvent>,
     progress: ProgressFn,
 ) -> Run {
@@ -113,7 +96,6 @@ fn spawn_driver(
         let driver = Driver {
             engine,
             job,
-            grace,
             output,
             progress,
         };
@@ -135,8 +117,6 @@ fn failed(exit_reason: ExitReason, code: &str, message: String) -> RunOutcome {
 struct Driver {
     engine: Arc<dyn Engine>,
     job: JobId,
-    /// The job's grace: what the shim gives the job after a stop request.
-    grace: Duration,
     output: mpsc::Sender<OutputEvent>,
     progress: ProgressFn,
 }
@@ -161,6 +141,8 @@ struct Stop {
     killed_at: Option<Instant>,
     /// The run had ended when the first request came.
     after_end: bool,
+    /// The shim was asked to stop (it gives the job the grace it was told).
+    shim_asked: bool,
     waiters: Vec<oneshot::Sender<TerminationType>>,
 }
 
@@ -346,8 +328,16 @@ impl Driver {
         stop.waiters.push(request.reply);
         let now = Instant::now();
         if stop.requested {
-            // A shorter grace brings the forced stop forward.
-            let at = now + request.grace;
+            // A shorter grace brings the stop forward: the shim is told (it keeps the shorter one), and so
+            // is the backstop.
+            let at = if stop.shim_asked && !stop.forced {
+                match self.engine.stop(id, &self.job, request.grace).await {
+                    Ok(()) => now + request.grace + SHIM_MARGIN,
+                    Err(_) => now + request.grace,
+                }
+            } else {
+                now + request.grace
+            };
             stop.force_at = Some(stop.force_at.map_or(at, |existing| existing.min(at)));
             return;
         }
@@ -361,20 +351,16 @@ impl Driver {
             self.kill(id, stop).await;
             return;
         }
-        if let Err(e) = self.engine.stop(id).await {
+        if let Err(e) = self.engine.stop(id, &self.job, request.grace).await {
             tracing::info!(job_id = %self.job, engine_id = %id, "could not ask the shim to stop ({e}); stopping the run by force");
             self.kill(id, stop).await;
             stop.forced = true;
             return;
         }
-        // The shim gives the job its grace itself; the engine's forced stop is the backstop for a shim that
-        // does not answer, or comes at the caller's grace when that is shorter than the job's.
-        let backstop = if request.grace < self.grace {
-            request.grace
-        } else {
-            request.grace + SHIM_MARGIN
-        };
-        stop.force_at = Some(now + backstop);
+        stop.shim_asked = true;
+        // The shim gives the job the caller's grace itself; the engine's forced stop is the backstop for a
+        // shim that does not answer.
+        stop.force_at = Some(now + request.grace + SHIM_MARGIN);
     }
 
     async fn kill(&self, id: &str, stop: &mut Stop) {
@@ -532,7 +518,7 @@ mod tests {
         async fn state(&self, _: &str, _: bool) -> Result<EngineState, EngineError> {
             Ok(EngineState::Unknown)
         }
-        async fn stop(&self, _: &str) -> Result<(), EngineError> {
+        async fn stop(&self, _: &str, _: &JobId, _: Duration) -> Result<(), EngineError> {
             Ok(())
         }
         async fn kill(&self, _: &str) -> Result<(), EngineError> {
@@ -579,7 +565,6 @@ mod tests {
             Arc::new(Forgetful { output }),
             JobId::parse("job-2026-12-07-abc123").unwrap(),
             "1".into(),
-            Duration::from_secs(1),
             tx,
             progress,
         );

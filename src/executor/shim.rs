@@ -4,7 +4,8 @@
 //! Inside the shim the job has everything it has under the daemon, because it is the same code: its own
 //! process group, escaped descendants swept (the shim is their subreaper), line caps, stream-json, stdout
 //! and stderr tagged, the timeout. What the shim adds is small: lines numbered from the spec's `first_seq`
-//! and stamped as they are read, SIGTERM taken as a cancel with the job's own grace, and one final outcome
+//! and stamped as they are read, SIGTERM taken as a cancel (with the grace the daemon wrote beside the spec, else
+//! the job's own), and one final outcome
 //! frame. Its stderr is for its own messages only.
 
 use std::path::Path;
@@ -60,14 +61,17 @@ pub async fn run(spec_path: &Path, mut terminate: mpsc::Receiver<()>) -> RunOutc
             return outcome;
         }
     };
-    let grace = spec.run.stop_grace;
+    let job_grace = spec.run.stop_grace;
     let (output_tx, output_rx) = mpsc::channel(WRITE_BATCH);
     // Called here, on the thread that lives as long as the shim: the job's parent-death signal is tied to it.
     let handle = runner::start(spec.run, output_tx);
     let canceller = handle.canceller();
     let writer = tokio::spawn(write_lines(output_rx, spec.first_seq));
+    let spec_path = spec_path.to_path_buf();
     let cancels = tokio::spawn(async move {
         while terminate.recv().await.is_some() {
+            // The daemon writes a cancel's grace before it asks; a stop from elsewhere gets the job's.
+            let grace = crate::state::requested_grace(&spec_path).unwrap_or(job_grace);
             let canceller = canceller.clone();
             tokio::spawn(async move { canceller.cancel(grace).await });
         }

@@ -243,7 +243,13 @@ impl Engine for Slurm {
         Ok(parse_scontrol(&String::from_utf8_lossy(&output.stdout)))
     }
 
-    async fn stop(&self, id: &str) -> Result<(), EngineError> {
+    async fn stop(&self, id: &str, job: &JobId, grace: Duration) -> Result<(), EngineError> {
+        let exchange = self.context.exchange.clone();
+        let owned = job.clone();
+        tokio::task::spawn_blocking(move || exchange.write_grace(&owned, grace))
+            .await
+            .map_err(|e| EngineError::Spec(e.to_string()))?
+            .map_err(|e| EngineError::Spec(e.to_string()))?;
         let args: Vec<OsString> = vec!["--batch".into(), "--signal=TERM".into(), id.into()];
         succeeded("scancel", &args, run("scancel", &args).await?).map(drop)
     }

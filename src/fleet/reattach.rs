@@ -158,9 +158,6 @@ impl FleetManager {
             .and_then(|config| config.agent(&job.agent))
             .cloned()
             .map(Arc::new);
-        let grace = agent
-            .as_ref()
-            .map_or(self.options().default_stop_grace, |agent| agent.stop_grace);
         let context = RunContext {
             schedule: agent
                 .as_ref()
@@ -174,7 +171,6 @@ impl FleetManager {
         let Some(run) = executor.reattach(
             id.clone(),
             engine_id.clone(),
-            grace,
             output_tx,
             supervise::progress_of(self, &id),
         ) else {

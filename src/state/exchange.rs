@@ -4,6 +4,7 @@
 //! <id>.spec.json   what to run (the runner's spec), written here before the run is submitted
 //! <id>.out         the shim's framed output lines and final outcome, written by the shim where the engine runs it
 //! <id>.err         the shim's own messages and the engine's (Slurm writes its cancel notices there)
+//! <id>.grace       the grace of a cancel (milliseconds), written here before the shim is asked to stop
 //! ```
 //!
 //! On a cluster of several nodes this directory must be on a filesystem every node mounts at the same path.
@@ -46,6 +47,18 @@ impl ExchangeDir {
 
     pub fn stderr_path(&self, id: &JobId) -> PathBuf {
         self.dir.join(format!("{id}.err"))
+    }
+
+    pub fn grace_path(&self, id: &JobId) -> PathBuf {
+        self.dir.join(format!("{id}.grace"))
+    }
+
+    /// Writes the grace a cancel gives the job, for the shim to read when it is asked to stop.
+    pub fn write_grace(&self, id: &JobId, grace: std::time::Duration) -> Result<(), StateError> {
+        atomic_write(
+            &self.grace_path(id),
+            grace.as_millis().to_string().as_bytes(),
+        )
     }
 
     /// Writes a run's spec (mode 0600: it holds the prompt and the fleet's `.env`), creating the directory.
@@ -111,6 +124,7 @@ impl ExchangeDir {
             self.spec_path(id),
             self.output_path(id),
             self.stderr_path(id),
+            self.grace_path(id),
         ] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -126,6 +140,20 @@ impl ExchangeDir {
         }
         Ok(())
     }
+}
+
+/// The grace a cancel asked for, read by the shim of the spec at `spec_path` when it is asked to stop: `None`
+/// when no cancel wrote one (a stop from elsewhere, `scancel` by hand) or it cannot be read.
+pub fn requested_grace(spec_path: &Path) -> Option<std::time::Duration> {
+    let name = spec_path
+        .file_name()?
+        .to_str()?
+        .strip_suffix(".spec.json")?;
+    let text = std::fs::read_to_string(spec_path.with_file_name(format!("{name}.grace"))).ok()?;
+    text.trim()
+        .parse()
+        .ok()
+        .map(std::time::Duration::from_millis)
 }
 
 #[cfg(test)]
@@ -151,6 +179,25 @@ mod tests {
         exchange
             .remove(&id)
             .expect("nothing left to remove is fine");
+    }
+
+    #[test]
+    fn a_cancels_grace_is_read_beside_the_spec_until_the_run_is_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let exchange = ExchangeDir::new(root.path());
+        let id = JobId::parse("job-2026-12-07-abc123").unwrap();
+        let spec = exchange.write_spec(&id, b"{}").unwrap();
+        assert_eq!(requested_grace(&spec), None, "no cancel yet");
+        exchange
+            .write_grace(&id, std::time::Duration::from_millis(4500))
+            .unwrap();
+        assert_eq!(
+            requested_grace(&spec),
+            Some(std::time::Duration::from_millis(4500))
+        );
+        assert_eq!(requested_grace(&root.path().join("not-a-spec")), None);
+        exchange.remove(&id).unwrap();
+        assert_eq!(std::fs::read_dir(exchange.dir()).unwrap().count(), 0);
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub use atomic::{
     StagedWrite, WriteStep,
 };
 pub use corrupt::CorruptFile;
-pub use exchange::ExchangeDir;
+pub use exchange::{requested_grace, ExchangeDir};
 pub use fleet_state::{AgentState, FleetState, OtherKeys, ScheduleState};
 pub use jobs::{
     JobCounts, JobFilter, JobPage, JobStore, PagePlan, PrunePlan, PrunedFiles, RecordVersion,
