@@ -57,7 +57,7 @@ async fn a_fire_once_the_budget_is_spent_is_skipped_with_reason_budget_and_runni
     );
 
     // The schedule has never run, so it fires as the fleet starts.
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     manager.start().await.unwrap();
     let fire = next_event(&mut events, "the fire of spender/tick", |e| {
         matches!(

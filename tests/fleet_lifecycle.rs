@@ -156,7 +156,7 @@ async fn lookups_of_unknown_things_say_what_exists() {
 async fn job_events_come_in_order_with_the_result() {
     let fx = Fixture::new("", &[("a", ECHO_PROMPT, "")]);
     let manager = fx.manager().await;
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let job = manager.trigger("a", prompt("hello")).await.unwrap();
     assert_eq!(job.status, JobStatus::Running);
     let id = job.id.to_string();
@@ -199,7 +199,7 @@ async fn a_failing_job_emits_job_failed_with_its_error() {
         ],
     );
     let manager = fx.manager().await;
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let job = manager
         .trigger("fails", TriggerOptions::default())
         .await
@@ -250,7 +250,7 @@ async fn cancel_reports_graceful_or_forced() {
         ],
     );
     let manager = fx.manager().await;
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
 
     let polite = manager
         .trigger("polite", TriggerOptions::default())
@@ -341,7 +341,7 @@ async fn graceful_stop_waits_then_cancels_hanging_jobs_and_persists_first() {
     );
     let manager = fx.manager().await;
     manager.start().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let stubborn = manager
         .trigger("stubborn", TriggerOptions::default())
         .await
@@ -434,7 +434,7 @@ async fn stop_without_waiting_cancels_at_once() {
     let fx = Fixture::new("", &[("busy", "echo started\nexec sleep 30", "")]);
     let manager = fx.manager().await;
     manager.start().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let job = manager
         .trigger("busy", TriggerOptions::default())
         .await
@@ -563,7 +563,7 @@ async fn reload_adds_and_removes_agents_and_running_jobs_keep_their_config() {
     );
     let manager = fx.manager().await;
     manager.start().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let running = manager.trigger("old", prompt("one")).await.unwrap();
     let queued = manager.trigger("old", prompt("two")).await.unwrap();
     assert_eq!(queued.status, JobStatus::Queued);
@@ -653,7 +653,7 @@ async fn fork_runs_the_modified_prompt() {
     let original = manager.trigger("echo", prompt("original")).await.unwrap();
     wait_job(&manager, original.id.as_str()).await;
 
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let fork = manager
         .fork_job(
             original.id.as_str(),

@@ -44,7 +44,7 @@ async fn jobs_and_output_survive_a_restart() {
     let id = {
         let manager = fx.manager().await;
         manager.start().await.unwrap();
-        let mut events = manager.subscribe_events(None);
+        let mut events = manager.subscribe_events(None).unwrap();
         let job = manager
             .trigger(
                 "a",
@@ -272,7 +272,9 @@ async fn streaming_a_running_job_from_the_middle_has_no_gap_and_no_duplicate() {
     );
     fx.write("", &[("a", &script, "")]);
     let manager = fx.manager().await;
-    let mut events = manager.subscribe_events(Some(vec!["job:output".into()]));
+    let mut events = manager
+        .subscribe_events(Some(vec!["job:output".into()]))
+        .unwrap();
     let job = manager
         .trigger("a", TriggerOptions::default())
         .await

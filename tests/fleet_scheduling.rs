@@ -41,7 +41,7 @@ async fn per_agent_limit_one_queues_in_priority_then_fifo_order() {
     let release = fx.path("release");
     fx.write("", &[("a", &wait_for_file(&release), "")]);
     let manager = fx.manager().await;
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
 
     let first = manager.trigger("a", trigger("first", 5)).await.unwrap();
     assert_eq!(first.status, JobStatus::Running);
@@ -99,7 +99,7 @@ async fn per_agent_limit_two_runs_two_at_once() {
     let release = fx.path("release");
     fx.write("", &[("a", &wait_for_file(&release), "concurrency: 2")]);
     let manager = fx.manager().await;
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let mut jobs = Vec::new();
     for name in ["j1", "j2", "j3", "j4", "j5"] {
         jobs.push(manager.trigger("a", trigger(name, 5)).await.unwrap());
@@ -149,7 +149,7 @@ async fn fleet_wide_limit_queues_across_agents_and_the_queue_is_bounded() {
         ..fx.options()
     });
     manager.initialize().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let a1 = manager.trigger("a", trigger("a1", 5)).await.unwrap();
     let b1 = manager.trigger("b", trigger("b1", 5)).await.unwrap();
     assert_eq!(
@@ -209,7 +209,7 @@ async fn scheduled_fires_over_the_limit_are_skipped() {
     let clock = clock();
     let manager = FleetManager::new(fx.options_with_clock(&clock));
     manager.initialize().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     let manual = manager.trigger("a", trigger("manual", 5)).await.unwrap();
     // Never ran: due at once on start, while the manual job holds the only slot.
     manager.start().await.unwrap();
@@ -269,7 +269,7 @@ async fn second_fire_while_first_runs_with(
     }
     let manager = FleetManager::new(options);
     manager.initialize().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     manager.start().await.unwrap();
     let first = next_event(&mut events, "first fire", |e| {
         matches!(e, FleetEvent::ScheduleTriggered { .. })
@@ -369,7 +369,7 @@ async fn interval_schedule_fires_every_period_and_counts_runs() {
     let clock = clock();
     let manager = FleetManager::new(fx.options_with_clock(&clock));
     manager.initialize().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     manager.start().await.unwrap();
     for round in 0..3 {
         if round > 0 {
@@ -413,7 +413,7 @@ async fn a_failing_scheduled_job_is_reported_by_get_schedules() {
     let clock = clock();
     let manager = FleetManager::new(fx.options_with_clock(&clock));
     manager.initialize().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     manager.start().await.unwrap();
     next_event(&mut events, "job:failed", |e| {
         matches!(e, FleetEvent::JobFailed { .. })
@@ -458,7 +458,7 @@ async fn disabled_schedule_stays_disabled_across_a_restart_and_enable_rearms_it(
     }
     let manager = FleetManager::new(fx.options_with_clock(&clock));
     manager.initialize().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     manager.start().await.unwrap();
     for _ in 0..2 {
         // The canary fires whenever `a` would: when its job is done, `a` has had its chance.
@@ -545,7 +545,7 @@ async fn a_stopped_fleet_fires_nothing_and_resumes_on_start() {
     let clock = clock();
     let manager = FleetManager::new(fx.options_with_clock(&clock));
     manager.initialize().await.unwrap();
-    let mut events = manager.subscribe_events(None);
+    let mut events = manager.subscribe_events(None).unwrap();
     manager.start().await.unwrap();
     let fired = next_event(&mut events, "first fire", |e| {
         matches!(e, FleetEvent::ScheduleTriggered { .. })

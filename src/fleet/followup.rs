@@ -312,7 +312,9 @@ schedules:
         let dir = fleet(&github.base_url(), true);
         let fleet = manager(&dir);
         fleet.initialize().await.unwrap();
-        let mut events = fleet.subscribe_events(Some(vec!["job:completed".into()]));
+        let mut events = fleet
+            .subscribe_events(Some(vec!["job:completed".into()]))
+            .unwrap();
         fleet.start().await.unwrap();
 
         let job = tokio::time::timeout(DEADLINE, async {
@@ -370,8 +372,9 @@ schedules:
         let dir = fleet(&github.base_url(), true);
         let fleet = manager(&dir);
         fleet.initialize().await.unwrap();
-        let mut events =
-            fleet.subscribe_events(Some(vec!["schedule:skipped".into(), "job:created".into()]));
+        let mut events = fleet
+            .subscribe_events(Some(vec!["schedule:skipped".into(), "job:created".into()]))
+            .unwrap();
         fleet.start().await.unwrap();
         let first = tokio::time::timeout(DEADLINE, events.next())
             .await

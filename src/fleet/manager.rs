@@ -14,7 +14,7 @@ use crate::metrics::{FleetGauges, Metrics};
 
 use super::core::{Core, Shared};
 use super::error::{FleetError, FleetState};
-use super::events::{EventBus, EventSubscription};
+use super::events::{EventBus, EventSubscription, FleetEvent};
 use super::logs::LogBus;
 use super::options::FleetManagerOptions;
 
@@ -133,8 +133,24 @@ impl FleetManager {
         &self.shared.events
     }
 
-    pub fn subscribe_events(&self, types: Option<Vec<String>>) -> EventSubscription {
-        self.shared.events.subscribe(types)
+    /// The fleet's events of `types` (`None`: all), as they happen. A type the fleet never emits is refused
+    /// (it would match nothing, silently).
+    pub fn subscribe_events(
+        &self,
+        types: Option<Vec<String>>,
+    ) -> Result<EventSubscription, FleetError> {
+        let known = |name: &str| {
+            FleetEvent::TYPE_NAMES.contains(&name) || name == super::event_names::LAGGED
+        };
+        if let Some(unknown) = types.iter().flatten().find(|name| !known(name)) {
+            return Err(FleetError::InvalidParams {
+                message: format!(
+                    "unknown event type {unknown:?}; known types: {}",
+                    FleetEvent::TYPE_NAMES.join(", ")
+                ),
+            });
+        }
+        Ok(self.shared.events.subscribe(types))
     }
 
     pub fn log_bus(&self) -> &LogBus {
@@ -233,5 +249,27 @@ impl std::fmt::Debug for FleetManager {
         f.debug_struct("FleetManager")
             .field("state", &self.state())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_type_the_fleet_never_emits_is_refused_naming_the_known_ones() {
+        let fleet = FleetManager::new(FleetManagerOptions::default());
+        let refused = fleet
+            .subscribe_events(Some(vec!["job:completed".into(), "job:finished".into()]))
+            .err()
+            .expect("job:finished is no event type");
+        assert!(matches!(refused, FleetError::InvalidParams { .. }));
+        let message = refused.to_string();
+        assert!(message.contains("\"job:finished\""), "{message}");
+        assert!(message.contains("job:completed"), "{message}");
+        assert!(fleet
+            .subscribe_events(Some(vec!["job:completed".into(), "lagged".into()]))
+            .is_ok());
+        assert!(fleet.subscribe_events(None).is_ok());
     }
 }

@@ -14,9 +14,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::fleet::{
-    EventItem, EventSubscription, FleetError, FleetEvent, FleetManager, ForkOptions,
-    JobOutputStream, JobQuery, LogFilter, LogItem, LogLevel, LogSubscription, OutputBatchItem,
-    OutputItem, StopOptions, TriggerOptions,
+    EventItem, EventSubscription, FleetError, FleetManager, ForkOptions, JobOutputStream, JobQuery,
+    LogFilter, LogItem, LogLevel, LogSubscription, OutputBatchItem, OutputItem, StopOptions,
+    TriggerOptions,
 };
 
 use super::job_output::{OutputNotifications, STREAM_JOB_OUTPUT};
@@ -264,17 +264,10 @@ fn register(
                 Ok(p) => p,
                 Err(e) => return reject(pending, e).await,
             };
-            if let Some(unknown) = p.types.iter().flatten().find(|t| {
-                !FleetEvent::TYPE_NAMES.contains(&t.as_str())
-                    && t.as_str() != crate::fleet::event_names::LAGGED
-            }) {
-                let message = format!(
-                    "unknown event type {unknown:?}; known types: {}",
-                    FleetEvent::TYPE_NAMES.join(", ")
-                );
-                return reject(pending, invalid_params(message)).await;
-            }
-            let mut events = fleet.subscribe_events(p.types);
+            let mut events = match fleet.subscribe_events(p.types) {
+                Ok(events) => events,
+                Err(e) => return reject(pending, domain_error(e)).await,
+            };
             let sink = pending.accept().await?;
             pump(&sink, &mut events, &fleet, "subscribeEvents").await
         },
