@@ -440,8 +440,8 @@ fn the_projects_herdctl_fixture_fleet_loads_as_herdctl_would() {
         Some("registry.example/agent:latest")
     );
     assert_eq!(
-        (docker.memory.as_str(), docker.tmpfs.as_slice()),
-        ("512m", &["/tmp".to_string()][..])
+        (docker.memory_bytes, docker.tmpfs.as_slice()),
+        (512 * 1024 * 1024, &["/tmp".to_string()][..])
     );
     assert_eq!(
         docker.workspace_mode,

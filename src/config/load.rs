@@ -1348,7 +1348,7 @@ mod tests {
                 ephemeral: true,
                 image: Some("img:7".to_string()),
                 network: DockerNetwork::Bridge,
-                memory: "512m".to_string(),
+                memory_bytes: 512 * 1024 * 1024,
                 cpu_shares: None,
                 cpu_period: None,
                 cpu_quota: None,
@@ -1370,7 +1370,6 @@ mod tests {
             (fleet_docker.image.as_deref(), fleet_docker.network),
             (Some("fleet-image"), DockerNetwork::None)
         );
-        assert_eq!(docker.memory_bytes(), 512 * 1024 * 1024);
         let messages: Vec<String> = fleet.warnings.iter().map(ToString::to_string).collect();
         // Containers run now: enabling them is no longer a warning; the fleet's own section, which herdctl
         // applies to no agent, is.

@@ -428,8 +428,9 @@ pub struct DockerConfig {
     /// `image`, or its deprecated alias `base_image`; `None` = herdctl's default image.
     pub image: Option<String>,
     pub network: DockerNetwork,
-    /// Memory limit as written (`2g`, `512m`, `1024k`, `2048`); default `2g`.
-    pub memory: String,
+    /// Memory limit in bytes, from `memory` as herdctl reads it (`2g`, `512m`, `1024k`, `2048`); default 2g;
+    /// `0` sets none.
+    pub memory_bytes: i64,
     pub cpu_shares: Option<u32>,
     /// Microseconds; with `cpu_quota` a hard CPU limit.
     pub cpu_period: Option<u32>,
@@ -450,26 +451,6 @@ pub struct DockerConfig {
     pub labels: BTreeMap<String, String>,
     /// Raw Docker `HostConfig` passthrough, as written.
     pub host_config: Option<serde_json::Value>,
-}
-
-impl DockerConfig {
-    /// The memory limit in bytes, as herdctl reads `memory`: a number (decimals allowed) times 1024 per unit
-    /// step (`k`, `m`, `g`, `t`; none or `b` for bytes), rounded down. The format was checked at load.
-    pub fn memory_bytes(&self) -> i64 {
-        let text = self.memory.trim().to_ascii_lowercase();
-        let number_end = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(number_end);
-        let scale: f64 = match unit.trim() {
-            "k" => 1024.0,
-            "m" => 1024.0 * 1024.0,
-            "g" => 1024.0 * 1024.0 * 1024.0,
-            "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-            _ => 1.0,
-        };
-        (number.parse::<f64>().unwrap_or(0.0) * scale).floor() as i64
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1459,14 +1459,17 @@ pub(crate) fn build_docker(
     }
     let enabled = reader.boolean(docker, "enabled", path).unwrap_or(false);
     let memory = reader.string(docker, "memory", path);
-    if let Some(memory) = &memory {
-        if !is_docker_memory(memory) {
+    let memory_bytes = match memory.as_deref().map(docker_memory_bytes) {
+        None => DEFAULT_DOCKER_MEMORY,
+        Some(Some(bytes)) => bytes,
+        Some(None) => {
             reader.error(
                 &join(path, "memory"),
-                format!("invalid memory {memory:?}; use a size like \"2g\", \"512m\", \"1024k\" or \"2048\" (bytes)"),
+                format!("invalid memory {:?}; use a size like \"2g\", \"512m\", \"1024k\" or \"2048\" (bytes)", memory.unwrap_or_default()),
             );
+            0
         }
-    }
+    };
     let user = reader.string(docker, "user", path);
     if let Some(user) = &user {
         if !is_number_or_pair(user) {
@@ -1562,7 +1565,7 @@ pub(crate) fn build_docker(
         ephemeral,
         image: image.or(base_image),
         network,
-        memory: memory.unwrap_or_else(|| "2g".to_string()),
+        memory_bytes,
         cpu_shares: reader.positive(docker, "cpu_shares", path),
         cpu_period: reader.positive(docker, "cpu_period", path),
         cpu_quota: reader.positive(docker, "cpu_quota", path),
@@ -1583,8 +1586,14 @@ pub(crate) fn build_docker(
     Some(config)
 }
 
-/// herdctl's memory format: a number (decimals allowed) and an optional unit k, m, g, t or b.
-fn is_docker_memory(text: &str) -> bool {
+/// herdctl's default `docker.memory`: 2g.
+const DEFAULT_DOCKER_MEMORY: i64 = 2 * 1024 * 1024 * 1024;
+
+/// `docker.memory` in bytes, read as herdctl reads it: a number (decimals allowed) and an optional unit k,
+/// m, g, t (each a factor of 1024) or b, rounded down; `None` when it is not in that format. `0` sets no
+/// limit (the engine's meaning).
+fn docker_memory_bytes(text: &str) -> Option<i64> {
+    let text = text.trim();
     let number_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -1594,8 +1603,19 @@ fn is_docker_memory(text: &str) -> bool {
         Some((whole, fraction)) => digits(whole) && digits(fraction),
         None => digits(number),
     };
-    let unit = unit.trim_start().to_ascii_lowercase();
-    number_ok && (unit.is_empty() || ["k", "m", "g", "t", "b"].contains(&unit.as_str()))
+    if !number_ok {
+        return None;
+    }
+    let scale: f64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = (number.parse::<f64>().ok()? * scale).floor();
+    (bytes < i64::MAX as f64).then_some(bytes as i64)
 }
 
 /// `N` or `N:M` with N, M decimal digits (docker `user` and `ports`).
@@ -2386,7 +2406,20 @@ mod tests {
         let (docker, errors) =
             fleet_docker("docker: {memory: 1.5g, volumes: ['/a:/b', '/c:/d:rw', '/e:/f:ro']}\n");
         assert!(errors.is_empty(), "{errors:#?}");
-        assert_eq!(docker.unwrap().memory, "1.5g");
+        assert_eq!(docker.unwrap().memory_bytes, 1536 * 1024 * 1024);
+        for (memory, bytes) in [
+            ("2048", 2048),
+            ("512M", 512 * 1024 * 1024),
+            ("1 k", 1024),
+            ("7b", 7),
+            ("0", 0),
+        ] {
+            let (docker, errors) = fleet_docker(&format!("docker: {{memory: '{memory}'}}\n"));
+            assert!(errors.is_empty(), "{memory}: {errors:#?}");
+            assert_eq!(docker.unwrap().memory_bytes, bytes, "{memory}");
+        }
+        let (docker, _) = fleet_docker("docker: {}\n");
+        assert_eq!(docker.unwrap().memory_bytes, 2 * 1024 * 1024 * 1024);
         for memory in ["1.g", ".5g", "1.5.g", "2gb"] {
             let (docker, errors) = fleet_docker(&format!("docker: {{memory: '{memory}'}}\n"));
             assert!(docker.is_none(), "{memory}");

@@ -193,7 +193,7 @@ fn container_spec(
             DockerNetwork::Bridge => ContainerNetwork::Bridge,
             DockerNetwork::Host => ContainerNetwork::Host,
         },
-        memory_bytes: docker.memory_bytes(),
+        memory_bytes: docker.memory_bytes,
         cpu_shares: docker.cpu_shares.map(i64::from),
         cpu_period: docker.cpu_period.map(i64::from),
         cpu_quota: docker.cpu_quota.map(i64::from),
