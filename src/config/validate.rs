@@ -1283,6 +1283,62 @@ const SBATCH_OWN_OPTIONS: &[&str] = &[
 /// runs it again only as a new run of its own.
 const SBATCH_REPEATING_OPTIONS: &[&str] = &["-a", "--array", "--requeue"];
 
+/// `sbatch` options that send the job to another cluster, where herdctld's `squeue`, `scontrol` and
+/// `scancel` (which ask the default one) would never find it.
+const SBATCH_ELSEWHERE_OPTIONS: &[&str] = &["-M", "--clusters"];
+
+/// `sbatch`'s short options that take no value, so that another may follow in the same word (`-vJx`).
+const SBATCH_SHORT_FLAGS: &[char] = &['H', 'O', 'Q', 's', 'v', 'V', 'h', 'W'];
+
+/// What is wrong with one entry of `extra_args`, if anything. sbatch takes a long option by any unambiguous
+/// prefix (`--comm` for `--comment`) and short options grouped (`-vJname`): both are looked through.
+fn sbatch_arg_problem(arg: &str) -> Option<String> {
+    let refused = |option: &str| {
+        if SBATCH_OWN_OPTIONS.contains(&option) {
+            Some(format!(
+                "{option} is set by herdctld for every job and cannot be changed"
+            ))
+        } else if SBATCH_REPEATING_OPTIONS.contains(&option) {
+            Some(format!(
+                "{option} would make Slurm run the job more than once; herdctld runs each job once (trigger it \
+                 again for another run)"
+            ))
+        } else if SBATCH_ELSEWHERE_OPTIONS.contains(&option) {
+            Some(format!(
+                "{option} would send the job to another cluster, where herdctld cannot watch or stop it"
+            ))
+        } else {
+            None
+        }
+    };
+    if let Some(long) = arg.strip_prefix("--") {
+        let name = long.split('=').next().unwrap_or_default();
+        if name.is_empty() {
+            return Some("each entry is one sbatch option, written --option=value".to_string());
+        }
+        let written = format!("--{name}");
+        return SBATCH_OWN_OPTIONS
+            .iter()
+            .chain(SBATCH_REPEATING_OPTIONS)
+            .chain(SBATCH_ELSEWHERE_OPTIONS)
+            .filter(|option| option.starts_with(&written))
+            .find_map(|option| refused(option));
+    }
+    let Some(short) = arg.strip_prefix('-').filter(|short| !short.is_empty()) else {
+        return Some("each entry is one sbatch option, written --option=value".to_string());
+    };
+    for letter in short.chars() {
+        if let Some(problem) = refused(&format!("-{letter}")) {
+            return Some(problem);
+        }
+        if !SBATCH_SHORT_FLAGS.contains(&letter) {
+            // The rest of the word is this option's value.
+            break;
+        }
+    }
+    None
+}
+
 /// herdctld extension `executor: {type, …}`: strict keys; the keys of `type: slurm` are ignored (with a
 /// warning) when the type is `local`, so that an agent can run locally under `defaults` that say slurm.
 fn build_executor(value: &Value, reader: &mut Reader<'_>) -> Option<ExecutorConfig> {
@@ -1359,27 +1415,7 @@ fn build_slurm(executor: &Mapping, path: &str, reader: &mut Reader<'_>) -> Optio
         .string_list(executor, "extra_args", path)
         .unwrap_or_default();
     for (position, arg) in extra_args.iter().enumerate() {
-        // A short option's value may follow it at once (`-Jname`).
-        let option = if arg.starts_with("--") {
-            arg.split('=').next().unwrap_or_default()
-        } else {
-            arg.get(..2).unwrap_or(arg)
-        };
-        let problem = if !arg.starts_with('-') {
-            Some("each entry is one sbatch option, written --option=value".to_string())
-        } else if SBATCH_OWN_OPTIONS.contains(&option) {
-            Some(format!(
-                "{option} is set by herdctld for every job and cannot be changed"
-            ))
-        } else if SBATCH_REPEATING_OPTIONS.contains(&option) {
-            Some(format!(
-                "{option} would make Slurm run the job more than once; herdctld runs each job once (trigger it \
-                 again for another run)"
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
+        if let Some(problem) = sbatch_arg_problem(arg) {
             reader.error(
                 &index(&join(path, "extra_args"), position),
                 format!("invalid sbatch argument {arg:?}: {problem}"),
@@ -1614,8 +1650,11 @@ fn docker_memory_bytes(text: &str) -> Option<i64> {
         "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
         _ => return None,
     };
-    let bytes = (number.parse::<f64>().ok()? * scale).floor();
-    (bytes < i64::MAX as f64).then_some(bytes as i64)
+    let value = number.parse::<f64>().ok()?;
+    let bytes = (value * scale).floor();
+    // Under a byte would be no limit at all, which only `0` asks for.
+    let meant = value == 0.0 || bytes >= 1.0;
+    (meant && bytes < i64::MAX as f64).then_some(bytes as i64)
 }
 
 /// `N` or `N:M` with N, M decimal digits (docker `user` and `ports`).
@@ -1885,7 +1924,7 @@ mod tests {
     #[test]
     fn executor_settings_are_strict_and_a_planned_type_says_it_is_not_built() {
         assert_exactly(
-            &refused("name: a\nexecutor: {type: slurm, partiton: x, cpus: 0, mem: lots, time: soon, herdctld_bin: bin/herdctld, extra_args: [--job-name=x, debug, -Jother, --array=1-4, --requeue, --no-requeue]}\n"),
+            &refused("name: a\nexecutor: {type: slurm, partiton: x, cpus: 0, mem: lots, time: soon, herdctld_bin: bin/herdctld, extra_args: [--job-name=x, debug, -Jother, --array=1-4, --requeue, --no-requeue, --comm=x, --req, -vJname, -M, --clust=b, -vV, -pgpu, --constraint=avx2]}\n"),
             &[
                 ("executor.partiton", "did you mean \"partition\"?"),
                 ("executor.cpus", "at least 1"),
@@ -1902,6 +1941,17 @@ mod tests {
                 (
                     "executor.extra_args[4]",
                     "--requeue would make Slurm run the job more than once",
+                ),
+                ("executor.extra_args[6]", "--comment is set by herdctld"),
+                (
+                    "executor.extra_args[7]",
+                    "--requeue would make Slurm run the job more than once",
+                ),
+                ("executor.extra_args[8]", "-J is set by herdctld"),
+                ("executor.extra_args[9]", "-M would send the job to another cluster"),
+                (
+                    "executor.extra_args[10]",
+                    "--clusters would send the job to another cluster",
                 ),
             ],
         );
@@ -2420,7 +2470,7 @@ mod tests {
         }
         let (docker, _) = fleet_docker("docker: {}\n");
         assert_eq!(docker.unwrap().memory_bytes, 2 * 1024 * 1024 * 1024);
-        for memory in ["1.g", ".5g", "1.5.g", "2gb"] {
+        for memory in ["1.g", ".5g", "1.5.g", "2gb", "0.4", "0.0001k"] {
             let (docker, errors) = fleet_docker(&format!("docker: {{memory: '{memory}'}}\n"));
             assert!(docker.is_none(), "{memory}");
             assert!(

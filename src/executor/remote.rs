@@ -141,8 +141,8 @@ struct Stop {
     killed_at: Option<Instant>,
     /// The run had ended when the first request came.
     after_end: bool,
-    /// The shim was asked to stop (it gives the job the grace it was told).
-    shim_asked: bool,
+    /// When the shim, asked to stop, kills the job (it gives the job the grace it was told).
+    shim_kill_at: Option<Instant>,
     waiters: Vec<oneshot::Sender<TerminationType>>,
 }
 
@@ -328,17 +328,29 @@ impl Driver {
         stop.waiters.push(request.reply);
         let now = Instant::now();
         if stop.requested {
-            // A shorter grace brings the stop forward: the shim is told (it keeps the shorter one), and so
-            // is the backstop.
-            let at = if stop.shim_asked && !stop.forced {
-                match self.engine.stop(id, &self.job, request.grace).await {
-                    Ok(()) => now + request.grace + SHIM_MARGIN,
-                    Err(_) => now + request.grace,
+            // Only a request that ends the job sooner changes anything. The shim is told (a grace file
+            // never grows, so two signals that arrive as one still give the shortest), and so is the
+            // backstop.
+            let kill_at = now + request.grace;
+            let force_at = match stop.shim_kill_at {
+                Some(shim_kill_at) if !stop.forced => {
+                    if kill_at >= shim_kill_at {
+                        return;
+                    }
+                    match self.engine.stop(id, &self.job, request.grace).await {
+                        Ok(()) => {
+                            stop.shim_kill_at = Some(kill_at);
+                            kill_at + SHIM_MARGIN
+                        }
+                        Err(_) => kill_at,
+                    }
                 }
-            } else {
-                now + request.grace
+                _ => kill_at,
             };
-            stop.force_at = Some(stop.force_at.map_or(at, |existing| existing.min(at)));
+            stop.force_at = Some(
+                stop.force_at
+                    .map_or(force_at, |existing| existing.min(force_at)),
+            );
             return;
         }
         stop.requested = true;
@@ -357,7 +369,7 @@ impl Driver {
             stop.forced = true;
             return;
         }
-        stop.shim_asked = true;
+        stop.shim_kill_at = Some(now + request.grace);
         // The shim gives the job the caller's grace itself; the engine's forced stop is the backstop for a
         // shim that does not answer.
         stop.force_at = Some(now + request.grace + SHIM_MARGIN);

@@ -43,6 +43,10 @@ const UNKNOWN_JOB: &str = "Invalid job id specified";
 const LISTING_MAX_AGE: Duration = Duration::from_millis(250);
 /// A run nobody asked about for this long is no longer listed (its job ended).
 const WATCH_EXPIRY: Duration = Duration::from_secs(30);
+/// How long a listing, and the wait for another caller's, may take before the caller asks `scontrol` for its
+/// own run instead; and how long after a listing failed none is tried (a controller that does not answer
+/// must not hold every job's driver behind one call).
+const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The daemon's Slurm runs being watched and their states from the last `squeue` of all of them: a daemon
 /// with a hundred running jobs asks Slurm at most four times a second, not fifty (each job's driver asks
@@ -60,6 +64,8 @@ struct Listed {
     /// When the last listing was made, and what it showed of each run it asked about (`None`: not pending
     /// or running).
     states: Option<(Instant, HashMap<String, Option<EngineState>>)>,
+    /// When the last listing failed.
+    failed_at: Option<Instant>,
 }
 
 impl StateListing {
@@ -67,7 +73,9 @@ impl StateListing {
     /// there is none, or `id` is not in it): `None` when the listing does not show it pending or running, or
     /// could not be made.
     async fn state(&self, id: &str) -> Option<EngineState> {
-        let mut listed = self.inner.lock().await;
+        let mut listed = tokio::time::timeout(LISTING_TIMEOUT, self.inner.lock())
+            .await
+            .ok()?;
         let now = Instant::now();
         listed.watched.insert(id.to_owned(), now);
         listed
@@ -80,20 +88,30 @@ impl StateListing {
                 }
             }
         }
+        if listed
+            .failed_at
+            .is_some_and(|at| now.duration_since(at) < LISTING_TIMEOUT)
+        {
+            return None;
+        }
         let ids: Vec<String> = listed.watched.keys().cloned().collect();
         let args: Vec<OsString> = vec![
             "--noheader".into(),
             "--format=%i|%T|%r".into(),
             format!("--jobs={}", ids.join(",")).into(),
         ];
-        let shown = match run("squeue", &args).await {
+        let shown = match run_within(LISTING_TIMEOUT, "squeue", &args).await {
             Ok(output) if output.status.success() => {
                 parse_squeue_states(&String::from_utf8_lossy(&output.stdout))
             }
             // One id Slurm does not know makes `squeue` fail; so does a controller that does not answer.
             // `scontrol` answers for the run instead, and says which.
-            _ => return None,
+            _ => {
+                listed.failed_at = Some(Instant::now());
+                return None;
+            }
         };
+        listed.failed_at = None;
         let states: HashMap<String, Option<EngineState>> = ids
             .into_iter()
             .map(|id| {
@@ -246,10 +264,14 @@ impl Engine for Slurm {
     async fn stop(&self, id: &str, job: &JobId, grace: Duration) -> Result<(), EngineError> {
         let exchange = self.context.exchange.clone();
         let owned = job.clone();
-        tokio::task::spawn_blocking(move || exchange.write_grace(&owned, grace))
+        let written = tokio::task::spawn_blocking(move || exchange.write_grace(&owned, grace))
             .await
-            .map_err(|e| EngineError::Spec(e.to_string()))?
-            .map_err(|e| EngineError::Spec(e.to_string()))?;
+            .map_err(|e| e.to_string())
+            .and_then(|written| written.map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            // Still a graceful stop: the shim gives the job its own grace.
+            tracing::warn!(job_id = %job, slurm_job = id, "the cancel's grace could not be handed to the shim, which gives the job its stop_grace: {e}");
+        }
         let args: Vec<OsString> = vec!["--batch".into(), "--signal=TERM".into(), id.into()];
         succeeded("scancel", &args, run("scancel", &args).await?).map(drop)
     }
@@ -305,19 +327,28 @@ impl Engine for Slurm {
 
 /// Runs a Slurm tool to its end (bounded by [`CLI_TIMEOUT`]), its output captured.
 async fn run(program: &str, args: &[OsString]) -> Result<Output, EngineError> {
+    run_within(CLI_TIMEOUT, program, args).await
+}
+
+/// Runs a Slurm tool to its end, for at most `timeout`, its output captured.
+async fn run_within(
+    timeout: Duration,
+    program: &str,
+    args: &[OsString],
+) -> Result<Output, EngineError> {
     let unavailable = |reason: String| EngineError::Unavailable {
         command: command_line(program, args),
         reason,
     };
     let mut command = tokio::process::Command::new(program);
     command.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    match tokio::time::timeout(CLI_TIMEOUT, command.output()).await {
+    match tokio::time::timeout(timeout, command.output()).await {
         Ok(Ok(output)) => Ok(output),
         Ok(Err(e)) => Err(unavailable(format!(
             "{e}; is the Slurm client (slurm-client) installed and on PATH?"
         ))),
         Err(_) => Err(unavailable(format!(
-            "no answer within {CLI_TIMEOUT:?}; is slurmctld reachable?"
+            "no answer within {timeout:?}; is slurmctld reachable?"
         ))),
     }
 }

@@ -119,7 +119,8 @@ pub enum FleetError {
     #[error("state directory error at {path}: {message}")]
     State { path: String, message: String },
 
-    #[error("invalid parameters: {message}")]
+    /// Worded as jsonrpsee words the parse errors of the same code, so that a client sees one form.
+    #[error("Invalid params: {message}")]
     InvalidParams { message: String },
 
     #[error(

@@ -166,7 +166,6 @@ impl ContainerError {
     }
 }
 
-/// The engine `DOCKER_HOST` names: its client, and its socket for messages.
 /// What an attach connects to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Attach {
@@ -174,6 +173,7 @@ enum Attach {
     Output,
 }
 
+/// The engine `DOCKER_HOST` names: its client, and its socket for messages.
 #[derive(Clone)]
 struct Engine {
     docker: Docker,

@@ -162,20 +162,20 @@ impl StoredCap {
     /// Drops the previous segment's lines and makes room for a new current one, returning the path it
     /// may reuse.
     fn rotate(&mut self) -> Result<Option<PathBuf>, StateError> {
-        let freed = match self.previous.take() {
-            Some(previous) => {
-                self.dropped_bytes += previous.bytes;
-                Some(previous.path)
-            }
-            None => None,
-        };
-        if let Some(mut current) = self.current.take() {
+        if let Some(current) = self.current.as_mut() {
+            // Its lines are copied as they are at the end: a fragment a failed write left is ended here.
+            // Done first, so that a failure leaves both segments as they were.
             current
                 .file
-                .flush()
+                .untorn()
+                .and_then(|file| file.flush())
                 .map_err(io_error("write output tail segment", &current.path))?;
-            self.previous = Some(current);
         }
+        let freed = self.previous.take().map(|previous| {
+            self.dropped_bytes += previous.bytes;
+            previous.path
+        });
+        self.previous = self.current.take();
         Ok(freed)
     }
 
@@ -1030,6 +1030,39 @@ mod tests {
     /// Bytes one numbered line takes in the file.
     fn stored_size() -> u64 {
         serde_json::to_string(&numbered(B)).unwrap().len() as u64 + 1
+    }
+
+    #[test]
+    fn a_tail_segment_a_write_failed_in_does_not_spoil_the_next_segments_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        // Head: 10 lines; each tail segment: 5 lines.
+        let mut writer = OutputWriter::open(path.clone(), Some(20 * stored_size())).unwrap();
+        let mut lines = SerializedLines::default();
+        for seq in B..B + 15 {
+            lines.push_line(&numbered(seq)).unwrap();
+        }
+        writer.append_lines(&lines).unwrap();
+        writer.flush().unwrap();
+        // The full tail segment as a write that failed part way leaves it (see the test above).
+        let segment = writer.cap.as_mut().unwrap().current.as_mut().unwrap();
+        segment
+            .file
+            .file
+            .get_mut()
+            .write_all(br#"{"seq":1015,"ti"#)
+            .unwrap();
+        segment.file.torn = true;
+
+        // The next line starts the next segment, which is copied after this one at the end.
+        writer.append(&numbered(B + 15)).unwrap();
+        writer.finish().unwrap();
+        let seqs: Vec<u64> = read_output(&path, 0, None)
+            .unwrap()
+            .iter()
+            .map(|l| l.seq)
+            .collect();
+        assert_eq!(seqs, (B..B + 16).collect::<Vec<_>>());
     }
 
     #[test]
