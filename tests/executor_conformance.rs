@@ -617,7 +617,9 @@ async fn the_runs_of_several_jobs_are_watched_with_one_listing_not_a_call_each(t
     }
 }
 
-async fn a_run_of_this_state_directory_without_an_active_job_is_stopped_at_start(target: Target) {
+/// A fleet whose agent runs on `target`, not started, and the Slurm id of an orphaned run of its state
+/// directory ([`submit_orphan`]).
+fn fleet_with_an_orphan(target: Target) -> (TestDir, String) {
     let dir = TestDir::new();
     write_agents(
         dir.path(),
@@ -625,6 +627,11 @@ async fn a_run_of_this_state_directory_without_an_active_job_is_stopped_at_start
         &[("idle", &target.agent(&shell_agent("idle", "true", "")))],
     );
     let orphan = submit_orphan(&dir.path().join("state"));
+    (dir, orphan)
+}
+
+async fn a_run_of_this_state_directory_without_an_active_job_is_stopped_at_start(target: Target) {
+    let (dir, orphan) = fleet_with_an_orphan(target);
     let _daemon = start(dir).await;
     wait_until_stopped("the orphaned run stopped by the starting daemon", &orphan).await;
 }
@@ -632,13 +639,7 @@ async fn a_run_of_this_state_directory_without_an_active_job_is_stopped_at_start
 async fn an_orphaned_run_is_stopped_once_the_cluster_answers_after_a_failed_start_up_listing(
     target: Target,
 ) {
-    let dir = TestDir::new();
-    write_agents(
-        dir.path(),
-        "conformance",
-        &[("idle", &target.agent(&shell_agent("idle", "true", "")))],
-    );
-    let orphan = submit_orphan(&dir.path().join("state"));
+    let (dir, orphan) = fleet_with_an_orphan(target);
     std::fs::write(dir.path().join("down"), "").unwrap();
     let daemon = start_with_logged_slurm_tools(dir).await;
     // Ready, yet the listing failed: the run still goes on.

@@ -1032,18 +1032,24 @@ mod tests {
         serde_json::to_string(&numbered(B)).unwrap().len() as u64 + 1
     }
 
-    #[test]
-    fn a_tail_segment_a_write_failed_in_does_not_spoil_the_next_segments_first_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("job.jsonl");
-        // Head: 10 lines; each tail segment: 5 lines.
-        let mut writer = OutputWriter::open(path.clone(), Some(20 * stored_size())).unwrap();
+    /// A writer of `path` whose cap keeps a head of 10 lines and tail segments of 5, the lines `B..B + count`
+    /// appended and flushed.
+    fn small_capped_writer(path: &Path, count: u64) -> OutputWriter {
+        let mut writer = OutputWriter::open(path.to_path_buf(), Some(20 * stored_size())).unwrap();
         let mut lines = SerializedLines::default();
-        for seq in B..B + 15 {
+        for seq in B..B + count {
             lines.push_line(&numbered(seq)).unwrap();
         }
         writer.append_lines(&lines).unwrap();
         writer.flush().unwrap();
+        writer
+    }
+
+    #[test]
+    fn a_tail_segment_a_write_failed_in_does_not_spoil_the_next_segments_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        let mut writer = small_capped_writer(&path, 15);
         // The full tail segment as a write that failed part way leaves it (see the test above).
         let segment = writer.cap.as_mut().unwrap().current.as_mut().unwrap();
         segment
@@ -1135,13 +1141,7 @@ mod tests {
     fn a_tail_left_by_a_crash_is_joined_when_the_file_is_opened_again() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.jsonl");
-        let mut writer = OutputWriter::open(path.clone(), Some(20 * stored_size())).unwrap();
-        let mut lines = SerializedLines::default();
-        for seq in B..B + 30 {
-            lines.push_line(&numbered(seq)).unwrap();
-        }
-        writer.append_lines(&lines).unwrap();
-        writer.flush().unwrap();
+        let writer = small_capped_writer(&path, 30);
         // The daemon dies: no finish. A torn line at the end of the newest segment.
         drop(writer);
         let newest = tail_segments(&path)
