@@ -109,7 +109,10 @@
 //!    and the job runs once more, fresh, first), updates schedule state and the agent's session pointer,
 //!    emits `agent:stopped` and `job:completed|failed|cancelled`, prunes history (the limits of the command
 //!    line, else of the fleet file's `defaults`; pruned jobs leave the index under the lock, and their files
-//!    are deleted outside it before the job's waiters are told) and starts queued jobs.
+//!    are deleted outside it before the job's waiters are told) and starts queued jobs. The job's output
+//!    streams end (their `eof`) once the final record is written, so a client told by one that the job
+//!    ended finds it so after a crash too; the end events come before (a `kill -9` between the two leaves
+//!    the job `interrupted`).
 //!
 //! 6. After the record is final, background tasks run the agent's hooks (`hooks`) and report a work item
 //!    back to its source (`work_sources`: close on success, release otherwise).

@@ -42,6 +42,10 @@ pub(super) struct JobFinished {
     /// A cluster run's exchange files, removed once the final record is written (until then they are the
     /// run's record).
     run_files: Option<RunFiles>,
+    /// The job's output hub: its readers end when it is dropped, once the final record is written, so that
+    /// a client told by its stream that the job ended (`herdctl trigger --wait`) finds it ended after a
+    /// crash too.
+    hub: OutputHub,
     fleet: Weak<Shared>,
     jobs_changed: Arc<tokio::sync::Notify>,
 }
@@ -67,6 +71,7 @@ impl JobFinished {
             landing,
             pruned,
             run_files,
+            hub,
             fleet,
             jobs_changed,
         } = self;
@@ -74,6 +79,7 @@ impl JobFinished {
             Some(landing) => landing.wait().await,
             None => None,
         };
+        drop(hub);
         if let Some(files) = run_files {
             files.remove().await;
         }
@@ -654,15 +660,14 @@ fn finalize_locked(
     }
     let pruned = prune(manager, core);
     dispatch_queue(manager, core);
-    // Readers of the output hub end when it is dropped; waiters of `finished` get the final record (which
-    // pruning may already have deleted from the store).
-    drop(active.hub);
+    // Waiters of `finished` get the final record (which pruning may already have deleted from the store).
     Some(JobFinished {
         finished: active.finished,
         job,
         landing,
         pruned,
         run_files: None,
+        hub: active.hub,
         fleet: Arc::downgrade(&manager.shared),
         jobs_changed: manager.shared.jobs_changed.clone(),
     })
