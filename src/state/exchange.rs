@@ -102,17 +102,8 @@ impl ExchangeDir {
             if keep.iter().any(|kept| kept.as_str() == id) {
                 continue;
             }
-            let path = self.dir.join(name.as_ref());
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StateError::Io {
-                        action: "remove executor file",
-                        path,
-                        source,
-                    })
-                }
+            if remove_if_present(self.dir.join(name.as_ref()))? {
+                removed += 1;
             }
         }
         Ok(removed)
@@ -126,19 +117,22 @@ impl ExchangeDir {
             self.stderr_path(id),
             self.grace_path(id),
         ] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StateError::Io {
-                        action: "remove executor file",
-                        path,
-                        source,
-                    })
-                }
-            }
+            remove_if_present(path)?;
         }
         Ok(())
+    }
+}
+
+/// Deletes `path`; whether it was there.
+fn remove_if_present(path: PathBuf) -> Result<bool, StateError> {
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StateError::Io {
+            action: "remove executor file",
+            path,
+            source,
+        }),
     }
 }
 

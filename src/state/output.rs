@@ -955,11 +955,7 @@ mod tests {
 
         writer.append(&numbered(5001)).unwrap();
         writer.finish().unwrap();
-        let seqs: Vec<u64> = read_output(&path, 0, None)
-            .unwrap()
-            .iter()
-            .map(|l| l.seq)
-            .collect();
+        let seqs = stored_seqs(&path);
         // The whole line the failed write got into the file stays; the fragment after it is skipped.
         assert_eq!(seqs, [0, 1, 5001]);
     }
@@ -1027,6 +1023,15 @@ mod tests {
         (read_output(&path, 0, None).unwrap(), dropped)
     }
 
+    /// The seqs of the lines the file at `path` holds.
+    fn stored_seqs(path: &Path) -> Vec<u64> {
+        read_output(path, 0, None)
+            .unwrap()
+            .iter()
+            .map(|l| l.seq)
+            .collect()
+    }
+
     /// Bytes one numbered line takes in the file.
     fn stored_size() -> u64 {
         serde_json::to_string(&numbered(B)).unwrap().len() as u64 + 1
@@ -1063,11 +1068,7 @@ mod tests {
         // The next line starts the next segment, which is copied after this one at the end.
         writer.append(&numbered(B + 15)).unwrap();
         writer.finish().unwrap();
-        let seqs: Vec<u64> = read_output(&path, 0, None)
-            .unwrap()
-            .iter()
-            .map(|l| l.seq)
-            .collect();
+        let seqs = stored_seqs(&path);
         assert_eq!(seqs, (B..B + 16).collect::<Vec<_>>());
     }
 
@@ -1126,11 +1127,7 @@ mod tests {
         lines.push_line(&numbered(B + 7)).unwrap();
         writer.append_lines(&lines).unwrap();
         let dropped = writer.finish().unwrap().unwrap();
-        let seqs: Vec<u64> = read_output(&path, 0, None)
-            .unwrap()
-            .iter()
-            .map(|l| l.seq)
-            .collect();
+        let seqs = stored_seqs(&path);
         // Head: 4 lines; 4 and 5 were in the tail when line 6 came: all three dropped, the notice
         // takes 6's seq.
         assert_eq!(seqs, [B, B + 1, B + 2, B + 3, B + 6, B + 7]);
